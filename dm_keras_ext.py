@@ -14,7 +14,10 @@ import zipfile
 from dataclasses import dataclass, field
 
 import keras
+from keras import layers
+from keras.regularizers import L2
 
+import dm_resnet
 from dm_image import Recipe
 
 META_MEMBER = "dm_meta.json"
@@ -85,3 +88,143 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
     if raw is None:
         return None
     return ModelMeta.from_json(raw if isinstance(raw, str) else raw.decode())
+
+
+# ------------------------------------------------------------------ patch nets
+# Where stage 2 ("top layers") starts inside each trunk, by layer name, and how many
+# layers after it (SPEC §4: ResNet50 stage 5, VGG block 5, ...).  The same places the
+# original reached with hard-coded indices (162, 15, 17, 126, 194).
+TOP_LAYER_START: dict[str, tuple[str, int]] = {
+    "resnet50": ("conv5_block1_1_conv", 0),
+    "vgg16": ("block5_conv1", 0),
+    "vgg19": ("block5_conv1", 0),
+    "xception": ("block14_sepconv1", 0),
+    "inception": ("mixed8", 1),
+    "yaroslav": ("block6_conv1", 0),
+}
+
+_APPLICATIONS = {
+    "resnet50": ("ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": ("VGG16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg19": ("VGG19", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": ("Xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "inception": ("InceptionV3", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+PATCH_NETS = tuple(_APPLICATIONS) + ("yaroslav",) + tuple(dm_resnet.RESNET_CONFIGS)
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    """ImageNet weights were requested but no local file was found (no internet at run time)."""
+
+
+def imagenet_weights_path(net: str, weights_file: str | None = None) -> str:
+    """Local path of a net's ImageNet 'notop' weights: `weights_file` or the Keras cache."""
+    fname = _APPLICATIONS[net][1]
+    if weights_file:
+        path = pathlib.Path(weights_file).expanduser()
+    else:
+        cache = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+        path = cache / "models" / fname
+    if not path.is_file():
+        raise PretrainedWeightsError(
+            f"{path}: ImageNet weights for {net} not found (no download at run time); "
+            f"put {fname} there or pass --pretrained-weights PATH, or use --no-use-pretrained")
+    return str(path)
+
+
+def yaroslav_trunk(input_shape=(None, None, 1), weight_decay: float = 0.0) -> keras.Model:
+    """YaroslavNet's convolutional trunk: six [conv3x3-BN-relu]x2 + maxpool blocks."""
+    inp = keras.Input(shape=input_shape)
+    x = inp
+    for b, filters in enumerate((32, 64, 128, 256, 256, 512), start=1):
+        for c in (1, 2):
+            x = layers.Conv2D(filters, (3, 3), padding="same", kernel_initializer="he_normal",
+                              kernel_regularizer=L2(weight_decay) if weight_decay else None,
+                              name=f"block{b}_conv{c}")(x)
+            x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+            x = layers.Activation("relu", name=f"block{b}_relu{c}")(x)
+        x = layers.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{b}_pool")(x)
+    return keras.Model(inp, x, name=dm_resnet.TRUNK_NAME)
+
+
+def _custom_resnet_trunk(net: str, input_shape, **kw) -> keras.Model:
+    block_fn, reps = dm_resnet.RESNET_CONFIGS[net]
+    c = input_shape[-1]
+    inp, pooled = dm_resnet.ResNetBuilder._shared_conv_layers(
+        (c, input_shape[0], input_shape[1]), block_fn, reps, **kw)
+    gap = keras.Model(inp, pooled).layers[-1]
+    return keras.Model(inp, gap.input, name=dm_resnet.TRUNK_NAME)
+
+
+def build_trunk(net: str, input_shape=(224, 224, 3), use_pretrained: bool = False,
+                weights_file: str | None = None, **resnet_kw) -> keras.Model:
+    """The convolutional part of a patch net, as a model named `patch_trunk`."""
+    input_shape = (None, None, input_shape[-1])   # the trunk takes any image size
+    if net == "yaroslav":
+        return yaroslav_trunk((None, None, 1))
+    if net in dm_resnet.RESNET_CONFIGS:
+        return _custom_resnet_trunk(net, input_shape, **resnet_kw)
+    if net not in _APPLICATIONS:
+        raise ValueError(f"unknown patch net {net!r}; choose from {', '.join(PATCH_NETS)}")
+    cls = getattr(keras.applications, _APPLICATIONS[net][0])
+    weights = imagenet_weights_path(net, weights_file) if use_pretrained else None
+    base = cls(include_top=False, weights=weights, input_shape=tuple(input_shape))
+    return keras.Model(base.inputs, base.output, name=dm_resnet.TRUNK_NAME)
+
+
+def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
+                 resume_from: str | None = None, img_size=(224, 224),
+                 top_layer_nb: int | None = None, weight_decay: float = 0.01,
+                 hidden_dropout: float = 0.0, weights_file: str | None = None,
+                 **kw_args) -> tuple[keras.Model, None, int | None]:
+    """A patch classifier: trunk -> global average pooling -> dropout -> Dense softmax.
+
+    Returns `(model, preprocess_input, top_layer_nb)` like the original;
+    `preprocess_input` is always None (the recipe does preprocessing) and
+    `top_layer_nb` is the index in the trunk's layers where stage 2 starts.
+    The dropout layer is always present (rate may be 0) so a later stage can change it.
+    """
+    if resume_from is not None:
+        model = load_model(resume_from)
+        trunk = model.get_layer(dm_resnet.TRUNK_NAME) if _has_layer(
+            model, dm_resnet.TRUNK_NAME) else None
+    else:
+        channels = 1 if net == "yaroslav" else 3
+        shape = (int(img_size[0]), int(img_size[1]), channels)
+        trunk = build_trunk(net, shape, use_pretrained and net in _APPLICATIONS,
+                            weights_file, **kw_args)
+        inp = keras.Input(shape=shape, name="patch_input")
+        x = trunk(inp)
+        x = layers.GlobalAveragePooling2D(name="patch_pool")(x)
+        x = layers.Dropout(hidden_dropout, name="patch_dropout")(x)
+        out = layers.Dense(nb_class, activation="softmax",
+                           kernel_regularizer=L2(weight_decay) if weight_decay else None,
+                           name="patch_clf")(x)
+        model = keras.Model(inp, out, name=f"patch_{net}")
+    if top_layer_nb is None and trunk is not None:
+        top_layer_nb = default_top_layer_nb(trunk, net)
+    return model, None, top_layer_nb
+
+
+def _has_layer(model: keras.Model, name: str) -> bool:
+    return any(layer.name == name for layer in model.layers)
+
+
+def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
+    """Index in `trunk.layers` where the net's top layers (stage 2) start, found by name."""
+    if net not in TOP_LAYER_START:
+        return None
+    name, offset = TOP_LAYER_START[net]
+    for i, layer in enumerate(trunk.layers):
+        if layer.name == name:
+            return i + offset
+    raise ValueError(f"layer {name!r} (start of the top layers of {net}) not found in trunk")
+
+
+def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = False) -> keras.Model:
+    """Load a model file (`.keras`, or `.h5` from Keras 3 or Keras 2.x)."""
+    try:
+        import dm_checkpoint
+    except ImportError:  # pragma: no cover - the legacy loader is optional
+        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+    return dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
