@@ -27,7 +27,8 @@ _HEAD_LAYER_TYPES = (
 
 
 def _l2(weight_decay: float):
-    return L2(weight_decay) if weight_decay else None
+    """Always a regulariser (possibly 0), so a later training stage can change its factor."""
+    return L2(float(weight_decay))
 
 
 # ----------------------------------------------------------------- basic units
@@ -155,18 +156,21 @@ def _vgg_block(nb_filters: int, repetitions: int, dropout: float = 0.0,
 
 # ------------------------------------------------------------ the trunk cut
 def find_trunk_output(model: keras.Model, kept_layer_idx: int | None = None,
-                      kept_layer_name: str | None = None) -> keras.layers.Layer:
+                      kept_layer_name: str | None = None, patch_net: str = "resnet50"
+                      ) -> keras.layers.Layer:
     """The layer whose output is the patch model's last convolutional feature map.
 
     By meaning: a nested sub-model named `patch_trunk` if present; otherwise walk back
     from the output past the classifier head (dense, dropout, flatten, global and
     average pooling, softmax) to the first layer with a 4-D output. `kept_layer_name`
-    or `kept_layer_idx` (an index into `model.layers`) override.
+    or `kept_layer_idx` (see `legacy_kept_layer`) override.
     """
     if kept_layer_name is not None:
+        if _has_trunk(model) and not any(l.name == kept_layer_name for l in model.layers):
+            return model.get_layer(TRUNK_NAME).get_layer(kept_layer_name)
         return model.get_layer(kept_layer_name)
     if kept_layer_idx is not None:
-        return model.layers[kept_layer_idx]
+        return legacy_kept_layer(model, kept_layer_idx, patch_net)
     for layer in model.layers:
         if layer.name == TRUNK_NAME and isinstance(layer, keras.Model):
             return layer
@@ -203,21 +207,58 @@ def _call_size_free(model: keras.Model, x):
 
 
 def get_trunk(model: keras.Model, kept_layer_idx: int | None = None,
-              kept_layer_name: str | None = None) -> keras.Model:
+              kept_layer_name: str | None = None, patch_net: str = "resnet50") -> keras.Model:
     """The patch model's convolutional trunk as a sub-model named `patch_trunk`.
 
     The trunk takes inputs of any height and width (a patch-sized input layer would
     refuse a whole mammogram, and a saved whole-image model could not be reloaded).
     """
-    layer = find_trunk_output(model, kept_layer_idx, kept_layer_name)
+    layer = find_trunk_output(model, kept_layer_idx, kept_layer_name, patch_net)
     if isinstance(layer, keras.Model) and layer.name == TRUNK_NAME:
         if _is_size_free(layer):
             return layer
         cut = layer
+    elif _has_trunk(model) and layer in model.get_layer(TRUNK_NAME).layers:
+        trunk = model.get_layer(TRUNK_NAME)
+        if layer is trunk.layers[-1] and _is_size_free(trunk):
+            return trunk
+        cut = keras.Model(trunk.inputs, layer.output)
     else:
         cut = keras.Model(model.inputs, layer.output)
     inp = keras.Input(shape=(None, None, cut.inputs[0].shape[-1]), name="trunk_input")
     return keras.Model(inp, _call_size_free(cut, inp), name=TRUNK_NAME)
+
+
+def legacy_kept_layer(model: keras.Model, kept_layer_idx: int, patch_net: str = "resnet50"
+                      ) -> keras.layers.Layer:
+    """Resolve the original's `--kept-layer-idx` on a patch model.
+
+    On a flat model (e.g. one saved by Keras 2.0.8) the index means what it meant then:
+    `model.layers[idx]`. On a model built here (nested `patch_trunk`), the index is
+    counted in the layout the original's Keras 2.0.8 patch model had: the trunk's
+    layers, then (ResNet50 only) its 7x7 `avg_pool`, global pooling, dropout (not for
+    YaroslavNet) and the Dense classifier. So ResNet50 -5, VGG -4 and YaroslavNet -3 all
+    name the trunk's last layer, as they did.
+    """
+    if not _has_trunk(model):
+        return model.layers[kept_layer_idx]
+    trunk = model.get_layer(TRUNK_NAME)
+    head = (["avg_pool"] if patch_net == "resnet50" else []) + ["pool"] + \
+        ([] if patch_net == "yaroslav" else ["dropout"]) + ["dense"]
+    view = list(trunk.layers) + head
+    try:
+        chosen = view[kept_layer_idx]
+    except IndexError:
+        raise ValueError(f"--kept-layer-idx {kept_layer_idx} is outside the patch model "
+                         f"({len(view)} layers in the original layout)") from None
+    if isinstance(chosen, str):
+        raise ValueError(f"--kept-layer-idx {kept_layer_idx} points into the classifier head "
+                         f"({chosen}), not at a convolutional feature map")
+    return chosen
+
+
+def _has_trunk(model: keras.Model) -> bool:
+    return any(l.name == TRUNK_NAME and isinstance(l, keras.Model) for l in model.layers)
 
 
 def find_classifier(model: keras.Model) -> layers.Dense:
@@ -245,12 +286,11 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
 
     Returns `(image_model, top_layer_nb)` as the original did; `image_model.layers
     [top_layer_nb:]` are the new layers, the trunk is `image_model.get_layer('patch_trunk')`.
-    `patch_net` is kept for signature compatibility: the cut is found by meaning and
-    the input channels come from the patch model. With `return_heatmap` the model
+    The cut is found by meaning (`patch_net` only translates `kept_layer_idx`) and the
+    input channels come from the patch model. With `return_heatmap` the model
     outputs the patch classifier's softmax map (fprop heatmap) instead.
     """
-    del patch_net  # the cut point and channels are derived from the model itself
-    trunk = get_trunk(model, kept_layer_idx, kept_layer_name)
+    trunk = get_trunk(model, kept_layer_idx, kept_layer_name, patch_net)
     channels = model.inputs[0].shape[-1]
     image_input = keras.Input(shape=(int(image_size[0]), int(image_size[1]), channels),
                               name="image_input")

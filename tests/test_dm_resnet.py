@@ -190,3 +190,19 @@ def test_block_orderings_differ():
     assert isinstance(pre.layers[1], keras.layers.BatchNormalization)
     assert isinstance(org.layers[1], keras.layers.Conv2D)
     assert tuple(pre.output.shape) == tuple(org.output.shape) == (None, 16, 16, 16)
+
+
+@pytest.mark.parametrize("net,idx", [("resnet50", -5), ("vgg16", -4), ("yaroslav", -3)])
+def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
+    size = 64
+    patch = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+                                      img_size=(size, size))[0]
+    trunk = patch.get_layer("patch_trunk")
+    assert dm_resnet.legacy_kept_layer(patch, idx, net) is trunk.layers[-1]
+    model, nb = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx, **TOP_VGG)
+    assert model.get_layer("patch_trunk") is trunk
+    # one more layer back cuts earlier: a different trunk ending at the previous layer
+    model2, _ = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx - 1, **TOP_VGG)
+    assert model2.get_layer("patch_trunk").output.name != trunk.output.name
+    with pytest.raises(ValueError, match="classifier head"):
+        dm_resnet.legacy_kept_layer(patch, -1, net)

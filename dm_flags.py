@@ -1,0 +1,246 @@
+"""Command-line flags shared by `patch_clf_train.py` and `image_clf_train.py`.
+
+Every flag is defined once here, with the original's spelling and meaning; the two
+trainers differ only in their default values, which are the two tables below. Parsed
+flags become a frozen `Config` handed to `run(config)`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any, Sequence
+
+# Defaults shared by both trainers.
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    img_scale=None, rescale_factor=None, featurewise_center=True, batch_size=64,
+    train_bs_multiplier=0.5, nb_epoch=5, all_layer_epochs=20, load_val_ram=False,
+    load_train_ram=False, weight_decay=1e-4, weight_decay2=1e-4, hidden_dropout=0.0,
+    hidden_dropout2=0.0, optim="sgd", init_lr=0.01, lr_patience=10, es_patience=25,
+    pos_cls_weight=1.0, neg_cls_weight=1.0, final_model="NOSAVE", resume_from=None,
+    top_layer_nb=None, bias_multiplier=None, seed=None, distribute=False,
+    mixed_precision=False, jit_compile=False, tensorboard=None, history_csv=None,
+    test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
+)
+
+PATCH_DEFAULTS: dict[str, Any] = dict(
+    COMMON_DEFAULTS, img_size=[256, 256], featurewise_mean=59.6, equalize_hist=True,
+    augmentation=False, class_list=["background", "malignant", "benign"], net="resnet50",
+    top_layer_epochs=10, nb_init_filter=32, init_filter_size=5, init_conv_stride=2,
+    pool_size=2, pool_stride=2, alpha=1e-4, l1_ratio=0.0, inp_dropout=0.0,
+    use_pretrained=True, pretrained_weights=None, top_layer_multiplier=0.1,
+    all_layer_multiplier=0.01, auto_batch_balance=False,
+    best_model="./modelState/patch_clf.keras",
+)
+
+IMAGE_DEFAULTS: dict[str, Any] = dict(
+    COMMON_DEFAULTS, img_size=[1152, 896], featurewise_mean=52.16, equalize_hist=False,
+    augmentation=True, class_list=["neg", "pos"], patch_model_state=None, patch_net="resnet50",
+    block_type="resnet", top_depths=[512, 512], top_repetitions=[3, 3],
+    bottleneck_enlarge_factor=4, add_heatmap=False, avg_pool_size=[7, 7], add_conv=True,
+    add_shortcut=False, hm_strides=[1, 1], hm_pool_size=[5, 5], fc_init_units=64, fc_layers=2,
+    kept_layer_idx=None, all_layer_multiplier=0.1, auto_batch_balance=True,
+    best_model="./modelState/image_clf.keras",
+)
+
+
+def _bool(g, name: str, dest: str, help: str) -> None:
+    g.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
+    g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
+
+
+def _optional(g, name: str, dest: str, type, help: str, short: str | None = None, **kw) -> None:
+    """A value flag with a `--no-NAME` twin that sets it to None, as the original had."""
+    names = [f"--{name}"] + ([short] if short else [])
+    g.add_argument(*names, dest=dest, type=type, help=help, **kw)
+    g.add_argument(f"--no-{name}", dest=dest, action="store_const", const=None,
+                   help=f"unset --{name}")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("train_dir", help="training set: ROOT/<class>/**/*.png|jpg|bmp|dcm")
+    p.add_argument("val_dir", help="validation set, same layout")
+    p.add_argument("test_dir", help="test set, same layout")
+    g = p.add_argument_group("preprocessing recipe (stored with every saved model)")
+    g.add_argument("--img-size", "-is", dest="img_size", nargs=2, type=int, metavar=("H", "W"),
+                   help="resize every image to H x W (cubic)")
+    _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
+              short="-ic")
+    _optional(g, "rescale-factor", "rescale_factor", float,
+              "multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
+    _bool(g, "featurewise-center", "featurewise_center", "subtract --featurewise-mean")
+    g.add_argument("--featurewise-mean", dest="featurewise_mean", type=float,
+                   help="the scalar mean to subtract (train-set pixel mean after rescaling)")
+    _bool(g, "equalize-hist", "equalize_hist", "histogram-equalise each image (as 8 bits)")
+    _bool(g, "augmentation", "augmentation",
+          "random flips, rotation 25 deg, shear 0.2, zoom 0.8-1.2, intensity shift 20")
+    g.add_argument("--interpolation", dest="interpolation", choices=["bilinear", "nearest"],
+                   help="augmentation resampling (the original's generator used nearest)")
+    g.add_argument("--class-list", dest="class_list", nargs="+",
+                   help="class folder names; output column i is class i")
+    g = p.add_argument_group("data loading")
+    g.add_argument("--batch-size", "-bs", dest="batch_size", type=int,
+                   help="validation/test batch; training uses batch-size x train-bs-multiplier")
+    g.add_argument("--train-bs-multiplier", dest="train_bs_multiplier", type=float,
+                   help="training batch = int(batch-size x this)")
+    _bool(g, "load-train-ram", "load_train_ram", "decode the training set once into memory")
+    _bool(g, "load-val-ram", "load_val_ram", "decode the validation set once into memory")
+    _bool(g, "auto-batch-balance", "auto_batch_balance",
+          "weight samples by 1/(class fraction in the batch) so classes count equally")
+    g.add_argument("--pos-cls-weight", dest="pos_cls_weight", type=float,
+                   help="class weight of class 1 (without --auto-batch-balance)")
+    g.add_argument("--neg-cls-weight", dest="neg_cls_weight", type=float,
+                   help="class weight of class 2 (without --auto-batch-balance)")
+
+
+def _training_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training stages")
+    g.add_argument("--nb-epoch", "-ne", dest="nb_epoch", type=int,
+                   help="epochs of stage 1 (0 skips it, as when finetuning)")
+    g.add_argument("--all-layer-epochs", dest="all_layer_epochs", type=int,
+                   help="epochs of the last stage (all layers train)")
+    g.add_argument("--optimizer", dest="optim",
+                   choices=["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"],
+                   help="sgd is Nesterov with momentum 0.9")
+    g.add_argument("--init-learningrate", "-ilr", dest="init_lr", type=float,
+                   help="learning rate of stage 1")
+    g.add_argument("--all-layer-multiplier", dest="all_layer_multiplier", type=float,
+                   help="last-stage learning rate = init-learningrate x this")
+    g.add_argument("--weight-decay", "-wd", dest="weight_decay", type=float,
+                   help="L2 penalty of the trained conv/dense kernels in stage 1")
+    g.add_argument("--weight-decay2", "-wd2", dest="weight_decay2", type=float,
+                   help="L2 penalty in the later stages (really applied)")
+    g.add_argument("--hidden-dropout", "-hd", dest="hidden_dropout", type=float,
+                   help="dropout rate in stage 1")
+    g.add_argument("--hidden-dropout2", "-hd2", dest="hidden_dropout2", type=float,
+                   help="dropout rate in the later stages (really applied)")
+    g.add_argument("--lr-patience", "-lrp", dest="lr_patience", type=int,
+                   help="halve the lr after this many epochs without val-loss progress (sgd)")
+    g.add_argument("--es-patience", "-esp", dest="es_patience", type=int,
+                   help="stop after this many epochs without val-loss progress")
+    _optional(g, "top-layer-nb", "top_layer_nb", int,
+              "index in the trunk's layers where the top layers start (default: by name)")
+    g.add_argument("--bias-multiplier", dest="bias_multiplier", type=float,
+                   help="accepted for the original scripts; has no effect (Keras has no "
+                        "per-weight learning rates)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--best-model", "-bm", dest="best_model",
+                   help="where the best model is saved (.keras, or .h5); NOSAVE disables")
+    g.add_argument("--final-model", "-fm", dest="final_model",
+                   help="where the last state is saved; NOSAVE disables")
+    g.add_argument("--history-csv", dest="history_csv",
+                   help="per-epoch history (default: next to the best model, .history.csv)")
+    g.add_argument("--tensorboard", dest="tensorboard", help="TensorBoard log folder")
+    _bool(g, "test-augment", "test_augment",
+          "also report the test AUROC with 4-flip test-time augmentation")
+    _bool(g, "resume", "resume", "continue an interrupted run from its last completed epoch")
+    g = p.add_argument_group("reproducibility and scale")
+    g.add_argument("--seed", dest="seed", type=int,
+                   help="random seed (default: $RANDOM_SEED or 12345)")
+    _bool(g, "distribute", "distribute",
+          "data-parallel over all local devices (MirroredStrategy; TF_CONFIG: multi-worker)")
+    _bool(g, "mixed-precision", "mixed_precision", "mixed float16 compute (GPUs)")
+    _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA")
+    _bool(g, "unsafe-load", "unsafe_load", "allow Lambda layers in loaded model files")
+
+
+def _patch_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("patch classifier")
+    g.add_argument("--net", dest="net",
+                   help="resnet50, vgg16, vgg19, xception, inception, yaroslav, or a "
+                        "ResNetBuilder net (resnet_18, dm_resnet_14, ...)")
+    _bool(g, "use-pretrained", "use_pretrained", "start from ImageNet weights (local file)")
+    g.add_argument("--pretrained-weights", dest="pretrained_weights",
+                   help="local ImageNet 'notop' weights file (default: the Keras cache)")
+    _optional(g, "resume-from", "resume_from", str, "start from this saved patch model")
+    g.add_argument("--top-layer-epochs", dest="top_layer_epochs", type=int,
+                   help="epochs of stage 2 (top of the trunk trains)")
+    g.add_argument("--top-layer-multiplier", dest="top_layer_multiplier", type=float,
+                   help="stage-2 learning rate = init-learningrate x this")
+    g.add_argument("--nb-init-filter", "-nif", dest="nb_init_filter", type=int,
+                   help="ResNetBuilder nets: filters of the first convolution")
+    g.add_argument("--init-filter-size", "-ifs", dest="init_filter_size", type=int,
+                   help="ResNetBuilder nets: size of the first convolution")
+    g.add_argument("--init-conv-stride", "-ics", dest="init_conv_stride", type=int,
+                   help="ResNetBuilder nets: stride of the first convolution")
+    g.add_argument("--max-pooling-size", "-mps", dest="pool_size", type=int,
+                   help="ResNetBuilder nets: first max pooling size (0: none)")
+    g.add_argument("--max-pooling-stride", "-mpr", dest="pool_stride", type=int,
+                   help="ResNetBuilder nets: first max pooling stride")
+    g.add_argument("--alpha", dest="alpha", type=float,
+                   help="ResNetBuilder nets: elastic-net penalty of the classifier")
+    g.add_argument("--l1-ratio", dest="l1_ratio", type=float,
+                   help="ResNetBuilder nets: L1 share of the elastic-net penalty")
+    g.add_argument("--inp-dropout", "-id", dest="inp_dropout", type=float,
+                   help="ResNetBuilder nets: dropout on the input")
+
+
+def _image_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("whole-image classifier (exactly one of the first two)")
+    _optional(g, "patch-model-state", "patch_model_state", str,
+              "build the whole-image model from this patch model")
+    _optional(g, "resume-from", "resume_from", str,
+              "continue from this whole-image model (e.g. a published checkpoint)")
+    g.add_argument("--patch-net", dest="patch_net",
+                   help="the patch net's family (only used to translate --kept-layer-idx)")
+    g.add_argument("--kept-layer-idx", dest="kept_layer_idx", type=int,
+                   help="cut the patch model after this layer, counted as in the original's "
+                        "Keras 2.0.8 layout (ResNet50 -5 = last relu, VGG -4 = block5_pool); "
+                        "default: found by meaning")
+    g.add_argument("--block-type", dest="block_type", choices=["resnet", "vgg"],
+                   help="top blocks: resnet bottlenecks or vgg conv blocks")
+    g.add_argument("--top-depths", dest="top_depths", nargs="+", type=int,
+                   help="filters of each top block")
+    g.add_argument("--top-repetitions", dest="top_repetitions", nargs="+", type=int,
+                   help="units in each top block")
+    g.add_argument("--bottleneck-enlarge-factor", dest="bottleneck_enlarge_factor", type=int,
+                   help="bottleneck output = depth x this")
+    _bool(g, "add-heatmap", "add_heatmap", "insert the patch-classifier heatmap layer")
+    g.add_argument("--avg-pool-size", dest="avg_pool_size", nargs=2, type=int,
+                   help="heatmap average pooling size")
+    g.add_argument("--hm-strides", dest="hm_strides", nargs=2, type=int,
+                   help="heatmap average pooling strides")
+    g.add_argument("--hm-pool-size", dest="hm_pool_size", nargs=2, type=int,
+                   help="max pooling after the heatmap layer")
+    _bool(g, "add-conv", "add_conv", "convolutional top blocks (else fully connected)")
+    _bool(g, "add-shortcut", "add_shortcut", "with --no-add-conv: a Dense shortcut to the logits")
+    g.add_argument("--fc-init-units", dest="fc_init_units", type=int,
+                   help="units of the first FC layer (halving after)")
+    g.add_argument("--fc-layers", dest="fc_layers", type=int, help="number of FC layers")
+
+
+def build_parser(kind: str) -> argparse.ArgumentParser:
+    """The parser of `patch_clf_train.py` (kind='patch') or `image_clf_train.py` ('image')."""
+    if kind == "patch":
+        p = argparse.ArgumentParser(description="Train a patch classifier in 3 stages.")
+        _data_flags(p)
+        _patch_model_flags(p)
+        defaults = PATCH_DEFAULTS
+    elif kind == "image":
+        p = argparse.ArgumentParser(description="Train a whole-image classifier in 2 stages.")
+        _data_flags(p)
+        _image_model_flags(p)
+        defaults = IMAGE_DEFAULTS
+    else:
+        raise ValueError(kind)
+    _training_flags(p)
+    p.set_defaults(**defaults)
+    p.epilog = "Environment: RANDOM_SEED, NUM_CPU_CORES, NUM_GPU_DEVICES, TF_CONFIG."
+    return p
+
+
+def config_class(kind: str) -> type:
+    """A frozen dataclass with one field per flag of that trainer."""
+    names = sorted(vars(build_parser(kind).parse_args(["a", "b", "c"])))
+    return dataclasses.make_dataclass(f"{kind.capitalize()}Config", names, frozen=True)
+
+
+def parse(kind: str, argv: Sequence[str] | None = None):
+    """Parse a trainer's command line into its frozen config."""
+    parser = build_parser(kind)
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = int(os.environ.get("RANDOM_SEED", 12345))
+    if kind == "image" and (args.patch_model_state is None) == (args.resume_from is None):
+        parser.error("exactly one of --patch-model-state and --resume-from is required")
+    return config_class(kind)(**vars(args))
