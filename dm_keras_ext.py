@@ -7,6 +7,7 @@ root attribute `dm_meta` of an `.h5` file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -19,6 +20,8 @@ from keras.regularizers import L2
 
 import dm_resnet
 from dm_image import Recipe
+
+log = logging.getLogger(__name__)
 
 META_MEMBER = "dm_meta.json"
 META_ATTR = "dm_meta"
@@ -186,8 +189,7 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     """
     if resume_from is not None:
         model = load_model(resume_from)
-        trunk = model.get_layer(dm_resnet.TRUNK_NAME) if _has_layer(
-            model, dm_resnet.TRUNK_NAME) else None
+        trunk = find_trunk_layer(model)
     else:
         channels = 1 if net == "yaroslav" else 3
         shape = (int(img_size[0]), int(img_size[1]), channels)
@@ -197,8 +199,7 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         x = trunk(inp)
         x = layers.GlobalAveragePooling2D(name="patch_pool")(x)
         x = layers.Dropout(hidden_dropout, name="patch_dropout")(x)
-        out = layers.Dense(nb_class, activation="softmax",
-                           kernel_regularizer=L2(weight_decay) if weight_decay else None,
+        out = layers.Dense(nb_class, activation="softmax", kernel_regularizer=L2(weight_decay),
                            name="patch_clf")(x)
         model = keras.Model(inp, out, name=f"patch_{net}")
     if top_layer_nb is None and trunk is not None:
@@ -228,3 +229,242 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
     except ImportError:  # pragma: no cover - the legacy loader is optional
         return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
     return dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
+
+
+# ------------------------------------------------------------------ optimisers
+def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
+    """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9)."""
+    name = optim_name.lower()
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+    table = {"rmsprop": keras.optimizers.RMSprop, "adagrad": keras.optimizers.Adagrad,
+             "adadelta": keras.optimizers.Adadelta, "adamax": keras.optimizers.Adamax,
+             "adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam}
+    if name not in table:
+        raise ValueError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
+    return table[name](lr)
+
+
+# ------------------------------------------------------------------ staged training
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: what trains, for how long, with which lr, L2 and dropout.
+
+    trainable: 'head' (everything but the `patch_trunk` sub-model), 'top' (the head and
+    the trunk's layers from `trunk_from` on) or 'all'.
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    weight_decay: float
+    dropout: float
+    trainable: str = "all"
+    trunk_from: int | None = None
+
+
+def patch_stages(c) -> list[Stage]:
+    """SPEC §4: dense layer only, then the trunk's top, then all (one stage if not pretrained)."""
+    if not c.use_pretrained:
+        return [Stage("all layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout)]
+    return [
+        Stage("dense layer", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
+        Stage("top layers", c.top_layer_epochs, c.init_lr * c.top_layer_multiplier,
+              c.weight_decay2, c.hidden_dropout2, "top", c.top_layer_nb),
+        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
+              c.weight_decay2, c.hidden_dropout2, "all"),
+    ]
+
+
+def image_stages(c) -> list[Stage]:
+    """SPEC §6: new top layers with the trunk frozen, then all layers."""
+    return [
+        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
+        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
+              c.weight_decay2, c.hidden_dropout2, "all"),
+    ]
+
+
+def find_trunk_layer(model: keras.Model) -> keras.Model:
+    """The trunk sub-model: the layer named `patch_trunk`, else the only nested model.
+
+    Models converted from the original's checkpoints nest the trunk under another name.
+    """
+    if _has_layer(model, dm_resnet.TRUNK_NAME):
+        return model.get_layer(dm_resnet.TRUNK_NAME)
+    nested = [l for l in model.layers if isinstance(l, keras.Model)]
+    if len(nested) == 1:
+        return nested[0]
+    raise ValueError(f"model '{model.name}' has no '{dm_resnet.TRUNK_NAME}' sub-model to "
+                     "freeze; it is not a patch or whole-image model of this project")
+
+
+def set_trainable(model: keras.Model, stage: Stage) -> None:
+    """Freeze by the named sub-model `patch_trunk`, never by a layer index of the model."""
+    model.trainable = True
+    if stage.trainable == "all":
+        return
+    trunk = find_trunk_layer(model)
+    if stage.trainable == "head":
+        trunk.trainable = False
+    elif stage.trainable == "top":
+        if stage.trunk_from is None:
+            raise ValueError(f"stage '{stage.name}': where the top layers start is unknown; "
+                             "pass --top-layer-nb")
+        for layer in trunk.layers[:stage.trunk_from]:
+            layer.trainable = False
+    else:
+        raise ValueError(f"unknown trainable spec {stage.trainable!r}")
+
+
+def set_weight_decay(model: keras.Model, weight_decay: float) -> int:
+    """Set the L2 factor of every top-level conv/dense kernel that carries an L2 penalty.
+
+    Both the layer attribute (saved in its config) and the variable's regulariser (what
+    the loss reads when the train step is traced) change, so unlike the original's
+    mutation of built layers this takes effect. Returns the number of kernels changed.
+    """
+    n = 0
+    for layer in model.layers:
+        reg = getattr(layer, "kernel_regularizer", None)
+        if isinstance(reg, L2):
+            new = L2(float(weight_decay))
+            layer.kernel_regularizer = new
+            layer.kernel.regularizer = new
+            n += 1
+    return n
+
+
+def set_dropout(model: keras.Model, rate: float) -> int:
+    """Set the rate of every top-level Dropout layer (read at call time, so it takes effect)."""
+    n = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Dropout):
+            layer.rate = float(rate)
+            n += 1
+    return n
+
+
+def regularization_loss(model: keras.Model) -> float:
+    """Sum of the weight penalties the loss currently includes (trainable weights only)."""
+    return float(sum(keras.ops.convert_to_numpy(l) for l in model.losses)) if model.losses else 0.0
+
+
+def compile_for_stage(model: keras.Model, stage: Stage, optim: str,
+                      jit_compile: bool | str = False) -> None:
+    """Apply a stage's trainability, L2 and dropout, then compile with its optimiser."""
+    set_trainable(model, stage)
+    set_weight_decay(model, stage.weight_decay)
+    set_dropout(model, stage.dropout)
+    model.compile(optimizer=create_optimizer(optim, stage.lr), loss="categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoch: int,
+               val_ds, callbacks: list, optim: str = "sgd", jit_compile: bool = False,
+               initial_epoch: int = 0, verbose: int | str = "auto") -> dict[str, list]:
+    """The one data-driven stage loop of both trainers; epoch numbering continues.
+
+    Stages with 0 epochs are skipped. If a stage stops early, the next one still runs
+    (as in the original). Returns the concatenated history with a 'stage' column.
+    """
+    history: dict[str, list] = {}
+    epoch = 0
+    for i, stage in enumerate(stages):
+        if stage.epochs <= 0:
+            log.info("stage %d (%s): 0 epochs, skipped", i + 1, stage.name)
+            continue
+        start, end = epoch, epoch + stage.epochs
+        epoch = end
+        if end <= initial_epoch:
+            continue  # completed before a resume
+        compile_for_stage(model, stage, optim, jit_compile)
+        log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %g, dropout %g, "
+                 "%d trainable weights", i + 1, stage.name, start + 1, end, stage.lr,
+                 stage.weight_decay, stage.dropout, len(model.trainable_weights))
+        for cb in callbacks:
+            if hasattr(cb, "stage"):
+                cb.stage = i
+        hist = model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=end,
+                         initial_epoch=max(start, initial_epoch), validation_data=val_ds,
+                         callbacks=callbacks, verbose=verbose)
+        for k, v in hist.history.items():
+            history.setdefault(k, []).extend(float(x) for x in v)
+        history.setdefault("stage", []).extend([i + 1] * len(hist.epoch))
+        history.setdefault("epoch", []).extend(e + 1 for e in hist.epoch)
+    return history
+
+
+# ------------------------------------------------------------------ metrics, callbacks
+def mean_auroc(labels, probs) -> float:
+    """Mean one-vs-rest AUROC over the classes that have both positives and negatives.
+
+    Two classes: the AUROC of column 1. NaN (with a warning), never 0, when the set has
+    a single class.
+    """
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    if labels.ndim == 2:
+        labels = labels.argmax(-1)
+    present = np.unique(labels)
+    if len(present) < 2:
+        log.warning("AUROC is undefined: the set has one class only (%s)", present.tolist())
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels == 1, probs[:, 1]))
+    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in present]))
+
+
+class AucCheckpoint(keras.callbacks.Callback):
+    """After each epoch: AUROC on the whole validation set; keep the best model.
+
+    The value is added to the epoch logs as `val_auroc` (so CSVLogger records it). The
+    best model (highest AUROC) is saved atomically with its class list and recipe;
+    `path` None or "NOSAVE" disables saving but the best value is still tracked.
+    """
+
+    def __init__(self, val_ds, val_labels, path: str | None, meta: ModelMeta | None = None,
+                 best: float = float("-inf")):
+        super().__init__()
+        self.val_ds, self.val_labels = val_ds, val_labels
+        self.path = None if path in (None, "NOSAVE") else path
+        self.meta, self.best = meta, best
+        self.stage = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        import math
+        probs = self.model.predict(self.val_ds, verbose=0)
+        auc = mean_auroc(self.val_labels, probs)
+        if logs is not None:
+            logs["val_auroc"] = auc
+        improved = not math.isnan(auc) and auc > self.best
+        log.info("epoch %d: validation AUROC %.4f%s", epoch + 1, auc,
+                 " (best so far)" if improved else f" (best {self.best:.4f})")
+        if improved:
+            self.best = auc
+            if self.path:
+                save_model(self.model, self.path, self.meta)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Keep the model with the best value of a logged metric (atomic save, with meta)."""
+
+    def __init__(self, path: str | None, monitor: str = "val_accuracy", mode: str = "max",
+                 meta: ModelMeta | None = None, best: float | None = None):
+        super().__init__()
+        self.path = None if path in (None, "NOSAVE") else path
+        self.monitor, self.mode, self.meta = monitor, mode, meta
+        self.best = best if best is not None else (float("-inf") if mode == "max" else float("inf"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        better = value > self.best if self.mode == "max" else value < self.best
+        if better:
+            log.info("epoch %d: %s improved to %.4f", epoch + 1, self.monitor, value)
+            self.best = float(value)
+            if self.path:
+                save_model(self.model, self.path, self.meta)

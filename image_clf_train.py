@@ -1,0 +1,49 @@
+"""Train a whole-image classifier in two stages (SPEC §6), from a patch classifier
+(--patch-model-state) or a saved whole-image model (--resume-from, e.g. to finetune a
+published checkpoint with --nb-epoch 0).
+
+    python image_clf_train.py TRAIN_DIR VAL_DIR TEST_DIR --patch-model-state PATCH.keras ...
+
+Flags and their defaults are in `dm_flags.py` (`--help` lists them).
+"""
+from __future__ import annotations
+
+import sys
+
+import dm_keras_ext
+import dm_resnet
+import dm_train
+
+
+def build_image_model(cfg):
+    """add_top_layers on the patch model, or the whole-image model to resume from."""
+    safe = not cfg.unsafe_load
+    if cfg.resume_from is not None:
+        return dm_keras_ext.load_model(cfg.resume_from, safe_mode=safe)
+    patch = dm_keras_ext.load_model(cfg.patch_model_state, safe_mode=safe)
+    model, _ = dm_resnet.add_top_layers(
+        patch, cfg.img_size, patch_net=cfg.patch_net, block_type=cfg.block_type,
+        depths=cfg.top_depths, repetitions=cfg.top_repetitions,
+        nb_class=len(cfg.class_list), bottleneck_enlarge_factor=cfg.bottleneck_enlarge_factor,
+        dropout=cfg.hidden_dropout, weight_decay=cfg.weight_decay, add_heatmap=cfg.add_heatmap,
+        avg_pool_size=cfg.avg_pool_size, add_conv=cfg.add_conv, add_shortcut=cfg.add_shortcut,
+        hm_strides=cfg.hm_strides, hm_pool_size=cfg.hm_pool_size,
+        fc_init_units=cfg.fc_init_units, fc_layers=cfg.fc_layers,
+        kept_layer_idx=cfg.kept_layer_idx)
+    return model
+
+
+def run(cfg) -> dict:
+    """Train, keep the best model by validation AUROC, report the test AUROC."""
+    extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
+             "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
+    return dm_train.train_and_test(cfg, "image", lambda: build_image_model(cfg),
+                                   lambda model: dm_keras_ext.image_stages(cfg), extra)
+
+
+def main(argv=None) -> int:
+    return dm_train.cli("image", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Train a patch classifier in three stages (SPEC §4).
+
+    python patch_clf_train.py TRAIN_DIR VAL_DIR TEST_DIR --net resnet50 ...
+
+Flags and their defaults are in `dm_flags.py` (`--help` lists them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import dm_keras_ext
+import dm_train
+
+
+def build_patch_model(cfg):
+    """A new patch net, or the model given by --resume-from."""
+    kw = {}
+    if cfg.net in dm_keras_ext.dm_resnet.RESNET_CONFIGS:
+        kw = dict(nb_init_filter=cfg.nb_init_filter, init_filter_size=cfg.init_filter_size,
+                  init_conv_stride=cfg.init_conv_stride, pool_size=cfg.pool_size,
+                  pool_stride=cfg.pool_stride, inp_dropout=cfg.inp_dropout,
+                  hidden_dropout=cfg.hidden_dropout)
+    model, _, _ = dm_keras_ext.get_dl_model(
+        cfg.net, nb_class=len(cfg.class_list), use_pretrained=cfg.use_pretrained,
+        resume_from=cfg.resume_from, img_size=cfg.img_size, weight_decay=cfg.weight_decay,
+        hidden_dropout=cfg.hidden_dropout, weights_file=cfg.pretrained_weights, **kw)
+    return model
+
+
+def run(cfg) -> dict:
+    """Train, keep the best model by validation accuracy, report test accuracy and AUROC."""
+    def stages(model):
+        if cfg.top_layer_nb is not None or not cfg.use_pretrained:
+            return dm_keras_ext.patch_stages(cfg)
+        trunk = dm_keras_ext.find_trunk_layer(model)
+        top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+        return dm_keras_ext.patch_stages(dataclasses.replace(cfg, top_layer_nb=top))
+    return dm_train.train_and_test(cfg, "patch", lambda: build_patch_model(cfg), stages,
+                                   {"net": cfg.net})
+
+
+def main(argv=None) -> int:
+    return dm_train.cli("patch", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
