@@ -270,32 +270,11 @@ def find_classifier(model: keras.Model) -> layers.Dense:
 
 
 # ------------------------------------------------------------ add_top_layers
-def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str = "resnet50",
-                   block_type: str = "resnet", depths: Sequence[int] = (512, 512),
-                   repetitions: Sequence[int] = (1, 1), block_fn: Callable = bottleneck_org,
-                   nb_class: int = 2, shortcut_with_bn: bool = True,
-                   bottleneck_enlarge_factor: int = 4, dropout: float = 0.0,
-                   weight_decay: float = 1e-4, add_heatmap: bool = False,
-                   avg_pool_size: Sequence[int] = (7, 7), return_heatmap: bool = False,
-                   add_conv: bool = True, add_shortcut: bool = False,
-                   hm_strides: Sequence[int] = (1, 1), hm_pool_size: Sequence[int] = (5, 5),
-                   fc_init_units: int = 64, fc_layers: int = 2,
-                   kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
-                   ) -> tuple[keras.Model, int]:
-    """Convert a patch classifier into a whole-image classifier (SPEC §6).
-
-    Returns `(image_model, top_layer_nb)` as the original did; `image_model.layers
-    [top_layer_nb:]` are the new layers, the trunk is `image_model.get_layer('patch_trunk')`.
-    The cut is found by meaning (`patch_net` only translates `kept_layer_idx`) and the
-    input channels come from the patch model. With `return_heatmap` the model
-    outputs the patch classifier's softmax map (fprop heatmap) instead.
-    """
-    trunk = get_trunk(model, kept_layer_idx, kept_layer_name, patch_net)
-    channels = model.inputs[0].shape[-1]
-    image_input = keras.Input(shape=(int(image_size[0]), int(image_size[1]), channels),
-                              name="image_input")
-    block = trunk(image_input)
-
+def _top_layers(model, block, *, nb_class, block_type, depths, repetitions, block_fn,
+                shortcut_with_bn, bottleneck_enlarge_factor, dropout, weight_decay, add_heatmap,
+                avg_pool_size, return_heatmap, add_conv, add_shortcut, hm_strides, hm_pool_size,
+                fc_init_units, fc_layers):
+    """The new layers on the trunk's feature map `block`; returns the output tensor."""
     if add_heatmap or return_heatmap:
         block = layers.AveragePooling2D(pool_size=tuple(avg_pool_size),
                                         strides=tuple(hm_strides), name="hm_avg_pool")(block)
@@ -307,7 +286,7 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
         block = heat(block)
         heat.set_weights(clf.get_weights())
         if return_heatmap:
-            return keras.Model(image_input, block, name="heatmap_model"), 2
+            return block
         block = layers.MaxPooling2D(pool_size=tuple(hm_pool_size), name="hm_max_pool")(block)
 
     flattened = None
@@ -346,6 +325,53 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
     else:
         out = layers.Dense(nb_class, kernel_initializer="he_normal", activation="softmax",
                            kernel_regularizer=_l2(weight_decay), name="clf_dense")(block)
+    return out
+
+
+def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str = "resnet50",
+                   block_type: str = "resnet", depths: Sequence[int] = (512, 512),
+                   repetitions: Sequence[int] = (1, 1), block_fn: Callable = bottleneck_org,
+                   nb_class: int = 2, shortcut_with_bn: bool = True,
+                   bottleneck_enlarge_factor: int = 4, dropout: float = 0.0,
+                   weight_decay: float = 1e-4, add_heatmap: bool = False,
+                   avg_pool_size: Sequence[int] = (7, 7), return_heatmap: bool = False,
+                   add_conv: bool = True, add_shortcut: bool = False,
+                   hm_strides: Sequence[int] = (1, 1), hm_pool_size: Sequence[int] = (5, 5),
+                   fc_init_units: int = 64, fc_layers: int = 2,
+                   kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
+                   ) -> tuple[keras.Model, int]:
+    """Convert a patch classifier into a whole-image classifier (SPEC §6).
+
+    Returns `(image_model, top_layer_nb)` as the original did; `image_model.layers
+    [top_layer_nb:]` are the new layers, the trunk is `image_model.get_layer('patch_trunk')`.
+    The cut is found by meaning (`patch_net` only translates `kept_layer_idx`) and the
+    input channels come from the patch model. With `return_heatmap` the model
+    outputs the patch classifier's softmax map (fprop heatmap) instead.
+    """
+    trunk = get_trunk(model, kept_layer_idx, kept_layer_name, patch_net)
+    channels = model.inputs[0].shape[-1]
+    image_input = keras.Input(shape=(int(image_size[0]), int(image_size[1]), channels),
+                              name="image_input")
+    block = trunk(image_input)
+
+    try:
+        out = _top_layers(model, block, nb_class=nb_class, block_type=block_type, depths=depths,
+                          repetitions=repetitions, block_fn=block_fn,
+                          shortcut_with_bn=shortcut_with_bn,
+                          bottleneck_enlarge_factor=bottleneck_enlarge_factor, dropout=dropout,
+                          weight_decay=weight_decay, add_heatmap=add_heatmap,
+                          avg_pool_size=avg_pool_size, return_heatmap=return_heatmap,
+                          add_conv=add_conv, add_shortcut=add_shortcut, hm_strides=hm_strides,
+                          hm_pool_size=hm_pool_size, fc_init_units=fc_init_units,
+                          fc_layers=fc_layers)
+    except ValueError as e:
+        if "negative" not in str(e):
+            raise
+        raise ValueError(f"image size {tuple(image_size)} is too small for these top layers: the "
+                         f"trunk's feature map is {tuple(block.shape[1:3])}; use a larger "
+                         "--img-size or fewer/smaller pooling steps") from None
+    if return_heatmap:
+        return keras.Model(image_input, out, name="heatmap_model"), 2
     image_model = keras.Model(image_input, out, name="image_clf")
     return image_model, 2
 

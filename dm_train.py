@@ -208,8 +208,8 @@ def cli(kind: str, run: Callable, argv=None) -> int:
     cfg = dm_flags.parse(kind, argv)
     try:
         run(cfg)
-    except (RunError, DatasetError, dm_image.ImageReadError, FileNotFoundError,
-            dm_keras_ext.PretrainedWeightsError) as e:
-        log.error("error: %s", e)
+    except (ValueError, OSError) as e:  # our input errors are ValueError/OSError subclasses
+        lines = [l for l in str(e).splitlines() if l.strip()]
+        log.error("error: %s", lines[0] if lines else type(e).__name__)
         return 2
     return 0

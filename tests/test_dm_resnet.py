@@ -206,3 +206,10 @@ def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
     assert model2.get_layer("patch_trunk").output.name != trunk.output.name
     with pytest.raises(ValueError, match="classifier head"):
         dm_resnet.legacy_kept_layer(patch, -1, net)
+
+
+def test_image_too_small_for_top_layers_is_a_clear_error():
+    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                      img_size=(64, 64))[0]
+    with pytest.raises(ValueError, match=r"image size \(128, 96\) is too small.*\(2, 1\)"):
+        add_top_layers(patch, (128, 96), block_type="vgg", depths=[16], repetitions=[1])
