@@ -302,6 +302,8 @@ def find_trunk_layer(model: keras.Model) -> keras.Model:
 def set_trainable(model: keras.Model, stage: Stage) -> None:
     """Freeze by the named sub-model `patch_trunk`, never by a layer index of the model."""
     model.trainable = True
+    for layer in model.layers:  # setting it on the model alone may not reach sub-models
+        layer.trainable = True
     if stage.trainable == "all":
         return
     trunk = find_trunk_layer(model)
