@@ -299,22 +299,29 @@ def find_trunk_layer(model: keras.Model) -> keras.Model:
                      "freeze; it is not a patch or whole-image model of this project")
 
 
+def _set_layer_trainable(layer: keras.layers.Layer, value: bool) -> None:
+    """`layer.trainable = value`, recursively, always.
+
+    Plain assignment is skipped by TensorFlow's attribute tracking when the new value
+    `is` the old one (True is True), which would leave sub-layers frozen.
+    """
+    keras.layers.Layer.trainable.fset(layer, value)
+
+
 def set_trainable(model: keras.Model, stage: Stage) -> None:
     """Freeze by the named sub-model `patch_trunk`, never by a layer index of the model."""
-    model.trainable = True
-    for layer in model.layers:  # setting it on the model alone may not reach sub-models
-        layer.trainable = True
+    _set_layer_trainable(model, True)
     if stage.trainable == "all":
         return
     trunk = find_trunk_layer(model)
     if stage.trainable == "head":
-        trunk.trainable = False
+        _set_layer_trainable(trunk, False)
     elif stage.trainable == "top":
         if stage.trunk_from is None:
             raise ValueError(f"stage '{stage.name}': where the top layers start is unknown; "
                              "pass --top-layer-nb")
         for layer in trunk.layers[:stage.trunk_from]:
-            layer.trainable = False
+            _set_layer_trainable(layer, False)
     else:
         raise ValueError(f"unknown trainable spec {stage.trainable!r}")
 
