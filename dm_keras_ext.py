@@ -306,6 +306,8 @@ def _set_layer_trainable(layer: keras.layers.Layer, value: bool) -> None:
     `is` the old one (True is True), which would leave sub-layers frozen.
     """
     keras.layers.Layer.trainable.fset(layer, value)
+    for sub in getattr(layer, "_layers", []):
+        _set_layer_trainable(sub, value)
 
 
 def set_trainable(model: keras.Model, stage: Stage) -> None:
