@@ -202,18 +202,30 @@ def _looks_keras1(cfg: dict) -> bool:
 
 
 # --------------------------------------------------------------------------- model graph
-def _build_model(cfg: dict, ctx: _Ctx) -> keras.Model:
+def _build_model(cfg: dict, ctx: _Ctx, nested: bool = False) -> keras.Model:
+    """A Keras 3 model for a saved model config.
+
+    Nested sub-models are first built on inputs with free spatial sizes: Keras 2 let a patch
+    trunk built on 224x224 be called on a 1152x896 image, Keras 3 checks input shapes. If
+    the sub-model needs its saved sizes (e.g. Flatten then Dense), those are used instead.
+    """
     if not isinstance(cfg, dict) or "class_name" not in cfg:
         raise ctx.error(None, "model_config has no class_name")
     cn = cfg["class_name"]
-    if cn == "Sequential":
-        return _build_sequential(cfg.get("config"), ctx)
-    if cn in ("Model", "Functional"):
-        return _build_functional(cfg.get("config") or {}, ctx)
-    raise ctx.error(None, f"top-level class '{cn}' is not a Model or Sequential")
+    if cn not in _MODEL_CLASSES:
+        raise ctx.error(None, f"top-level class '{cn}' is not a Model or Sequential")
+    build = _build_sequential if cn == "Sequential" else _build_functional
+    conf = cfg.get("config") if cn == "Sequential" else cfg.get("config") or {}
+    if nested:
+        try:
+            return build(conf, ctx, relax=True)
+        except CheckpointError as e:
+            log.debug("nested model needs its saved input shape: %s", e)
+    return build(conf, ctx)
 
 
-def _input_spec_from(conf: dict, ctx: _Ctx, keep_batch: bool = False) -> tuple[tuple, int | None, str]:
+def _input_spec_from(conf: dict, ctx: _Ctx, keep_batch: bool = False,
+                     relax: bool = False) -> tuple[tuple, int | None, str]:
     """(shape without batch, batch size or None, dtype) from old input-shape keys."""
     dtype = conf.get("dtype") or conf.get("input_dtype") or "float32"
     if not isinstance(dtype, str):
@@ -231,10 +243,12 @@ def _input_spec_from(conf: dict, ctx: _Ctx, keep_batch: bool = False) -> tuple[t
         shape = (conf["input_length"], conf["input_dim"]) if "input_length" in conf else (conf["input_dim"],)
     else:
         raise ctx.error(conf.get("name"), "no input shape in the saved config")
+    if relax and len(shape) >= 2:
+        shape = (None,) * (len(shape) - 1) + (shape[-1],)
     return shape, (batch if keep_batch else None), dtype
 
 
-def _build_sequential(conf: Any, ctx: _Ctx) -> keras.Model:
+def _build_sequential(conf: Any, ctx: _Ctx, relax: bool = False) -> keras.Model:
     layer_cfgs = conf if isinstance(conf, list) else (conf or {}).get("layers", [])
     name = None if isinstance(conf, list) else (conf or {}).get("name")
     if not layer_cfgs:
@@ -242,16 +256,16 @@ def _build_sequential(conf: Any, ctx: _Ctx) -> keras.Model:
     first = layer_cfgs[0]
     stateful = any((lc.get("config") or {}).get("stateful") for lc in layer_cfgs)
     if first["class_name"] == "InputLayer":
-        shape, batch, dtype = _input_spec_from(first["config"], ctx, keep_batch=stateful)
+        shape, batch, dtype = _input_spec_from(first["config"], ctx, keep_batch=stateful, relax=relax)
         layer_cfgs = layer_cfgs[1:]
         in_name = first["config"].get("name")
     else:
-        shape, batch, dtype = _input_spec_from(first.get("config") or {}, ctx, keep_batch=stateful)
+        shape, batch, dtype = _input_spec_from(first.get("config") or {}, ctx, keep_batch=stateful, relax=relax)
         in_name = None
     layers = [keras.Input(shape=shape, batch_size=batch, dtype=dtype, name=in_name)]
     for lc in layer_cfgs:
         if lc["class_name"] in _MODEL_CLASSES:
-            layers.append(_build_model(lc, ctx))
+            layers.append(_build_model(lc, ctx, nested=True))
         else:
             layers.extend(_make_layers(lc["class_name"], lc.get("config") or {}, ctx))
     try:
@@ -273,7 +287,7 @@ def _as_node_list(entry: Any) -> list:
     return out
 
 
-def _build_functional(conf: dict, ctx: _Ctx) -> keras.Model:
+def _build_functional(conf: dict, ctx: _Ctx, relax: bool = False) -> keras.Model:
     layer_cfgs = conf.get("layers") or []
     tensors: dict[tuple[str, int], list] = {}
     objects: dict[str, Any] = {}
@@ -282,11 +296,11 @@ def _build_functional(conf: dict, ctx: _Ctx) -> keras.Model:
     for lc in layer_cfgs:
         cn, name = lc["class_name"], _layer_name(lc)
         if cn == "InputLayer":
-            shape, batch, dtype = _input_spec_from(lc.get("config") or {}, ctx)
+            shape, batch, dtype = _input_spec_from(lc.get("config") or {}, ctx, relax=relax)
             tensors[(name, 0)] = [keras.Input(shape=shape, batch_size=batch, dtype=dtype, name=name)]
             continue
         if cn in _MODEL_CLASSES:
-            objects[name] = _build_model(lc, ctx)
+            objects[name] = _build_model(lc, ctx, nested=True)
             offsets[name] = 1  # containers keep their own construction node as node 0
         else:
             made = _make_layers(cn, lc.get("config") or {}, ctx)
