@@ -197,8 +197,9 @@ def _refuse_lambda(cfg: dict, source: Any) -> None:
 
 
 def _looks_keras1(cfg: dict) -> bool:
-    keys = ("output_dim", "nb_filter", "border_mode", "init", "input_dtype", "dim_ordering", "W_regularizer")
-    return any(k in (lc.get("config") or {}) for lc in _iter_layer_cfgs(cfg) for k in keys)
+    keys = ("nb_filter", "border_mode", "init", "input_dtype", "dim_ordering", "W_regularizer", "inner_init")
+    return any(k in (lc.get("config") or {}) for lc in _iter_layer_cfgs(cfg) for k in keys) or any(
+        "output_dim" in (lc.get("config") or {}) for lc in _iter_layer_cfgs(cfg) if lc.get("class_name") != "Embedding")
 
 
 # --------------------------------------------------------------------------- model graph
@@ -418,7 +419,7 @@ def _fix_activation(v: Any) -> Any:
 def _convert_keras1(cn: str, conf: dict, ctx: _Ctx, name: str) -> dict:
     c = {}
     for k, v in conf.items():
-        c[_K1_KEYS.get(k, k)] = v
+        c[k if cn == "Embedding" and k == "output_dim" else _K1_KEYS.get(k, k)] = v
     if "nb_row" in conf:
         c["kernel_size"] = (conf["nb_row"], conf["nb_col"])
     if conf.get("dim_ordering") == "th":
@@ -477,8 +478,13 @@ def _make_layers_inner(cn: str, conf: dict, ctx: _Ctx, name: str) -> list:
         conf["axis"] = conf["axis"][0]
     if isinstance(conf.get("dtype"), dict):  # tf.keras 2.x DTypePolicy
         conf["dtype"] = (conf["dtype"].get("config") or {}).get("name", "float32")
+    if not str(conf.get("dtype", "float32")).startswith(("float", "mixed", "bfloat")):
+        conf.pop("dtype")  # Keras 2 stored the *input* dtype here (e.g. int32 before Embedding)
     accepted = _accepted_keys(cls)
-    dropped = sorted(k for k in conf if k not in accepted and k not in _RETIRED)
+    retired = _RETIRED - {"input_dim"} if cn == "Embedding" else _RETIRED
+    if cn == "Embedding":
+        conf = {k: v for k, v in conf.items() if k not in ("batch_input_shape", "input_length")}
+    dropped = sorted(k for k in conf if k not in accepted and k not in retired)
     if dropped:
         log.warning("%s: layer '%s' (%s): ignoring retired config keys %s", ctx.source, name, cn, dropped)
     conf = {k: v for k, v in conf.items() if k in accepted}
