@@ -19,6 +19,8 @@ import h5py
 import keras
 import numpy as np
 
+L = keras.layers
+
 KERAS_VERSION = "2.0.8"
 BACKEND = "tensorflow"
 
@@ -181,6 +183,54 @@ def _layer_weights(layer: keras.layers.Layer) -> list[tuple[str, np.ndarray]]:
         variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
         return [(f"{owner[id(v)]}/{v.name}:0", np.asarray(v.numpy())) for v in variables]
     return [(f"{layer.name}/{v.name}:0", np.asarray(v.numpy())) for v in layer.weights]
+
+
+def randomise_weights(model: keras.Model, seed: int = 0) -> None:
+    """Non-trivial weights and BN statistics so a wrong mapping cannot go unnoticed."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        shape = tuple(v.shape)
+        val = rng.uniform(0.5, 1.5, shape) if "variance" in v.name else rng.normal(0, 0.3, shape)
+        v.assign(val.astype("float32"))
+
+
+def small_whole_image_model() -> tuple[keras.Model, keras.Model]:
+    """(patch model, whole-image model) built the way the original project nests them.
+
+    The patch model is built on its own 32x32 input; its convolutional trunk (shared layers)
+    becomes the sub-model `patch_trunk` called on a new 64x48 input, with conv/BN/ReLU top
+    layers, a residual Add, global pooling and a softmax Dense on top.
+    """
+    trunk_layers = [L.ZeroPadding2D(1, name="pad1"), L.Conv2D(8, 3, name="conv1"),
+                    L.BatchNormalization(name="bn_conv1"), L.Activation("relu", name="act1"),
+                    L.MaxPooling2D(2, name="pool1"), L.Conv2D(16, 3, padding="same", name="conv2"),
+                    L.BatchNormalization(name="bn_conv2"), L.Activation("relu", name="act2")]
+
+    def trunk_fn(x):
+        for layer in trunk_layers:
+            x = layer(x)
+        return x
+
+    patch_in = keras.Input((32, 32, 3), name="patch_input")
+    patch_out = L.Dense(3, activation="softmax", name="patch_dense")(
+        L.GlobalAveragePooling2D(name="patch_gap")(trunk_fn(patch_in)))
+    patch_model = keras.Model(patch_in, patch_out, name="patch_model")
+    trunk_in = keras.Input((None, None, 3), name="trunk_input")
+    trunk = keras.Model(trunk_in, trunk_fn(trunk_in), name="patch_trunk")
+
+    img = keras.Input((64, 48, 3), name="input_2")
+    fmap = trunk(img)
+    y = L.Conv2D(16, 3, padding="same", kernel_initializer="he_normal",
+                 kernel_regularizer=keras.regularizers.L2(1e-4), name="top_conv")(fmap)
+    y = L.BatchNormalization(name="top_bn")(y)
+    y = L.Activation("relu", name="top_relu")(y)
+    y = L.Add(name="top_add")([fmap, y])
+    y = L.GlobalAveragePooling2D(name="top_gap")(y)
+    y = L.Dropout(0.5, name="top_dropout")(y)
+    out = L.Dense(2, activation="softmax", kernel_initializer="he_normal", name="top_dense")(y)
+    model = keras.Model(img, out, name="whole_image")
+    randomise_weights(model)
+    return patch_model, model
 
 
 def write_keras2_h5(model: keras.Model, path: str | os.PathLike,
