@@ -285,3 +285,37 @@ def test_unknown_layer_class_is_named(tmp_path):
         f.attrs["model_config"] = json.dumps(cfg).encode()
     with pytest.raises(dc.CheckpointError, match=r"custom.h5: layer 'd': layer class 'MyFancyDense'"):
         dc.load_model(path)
+
+
+def _lambda_config(shared_data) -> tuple[pathlib.Path, dict]:
+    path = shared_data / K2 / DL4J / "examples/lambda/model_lambda.h5"
+    with h5py.File(path, "r") as f:
+        return path, json.loads(f.attrs["model_config"])
+
+
+def test_lambda_python3_bytecode_is_a_clear_error(shared_data):
+    """Keras >= 2.1 on Python 3 stored base64 marshal data that Python 3.11 cannot run."""
+    path, cfg = _lambda_config(shared_data)
+    cfg["config"]["layers"][3]["config"]["function"][0] = "4wEAAAAAAAAAAAAAAAEAAAACAAAAQwAAAHMIAAAAfABkAQUAUwA="
+    with pytest.raises(dc.CheckpointError, match=r"x.h5: layer 'lambda_4': Lambda holds Python 3 bytecode"):
+        dc.model_from_keras2_config(cfg, safe_mode=False, source="x.h5")
+
+
+def test_lambda_python2_call_is_a_clear_error(shared_data):
+    """Python 2 bytecode beyond arithmetic (here `K.abs(x)`: LOAD_GLOBAL...) is not translated."""
+    path, cfg = _lambda_config(shared_data)
+    fn = cfg["config"]["layers"][2]["config"]["function"][0].encode("raw_unicode_escape")
+    code_at = fn.index(b"s\x08\x00\x00\x00") + 5
+    fn = fn[:code_at] + b"t\x00\x00|\x00\x00\x83" + fn[code_at + 7:]  # LOAD_GLOBAL 0, LOAD_FAST 0, CALL
+    cfg["config"]["layers"][2]["config"]["function"][0] = fn.decode("raw_unicode_escape")
+    with pytest.raises(dc.CheckpointError, match=r"y.h5: layer 'lambda_3': .*opcode 116.*by hand"):
+        dc.model_from_keras2_config(cfg, safe_mode=False, source="y.h5")
+
+
+def test_merge_layer_becomes_keras3_merge(shared_data):
+    path = shared_data / K2 / DL4J / "configs/keras2/keras2_mlp_fapi_config.json"
+    cfg = json.loads(path.read_text())
+    merge = [lc for lc in cfg["config"]["layers"] if lc["class_name"] == "Merge"][0]
+    model = dc.model_from_keras2_config(cfg)
+    want = {"sum": L.Add, "concat": L.Concatenate, "mul": L.Multiply}[merge["config"]["mode"]]
+    assert isinstance(model.get_layer(merge["name"]), want)
