@@ -1,0 +1,84 @@
+"""Convert a published (Keras 2.0.x) or any other model file to a self-describing `.keras` file.
+
+The output is an ordinary Keras 3 model that carries its class list and preprocessing
+recipe (`dm_keras_ext.ModelMeta`), so inference cannot be run with the wrong recipe.
+Defaults are those of the published whole-image models: 1152x896, rescale 0.003891
+(16-bit PNG to 0-255), featurewise mean 52.18 (CBIS-DDSM) or 44.33 (INbreast), classes
+`neg pos`.
+
+    python convert_checkpoint.py ddsm_resnet50.h5 ddsm_resnet50.keras --dataset ddsm
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
+DEFAULT_RESCALE = 0.003891
+DEFAULT_IMG_SIZE = (1152, 896)
+
+log = logging.getLogger("convert_checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("input", help="model file: Keras 2.x/1.2 .h5, Keras 3 .h5 or .keras")
+    p.add_argument("output", help="where to write the converted model (.keras; .h5 also accepted)")
+    p.add_argument("--class-list", nargs="+", default=["neg", "pos"],
+                   help="output column names, in order (default: neg pos)")
+    p.add_argument("--img-size", nargs=2, type=int, default=list(DEFAULT_IMG_SIZE), metavar=("H", "W"))
+    p.add_argument("--rescale-factor", type=float, default=DEFAULT_RESCALE,
+                   help="multiply pixels by this (default 0.003891 = 255/65535); 0 disables")
+    p.add_argument("--img-scale", type=float, default=None, help="scale so the image maximum is this")
+    p.add_argument("--equalize-hist", action="store_true")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="input channels (default: from the model)")
+    p.add_argument("--dataset", choices=sorted(DATASET_MEANS), default="ddsm",
+                   help="chooses the default featurewise mean (ddsm 52.18, inbreast 44.33)")
+    p.add_argument("--featurewise-mean", type=float, default=None, help="overrides the dataset mean")
+    p.add_argument("--no-featurewise-center", action="store_true", help="do not subtract a mean")
+    p.add_argument("--kind", choices=("image", "patch"), default="image")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow Lambda layers (runs code stored in the file; trusted files only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (2 for a bad input file or arguments)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    import dm_checkpoint
+    import dm_image
+    import dm_keras_ext
+
+    try:
+        model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
+    except (dm_checkpoint.CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_units = model.outputs[0].shape[-1]
+    if out_units is not None and out_units != len(args.class_list):
+        print(f"error: {args.input}: the model has {out_units} outputs but --class-list names "
+              f"{len(args.class_list)} classes", file=sys.stderr)
+        return 2
+    channels = args.channels or (model.inputs[0].shape[-1] if model.inputs[0].shape[-1] in (1, 3) else 3)
+    mean = args.featurewise_mean if args.featurewise_mean is not None else DATASET_MEANS[args.dataset]
+    recipe = dm_image.Recipe(img_size=tuple(args.img_size), img_scale=args.img_scale,
+                             rescale_factor=args.rescale_factor or None, equalize_hist=args.equalize_hist,
+                             channels=int(channels), featurewise_center=not args.no_featurewise_center,
+                             featurewise_mean=0.0 if args.no_featurewise_center else float(mean))
+    meta = dm_keras_ext.ModelMeta(class_list=tuple(args.class_list), recipe=recipe, kind=args.kind,
+                                  extra={"converted_from": str(args.input)})
+    try:
+        dm_keras_ext.save_model(model, args.output, meta)
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %s (%s, classes %s, recipe %s)", args.output, type(model).__name__,
+             " ".join(args.class_list), recipe.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""convert_checkpoint.py: Keras 2.0.8 checkpoint -> self-describing .keras file."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import convert_checkpoint
+import dm_keras_ext
+from dm_image import Recipe
+from keras2_fixture import small_whole_image_model as whole_image_model
+from keras2_fixture import write_keras2_h5
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def keras208_whole_image(tmp_path):
+    _, model = whole_image_model()
+    path = tmp_path / "ddsm_whole.h5"
+    write_keras2_h5(model, path, nested_input_shapes={"patch_trunk": (32, 32, 3)})
+    return model, path
+
+
+def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image):
+    model, src = keras208_whole_image
+    out = tmp_path / "out" / "ddsm_whole.keras"
+    assert convert_checkpoint.main([str(src), str(out)]) == 0
+    reloaded = keras.saving.load_model(out)  # plain Keras, no project loader
+    x = np.random.default_rng(0).normal(50, 20, (2, 64, 48, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=0)
+    meta = dm_keras_ext.read_model_meta(out)
+    assert meta.class_list == ("neg", "pos") and meta.kind == "image"
+    assert meta.recipe == Recipe(img_size=(1152, 896), rescale_factor=0.003891, channels=3,
+                                 featurewise_center=True, featurewise_mean=52.18)
+    assert [p.name for p in out.parent.iterdir()] == ["ddsm_whole.keras"]  # no temp files left
+
+
+def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
+    _, src = keras208_whole_image
+    out = tmp_path / "inb.keras"
+    assert convert_checkpoint.main([str(src), str(out), "--dataset", "inbreast", "--img-size", "64", "48",
+                                    "--class-list", "benign", "malignant", "--kind", "image"]) == 0
+    meta = dm_keras_ext.read_model_meta(out)
+    assert meta.class_list == ("benign", "malignant")
+    assert meta.recipe.featurewise_mean == 44.33 and meta.recipe.img_size == (64, 48)
+    out2 = tmp_path / "mean.keras"
+    assert convert_checkpoint.main([str(src), str(out2), "--featurewise-mean", "60.5",
+                                    "--rescale-factor", "0"]) == 0
+    r = dm_keras_ext.read_model_meta(out2).recipe
+    assert r.featurewise_mean == 60.5 and r.rescale_factor is None
+
+
+def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image, capsys):
+    _, src = keras208_whole_image
+    out = tmp_path / "x.keras"
+    assert convert_checkpoint.main([str(tmp_path / "missing.h5"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.h5" in err and "not found" in err and len(err.strip().splitlines()) == 1
+    notes = tmp_path / "notes.h5"
+    notes.write_text("not a model")
+    assert convert_checkpoint.main([str(notes), str(out)]) == 2
+    assert "notes.h5: not a model file" in capsys.readouterr().err
+    assert convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
+    assert "2 outputs" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddsm_whole.h5", "notes.h5"]
+
+
+def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
+    """Real subprocess: exit code 2 and one line naming the file and the Lambda layer."""
+    src = shared_data / "keras2/dl4j_test_resources/examples/lambda/model_lambda.h5"
+    out = tmp_path / "lam.keras"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "convert_checkpoint.py", str(src), str(out), "--class-list",
+                        *[str(i) for i in range(10)]], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 2
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(line) == 1 and str(src) in line[0] and "'lambda_3'" in line[0]
+    assert not out.exists()
