@@ -223,11 +223,11 @@ def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
 
 
 def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = False) -> keras.Model:
-    """Load a model file (`.keras`, or `.h5` from Keras 3 or Keras 2.x)."""
-    try:
-        import dm_checkpoint
-    except ImportError:  # pragma: no cover - the legacy loader is optional
-        return keras.saving.load_model(path, safe_mode=safe_mode, compile=compile)
+    """Load a model file: `.keras`, or `.h5` from Keras 3 or Keras 2.0-2.x (`dm_checkpoint`).
+
+    Lambda layers are refused unless `safe_mode=False` (`--unsafe-load`).
+    """
+    import dm_checkpoint
     return dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
 
 
