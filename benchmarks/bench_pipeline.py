@@ -5,7 +5,8 @@ Writes synthetic 16-bit PNG mammogram-like images to a temp folder and prints im
 (a') the same from the RAM cache; (b) a baseline reproducing the original per-image path
 (cv2 decode, float32, 3 channels, Keras 2.0 `random_transform`: scipy.ndimage affine
 order 0 per channel, per-channel clipped shift, flips; single process); (c) decode alone
-through the same tf.data parallel map. The last line is one JSON object with the figures.
+through the same tf.data parallel map. The last line is one JSON object with the figures
+(medians over interleaved rounds; ratios are medians of per-round ratios).
 
     python benchmarks/bench_pipeline.py [--n 16 --size 1152 896 --epochs 3 --batch-size 4]
 """
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3, help="passes timed for (a) and (c)")
     ap.add_argument("--baseline-images", type=int, default=None, help="default: n")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
     ap.add_argument("--interpolation", choices=("bilinear", "nearest"), default="bilinear")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -144,48 +146,51 @@ def main(argv: list[str] | None = None) -> dict:
         labels = np.arange(args.n) % 2
         steps = dm_image.steps_for(args.n * args.epochs, args.batch_size)
 
-        # (c) decode alone, same tf.data parallel map, no batching
         par = workers or tf.data.AUTOTUNE
         dec = (tf.data.Dataset.from_tensor_slices(paths).repeat()
                .map(lambda p: tf.numpy_function(lambda s: dm_image.read_image(s.decode()), [p], tf.uint16),
                     num_parallel_calls=par).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
-        c = time_dataset(dec.map(lambda x: (x,)), steps, args.batch_size)
-        log.info("(c) decode alone (tf.data parallel): %.1f images/s", c)
-        t0 = time.perf_counter()
-        for p in paths:
-            dm_image.read_image(p)
-        c1 = len(paths) / (time.perf_counter() - t0)
-        log.info("    decode alone, one thread: %.1f images/s", c1)
-
-        # (a) this pipeline from disk, training with full augmentation
         ds = dm_image.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
                                    augment=aug, seed=1)
-        a = time_dataset(ds, steps, args.batch_size)
-        log.info("(a) dm_image pipeline, disk, augmented, 3 ch: %.1f images/s", a)
-
-        # (a') RAM mode
         cache = dm_image.load_images(paths, recipe)
         per_img = cache.nbytes / len(cache)
+        log.info("RAM cache: %d bytes per image (%s, shape %s); 3 x float32 would be %d",
+                 per_img, cache.dtype, cache.shape[1:], h * w * 3 * 4)
         ds_ram = dm_image.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
                                        augment=aug, seed=1, load_ram=True)
-        a_ram = time_dataset(ds_ram, steps, args.batch_size)
-        log.info("(a') dm_image pipeline, RAM cache, augmented, 3 ch: %.1f images/s", a_ram)
-        log.info("    RAM cache: %d bytes per image (%s, shape %s); 3 x float32 would be %d",
-                 per_img, cache.dtype, cache.shape[1:], h * w * 3 * 4)
-
-        # (b) original path
         nb = args.baseline_images or args.n
-        b = baseline_batches(paths, (h, w), args.batch_size, nb, aug)
+        # The machine is shared and noisy: interleave the measurements, report medians.
+        rec: dict[str, list[float]] = {"a": [], "a_ram": [], "b": [], "c": [], "c1": []}
+        for r in range(args.rounds):
+            rec["c"].append(time_dataset(dec.map(lambda x: (x,)), steps, args.batch_size))
+            t0 = time.perf_counter()
+            for p in paths:
+                dm_image.read_image(p)
+            rec["c1"].append(len(paths) / (time.perf_counter() - t0))
+            rec["a"].append(time_dataset(ds, steps, args.batch_size))
+            rec["a_ram"].append(time_dataset(ds_ram, steps, args.batch_size))
+            rec["b"].append(baseline_batches(paths, (h, w), args.batch_size, nb, aug, seed=r))
+            log.info("round %d: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rec.items()), r)
+        med = {k: float(np.median(v)) for k, v in rec.items()}
+        # ratios within a round are robust to load from other processes drifting over time
+        r_ab = float(np.median(np.array(rec["a"]) / np.array(rec["b"])))
+        r_ramb = float(np.median(np.array(rec["a_ram"]) / np.array(rec["b"])))
+        r_ac = float(np.median(np.array(rec["a"]) / np.array(rec["c"])))
+        a, a_ram, b, c, c1 = med["a"], med["a_ram"], med["b"], med["c"], med["c1"]
+        log.info("(a) dm_image pipeline, disk, augmented, 3 ch: %.1f images/s", a)
+        log.info("(a') dm_image pipeline, RAM cache, augmented, 3 ch: %.1f images/s", a_ram)
         log.info("(b) original per-image path (single process): %.2f images/s", b)
+        log.info("(c) decode alone (tf.data parallel map): %.1f images/s; one thread %.1f", c, c1)
 
     res = {"a_pipeline_img_s": round(a, 2), "a_ram_img_s": round(a_ram, 2),
-           "b_baseline_img_s": round(b, 2), "c_decode_img_s": round(c, 2),
+           "b_baseline_img_s": round(b, 2), "c_decode_img_s": round(c, 2), "ratio_a_c": round(r_ac, 2),
            "c_decode_1thread_img_s": round(c1, 2),
-           "ratio_a_b": round(a / b, 2), "ratio_a_ram_b": round(a_ram / b, 2),
-           "ratio_c_a": round(c / a, 2),
+           "ratio_a_b": round(r_ab, 2), "ratio_a_ram_b": round(r_ramb, 2),
+           "rounds_img_s": {k: [round(t, 2) for t in v] for k, v in rec.items()},
            "ram_bytes_per_image": int(per_img), "float3_bytes_per_image": h * w * 3 * 4,
            "n": args.n, "size": [h, w], "batch_size": args.batch_size,
-           "interpolation": args.interpolation, "cpu_count": os.cpu_count()}
+           "interpolation": args.interpolation, "rounds": args.rounds,
+           "num_cpu_cores": os.environ.get("NUM_CPU_CORES"), "cpu_count": os.cpu_count()}
     print(json.dumps(res))
     return res
 
