@@ -6,9 +6,27 @@ other than the one it was trained with.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
+DICOM_EXTS = (".dcm", ".dicom")
 
 
 @dataclass(frozen=True)
@@ -73,3 +91,631 @@ class Augment:
     channel_shift_range: float = 20.0   # intensity units, +/-
     fill_mode: str = "nearest"
     interpolation: str = "bilinear"     # or "nearest" (the Keras 2.0 generator's order 0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "zoom_range", tuple(float(v) for v in self.zoom_range))
+        if len(self.zoom_range) != 2 or self.zoom_range[0] > self.zoom_range[1]:
+            raise ValueError(f"zoom_range must be (low, high), got {self.zoom_range}")
+        if self.fill_mode != "nearest":
+            raise ValueError(f"only fill_mode='nearest' is supported, got {self.fill_mode!r}")
+        if self.interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["zoom_range"] = list(d["zoom_range"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Augment":
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ImageReadError(ValueError):
+    """An image file could not be read; the message is '<path>: <problem>'."""
+
+
+class DatasetError(ValueError):
+    """A dataset folder or list is unusable (missing root or class, no images, bad CSV)."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _to_grey(img: np.ndarray, path: str) -> np.ndarray:
+    """Colour (BGR/BGRA from cv2) to one grey channel, keeping the dtype."""
+    if img.ndim == 2:
+        return img
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            return img[:, :, 0]
+        if img.shape[2] == 2:           # grey + alpha
+            return np.ascontiguousarray(img[:, :, 0])
+        if img.shape[2] == 3:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        if img.shape[2] == 4:
+            return cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+    raise ImageReadError(f"{path}: unsupported image shape {img.shape}")
+
+
+def _dicom_value_range(ds) -> tuple[float, float] | None:
+    """Possible stored-value range from BitsStored/PixelRepresentation (None if unknown)."""
+    bits = ds.get("BitsStored", None) or ds.get("BitsAllocated", None)
+    if bits is None:
+        return None
+    bits = int(bits)
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0 ** bits - 1
+
+
+def _read_dicom(path: str, data: bytes) -> np.ndarray:
+    """DICOM pixel data with modality rescale applied and MONOCHROME1 inverted (bright = dense)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a read error
+        raise ImageReadError(f"{path}: not a readable DICOM file ({e})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError(f"{path}: DICOM file has no pixel data")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - missing codec, truncated data, ...
+        raise ImageReadError(f"{path}: cannot decode DICOM pixel data ({e})") from None
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        arr = cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_RGB2GRAY)
+    if arr.ndim != 2:
+        raise ImageReadError(f"{path}: expected a single 2-D frame, got pixel array of shape {arr.shape}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    x = arr.astype(np.float64)
+    if slope != 1.0 or intercept != 0.0:
+        x = x * slope + intercept
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        # Invert within the range the stored bits allow (mapped through the rescale), so the
+        # result does not depend on image content and stays in the same range.
+        rng = _dicom_value_range(ds)
+        if rng is None:
+            lo, hi = float(arr.min()), float(arr.max())
+        else:
+            lo, hi = rng
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+        x = (lo + hi) - x
+    if np.all(x == np.round(x)) and x.min() >= 0 and x.max() <= 65535:
+        return x.astype(np.uint16)
+    return x.astype(np.float32)
+
+
+def _is_dicom_bytes(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image as a 2-D grey array at its native dtype.
+
+    PNG/JPEG/BMP keep their bit depth (uint8/uint16; colour is converted to grey).
+    DICOM (.dcm/.dicom or a 'DICM' preamble) gets the modality rescale and MONOCHROME1
+    inversion; it is uint16 when integral and in range, else float32.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot open ({e.strerror or e})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    if os.path.splitext(path)[1].lower() in DICOM_EXTS or _is_dicom_bytes(data):
+        return _read_dicom(path, data)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f"{path}: cannot decode image (truncated, corrupt or unsupported format)")
+    img = _to_grey(img, path)
+    if img.dtype not in (np.uint8, np.uint16, np.float32):
+        img = img.astype(np.float32)
+    return img
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def target_shape(shape: tuple[int, int], recipe: Recipe) -> tuple[int, int]:
+    """(H, W) after the resize step of the recipe for an image of the given shape."""
+    if recipe.img_size is not None:
+        return recipe.img_size
+    if recipe.target_height is not None:
+        h = int(recipe.target_height)
+        return h, int(float(h) / shape[0] * shape[1])
+    return int(shape[0]), int(shape[1])
+
+
+def resize(img: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """SPEC §2 step 2: cubic resize to img_size or to target_height (aspect kept); dtype kept."""
+    th, tw = target_shape(img.shape, recipe)
+    if (th, tw) == img.shape:
+        return img
+    return cv2.resize(img, dsize=(tw, th), interpolation=cv2.INTER_CUBIC)
+
+
+def _cast_uint8(x: np.ndarray) -> np.ndarray:
+    """The original's `astype('uint8')` for histogram equalisation.
+
+    Identical for values in [0, 255]; out-of-range values (a wrong recipe) are clipped here
+    rather than wrapped as the original's undefined C cast did.
+    """
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """SPEC §2 steps 3-4 on an already resized grey image: float32, img_scale, rescale, equalise."""
+    x = np.array(img, dtype=np.float32, copy=True)
+    if recipe.img_scale is not None:
+        m = float(x.max())
+        m = m if m != 0 else float(recipe.img_scale)
+        x *= np.float32(float(recipe.img_scale) / m)
+    if recipe.rescale_factor is not None:
+        x *= np.float32(recipe.rescale_factor)
+    if recipe.equalize_hist:
+        x = cv2.equalizeHist(_cast_uint8(x)).astype(np.float32)
+    return x
+
+
+def finish_channels(x: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """SPEC §2 steps 5 and 7: channels (1 or duplicated to 3) and featurewise centring."""
+    x = np.asarray(x, dtype=np.float32)
+    if recipe.featurewise_center:
+        x = x - np.float32(recipe.featurewise_mean)
+    return np.repeat(x[:, :, None], recipe.channels, axis=2)
+
+
+def preprocess(img: np.ndarray, recipe: Recipe, aug_params: "AugParams | None" = None,
+               interpolation: str = "bilinear") -> np.ndarray:
+    """The reference recipe (SPEC §2): raw grey image -> float32 HxWxC network input.
+
+    With `aug_params`, the augmentation (step 6) is applied to the grey image between
+    equalisation and channels, exactly where the tf.data pipeline applies it.
+    """
+    if img.ndim != 2:
+        raise ValueError(f"expected a 2-D grey image, got shape {img.shape}")
+    x = grey_steps(resize(img, recipe), recipe)
+    if aug_params is not None:
+        x = augment_numpy(x, aug_params, interpolation)
+    return finish_channels(x, recipe)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@dataclass(frozen=True)
+class AugParams:
+    """One explicit draw of the augmentation (Keras 2.0 `random_transform` semantics).
+
+    theta: rotation in degrees; shear in radians; zx/zy: zoom of the row/column axis
+    (>1 zooms out, as in Keras); shift: added intensity (then clipped to the image's
+    min/max); flip_h/flip_v: mirror columns/rows (applied after the affine warp).
+    """
+
+    theta: float = 0.0
+    shear: float = 0.0
+    zx: float = 1.0
+    zy: float = 1.0
+    shift: float = 0.0
+    flip_h: bool = False
+    flip_v: bool = False
+
+    VECTOR_LEN = 7
+
+    def to_vector(self) -> np.ndarray:
+        return np.array([self.theta, self.shear, self.zx, self.zy, self.shift,
+                         float(self.flip_h), float(self.flip_v)], dtype=np.float32)
+
+    @classmethod
+    def from_vector(cls, v: Sequence[float]) -> "AugParams":
+        v = [float(t) for t in v]
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5] >= 0.5, v[6] >= 0.5)
+
+
+def affine_matrix(p: AugParams, h: int, w: int, include_flips: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(A, o) mapping an output (row, col) to the input (row, col) it samples: in = A @ out + o.
+
+    A = rotation @ shear @ zoom as in Keras 2.0, about the image centre ((h-1)/2, (w-1)/2)
+    (Keras 2.0 used h/2+0.5, one pixel past the centre; we use the true centre).
+    With include_flips the later flips are folded in, so one warp does everything.
+    """
+    th = math.radians(p.theta)
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    shear = np.array([[1.0, -math.sin(p.shear)], [0.0, math.cos(p.shear)]])
+    zoom = np.diag([p.zx, p.zy])
+    a = rot @ shear @ zoom
+    c = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    fm, fo = np.eye(2), np.zeros(2)
+    if include_flips:
+        if p.flip_v:
+            fm[0, 0], fo[0] = -1.0, h - 1.0
+        if p.flip_h:
+            fm[1, 1], fo[1] = -1.0, w - 1.0
+    return a @ fm, a @ (fo - c) + c
+
+
+def _shift_clip(x: np.ndarray, shift: float) -> np.ndarray:
+    """Keras 2.0 channel shift: add, then clip to the (warped) image's own min and max."""
+    if shift == 0.0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    np.add(x, np.float32(shift), out=x)
+    np.clip(x, np.float32(lo), np.float32(hi), out=x)
+    return x
+
+
+def augment_reference(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") -> np.ndarray:
+    """Slow, plain reference of one augmentation: scipy.ndimage like Keras 2.0 (nearest fill)."""
+    import scipy.ndimage as ndi
+
+    x = np.asarray(x, dtype=np.float32)
+    a, o = affine_matrix(p, *x.shape)
+    order = 1 if interpolation == "bilinear" else 0
+    y = ndi.affine_transform(x.astype(np.float64), a, offset=o, order=order, mode="nearest")
+    y = _shift_clip(y.astype(np.float32), p.shift)
+    if p.flip_h:
+        y = y[:, ::-1]
+    if p.flip_v:
+        y = y[::-1, :]
+    return np.ascontiguousarray(y)
+
+
+def augment_numpy(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") -> np.ndarray:
+    """Fast augmentation of one float32 grey image, as used by the pipeline.
+
+    One cv2.warpAffine with the flips folded into the matrix (replicate border = nearest
+    fill), then the clipped intensity shift. Agrees with `augment_reference`: nearest is
+    identical except at rounding ties; bilinear differs by cv2's 1/32-pixel weight
+    quantisation (at most ~1/64 of a neighbour difference).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    h, w = x.shape
+    a, o = affine_matrix(p, h, w, include_flips=True)
+    if np.allclose(a, np.eye(2), rtol=0, atol=1e-12) and np.allclose(o, 0, rtol=0, atol=1e-9):
+        y = x.copy()
+    elif (np.allclose(np.abs(a), np.eye(2), rtol=0, atol=1e-12)
+          and p.theta == 0 and p.shear == 0 and p.zx == 1 and p.zy == 1):
+        code = {(True, False): 1, (False, True): 0, (True, True): -1}[(p.flip_h, p.flip_v)]
+        y = cv2.flip(x, code)
+    else:
+        m = np.array([[a[1, 1], a[1, 0], o[1]], [a[0, 1], a[0, 0], o[0]]], dtype=np.float64)
+        flag = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_NEAREST
+        y = cv2.warpAffine(x, m, (w, h), flags=flag | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return _shift_clip(y, p.shift)
+
+
+def draw_params_tf(augment: Augment, seed: "tf.Tensor") -> "tf.Tensor":
+    """Draw one AugParams vector (float32[7]) from a stateless seed (int[2])."""
+    import tensorflow as tf
+
+    u = tf.random.stateless_uniform([AugParams.VECTOR_LEN], seed=seed, dtype=tf.float32)
+    z0, z1 = augment.zoom_range
+    zero = tf.constant(0.0)
+    theta = (2.0 * u[0] - 1.0) * augment.rotation_range if augment.rotation_range else zero
+    shear = (2.0 * u[1] - 1.0) * augment.shear_range if augment.shear_range else zero
+    if z0 == 1.0 and z1 == 1.0:
+        zx = zy = tf.constant(1.0)
+    else:
+        zx, zy = z0 + (z1 - z0) * u[2], z0 + (z1 - z0) * u[3]
+    shift = ((2.0 * u[4] - 1.0) * augment.channel_shift_range
+             if augment.channel_shift_range else zero)
+    fh = tf.cast(u[5] < 0.5, tf.float32) if augment.horizontal_flip else zero
+    fv = tf.cast(u[6] < 0.5, tf.float32) if augment.vertical_flip else zero
+    return tf.stack([theta, shear, zx, zy, shift, fh, fv])
+
+
+def element_seed(seed: int, index) -> "tf.Tensor":
+    """Stateless seed of the index-th element drawn by a training pipeline."""
+    import tensorflow as tf
+
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([int(seed), 0x5EED], dtype=tf.int64), tf.cast(index, tf.int64))
+
+
+def draw_params(augment: Augment, seed: int, index: int) -> AugParams:
+    """The AugParams a training pipeline with this seed uses for its index-th element."""
+    return AugParams.from_vector(draw_params_tf(augment, element_seed(seed, index)).numpy())
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS)
+
+
+def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
+                       ) -> tuple[list[str], np.ndarray]:
+    """All images under ROOT/<class>/** (recursive, whitelisted extensions, sorted).
+
+    The label of an image is the index of its class in `class_list`, never folder order.
+    A class folder without images is allowed (see `empty_classes`); no images at all is not.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: dataset folder not found")
+    if not class_list:
+        raise DatasetError(f"{root}: empty class list")
+    if len(set(class_list)) != len(class_list):
+        raise DatasetError(f"{root}: duplicate class names in class list {list(class_list)}")
+    paths: list[str] = []
+    labels: list[int] = []
+    for k, cls in enumerate(class_list):
+        cdir = os.path.join(root, cls)
+        if not os.path.isdir(cdir):
+            raise DatasetError(f"{cdir}: class folder '{cls}' not found")
+        found = []
+        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
+            dirnames.sort()
+            found.extend(os.path.join(dirpath, f) for f in filenames if _is_image_name(f))
+        found.sort()
+        paths.extend(found)
+        labels.extend([k] * len(found))
+    if not paths:
+        raise DatasetError(f"{root}: no images ({', '.join(e[1:] for e in IMAGE_EXTS)}) "
+                           f"in class folders {list(class_list)}")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def class_counts(labels: Sequence[int], class_list: Sequence[str]) -> dict[str, int]:
+    """Number of images per class name, in class_list order."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_list))
+    return {c: int(counts[i]) for i, c in enumerate(class_list)}
+
+
+def empty_classes(labels: Sequence[int], class_list: Sequence[str]) -> list[str]:
+    """Classes with no images (fine for training, worth a warning; fatal for AUROC)."""
+    return [c for c, n in class_counts(labels, class_list).items() if n == 0]
+
+
+def read_csv_list(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None
+                  ) -> tuple[list[str], np.ndarray]:
+    """Read a CSV with columns path,label; labels are indices or class names (needs class_list).
+
+    Relative paths are taken relative to the CSV file's folder.
+    """
+    csv_path = os.fspath(csv_path)
+    if not os.path.isfile(csv_path):
+        raise DatasetError(f"{csv_path}: CSV file not found")
+    base = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in fields or "label" not in fields:
+            raise DatasetError(f"{csv_path}: expected columns 'path,label', got {reader.fieldnames}")
+        reader.fieldnames = fields
+        paths: list[str] = []
+        labels: list[int] = []
+        for line, row in enumerate(reader, start=2):
+            p, lab = (row["path"] or "").strip(), (row["label"] or "").strip()
+            if not p:
+                raise DatasetError(f"{csv_path}: line {line}: empty path")
+            try:
+                k = int(lab)
+            except ValueError:
+                if class_list is None or lab not in class_list:
+                    raise DatasetError(f"{csv_path}: line {line}: unknown label {lab!r}"
+                                       + ("" if class_list is None else f" (classes {list(class_list)})")
+                                       ) from None
+                k = list(class_list).index(lab)
+            if k < 0 or (class_list is not None and k >= len(class_list)):
+                raise DatasetError(f"{csv_path}: line {line}: label {k} out of range")
+            paths.append(p if os.path.isabs(p) else os.path.join(base, p))
+            labels.append(k)
+    if not paths:
+        raise DatasetError(f"{csv_path}: no rows")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def steps_for(n: int, batch_size: int) -> int:
+    """Batches needed to see n samples once (the last partial batch counts)."""
+    return int(math.ceil(n / float(batch_size)))
+
+
+def num_workers_default() -> int | None:
+    """$NUM_CPU_CORES if set (positive int), else None (meaning tf.data.AUTOTUNE)."""
+    v = os.environ.get("NUM_CPU_CORES", "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}") from None
+    if n < 1:
+        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}")
+    return n
+
+
+# --------------------------------------------------------------------------- RAM cache
+
+
+def read_resize(path: str, recipe: Recipe) -> np.ndarray:
+    """Steps 1-2 of the recipe: read and resize, native dtype, one channel."""
+    return resize(read_image(path), recipe)
+
+
+def load_images(paths: Sequence[str], recipe: Recipe, num_workers: int | None = None
+                ) -> np.ndarray:
+    """Decode and resize every image once, kept as (N, H, W) at native dtype (e.g. uint16).
+
+    This is the RAM cache: 2 bytes per pixel for 16-bit PNGs instead of 12 for three
+    float32 channels. All images must end up the same size (set recipe.img_size).
+    """
+    if len(paths) == 0:
+        raise DatasetError("no images to load")
+    workers = num_workers or num_workers_default() or (os.cpu_count() or 1)
+    out: np.ndarray | None = None
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        for i, img in enumerate(ex.map(lambda p: read_resize(p, recipe), paths)):
+            if out is None:
+                out = np.empty((len(paths),) + img.shape, dtype=img.dtype)
+            if img.shape != out.shape[1:]:
+                raise DatasetError(f"{paths[i]}: size {img.shape} differs from {out.shape[1:]}; "
+                                   "set an image size to cache images of different sizes")
+            if not np.can_cast(img.dtype, out.dtype, casting="safe"):
+                out = out.astype(np.result_type(out.dtype, img.dtype))
+            out[i] = img
+    assert out is not None
+    return out
+
+
+def _cache_array(images: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """An in-memory (N, H, W) source, resized per the recipe, native dtype kept."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3:
+        raise DatasetError(f"in-memory images must be (N, H, W), got shape {images.shape}")
+    if images.dtype not in (np.uint8, np.uint16, np.float32):
+        images = images.astype(np.float32)
+    if target_shape(images.shape[1:], recipe) == images.shape[1:]:
+        return images
+    return np.stack([resize(im, recipe) for im in images])
+
+
+# --------------------------------------------------------------------------- tf.data
+
+
+def _fill_one(out: np.ndarray, img: np.ndarray, recipe: Recipe, params: np.ndarray | None,
+              interpolation: str) -> None:
+    """Steps 2-7 for one image, written into out (H, W, C) float32 of a batch.
+
+    The same float32 operations as `preprocess`; centring is done in place on the grey image
+    and the channels are written once with cv2.merge (far cheaper than a TF broadcast).
+    """
+    x = grey_steps(resize(img, recipe), recipe)
+    if params is not None:
+        x = augment_numpy(x, AugParams.from_vector(params), interpolation)
+    if recipe.featurewise_center:
+        np.subtract(x, np.float32(recipe.featurewise_mean), out=x)
+    if out.shape[:2] != x.shape:
+        raise ImageReadError(f"image size {x.shape} differs from the batch's {out.shape[:2]}; "
+                             "set an image size (img_size) to batch images of different sizes")
+    if recipe.channels == 3:
+        cv2.merge([x, x, x], dst=out)
+    else:
+        out[:, :, 0] = x
+
+
+def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], recipe: Recipe,
+                 nb_class: int, batch_size: int, *, training: bool,
+                 augment: Augment | None = None, seed: int = 12345, load_ram: bool = False,
+                 auto_batch_balance: bool = False, class_weight: dict | None = None,
+                 num_workers: int | None = None) -> "tf.data.Dataset":
+    """A tf.data pipeline yielding (x (B,H,W,C) float32, y one-hot (B,nb_class)[, w (B,)]).
+
+    source: image paths, or an in-memory (N,H,W) array of raw images (always RAM mode).
+    training: seeded reshuffle every epoch, infinite repeat, augmentation if `augment`;
+    otherwise finite, in order, the last partial batch included, never augmented.
+    load_ram: decode+resize once, keep native dtype and one channel, augment from memory.
+    auto_batch_balance: w = 1 / (fraction of the sample's class in its batch), exactly as
+    the original (no further normalisation: the weights of a batch sum to B x the number of
+    classes present). class_weight: w = class_weight[label] (missing classes weigh 1).
+    Per-element randomness comes from stateless ops seeded by (seed, element position).
+    """
+    import tensorflow as tf
+
+    if auto_batch_balance and class_weight:
+        raise ValueError("use either auto_batch_balance or class_weight, not both")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = len(labels)
+    if n == 0:
+        raise DatasetError("empty dataset")
+    if len(source) != n:
+        raise DatasetError(f"{len(source)} images but {n} labels")
+    if labels.min() < 0 or labels.max() >= nb_class:
+        raise DatasetError(f"labels must be in [0, {nb_class}), got range "
+                           f"[{labels.min()}, {labels.max()}]")
+    workers = num_workers or num_workers_default() or tf.data.AUTOTUNE
+    interp = augment.interpolation if augment is not None else "bilinear"
+    use_aug = training and augment is not None
+
+    cache: np.ndarray | None = None
+    paths: list[str] | None = None
+    if isinstance(source, np.ndarray):
+        cache = _cache_array(source, recipe)
+    else:
+        paths = [os.fspath(p) for p in source]
+        bad = [p for p in paths if not os.path.isfile(p)]
+        if bad:
+            raise DatasetError(f"{bad[0]}: file not found ({len(bad)} of {n} images missing)")
+        if load_ram:
+            cache = load_images(paths, recipe, None if workers == tf.data.AUTOTUNE else workers)
+            log.info("cached %d images in RAM: %.1f MB (%s)", n, cache.nbytes / 1e6, cache.dtype)
+    if cache is not None:
+        out_hw = target_shape(cache.shape[1:], recipe)
+    elif recipe.img_size is not None:
+        out_hw = recipe.img_size
+    else:
+        out_hw = (recipe.target_height, None)
+    nch = recipe.channels
+
+    def work(idx: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """One whole batch in numpy/cv2 (cv2 releases the GIL, batches run in parallel)."""
+        out = None
+        for b, i in enumerate(idx):
+            img = cache[int(i)] if cache is not None else read_image(paths[int(i)])
+            if out is None:
+                hw = target_shape(img.shape, recipe)
+                out = np.empty((len(idx),) + tuple(hw) + (nch,), dtype=np.float32)
+            _fill_one(out[b], img, recipe, params[b] if use_aug else None, interp)
+        return out
+
+    def load(idx, params):
+        x = tf.numpy_function(work, [idx, params], tf.float32, stateful=False)
+        x.set_shape((None,) + tuple(out_hw) + (nch,))
+        return x, tf.gather(labels_t, idx)
+
+    labels_t = tf.constant(labels)
+    if training:
+        def epoch_order(e):
+            key = tf.random.experimental.stateless_fold_in(
+                tf.constant([int(seed), 0x5F1E], dtype=tf.int64), e)
+            return tf.data.Dataset.from_tensor_slices(
+                tf.argsort(tf.random.stateless_uniform([n], seed=key)))
+        ds = tf.data.Dataset.counter().flat_map(epoch_order).enumerate()
+        if use_aug:
+            ds = ds.map(lambda k, i: (i, draw_params_tf(augment, element_seed(seed, k))))
+        else:
+            ds = ds.map(lambda k, i: (i, tf.zeros([AugParams.VECTOR_LEN])))
+    else:
+        ds = tf.data.Dataset.range(n).map(lambda i: (i, tf.zeros([AugParams.VECTOR_LEN])))
+    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.map(load, num_parallel_calls=workers, deterministic=True)
+
+    cw = None
+    if class_weight:
+        cw = tf.constant([float(class_weight.get(k, 1.0)) for k in range(nb_class)], tf.float32)
+
+    def finish(x, y):
+        onehot = tf.one_hot(y, nb_class, dtype=tf.float32)
+        if auto_batch_balance:
+            counts = tf.reduce_sum(tf.one_hot(y, nb_class, dtype=tf.float64), axis=0)
+            frac = counts / tf.cast(tf.shape(y)[0], tf.float64)
+            return x, onehot, tf.cast(1.0 / tf.gather(frac, y), tf.float32)
+        if cw is not None:
+            return x, onehot, tf.gather(cw, y)
+        return x, onehot
+
+    ds = ds.map(finish)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_size(source: Sequence[str] | np.ndarray) -> int:
+    """Number of images in a source (paths or an in-memory array)."""
+    return len(source)
