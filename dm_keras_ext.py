@@ -398,7 +398,7 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
                 cb.stage = i
         hist = model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=end,
                          initial_epoch=max(start, initial_epoch), validation_data=val_ds,
-                         callbacks=callbacks, verbose=verbose)
+                         callbacks=callbacks, verbose=verbose, shuffle=False)
         for k, v in hist.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
         history.setdefault("stage", []).extend([i + 1] * len(hist.epoch))

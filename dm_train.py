@@ -30,8 +30,11 @@ class RunError(ValueError):
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout, force=True)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                            stream=sys.stdout)
+    root.setLevel(logging.INFO)
 
 
 def setup_runtime(cfg) -> Any:
@@ -47,7 +50,11 @@ def setup_runtime(cfg) -> Any:
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if cfg.distribute or int(os.environ.get("NUM_GPU_DEVICES", 1)) > 1:
-        strategy = tf.distribute.MirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        n_gpu = int(os.environ.get("NUM_GPU_DEVICES", len(gpus) or 1))
+        devices = [d.name for d in gpus][:n_gpu] or \
+            [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices=devices)
         log.info("data-parallel training on %d replicas", strategy.num_replicas_in_sync)
         return strategy
     return None

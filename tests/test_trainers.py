@@ -1,0 +1,259 @@
+"""The two trainers: flags of every shipped script, the full 3+2-stage path via the CLIs,
+per-stage weight decay and dropout, seeded reproducibility, data-parallel training."""
+import logging
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dm_flags
+import dm_image
+import dm_keras_ext
+import image_clf_train
+import patch_clf_train
+from synth import write_class_folders
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = sorted(REPO.glob("ddsm_train/*.sh")) + sorted(REPO.glob("inbreast_train/*.sh"))
+
+
+def _command_lines(text: str):
+    """(kind, argv) of each trainer command in a shell script or README code block."""
+    joined = re.sub(r"\\\n", " ", text)
+    variables = dict(re.findall(r'^([A-Z_]+)="([^"$]*)"', text, flags=re.M))
+    for line in joined.splitlines():
+        m = re.search(r"(patch_clf_train|image_clf_train)\.py\"?\s+(.*)$", line)
+        if not m:
+            continue
+        args = m.group(2)
+        for k, v in variables.items():
+            args = args.replace(f'"${k}"', shlex.quote(v)).replace(f"${k}", shlex.quote(v))
+        yield ("patch" if m.group(1).startswith("patch") else "image"), shlex.split(args)
+
+
+def test_every_script_and_the_readme_command_parse():
+    found = []
+    for path in SCRIPTS + [REPO / "README.md"]:
+        for kind, argv in _command_lines(path.read_text()):
+            argv = [a for a in argv if a != "..."]
+            cfg = dm_flags.parse(kind, argv)   # SystemExit on any unknown flag
+            assert len([a for a in argv if not a.startswith("-")]) >= 3
+            found.append((path.name, kind, cfg))
+    names = {f[0] for f in found}
+    assert {"train_patch_clf_im4096_256_3Cls.sh", "train_image_clf_im1152.sh",
+            "train_image_clf_inbreast.sh", "README.md"} <= names
+    readme = [c for n, k, c in found if n == "README.md" and k == "image" and c.resume_from][0]
+    assert readme.nb_epoch == 0 and readme.featurewise_mean == 44.33
+    assert readme.rescale_factor == pytest.approx(0.003891) and readme.patch_model_state is None
+
+
+def test_scripts_are_strict_and_location_independent():
+    for path in SCRIPTS:
+        text = path.read_text()
+        assert "set -euo pipefail" in text and 'REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.."' in text
+
+
+def test_image_trainer_needs_exactly_one_model_source(capsys):
+    with pytest.raises(SystemExit):
+        dm_flags.parse("image", ["a", "b", "c"])
+    with pytest.raises(SystemExit):
+        dm_flags.parse("image", ["a", "b", "c", "--patch-model-state", "p", "--resume-from", "r"])
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_config_is_frozen_and_seed_from_env(monkeypatch):
+    monkeypatch.setenv("RANDOM_SEED", "777")
+    cfg = dm_flags.parse("patch", ["a", "b", "c"])
+    assert cfg.seed == 777 and cfg.class_list == ["background", "malignant", "benign"]
+    with pytest.raises(Exception):
+        cfg.nb_epoch = 3
+
+
+# ------------------------------------------------------------------ end to end
+PATCH_FLAGS = ["--net", "yaroslav", "--img-size", "64", "64", "--rescale-factor", "0.003891",
+               "--featurewise-mean", "50", "--no-equalize-hist", "--batch-size", "8",
+               "--train-bs-multiplier", "1", "--optimizer", "adam", "--init-learningrate", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A patch model through all 3 stages, then a whole-image model through both."""
+    d = tmp_path_factory.mktemp("train")
+    p = write_class_folders(d / "patches", ["background", "malignant", "benign"], 6, (64, 64))
+    patch_model = d / "patch.keras"
+    patch_res = patch_clf_train.run(dm_flags.parse("patch", [
+        str(p["train"]), str(p["val"]), str(p["test"]), *PATCH_FLAGS, "--nb-epoch", "1",
+        "--top-layer-epochs", "1", "--all-layer-epochs", "1", "--augmentation",
+        "--best-model", str(patch_model)]))
+    i = write_class_folders(d / "images", ["neg", "pos"], 6, (256, 192), seed=1)
+    image_model = d / "image.h5"
+    image_res = image_clf_train.run(dm_flags.parse("image", [
+        str(i["train"]), str(i["val"]), str(i["test"]), "--patch-model-state", str(patch_model),
+        "--patch-net", "yaroslav", "--kept-layer-idx", "-3", "--img-size", "256", "192",
+        "--rescale-factor", "0.003891", "--featurewise-mean", "50", "--batch-size", "4",
+        "--train-bs-multiplier", "1", "--block-type", "vgg", "--top-depths", "16",
+        "--top-repetitions", "1", "--nb-epoch", "1", "--all-layer-epochs", "1",
+        "--optimizer", "adam", "--test-augment", "--best-model", str(image_model),
+        "--final-model", str(d / "final.keras")]))
+    return dict(dir=d, patch=p, images=i, patch_model=patch_model, patch_res=patch_res,
+                image_model=image_model, image_res=image_res)
+
+
+def test_patch_training_runs_three_stages(trained):
+    h = trained["patch_res"]["history"]
+    assert h["stage"] == [1, 2, 3] and h["epoch"] == [1, 2, 3]
+    assert trained["patch_model"].is_file()
+    meta = dm_keras_ext.read_model_meta(trained["patch_model"])
+    assert meta.kind == "patch" and meta.class_list == ("background", "malignant", "benign")
+    assert meta.recipe.channels == 1 and meta.recipe.img_size == (64, 64)
+    csv = trained["patch_model"].with_suffix("").as_posix() + ".history.csv"
+    rows = open(csv).read().strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("epoch")
+
+
+def test_image_training_best_model_reproduces_predictions_and_auroc(trained):
+    res = trained["image_res"]
+    assert res["history"]["stage"] == [1, 2]
+    assert "val_auroc" in res["history"]
+    path = trained["image_model"]
+    meta = dm_keras_ext.read_model_meta(path)
+    assert meta.kind == "image" and meta.class_list == ("neg", "pos")
+    model = dm_keras_ext.load_model(path)
+    paths, labels = dm_image.list_class_folders(trained["images"]["test"], meta.class_list)
+    ds = dm_image.make_dataset(paths, labels, meta.recipe, 2, 4, training=False)
+    probs = model.predict(ds.map(lambda x, y: x), verbose=0)
+    np.testing.assert_array_equal(probs, res["test_probs"])
+    assert res["test_auroc"] == dm_keras_ext.mean_auroc(labels, probs)
+    assert 0.0 <= res["test_auroc_tta"] <= 1.0
+    assert (trained["dir"] / "final.keras").is_file()
+
+
+def test_cli_prints_test_auroc(trained, caplog):
+    i = trained["images"]
+    with caplog.at_level(logging.INFO):
+        rc = image_clf_train.main([
+            str(i["train"]), str(i["val"]), str(i["test"]), "--resume-from",
+            str(trained["image_model"]), "--img-size", "256", "192", "--rescale-factor",
+            "0.003891", "--featurewise-mean", "50", "--batch-size", "4", "--nb-epoch", "0",
+            "--all-layer-epochs", "1", "--optimizer", "adam", "--best-model", "NOSAVE",
+            "--history-csv", str(trained["dir"] / "h.csv")])
+    assert rc == 0
+    line = [r.getMessage() for r in caplog.records if "AUROC on test set" in r.getMessage()]
+    assert line and re.match(r"AUROC on test set: \d\.\d{4}$", line[0])
+
+
+def test_one_class_validation_set_is_refused(trained, tmp_path, caplog):
+    i = trained["images"]
+    val = tmp_path / "val"
+    (val / "neg").mkdir(parents=True)
+    (val / "pos").mkdir()
+    for f in sorted((i["val"] / "neg").glob("*.png"))[:2]:
+        (val / "neg" / f.name).write_bytes(f.read_bytes())
+    rc = image_clf_train.main([str(i["train"]), str(val), str(i["test"]), "--resume-from",
+                               str(trained["image_model"]), "--img-size", "256", "192",
+                               "--nb-epoch", "0", "--all-layer-epochs", "1",
+                               "--best-model", "NOSAVE"])
+    assert rc == 2
+    assert any("validation set has only class ['neg']" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ stages
+def test_stage2_weight_decay_and_dropout_take_effect():
+    import dm_resnet
+    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                      img_size=(64, 64))[0]
+    model, _ = dm_resnet.add_top_layers(patch, (128, 128), block_type="vgg", depths=[8],
+                                        repetitions=[1], weight_decay=0.01, dropout=0.1)
+    cfg = dict(nb_epoch=1, all_layer_epochs=1, init_lr=0.01, all_layer_multiplier=0.1,
+               weight_decay=0.01, weight_decay2=0.04, hidden_dropout=0.1, hidden_dropout2=0.6)
+    s1, s2 = dm_keras_ext.image_stages(type("C", (), cfg))
+    dm_keras_ext.compile_for_stage(model, s1, "sgd")
+    reg1 = dm_keras_ext.regularization_loss(model)
+    dropout1 = [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"]
+    dm_keras_ext.compile_for_stage(model, s2, "sgd")
+    reg2 = dm_keras_ext.regularization_loss(model)
+    dropout2 = [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"]
+    assert reg2 / reg1 == pytest.approx(0.04 / 0.01, rel=1e-5)
+    assert set(dropout1) == {0.1} and set(dropout2) == {0.6}
+    assert s2.lr == pytest.approx(0.001)
+    # the stage-2 values are what the compiled training graph uses
+    x = np.random.default_rng(0).normal(size=(4, 128, 128, 1)).astype("float32")
+    y = np.eye(2)[[0, 1, 0, 1]].astype("float32")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    data_loss = float(np.mean(
+        -np.sum(y * np.log(np.clip(model.predict(x, verbose=0), 1e-7, 1)), -1)))
+    assert np.isfinite(logs["loss"]) and logs["loss"] > data_loss * 0  # trained, finite
+    cfg_after = model.get_layer(index=-1).get_config()["kernel_regularizer"]["config"]["l2"]
+    assert cfg_after == pytest.approx(0.04)
+
+
+def test_trunk_is_frozen_by_name_in_stage_one():
+    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                      img_size=(64, 64))[0]
+    trunk = patch.get_layer("patch_trunk")
+    top = dm_keras_ext.default_top_layer_nb(trunk, "yaroslav")
+    stages = [dm_keras_ext.Stage("a", 1, .1, 0, 0, "head"),
+              dm_keras_ext.Stage("b", 1, .1, 0, 0, "top", top),
+              dm_keras_ext.Stage("c", 1, .1, 0, 0, "all")]
+    counts = []
+    for s in stages:
+        dm_keras_ext.set_trainable(patch, s)
+        counts.append(sum(l.trainable for l in trunk.layers))
+    assert counts == [0, len(trunk.layers) - top, len(trunk.layers)]
+    assert trunk.layers[top].name == "block6_conv1"
+
+
+def test_optimisers_by_name():
+    names = ["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"]
+    opts = [dm_keras_ext.create_optimizer(n, 0.01) for n in names]
+    assert opts[0].nesterov and opts[0].momentum == pytest.approx(0.9)
+    assert [type(o).__name__.lower() for o in opts] == names
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        dm_keras_ext.create_optimizer("lion", 0.1)
+
+
+def test_auroc_one_class_is_nan_not_zero(caplog):
+    assert np.isnan(dm_keras_ext.mean_auroc([1, 1, 1], np.full((3, 2), 0.5)))
+    assert "undefined" in caplog.text
+    assert dm_keras_ext.mean_auroc([0, 1], [[0.9, 0.1], [0.2, 0.8]]) == 1.0
+
+
+# ------------------------------------------------------------------ reproducibility, scale
+def _short_patch_run(d, tag):
+    p = write_class_folders(d / "p", ["background", "malignant", "benign"], 4, (64, 64))
+    return patch_clf_train.run(dm_flags.parse("patch", [
+        str(p["train"]), str(p["val"]), str(p["test"]), *PATCH_FLAGS, "--no-use-pretrained",
+        "--nb-epoch", "2", "--augmentation", "--best-model", str(d / f"{tag}.keras")]))
+
+
+def test_two_seeded_runs_give_the_same_history(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANDOM_SEED", "4321")
+    h1 = _short_patch_run(tmp_path, "a")["history"]
+    h2 = _short_patch_run(tmp_path, "b")["history"]
+    assert h1 == h2 and len(h1["loss"]) == 2
+
+
+def test_two_replicas_under_mirrored_strategy(tmp_path):
+    """2 training steps on 2 logical CPU devices, in a fresh process."""
+    p = write_class_folders(tmp_path / "p", ["neg", "pos"], 4, (64, 64))
+    code = f"""
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {str(REPO)!r})
+import patch_clf_train
+sys.exit(patch_clf_train.main({[str(p['train']), str(p['val']), str(p['test']), *PATCH_FLAGS,
+    '--class-list', 'neg', 'pos', '--no-use-pretrained', '--nb-epoch', '1', '--batch-size', '4',
+    '--distribute', '--best-model', str(tmp_path / 'm.keras')]!r}))
+"""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "data-parallel training on 2 replicas" in out.stdout
+    assert re.search(r"^2/2 ", out.stdout, flags=re.M)   # 8 images / batch 4 = 2 steps
