@@ -233,7 +233,7 @@ def render_image(rng: np.random.Generator, view: str = "CC", side: str = "LEFT",
         else:
             radius = w * 0.05
             reach = radius * 1.5
-        c = _place(rng, (dist > reach * 0.6 + 2) & ~cv2.dilate(used.view(np.uint8), np.ones((9, 9), np.uint8), iterations=max(1, int(reach / 4))).view(bool))
+        c = _place(rng, (dist > reach * 0.8 + 2) & ~cv2.dilate(used.view(np.uint8), np.ones((9, 9), np.uint8), iterations=max(1, int(reach / 4))).view(bool))
         if c is None:
             log.debug("no room for a %s lesion", typ)
             continue
@@ -243,6 +243,8 @@ def render_image(rng: np.random.Generator, view: str = "CC", side: str = "LEFT",
             mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
         else:
             sig, mask = _calc_signal(rng, (h, w), c, w, malignant, cfg)
+        sig *= breast  # spicules stop at the skin
+        mask[~breast] = 0
         img += sig
         used |= mask > 0
         out_lesions.append(Lesion(typ, path, mask, c))
