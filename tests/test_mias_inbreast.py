@@ -80,3 +80,74 @@ def test_mias_full_conversion(shared_data, tmp_path):
     assert sum(s[k]["pos"] for k in ("train", "val", "test")) == 52
     assert len(list((tmp_path / "m" / "roi_masks").glob("*.png"))) == 119
     assert len(list((tmp_path / "m").glob("*/pos/*.png"))) == 52
+
+
+# ----------------------------------------------------------------------------- INbreast
+from inbreast_train import prepare_inbreast as inb  # noqa: E402
+from recipe_helpers import write_dicom  # noqa: E402
+
+
+def test_inbreast_sheet_counts(shared_data):
+    df = inb.read_inbreast_csv(shared_data / "inbreast" / "INbreast.csv")
+    assert len(df) == 410
+    assert df["birads"].value_counts().to_dict() == {"2": 220, "1": 67, "5": 49, "3": 23, "4c": 22,
+                                                     "4a": 13, "4b": 8, "6": 8}
+    assert df["label"].value_counts().to_dict() == {"neg": 287, "pos": 100}
+    assert df["label"].isna().sum() == 23                          # BI-RADS 3 excluded
+    assert set(df["side"]) == {"LEFT", "RIGHT"}
+    assert df["view"].value_counts().to_dict() == {"CC": 203, "MLO": 206, "FB": 1}  # one 'FB' row is real
+    assert df["file_name"].str.fullmatch(r"\d{8}").all() and df["file_name"].is_unique
+    assert [inb.birads_label(b) for b in ("1", "2", "3", "4A", "4b", "4c", "5", "6")] == \
+        ["neg", "neg", None, "pos", "pos", "pos", "pos", "pos"]
+    with pytest.raises(inb.InbreastFormatError):
+        inb.birads_label("0")
+
+
+def _plist(path, rois):
+    import plistlib
+    images = [{"ROIs": [{"Name": n, "NumberOfPoints": len(p), "Point_px": [f"({x}, {y})" for x, y in p]}
+                        for n, p in rois]}]
+    with open(path, "wb") as f:
+        plistlib.dump({"Images": images}, f, fmt=plistlib.FMT_XML)
+
+
+def test_inbreast_mini_tree(shared_data, tmp_path):
+    """Real sheet rows; synthetic DICOMs named like the release; one XML with a mass and calcs."""
+    sheet = inb.read_inbreast_csv(shared_data / "inbreast" / "INbreast.csv")
+    rows = sheet.iloc[:12]                     # 3 women x 4 images, BI-RADS 1/3/4a/5/2/...
+    dcm_dir, xml_dir = tmp_path / "AllDICOMs", tmp_path / "AllXML"
+    xml_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows.itertuples()):
+        arr = rng.integers(0, 4000, (80, 64)).astype(np.uint16)
+        name = f"{r.file_name}_pat{i // 4:04d}_MG_{r.side[0]}_{r.view}_ANON.dcm"
+        if i == 5:
+            (dcm_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (dcm_dir / name).write_bytes(b"broken")
+        else:
+            write_dicom(dcm_dir / name, arr)
+    first_pos = rows[rows.label == "pos"].iloc[0].file_name
+    _plist(xml_dir / f"{first_pos}.xml", [("Mass", [(10, 10), (30, 10), (30, 40), (10, 40)]),
+                                          ("Calcification", [(50, 60)]), ("Calcification", [(55, 70)])])
+    out = tmp_path / "out"
+    s = inb.prepare(dcm_dir, shared_data / "inbreast" / "INbreast.csv", out, xml_dir=xml_dir,
+                    img_size=(40, 32), val_size=0.0, test_size=0.34, seed=3, verbose=False)
+    n_incl = int(rows["label"].notna().sum())
+    assert len(s["skipped"]) == 1 + (410 - 23 - n_incl)   # the broken DICOM + sheet rows without a file
+    images = pd.read_csv(out / "images.csv", dtype=str)
+    bad = rows.iloc[5].file_name
+    assert len(images) == n_incl - (1 if rows.iloc[5].label else 0)
+    assert bad not in set(images.full_img_file.str[:-4])
+    assert set(images.patient_id) <= {"pat0000", "pat0001", "pat0002"}
+    assert images.groupby("patient_id")["split"].nunique().max() == 1
+    for r in images.itertuples():
+        assert r.label == inb.birads_label(r.birads)
+        png = cv2.imread(str(out / r.split / r.label / r.full_img_file), cv2.IMREAD_UNCHANGED)
+        assert png.shape == (40, 32) and png.dtype == np.uint16
+    roi = pd.read_csv(out / "roi_mask_path.csv", dtype=str)
+    assert roi[["type", "pathology"]].values.tolist() == [["mass", "MALIGNANT"], ["calc", "MALIGNANT"]]
+    mass = cv2.imread(str(out / "roi_masks" / roi.roi_mask_file[0]), cv2.IMREAD_UNCHANGED)
+    ys, xs = np.nonzero(mass)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (5, 15, 5, 20)   # outline scaled by 0.5
+    calc = cv2.imread(str(out / "roi_masks" / roi.roi_mask_file[1]), cv2.IMREAD_UNCHANGED)
+    assert calc[30, 25] == 255 and calc[35, 28] == 255 and calc[0, 0] == 0
