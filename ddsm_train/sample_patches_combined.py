@@ -228,10 +228,20 @@ def _worker(arg: tuple[ImageTask, dict]) -> dict:
 
 
 def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_img_dir: str,
-                out_dir: str) -> list[ImageTask]:
-    """One task per (patient, side, view) of the given patients, in a stable order."""
+                out_dir: str, normal_images: pd.DataFrame | None = None) -> list[ImageTask]:
+    """One task per (patient, side, view) of the given patients, in a stable order.
+
+    `normal_images` (rows of a recipe's images.csv) adds background-only tasks for images
+    that have no abnormality in the ROI table.
+    """
     sub = df[df["patient_id"].isin(set(patients))]
     tasks = []
+    if normal_images is not None:
+        have = set(sub["full_img_file"]) if "full_img_file" in sub.columns else set()
+        for r in normal_images[normal_images["patient_id"].isin(set(patients))].itertuples(index=False):
+            if r.full_img_file not in have:
+                tasks.append(ImageTask(str(r.patient_id), f"{r.patient_id}_{r.side}_{r.view}",
+                                       os.path.join(full_img_dir, r.full_img_file), (), out_dir))
     for (pat, side, view), g in sorted(sub.groupby(["patient_id", "side", "view"], sort=True), key=lambda t: t[0]):
         first = g.iloc[0]
         if "full_img_file" in g.columns and str(first["full_img_file"]):
@@ -247,7 +257,7 @@ def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_i
                 mpath = const_filename(pat, side, view, roi_mask_dir, r.type, r.abn_num)
             abns.append(Abn(int(r.abn_num), str(r.pathology), str(r.type), mpath))
         tasks.append(ImageTask(str(pat), f"{pat}_{side}_{view}", full, tuple(abns), out_dir))
-    return tasks
+    return sorted(tasks, key=lambda t: t.img_id)
 
 
 def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed: int,
@@ -261,7 +271,8 @@ def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed
     mal = df.groupby("patient_id")["pathology"].agg(lambda s: int(any(str(v).upper().startswith("MALIGNANT")
                                                                         for v in s)))
     labels = {p: int(mal.get(p, 0)) for p in patients}
-    split = stratified_split(labels, {"val": val_size}, seed)
+    frac = val_size if val_size < 1 else min(1.0, val_size / len(patients))  # a count of patients
+    split = stratified_split(labels, {"val": frac}, seed)
     return sorted(p for p in patients if split[p] == "train"), sorted(p for p in patients if split[p] == "val")
 
 
@@ -270,10 +281,17 @@ def run(args: argparse.Namespace) -> dict:
     df = read_roi_table(args.roi_mask_path_file)
     patients = [p for p in read_lines(args.pat_train_list_file)]
     known = set(df["patient_id"])
+    normal = None
+    if args.images_csv:
+        if not pathlib.Path(args.images_csv).is_file():
+            raise FileNotFoundError(f"{args.images_csv}: image table not found")
+        normal = pd.read_csv(args.images_csv, dtype=str, keep_default_na=False)
+        known |= set(normal["patient_id"])
     unknown = [p for p in patients if p not in known]
     if unknown:
-        log.warning("%d patient(s) of %s not in the ROI table, ignored: %s", len(unknown),
-                    args.pat_train_list_file, ", ".join(unknown[:5]))
+        log.info("%d patient(s) of %s have no abnormality in the ROI table (use --images-csv to sample "
+                 "background from their images); skipped: %s", len(unknown), args.pat_train_list_file,
+                 ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
     patients = [p for p in dict.fromkeys(patients) if p in known]
     if not patients:
         raise ValueError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
@@ -292,7 +310,7 @@ def run(args: argparse.Namespace) -> dict:
         for d in set(opts["layout"].values()):
             (out / d).mkdir(parents=True, exist_ok=True)
         write_lines(out / "pat_lst.txt", pats)
-        tasks = build_tasks(df, pats, args.roi_mask_dir, args.full_img_dir, str(out))
+        tasks = build_tasks(df, pats, args.roi_mask_dir, args.full_img_dir, str(out), normal)
         results = _map(tasks, opts, args.nb_workers, desc=f"{split} images", verbose=args.verbose)
         recs = [r for res in results for r in res["records"]]
         for res in results:
@@ -360,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mass-neg-dir", default="mass_ben")
     p.add_argument("--class-layout", choices=["5class", "3class"], default="5class",
                    help="5class: background calc_mal calc_ben mass_mal mass_ben; 3class: background malignant benign")
+    p.add_argument("--images-csv", default=None,
+                   help="a recipe's images.csv: also draw background patches from images without abnormalities")
     p.add_argument("--max-tries", type=int, default=1000, help="failed draws before the ROI cutoff drops by 0.05")
     p.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
     p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)))

@@ -116,6 +116,24 @@ def test_three_class_layout_val_list_and_cutoff_fallback(synth, tmp_path):
     assert (idx["kind"] != "hns").all()
 
 
+def test_background_from_normal_images(tmp_path_factory, tmp_path):
+    out = tmp_path_factory.mktemp("syn_normal")
+    syn.generate_dataset(out, n_patients=6, img_size=(128, 96), seed=4, lesion_fraction=0.5)
+    images = pd.read_csv(out / "images.csv", dtype=str)
+    roi = pd.read_csv(out / "roi_mask_path.csv", dtype=str)
+    normal = set(images.full_img_file) - set(roi.full_img_file)
+    assert normal
+    argv = _argv(out, tmp_path, "--val-size", "0", "--images-csv", str(out / "images.csv"))
+    argv[argv.index("--target-size") + 1:argv.index("--target-size") + 3] = ["128", "96"]
+    s = spc.main(argv)
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    trainval = set((out / "patients_trainval.txt").read_text().split())
+    expect = images[images.patient_id.isin(trainval)]
+    assert s["train"]["images"] == len(expect)
+    from_normal = idx[idx.img_id.isin({f.removesuffix(".png") for f in normal})]
+    assert len(from_normal) and (from_normal["kind"] != "roi").all()
+
+
 def test_errors_are_reported_not_fatal(synth, tmp_path):
     # a table pointing at one missing image: the others are sampled, the broken one reported
     roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
