@@ -69,22 +69,32 @@ def stratified_split(labels: Mapping[str, int], fractions: Mapping[str, float], 
                      rest: str = "train") -> dict[str, str]:
     """Assign each key (a patient) to a split, stratified by its label and reproducible from `seed`.
 
-    `fractions` maps split name -> fraction of keys (e.g. {"val": .1}); the remaining keys go
-    to `rest`. Within each label the keys are sorted, shuffled with the seed, and cut by
-    rounded fractions, so the result doesn't depend on dict order.
+    `fractions` maps split name -> fraction of all keys (or, if >= 1, a number of keys); the
+    remaining keys go to `rest`. Each split's size is rounded once over all keys and shared
+    among the labels by largest remainder, so small sets still get their share. Keys are
+    sorted before the seeded shuffle, so the result doesn't depend on dict order.
     """
     rng = np.random.default_rng(seed)
-    out: dict[str, str] = {}
+    total = len(labels)
+    by_label = {}
     for lab in sorted(set(labels.values())):
         keys = sorted(k for k, v in labels.items() if v == lab)
-        keys = [keys[i] for i in rng.permutation(len(keys))]
-        start = 0
-        for name, frac in fractions.items():
-            n = int(round(len(keys) * float(frac))) if frac < 1 else int(frac)
-            for k in keys[start:start + n]:
+        by_label[lab] = [keys[i] for i in rng.permutation(len(keys))]
+    start = {lab: 0 for lab in by_label}
+    out: dict[str, str] = {}
+    for name, frac in fractions.items():
+        n = int(round(total * float(frac))) if frac < 1 else int(frac)
+        quota = {lab: n * len(ks) / total for lab, ks in by_label.items()} if total else {}
+        take = {lab: int(q) for lab, q in quota.items()}
+        for lab in sorted(quota, key=lambda k: (-(quota[k] - take[k]), k))[:n - sum(take.values())]:
+            take[lab] += 1
+        for lab, ks in by_label.items():
+            t = min(take.get(lab, 0), len(ks) - start[lab])
+            for k in ks[start[lab]:start[lab] + t]:
                 out[k] = name
-            start += n
-        for k in keys[start:]:
+            start[lab] += t
+    for lab, ks in by_label.items():
+        for k in ks[start[lab]:]:
             out[k] = rest
     return out
 
