@@ -26,7 +26,6 @@ import re
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))

@@ -23,7 +23,6 @@ broken images are skipped and reported instead of ending the run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import multiprocessing
 import os
