@@ -176,14 +176,24 @@ def pick_largest(paths: list[str]) -> tuple[str, tuple[int, int]]:
 
 
 def pick_mask(paths: list[str], full_shape: tuple[int, int]) -> str:
-    """Of the files in an ROI folder, the mask: the one with the full image's size (else the largest)."""
+    """Of the files in an ROI folder, the mask: the one with the full image's size.
+
+    A few CBIS-DDSM masks are slightly off the image size; the largest file is then used if it
+    covers at least half the image area (it is resized), else the folder has only a crop.
+    """
     if not paths:
         raise ImageReadError("no ROI DICOM file found")
     shapes = {p: dicom_shape(p) for p in paths}
     same = [p for p, s in shapes.items() if tuple(s) == tuple(full_shape)]
     if same:
         return same[0]
-    return max(shapes, key=lambda p: shapes[p][0] * shapes[p][1])
+    best = max(shapes, key=lambda p: shapes[p][0] * shapes[p][1])
+    h, w = shapes[best]
+    if h * w < 0.5 * full_shape[0] * full_shape[1]:  # only a crop here: no usable mask
+        raise ImageReadError(f"{best}: no ROI mask of the full image's size {tuple(full_shape)} "
+                             f"(largest file is {h}x{w})")
+    log.debug("%s: mask size %dx%d differs from the image's %s; resizing", best, h, w, tuple(full_shape))
+    return best
 
 
 @dataclass(frozen=True)

@@ -137,3 +137,15 @@ def test_mini_tree_resize_and_broken_case(shared_data, tmp_path):
     for p in (out / "roi_masks").glob("*.png"):
         m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         assert m.shape == (64, 48) and set(np.unique(m)) <= {0, 255} and m.max() == 255
+
+
+def test_pick_mask_by_size(tmp_path):
+    write_dicom(tmp_path / "a.dcm", np.zeros((100, 80), np.uint8))
+    write_dicom(tmp_path / "b.dcm", np.zeros((20, 10), np.uint16))
+    write_dicom(tmp_path / "c.dcm", np.zeros((98, 80), np.uint8))
+    a, b, c = (str(tmp_path / f"{n}.dcm") for n in "abc")
+    assert cbis.pick_mask([b, a], (100, 80)) == a
+    assert cbis.pick_mask([b, c], (100, 80)) == c            # slightly off-size mask: resized later
+    with pytest.raises(cbis.ImageReadError, match="no ROI mask"):
+        cbis.pick_mask([b], (100, 80))                       # only the crop is there
+    assert cbis.pick_largest([b, a, c]) == (a, (100, 80))
