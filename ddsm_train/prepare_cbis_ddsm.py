@@ -1,0 +1,315 @@
+"""CBIS-DDSM (TCIA download) -> the recipe layout the trainers and the patch sampler read.
+
+    python ddsm_train/prepare_cbis_ddsm.py DICOM_ROOT CSV_DIR OUT_DIR [--img-size H W | --target-height 4096]
+
+DICOM_ROOT is the downloaded tree (folders like `Mass-Training_P_00001_LEFT_CC/...`,
+searched recursively, whatever the study/series folder names); CSV_DIR holds the four
+official case-description CSVs. Output (see dm_recipe_utils): 16-bit full images, one
+0/255 ROI mask per abnormality, roi_mask_path.csv, images.csv, patient lists and
+<split>/{neg,pos} folders. An image is `pos` when any of its abnormalities is MALIGNANT.
+
+Splits are by patient: every patient of the official test CSVs is a test patient (with
+all of their images, including the few also listed in the training CSVs, so no woman is
+in two splits); the other patients are split into train/val, stratified by label, seeded.
+Which of the two DICOMs in an ROI folder is the mask and which the crop is decided by
+image size (the mask has the full image's size), not by the file name.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import multiprocessing
+import os
+import pathlib
+import re
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from dm_preprocess import ImageReadError, dicom_shape, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,  # noqa: E402
+                             stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
+
+log = logging.getLogger(__name__)
+
+CSV_GLOBS = {("mass", "train"): "mass*train*.csv", ("mass", "test"): "mass*test*.csv",
+             ("calc", "train"): "calc*train*.csv", ("calc", "test"): "calc*test*.csv"}
+KEY_RE = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
+
+
+class CbisFormatError(ValueError):
+    """A case-description CSV doesn't have the expected columns."""
+
+
+def find_case_csvs(csv_dir: str | os.PathLike) -> dict[tuple[str, str], pathlib.Path]:
+    """The official case-description CSVs in a folder, keyed by (type, split)."""
+    d = pathlib.Path(csv_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: CSV folder not found")
+    found = {}
+    for key, pattern in CSV_GLOBS.items():
+        hits = sorted(p for p in d.iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), "*" + pattern))
+        if hits:
+            found[key] = hits[0]
+    if not found:
+        raise FileNotFoundError(f"{d}: no CBIS-DDSM case-description CSV (mass_/calc_case_description_*_set.csv)")
+    return found
+
+
+def _col(df: pd.DataFrame, *names: str) -> str:
+    norm = {re.sub(r"[\s_]+", " ", c.strip().lower()): c for c in df.columns}
+    for n in names:
+        if n in norm:
+            return norm[n]
+    raise CbisFormatError(f"missing column {names[0]!r}")
+
+
+def read_case_csv(path: str | os.PathLike, abn_type: str | None = None, official: str | None = None) -> pd.DataFrame:
+    """One case-description CSV as a normalised abnormality table.
+
+    Handles the real files' quirks: fields with embedded newlines (quoted), `breast_density`
+    vs `breast density`, stray whitespace in paths. Columns: patient_id, side, view, abn_num,
+    type (mass/calc), pathology, breast_density, assessment, subtlety, image_path, crop_path,
+    roi_path, official (train/test), image_key, roi_key.
+    """
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: CSV not found")
+    raw = pd.read_csv(p, dtype=str, keep_default_na=False)
+    try:
+        out = pd.DataFrame({
+            "patient_id": raw[_col(raw, "patient id")].str.strip(),
+            "side": raw[_col(raw, "left or right breast")].str.strip().str.upper(),
+            "view": raw[_col(raw, "image view")].str.strip().str.upper(),
+            "abn_num": raw[_col(raw, "abnormality id")].str.strip().astype(int),
+            "type": raw[_col(raw, "abnormality type")].str.strip().str.lower()
+                    .map(lambda t: "calc" if t.startswith("calc") else "mass"),
+            "pathology": raw[_col(raw, "pathology")].str.strip().str.upper(),
+            "breast_density": raw[_col(raw, "breast density")].str.strip(),
+            "assessment": raw[_col(raw, "assessment")].str.strip(),
+            "subtlety": raw[_col(raw, "subtlety")].str.strip(),
+            "image_path": raw[_col(raw, "image file path")].str.strip(),
+            "crop_path": raw[_col(raw, "cropped image file path")].str.strip(),
+            "roi_path": raw[_col(raw, "roi mask file path")].str.strip(),
+        })
+    except CbisFormatError as e:
+        raise CbisFormatError(f"{p}: {e}") from None
+    if abn_type is not None:
+        out["type"] = abn_type
+    first = out["image_path"].str.split("/").str[0]
+    if official is None:
+        official = "test" if first.str.contains("-Test_").all() else "train"
+    out["official"] = official
+    out["image_key"] = first
+    out["roi_key"] = out["roi_path"].str.split("/").str[0]
+    bad = ~out["pathology"].isin(["MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK"])
+    if bad.any():
+        raise CbisFormatError(f"{p}: unexpected pathology value(s) {sorted(set(out.loc[bad, 'pathology']))}")
+    return out
+
+
+def load_case_tables(csv_dir: str | os.PathLike) -> pd.DataFrame:
+    """All official CSVs of a folder concatenated (mass train, mass test, calc train, calc test)."""
+    parts = [read_case_csv(path, t, s) for (t, s), path in sorted(find_case_csvs(csv_dir).items())]
+    return pd.concat(parts, ignore_index=True)
+
+
+def image_table(abn: pd.DataFrame) -> pd.DataFrame:
+    """One row per (patient, side, view): label pos if any abnormality is MALIGNANT, official split."""
+    g = abn.groupby(["patient_id", "side", "view"], sort=True)
+    img = g.agg(label=("pathology", lambda s: "pos" if (s == "MALIGNANT").any() else "neg"),
+                official=("official", lambda s: "test" if (s == "test").any() else "train"),
+                n_abn=("abn_num", "size"),
+                image_key=("image_key", lambda s: sorted(set(s))[0])).reset_index()
+    img["image_id"] = img["patient_id"] + "_" + img["side"] + "_" + img["view"]
+    img["full_img_file"] = img["image_id"] + ".png"
+    return img
+
+
+def assign_splits(images: pd.DataFrame, val_size: float = 0.1, seed: int = 12345) -> dict[str, str]:
+    """patient -> split: official test patients to test; the rest train/val stratified by label."""
+    test_pats = set(images.loc[images["official"] == "test", "patient_id"])
+    rest = images[~images["patient_id"].isin(test_pats)]
+    labels = rest.groupby("patient_id")["label"].agg(lambda s: int((s == "pos").any())).to_dict()
+    split = stratified_split(labels, {"val": val_size}, seed)
+    split.update({p: "test" for p in test_pats})
+    return split
+
+
+class DicomTree:
+    """Finds CBIS-DDSM DICOMs by their top folder name (e.g. Mass-Training_P_00001_LEFT_CC_1)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = pathlib.Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: DICOM folder not found")
+        self.index: dict[str, list[str]] = {}
+        for dirpath, _, files in os.walk(self.root):
+            dcms = [f for f in files if f.lower().endswith(".dcm")]
+            if not dcms:
+                continue
+            key = next((part for part in reversed(pathlib.Path(dirpath).relative_to(self.root).parts)
+                        if KEY_RE.match(part)), None)
+            if key is not None:
+                self.index.setdefault(key, []).extend(os.path.join(dirpath, f) for f in dcms)
+        for v in self.index.values():
+            v.sort()
+
+    def candidates(self, key: str, *csv_paths: str) -> list[str]:
+        """Files listed in the CSV (when present as given) plus every DICOM under the key folder."""
+        out = [str(self.root / p) for p in csv_paths if p and (self.root / p).is_file()]
+        out += [p for p in self.index.get(key, []) if p not in out]
+        return out
+
+
+def pick_largest(paths: list[str]) -> tuple[str, tuple[int, int]]:
+    """The DICOM with the most pixels (by header) and its shape."""
+    if not paths:
+        raise ImageReadError("no DICOM file found")
+    shapes = [(dicom_shape(p), p) for p in paths]
+    (shape, path) = max(shapes, key=lambda t: (t[0][0] * t[0][1], t[1]))
+    return path, shape
+
+
+def pick_mask(paths: list[str], full_shape: tuple[int, int]) -> str:
+    """Of the files in an ROI folder, the mask: the one with the full image's size.
+
+    A few CBIS-DDSM masks are slightly off the image size; the largest file is then used if it
+    covers at least half the image area (it is resized), else the folder has only a crop.
+    """
+    if not paths:
+        raise ImageReadError("no ROI DICOM file found")
+    shapes = {p: dicom_shape(p) for p in paths}
+    same = [p for p, s in shapes.items() if tuple(s) == tuple(full_shape)]
+    if same:
+        return same[0]
+    best = max(shapes, key=lambda p: shapes[p][0] * shapes[p][1])
+    h, w = shapes[best]
+    if h * w < 0.5 * full_shape[0] * full_shape[1]:  # only a crop here: no usable mask
+        raise ImageReadError(f"{best}: no ROI mask of the full image's size {tuple(full_shape)} "
+                             f"(largest file is {h}x{w})")
+    log.debug("%s: mask size %dx%d differs from the image's %s; resizing", best, h, w, tuple(full_shape))
+    return best
+
+
+@dataclass(frozen=True)
+class ConvertTask:
+    image_id: str
+    full_candidates: tuple[str, ...]
+    masks: tuple[tuple[str, tuple[str, ...]], ...]  # (mask file name, candidate DICOMs)
+    out_dir: str
+    img_size: tuple[int, int] | None
+    target_height: int | None
+
+
+def convert_image(task: ConvertTask) -> dict:
+    """Write one full image and its masks; returns {'image_id', 'ok', 'errors', 'masks_ok'}."""
+    out = pathlib.Path(task.out_dir)
+    res = {"image_id": task.image_id, "ok": False, "errors": [], "masks_ok": []}
+    try:
+        path, shape = pick_largest(list(task.full_candidates))
+        img = read_dicom_pixels(path)
+        img = to_uint16(resize_img(img, task.img_size, task.target_height))
+        write_png(out / FULL_DIR / f"{task.image_id}.png", img)
+        res["ok"] = True
+    except (ImageReadError, ValueError, OSError) as e:
+        res["errors"].append(f"{task.image_id}: {e}")
+        return res
+    for fname, cands in task.masks:
+        try:
+            mpath = pick_mask(list(cands), shape)
+            m = read_dicom_pixels(mpath)
+            m = resize_img(m, target_size=img.shape[:2], mask=True)
+            if not m.any():
+                raise ImageReadError(f"{mpath}: ROI mask is empty")
+            write_png(out / MASK_DIR / fname, m)
+            res["masks_ok"].append(fname)
+        except (ImageReadError, ValueError, OSError) as e:
+            res["errors"].append(f"{fname}: {e}")
+    return res
+
+
+def _convert_safe(task: ConvertTask) -> dict:
+    try:
+        return convert_image(task)
+    except Exception as e:  # a broken case must not end the run
+        return {"image_id": task.image_id, "ok": False, "errors": [f"{task.image_id}: {type(e).__name__}: {e}"],
+                "masks_ok": []}
+
+
+def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            img_size: tuple[int, int] | None = None, target_height: int | None = 4096, val_size: float = 0.1,
+            seed: int = 12345, nb_workers: int = 1, limit: int | None = None, verbose: bool = True) -> dict:
+    """Convert the download and write the layout; returns the summary (counts per split and class)."""
+    from tqdm import tqdm
+
+    abn = load_case_tables(csv_dir)
+    images = image_table(abn)
+    split_of = assign_splits(images, val_size, seed)
+    images["split"] = images["patient_id"].map(split_of)
+    if limit:
+        images = images.iloc[:limit].copy()
+    abn = abn.merge(images[["patient_id", "side", "view", "full_img_file"]], on=["patient_id", "side", "view"])
+    abn["roi_mask_file"] = abn["roi_key"] + ".png"
+    tree = DicomTree(dicom_root)
+    out = pathlib.Path(out_dir)
+    tasks = []
+    for row in images.itertuples(index=False):
+        a = abn[(abn["patient_id"] == row.patient_id) & (abn["side"] == row.side) & (abn["view"] == row.view)]
+        keys = sorted(set(a["image_key"]))
+        full = []
+        for k in keys:
+            full += [p for p in tree.candidates(k, *a.loc[a["image_key"] == k, "image_path"]) if p not in full]
+        masks = tuple((r.roi_mask_file, tuple(tree.candidates(r.roi_key, r.roi_path, r.crop_path)))
+                      for r in a.itertuples(index=False))
+        tasks.append(ConvertTask(row.image_id, tuple(full), masks, str(out),
+                                 tuple(img_size) if img_size else None, None if img_size else target_height))
+    bar = dict(total=len(tasks), desc="CBIS-DDSM images", disable=not verbose)
+    if nb_workers > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("spawn").Pool(nb_workers) as pool:
+            results = list(tqdm(pool.imap(_convert_safe, tasks, chunksize=1), **bar))
+    else:
+        results = [_convert_safe(t) for t in tqdm(tasks, **bar)]
+    ok_imgs = {r["image_id"] for r in results if r["ok"]}
+    ok_masks = {m for r in results for m in r["masks_ok"]}
+    skipped = [e for r in results for e in r["errors"]]
+    images = images[images["image_id"].isin(ok_imgs)]
+    abn = abn[abn["roi_mask_file"].isin(ok_masks)]
+    roi = abn[ROI_COLUMNS + ["official", "assessment", "subtlety", "breast_density"]].rename(
+        columns={"official": "official_split"})
+    write_csv(roi.sort_values(["patient_id", "side", "view", "type", "abn_num"]), out / "roi_mask_path.csv")
+    write_csv(images[IMAGE_COLUMNS], out / "images.csv")
+    write_patient_lists(out, {p: s for p, s in split_of.items() if p in set(images["patient_id"])})
+    write_class_folders(out, images)
+    return summarize(images, abn, skipped, name="CBIS-DDSM")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description="CBIS-DDSM download -> PNG images, ROI masks, splits, class folders.")
+    ap.add_argument("dicom_root", help="the downloaded DICOM tree (CBIS-DDSM/...)")
+    ap.add_argument("csv_dir", help="folder with the four official case-description CSVs")
+    ap.add_argument("out_dir")
+    ap.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="resize full images to H x W (e.g. 1152 896)")
+    ap.add_argument("--target-height", type=int, default=4096, help="else resize to this height keeping the aspect")
+    ap.add_argument("--native-size", action="store_true", help="keep the DICOM size")
+    ap.add_argument("--val-size", type=float, default=0.1, help="fraction of non-test patients for validation")
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
+    ap.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)))
+    ap.add_argument("--limit", type=int, default=None, help="convert only the first N images (trial runs)")
+    ap.add_argument("--no-verbose", dest="verbose", action="store_false")
+    a = ap.parse_args(argv)
+    return prepare(a.dicom_root, a.csv_dir, a.out_dir, a.img_size, None if a.native_size else a.target_height,
+                   a.val_size, a.seed, a.nb_workers, a.limit, a.verbose)
+
+
+if __name__ == "__main__":
+    setup_cli_logging()
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")

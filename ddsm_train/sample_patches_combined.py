@@ -1,0 +1,403 @@
+"""Sample ROI, background and hard-negative patches from full mammograms (SPEC §5).
+
+Same positional arguments, flags and defaults as the original
+`ddsm_train/sample_patches_combined.py`:
+
+    python ddsm_train/sample_patches_combined.py ROI_MASK_PATH_FILE ROI_MASK_DIR \
+        PAT_TRAIN_LIST_FILE FULL_IMG_DIR TRAIN_OUT_DIR VAL_OUT_DIR \
+        [--target-height 4096 | --target-size H W] [--no-segment-breast] --patch-size 256 \
+        --nb-abn 30 --nb-bkg 30 --nb-hns 15 --pos-cutoff .75 --neg-cutoff .35 --val-size .1
+
+Per image: resize, optionally segment the breast and crop to it, pad by half a patch.
+Per abnormality: bounding box of the largest mask contour; draw patch centres in it until
+`nb_abn` patches overlap the ROI by more than `pos_cutoff` of the ROI area or of the patch
+area (after `--max-tries` failed draws the cutoff drops by 0.05). Per image: `nb_hns` hard
+negatives at blob-detector key points and `nb_bkg - hns` random background patches, all
+overlapping every ROI of the image by at most `neg_cutoff`. Additions over the original:
+a seed (`--seed`, default $RANDOM_SEED or 12345) with one generator per image derived from
+(seed, image id), so results don't depend on `--nb-workers`; `--val-list` to reuse a given
+validation patient list; `--class-layout 3class` (background/malignant/benign); a
+`patch_index.csv` per output folder recording every patch's centre and the cutoff it met;
+broken images are skipped and reported instead of ending the run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import pathlib
+import sys
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob_keypoints,  # noqa: E402
+                           create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
+                           overlap_patch_roi, patch_roi_overlap, read_image_gray, resize_img,
+                           segment_breast, write_png)
+from dm_recipe_utils import read_lines, setup_cli_logging, stratified_split, write_csv, write_lines  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REQUIRED = ["patient_id", "side", "view", "abn_num", "pathology", "type"]
+INDEX_COLUMNS = ["file", "class", "kind", "patient_id", "img_id", "abn", "x", "y", "cutoff", "crop_x", "crop_y"]
+
+
+class SamplingError(ValueError):
+    """Patches can't be sampled from an ROI (e.g. the overlap cutoff fell to zero)."""
+
+
+@dataclass(frozen=True)
+class Abn:
+    abn_num: int
+    pathology: str
+    type: str
+    mask_path: str
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    patient_id: str
+    img_id: str
+    full_path: str
+    abns: tuple[Abn, ...]
+    out_dir: str
+
+
+def const_filename(pat: str, side: str, view: str, directory: str | os.PathLike,
+                   itype: str | None = None, abn: int | None = None) -> str:
+    """The original's file naming: PAT_SIDE_VIEW.png, or Calc|Mass-Training_PAT_SIDE_VIEW_ABN.png for masks."""
+    tokens = [str(pat), str(side), str(view)]
+    if itype is not None:
+        tokens.insert(0, ("Calc" if itype == "calc" else "Mass") + "-Training")
+        tokens.append(str(abn))
+    return os.path.join(directory, "_".join(tokens) + ".png")
+
+
+def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
+    """The per-abnormality table (CSV, or TSV by extension), ids as strings; checks the columns."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: ROI mask table not found")
+    sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
+    df = pd.read_csv(p, sep=sep, dtype={"patient_id": str, "side": str, "view": str}, keep_default_na=False)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"{p}: missing column(s) {missing}; need {REQUIRED}")
+    df["abn_num"] = df["abn_num"].astype(int)
+    df["type"] = df["type"].str.lower().map(lambda t: "calc" if t.startswith("calc") else "mass")
+    return df
+
+
+def patch_class(kind: str, abn: Abn | None, layout: dict[str, str]) -> str:
+    """Output folder of a patch under the chosen class layout."""
+    if kind != "roi":
+        return layout["bkg"]
+    mal = abn.pathology.upper().startswith("MALIGNANT")
+    return layout[("calc_" if abn.type == "calc" else "mass_") + ("pos" if mal else "neg")]
+
+
+def class_layout(args: argparse.Namespace) -> dict[str, str]:
+    if args.class_layout == "3class":
+        return {"bkg": args.bkg_dir, "calc_pos": "malignant", "mass_pos": "malignant",
+                "calc_neg": "benign", "mass_neg": "benign"}
+    return {"bkg": args.bkg_dir, "calc_pos": args.calc_pos_dir, "calc_neg": args.calc_neg_dir,
+            "mass_pos": args.mass_pos_dir, "mass_neg": args.mass_neg_dir}
+
+
+def image_seed(seed: int, img_id: str) -> np.random.Generator:
+    """A generator that depends only on the run seed and the image id (not on worker scheduling)."""
+    return np.random.default_rng([int(seed), zlib.crc32(img_id.encode())])
+
+
+_DETECTOR = {}
+
+
+def _detector(patch_size: int):
+    if patch_size not in _DETECTOR:
+        _DETECTOR[patch_size] = create_blob_detector(roi_size=(patch_size, patch_size))
+    return _DETECTOR[patch_size]
+
+
+def process_image(task: ImageTask, opts: dict) -> dict:
+    """Sample and write all patches of one image; returns {'records': [...], 'errors': [...]}."""
+    ps = int(opts["patch_size"])
+    half = ps // 2
+    rng = image_seed(opts["seed"], task.img_id)
+    records: list[dict] = []
+    errors: list[str] = []
+    try:
+        img = read_image_gray(task.full_path)
+        img = resize_img(img, opts["target_size"], opts["target_height"])
+        full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
+        bbox = (0, 0, img.shape[1], img.shape[0])
+        if opts["segment_breast"]:
+            img, bbox = segment_breast(img)
+        masks, abns = [], []
+        for abn in task.abns:
+            try:
+                m = read_image_gray(abn.mask_path)
+                m = resize_img(m, target_size=full_shape, mask=True)
+                m = crop_img(m, bbox)
+                if not np.any(m):
+                    raise EmptyMaskError(f"{abn.mask_path}: ROI mask is empty")
+                masks.append(add_img_margins((m > 0).astype(np.uint8), half))
+                abns.append(abn)
+            except (ImageReadError, EmptyMaskError) as e:
+                errors.append(str(e))
+    except (ImageReadError, ValueError) as e:
+        return {"records": [], "errors": [str(e)]}
+    img = add_img_margins(img, half)
+    areas = [int(np.count_nonzero(m)) for m in masks]
+    layout = opts["layout"]
+    out = pathlib.Path(task.out_dir)
+
+    def save(kind: str, abn: Abn | None, x: int, y: int, tag: str, i: int, cutoff: float) -> None:
+        cls = patch_class(kind, abn, layout)
+        fname = f"{task.img_id}_{tag}_{i:04d}.png"
+        write_png(out / cls / fname, extract_patch(img, (x, y), ps))
+        records.append(dict(file=f"{cls}/{fname}", **{"class": cls}, kind=kind, patient_id=task.patient_id,
+                            img_id=task.img_id, abn=tag if kind == "roi" else "", x=x, y=y,
+                            cutoff=round(cutoff, 4), crop_x=bbox[0], crop_y=bbox[1]))
+
+    def is_negative(x: int, y: int) -> bool:
+        return not any(overlap_patch_roi((x, y), ps, m, opts["neg_cutoff"], a) for m, a in zip(masks, areas))
+
+    h, w = img.shape[:2]
+    # Hard negatives at blob key points (shuffled), then random background.
+    n_hns = 0
+    if opts["nb_hns"] > 0 and opts["nb_bkg"] > 0:
+        kps = blob_keypoints(img, _detector(ps))
+        for j in rng.permutation(len(kps)):
+            if n_hns >= min(opts["nb_hns"], opts["nb_bkg"]):
+                break
+            x, y = kps[j]
+            if half <= x <= w - (ps - half) and half <= y <= h - (ps - half) and is_negative(x, y):
+                save("hns", None, x, y, "hns", n_hns, opts["neg_cutoff"])
+                n_hns += 1
+    n_bkg, tries = 0, 0
+    max_bkg_tries = opts["max_tries"] * max(1, opts["nb_bkg"])
+    while n_hns + n_bkg < opts["nb_bkg"] and tries < max_bkg_tries:
+        tries += 1
+        x = int(rng.integers(half, w - (ps - half) + 1))
+        y = int(rng.integers(half, h - (ps - half) + 1))
+        if is_negative(x, y):
+            save("bkg", None, x, y, "bkg", n_bkg, opts["neg_cutoff"])
+            n_bkg += 1
+    if n_hns + n_bkg < opts["nb_bkg"]:
+        errors.append(f"{task.img_id}: only {n_hns + n_bkg} of {opts['nb_bkg']} background patches found")
+    # ROI patches.
+    for abn, m, area in zip(abns, masks, areas):
+        tag = f"{abn.type}{abn.abn_num}"
+        rx, ry, rw, rh = largest_contour_bbox(m)
+        cutoff, fails, got = float(opts["pos_cutoff"]), 0, 0
+        try:
+            while got < opts["nb_abn"]:
+                x = int(rng.integers(rx, rx + rw))
+                y = int(rng.integers(ry, ry + rh))
+                fr, fp = patch_roi_overlap((x, y), ps, m, area)
+                if fr > cutoff or fp > cutoff:
+                    save("roi", abn, x, y, tag, got, cutoff)
+                    got += 1
+                    fails = 0
+                    continue
+                fails += 1
+                if fails >= opts["max_tries"]:
+                    cutoff = round(cutoff - 0.05, 10)
+                    fails = 0
+                    log.debug("%s %s: lowering the overlap cutoff to %.2f", task.img_id, tag, cutoff)
+                    if cutoff <= 0:
+                        raise SamplingError(f"{abn.mask_path}: overlap cutoff fell to 0; check the ROI mask")
+        except SamplingError as e:
+            errors.append(str(e))
+    return {"records": records, "errors": errors}
+
+
+def _worker(arg: tuple[ImageTask, dict]) -> dict:
+    task, opts = arg
+    try:
+        return process_image(task, opts)
+    except Exception as e:  # one broken image must not end the run
+        return {"records": [], "errors": [f"{task.full_path}: {type(e).__name__}: {e}"]}
+
+
+def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_img_dir: str,
+                out_dir: str, normal_images: pd.DataFrame | None = None) -> list[ImageTask]:
+    """One task per (patient, side, view) of the given patients, in a stable order.
+
+    `normal_images` (rows of a recipe's images.csv) adds background-only tasks for images
+    that have no abnormality in the ROI table.
+    """
+    sub = df[df["patient_id"].isin(set(patients))]
+    tasks = []
+    if normal_images is not None:
+        have = set(sub["full_img_file"]) if "full_img_file" in sub.columns else set()
+        for r in normal_images[normal_images["patient_id"].isin(set(patients))].itertuples(index=False):
+            if r.full_img_file not in have:
+                tasks.append(ImageTask(str(r.patient_id), f"{r.patient_id}_{r.side}_{r.view}",
+                                       os.path.join(full_img_dir, r.full_img_file), (), out_dir))
+    for (pat, side, view), g in sorted(sub.groupby(["patient_id", "side", "view"], sort=True), key=lambda t: t[0]):
+        first = g.iloc[0]
+        if "full_img_file" in g.columns and str(first["full_img_file"]):
+            full = os.path.join(full_img_dir, str(first["full_img_file"]))
+        else:
+            full = const_filename(pat, side, view, full_img_dir)
+        abns = []
+        for r in g.sort_values(["type", "abn_num"]).itertuples(index=False):
+            mf = getattr(r, "roi_mask_file", "")
+            if isinstance(mf, str) and mf:
+                mpath = os.path.join(roi_mask_dir, mf)
+            else:
+                mpath = const_filename(pat, side, view, roi_mask_dir, r.type, r.abn_num)
+            abns.append(Abn(int(r.abn_num), str(r.pathology), str(r.type), mpath))
+        tasks.append(ImageTask(str(pat), f"{pat}_{side}_{view}", full, tuple(abns), out_dir))
+    return sorted(tasks, key=lambda t: t.img_id)
+
+
+def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed: int,
+                    val_list: str | None = None) -> tuple[list[str], list[str]]:
+    """Patient-level validation split, stratified by 'any abnormality malignant'."""
+    if val_list:
+        val = set(read_lines(val_list))
+        return [p for p in patients if p not in val], sorted(val)
+    if val_size <= 0:
+        return list(patients), []
+    mal = df.groupby("patient_id")["pathology"].agg(lambda s: int(any(str(v).upper().startswith("MALIGNANT")
+                                                                        for v in s)))
+    labels = {p: int(mal.get(p, 0)) for p in patients}
+    frac = val_size if val_size < 1 else min(1.0, val_size / len(patients))  # a count of patients
+    split = stratified_split(labels, {"val": frac}, seed)
+    return sorted(p for p in patients if split[p] == "train"), sorted(p for p in patients if split[p] == "val")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Sample patches for the train and validation patients; returns {split: {class: count}, 'skipped': [...]}."""
+    df = read_roi_table(args.roi_mask_path_file)
+    patients = [p for p in read_lines(args.pat_train_list_file)]
+    known = set(df["patient_id"])
+    normal = None
+    if args.images_csv:
+        if not pathlib.Path(args.images_csv).is_file():
+            raise FileNotFoundError(f"{args.images_csv}: image table not found")
+        normal = pd.read_csv(args.images_csv, dtype=str, keep_default_na=False)
+        known |= set(normal["patient_id"])
+    unknown = [p for p in patients if p not in known]
+    if unknown:
+        log.info("%d patient(s) of %s have no abnormality in the ROI table (use --images-csv to sample "
+                 "background from their images); skipped: %s", len(unknown), args.pat_train_list_file,
+                 ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+    patients = [p for p in dict.fromkeys(patients) if p in known]
+    if not patients:
+        raise ValueError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
+    train_pats, val_pats = split_train_val(df, patients, args.val_size, args.seed, args.val_list)
+    target_size = tuple(args.target_size) if args.target_size else (
+        (args.target_height, args.target_width) if args.target_width else None)
+    opts = dict(patch_size=args.patch_size, seed=args.seed, segment_breast=args.segment_breast,
+                target_size=target_size, target_height=None if target_size else args.target_height,
+                nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, nb_hns=args.nb_hns, pos_cutoff=args.pos_cutoff,
+                neg_cutoff=args.neg_cutoff, max_tries=args.max_tries, layout=class_layout(args))
+    summary: dict = {"skipped": []}
+    for split, pats, out_dir in (("train", train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)):
+        if not pats:
+            continue
+        out = pathlib.Path(out_dir)
+        for d in set(opts["layout"].values()):
+            (out / d).mkdir(parents=True, exist_ok=True)
+        write_lines(out / "pat_lst.txt", pats)
+        tasks = build_tasks(df, pats, args.roi_mask_dir, args.full_img_dir, str(out), normal)
+        results = _map(tasks, opts, args.nb_workers, desc=f"{split} images", verbose=args.verbose)
+        recs = [r for res in results for r in res["records"]]
+        for res in results:
+            summary["skipped"].extend(res["errors"])
+        index = pd.DataFrame(recs, columns=INDEX_COLUMNS)
+        write_csv(index, out / "patch_index.csv")
+        summary[split] = {c: int((index["class"] == c).sum()) for c in sorted(set(opts["layout"].values()))}
+        summary[split]["images"] = len(tasks)
+        summary[split]["patients"] = len(pats)
+    _log_summary(summary)
+    return summary
+
+
+def _map(tasks: list[ImageTask], opts: dict, nb_workers: int, desc: str, verbose: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    items = [(t, opts) for t in tasks]
+    bar = dict(total=len(tasks), desc=desc, disable=not verbose)
+    if nb_workers <= 1 or len(tasks) <= 1:
+        return [_worker(it) for it in tqdm(items, **bar)]
+    ctx = multiprocessing.get_context("spawn")  # safe even if the parent already runs TensorFlow threads
+    with ctx.Pool(min(nb_workers, len(tasks))) as pool:
+        return list(tqdm(pool.imap(_worker, items, chunksize=1), **bar))
+
+
+def _log_summary(summary: dict) -> None:
+    log.info("patch summary:")
+    for split in ("train", "val"):
+        if split in summary:
+            s = summary[split]
+            counts = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("images", "patients"))
+            log.info("  %-5s %d patients, %d images: %s", split, s["patients"], s["images"], counts)
+    if summary["skipped"]:
+        log.warning("  %d problem(s): %s", len(summary["skipped"]), "; ".join(summary["skipped"][:10]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images (SPEC §5).")
+    p.add_argument("roi_mask_path_file", help="per-abnormality table (roi_mask_path.csv / .tsv)")
+    p.add_argument("roi_mask_dir", help="folder of ROI mask PNGs")
+    p.add_argument("pat_train_list_file", help="patients to sample from (one id a line)")
+    p.add_argument("full_img_dir", help="folder of full images")
+    p.add_argument("train_out_dir")
+    p.add_argument("val_out_dir")
+    p.add_argument("--target-height", type=int, default=4096)
+    p.add_argument("--target-width", type=int, default=None)
+    p.add_argument("--no-target-width", dest="target_width", action="store_const", const=None)
+    p.add_argument("--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="resize to H x W (overrides --target-height/--target-width)")
+    p.add_argument("--segment-breast", dest="segment_breast", action="store_true")
+    p.add_argument("--no-segment-breast", dest="segment_breast", action="store_false")
+    p.set_defaults(segment_breast=True)
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--nb-bkg", type=int, default=30)
+    p.add_argument("--nb-abn", type=int, default=30)
+    p.add_argument("--nb-hns", type=int, default=15)
+    p.add_argument("--pos-cutoff", type=float, default=.75)
+    p.add_argument("--neg-cutoff", type=float, default=.35)
+    p.add_argument("--val-size", type=float, default=.1, help="fraction (<1) or number of validation patients")
+    p.add_argument("--val-list", default=None, help="use these validation patients instead of a random split")
+    p.add_argument("--bkg-dir", default="background")
+    p.add_argument("--calc-pos-dir", default="calc_mal")
+    p.add_argument("--calc-neg-dir", default="calc_ben")
+    p.add_argument("--mass-pos-dir", default="mass_mal")
+    p.add_argument("--mass-neg-dir", default="mass_ben")
+    p.add_argument("--class-layout", choices=["5class", "3class"], default="5class",
+                   help="5class: background calc_mal calc_ben mass_mal mass_ben; 3class: background malignant benign")
+    p.add_argument("--images-csv", default=None,
+                   help="a recipe's images.csv: also draw background patches from images without abnormalities")
+    p.add_argument("--max-tries", type=int, default=1000, help="failed draws before the ROI cutoff drops by 0.05")
+    p.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
+    p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)))
+    p.add_argument("--verbose", dest="verbose", action="store_true")
+    p.add_argument("--no-verbose", dest="verbose", action="store_false")
+    p.set_defaults(verbose=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.target_size is None and args.target_width is not None:
+        args.target_size = [args.target_height, args.target_width]
+    return run(args)
+
+
+if __name__ == "__main__":
+    setup_cli_logging()
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,262 @@
+"""Image-level preprocessing shared by the dataset recipes, the patch sampler and heatmaps.
+
+Breast segmentation (threshold + largest contour), ROI geometry (largest-contour bounding
+box, patch/ROI overlap), blob-detector key points for hard negatives, padding, and small
+image I/O helpers (grey read of PNG/DICOM, resize, atomic PNG write).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable or not a grey image."""
+
+
+class EmptyMaskError(ValueError):
+    """An ROI mask has no foreground pixel."""
+
+
+# ----------------------------------------------------------------------------- I/O
+def read_image_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read a grey image keeping its bit depth: PNG/JPEG/BMP/TIFF via OpenCV, DICOM via pydicom."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file not found")
+    if p.suffix.lower() in (".dcm", ".dicom") or _looks_like_dicom(p):
+        return read_dicom_pixels(p)
+    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(f"{p}: cannot decode image")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(img)
+
+
+def _looks_like_dicom(p: pathlib.Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Pixel data of a single-frame grey DICOM as uint8/uint16 (MONOCHROME1 inverted)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many kinds; report one line
+        raise ImageReadError(f"{path}: cannot read DICOM pixel data ({type(e).__name__}: {e})") from None
+    if arr.ndim != 2:
+        raise ImageReadError(f"{path}: expected a single-frame grey DICOM, got shape {arr.shape}")
+    if arr.dtype.kind == "f" or arr.dtype.itemsize > 2 or arr.dtype.kind == "i":
+        arr = np.clip(arr, 0, 65535)
+    arr = arr.astype(np.uint16 if arr.max() > 255 or arr.dtype.itemsize > 1 else np.uint8)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        maxv = 2 ** int(getattr(ds, "BitsStored", 8 * arr.dtype.itemsize)) - 1
+        arr = (maxv - np.minimum(arr, maxv)).astype(arr.dtype)
+    return arr
+
+
+def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(rows, cols) from a DICOM header without decoding its pixels."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except Exception as e:
+        raise ImageReadError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from None
+
+
+def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
+               target_height: int | None = None, mask: bool = False) -> np.ndarray:
+    """Resize to (H, W) or to a height keeping the aspect ratio; cubic for images, linear+threshold for masks."""
+    h, w = img.shape[:2]
+    if target_size is not None:
+        nh, nw = int(target_size[0]), int(target_size[1])
+    elif target_height is not None:
+        nh = int(target_height)
+        nw = max(1, int(round(w * nh / h)))
+    else:
+        return img
+    if (nh, nw) == (h, w):
+        return img
+    if mask:
+        m = (img > 0).astype(np.uint8) * 255
+        out = cv2.resize(m, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        return ((out >= 128) * 255).astype(np.uint8)
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC)
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write an 8- or 16-bit grey PNG atomically (temp file, then os.replace)."""
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise ValueError(f"{p}: PNG encoding failed")
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.tobytes())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def to_uint16(img: np.ndarray) -> np.ndarray:
+    """Cast to uint16 without rescaling (values clipped to 0..65535)."""
+    if img.dtype == np.uint16:
+        return img
+    return np.clip(np.rint(img) if img.dtype.kind == "f" else img, 0, 65535).astype(np.uint16)
+
+
+# ----------------------------------------------------------------------------- segmentation
+def breast_mask(img: np.ndarray, low_int_threshold: float = 0.05) -> tuple[np.ndarray, Bbox]:
+    """Filled largest contour of the thresholded image (the breast) and its bounding box.
+
+    The image is first scaled to 8 bits by its maximum; a threshold < 1 is a fraction of
+    the 8-bit maximum, >= 1 an 8-bit intensity.
+    """
+    mx = float(img.max())
+    if mx <= 0:
+        h, w = img.shape[:2]
+        return np.zeros((h, w), np.uint8), (0, 0, w, h)
+    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
+    th = int(img8.max() * low_int_threshold) if low_int_threshold < 1 else int(low_int_threshold)
+    _, binary = cv2.threshold(img8, th, 255, cv2.THRESH_BINARY)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        h, w = img.shape[:2]
+        return np.zeros((h, w), np.uint8), (0, 0, w, h)
+    idx = int(np.argmax([cv2.contourArea(c) for c in contours]))
+    mask = cv2.drawContours(np.zeros_like(binary), contours, idx, 255, thickness=-1)
+    x, y, w, h = cv2.boundingRect(contours[idx])
+    return mask, (int(x), int(y), int(w), int(h))
+
+
+def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05,
+                   crop: bool = True) -> tuple[np.ndarray, Bbox]:
+    """Zero everything outside the breast and (optionally) crop to its bounding box.
+
+    Returns (image, bbox); apply the same crop to masks with `crop_img(mask, bbox)`.
+    """
+    mask, bbox = breast_mask(img, low_int_threshold)
+    out = img.copy()
+    out[mask == 0] = 0
+    if crop:
+        out = crop_img(out, bbox)
+    return out, bbox
+
+
+def crop_img(img: np.ndarray, bbox: Bbox) -> np.ndarray:
+    """Crop by an (x, y, w, h) box."""
+    x, y, w, h = bbox
+    return img[y:y + h, x:x + w]
+
+
+def add_img_margins(img: np.ndarray, margin: int) -> np.ndarray:
+    """Zero-pad every side by `margin` pixels (so patches centred at the border fit)."""
+    m = int(margin)
+    return cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_CONSTANT, value=0) if m > 0 else img
+
+
+# ----------------------------------------------------------------------------- ROI geometry
+def largest_contour_bbox(mask: np.ndarray) -> Bbox:
+    """Bounding box (x, y, w, h) of the largest external contour of a mask."""
+    m = (mask > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        raise EmptyMaskError("ROI mask is empty")
+    areas = [cv2.contourArea(c) for c in contours]
+    idx = int(np.argmax(areas))
+    if areas[idx] == 0:  # single pixels / lines: fall back to the largest pixel count
+        idx = int(np.argmax([len(c) for c in contours]))
+    x, y, w, h = cv2.boundingRect(contours[idx])
+    return int(x), int(y), int(w), int(h)
+
+
+def patch_box(center: tuple[int, int], patch_size: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) of a square patch centred at (x, y), clipped to an image of `shape`."""
+    x, y = int(center[0]), int(center[1])
+    half = patch_size // 2
+    x1, y1 = max(0, x - half), max(0, y - half)
+    x2, y2 = min(shape[1], x - half + patch_size), min(shape[0], y - half + patch_size)
+    return x1, y1, x2, y2
+
+
+def patch_roi_overlap(center: tuple[int, int], patch_size: int, roi_mask: np.ndarray,
+                      roi_area: int | None = None) -> tuple[float, float]:
+    """(intersection / ROI area, intersection / patch area) of a patch and an ROI mask."""
+    x1, y1, x2, y2 = patch_box(center, patch_size, roi_mask.shape[:2])
+    if roi_area is None:
+        roi_area = int(np.count_nonzero(roi_mask))
+    patch_area = max(0, x2 - x1) * max(0, y2 - y1)
+    if roi_area == 0 or patch_area == 0:
+        return 0.0, 0.0
+    inter = int(np.count_nonzero(roi_mask[y1:y2, x1:x2]))
+    return inter / roi_area, inter / patch_area
+
+
+def overlap_patch_roi(center: tuple[int, int], patch_size: int, roi_mask: np.ndarray,
+                      cutoff: float = 0.5, roi_area: int | None = None) -> bool:
+    """True if the patch covers more than `cutoff` of the ROI or the ROI more than `cutoff` of the patch."""
+    fr, fp = patch_roi_overlap(center, patch_size, roi_mask, roi_area)
+    return fr > cutoff or fp > cutoff
+
+
+def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> np.ndarray:
+    """The patch_size x patch_size patch centred at (x, y); the centre must keep it inside the image."""
+    x, y = int(center[0]), int(center[1])
+    half = patch_size // 2
+    y1, x1 = y - half, x - half
+    if y1 < 0 or x1 < 0 or y1 + patch_size > img.shape[0] or x1 + patch_size > img.shape[1]:
+        raise ValueError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
+    return img[y1:y1 + patch_size, x1:x1 + patch_size]
+
+
+# ----------------------------------------------------------------------------- blobs
+def create_blob_detector(roi_size: tuple[int, int] = (128, 128), blob_min_area: float = 3,
+                         blob_min_int: float = 0.5, blob_max_int: float = 0.95,
+                         blob_th_step: float = 10) -> cv2.SimpleBlobDetector:
+    """A SimpleBlobDetector filtering by area only, thresholds as fractions of 255."""
+    params = cv2.SimpleBlobDetector_Params()
+    params.filterByArea = True
+    params.minArea = float(blob_min_area)
+    params.maxArea = float(roi_size[0] * roi_size[1])
+    params.filterByCircularity = False
+    params.filterByColor = False
+    params.filterByConvexity = False
+    params.filterByInertia = False
+    params.minThreshold = float(int(blob_min_int * 255))
+    params.maxThreshold = float(int(blob_max_int * 255))
+    params.thresholdStep = float(blob_th_step)
+    return cv2.SimpleBlobDetector_create(params)
+
+
+def blob_keypoints(img: np.ndarray, detector: cv2.SimpleBlobDetector | None = None) -> list[tuple[int, int]]:
+    """(x, y) integer key points of blobs in the image scaled to 8 bits by its maximum."""
+    if detector is None:
+        detector = create_blob_detector()
+    mx = float(img.max())
+    if mx <= 0:
+        return []
+    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
+    return [(int(k.pt[0]), int(k.pt[1])) for k in detector.detect(img8)]

@@ -1,0 +1,162 @@
+"""Pieces shared by the dataset recipes: the ROI table format, seeded patient-level splits,
+class folders for the whole-image trainer, atomic table writes and the end summary.
+
+Every recipe writes the same layout under its output folder::
+
+    full_images/<image>.png          full images (16-bit PNG for DICOM sources)
+    roi_masks/<mask>.png             one 0/255 mask per abnormality
+    roi_mask_path.csv                patient_id,side,view,abn_num,pathology,type,full_img_file,roi_mask_file
+    images.csv                       one row per image: ids, label (neg/pos), split, full_img_file
+    patients_{train,val,test,trainval}.txt
+    {train,val,test}/{neg,pos}/<image>.png   hard links (or copies) of the full images
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ROI_COLUMNS = ["patient_id", "side", "view", "abn_num", "pathology", "type", "full_img_file", "roi_mask_file"]
+IMAGE_COLUMNS = ["patient_id", "side", "view", "image_id", "label", "split", "full_img_file"]
+SPLITS = ("train", "val", "test")
+FULL_DIR = "full_images"
+MASK_DIR = "roi_masks"
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV atomically (temp file in the same folder, then os.replace)."""
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".csv")
+    os.close(fd)
+    try:
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write one item per line atomically."""
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        for line in lines:
+            f.write(f"{line}\n")
+    os.replace(tmp, p)
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Non-empty stripped lines of a text file (patient lists)."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: patient list not found")
+    return [s.strip() for s in p.read_text().splitlines() if s.strip()]
+
+
+def stratified_split(labels: Mapping[str, int], fractions: Mapping[str, float], seed: int,
+                     rest: str = "train") -> dict[str, str]:
+    """Assign each key (a patient) to a split, stratified by its label and reproducible from `seed`.
+
+    `fractions` maps split name -> fraction of all keys (or, if >= 1, a number of keys); the
+    remaining keys go to `rest`. Each split's size is rounded once over all keys and shared
+    among the labels by largest remainder, so small sets still get their share. Keys are
+    sorted before the seeded shuffle, so the result doesn't depend on dict order.
+    """
+    rng = np.random.default_rng(seed)
+    total = len(labels)
+    by_label = {}
+    for lab in sorted(set(labels.values())):
+        keys = sorted(k for k, v in labels.items() if v == lab)
+        by_label[lab] = [keys[i] for i in rng.permutation(len(keys))]
+    start = {lab: 0 for lab in by_label}
+    out: dict[str, str] = {}
+    for name, frac in fractions.items():
+        n = int(round(total * float(frac))) if frac < 1 else int(frac)
+        quota = {lab: n * len(ks) / total for lab, ks in by_label.items()} if total else {}
+        take = {lab: int(q) for lab, q in quota.items()}
+        for lab in sorted(quota, key=lambda k: (-(quota[k] - take[k]), k))[:n - sum(take.values())]:
+            take[lab] += 1
+        for lab, ks in by_label.items():
+            t = min(take.get(lab, 0), len(ks) - start[lab])
+            for k in ks[start[lab]:start[lab] + t]:
+                out[k] = name
+            start[lab] += t
+    for lab, ks in by_label.items():
+        for k in ks[start[lab]:]:
+            out[k] = rest
+    return out
+
+
+def write_patient_lists(out_dir: str | os.PathLike, split_of: Mapping[str, str]) -> None:
+    """patients_<split>.txt for train/val/test plus patients_trainval.txt (for the patch sampler)."""
+    out = pathlib.Path(out_dir)
+    for s in SPLITS:
+        write_lines(out / f"patients_{s}.txt", sorted(p for p, v in split_of.items() if v == s))
+    write_lines(out / "patients_trainval.txt", sorted(p for p, v in split_of.items() if v in ("train", "val")))
+
+
+def link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """Hard-link src to dst (copy if the file system refuses), replacing dst."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_class_folders(out_dir: str | os.PathLike, images: pd.DataFrame) -> None:
+    """Populate <split>/<label>/ with links to full_images/ for every image with a split."""
+    out = pathlib.Path(out_dir)
+    for s in SPLITS:
+        if (out / s).is_dir():
+            shutil.rmtree(out / s)
+    for row in images.itertuples(index=False):
+        if row.split not in SPLITS:
+            continue
+        src = out / FULL_DIR / row.full_img_file
+        link_or_copy(src, out / row.split / row.label / row.full_img_file)
+
+
+def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
+              skipped: Iterable[str] = (), name: str = "dataset") -> dict:
+    """Counts of images and patients per split and class; logged as a small table."""
+    summary: dict = {"images": int(len(images)), "skipped": list(skipped)}
+    for s in SPLITS:
+        d = images[images["split"] == s]
+        summary[s] = {"images": int(len(d)), "patients": int(d["patient_id"].nunique()),
+                      "neg": int((d["label"] == "neg").sum()), "pos": int((d["label"] == "pos").sum())}
+    if abnormalities is not None and len(abnormalities):
+        summary["abnormalities"] = int(len(abnormalities))
+        summary["abnormalities_by_type_pathology"] = {
+            f"{t}/{p}": int(n) for (t, p), n in abnormalities.groupby(["type", "pathology"]).size().items()}
+    log.info("%s summary:", name)
+    log.info("  %-6s %7s %8s %6s %6s", "split", "images", "patients", "neg", "pos")
+    for s in SPLITS:
+        c = summary[s]
+        log.info("  %-6s %7d %8d %6d %6d", s, c["images"], c["patients"], c["neg"], c["pos"])
+    if summary["skipped"]:
+        log.warning("  skipped %d broken case(s): %s", len(summary["skipped"]),
+                    "; ".join(summary["skipped"][:10]) + (" ..." if len(summary["skipped"]) > 10 else ""))
+    return summary
+
+
+def setup_cli_logging(verbose: bool = True) -> None:
+    """Log to stdout for command-line use."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stdout,
+                        format="%(message)s")

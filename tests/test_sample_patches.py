@@ -1,0 +1,161 @@
+"""Patch sampler: overlap rules hold for every patch; seeded; worker count doesn't matter."""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import dm_synthetic as syn  # noqa: E402
+from ddsm_train import sample_patches_combined as spc  # noqa: E402
+from dm_preprocess import add_img_margins, crop_img, patch_roi_overlap, resize_img, segment_breast  # noqa: E402
+
+PS = 32
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    syn.generate_dataset(out, n_patients=14, img_size=(160, 128), seed=3, lesion_fraction=1.0,
+                         malignant_fraction=0.5, calc_fraction=0.4)
+    return out
+
+
+def _argv(synth, out, *extra):
+    return [str(synth / "roi_mask_path.csv"), str(synth / "roi_masks"), str(synth / "patients_trainval.txt"),
+            str(synth / "full_images"), str(out / "train"), str(out / "val"), "--target-size", "160", "128",
+            "--patch-size", str(PS), "--nb-abn", "6", "--nb-bkg", "6", "--nb-hns", "3", "--val-size", "0.25",
+            "--no-verbose", *extra]
+
+
+def _padded(synth, img_id, roi):
+    """Rebuild the sampler's pixel grid: segmented, cropped, padded image and masks."""
+    img = cv2.imread(str(synth / "full_images" / f"{img_id}.png"), cv2.IMREAD_UNCHANGED)
+    seg, bbox = segment_breast(img)
+    masks = {}
+    for r in roi[roi["full_img_file"] == f"{img_id}.png"].itertuples():
+        m = cv2.imread(str(synth / "roi_masks" / r.roi_mask_file), cv2.IMREAD_UNCHANGED)
+        m = crop_img(resize_img(m, img.shape, mask=True), bbox)
+        masks[f"{r.type}{r.abn_num}"] = add_img_margins((m > 0).astype(np.uint8), PS // 2)
+    return add_img_margins(seg, PS // 2), masks, bbox
+
+
+def test_every_patch_meets_its_overlap_rule(synth, tmp_path):
+    s = spc.main(_argv(synth, tmp_path))
+    assert s["skipped"] == []
+    roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
+    n_checked = {"roi": 0, "bkg": 0, "hns": 0}
+    for split in ("train", "val"):
+        idx = pd.read_csv(tmp_path / split / "patch_index.csv", dtype={"abn": str}, keep_default_na=False)
+        assert len(idx) == sum(v for k, v in s[split].items() if k not in ("images", "patients"))
+        for img_id, g in idx.groupby("img_id"):
+            img, masks, bbox = _padded(synth, img_id, roi)
+            assert (g["crop_x"] == bbox[0]).all() and (g["crop_y"] == bbox[1]).all()
+            for r in g.itertuples():
+                patch = cv2.imread(str(tmp_path / split / r.file), cv2.IMREAD_UNCHANGED)
+                assert patch.shape == (PS, PS) and patch.dtype == np.uint16
+                y0, x0 = r.y - PS // 2, r.x - PS // 2
+                np.testing.assert_array_equal(patch, img[y0:y0 + PS, x0:x0 + PS])
+                if r.kind == "roi":
+                    fr, fp = patch_roi_overlap((r.x, r.y), PS, masks[r.abn])
+                    assert fr > r.cutoff or fp > r.cutoff
+                    assert r.cutoff <= 0.75 and r.file.split("/")[0] in ("calc_mal", "calc_ben", "mass_mal",
+                                                                          "mass_ben")
+                else:
+                    for m in masks.values():
+                        fr, fp = patch_roi_overlap((r.x, r.y), PS, m)
+                        assert fr <= 0.35 and fp <= 0.35
+                    assert r.file.startswith("background/")
+                n_checked[r.kind] += 1
+    trainval = set((synth / "patients_trainval.txt").read_text().split())
+    assert n_checked["roi"] == 6 * roi["patient_id"].isin(trainval).sum() and n_checked["bkg"] > 0 and n_checked["hns"] > 0
+    # per image: nb_bkg background patches in total, hard negatives first
+    train_idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    bk = train_idx[train_idx["kind"] != "roi"].groupby("img_id").size()
+    assert (bk == 6).all()
+    # patient-level split, written like the original
+    tr = set((tmp_path / "train" / "pat_lst.txt").read_text().split())
+    va = set((tmp_path / "val" / "pat_lst.txt").read_text().split())
+    assert tr and va and not tr & va
+    assert tr | va == trainval & set(roi["patient_id"])
+
+
+def test_same_seed_same_patches_any_worker_count(synth, tmp_path):
+    a = spc.main(_argv(synth, tmp_path / "a", "--seed", "9", "--nb-workers", "1"))
+    b = spc.main(_argv(synth, tmp_path / "b", "--seed", "9", "--nb-workers", "2"))
+    c = spc.main(_argv(synth, tmp_path / "c", "--seed", "10"))
+    assert a == b
+    for split in ("train", "val"):
+        ia = pd.read_csv(tmp_path / "a" / split / "patch_index.csv")
+        ib = pd.read_csv(tmp_path / "b" / split / "patch_index.csv")
+        pd.testing.assert_frame_equal(ia, ib)
+        for f in ia["file"]:
+            assert (tmp_path / "a" / split / f).read_bytes() == (tmp_path / "b" / split / f).read_bytes()
+    ic = pd.read_csv(tmp_path / "c" / "train" / "patch_index.csv")
+    ia = pd.read_csv(tmp_path / "a" / "train" / "patch_index.csv")
+    assert not (len(ia) == len(ic) and (ia[["x", "y"]].values == ic[["x", "y"]].values).all())
+
+
+def test_three_class_layout_val_list_and_cutoff_fallback(synth, tmp_path):
+    val = tmp_path / "val.txt"
+    val.write_text("S_00002\nS_00005\n")
+    s = spc.main(_argv(synth, tmp_path, "--class-layout", "3class", "--val-list", str(val),
+                       "--pos-cutoff", "0.999", "--max-tries", "20", "--nb-hns", "0"))
+    assert set(k for k in s["train"] if k not in ("images", "patients")) == {"background", "malignant", "benign"}
+    assert (tmp_path / "val" / "pat_lst.txt").read_text().split() == ["S_00002", "S_00005"]
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    roi = idx[idx["kind"] == "roi"]
+    assert (roi["cutoff"] < 0.999).any()  # the cutoff was lowered by 0.05 steps when needed
+    steps = (0.999 - roi["cutoff"]) / 0.05
+    assert np.allclose(steps, np.round(steps), atol=1e-3)
+    assert (idx["kind"] != "hns").all()
+
+
+def test_background_from_normal_images(tmp_path_factory, tmp_path):
+    out = tmp_path_factory.mktemp("syn_normal")
+    syn.generate_dataset(out, n_patients=6, img_size=(128, 96), seed=4, lesion_fraction=0.5)
+    images = pd.read_csv(out / "images.csv", dtype=str)
+    roi = pd.read_csv(out / "roi_mask_path.csv", dtype=str)
+    normal = set(images.full_img_file) - set(roi.full_img_file)
+    assert normal
+    argv = _argv(out, tmp_path, "--val-size", "0", "--images-csv", str(out / "images.csv"))
+    argv[argv.index("--target-size") + 1:argv.index("--target-size") + 3] = ["128", "96"]
+    s = spc.main(argv)
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    trainval = set((out / "patients_trainval.txt").read_text().split())
+    expect = images[images.patient_id.isin(trainval)]
+    assert s["train"]["images"] == len(expect)
+    from_normal = idx[idx.img_id.isin({f.removesuffix(".png") for f in normal})]
+    assert len(from_normal) and (from_normal["kind"] != "roi").all()
+
+
+def test_errors_are_reported_not_fatal(synth, tmp_path):
+    # a table pointing at one missing image: the others are sampled, the broken one reported
+    roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
+    roi.loc[0, "full_img_file"] = "missing.png"
+    bad = tmp_path / "roi.csv"
+    roi.to_csv(bad, index=False)
+    argv = _argv(synth, tmp_path)
+    argv[0] = str(bad)
+    s = spc.main(argv + ["--val-size", "0"])
+    assert len(s["skipped"]) == 1 and "missing.png" in s["skipped"][0]
+    assert s["train"]["images"] > 1
+    with pytest.raises(ValueError, match="missing column"):
+        pd.DataFrame({"patient_id": ["x"]}).to_csv(tmp_path / "t.csv", index=False)
+        spc.read_roi_table(tmp_path / "t.csv")
+    with pytest.raises(FileNotFoundError):
+        spc.read_roi_table(tmp_path / "nope.csv")
+
+
+def test_defaults_match_the_original():
+    a = spc.build_parser().parse_args(["r", "m", "p", "f", "t", "v"])
+    assert (a.target_height, a.target_width, a.segment_breast, a.patch_size, a.nb_bkg, a.nb_abn, a.nb_hns,
+            a.pos_cutoff, a.neg_cutoff, a.val_size) == (4096, None, True, 256, 30, 30, 15, .75, .35, .1)
+    assert (a.bkg_dir, a.calc_pos_dir, a.calc_neg_dir, a.mass_pos_dir, a.mass_neg_dir) == (
+        "background", "calc_mal", "calc_ben", "mass_mal", "mass_ben")
+    assert spc.const_filename("P_1", "LEFT", "CC", "d", "calc", 2) == "d/Calc-Training_P_1_LEFT_CC_2.png"
