@@ -193,6 +193,9 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     else:
         channels = 1 if net == "yaroslav" else 3
         shape = (int(img_size[0]), int(img_size[1]), channels)
+        if use_pretrained and net not in _APPLICATIONS:
+            log.info("%s has no ImageNet weights: random start (the staged schedule still "
+                     "applies)", net)
         trunk = build_trunk(net, shape, use_pretrained and net in _APPLICATIONS,
                             weights_file, **kw_args)
         inp = keras.Input(shape=shape, name="patch_input")
@@ -211,8 +214,22 @@ def _has_layer(model: keras.Model, name: str) -> bool:
     return any(layer.name == name for layer in model.layers)
 
 
+def _last_stage_start(trunk: keras.Model) -> int | None:
+    """ResNetBuilder trunks: the index right after the last residual sum of the
+    second-to-last stage (stages are told apart by their channel count)."""
+    adds = [i for i, l in enumerate(trunk.layers) if isinstance(l, layers.Add)]
+    if not adds:
+        return None
+    final = trunk.layers[adds[-1]].output.shape[-1]
+    earlier = [i for i in adds if trunk.layers[i].output.shape[-1] != final]
+    return earlier[-1] + 1 if earlier else None
+
+
 def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
-    """Index in `trunk.layers` where the net's top layers (stage 2) start, found by name."""
+    """Index in `trunk.layers` where the net's top layers (stage 2) start: by layer name
+    for the ImageNet nets and YaroslavNet, the last residual stage for ResNetBuilder nets."""
+    if net in dm_resnet.RESNET_CONFIGS:
+        return _last_stage_start(trunk)
     if net not in TOP_LAYER_START:
         return None
     name, offset = TOP_LAYER_START[net]

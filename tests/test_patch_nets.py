@@ -40,11 +40,16 @@ def test_patch_net_builds_with_random_weights(net, size, channels, top_name):
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
 
 
-def test_custom_resnet_patch_net():
+def test_custom_resnet_patch_net_top_layers_are_its_last_stage():
     model, _, top_nb = get_dl_model("dm_resnet_14", nb_class=2, use_pretrained=False,
                                     img_size=(64, 64), nb_init_filter=8)
-    assert top_nb is None
-    assert model.get_layer("patch_trunk").output.shape[-1] == 8 * 8 * 4
+    trunk = model.get_layer("patch_trunk")
+    assert trunk.output.shape[-1] == 8 * 8 * 4
+    top = trunk.layers[top_nb:]
+    adds = [l for l in top if isinstance(l, keras.layers.Add)]
+    assert len(adds) == 1 and adds[0].output.shape[-1] == 256   # one unit in the last stage
+    assert isinstance(trunk.layers[top_nb - 1], keras.layers.Add)
+    assert trunk.layers[top_nb - 1].output.shape[-1] == 128
 
 
 def test_unknown_net():
