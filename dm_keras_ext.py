@@ -193,6 +193,9 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     else:
         channels = 1 if net == "yaroslav" else 3
         shape = (int(img_size[0]), int(img_size[1]), channels)
+        if net in dm_resnet.RESNET_CONFIGS:  # the original used one dropout for trunk and head
+            kw_args = dict(kw_args, hidden_dropout=hidden_dropout,
+                           weight_decay=kw_args.get("weight_decay", 1e-4))
         if use_pretrained and net not in _APPLICATIONS:
             log.info("%s has no ImageNet weights: random start (the staged schedule still "
                      "applies)", net)

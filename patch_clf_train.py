@@ -19,8 +19,7 @@ def build_patch_model(cfg):
     if cfg.net in dm_keras_ext.dm_resnet.RESNET_CONFIGS:
         kw = dict(nb_init_filter=cfg.nb_init_filter, init_filter_size=cfg.init_filter_size,
                   init_conv_stride=cfg.init_conv_stride, pool_size=cfg.pool_size,
-                  pool_stride=cfg.pool_stride, inp_dropout=cfg.inp_dropout,
-                  hidden_dropout=cfg.hidden_dropout)
+                  pool_stride=cfg.pool_stride, inp_dropout=cfg.inp_dropout)
     model, _, _ = dm_keras_ext.get_dl_model(
         cfg.net, nb_class=len(cfg.class_list), use_pretrained=cfg.use_pretrained,
         resume_from=cfg.resume_from, img_size=cfg.img_size, weight_decay=cfg.weight_decay,

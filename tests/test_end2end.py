@@ -1,0 +1,22 @@
+"""The main job's pipeline function, end to end at tiny sizes (the README's first command
+runs the same function at its default sizes)."""
+import json
+
+import end2end
+
+
+def test_pipeline_end_to_end_tiny(tmp_path):
+    args = end2end.build_parser().parse_args([
+        "--out", str(tmp_path / "run"), "--n-patients", "24", "--img-size", "128", "96",
+        "--patch-size", "32", "--nb-abn", "3", "--nb-bkg", "3", "--nb-init-filter", "4",
+        "--patch-epochs", "1", "1", "1", "--image-epochs", "1", "1", "--top-depths", "8", "8",
+        "--batch-size", "8"])
+    summary = end2end.run(args)
+    run = tmp_path / "run"
+    for f in ("patch_model.keras", "image_model.keras", "summary.json",
+              "data/roi_mask_path.csv", "patches/train/background"):
+        assert (run / f).exists(), f
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert 0.0 <= summary["image_test_auroc"] <= 1.0
+    assert 0.0 <= summary["patch_test_accuracy"] <= 1.0
+    assert summary["n_test_images"] > 0
