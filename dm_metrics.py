@@ -64,7 +64,7 @@ def bootstrap_auroc(y, s, n_boot: int = 2000, seed: int = 12345, level: float = 
         raise MetricsError("no bootstrap resample had both classes")
     a = (1 - level) / 2
     lo, hi = np.quantile(vals, [a, 1 - a])
-    return dict(auroc=point, ci_low=float(lo), ci_high=float(hi), level=level,
+    return dict(auroc=point, ci_low=float(lo), ci_high=float(hi), ci_level=level,
                 n_boot=int(n_boot), n_skipped=skipped, seed=int(seed))
 
 
@@ -140,7 +140,7 @@ def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "") -> None:
     plt.close(fig)
     prec, rec, _ = precision_recall_curve(y, s)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(rec, prec, lw=2, label=f"AP {average_precision_score(y, s):.3f}")
+    ax.step(rec, prec, where="post", lw=2, label=f"AP {average_precision_score(y, s):.3f}")
     ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall {title}".strip())
