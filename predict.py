@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = p.add_argument_group("export")
     e.add_argument("--export", metavar="DIR",
                    help="write a serving SavedModel of the (single) model with its recipe built in")
+    e.add_argument("--export-onnx", metavar="FILE",
+                   help="also write an ONNX model (needs the optional tf2onnx package)")
     e.add_argument("--export-resize", default="cv2cubic", choices=["cv2cubic", "bicubic", "bilinear"],
                    help="resize in the exported graph (cv2cubic matches the cv2 path)")
     return p
@@ -64,13 +66,19 @@ def run(args) -> int:
         raise inf.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     models = inf.load_models(args.models, safe_mode=not args.unsafe_load)
     class_list = inf.common_class_list(models, args.class_list)
-    if args.export:
+    if args.export or args.export_onnx:
         import dm_export
         if len(models) != 1:
-            raise inf.InferenceError("--export takes exactly one model")
-        dm_export.export_serving(models[0].model, models[0].recipe(**overrides_from(args)),
-                                 class_list, args.export, resize=args.export_resize)
-        log.info("exported %s to %s", args.models[0], args.export)
+            raise inf.InferenceError("--export/--export-onnx take exactly one model")
+        recipe = models[0].recipe(**overrides_from(args))
+        if args.export:
+            dm_export.export_serving(models[0].model, recipe, class_list, args.export,
+                                     resize=args.export_resize)
+            log.info("exported %s to %s", args.models[0], args.export)
+        if args.export_onnx:
+            dm_export.export_onnx(models[0].model, recipe, args.export_onnx,
+                                  resize=args.export_resize)
+            log.info("exported %s to %s", args.models[0], args.export_onnx)
         if not (args.images or args.image_dir or args.csv):
             return 0
     if not args.out:

@@ -115,3 +115,16 @@ def test_export_refuses_equalize_hist(tmp_path):
     recipe = inf.apply_overrides(IMAGE_RECIPE, equalize_hist=True)
     with pytest.raises(dm_export.ExportError, match="equalize_hist"):
         dm_export.export_serving(model, recipe, ["neg", "pos"], str(tmp_path / "e"))
+
+
+def test_onnx_export_matches_tf(tmp_path):
+    """Optional: only where tf2onnx and onnx are installed (not in requirements.txt)."""
+    pytest.importorskip("tf2onnx")
+    from onnx.reference import ReferenceEvaluator
+    import onnx
+    model = tiny_image_model()
+    path = dm_export.export_onnx(model, IMAGE_RECIPE, str(tmp_path / "m.onnx"))
+    raw = np.random.default_rng(1).integers(0, 65535, (2, 90, 70)).astype(np.float32)
+    got = ReferenceEvaluator(onnx.load(path)).run(None, {"raw": raw})[0]
+    want = model.predict(np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in raw]), verbose=0)
+    np.testing.assert_allclose(got, want, atol=1e-4)
