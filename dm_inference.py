@@ -1,11 +1,38 @@
-"""Prediction: batched scoring, 4-flip test-time augmentation, model averaging."""
+"""Prediction: batched scoring, 4-flip test-time augmentation, model averaging, heatmaps.
+
+Every model file carries its class list and preprocessing recipe (`dm_keras_ext.ModelMeta`),
+so scoring needs no flags; flags only override. Heatmaps come in three kinds:
+sliding-window patch scores (`sliding_window_heatmap`), one forward pass of the
+all-convolutional patch classifier ("fprop", `fprop_model`), and Grad-CAM saliency on the
+trunk's last feature map of a whole-image model (`grad_cam`). `overlay_heatmap` renders
+any of them on the mammogram.
+"""
 from __future__ import annotations
 
+import csv
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 
+import dm_image
+from dm_image import Recipe
+
+log = logging.getLogger(__name__)
+
 FLIPS = ("none", "horizontal", "vertical", "both")
+
+
+class InferenceError(ValueError):
+    """Unusable inference input (models that disagree, bad list, bad sizes); one line."""
+
+
+# --------------------------------------------------------------------------- whole images
 
 
 def _images_only(ds):
@@ -37,3 +64,553 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
 def predict_models(models: Sequence, ds, tta: bool = False) -> np.ndarray:
     """Model averaging: the mean of several models' (optionally TTA) predictions."""
     return np.mean([predict(m, ds, tta=tta) for m in models], axis=0)
+
+
+@dataclass
+class LoadedModel:
+    """A model with what its file says about it (meta is None for files without one)."""
+
+    model: object
+    meta: object | None
+    path: str
+
+    @property
+    def channels(self) -> int:
+        return int(self.model.inputs[0].shape[-1])
+
+    @property
+    def input_hw(self) -> tuple[int | None, int | None]:
+        shape = self.model.inputs[0].shape
+        return shape[1], shape[2]
+
+    @property
+    def class_list(self) -> tuple[str, ...] | None:
+        return tuple(self.meta.class_list) if self.meta is not None else None
+
+    def recipe(self, **overrides) -> Recipe:
+        """The model's own recipe with non-None `overrides` applied (see `apply_overrides`)."""
+        base = self.meta.recipe if self.meta is not None else None
+        if base is None:
+            h, w = self.input_hw
+            base = Recipe(img_size=(h, w) if h and w else (1152, 896), channels=self.channels)
+            log.warning("%s has no stored recipe: using %s plus flags", self.path, base)
+        recipe = apply_overrides(base, **overrides)
+        if recipe.channels != self.channels:
+            raise InferenceError(f"{self.path}: the model takes {self.channels} channel(s) but "
+                                 f"the recipe makes {recipe.channels}")
+        return recipe
+
+
+def apply_overrides(recipe: Recipe, **overrides) -> Recipe:
+    """`recipe` with the fields given as non-None keyword arguments replaced.
+
+    `featurewise_mean` given alone also turns centring on; `img_size` given turns
+    `target_height` off, and vice versa.
+    """
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown recipe fields: {sorted(unknown)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "featurewise_mean" in changes and "featurewise_center" not in changes:
+        changes["featurewise_center"] = True
+    if "img_size" in changes:
+        changes["img_size"] = tuple(int(v) for v in changes["img_size"])
+        changes.setdefault("target_height", None)
+    elif "target_height" in changes:
+        changes["img_size"] = None
+    return dataclasses.replace(recipe, **changes)
+
+
+def load_models(paths: Sequence[str], safe_mode: bool = True) -> list[LoadedModel]:
+    """Load model files with their stored class lists and recipes."""
+    import dm_keras_ext
+    out = []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise InferenceError(f"{p}: model file not found")
+        try:
+            meta = dm_keras_ext.read_model_meta(p)
+        except (OSError, ValueError, KeyError) as e:
+            raise InferenceError(f"{p}: cannot read the model's stored class list/recipe ({e})") from None
+        out.append(LoadedModel(dm_keras_ext.load_model(p, safe_mode=safe_mode), meta, p))
+    return out
+
+
+def common_class_list(models: Sequence[LoadedModel], override: Sequence[str] | None = None
+                      ) -> tuple[str, ...]:
+    """The class names the averaged output columns mean; every model must agree."""
+    n_out = {int(m.model.outputs[0].shape[-1]) for m in models}
+    if len(n_out) != 1:
+        raise InferenceError(f"models have different numbers of outputs: {sorted(n_out)}")
+    n = n_out.pop()
+    if override:
+        if len(override) != n:
+            raise InferenceError(f"--class-list names {len(override)} classes but the models "
+                                 f"have {n} outputs")
+        return tuple(override)
+    lists = {m.class_list for m in models if m.class_list is not None}
+    if len(lists) > 1:
+        desc = "; ".join(f"{m.path}: {list(m.class_list)}" for m in models if m.class_list)
+        raise InferenceError(f"models disagree on the class list ({desc}); averaging would mix "
+                             "columns")
+    if lists:
+        return lists.pop()
+    log.warning("no model stores a class list: naming the columns class_0..class_%d", n - 1)
+    return tuple(f"class_{k}" for k in range(n))
+
+
+def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size: int = 4,
+                tta: bool = False, overrides: dict | None = None) -> np.ndarray:
+    """(N, classes) mean probabilities of several models, each with its own recipe."""
+    if not models:
+        raise InferenceError("no model given")
+    preds = []
+    for m in models:
+        recipe = m.recipe(**(overrides or {}))
+        nb_class = int(m.model.outputs[0].shape[-1])
+        ds = dm_image.make_dataset(list(paths), np.zeros(len(paths), np.int64), recipe,
+                                   nb_class, batch_size, training=False)
+        log.info("scoring %d images with %s (recipe %s%s)", len(paths), m.path,
+                 recipe.to_json(), ", 4-flip TTA" if tta else "")
+        preds.append(predict(m.model, ds, tta=tta))
+    return np.mean(preds, axis=0)
+
+
+# --------------------------------------------------------------------------- input lists
+
+
+@dataclass
+class InputList:
+    """Images to score: paths, optional integer labels, and pass-through columns."""
+
+    paths: list[str]
+    labels: np.ndarray | None = None
+    extra: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def list_images(root: str) -> list[str]:
+    """All images under a folder, recursively, sorted (same extensions as training)."""
+    if not os.path.isdir(root):
+        raise InferenceError(f"{root}: image folder not found")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if f.lower().endswith(dm_image.IMAGE_EXTS))
+    if not found:
+        raise InferenceError(f"{root}: no images ({', '.join(e[1:] for e in dm_image.IMAGE_EXTS)})")
+    return found
+
+
+def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = None,
+                  csv_path: str | None = None, class_list: Sequence[str] | None = None
+                  ) -> InputList:
+    """Image paths (and labels when known) from exactly one of the three sources.
+
+    A folder whose sub-folders are exactly the class names gives labels (training
+    layout); any other folder is listed recursively without labels. A CSV needs a
+    `path` column; `label` (index or class name) is optional; other columns (e.g.
+    patient_id, side, view) are passed through to the predictions.
+    """
+    given = [s is not None and s != [] for s in (images, image_dir, csv_path)]
+    if sum(given) != 1:
+        raise InferenceError("give exactly one of --images, --image-dir, --csv")
+    if images:
+        bad = [p for p in images if not os.path.isfile(p)]
+        if bad:
+            raise InferenceError(f"{bad[0]}: image file not found")
+        return InputList(list(images))
+    if image_dir is not None:
+        if class_list and os.path.isdir(image_dir) and all(
+                os.path.isdir(os.path.join(image_dir, c)) for c in class_list):
+            paths, labels = dm_image.list_class_folders(image_dir, class_list)
+            return InputList(paths, labels)
+        return InputList(list_images(image_dir))
+    return read_input_csv(csv_path, class_list)
+
+
+def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None) -> InputList:
+    """A CSV of images: `path` required, `label` optional, other columns kept as text."""
+    if not os.path.isfile(csv_path):
+        raise InferenceError(f"{csv_path}: CSV file not found")
+    base = os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        lower = [c.lower() for c in fields]
+        if "path" not in lower:
+            raise InferenceError(f"{csv_path}: no 'path' column (columns: {fields})")
+        rows = list(reader)
+    if not rows:
+        raise InferenceError(f"{csv_path}: no rows")
+    pcol = fields[lower.index("path")]
+    lcol = fields[lower.index("label")] if "label" in lower else None
+    others = [c for c in fields if c not in (pcol, lcol)]
+    paths, labels = [], []
+    for line, row in enumerate(rows, start=2):
+        p = (row.get(pcol) or "").strip()
+        if not p:
+            raise InferenceError(f"{csv_path}: line {line}: empty path")
+        p = p if os.path.isabs(p) else os.path.join(base, p)
+        if not os.path.isfile(p):
+            raise InferenceError(f"{csv_path}: line {line}: image not found: {p}")
+        paths.append(p)
+        if lcol is not None:
+            labels.append(_parse_label((row.get(lcol) or "").strip(), class_list,
+                                       f"{csv_path}: line {line}"))
+    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in others}
+    return InputList(paths, np.asarray(labels, np.int64) if lcol else None, extra)
+
+
+def _parse_label(text: str, class_list: Sequence[str] | None, where: str) -> int:
+    try:
+        k = int(text)
+    except ValueError:
+        if class_list is None or text not in class_list:
+            raise InferenceError(f"{where}: unknown label {text!r}"
+                                 + (f" (classes {list(class_list)})" if class_list else "")) from None
+        return list(class_list).index(text)
+    if k < 0 or (class_list is not None and k >= len(class_list)):
+        raise InferenceError(f"{where}: label {k} out of range")
+    return k
+
+
+def write_predictions_csv(path: str, inputs: InputList, probs: np.ndarray,
+                          class_list: Sequence[str]) -> None:
+    """`path`, one probability column per class name, `label` if known, pass-through columns."""
+    if len(set(class_list)) != len(class_list) or {"path", "label"} & set(class_list):
+        raise InferenceError(f"class names {list(class_list)} must be unique and not "
+                             "'path' or 'label'")
+    header = ["path", *class_list]
+    if inputs.labels is not None:
+        header.append("label")
+    extra_cols = [c for c in inputs.extra if c not in header]
+    header += extra_cols
+    rows = []
+    for i, p in enumerate(inputs.paths):
+        row = [p, *(f"{v:.8g}" for v in probs[i])]
+        if inputs.labels is not None:
+            row.append(str(int(inputs.labels[i])))
+        row += [inputs.extra[c][i] for c in extra_cols]
+        rows.append(row)
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    atomic_write(path, write, text=True)
+
+
+def atomic_write(path: str, writer, text: bool = False) -> None:
+    """Write through `writer(fileobj)` to a temporary file beside `path`, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            writer(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- sliding window
+
+
+def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05
+                   ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The breast (largest bright region) with the rest zeroed, cropped; and its (x, y, w, h).
+
+    Uses `dm_preprocess.segment_breast` when that module is present; otherwise the same
+    rule here: threshold at a fraction of the 8-bit maximum, keep the largest contour.
+    """
+    try:
+        import dm_preprocess
+    except ImportError:
+        dm_preprocess = None
+    if dm_preprocess is not None and hasattr(dm_preprocess, "segment_breast"):
+        return dm_preprocess.segment_breast(img, low_int_threshold)
+    h, w = img.shape
+    mx = float(img.max())
+    if mx <= 0:
+        return img.copy(), (0, 0, w, h)
+    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
+    _, binary = cv2.threshold(img8, int(255 * low_int_threshold), 255, cv2.THRESH_BINARY)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return img.copy(), (0, 0, w, h)
+    k = int(np.argmax([cv2.contourArea(c) for c in contours]))
+    mask = cv2.drawContours(np.zeros_like(binary), contours, k, 255, thickness=-1)
+    x, y, bw, bh = cv2.boundingRect(contours[k])
+    out = img.copy()
+    out[mask == 0] = 0
+    return out[y:y + bh, x:x + bw], (int(x), int(y), int(bw), int(bh))
+
+
+def sweep_grid(shape: tuple[int, int], patch_size: int, stride: int
+               ) -> tuple[int, int, int, int]:
+    """(rows, cols, y0, x0): every full patch position at `stride`, the sweep centred.
+
+    (y0, x0) is the top-left corner of the first patch. (The original rounded
+    (H - patch)/stride + 0.49, which drops the last position when the division is exact.)
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if h < patch_size or w < patch_size:
+        raise InferenceError(f"image of size {(h, w)} is smaller than the patch size {patch_size}")
+    if stride < 1:
+        raise InferenceError(f"stride must be >= 1, got {stride}")
+    rows = (h - patch_size) // stride + 1
+    cols = (w - patch_size) // stride + 1
+    y0 = (h - (patch_size + (rows - 1) * stride)) // 2
+    x0 = (w - (patch_size + (cols - 1) * stride)) // 2
+    return rows, cols, y0, x0
+
+
+@dataclass
+class PatchHeatmap:
+    """A sliding-window probability map and where its cells sit on the scored image.
+
+    probs: (rows, cols, classes). Cell (r, c) is the patch whose centre is at
+    (centre0[0] + r*stride, centre0[1] + c*stride) in the coordinates of `image`
+    (the resized, segmented, unpadded grey image that was swept).
+    """
+
+    probs: np.ndarray
+    centre0: tuple[int, int]
+    stride: int
+    patch_size: int
+    image: np.ndarray
+    bbox: tuple[int, int, int, int] | None = None
+
+
+def prepare_patch(patch: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """A raw grey patch as network input: the recipe's steps 3-7 on the patch itself
+    (img_scale uses the patch's own maximum, as patches were scaled in training)."""
+    return dm_image.finish_channels(dm_image.grey_steps(patch, recipe), recipe)
+
+
+def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: int,
+                           stride: int, batch_size: int = 64, segment: bool = True,
+                           pad: bool = True, low_int_threshold: float = 0.05) -> PatchHeatmap:
+    """Score every patch of a grey image (already resized) with a patch classifier.
+
+    Optional breast segmentation (crop to the breast), padding by half a patch (so
+    border pixels get centred patches), then a centred sweep at `stride`.
+    """
+    if img.ndim != 2:
+        raise InferenceError(f"expected a 2-D grey image, got shape {img.shape}")
+    bbox = None
+    if segment:
+        img, bbox = segment_breast(img, low_int_threshold)
+    margin = patch_size // 2 if pad else 0
+    padded = cv2.copyMakeBorder(img, margin, margin, margin, margin, cv2.BORDER_CONSTANT,
+                                value=0) if margin else img
+    rows, cols, y0, x0 = sweep_grid(padded.shape, patch_size, stride)
+    n = rows * cols
+    out = None
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        batch = np.stack([prepare_patch(
+            padded[y0 + (i // cols) * stride:y0 + (i // cols) * stride + patch_size,
+                   x0 + (i % cols) * stride:x0 + (i % cols) * stride + patch_size], recipe)
+            for i in idx])
+        p = np.asarray(model.predict_on_batch(batch))
+        if out is None:
+            out = np.empty((n, p.shape[-1]), np.float32)
+        out[start:start + len(p)] = p
+    centre0 = (y0 + patch_size // 2 - margin, x0 + patch_size // 2 - margin)
+    return PatchHeatmap(out.reshape(rows, cols, -1), centre0, stride, patch_size, img, bbox)
+
+
+# --------------------------------------------------------------------------- fprop mode
+
+
+def _classifier_dense(model):
+    """The last Dense layer of a model (a patch classifier's head)."""
+    import keras
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.Dense):
+            return layer
+    return None
+
+
+def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (7, 7),
+                hm_strides: Sequence[int] = (1, 1), patch_model=None, kind: str | None = None):
+    """A model mapping a whole image to a (rows, cols, patch classes) softmax map.
+
+    Patch model: its trunk on the whole image, average pooling `avg_pool_size` /
+    `hm_strides`, then its own Dense at every position (`add_top_layers(...,
+    return_heatmap=True)`, the original's fprop mode). Whole-image model: it has no
+    patch Dense of its own, so this needs either its `hm_dense` layer (built with
+    --add-heatmap) or `patch_model`, whose Dense is applied to the finetuned trunk's
+    features (an approximation: end-to-end training moved the trunk away from what that
+    Dense was trained on).
+    """
+    import keras
+    import dm_resnet
+    names = [l.name for l in model.layers]
+    if kind is None:
+        is_image = "clf_dense" in names or "hm_dense" in names or "image_input" in names
+    else:
+        is_image = kind == "image"
+    if not is_image:
+        hm, _ = dm_resnet.add_top_layers(model, img_size, return_heatmap=True,
+                                         avg_pool_size=avg_pool_size, hm_strides=hm_strides)
+        return hm
+    if dm_resnet.TRUNK_NAME not in names:
+        raise InferenceError("the whole-image model has no 'patch_trunk' sub-model")
+    trunk = model.get_layer(dm_resnet.TRUNK_NAME)
+    if "hm_dense" in names:
+        weights = model.get_layer("hm_dense").get_weights()
+    elif patch_model is not None:
+        dense = _classifier_dense(patch_model)
+        if dense is None:
+            raise InferenceError("the patch model has no Dense classifier")
+        weights = dense.get_weights()
+    else:
+        raise InferenceError("fprop heatmaps need a patch classifier's Dense layer: this "
+                             "whole-image model has none (no --add-heatmap); pass the patch "
+                             "model it was built from (--patch-model)")
+    if weights[0].shape[0] != trunk.outputs[0].shape[-1]:
+        raise InferenceError(f"the patch Dense takes {weights[0].shape[0]} features but the "
+                             f"trunk gives {trunk.outputs[0].shape[-1]}")
+    channels = int(model.inputs[0].shape[-1])
+    inp = keras.Input((int(img_size[0]), int(img_size[1]), channels), name="image_input")
+    x = keras.layers.AveragePooling2D(tuple(avg_pool_size), tuple(hm_strides),
+                                      name="hm_avg_pool")(trunk(inp))
+    dense = keras.layers.Dense(weights[0].shape[1], activation="softmax", name="hm_dense")
+    out = dense(x)
+    dense.set_weights(weights)
+    return keras.Model(inp, out, name="heatmap_model")
+
+
+def fprop_grid(feature_hw: Sequence[int], avg_pool_size: Sequence[int],
+               hm_strides: Sequence[int]) -> tuple[int, int]:
+    """Rows and columns of an fprop heatmap from the trunk's feature-map size ('valid' pooling)."""
+    return tuple((int(f) - int(p)) // int(s) + 1
+                 for f, p, s in zip(feature_hw, avg_pool_size, hm_strides))
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def _outer_output(model, layer):
+    """The symbolic output of `layer`'s call inside `model`'s graph (a layer may have been
+    called elsewhere too, e.g. a trunk first called on the patch input)."""
+    import keras
+    for node in reversed(layer._inbound_nodes):
+        t = node.output_tensors[0]
+        try:
+            keras.Model(model.inputs, t)
+        except ValueError:
+            continue
+        return t
+    raise InferenceError(f"layer {layer.name!r} is not connected to the model's input")
+
+
+def grad_cam_model(model):
+    """(model -> [trunk feature map, logits input]) and the final Dense, for `grad_cam`."""
+    import keras
+    import dm_resnet
+    names = [l.name for l in model.layers]
+    if dm_resnet.TRUNK_NAME in names:
+        feat = _outer_output(model, model.get_layer(dm_resnet.TRUNK_NAME))
+    else:
+        layer = dm_resnet.find_trunk_output(model)
+        feat = _outer_output(model, layer)
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Dense) and last.get_config().get("activation") == "softmax":
+        pre = None
+        for node in reversed(last._inbound_nodes):
+            pre = node.input_tensors[0]
+            try:
+                keras.Model(model.inputs, pre)
+                break
+            except ValueError:
+                pre = None
+        if pre is not None:
+            return keras.Model(model.inputs, [feat, pre]), last
+    return keras.Model(model.inputs, [feat, model.outputs[0]]), None
+
+
+def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None) -> np.ndarray:
+    """Grad-CAM on the trunk's last feature map: (B, h, w) in [0, 1] at feature-map size.
+
+    The score is the class logit (pre-softmax) when the model ends in a softmax Dense, so
+    confident predictions still give gradients; weights are the spatially averaged
+    gradients; the map is ReLU(sum_k w_k A_k), divided by its maximum (0 if all <= 0).
+    """
+    import tensorflow as tf
+    sub, dense = grad_cam_model(model)
+    x = tf.convert_to_tensor(np.asarray(x, np.float32))
+    with tf.GradientTape() as tape:
+        feat, out = sub(x, training=False)
+        tape.watch(feat)
+        if dense is not None:
+            out = tf.matmul(out, dense.kernel) + dense.bias
+        score = out[:, class_index]
+    grads = tape.gradient(score, feat)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * feat, axis=-1)).numpy()
+    mx = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.where(mx > 0, cam / np.where(mx > 0, mx, 1), 0.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- overlays
+
+
+def to_display(grey: np.ndarray) -> np.ndarray:
+    """A grey image as uint8 for display: min-max stretched (flat images become 0)."""
+    g = np.asarray(grey, np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    if hi <= lo:
+        return np.zeros(g.shape, np.uint8)
+    return np.round((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def place_heatmap(heat: np.ndarray, shape: tuple[int, int], centre0: tuple[int, int] | None = None,
+                  step: int | None = None) -> np.ndarray:
+    """A (rows, cols) map as an image of `shape`, bilinear, NaN where it has no value.
+
+    Without `centre0`/`step` the grid is stretched over the whole image (fprop, Grad-CAM);
+    with them cell (r, c) is centred at centre0 + (r, c)*step (sliding window).
+    """
+    heat = np.asarray(heat, np.float32)
+    h, w = shape
+    if centre0 is None:
+        return cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
+    rows, cols = heat.shape
+    out = np.full((h, w), np.nan, np.float32)
+    y1, x1 = centre0[0] - step // 2, centre0[1] - step // 2
+    big = cv2.resize(heat, (cols * step, rows * step), interpolation=cv2.INTER_LINEAR)
+    ys, xs = max(0, y1), max(0, x1)
+    ye, xe = min(h, y1 + rows * step), min(w, x1 + cols * step)
+    if ye > ys and xe > xs:
+        out[ys:ye, xs:xe] = big[ys - y1:ye - y1, xs - x1:xe - x1]
+    return out
+
+
+def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
+                    colormap: int = cv2.COLORMAP_JET, vmin: float = 0.0, vmax: float = 1.0
+                    ) -> np.ndarray:
+    """A BGR uint8 image: the colour-mapped heat (same size as `grey`) blended on the grey
+    mammogram with weight `alpha`; NaN heat (no value) leaves the grey image."""
+    if heat.shape != grey.shape:
+        raise InferenceError(f"heatmap {heat.shape} and image {grey.shape} differ in size")
+    base = cv2.cvtColor(to_display(grey), cv2.COLOR_GRAY2BGR)
+    valid = np.isfinite(heat)
+    h = np.clip((np.nan_to_num(heat, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    colour = cv2.applyColorMap(np.round(h * 255).astype(np.uint8), colormap)
+    blend = cv2.addWeighted(colour, alpha, base, 1.0 - alpha, 0.0)
+    return np.where(valid[..., None], blend, base)
+
+
+def write_png(path: str, img: np.ndarray) -> None:
+    """Write a PNG atomically (temporary file, then rename)."""
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise InferenceError(f"{path}: cannot encode image of shape {img.shape} as PNG")
+    atomic_write(path, lambda f: f.write(buf.tobytes()))

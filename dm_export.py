@@ -1,0 +1,177 @@
+"""Export a model for serving: a TensorFlow SavedModel with the preprocessing recipe inside.
+
+Raw grey images go in (B, H0, W0) as uint16, uint8 or float32; the graph resizes them to
+the recipe's size, applies img_scale / rescale_factor / featurewise centring, makes the
+channels and returns the class probabilities. Endpoints: `serve` (float32, no rounding,
+e.g. DICOM with a modality rescale), `serve_uint16` and `serve_uint8` (the resized image
+is rounded and clipped to the input's type, as cv2 does for integer images).
+
+Resize: `cv2cubic` (default) is cv2.INTER_CUBIC re-implemented with gathers (Keys cubic
+a = -0.75, half-pixel centres, edge replicate, no antialiasing), so the export matches
+`predict.py`; `bicubic` / `bilinear` are tf.image.resize (bicubic there is Keys a = -0.5,
+which differs from cv2 by up to a few percent of the local contrast).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+from dm_image import Recipe
+
+log = logging.getLogger(__name__)
+
+RESIZE_MODES = ("cv2cubic", "bicubic", "bilinear")
+META_FILE = "dm_meta.json"
+
+
+class ExportError(ValueError):
+    """A model/recipe combination that cannot be exported."""
+
+
+def _cubic_taps(in_size, out_size: int, a: float = -0.75):
+    """Source indices (out, 4) and weights (out, 4) of cv2's cubic resize along one axis."""
+    import tensorflow as tf
+    in_f = tf.cast(in_size, tf.float32)
+    scale = in_f / float(out_size)
+    src = (tf.range(out_size, dtype=tf.float32) + 0.5) * scale - 0.5
+    x0 = tf.floor(src)
+    t = src - x0
+    w0 = ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    u = 1 - t
+    w2 = ((a + 2) * u - (a + 3)) * u * u + 1
+    w3 = 1 - w0 - w1 - w2
+    base = tf.cast(x0, tf.int32)
+    idx = tf.stack([base - 1, base, base + 1, base + 2], axis=1)
+    idx = tf.clip_by_value(idx, 0, tf.cast(in_size, tf.int32) - 1)
+    return idx, tf.stack([w0, w1, w2, w3], axis=1)
+
+
+def cv2_cubic_resize(x, out_hw: Sequence[int]):
+    """Resize a (B, H, W) float32 batch like cv2.resize(..., INTER_CUBIC) on float32 input."""
+    import tensorflow as tf
+    oh, ow = int(out_hw[0]), int(out_hw[1])
+    shape = tf.shape(x)
+    ridx, rw = _cubic_taps(shape[1], oh)
+    cidx, cw = _cubic_taps(shape[2], ow)
+    rows = tf.gather(x, ridx, axis=1)                        # (B, oh, 4, W)
+    x = tf.einsum("bokw,ok->bow", rows, rw)
+    cols = tf.gather(x, cidx, axis=2)                        # (B, oh, ow, 4)
+    return tf.einsum("bhok,ok->bho", cols, cw)
+
+
+def preprocess_graph(raw, recipe: Recipe, resize: str = "cv2cubic", int_max: float | None = None):
+    """The recipe in TF ops: (B, H0, W0) raw grey -> (B, H, W, C) float32 network input.
+
+    `int_max`: the input was integer with this maximum value: round and clip the resized
+    image to [0, int_max] as cv2 does when it resizes an integer image.
+    """
+    import tensorflow as tf
+    if recipe.equalize_hist:
+        raise ExportError("equalize_hist is not supported in the exported graph "
+                          "(cv2.equalizeHist has no exact TF equivalent); score with predict.py")
+    if recipe.img_size is None:
+        raise ExportError("the recipe has no fixed image size (img_size); export needs one")
+    if resize not in RESIZE_MODES:
+        raise ExportError(f"unknown resize {resize!r}; choose from {', '.join(RESIZE_MODES)}")
+    x = tf.cast(raw, tf.float32)
+    if resize == "cv2cubic":
+        x = cv2_cubic_resize(x, recipe.img_size)
+    else:
+        x = tf.image.resize(x[..., None], recipe.img_size, method=resize)[..., 0]
+    if int_max is not None:
+        x = tf.clip_by_value(tf.round(x), 0.0, float(int_max))
+    if recipe.img_scale is not None:
+        m = tf.reduce_max(x, axis=(1, 2), keepdims=True)
+        m = tf.where(m == 0, tf.cast(recipe.img_scale, tf.float32), m)
+        x = x * (float(recipe.img_scale) / m)
+    if recipe.rescale_factor is not None:
+        x = x * tf.constant(recipe.rescale_factor, tf.float32)
+    if recipe.featurewise_center:
+        x = x - tf.constant(recipe.featurewise_mean, tf.float32)
+    return tf.repeat(x[..., None], recipe.channels, axis=-1)
+
+
+def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: str,
+                   resize: str = "cv2cubic") -> str:
+    """Write a SavedModel (three endpoints, see module doc) and `assets/dm_meta.json`.
+
+    Written to a temporary folder beside `out_dir`, then renamed into place.
+    """
+    import keras
+    import tensorflow as tf
+    if int(model.inputs[0].shape[-1]) != recipe.channels:
+        raise ExportError(f"the model takes {model.inputs[0].shape[-1]} channels, the recipe "
+                          f"makes {recipe.channels}")
+    preprocess_graph(tf.zeros([1, 8, 8]), recipe, resize)   # refuse bad recipes early
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def endpoint(dtype, int_max):
+        def serve(raw):
+            return model(preprocess_graph(raw, recipe, resize, int_max), training=False)
+        return serve
+
+    archive.add_endpoint("serve", endpoint(tf.float32, None),
+                         input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
+    archive.add_endpoint("serve_uint16", endpoint(tf.uint16, 65535.0),
+                         input_signature=[tf.TensorSpec([None, None, None], tf.uint16)])
+    archive.add_endpoint("serve_uint8", endpoint(tf.uint8, 255.0),
+                         input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    try:
+        archive.write_out(tmp, verbose=False)
+        os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
+        with open(os.path.join(tmp, "assets", META_FILE), "w") as f:
+            json.dump({"class_list": list(class_list), "recipe": recipe.to_dict(),
+                       "resize": resize,
+                       "endpoints": ["serve", "serve_uint16", "serve_uint8"]}, f, indent=1)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_serving(path: str):
+    """(loaded SavedModel, its meta dict) for calling `.serve(raw)` etc."""
+    import tensorflow as tf
+    meta_path = os.path.join(path, "assets", META_FILE)
+    if not os.path.isfile(meta_path):
+        raise ExportError(f"{path}: not an exported model ({META_FILE} missing)")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    return tf.saved_model.load(path), meta
+
+
+def export_onnx(model, recipe: Recipe, out_path: str, resize: str = "cv2cubic",
+                opset: int = 17) -> str:
+    """Write an ONNX model (raw float32 (B, H0, W0) in, probabilities out), recipe inside.
+
+    Needs the optional packages tf2onnx and onnx (tf2onnx 1.17.0 + onnx 1.23.2 converted
+    this graph under TF 2.21 with outputs equal to TF within 1.2e-7); they are not in
+    requirements.txt, so this raises a clear error when they are missing.
+    """
+    import tensorflow as tf
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ExportError("ONNX export needs the optional package tf2onnx "
+                          "(pip install tf2onnx onnx)") from None
+    preprocess_graph(tf.zeros([1, 8, 8]), recipe, resize)
+    spec = (tf.TensorSpec((None, None, None), tf.float32, name="raw"),)
+    fn = tf.function(lambda raw: model(preprocess_graph(raw, recipe, resize), training=False),
+                     input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    import dm_inference
+    dm_inference.atomic_write(out_path, lambda f: f.write(proto.SerializeToString()))
+    return out_path

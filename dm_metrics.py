@@ -1,0 +1,149 @@
+"""Evaluation metrics: AUROC with a seeded bootstrap interval, operating points, curves,
+and breast-/exam-level aggregation of image scores."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class MetricsError(ValueError):
+    """Labels or scores that a metric cannot use (one class only, lengths differ, ...)."""
+
+
+def _check(y, s) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(bool).ravel()
+    s = np.asarray(s, np.float64).ravel()
+    if len(y) != len(s):
+        raise MetricsError(f"{len(y)} labels but {len(s)} scores")
+    if not np.all(np.isfinite(s)):
+        raise MetricsError("scores contain NaN or infinite values")
+    return y, s
+
+
+def auroc(y, s) -> float:
+    """Area under the ROC curve (ties count half); needs both classes."""
+    y, s = _check(y, s)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise MetricsError(f"AUROC needs positives and negatives (got {n_pos} and {n_neg})")
+    from scipy.stats import rankdata
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def bootstrap_auroc(y, s, n_boot: int = 2000, seed: int = 12345, level: float = 0.95
+                    ) -> dict:
+    """AUROC and its percentile bootstrap interval (resampling cases with replacement).
+
+    Resamples with a single class are skipped and counted (`n_skipped`). Seeded:
+    the same inputs and seed give the same interval.
+    """
+    from scipy.stats import rankdata
+    y, s = _check(y, s)
+    point = auroc(y, s)
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    vals = []
+    skipped = 0
+    for _ in range(int(n_boot)):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        n_pos = int(yb.sum())
+        if n_pos == 0 or n_pos == n:
+            skipped += 1
+            continue
+        r = rankdata(s[idx])
+        vals.append((r[yb].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos)))
+    if not vals:
+        raise MetricsError("no bootstrap resample had both classes")
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    return dict(auroc=point, ci_low=float(lo), ci_high=float(hi), ci_level=level,
+                n_boot=int(n_boot), n_skipped=skipped, seed=int(seed))
+
+
+def sens_spec(y, s, threshold: float) -> dict:
+    """Sensitivity and specificity when `score >= threshold` calls positive."""
+    y, s = _check(y, s)
+    pred = s >= threshold
+    tp, fn = int(np.sum(pred & y)), int(np.sum(~pred & y))
+    tn, fp = int(np.sum(~pred & ~y)), int(np.sum(pred & ~y))
+    return dict(threshold=float(threshold),
+                sensitivity=tp / (tp + fn) if tp + fn else float("nan"),
+                specificity=tn / (tn + fp) if tn + fp else float("nan"),
+                tp=tp, fn=fn, tn=tn, fp=fp)
+
+
+def at_sensitivity(y, s, target: float) -> dict:
+    """The operating point with the highest threshold whose sensitivity reaches `target`."""
+    y, s = _check(y, s)
+    if not 0 < target <= 1:
+        raise MetricsError(f"target sensitivity must be in (0, 1], got {target}")
+    pos = np.sort(s[y])[::-1]
+    if len(pos) == 0:
+        raise MetricsError("no positives: sensitivity is undefined")
+    k = int(np.ceil(target * len(pos))) - 1          # need at least k+1 positives called
+    out = sens_spec(y, s, float(pos[k]))
+    out["target_sensitivity"] = float(target)
+    return out
+
+
+def aggregate(groups: Sequence[tuple], y, s, how: str = "max") -> tuple[list[tuple], np.ndarray, np.ndarray]:
+    """One score per group (max or mean of its images) and label (positive if any image is)."""
+    if how not in ("max", "mean"):
+        raise MetricsError(f"aggregate must be 'max' or 'mean', got {how!r}")
+    y, s = _check(y, s)
+    keys: dict[tuple, list[int]] = {}
+    for i, g in enumerate(groups):
+        keys.setdefault(tuple(g), []).append(i)
+    names = sorted(keys)
+    fn = np.max if how == "max" else np.mean
+    ys = np.array([y[keys[k]].any() for k in names])
+    ss = np.array([fn(s[keys[k]]) for k in names])
+    return names, ys, ss
+
+
+def _save_fig(fig, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "") -> None:
+    """ROC and precision-recall curves as two PNGs (written atomically)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+    y, s = _check(y, s)
+    fpr, tpr, _ = roc_curve(y, s)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(y, s):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"ROC {title}".strip())
+    ax.legend(loc="lower right")
+    _save_fig(fig, roc_path)
+    plt.close(fig)
+    prec, rec, _ = precision_recall_curve(y, s)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.step(rec, prec, where="post", lw=2, label=f"AP {average_precision_score(y, s):.3f}")
+    ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Precision-recall {title}".strip())
+    ax.legend(loc="lower left")
+    _save_fig(fig, pr_path)
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""dm_metrics and evaluate.py: AUROC, bootstrap intervals, operating points, aggregation."""
+import csv
+import os
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+import dm_metrics as M
+import evaluate
+
+
+def _data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.4
+    s = 1 / (1 + np.exp(-(rng.normal(size=n) + 1.2 * y)))
+    return y, s
+
+
+def test_auroc_matches_sklearn_with_ties():
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.4, 0.8, 0.5, 0.5, 0.2, 0.9])
+    assert M.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    with pytest.raises(M.MetricsError, match="positives and negatives"):
+        M.auroc([1, 1], [0.2, 0.3])
+
+
+def test_bootstrap_contains_point_narrows_and_is_seeded():
+    y, s = _data(100)
+    small = M.bootstrap_auroc(y, s, n_boot=500, seed=7)
+    assert small["ci_low"] <= small["auroc"] <= small["ci_high"]
+    assert small == M.bootstrap_auroc(y, s, n_boot=500, seed=7)
+    y2, s2 = _data(1600)
+    big = M.bootstrap_auroc(y2, s2, n_boot=500, seed=7)
+    assert big["ci_low"] <= big["auroc"] <= big["ci_high"]
+    assert big["ci_high"] - big["ci_low"] < 0.5 * (small["ci_high"] - small["ci_low"])
+
+
+def test_operating_points():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])
+    r = M.sens_spec(y, s, 0.5)
+    assert (r["tp"], r["fn"], r["tn"], r["fp"]) == (3, 1, 3, 1)
+    assert r["sensitivity"] == 0.75 and r["specificity"] == 0.75
+    t = M.at_sensitivity(y, s, 0.9)            # needs all 4 positives: threshold 0.3
+    assert t["threshold"] == 0.3 and t["sensitivity"] == 1.0 and t["specificity"] == 0.5
+    t = M.at_sensitivity(y, s, 0.5)            # 2 of 4: threshold 0.8
+    assert t["threshold"] == 0.8 and t["specificity"] == 1.0
+
+
+def test_aggregate_max_and_mean():
+    groups = [("p1", "L"), ("p1", "L"), ("p1", "R"), ("p2", "L")]
+    y = [0, 1, 0, 0]
+    s = [0.2, 0.6, 0.3, 0.9]
+    names, yg, sg = M.aggregate(groups, y, s, "max")
+    assert names == [("p1", "L"), ("p1", "R"), ("p2", "L")]
+    assert yg.tolist() == [True, False, False] and sg.tolist() == [0.6, 0.3, 0.9]
+    _, _, sm = M.aggregate(groups, y, s, "mean")
+    assert sm.tolist() == pytest.approx([0.4, 0.3, 0.9])
+
+
+def _write_preds(path, n=60, seed=1, with_label=True):
+    y, s = _data(n, seed)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "neg", "pos"] + (["label"] if with_label else []) +
+                   ["patient_id", "side", "view"])
+        for i in range(n):
+            w.writerow([f"img{i}.png", f"{1 - s[i]:.6f}", f"{s[i]:.6f}"] +
+                       ([str(int(y[i]))] if with_label else []) +
+                       [f"P{i // 4}", "LR"[(i // 2) % 2], ["CC", "MLO"][i % 2]])
+    return y, s
+
+
+def test_evaluate_cli_levels_json_and_plots(tmp_path, capsys):
+    y, s = _write_preds(tmp_path / "preds.csv")
+    out = tmp_path / "rep"
+    rc = evaluate.main([str(tmp_path / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
+                        "--thresholds", "0.4", "0.6", "--target-sensitivity", "0.9"])
+    assert rc == 0
+    summ = json.loads((out / "summary.json").read_text())
+    levels = {lv["level"]: lv for lv in summ["levels"]}
+    assert set(levels) == {"image", "breast", "exam"} and summ["pos_class"] == "pos"
+    assert levels["image"]["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-5)
+    assert levels["breast"]["n"] == 30 and levels["exam"]["n"] == 15
+    assert [t["threshold"] for t in levels["image"]["thresholds"]] == [0.4, 0.6]
+    for lv in levels.values():
+        if "error" not in lv:
+            assert [os.path.basename(p) for p in lv["plots"]] == \
+                [f"roc_{lv['level']}.png", f"pr_{lv['level']}.png"]
+            assert all(os.path.getsize(p) > 5000 for p in lv["plots"])
+    assert "AUROC" in capsys.readouterr().out
+
+
+def test_evaluate_labels_from_separate_csv_and_pos_class(tmp_path):
+    y, s = _write_preds(tmp_path / "preds.csv", with_label=False)
+    with open(tmp_path / "labels.csv", "w") as f:
+        f.write("path,label\n" + "".join(f"img{i},{'pos' if y[i] else 'neg'}\n"
+                                         .replace(f"img{i},", f"img{i}.png,") for i in range(len(y))))
+    rc = evaluate.main([str(tmp_path / "preds.csv"), "--labels", str(tmp_path / "labels.csv"),
+                        "--pos-class", "neg", "--out-dir", str(tmp_path / "r"), "--n-boot", "50",
+                        "--no-plots"])
+    assert rc == 0
+    summ = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summ["levels"][0]["auroc"] == pytest.approx(roc_auc_score(~y, 1 - s), abs=1e-5)
+
+
+def test_evaluate_bad_input_one_line(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("path,neg,pos\na.png,0.2,0.8\n")
+    assert evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path)]) == 2
+    assert evaluate.main([str(tmp_path / "nope.csv")]) == 2
+    err = [l for l in capsys.readouterr().out.splitlines() if l.startswith("error")]
+    assert len(err) == 2 and "no 'label' column" in err[0] and "not found" in err[1]
