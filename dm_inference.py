@@ -322,32 +322,9 @@ def atomic_write(path: str, writer, text: bool = False) -> None:
 
 def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05
                    ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The breast (largest bright region) with the rest zeroed, cropped; and its (x, y, w, h).
-
-    Uses `dm_preprocess.segment_breast` when that module is present; otherwise the same
-    rule here: threshold at a fraction of the 8-bit maximum, keep the largest contour.
-    """
-    try:
-        import dm_preprocess
-    except ImportError:
-        dm_preprocess = None
-    if dm_preprocess is not None and hasattr(dm_preprocess, "segment_breast"):
-        return dm_preprocess.segment_breast(img, low_int_threshold)
-    h, w = img.shape
-    mx = float(img.max())
-    if mx <= 0:
-        return img.copy(), (0, 0, w, h)
-    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
-    _, binary = cv2.threshold(img8, int(255 * low_int_threshold), 255, cv2.THRESH_BINARY)
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return img.copy(), (0, 0, w, h)
-    k = int(np.argmax([cv2.contourArea(c) for c in contours]))
-    mask = cv2.drawContours(np.zeros_like(binary), contours, k, 255, thickness=-1)
-    x, y, bw, bh = cv2.boundingRect(contours[k])
-    out = img.copy()
-    out[mask == 0] = 0
-    return out[y:y + bh, x:x + bw], (int(x), int(y), int(bw), int(bh))
+    """The breast cropped (rest zeroed) and its (x, y, w, h): `dm_preprocess.segment_breast`."""
+    import dm_preprocess
+    return dm_preprocess.segment_breast(img, low_int_threshold)
 
 
 def sweep_grid(shape: tuple[int, int], patch_size: int, stride: int
