@@ -98,6 +98,50 @@ def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
                          "--val-size", "0"] + common)
 
 
+def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: pathlib.Path,
+                      image_model: pathlib.Path, n_patch_classes: int) -> dict:
+    """predict.py (4-flip TTA) and evaluate.py on the test split, then a sliding-window
+    heatmap of the patch classifier and a Grad-CAM overlay of the whole-image classifier
+    on the test image the model finds most suspicious."""
+    import shutil
+
+    import pandas as pd
+
+    import evaluate
+    import predict
+    from ddsm_train import heatmap_score
+
+    preds = out / "test_predictions.csv"
+    if predict.main([str(image_model), "--image-dir", str(data / "test"), "--test-augment",
+                     "--batch-size", str(args.batch_size), "--out", str(preds)]) != 0:
+        raise RuntimeError("predict.py failed")
+    rep = evaluate.run(evaluate.build_parser().parse_args(
+        [str(preds), "--out-dir", str(out / "report"), "--pos-class", "pos",
+         "--seed", str(args.seed)]))
+    level = rep["levels"][0]
+    df = pd.read_csv(preds)
+    top = df.sort_values("pos", ascending=False).iloc[0]["path"]
+    hm_in = out / "heatmap" / "input"
+    if hm_in.exists():
+        shutil.rmtree(hm_in)
+    hm_in.mkdir(parents=True)
+    shutil.copy(top, hm_in / pathlib.Path(top).name)
+    stride = max(4, args.patch_size // 4)
+    heatmap_score.run(heatmap_score.build_parser().parse_args(
+        [str(hm_in), str(patch_model), "--stride", str(stride), "--img-size",
+         *map(str, args.img_size), "--out", str(out / "heatmap" / "patch_heatmap.npz"),
+         "--overlay-dir", str(out / "heatmap" / "patch_overlay")]))
+    heatmap_score.run(heatmap_score.build_parser().parse_args(
+        [str(hm_in), str(image_model), "--grad-cam", "--out",
+         str(out / "heatmap" / "gradcam.npz"), "--overlay-dir",
+         str(out / "heatmap" / "gradcam_overlay")]))
+    first = lambda d: str(sorted((out / "heatmap" / d).glob("*.png"))[0])  # noqa: E731
+    return dict(ci95=[level["ci_low"], level["ci_high"]], auroc=level["auroc"],
+                predictions=str(preds),
+                roc=level["plots"][0], heatmap=first("patch_overlay"),
+                gradcam=first("gradcam_overlay"))
+
+
 def run(args) -> dict:
     """The whole pipeline; returns a summary (also written to OUT/summary.json)."""
     import dm_flags
@@ -171,18 +215,34 @@ def run(args) -> dict:
         "--best-model", str(image_model)]))
     timings["image_training_s"] = time.time() - t
 
-    log.info("[5/5] evaluation")
+    log.info("[5/5] evaluation: predictions with TTA, bootstrap interval, curves, heatmaps")
+    t = time.time()
+    report = evaluate_and_draw(args, out, data, patch_model, image_model, len(patch_classes))
+    timings["evaluation_s"] = time.time() - t
     summary = dict(
         data=" ".join(args.data), img_size=list(args.img_size), patch_size=args.patch_size,
         net=args.net, patch_test_accuracy=patch_res["test_accuracy"],
         image_test_auroc=image_res["test_auroc"],
         image_test_auroc_tta=image_res.get("test_auroc_tta"),
         n_test_images=int(len(image_res["test_labels"])),
+        image_test_auroc_tta_ci95=report["ci95"], evaluate_auroc=report["auroc"],
+        predictions=report["predictions"],
+        roc_curve=report["roc"], heatmap_overlay=report["heatmap"],
+        gradcam_overlay=report["gradcam"],
         patch_model=str(patch_model), image_model=str(image_model),
         timings={k: round(v, 1) for k, v in timings.items()},
         total_s=round(time.time() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary: %s", json.dumps(summary))
+    log.info("patch test accuracy %.3f; whole-image test AUROC %.3f, with TTA %.3f "
+             "(95%% CI %.3f-%.3f, %d images); %.0f s in all",
+             summary["patch_test_accuracy"], summary["image_test_auroc"],
+             summary["image_test_auroc_tta"], *summary["image_test_auroc_tta_ci95"],
+             summary["n_test_images"], summary["total_s"])
+    for k in ("patch_model", "image_model", "predictions", "roc_curve", "heatmap_overlay",
+              "gradcam_overlay"):
+        log.info("%-16s %s", k, summary[k])
+    log.info("%-16s %s", "summary", out / "summary.json")
     return summary
 
 

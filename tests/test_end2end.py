@@ -1,6 +1,7 @@
 """The main job's pipeline function, end to end at tiny sizes (the README's first command
 runs the same function at its default sizes)."""
 import json
+import pathlib
 
 import end2end
 
@@ -20,3 +21,9 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     assert 0.0 <= summary["image_test_auroc"] <= 1.0
     assert 0.0 <= summary["patch_test_accuracy"] <= 1.0
     assert summary["n_test_images"] > 0
+    # predict.py + evaluate.py on the saved model agree with the trainer's own TTA AUROC
+    assert abs(summary["evaluate_auroc"] - summary["image_test_auroc_tta"]) < 1e-6
+    lo, hi = summary["image_test_auroc_tta_ci95"]
+    assert lo <= summary["evaluate_auroc"] <= hi
+    for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions"):
+        assert pathlib.Path(summary[k]).stat().st_size > 0, k
