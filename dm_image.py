@@ -614,11 +614,13 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
                  nb_class: int, batch_size: int, *, training: bool,
                  augment: Augment | None = None, seed: int = 12345, load_ram: bool = False,
                  auto_batch_balance: bool = False, class_weight: dict | None = None,
-                 num_workers: int | None = None) -> "tf.data.Dataset":
+                 num_workers: int | None = None, start_epoch: int = 0) -> "tf.data.Dataset":
     """A tf.data pipeline yielding (x (B,H,W,C) float32, y one-hot (B,nb_class)[, w (B,)]).
 
     source: image paths, or an in-memory (N,H,W) array of raw images (always RAM mode).
     training: seeded reshuffle every epoch, infinite repeat, augmentation if `augment`;
+    each epoch is steps_for(n, batch_size) batches; `start_epoch` starts the stream at
+    that epoch (a resumed run sees the batches the uninterrupted run would have);
     otherwise finite, in order, the last partial batch included, never augmented.
     load_ram: decode+resize once, keep native dtype and one channel, augment from memory.
     auto_batch_balance: w = 1 / (fraction of the sample's class in its batch), exactly as
@@ -683,19 +685,23 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
 
     labels_t = tf.constant(labels)
     if training:
-        def epoch_order(e):
+        # One data epoch = one Keras epoch of steps_for(n, batch_size) batches (the last
+        # one partial), so training can restart at any epoch and see exactly the batches
+        # an uninterrupted run would have seen.
+        def epoch_batches(e):
             key = tf.random.experimental.stateless_fold_in(
                 tf.constant([int(seed), 0x5F1E], dtype=tf.int64), e)
-            return tf.data.Dataset.from_tensor_slices(
-                tf.argsort(tf.random.stateless_uniform([n], seed=key)))
-        ds = tf.data.Dataset.counter().flat_map(epoch_order).enumerate()
-        if use_aug:
-            ds = ds.map(lambda k, i: (i, draw_params_tf(augment, element_seed(seed, k))))
-        else:
-            ds = ds.map(lambda k, i: (i, tf.zeros([AugParams.VECTOR_LEN])))
+            order = tf.argsort(tf.random.stateless_uniform([n], seed=key))
+            ds_e = tf.data.Dataset.from_tensor_slices(order).enumerate(start=e * n)
+            if use_aug:
+                ds_e = ds_e.map(lambda k, i: (i, draw_params_tf(augment, element_seed(seed, k))))
+            else:
+                ds_e = ds_e.map(lambda k, i: (i, tf.zeros([AugParams.VECTOR_LEN])))
+            return ds_e.batch(batch_size, drop_remainder=False)
+        ds = tf.data.Dataset.counter(start=int(start_epoch)).flat_map(epoch_batches)
     else:
         ds = tf.data.Dataset.range(n).map(lambda i: (i, tf.zeros([AugParams.VECTOR_LEN])))
-    ds = ds.batch(batch_size, drop_remainder=False)
+        ds = ds.batch(batch_size, drop_remainder=False)
     ds = ds.map(load, num_parallel_calls=workers, deterministic=True)
 
     cw = None

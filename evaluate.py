@@ -188,7 +188,8 @@ def report(summary: dict) -> None:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    import dm_train
+    dm_train.setup_logging()
     args = build_parser().parse_args(argv)
     try:
         run(args)

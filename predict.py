@@ -92,7 +92,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    import dm_train
+    dm_train.setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -280,7 +280,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout, force=True)
+    import dm_train
+    dm_train.setup_logging()
     args = build_parser().parse_args(argv)
     try:
         run(args)

@@ -352,7 +352,8 @@ def test_training_elements_equal_reference_with_drawn_params(pngs):
     n = len(pngs)
     # label = image index, so y tells which image each element is
     ds = D.make_dataset(pngs, np.arange(n), REC, n, 4, training=True, augment=aug, seed=9)
-    batches = _collect(ds, 5)                                       # 20 elements: 2 epochs
+    batches = _collect(ds, 6)                  # 2 epochs of 3 batches (4, 4, 2): 20 elements
+    assert [len(b[1]) for b in batches] == [4, 4, 2, 4, 4, 2]
     idx = np.concatenate([b[1].argmax(1) for b in batches])
     assert sorted(idx[:n].tolist()) == list(range(n)) and sorted(idx[n:2 * n].tolist()) == list(range(n))
     assert idx[:n].tolist() != list(range(n)) and idx[:n].tolist() != idx[n:].tolist()
@@ -361,6 +362,18 @@ def test_training_elements_equal_reference_with_drawn_params(pngs):
         p = D.draw_params(aug, 9, k)
         ref = D.preprocess(D.read_image(pngs[idx[k]]), REC, p, aug.interpolation)
         np.testing.assert_allclose(xs[k], ref, rtol=0, atol=1e-5)
+
+
+def test_start_epoch_resumes_the_stream_exactly(pngs):
+    """A run restarted at epoch 1 sees exactly what the uninterrupted run saw in epoch 1."""
+    labels = np.arange(len(pngs))
+    full = _collect(D.make_dataset(pngs, labels, REC, len(pngs), 4, training=True,
+                                   augment=D.Augment(), seed=3), 6)
+    resumed = _collect(D.make_dataset(pngs, labels, REC, len(pngs), 4, training=True,
+                                      augment=D.Augment(), seed=3, start_epoch=1), 3)
+    for a, b in zip(full[3:], resumed):
+        for ta, tb in zip(a, b):
+            np.testing.assert_array_equal(ta, tb)
 
 
 def test_seeded_pipelines_identical_and_seeds_differ(pngs):
