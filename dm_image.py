@@ -470,6 +470,48 @@ def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
     return paths, np.asarray(labels, dtype=np.int64)
 
 
+def header_bit_depth(path: str) -> int | None:
+    """Bit depth from the file header without decoding (8/16; None for DICOM or unknown).
+
+    Refuses files that cannot be images: missing, empty, or with a wrong signature.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot open ({e.strerror})") from None
+    if not head:
+        raise ImageReadError(f"{path}: empty file (0 bytes)")
+    ext = os.path.splitext(path)[1].lower()
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(head) < 26:
+            raise ImageReadError(f"{path}: truncated PNG header")
+        return 16 if head[24] == 16 else 8
+    if head[:2] == b"\xff\xd8" or head[:2] == b"BM":
+        return 8
+    if ext in (".dcm", ".dicom") or head[128:132] == b"DICM":
+        return None
+    raise ImageReadError(f"{path}: not a PNG, JPEG, BMP or DICOM file (unknown signature)")
+
+
+def check_bit_depths(paths: Sequence[str], rescale_factor: float | None) -> set[int]:
+    """Check every file's header up front; with a rescale factor, refuse mixed 8/16 bits.
+
+    A single factor (e.g. 255/65535) fits one bit depth only, so a folder mixing 8- and
+    16-bit images would be silently mis-scaled.
+    """
+    seen: dict[int, str] = {}
+    for p in paths:
+        depth = header_bit_depth(p)
+        if depth is not None:
+            seen.setdefault(depth, p)
+    if rescale_factor is not None and len(seen) > 1:
+        raise DatasetError(f"{seen[16]}: 16-bit image among 8-bit ones (e.g. {seen[8]}); one "
+                           f"--rescale-factor ({rescale_factor}) cannot fit both: convert them "
+                           "to one bit depth or use --img-scale")
+    return set(seen)
+
+
 def class_counts(labels: Sequence[int], class_list: Sequence[str]) -> dict[str, int]:
     """Number of images per class name, in class_list order."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_list))

@@ -382,47 +382,72 @@ def regularization_loss(model: keras.Model) -> float:
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, optim: str,
-                      jit_compile: bool | str = False) -> None:
-    """Apply a stage's trainability, L2 and dropout, then compile with its optimiser."""
+                      jit_compile: bool | str = False, optimizer=None) -> None:
+    """Apply a stage's trainability, L2 and dropout, then compile with its optimiser.
+
+    `optimizer`: continue with this (restored) optimiser instead of a new one (resume).
+    """
     set_trainable(model, stage)
     set_weight_decay(model, stage.weight_decay)
     set_dropout(model, stage.dropout)
-    model.compile(optimizer=create_optimizer(optim, stage.lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=jit_compile)
+    model.compile(optimizer=optimizer or create_optimizer(optim, stage.lr),
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def stage_bounds(stages: list[Stage]) -> list[tuple[int, int]]:
+    """(first epoch, end epoch) of each stage; numbering continues across stages."""
+    bounds, epoch = [], 0
+    for stage in stages:
+        bounds.append((epoch, epoch + max(0, stage.epochs)))
+        epoch += max(0, stage.epochs)
+    return bounds
 
 
 def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoch: int,
                val_ds, callbacks: list, optim: str = "sgd", jit_compile: bool = False,
-               initial_epoch: int = 0, verbose: int | str = "auto") -> dict[str, list]:
+               resume_at: tuple[int, int] = (0, 0), verbose: int | str = "auto"
+               ) -> dict[str, list]:
     """The one data-driven stage loop of both trainers; epoch numbering continues.
 
-    Stages with 0 epochs are skipped. If a stage stops early, the next one still runs
-    (as in the original). Returns the concatenated history with a 'stage' column.
+    `train_ds` is a dataset or a function of the first epoch returning one (so each
+    stage, and a resumed run, sees the batches of its own epochs). `resume_at` is
+    (stage index, epoch) to continue from: earlier stages are skipped and, inside the
+    stage, the model's restored optimiser is kept. Stages with 0 epochs are skipped; if
+    a stage stops early, the next one still runs (as in the original); a callback with
+    a true `abort` attribute (NaN loss) stops all. Returns this call's history.
     """
     history: dict[str, list] = {}
-    epoch = 0
-    for i, stage in enumerate(stages):
+    r_stage, r_epoch = resume_at
+    for i, (stage, (start, end)) in enumerate(zip(stages, stage_bounds(stages))):
         if stage.epochs <= 0:
             log.info("stage %d (%s): 0 epochs, skipped", i + 1, stage.name)
             continue
-        start, end = epoch, epoch + stage.epochs
-        epoch = end
-        if end <= initial_epoch:
-            continue  # completed before a resume
-        compile_for_stage(model, stage, optim, jit_compile)
+        if i < r_stage:
+            continue
+        first = max(start, r_epoch) if i == r_stage else start
+        if first >= end:
+            continue
+        mid_stage = i == r_stage and first > start
+        compile_for_stage(model, stage, optim, jit_compile,
+                          optimizer=model.optimizer if mid_stage else None)
         log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %g, dropout %g, "
-                 "%d trainable weights", i + 1, stage.name, start + 1, end, stage.lr,
-                 stage.weight_decay, stage.dropout, len(model.trainable_weights))
+                 "%d trainable weights%s", i + 1, stage.name, first + 1, end,
+                 float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+                 stage.weight_decay, stage.dropout, len(model.trainable_weights),
+                 " (resumed)" if mid_stage else "")
         for cb in callbacks:
             if hasattr(cb, "stage"):
                 cb.stage = i
-        hist = model.fit(train_ds, steps_per_epoch=steps_per_epoch, epochs=end,
-                         initial_epoch=max(start, initial_epoch), validation_data=val_ds,
-                         callbacks=callbacks, verbose=verbose, shuffle=False)
+        ds = train_ds(first) if callable(train_ds) else train_ds
+        hist = model.fit(ds, steps_per_epoch=steps_per_epoch, epochs=end, initial_epoch=first,
+                         validation_data=val_ds, callbacks=callbacks, verbose=verbose,
+                         shuffle=False)
         for k, v in hist.history.items():
             history.setdefault(k, []).extend(float(x) for x in v)
         history.setdefault("stage", []).extend([i + 1] * len(hist.epoch))
         history.setdefault("epoch", []).extend(e + 1 for e in hist.epoch)
+        if any(getattr(cb, "abort", False) for cb in callbacks):
+            break
     return history
 
 
@@ -466,6 +491,8 @@ class AucCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         import math
+        if not _finite(logs):
+            return
         probs = self.model.predict(self.val_ds, verbose=0)
         auc = mean_auroc(self.val_labels, probs)
         if logs is not None:
@@ -491,7 +518,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None:
+        if value is None or not _finite(logs):
             return
         better = value > self.best if self.mode == "max" else value < self.best
         if better:
@@ -499,3 +526,107 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             self.best = float(value)
             if self.path:
                 save_model(self.model, self.path, self.meta)
+
+
+def _finite(logs) -> bool:
+    import math
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite training loss and tell every stage to stop (`abort`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.abort = False
+        self.where: tuple[int, int] | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not _finite(logs) and not self.abort:
+            self.abort, self.where = True, (self._epoch + 1, batch + 1)
+            self.model.stop_training = True
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a restart (`restore` before the first fit)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.pending: dict | None = None
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best": None if self.best is None else float(self.best)}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.pending:
+            self.wait, self.best = self.pending["wait"], self.pending["best"]
+            self.pending = None
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a restart."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.pending: dict | None = None
+
+    def state(self) -> dict:
+        return {"wait": int(self.wait), "best": float(self.best),
+                "cooldown_counter": int(self.cooldown_counter)}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.pending:
+            self.wait, self.best = self.pending["wait"], self.pending["best"]
+            self.cooldown_counter = self.pending["cooldown_counter"]
+            self.pending = None
+
+
+class LastCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the model with its optimiser and the run's position, in one
+    atomically written file, so a killed run can continue from its last completed epoch.
+
+    The position (next stage and epoch), the best monitored value and the counters of
+    early stopping and lr scheduling travel in the file's `ModelMeta.extra["resume"]`.
+    A state reached with a non-finite loss is never written.
+    """
+
+    def __init__(self, path: str, meta: ModelMeta, fingerprint: str, stages: list[Stage],
+                 best_cb, stateful_cbs: list):
+        super().__init__()
+        self.path, self.meta, self.fingerprint = path, meta, fingerprint
+        self.bounds = stage_bounds(stages)
+        self.best_cb, self.stateful = best_cb, stateful_cbs
+        self.stage = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not _finite(logs):
+            return
+        stage, nxt = self.stage, epoch + 1
+        if self.model.stop_training or nxt >= self.bounds[stage][1]:
+            stage, nxt = stage + 1, (self.bounds[stage + 1][0] if stage + 1 < len(self.bounds)
+                                     else self.bounds[stage][1])
+        state = {"fingerprint": self.fingerprint, "stage": stage, "epoch": nxt,
+                 "best": float(self.best_cb.best),
+                 "callbacks": [cb.state() for cb in self.stateful]}
+        meta = ModelMeta(self.meta.class_list, self.meta.recipe, self.meta.kind,
+                         dict(self.meta.extra, resume=state))
+        save_model(self.model, self.path, meta)
+
+
+def read_resume_state(path: str | os.PathLike) -> dict | None:
+    """The run position stored in a last-epoch checkpoint, or None."""
+    if not os.path.exists(path):
+        return None
+    try:
+        meta = read_model_meta(path)
+    except Exception:  # a damaged file is as good as none: start over
+        log.warning("%s: unreadable last checkpoint, ignored", path)
+        return None
+    return None if meta is None else meta.extra.get("resume")

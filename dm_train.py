@@ -93,18 +93,14 @@ class Split:
     steps: int
 
 
-def load_split(folder: str, cfg, recipe: Recipe, *, training: bool, batch_size: int,
+def load_split(folder: str, cfg, recipe: Recipe, *, batch_size: int,
                load_ram: bool = False) -> Split:
-    """A split from class folders, checked: the folder and every class folder must exist."""
+    """An evaluation split (finite, in order, never augmented) from class folders."""
     paths, labels = dm_image.list_class_folders(folder, cfg.class_list)
-    nb_class = len(cfg.class_list)
-    ds = dm_image.make_dataset(
-        paths, labels, recipe, nb_class, batch_size, training=training,
-        augment=augment_from_config(cfg) if training else None, seed=cfg.seed,
-        load_ram=load_ram, auto_batch_balance=cfg.auto_batch_balance and training,
-        class_weight=class_weight_from_config(cfg, nb_class) if training else None)
-    counts = dm_image.class_counts(labels, cfg.class_list)
-    log.info("%s: %d images %s", folder, len(labels), counts)
+    ds = dm_image.make_dataset(paths, labels, recipe, len(cfg.class_list), batch_size,
+                               training=False, seed=cfg.seed, load_ram=load_ram)
+    log.info("%s: %d images %s", folder, len(labels),
+             dm_image.class_counts(labels, cfg.class_list))
     return Split(ds, np.asarray(labels), dm_image.steps_for(len(labels), batch_size))
 
 
@@ -125,38 +121,106 @@ def history_path(cfg) -> str:
     return "history.csv"
 
 
-def make_callbacks(cfg, checkpoint) -> list:
-    """Early stopping on val loss, the checkpoint, lr halving (sgd), CSV history, TensorBoard."""
+def last_checkpoint_path(cfg) -> str | None:
+    """`<best model>.last.keras`: the model, optimiser and run position after each epoch."""
+    for p in (cfg.best_model, cfg.final_model, cfg.history_csv):
+        if p and p != "NOSAVE":
+            return str(pathlib.Path(p).with_suffix("")) + ".last.keras"
+    return None
+
+
+def config_fingerprint(cfg) -> str:
+    """Identifies the command: a checkpoint is resumed only by the run that wrote it."""
+    import dataclasses
+    import hashlib
+    import json
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "test_augment")}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _truncate_history(csv: str, next_epoch: int) -> None:
+    """Keep the history rows of epochs before `next_epoch` (0-based), atomically."""
+    if not os.path.exists(csv):
+        return
+    lines = pathlib.Path(csv).read_text().splitlines(keepends=True)
+    kept = lines[:1] + [l for l in lines[1:] if l.split(",")[0].strip().isdigit()
+                        and int(l.split(",")[0]) < next_epoch]
+    tmp = csv + ".tmp"
+    pathlib.Path(tmp).write_text("".join(kept))
+    os.replace(tmp, csv)
+
+
+def make_callbacks(cfg, checkpoint, resume: dict | None) -> tuple[list, list]:
+    """Early stopping on val loss, the checkpoint, lr halving (sgd), CSV history, TensorBoard.
+
+    Returns (callbacks, stateful) where `stateful` are those whose counters a resumed
+    run restores, in the order their states are stored.
+    """
     import keras
-    cbs = [checkpoint,
-           keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.es_patience, verbose=1)]
+    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=cfg.es_patience,
+                                             verbose=1)
+    cbs, stateful = [checkpoint, es], [es]
     if cfg.optim == "sgd":
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                     patience=cfg.lr_patience, verbose=1))
+        rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                      patience=cfg.lr_patience, verbose=1)
+        cbs.append(rlr)
+        stateful.append(rlr)
+    if resume:
+        for cb, st in zip(stateful, resume.get("callbacks", [])):
+            cb.pending = st
     csv = history_path(cfg)
     pathlib.Path(csv).parent.mkdir(parents=True, exist_ok=True)
-    if os.path.exists(csv):
+    if resume:
+        _truncate_history(csv, resume["epoch"])
+    elif os.path.exists(csv):
         os.remove(csv)
     cbs.append(keras.callbacks.CSVLogger(csv, append=True))
     if cfg.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(cfg.tensorboard))
-    return cbs
+    return cbs, stateful
+
+
+def find_resume_state(cfg, last: str | None) -> dict | None:
+    """The position of an interrupted run of this same command, if any."""
+    state = dm_keras_ext.read_resume_state(last) if last else None
+    if state and state.get("fingerprint") != config_fingerprint(cfg):
+        log.warning("%s belongs to a different command; starting over (it will be replaced)",
+                    last)
+        state = None
+    if cfg.resume and state is None:
+        raise RunError(f"--resume: no interrupted run of this command to resume "
+                       f"({last or 'no output path given'})")
+    if state:
+        log.info("resuming from %s: stage %d, epoch %d (delete it to start over)", last,
+                 state["stage"] + 1, state["epoch"] + 1)
+    return state
+
+
+def check_split_folders(cfg) -> None:
+    """List all three sets before any long work, so a bad folder fails at once."""
+    for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
+        paths, _ = dm_image.list_class_folders(folder, cfg.class_list)
+        dm_image.check_bit_depths(paths, cfg.rescale_factor)
 
 
 def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
                    make_stages: Callable[[Any], list[Stage]], meta_extra: dict) -> dict:
-    """Build, train through the stages, save, reload the best model and score the test set.
+    """Build (or resume), train through the stages, reload the best model, score the test set.
 
-    `build_model()` returns the model (called inside the distribution scope). Returns a
+    `build_model()` returns the model (called inside the distribution scope). After
+    every epoch the model, its optimiser and the run's position are saved atomically
+    (`last_checkpoint_path`); the same command run again continues from there. Returns a
     summary dict: history, best/final paths, test AUROC (and TTA AUROC), test accuracy.
     """
-    import keras
     if cfg.bias_multiplier is not None:
         log.warning("--bias-multiplier %s has no effect (Keras has no per-weight learning "
                     "rates); accepted so the original scripts run", cfg.bias_multiplier)
+    check_split_folders(cfg)
+    last = last_checkpoint_path(cfg)
+    state = find_resume_state(cfg, last)
     strategy = setup_runtime(cfg)
     with strategy_scope(strategy):
-        model = build_model()
+        model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
     channels = int(model.inputs[0].shape[-1])
     recipe = recipe_from_config(cfg, channels)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=kind, extra=meta_extra)
@@ -166,21 +230,46 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
                        f"{len(cfg.class_list)} classes {list(cfg.class_list)}")
 
     train_bs = max(1, int(cfg.batch_size * cfg.train_bs_multiplier))
-    train = load_split(cfg.train_dir, cfg, recipe, training=True, batch_size=train_bs,
-                       load_ram=cfg.load_train_ram)
-    val = load_split(cfg.val_dir, cfg, recipe, training=False, batch_size=cfg.batch_size,
+    val = load_split(cfg.val_dir, cfg, recipe, batch_size=cfg.batch_size,
                      load_ram=cfg.load_val_ram)
     if kind == "image":
         check_validation_classes(val, cfg.val_dir, cfg.class_list)
+    train_paths, train_labels = dm_image.list_class_folders(cfg.train_dir, cfg.class_list)
+    cache = (dm_image.load_images(train_paths, recipe) if cfg.load_train_ram else None)
+
+    def train_ds(start_epoch: int):
+        return dm_image.make_dataset(
+            cache if cache is not None else train_paths, train_labels, recipe,
+            len(cfg.class_list), train_bs, training=True, augment=augment_from_config(cfg),
+            seed=cfg.seed, auto_batch_balance=cfg.auto_batch_balance,
+            class_weight=class_weight_from_config(cfg, len(cfg.class_list)),
+            start_epoch=start_epoch)
+    log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
+             dm_image.class_counts(train_labels, cfg.class_list))
+
+    if kind == "image":
         checkpoint = dm_keras_ext.AucCheckpoint(val.ds, val.labels, cfg.best_model, meta)
     else:
         checkpoint = dm_keras_ext.BestModelCheckpoint(cfg.best_model, "val_accuracy", "max", meta)
-    callbacks = make_callbacks(cfg, checkpoint)
-
+    if state:
+        checkpoint.best = state["best"]
+    callbacks, stateful = make_callbacks(cfg, checkpoint, state)
+    guard = dm_keras_ext.NanGuard()
+    stages = make_stages(model)
+    callbacks.insert(0, guard)
+    if last:
+        callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, config_fingerprint(cfg),
+                                                     stages, checkpoint, stateful))
+    resume_at = (state["stage"], state["epoch"]) if state else (0, 0)
     with strategy_scope(strategy):
         history = dm_keras_ext.run_stages(
-            model, make_stages(model), train.ds, train.steps, val.ds, callbacks,
-            optim=cfg.optim, jit_compile=cfg.jit_compile, verbose=2)
+            model, stages, train_ds, dm_image.steps_for(len(train_labels), train_bs), val.ds,
+            callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile, resume_at=resume_at,
+            verbose=2)
+    if guard.abort:
+        raise RunError(f"training loss became NaN at epoch {guard.where[0]}, batch "
+                       f"{guard.where[1]}: stopped; the last good checkpoint is "
+                       f"{last or cfg.best_model} (best model: {cfg.best_model})")
     if cfg.final_model and cfg.final_model != "NOSAVE":
         dm_keras_ext.save_model(model, cfg.final_model, meta)
         log.info("final model saved: %s", cfg.final_model)
@@ -193,7 +282,7 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
     if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
         best = dm_keras_ext.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
-    test = load_split(cfg.test_dir, cfg, recipe, training=False, batch_size=cfg.batch_size)
+    test = load_split(cfg.test_dir, cfg, recipe, batch_size=cfg.batch_size)
     probs = dm_inference.predict(best, test.ds)
     result = dict(history=history, best_model=cfg.best_model, final_model=cfg.final_model,
                   test_labels=test.labels, test_probs=probs,
@@ -205,6 +294,8 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
         probs_tta = dm_inference.predict(best, test.ds, tta=True)
         result["test_auroc_tta"] = dm_keras_ext.mean_auroc(test.labels, probs_tta)
         log.info("AUROC on test set with 4-flip TTA: %.4f", result["test_auroc_tta"])
+    if last and os.path.exists(last):
+        os.remove(last)  # the run is complete: the same command trains afresh next time
     return result
 
 
@@ -216,7 +307,22 @@ def cli(kind: str, run: Callable, argv=None) -> int:
     try:
         run(cfg)
     except (ValueError, OSError) as e:  # our input errors are ValueError/OSError subclasses
-        lines = [l for l in str(e).splitlines() if l.strip()]
-        log.error("error: %s", lines[0] if lines else type(e).__name__)
+        log.error("error: %s", one_line(e))
+        return 2
+    except Exception as e:  # errors raised inside the tf.data pipeline arrive wrapped
+        import tensorflow as tf
+        if not isinstance(e, tf.errors.OpError):
+            raise
+        log.error("error: %s", one_line(e))
         return 2
     return 0
+
+
+def one_line(e: BaseException) -> str:
+    """The message a user needs: our own error's line if it is wrapped, else the first."""
+    text = str(getattr(e, "message", None) or e)
+    for marker in ("ImageReadError: ", "DatasetError: ", "CheckpointError: "):
+        if marker in text:
+            return text.split(marker, 1)[1].splitlines()[0].strip()
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    return lines[0] if lines else type(e).__name__
