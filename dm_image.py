@@ -486,12 +486,32 @@ def header_bit_depth(path: str) -> int | None:
     if head[:8] == b"\x89PNG\r\n\x1a\n":
         if len(head) < 26:
             raise ImageReadError(f"{path}: truncated PNG header")
+        if _tail(path, 12)[4:8] != b"IEND":
+            raise ImageReadError(f"{path}: truncated PNG (no end marker)")
         return 16 if head[24] == 16 else 8
-    if head[:2] == b"\xff\xd8" or head[:2] == b"BM":
+    if head[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in _tail(path, 16):
+            raise ImageReadError(f"{path}: truncated JPEG (no end marker)")
+        return 8
+    if head[:2] == b"BM":
         return 8
     if ext in (".dcm", ".dicom") or head[128:132] == b"DICM":
+        import pydicom
+        try:
+            ds = pydicom.dcmread(path, defer_size=1024, force=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is an unreadable file
+            raise ImageReadError(f"{path}: unreadable DICOM ({type(e).__name__})") from None
+        if "PixelData" not in ds:
+            raise ImageReadError(f"{path}: DICOM without pixel data")
         return None
     raise ImageReadError(f"{path}: not a PNG, JPEG, BMP or DICOM file (unknown signature)")
+
+
+def _tail(path: str, n: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - n))
+        return f.read()
 
 
 def check_bit_depths(paths: Sequence[str], rescale_factor: float | None) -> set[int]:

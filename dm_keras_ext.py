@@ -77,6 +77,23 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
         raise
 
 
+class ModelKindError(ValueError):
+    """A patch model where a whole-image model is expected, or the reverse."""
+
+
+def check_model_kind(path: str | os.PathLike, expected: str, flag: str, other: str) -> None:
+    """Refuse a model file whose stored kind is not `expected` (files without one pass)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: model file not found ({flag})")
+    try:
+        meta = read_model_meta(path)
+    except Exception:  # not a zip / not HDF5: the loader will say what is wrong
+        return
+    if meta is not None and meta.kind != expected:
+        raise ModelKindError(f"{path}: this is a {meta.kind} model, but {flag} takes a "
+                             f"{expected} model; use {other} for it")
+
+
 def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
     """The class list and recipe stored with a model file, or None if it has none."""
     path = pathlib.Path(path)

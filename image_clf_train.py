@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import keras
+
 import dm_keras_ext
 import dm_resnet
 import dm_train
@@ -19,7 +21,15 @@ def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
     safe = not cfg.unsafe_load
     if cfg.resume_from is not None:
-        return dm_keras_ext.load_model(cfg.resume_from, safe_mode=safe)
+        dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
+                                      "--patch-model-state")
+        model = dm_keras_ext.load_model(cfg.resume_from, safe_mode=safe)
+        if not any(isinstance(l, keras.Model) for l in model.layers):
+            raise dm_train.RunError(f"{cfg.resume_from}: not a whole-image model (no nested "
+                                    "patch trunk); a patch model goes to --patch-model-state")
+        return model
+    dm_keras_ext.check_model_kind(cfg.patch_model_state, "patch", "--patch-model-state",
+                                  "--resume-from")
     patch = dm_keras_ext.load_model(cfg.patch_model_state, safe_mode=safe)
     model, _ = dm_resnet.add_top_layers(
         patch, cfg.img_size, patch_net=cfg.patch_net, block_type=cfg.block_type,

@@ -15,6 +15,9 @@ import dm_train
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
+    if cfg.resume_from is not None:
+        dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
+                                      "image_clf_train.py --resume-from")
     kw = {}
     if cfg.net in dm_keras_ext.dm_resnet.RESNET_CONFIGS:
         kw = dict(nb_init_filter=cfg.nb_init_filter, init_filter_size=cfg.init_filter_size,

@@ -70,3 +70,151 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
         for k in ("loss", "val_loss", "accuracy"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
     assert not (out / "patch.last.keras").exists()                 # completed: cleaned up
+
+
+# ------------------------------------------------------------------ bad input, table-driven
+def _write_png(path, arr):
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), arr)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    """A valid image set, a patch model and a whole-image model to break things around."""
+    import dm_resnet
+    d = tmp_path_factory.mktemp("good")
+    data = write_class_folders(d / "img", ["neg", "pos"], 3, (128, 128))
+    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=2, use_pretrained=False,
+                                      img_size=(64, 64))[0]
+    recipe = __import__("dm_image").Recipe(img_size=(64, 64), channels=1)
+    dm_keras_ext.save_model(patch, d / "patch.keras",
+                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="patch"))
+    image, _ = dm_resnet.add_top_layers(patch, (128, 128), block_type="vgg", depths=[8],
+                                        repetitions=[1])
+    dm_keras_ext.save_model(image, d / "image.keras",
+                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    return d, data
+
+
+def _copy_tree(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _case_missing_train(d, data, w):
+    return [str(w / "nope"), str(data["val"]), str(data["test"])], "dataset folder not found"
+
+
+def _case_missing_class(d, data, w):
+    t = _copy_tree(data["train"], w / "train")
+    import shutil
+    shutil.rmtree(t / "pos")
+    return [str(t), str(data["val"]), str(data["test"])], "class folder 'pos' not found"
+
+
+def _case_empty_set(d, data, w):
+    for c in ("neg", "pos"):
+        (w / "empty" / c).mkdir(parents=True)
+    return [str(data["train"]), str(w / "empty"), str(data["test"])], "no images"
+
+
+def _case_zero_byte(d, data, w):
+    t = _copy_tree(data["train"], w / "train")
+    (t / "neg" / "zero.png").write_bytes(b"")
+    return [str(t), str(data["val"]), str(data["test"])], "zero.png: empty file (0 bytes)"
+
+
+def _case_not_an_image(d, data, w):
+    t = _copy_tree(data["train"], w / "train")
+    (t / "pos" / "notes.png").write_bytes(b"this is not an image at all")
+    return [str(t), str(data["val"]), str(data["test"])], "notes.png: not a PNG"
+
+
+def _case_truncated(d, data, w):
+    t = _copy_tree(data["train"], w / "train")
+    f = sorted((t / "pos").glob("*.png"))[0]
+    f.write_bytes(f.read_bytes()[:300])
+    return [str(t), str(data["val"]), str(data["test"])], f"{f.name}: truncated PNG"
+
+
+def _case_mixed_bits(d, data, w):
+    t = _copy_tree(data["train"], w / "train")
+    _write_png(t / "neg" / "eight.png", np.full((128, 128), 100, np.uint8))
+    return ([str(t), str(data["val"]), str(data["test"]), "--rescale-factor", "0.003891"],
+            "16-bit image among 8-bit ones")
+
+
+def _case_dicom_without_pixels(d, data, w):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    t = _copy_tree(data["train"], w / "train")
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(t / "neg" / "nopix.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientID = "X"
+    ds.save_as(str(t / "neg" / "nopix.dcm"), enforce_file_format=True)
+    return [str(t), str(data["val"]), str(data["test"])], "nopix.dcm: DICOM without pixel data"
+
+
+def _case_img_size_too_small(d, data, w):
+    return ([str(data["train"]), str(data["val"]), str(data["test"]), "--img-size", "64", "64"],
+            "too small for these top layers")
+
+
+def _case_one_class_val(d, data, w):
+    v = _copy_tree(data["val"], w / "val")
+    for f in (v / "pos").glob("*.png"):
+        f.unlink()
+    return [str(data["train"]), str(v), str(data["test"])], "validation set has only class ['neg']"
+
+
+def _case_patch_model_as_whole_image(d, data, w):
+    return ([str(data["train"]), str(data["val"]), str(data["test"]), "--resume-from",
+             str(d / "patch.keras")], "this is a patch model, but --resume-from takes a image")
+
+
+def _case_whole_image_as_patch_model(d, data, w):
+    return ([str(data["train"]), str(data["val"]), str(data["test"]), "--patch-model-state",
+             str(d / "image.keras")], "this is a image model, but --patch-model-state")
+
+
+def _case_nan_loss(d, data, w):
+    return ([str(data["train"]), str(data["val"]), str(data["test"]), "--optimizer", "sgd",
+             "--init-learningrate", "1e30"], "training loss became NaN at epoch 1")
+
+
+CASES = [_case_missing_train, _case_missing_class, _case_empty_set, _case_zero_byte,
+         _case_not_an_image, _case_truncated, _case_mixed_bits, _case_dicom_without_pixels,
+         _case_img_size_too_small, _case_one_class_val, _case_patch_model_as_whole_image,
+         _case_whole_image_as_patch_model, _case_nan_loss]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[6:] for c in CASES])
+def test_bad_input_one_line_error_and_outputs_untouched(case, good, tmp_path, caplog):
+    import image_clf_train
+    d, data = good
+    argv, expected = case(d, data, tmp_path)
+    if not any(a in argv for a in ("--resume-from", "--patch-model-state")):
+        argv += ["--patch-model-state", str(d / "patch.keras")]
+    if "--img-size" not in argv:
+        argv += ["--img-size", "128", "128"]
+    best = tmp_path / "out" / "best.keras"
+    best.parent.mkdir()
+    best.write_bytes(b"an earlier result that must survive")
+    before = best.read_bytes()
+    argv += ["--block-type", "vgg", "--top-depths", "8", "--top-repetitions", "1",
+             "--nb-epoch", "1", "--all-layer-epochs", "0", "--batch-size", "2",
+             "--train-bs-multiplier", "1", "--best-model", str(best), "--final-model",
+             str(tmp_path / "out" / "final.keras")]
+    rc = image_clf_train.main(argv)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert rc == 2
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert expected in errors[0], errors[0]
+    assert best.read_bytes() == before
+    assert not (tmp_path / "out" / "final.keras").exists()
