@@ -154,6 +154,17 @@ def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
     return summary
 
 
+def run_cli(main) -> None:
+    """Run a recipe's `main(argv)` as a command: log to stdout, input problems as one line."""
+    import sys
+
+    setup_cli_logging()
+    try:
+        main(sys.argv[1:])
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"error: {err}")
+
+
 def setup_cli_logging(verbose: bool = True) -> None:
     """Log to stdout for command-line use."""
     import sys

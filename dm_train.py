@@ -29,11 +29,25 @@ class RunError(ValueError):
     """A problem with the run's inputs, reported as one line."""
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (so captured output sees it too)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging() -> None:
+    """INFO messages with a time stamp on stdout, once per process (other handlers kept)."""
     root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                            stream=sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
     root.setLevel(logging.INFO)
 
 
@@ -303,19 +317,27 @@ def cli(kind: str, run: Callable, argv=None) -> int:
     """Parse, run, and turn input problems into a one-line error and exit status 2."""
     import dm_flags
     setup_logging()
-    cfg = dm_flags.parse(kind, argv)
+    return guarded(run, dm_flags.parse(kind, argv))
+
+
+def guarded(fn: Callable, *args) -> int:
+    """Run a command's body: input problems become one logged line and exit status 2.
+
+    Our input errors are ValueError/OSError subclasses; those raised inside the tf.data
+    pipeline arrive wrapped in a TensorFlow error, whose useful line is extracted.
+    """
     try:
-        run(cfg)
-    except (ValueError, OSError) as e:  # our input errors are ValueError/OSError subclasses
+        result = fn(*args)
+    except (ValueError, OSError) as e:
         log.error("error: %s", one_line(e))
         return 2
-    except Exception as e:  # errors raised inside the tf.data pipeline arrive wrapped
+    except Exception as e:
         import tensorflow as tf
         if not isinstance(e, tf.errors.OpError):
             raise
         log.error("error: %s", one_line(e))
         return 2
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def one_line(e: BaseException) -> str:

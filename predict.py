@@ -95,12 +95,7 @@ def main(argv=None) -> int:
     import dm_train
     dm_train.setup_logging()
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as e:  # input problems: one line, exit status 2
-        lines = [l for l in str(e).splitlines() if l.strip()]
-        log.error("error: %s", lines[0] if lines else type(e).__name__)
-        return 2
+    return dm_train.guarded(run, args)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ import pandas as pd
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dm_preprocess import ImageReadError, dicom_shape, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,  # noqa: E402
-                             stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
+from dm_recipe_utils import (
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
+    stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +309,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    setup_cli_logging()
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(main)

@@ -40,7 +40,7 @@ from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob
                            create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
                            overlap_patch_roi, patch_roi_overlap, read_image_gray, resize_img,
                            segment_breast, write_png)
-from dm_recipe_utils import read_lines, setup_cli_logging, stratified_split, write_csv, write_lines  # noqa: E402
+from dm_recipe_utils import read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +396,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    setup_cli_logging()
-    try:
-        main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(main)

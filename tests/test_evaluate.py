@@ -110,5 +110,5 @@ def test_evaluate_bad_input_one_line(tmp_path, capsys):
     (tmp_path / "p.csv").write_text("path,neg,pos\na.png,0.2,0.8\n")
     assert evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path)]) == 2
     assert evaluate.main([str(tmp_path / "nope.csv")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if l.startswith("error")]
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "not found" in err[1]

@@ -79,7 +79,7 @@ def test_images_without_labels_and_overrides(setup, tmp_path):
 def test_bad_input_is_one_line_exit_2(setup, tmp_path, capsys, argv, msg):
     rc = predict.main([setup["m1"], *argv, "--out", str(tmp_path / "x.csv")])
     assert rc == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if l.startswith("error")]
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 1 and msg in err[0]
     assert predict.main(["missing.keras", "--images", setup["neg"][0], "--out", "x.csv"]) == 2
 
