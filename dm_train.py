@@ -100,11 +100,10 @@ def class_weight_from_config(cfg, nb_class: int) -> dict[int, float] | None:
 
 @dataclass
 class Split:
-    """One data split: its dataset, labels and number of batches."""
+    """One evaluation split: its dataset and labels."""
 
     ds: Any
     labels: np.ndarray
-    steps: int
 
 
 def load_split(folder: str, cfg, recipe: Recipe, *, batch_size: int,
@@ -115,7 +114,7 @@ def load_split(folder: str, cfg, recipe: Recipe, *, batch_size: int,
                                training=False, seed=cfg.seed, load_ram=load_ram)
     log.info("%s: %d images %s", folder, len(labels),
              dm_image.class_counts(labels, cfg.class_list))
-    return Split(ds, np.asarray(labels), dm_image.steps_for(len(labels), batch_size))
+    return Split(ds, np.asarray(labels))
 
 
 def check_validation_classes(split: Split, folder: str, class_list) -> None:
