@@ -319,6 +319,12 @@ def cli(kind: str, run: Callable, argv=None) -> int:
     return guarded(run, dm_flags.parse(kind, argv))
 
 
+def run_command(build_parser: Callable, run: Callable, argv=None) -> int:
+    """A tool's `main`: log to stdout, parse its flags, run it guarded (see `guarded`)."""
+    setup_logging()
+    return guarded(run, build_parser().parse_args(argv))
+
+
 def guarded(fn: Callable, *args) -> int:
     """Run a command's body: input problems become one logged line and exit status 2.
 

@@ -189,9 +189,7 @@ def report(summary: dict) -> None:
 
 def main(argv=None) -> int:
     import dm_train
-    dm_train.setup_logging()
-    args = build_parser().parse_args(argv)
-    return dm_train.guarded(run, args)
+    return dm_train.run_command(build_parser, run, argv)
 
 
 if __name__ == "__main__":

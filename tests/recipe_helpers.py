@@ -7,11 +7,16 @@ import pathlib
 import numpy as np
 
 
-def write_dicom(path: pathlib.Path, arr: np.ndarray) -> None:
-    """A minimal uncompressed single-frame grey DICOM (uint8 or uint16)."""
+def write_dicom(path, arr: np.ndarray, photometric: str = "MONOCHROME2", slope=None,
+                intercept=None, pixels: bool = True, bits_stored: int | None = None) -> str:
+    """A minimal uncompressed single-frame grey DICOM (uint8 or uint16 pixels).
+
+    `pixels=False` leaves out the pixel data; `slope`/`intercept` add a modality rescale.
+    """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -24,14 +29,18 @@ def write_dicom(path: pathlib.Path, arr: np.ndarray) -> None:
     ds.Modality = "MG"
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric
     bits = 8 * arr.dtype.itemsize
     ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
+    ds.BitsStored = bits_stored or bits
+    ds.HighBit = ds.BitsStored - 1
     ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if pixels:
+        ds.PixelData = np.ascontiguousarray(arr).tobytes()
     ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
 
 
 def copy_csv_rows(src: pathlib.Path, dst: pathlib.Path, n: int) -> list[dict]:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import dm_image as D
+from recipe_helpers import write_dicom
 
 RNG = np.random.default_rng(7)
 
@@ -20,29 +21,9 @@ def _png(path, arr):
 
 def _dicom(path, arr, photometric="MONOCHROME2", slope=None, intercept=None, pixels=True,
            bits_stored=12):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
-    ds.PixelRepresentation = 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if pixels:
-        ds.PixelData = arr.astype("<u2").tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return str(path)
+    """16-bit DICOM with 12 stored bits by default (as mammography DICOMs have)."""
+    return write_dicom(path, np.asarray(arr).astype(np.uint16), photometric, slope, intercept,
+                       pixels, bits_stored)
 
 
 # ------------------------------------------------------------------ reading

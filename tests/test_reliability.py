@@ -147,17 +147,9 @@ def _case_mixed_bits(d, data, w):
 
 
 def _case_dicom_without_pixels(d, data, w):
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from recipe_helpers import write_dicom
     t = _copy_tree(data["train"], w / "train")
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = FileDataset(str(t / "neg" / "nopix.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientID = "X"
-    ds.save_as(str(t / "neg" / "nopix.dcm"), enforce_file_format=True)
+    write_dicom(t / "neg" / "nopix.dcm", np.zeros((128, 128), np.uint16), pixels=False)
     return [str(t), str(data["val"]), str(data["test"])], "nopix.dcm: DICOM without pixel data"
 
 
