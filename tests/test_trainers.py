@@ -188,9 +188,8 @@ def test_stage2_weight_decay_and_dropout_take_effect():
     x = np.random.default_rng(0).normal(size=(4, 128, 128, 1)).astype("float32")
     y = np.eye(2)[[0, 1, 0, 1]].astype("float32")
     logs = model.train_on_batch(x, y, return_dict=True)
-    data_loss = float(np.mean(
-        -np.sum(y * np.log(np.clip(model.predict(x, verbose=0), 1e-7, 1)), -1)))
-    assert np.isfinite(logs["loss"]) and logs["loss"] > data_loss * 0  # trained, finite
+    assert np.isfinite(logs["loss"])
+    assert dm_keras_ext.regularization_loss(model) > reg1   # the stage-2 factor, after a step
     cfg_after = model.get_layer(index=-1).get_config()["kernel_regularizer"]["config"]["l2"]
     assert cfg_after == pytest.approx(0.04)
 
