@@ -504,7 +504,6 @@ class AucCheckpoint(keras.callbacks.Callback):
         self.val_ds, self.val_labels = val_ds, val_labels
         self.path = None if path in (None, "NOSAVE") else path
         self.meta, self.best = meta, best
-        self.stage = 0
 
     def on_epoch_end(self, epoch, logs=None):
         import math

@@ -118,6 +118,18 @@ def link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
         shutil.copy2(src, dst)
 
 
+def write_layout(out_dir: str | os.PathLike, roi: pd.DataFrame, images: pd.DataFrame,
+                 split_of: Mapping[str, str]) -> None:
+    """The common recipe output: roi_mask_path.csv, images.csv, the patient lists (of
+    patients that still have images) and the neg/pos class folders."""
+    out = pathlib.Path(out_dir)
+    write_csv(roi, out / "roi_mask_path.csv")
+    write_csv(images, out / "images.csv")
+    present = set(images["patient_id"])
+    write_patient_lists(out, {p: s for p, s in split_of.items() if p in present})
+    write_class_folders(out, images)
+
+
 def write_class_folders(out_dir: str | os.PathLike, images: pd.DataFrame) -> None:
     """Populate <split>/<label>/ with links to full_images/ for every image with a split."""
     out = pathlib.Path(out_dir)

@@ -29,8 +29,7 @@ import pandas as pd
 
 from dm_preprocess import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,
-                             stratified_split, summarize, write_class_folders, write_csv,
-                             write_patient_lists)
+                             stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +316,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         img_rows.append([pid, side, view, image_id, "pos" if s.label else "neg", split, fname])
     images = pd.DataFrame(img_rows, columns=IMAGE_COLUMNS)
     rois = pd.DataFrame(roi_rows, columns=ROI_COLUMNS)
-    write_csv(images, out / "images.csv")
-    write_csv(rois, out / "roi_mask_path.csv")
-    write_patient_lists(out, split_of)
-    write_class_folders(out, images)
+    write_layout(out, rois, images, split_of)
     summary = summarize(images, rois, name="synthetic")
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,

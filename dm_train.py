@@ -19,7 +19,7 @@ import numpy as np
 import dm_image
 import dm_inference
 import dm_keras_ext
-from dm_image import Augment, DatasetError, Recipe
+from dm_image import Augment, Recipe
 from dm_keras_ext import ModelMeta, Stage
 
 log = logging.getLogger("dm_train")

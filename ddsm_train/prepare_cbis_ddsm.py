@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from dm_preprocess import ImageReadError, dicom_shape, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
-    stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
+    stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
 
@@ -282,10 +282,8 @@ def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: 
     abn = abn[abn["roi_mask_file"].isin(ok_masks)]
     roi = abn[ROI_COLUMNS + ["official", "assessment", "subtlety", "breast_density"]].rename(
         columns={"official": "official_split"})
-    write_csv(roi.sort_values(["patient_id", "side", "view", "type", "abn_num"]), out / "roi_mask_path.csv")
-    write_csv(images[IMAGE_COLUMNS], out / "images.csv")
-    write_patient_lists(out, {p: s for p, s in split_of.items() if p in set(images["patient_id"])})
-    write_class_folders(out, images)
+    write_layout(out, roi.sort_values(["patient_id", "side", "view", "type", "abn_num"]),
+                 images[IMAGE_COLUMNS], split_of)
     return summarize(images, abn, skipped, name="CBIS-DDSM")
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from dm_preprocess import ImageReadError, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
-    stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
+    stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,7 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
                              r.full_img_file, mname])
     rows = rows[rows["file_name"].isin(ok)]
     roi = pd.DataFrame(roi_rows, columns=ROI_COLUMNS)
-    write_csv(roi, out / "roi_mask_path.csv")
-    write_csv(rows[IMAGE_COLUMNS + ["birads", "acr"]], out / "images.csv")
-    write_patient_lists(out, {p: s for p, s in split_of.items() if p in set(rows["patient_id"])})
-    write_class_folders(out, rows)
+    write_layout(out, roi, rows[IMAGE_COLUMNS + ["birads", "acr"]], split_of)
     s = summarize(rows, roi if len(roi) else None, skipped, name="INbreast")
     s["excluded_birads3"] = int((sheet["label"].isna()).sum())
     return s

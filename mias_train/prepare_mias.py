@@ -28,7 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from dm_preprocess import ImageReadError, read_image_gray, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
-    stratified_split, summarize, write_class_folders, write_csv, write_patient_lists)
+    stratified_split, summarize, write_csv, write_layout)
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +137,8 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
                              "calc" if a.cls == "CALC" else "mass", row.full_img_file, mname, a.cls])
     images = images[images["image_id"].isin(ok)]
     roi = pd.DataFrame(roi_rows, columns=ROI_COLUMNS + ["mias_class"])
-    write_csv(roi, out / "roi_mask_path.csv")
-    write_csv(images[IMAGE_COLUMNS], out / "images.csv")
+    write_layout(out, roi, images[IMAGE_COLUMNS], split_of)
     write_csv(info, out / "mias_info.csv")
-    write_patient_lists(out, {p: s for p, s in split_of.items() if p in set(images["patient_id"])})
-    write_class_folders(out, images)
     return summarize(images, roi, skipped, name="mini-MIAS")
 
 

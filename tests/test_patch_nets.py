@@ -3,7 +3,6 @@ import numpy as np
 import keras
 import pytest
 
-import dm_keras_ext
 from dm_keras_ext import get_dl_model, PretrainedWeightsError
 from dm_resnet import find_trunk_output
 

@@ -1,7 +1,6 @@
 """Reliability: a killed run resumes; bad input gets one line and changes no output file."""
 import os
 import pathlib
-import re
 import signal
 import subprocess
 import sys
