@@ -146,9 +146,9 @@ def _plt():
 
 
 def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "",
-                ci: tuple[float, float] | None = None) -> None:
+                ci: tuple[float, float] | None = None) -> dict[str, str]:
     """ROC (with the AUROC's interval `ci` in its legend when given) and precision-recall
-    curves as two PNGs (written atomically)."""
+    curves as two PNGs (written atomically); returns the two legend labels."""
     plt = _plt()
     from sklearn.metrics import average_precision_score, roc_curve
     y, s = _check(y, s)
@@ -168,13 +168,15 @@ def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "",
     # decreasing-recall order, left a spike at every negative (issue 12, item 14).
     rec, prec = pr_points(y, s)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.step(rec, prec, where="pre", lw=2, label=f"AP {average_precision_score(y, s):.3f}")
+    pr_label = f"AP {average_precision_score(y, s):.3f}"
+    ax.step(rec, prec, where="pre", lw=2, label=pr_label)
     ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall {title}".strip())
     ax.legend(loc="lower left")
     _save_fig(fig, pr_path)
     plt.close(fig)
+    return dict(roc=label, pr=pr_label)
 
 
 # ------------------------------------------------------------------ calibration metrics
