@@ -1,6 +1,7 @@
 """Calibration: fitting on synthetic over-confident scores, AUROC unchanged, ECE falls on a
 held-out split; calibrate.py stores the map in the model file and predict.py applies it."""
 import csv
+import json
 import pathlib
 import subprocess
 import sys
@@ -131,3 +132,23 @@ def test_calibrate_help_shows_defaults_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
     assert out.strip().endswith("noTF") and "(default: auto)" in out
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_write_model_meta_keeps_weights_and_other_fields(tmp_path, suffix):
+    import dataclasses
+
+    import keras
+    model = tiny_image_model(tiny_patch_model(), seed=6)
+    path = save(model, tmp_path / f"m{suffix}", "image")
+    before = dm_keras_ext.read_model_meta(path)
+    cal = dict(method="platt", a=1.5, b=-0.25, n=10)
+    dm_keras_ext.write_model_meta(path, dataclasses.replace(before, calibration=cal))
+    after = dm_keras_ext.read_model_meta(path)
+    assert after.calibration == cal
+    assert dataclasses.replace(after, calibration=None) == before
+    x = np.random.default_rng(0).normal(size=(2, 64, 48, 1)).astype("float32")
+    np.testing.assert_allclose(dm_keras_ext.load_model(path).predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == [f"m{suffix}"]     # no temporary left
+    assert json.loads(before.to_json()).keys() == {"class_list", "recipe", "kind", "extra"}

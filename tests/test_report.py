@@ -119,3 +119,23 @@ def test_report_in_headless_chromium(report):
                       "thresholds.1.specificity", "at_sensitivity.0.threshold"):
                 assert f"{lv['level']}.{f}" in seen
     assert {"image.auroc", "breast.auroc", "exam.n"} <= seen
+
+
+def test_patch_model_heatmap_overlay(tmp_path):
+    """A patch model gives the sliding-window lesion score (1 - p(background)) overlay."""
+    model = save(tiny_patch_model(seed=7), tmp_path / "patch.keras", "patch")
+    img = write_images(tmp_path / "img", 1, seed=30)[0]
+    hm = dm_report.Heatmapper(str(model), "pos")
+    assert hm.kind == "patch" and hm.classes[0] == "background"
+    over = hm.overlay(img)
+    assert over.ndim == 3 and over.shape[2] == 3
+    # coloured where the breast is (segmented and scored), not a plain grey copy
+    assert np.abs(over[..., 0].astype(int) - over[..., 2].astype(int)).max() > 20
+
+
+def test_model_without_html_is_refused(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("path,neg,pos,label\na.png,0.2,0.8,1\nb.png,0.7,0.3,0\n")
+    (tmp_path / "m.keras").write_text("x")
+    assert evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path / "r"),
+                          "--model", str(tmp_path / "m.keras")]) == 2
+    assert "add --html" in capsys.readouterr().out
