@@ -5,7 +5,7 @@
 
 Steps: data -> patches (SPEC §5) -> patch classifier (3 stages) -> whole-image
 classifier (2 stages) -> test AUROC with 4-flip TTA and a bootstrap 95% interval ->
-ROC curve and a heatmap overlay. Every step calls the same code as the individual
+ROC curve, heatmap overlays and the HTML report. Every step calls the same code as the individual
 command-line tools; sizes, epochs and nets are flags with small defaults.
 """
 from __future__ import annotations
