@@ -123,6 +123,10 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                 done[i] = (thumb, overlay)
             c.thumb, c.overlay = done[i]
             cases.append(c)
+    keep = {os.path.basename(p) for pair in done.values() for p in pair if p}
+    for old in pathlib.Path(out_dir, CASES_DIR).glob("*.png"):   # from an earlier report
+        if old.name not in keep:
+            old.unlink()
     return cases
 
 

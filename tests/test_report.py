@@ -3,6 +3,7 @@ and the page itself opened in a real headless Chromium (skipped where it is abse
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -36,6 +37,8 @@ def report(tmp_path_factory):
         f.writelines(f"{p},{1 - v:.6f},{v:.6f},{k},P{i // 4},{'LR'[(i // 2) % 2]}\n"
                      for i, (p, v, k) in enumerate(zip(paths, s, y)))
     out = d / "rep"
+    (out / "cases").mkdir(parents=True)
+    (out / "cases" / "stale.png").write_bytes(b"left by an earlier report")
     rc = evaluate.main([str(d / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
                         "--thresholds", "0.4", "0.6", "--html", "--model", str(model),
                         "--gallery-size", "3", "--thumb-height", "48"])
@@ -55,6 +58,8 @@ def test_report_folder_is_self_contained(report):
     assert len(thumbs) % 2 == 0 and all(f.replace(".png", "_heatmap.png") in thumbs
                                         for f in thumbs if not f.endswith("_heatmap.png"))
     assert "image not readable" in page and os.path.basename(paths[0]) in page
+    linked = {p.split("/")[-1] for p in re.findall(r'src="(cases/[^"]+)"', page)}
+    assert linked == set(thumbs)                     # no stale pictures from earlier runs
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"),
