@@ -35,16 +35,21 @@ class ModelMeta:
     recipe: Recipe
     kind: str = "image"            # "patch" or "image"
     extra: dict = field(default_factory=dict)
+    calibration: dict | None = None   # fitted by calibrate.py (dm_calibration); optional
 
     def to_json(self) -> str:
-        return json.dumps({"class_list": list(self.class_list), "recipe": self.recipe.to_dict(),
-                           "kind": self.kind, "extra": self.extra}, sort_keys=True)
+        d = {"class_list": list(self.class_list), "recipe": self.recipe.to_dict(),
+             "kind": self.kind, "extra": self.extra}
+        if self.calibration is not None:
+            d["calibration"] = self.calibration
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str) -> "ModelMeta":
         d = json.loads(s)
         return cls(class_list=tuple(d["class_list"]), recipe=Recipe.from_dict(d["recipe"]),
-                   kind=d.get("kind", "image"), extra=d.get("extra", {}))
+                   kind=d.get("kind", "image"), extra=d.get("extra", {}),
+                   calibration=d.get("calibration"))
 
 
 def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | None = None) -> None:
@@ -109,6 +114,36 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
         return None
     return ModelMeta.from_json(raw if isinstance(raw, str) else raw.decode())
 
+
+
+def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
+                     out: str | os.PathLike | None = None) -> None:
+    """Replace the metadata of a saved model file (the weights are copied unchanged), into
+    `out` or in place; atomic (temporary file in the same folder, then rename)."""
+    import shutil
+    path = pathlib.Path(path)
+    out = pathlib.Path(out) if out is not None else path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
+                for info in src.infolist():
+                    if info.filename != META_MEMBER:
+                        dst.writestr(info, src.read(info.filename))
+                dst.writestr(META_MEMBER, meta.to_json())
+        else:
+            import h5py
+            shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[META_ATTR] = meta.to_json()
+        os.chmod(tmp, os.stat(path).st_mode & 0o777)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 # ------------------------------------------------------------------ patch nets
 # Where stage 2 ("top layers") starts inside each trunk, by layer name, and how many

@@ -122,28 +122,113 @@ def _save_fig(fig, path: str) -> None:
             os.remove(tmp)
 
 
-def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "") -> None:
-    """ROC and precision-recall curves as two PNGs (written atomically)."""
+def pr_points(y, s) -> tuple[np.ndarray, np.ndarray]:
+    """Precision-recall as the average precision counts it: one point per recall value
+    (its highest precision), recall ascending, starting at recall 0."""
+    from sklearn.metrics import precision_recall_curve
+    y, s = _check(y, s)
+    prec, rec, _ = precision_recall_curve(y, s)
+    best: dict[float, float] = {}
+    for r, p in zip(rec, prec):
+        best[float(r)] = max(p, best.get(float(r), 0.0))
+    r = np.array(sorted(best))
+    p = np.array([best[v] for v in r])
+    if r[0] > 0:
+        r, p = np.concatenate([[0.0], r]), np.concatenate([[p[0]], p])
+    return r, p
+
+
+def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+    return plt
+
+
+def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "",
+                ci: tuple[float, float] | None = None) -> dict[str, str]:
+    """ROC (with the AUROC's interval `ci` in its legend when given) and precision-recall
+    curves as two PNGs (written atomically); returns the two legend labels."""
+    plt = _plt()
+    from sklearn.metrics import average_precision_score, roc_curve
     y, s = _check(y, s)
     fpr, tpr, _ = roc_curve(y, s)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc(y, s):.3f}")
+    label = f"AUROC {auroc(y, s):.3f}"
+    if ci is not None:
+        label += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+    ax.plot(fpr, tpr, lw=2, label=label)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
            title=f"ROC {title}".strip())
     ax.legend(loc="lower right")
     _save_fig(fig, roc_path)
     plt.close(fig)
-    prec, rec, _ = precision_recall_curve(y, s)
+    # Steps drawn from the de-duplicated points: the raw curve, drawn as steps in its
+    # decreasing-recall order, left a spike at every negative (issue 12, item 14).
+    rec, prec = pr_points(y, s)
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.step(rec, prec, where="post", lw=2, label=f"AP {average_precision_score(y, s):.3f}")
+    pr_label = f"AP {average_precision_score(y, s):.3f}"
+    ax.step(rec, prec, where="pre", lw=2, label=pr_label)
     ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01),
            title=f"Precision-recall {title}".strip())
     ax.legend(loc="lower left")
     _save_fig(fig, pr_path)
+    plt.close(fig)
+    return dict(roc=label, pr=pr_label)
+
+
+# ------------------------------------------------------------------ calibration metrics
+
+
+def reliability(y, s, n_bins: int = 10) -> dict:
+    """Reliability curve on equal-width score bins, with the expected calibration error
+    (count-weighted mean |observed rate - mean score| over non-empty bins) and the Brier
+    score (mean squared error of the score as a probability of the positive class)."""
+    y, s = _check(y, s)
+    if n_bins < 1:
+        raise MetricsError(f"n_bins must be >= 1, got {n_bins}")
+    if np.any((s < 0) | (s > 1)):
+        raise MetricsError("calibration needs probabilities in [0, 1]")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, n_bins - 1)
+    bins = []
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        n = int(m.sum())
+        mean_s = float(s[m].mean()) if n else None
+        rate = float(y[m].mean()) if n else None
+        if n:
+            ece += n / len(s) * abs(rate - mean_s)
+        bins.append(dict(low=float(edges[b]), high=float(edges[b + 1]), n=n,
+                         n_pos=int(y[m].sum()), mean_score=mean_s, observed_rate=rate))
+    return dict(ece=float(ece), brier=float(np.mean((s - y) ** 2)), n_bins=int(n_bins),
+                bins=bins)
+
+
+def plot_reliability(rel: dict, path: str, title: str = "") -> None:
+    """Reliability diagram: observed rate against mean score per bin, counts underneath."""
+    plt = _plt()
+    full = [b for b in rel["bins"] if b["n"]]
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True,
+                                  gridspec_kw=dict(height_ratios=[3, 1]))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot([b["mean_score"] for b in full], [b["observed_rate"] for b in full], "o-", lw=2,
+            label=f"ECE {rel['ece']:.3f}, Brier {rel['brier']:.3f}")
+    ax.set(ylabel="observed fraction positive", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"Reliability {title}".strip())
+    ax.legend(loc="upper left")
+    width = 1.0 / rel["n_bins"]
+    axc.bar([b["low"] for b in rel["bins"]], [b["n"] for b in rel["bins"]], width=width,
+            align="edge", color="#8aa", edgecolor="white")
+    for b in rel["bins"]:
+        if b["n"]:
+            axc.text(b["low"] + width / 2, b["n"], str(b["n"]), ha="center", va="bottom",
+                     fontsize=7)
+    axc.set(xlabel="predicted probability (bin)", ylabel="images", xlim=(0, 1))
+    axc.set_ylim(0, max(b["n"] for b in rel["bins"]) * 1.25 + 1)
+    fig.tight_layout()
+    _save_fig(fig, path)
     plt.close(fig)

@@ -5,7 +5,7 @@
 
 Steps: data -> patches (SPEC §5) -> patch classifier (3 stages) -> whole-image
 classifier (2 stages) -> test AUROC with 4-flip TTA and a bootstrap 95% interval ->
-ROC curve and a heatmap overlay. Every step calls the same code as the individual
+ROC curve, heatmap overlays and the HTML report. Every step calls the same code as the individual
 command-line tools; sizes, epochs and nets are flags with small defaults.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
         raise RuntimeError("predict.py failed")
     rep = evaluate.run(evaluate.build_parser().parse_args(
         [str(preds), "--out-dir", str(out / "report"), "--pos-class", "pos",
-         "--seed", str(args.seed)]))
+         "--seed", str(args.seed), "--html", "--model", str(image_model)]))
     level = rep["levels"][0]
     df = pd.read_csv(preds)
     top = df.sort_values("pos", ascending=False).iloc[0]["path"]
@@ -137,7 +137,7 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
          str(out / "heatmap" / "gradcam_overlay")]))
     first = lambda d: str(sorted((out / "heatmap" / d).glob("*.png"))[0])  # noqa: E731
     return dict(ci95=[level["ci_low"], level["ci_high"]], auroc=level["auroc"],
-                predictions=str(preds),
+                predictions=str(preds), html=rep["html"],
                 roc=level["plots"][0], heatmap=first("patch_overlay"),
                 gradcam=first("gradcam_overlay"))
 
@@ -226,7 +226,7 @@ def run(args) -> dict:
         image_test_auroc_tta=image_res.get("test_auroc_tta"),
         n_test_images=int(len(image_res["test_labels"])),
         image_test_auroc_tta_ci95=report["ci95"], evaluate_auroc=report["auroc"],
-        predictions=report["predictions"],
+        predictions=report["predictions"], html_report=report["html"],
         roc_curve=report["roc"], heatmap_overlay=report["heatmap"],
         gradcam_overlay=report["gradcam"],
         patch_model=str(patch_model), image_model=str(image_model),
@@ -240,7 +240,7 @@ def run(args) -> dict:
              summary["image_test_auroc_tta"], *summary["image_test_auroc_tta_ci95"],
              summary["n_test_images"], summary["total_s"])
     for k in ("patch_model", "image_model", "predictions", "roc_curve", "heatmap_overlay",
-              "gradcam_overlay"):
+              "gradcam_overlay", "html_report"):
         log.info("%-16s %s", k, summary[k])
     log.info("%-16s %s", "summary", out / "summary.json")
     return summary

@@ -1,13 +1,15 @@
 """Evaluate predictions: AUROC with a 95% bootstrap interval, ROC/PR curves, operating points,
-and breast-/exam-level aggregation.
+calibration (reliability curve, ECE, Brier score) and breast-/exam-level aggregation.
 
     python evaluate.py preds.csv [--labels labels.csv] [--pos-class pos] \
         [--thresholds 0.5 ...] [--target-sensitivity 0.9] [--aggregate max] \
-        [--group-cols patient_id side] [--exam-cols patient_id] --out-dir report/
+        [--group-cols patient_id side] [--exam-cols patient_id] --out-dir report/ \
+        [--html [--model MODEL]]
 
 The predictions CSV is what predict.py writes (path, one column per class, label, extra
 columns). Labels come from its `label` column or from --labels (path,label), as class
-indices or names. Writes report/summary.json and roc_<level>.png / pr_<level>.png.
+indices or names. Writes report/summary.json and roc_<level>.png, pr_<level>.png,
+reliability_<level>.png; with --html also report/index.html (see dm_report.py).
 """
 from __future__ import annotations
 
@@ -28,23 +30,38 @@ class EvalError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("preds", help="predictions CSV")
     p.add_argument("--labels", help="CSV with path,label (when the predictions have none)")
     p.add_argument("--pos-class", help="positive class column (default: the last class column)")
     p.add_argument("--class-cols", nargs="+", help="class columns (default: detected)")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--thresholds", nargs="+", type=float, default=[0.5])
-    p.add_argument("--target-sensitivity", type=float, nargs="+", default=[0.9])
-    p.add_argument("--aggregate", choices=["max", "mean"], default="max")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the interval")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap")
+    p.add_argument("--thresholds", nargs="+", type=float, default=[0.5],
+                   help="score thresholds for sensitivity/specificity (score >= t is positive)")
+    p.add_argument("--target-sensitivity", type=float, nargs="+", default=[0.9],
+                   help="operating points: the highest threshold reaching this sensitivity")
+    p.add_argument("--aggregate", choices=["max", "mean"], default="max",
+                   help="breast/exam score from its images' scores")
+    p.add_argument("--n-bins", type=int, default=10,
+                   help="equal-width score bins of the reliability curve and ECE")
     p.add_argument("--group-cols", nargs="+", default=["patient_id", "side"],
                    help="breast-level grouping columns (used when present)")
     p.add_argument("--exam-cols", nargs="+", default=["patient_id"],
                    help="exam-level grouping columns (used when present)")
-    p.add_argument("--out-dir", default="eval_report")
+    p.add_argument("--out-dir", default="eval_report", help="folder for the summary and plots")
     p.add_argument("--json", help="summary JSON path (default OUT_DIR/summary.json)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    h = p.add_argument_group("HTML report")
+    h.add_argument("--html", action="store_true",
+                   help="also write OUT_DIR/index.html: summary, plots, and the cases behind "
+                        "the numbers (opens from the file system)")
+    h.add_argument("--model", help="whole-image or patch model: heatmap overlays in the gallery")
+    h.add_argument("--gallery-size", type=int, default=6, help="images per gallery")
+    h.add_argument("--thumb-height", type=int, default=256, help="thumbnail height in pixels")
+    h.add_argument("--unsafe-load", action="store_true",
+                   help="allow Lambda layers in --model (runs code from the file)")
     return p
 
 
@@ -134,11 +151,16 @@ def evaluate_level(name: str, y, s, args) -> dict:
     res.update(M.bootstrap_auroc(y, s, args.n_boot, args.seed))
     res["thresholds"] = [M.sens_spec(y, s, t) for t in args.thresholds]
     res["at_sensitivity"] = [M.at_sensitivity(y, s, t) for t in args.target_sensitivity]
+    res["calibration"] = M.reliability(y, s, args.n_bins)
     if not args.no_plots:
         roc = os.path.join(args.out_dir, f"roc_{name}.png")
         pr = os.path.join(args.out_dir, f"pr_{name}.png")
-        M.plot_curves(y, s, roc, pr, f"({name} level, n={len(y)})")
-        res["plots"] = [roc, pr]
+        rel = os.path.join(args.out_dir, f"reliability_{name}.png")
+        title = f"({name} level, n={len(y)})"
+        M.plot_curves(y, s, roc, pr, title, ci=(res["ci_low"], res["ci_high"]))
+        M.plot_reliability(res["calibration"], rel, title)
+        res["plots"] = [roc, pr, rel]
+        log.info("%s level: wrote %s", name, ", ".join(res["plots"]))
     return res
 
 
@@ -146,6 +168,12 @@ def run(args) -> dict:
     import dm_metrics as M
     if args.n_boot < 1:
         raise EvalError(f"--n-boot must be >= 1, got {args.n_boot}")
+    if args.n_bins < 1:
+        raise EvalError(f"--n-bins must be >= 1, got {args.n_bins}")
+    if args.model and not os.path.isfile(args.model):
+        raise EvalError(f"{args.model}: model file not found (--model)")
+    if args.model and not args.html:
+        raise EvalError("--model draws the heatmaps of the HTML report: add --html")
     df, classes, pos, y = load_table(args)
     s = df[pos].astype(float).to_numpy()
     levels = [evaluate_level("image", y, s, args)]
@@ -156,13 +184,33 @@ def run(args) -> dict:
             levels.append(evaluate_level(name, yg, sg, args))
     summary = dict(predictions=os.path.abspath(args.preds), pos_class=pos, classes=classes,
                    aggregate=args.aggregate, levels=levels)
+    if args.html:
+        summary["html"] = os.path.abspath(write_html(args, summary, df, y, s))
     path = args.json or os.path.join(args.out_dir, "summary.json")
     import dm_inference
     dm_inference.atomic_write(path, lambda f: json.dump(summary, f, indent=1, default=float),
                               text=True)
     report(summary)
     log.info("summary written to %s", path)
+    if args.html:
+        log.info("HTML report: %s", summary["html"])
     return summary
+
+
+def write_html(args, summary: dict, df, y, s) -> str:
+    """The HTML report of this evaluation (dm_report.py) in OUT_DIR; returns its path."""
+    import dm_report
+    if "path" not in df.columns:
+        raise EvalError(f"{args.preds}: no 'path' column: the HTML report shows the images")
+    paths = df["path"].astype(str).tolist()
+    hm = dm_report.Heatmapper(args.model, summary["pos_class"], args.unsafe_load) \
+        if args.model else None
+    cases = dm_report.draw_cases(args.out_dir, paths, y, s, args.gallery_size,
+                                 args.thumb_height, hm)
+    neg = [c for c in summary["classes"] if c != summary["pos_class"]]
+    names = ("/".join(neg) or "negative", summary["pos_class"])
+    notes = [f"heatmaps: {args.model} ({hm.kind} model)"] if hm else []
+    return dm_report.write_report(args.out_dir, summary, paths, y, s, cases, names, notes)
 
 
 def _f(v) -> str:
@@ -185,11 +233,16 @@ def report(summary: dict) -> None:
             log.info("        target sensitivity %.2f: threshold %.4f sensitivity %s "
                      "specificity %s", t["target_sensitivity"], t["threshold"],
                      _f(t["sensitivity"]), _f(t["specificity"]))
+        cal = lv["calibration"]
+        log.info("        calibration: ECE %.3f, Brier %.3f (%d bins)", cal["ece"], cal["brier"],
+                 cal["n_bins"])
 
 
 def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)   # --help answers before TensorFlow is imported
     import dm_train
-    return dm_train.run_command(build_parser, run, argv)
+    dm_train.setup_logging()
+    return dm_train.guarded(run, args)
 
 
 if __name__ == "__main__":

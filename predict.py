@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column names, only for models that store none")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow Lambda layers in model files (runs code from the file)")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="raw probabilities: ignore the calibration stored by calibrate.py")
     r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
     r.add_argument("--img-size", nargs=2, type=int, metavar=("H", "W"))
     r.add_argument("--img-scale", type=float)
@@ -84,8 +86,11 @@ def run(args) -> int:
     if not args.out:
         raise inf.InferenceError("--out is required to write predictions")
     inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list)
-    probs = inf.score_paths(models, inputs.paths, args.batch_size, args.test_augment,
-                            overrides_from(args))
+    import dm_calibration
+    probs = dm_calibration.score_models(
+        models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size, args.test_augment,
+                                           overrides_from(args)),
+        enabled=not args.no_calibration)
     inf.write_predictions_csv(args.out, inputs, probs, class_list)
     log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list), args.out)
     return 0

@@ -25,5 +25,6 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     assert abs(summary["evaluate_auroc"] - summary["image_test_auroc_tta"]) < 1e-6
     lo, hi = summary["image_test_auroc_tta_ci95"]
     assert lo <= summary["evaluate_auroc"] <= hi
-    for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions"):
+    assert summary["html_report"] == str(run / "report" / "index.html")
+    for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions", "html_report"):
         assert pathlib.Path(summary[k]).stat().st_size > 0, k

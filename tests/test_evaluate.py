@@ -88,9 +88,46 @@ def test_evaluate_cli_levels_json_and_plots(tmp_path, capsys):
     for lv in levels.values():
         if "error" not in lv:
             assert [os.path.basename(p) for p in lv["plots"]] == \
-                [f"roc_{lv['level']}.png", f"pr_{lv['level']}.png"]
+                [f"roc_{lv['level']}.png", f"pr_{lv['level']}.png",
+                 f"reliability_{lv['level']}.png"]
             assert all(os.path.getsize(p) > 5000 for p in lv["plots"])
-    assert "AUROC" in capsys.readouterr().out
+    rel = levels["image"]["calibration"]
+    assert rel == M.reliability(y, np.round(s, 6), 10)
+    assert sum(b["n"] for b in rel["bins"]) == 60
+    console = capsys.readouterr().out
+    assert "AUROC" in console and "ECE" in console
+    for lv in levels.values():                  # the console names every PNG it wrote
+        assert all(p in console for p in lv["plots"])
+
+
+def test_roc_legend_shows_interval_and_pr_steps_have_no_spikes(tmp_path):
+    from sklearn.metrics import average_precision_score
+    y, s = _data(80, seed=3)
+    ci = M.bootstrap_auroc(y, s, 200, 1)
+    labels = M.plot_curves(y, s, str(tmp_path / "r.png"), str(tmp_path / "p.png"),
+                           ci=(ci["ci_low"], ci["ci_high"]))
+    assert labels["roc"] == (f"AUROC {ci['auroc']:.3f} "
+                             f"(95% CI {ci['ci_low']:.3f}-{ci['ci_high']:.3f})")
+    r, p = M.pr_points(y, s)
+    # one precision per recall (a spike is two), ascending, and the steps' area is the AP
+    assert r[0] == 0 and np.all(np.diff(r) > 0) and r[-1] == 1
+    assert np.sum(np.diff(r) * p[1:]) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+
+
+def test_help_is_complete_shows_defaults_and_needs_no_tensorflow():
+    import subprocess
+    import sys
+    code = ("import sys, evaluate\n"
+            "try:\n    evaluate.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'noTF')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
+    assert out.strip().endswith("noTF")
+    desc = " ".join(out.split("positional arguments")[0].split("\n", 2)[-1].split())
+    assert desc.endswith("breast-/exam-level aggregation."), desc   # a whole sentence
+    flat = " ".join(out.split())
+    assert "(default: 2000)" in flat and "(default: max)" in flat
+    assert all(a.help for a in evaluate.build_parser()._actions), "every flag has a help line"
 
 
 def test_evaluate_labels_from_separate_csv_and_pos_class(tmp_path):
