@@ -434,7 +434,7 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     else:
         is_image = kind == "image"
     if not is_image:
-        hm, _ = dm_resnet.add_top_layers(model, img_size, return_heatmap=True,
+        hm = dm_resnet.add_top_layers(model, img_size, return_heatmap=True,
                                          avg_pool_size=avg_pool_size, hm_strides=hm_strides)
         return hm
     if dm_resnet.TRUNK_NAME not in names:
