@@ -798,4 +798,6 @@ def __getattr__(name: str):
     import dm_original
     if name in dm_original.IMAGE_NAMES:
         return getattr(dm_original, name)
+    if name in dm_original.RETIRED["dm_image"]:
+        return dm_original.retired("dm_image", name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -656,4 +656,6 @@ def __getattr__(name: str):
     import dm_original
     if name in dm_original.KERAS_EXT_NAMES:
         return getattr(dm_original, name)
+    if name in dm_original.RETIRED["dm_keras_ext"]:
+        return dm_original.retired("dm_keras_ext", name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,6 +29,34 @@ KERAS_EXT_NAMES = ("flip_all_img", "robust_load_model", "load_dat_ram", "DMAucMo
                    "DMMetrics", "Yaroslav", "do_2stage_training", "do_3stage_training",
                    "DMFlush")
 
+# Original names that cannot keep their behaviour: calling one raises a one-line error
+# naming what to use instead.
+RETIRED = {
+    "dm_image": {
+        "get_roi_patches": "ddsm_train/sample_patches_combined.py (patches around ROIs)",
+        "clust_kpts": "ddsm_train/sample_patches_combined.py",
+        "DMImgListIterator": "DMImageDataGenerator().flow_from_img_list",
+        "DMNumpyArrayIterator": "DMImageDataGenerator().flow",
+        "DMExamListIterator": "predict.py --csv with patient_id/side columns, then "
+                              "evaluate.py --aggregate (exam-level scores)",
+        "DMCandidROIIterator": "ddsm_train/heatmap_score.py (ROI candidates from heatmaps)",
+    },
+    "dm_keras_ext": {
+        "make_parallel": "--distribute (tf.distribute.MirroredStrategy)",
+    },
+}
+
+
+def retired(module: str, name: str) -> Callable:
+    """A stand-in for a retired original name: calling it raises OriginalAPIError."""
+    instead = RETIRED[module][name]
+
+    def stand_in(*args, **kwargs):
+        raise _refuse(f"{module}.{name}", instead)
+    stand_in.__name__ = name
+    stand_in.__doc__ = f"Retired: use {instead}."
+    return stand_in
+
 
 class OriginalAPIError(ValueError):
     """An original name used in a way this project cannot reproduce; names the replacement."""
@@ -214,6 +242,53 @@ class DMImageDataGenerator:
         raise _refuse("DMImageDataGenerator.fit", "set .mean to the training images' mean "
                       "after rescaling")
 
+    def flow_from_img_list(self, img_list, lab_list, target_size=(1152, 896), target_scale=None,
+                           gs_255=False, equalize_hist=False, rescale_factor=None,
+                           data_format="default", dup_3_channels=False, classes=None,
+                           class_mode="categorical", auto_batch_balance=False, batch_size=32,
+                           preprocess=None, shuffle=True, seed=None, **ignored
+                           ) -> "DMDirectoryIterator":
+        """Batches of listed image files with integer labels (same iterator as below)."""
+        recipe = self._recipe(target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                              dup_3_channels, data_format)
+        labels = np.asarray(lab_list, np.int64)
+        names = list(classes) if classes else [str(k) for k in range(int(labels.max()) + 1)]
+        return DMDirectoryIterator(None, self, recipe, names, class_mode, auto_batch_balance,
+                                   batch_size, preprocess, shuffle, seed,
+                                   paths=[os.fspath(p) for p in img_list], labels=labels)
+
+    def flow(self, X, y=None, batch_size=32, shuffle=True, seed=None, **ignored):
+        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse)."""
+        if y is None:
+            raise _refuse("flow(X) without labels", "flow(X, y)")
+        centre, mean = self._centre()
+        X = np.asarray(X)
+        recipe = Recipe(img_size=tuple(X.shape[1:3]), channels=1, featurewise_center=centre,
+                        featurewise_mean=mean)
+        labels = to_sparse(np.asarray(y)).astype(np.int64)
+        names = [str(k) for k in range(max(int(labels.max()) + 1,
+                                           np.asarray(y).shape[-1] if np.ndim(y) == 2 else 0))]
+        return DMDirectoryIterator(None, self, recipe, names, "categorical", False, batch_size,
+                                   None, shuffle, seed, paths=X, labels=labels)
+
+    def flow_from_exam_list(self, *a, **k):
+        raise _refuse("flow_from_exam_list", RETIRED["dm_image"]["DMExamListIterator"])
+
+    def flow_from_candid_roi(self, *a, **k):
+        raise _refuse("flow_from_candid_roi", RETIRED["dm_image"]["DMCandidROIIterator"])
+
+    def _recipe(self, target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                dup_3_channels, data_format) -> Recipe:
+        if gs_255:
+            raise _refuse("gs_255=True", "rescale_factor")
+        if data_format not in ("default", "channels_last"):
+            raise _refuse(f"data_format={data_format!r}", "channels_last")
+        centre, mean = self._centre()
+        return Recipe(img_size=tuple(target_size), img_scale=target_scale,
+                      rescale_factor=rescale_factor, equalize_hist=bool(equalize_hist),
+                      channels=3 if dup_3_channels else 1, featurewise_center=centre,
+                      featurewise_mean=mean)
+
     def flow_from_directory(self, directory, target_size=(256, 256), target_scale=None,
                             gs_255=False, equalize_hist=False, rescale_factor=None,
                             dup_3_channels=False, data_format="default", classes=None,
@@ -221,17 +296,10 @@ class DMImageDataGenerator:
                             preprocess=None, shuffle=True, seed=None, save_to_dir=None,
                             save_prefix="", save_format="jpeg", follow_links=False
                             ) -> "DMDirectoryIterator":
-        if gs_255:
-            raise _refuse("gs_255=True", "rescale_factor")
         if save_to_dir:
             raise _refuse("save_to_dir", "dm_image.preprocess on single images")
-        if data_format not in ("default", "channels_last"):
-            raise _refuse(f"data_format={data_format!r}", "channels_last")
-        centre, mean = self._centre()
-        recipe = Recipe(img_size=tuple(target_size), img_scale=target_scale,
-                        rescale_factor=rescale_factor, equalize_hist=bool(equalize_hist),
-                        channels=3 if dup_3_channels else 1, featurewise_center=centre,
-                        featurewise_mean=mean)
+        recipe = self._recipe(target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                              dup_3_channels, data_format)
         return DMDirectoryIterator(directory, self, recipe, classes, class_mode,
                                    auto_batch_balance, batch_size, preprocess, shuffle, seed)
 
@@ -248,10 +316,11 @@ class DMDirectoryIterator:
 
     def __init__(self, directory, image_data_generator: DMImageDataGenerator, recipe: Recipe,
                  classes=None, class_mode="categorical", auto_batch_balance=False,
-                 batch_size=32, preprocess=None, shuffle=True, seed=None):
+                 batch_size=32, preprocess=None, shuffle=True, seed=None, paths=None,
+                 labels=None):
         if class_mode not in ("categorical", "binary", "sparse", None):
             raise ValueError(f"invalid class_mode {class_mode!r}")
-        directory = os.fspath(directory)
+        directory = None if directory is None else os.fspath(directory)
         if not classes:
             if not os.path.isdir(directory):
                 raise dm_image.DatasetError(f"{directory}: dataset folder not found")
@@ -264,9 +333,11 @@ class DMDirectoryIterator:
         self.classes = list(classes)
         self.nb_class = len(self.classes)
         self.class_indices = {c: i for i, c in enumerate(self.classes)}
-        paths, self.labels = dm_image.list_class_folders(directory, self.classes)
-        self.paths = paths
-        self.filenames = [os.path.relpath(p, directory) for p in paths]
+        if paths is None:
+            paths, labels = dm_image.list_class_folders(directory, self.classes)
+        self.paths, self.labels = paths, np.asarray(labels, np.int64)
+        self.filenames = ([os.path.relpath(p, directory) for p in paths] if directory
+                          else [] if isinstance(paths, np.ndarray) else list(paths))
         self.nb_sample = self.n = len(paths)
         self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
         self.seed = 12345 if seed is None else int(seed)

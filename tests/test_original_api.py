@@ -392,3 +392,30 @@ def test_heatmap_score_run_with_the_original_keywords(tmp_path):
     a, b = hs.load_heatmaps(str(tmp_path / "a.npz")), hs.load_heatmaps(str(tmp_path / "b.npz"))
     np.testing.assert_allclose(a[0]["cc"], b[0]["cc"], atol=1e-6)
     assert a[0]["cc"].shape == (15, 11, 3)
+
+
+def test_flow_from_img_list_and_flow(folders):
+    gen = dm_image.DMImageDataGenerator()
+    paths = [str(folders["test"] / "pos" / "img_000.png"), str(folders["test"] / "neg" / "img_001.png")]
+    it = gen.flow_from_img_list(paths, [1, 0], target_size=(32, 24), classes=["neg", "pos"],
+                                batch_size=2, shuffle=False)
+    x, y = it.next()
+    assert it.filenames == paths and y.tolist() == [[0, 1], [1, 0]]
+    np.testing.assert_allclose(x[0], dm_image.preprocess(dm_image.read_image(paths[0]),
+                                                         dm_image.Recipe(img_size=(32, 24),
+                                                                         channels=1)))
+    raw = np.random.default_rng(0).integers(0, 255, (3, 8, 6)).astype(np.uint8)
+    xb, yb = gen.flow(raw, np.eye(2)[[0, 1, 1]], batch_size=3, shuffle=False).next()
+    np.testing.assert_allclose(xb[..., 0], raw.astype(np.float32))
+    assert yb.tolist() == [[1, 0], [0, 1], [0, 1]]
+
+
+def test_retired_names_raise_one_line_naming_the_replacement():
+    with pytest.raises(dm_original.OriginalAPIError, match="instead: predict.py --csv"):
+        dm_image.DMExamListIterator([], None)
+    with pytest.raises(dm_original.OriginalAPIError, match="instead: --distribute"):
+        dm_keras_ext.make_parallel(None, 2)
+    with pytest.raises(dm_original.OriginalAPIError, match="heatmap_score"):
+        dm_image.DMImageDataGenerator().flow_from_candid_roi([])
+    with pytest.raises(AttributeError):
+        dm_image.no_such_name  # noqa: B018
