@@ -419,3 +419,17 @@ def test_retired_names_raise_one_line_naming_the_replacement():
         dm_image.DMImageDataGenerator().flow_from_candid_roi([])
     with pytest.raises(AttributeError):
         dm_image.no_such_name  # noqa: B018
+
+
+def test_every_name_the_readme_lists_is_importable_from_the_original_module():
+    import dm_resnet
+    for name in dm_original.IMAGE_NAMES:
+        assert callable(getattr(dm_image, name)), name
+    for name in dm_original.KERAS_EXT_NAMES + ("get_dl_model", "create_optimizer"):
+        assert callable(getattr(dm_keras_ext, name)), name
+    assert callable(dm_resnet.add_top_layers) and callable(dm_resnet.ResNetBuilder.build)
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Code written for the original")[1].split("\n## ")[0]
+    for name in [n for n in dm_original.IMAGE_NAMES + dm_original.KERAS_EXT_NAMES
+                 if n != "DMDirectoryIterator"]:
+        assert f"`{name}`" in section, name
