@@ -346,7 +346,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     changes = recipe_changes(args)
     meta = dict(mode=mode, model=os.path.abspath(args.dl_state), class_list=list(classes))
     maps = []
-    img_height = None if args.img_height == OFF else args.img_height
+    img_height = args.img_height
     if mode == "sliding":
         recipe = dataclasses.replace(loaded.recipe(), **changes)
         ps = args.patch_size or loaded.input_hw[0]

@@ -1,7 +1,6 @@
 """The original's Python API (README, "Code written for the original"): the notebook
 `ddsm_train/Example_model_test.ipynb` replayed on Keras 2.0.8-layout checkpoints, and
 each adapter checked against today's code it wraps."""
-import contextlib
 import csv
 import os
 import pathlib
@@ -18,7 +17,7 @@ import dm_original
 import predict
 from keras2_fixture import randomise_weights, write_keras2_h5
 from synth import write_class_folders
-from tiny_models import PATCH_RECIPE, mammogram, save, tiny_image_model, tiny_patch_model
+from tiny_models import mammogram, save, tiny_image_model, tiny_patch_model
 
 L = keras.layers
 
