@@ -787,3 +787,17 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
 def dataset_size(source: Sequence[str] | np.ndarray) -> int:
     """Number of images in a source (paths or an in-memory array)."""
     return len(source)
+
+
+# --------------------------------------------------------------------------- the original's API
+
+
+def __getattr__(name: str):
+    """The original's names (`DMImageDataGenerator`, `read_resize_img`, ...): thin adapters
+    in `dm_original`, loaded on first use (README, "Code written for the original")."""
+    import dm_original
+    if name in dm_original.IMAGE_NAMES:
+        return getattr(dm_original, name)
+    if name in dm_original.RETIRED["dm_image"]:
+        return dm_original.retired("dm_image", name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

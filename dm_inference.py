@@ -434,7 +434,7 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     else:
         is_image = kind == "image"
     if not is_image:
-        hm, _ = dm_resnet.add_top_layers(model, img_size, return_heatmap=True,
+        hm = dm_resnet.add_top_layers(model, img_size, return_heatmap=True,
                                          avg_pool_size=avg_pool_size, hm_strides=hm_strides)
         return hm
     if dm_resnet.TRUNK_NAME not in names:
@@ -513,12 +513,14 @@ def grad_cam_model(model):
     return keras.Model(model.inputs, [feat, model.outputs[0]]), None
 
 
-def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None) -> np.ndarray:
+def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None,
+             normalise: bool = True) -> np.ndarray:
     """Grad-CAM on the trunk's last feature map: (B, h, w) in [0, 1] at feature-map size.
 
     The score is the class logit (pre-softmax) when the model ends in a softmax Dense, so
     confident predictions still give gradients; weights are the spatially averaged
     gradients; the map is ReLU(sum_k w_k A_k), divided by its maximum (0 if all <= 0).
+    `normalise=False` keeps ReLU(sum_k w_k A_k) in the score's own units (absolute scale).
     """
     import tensorflow as tf
     sub, dense = grad_cam_model(model)
@@ -532,6 +534,8 @@ def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None)
     grads = tape.gradient(score, feat)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * feat, axis=-1)).numpy()
+    if not normalise:
+        return cam.astype(np.float32)
     mx = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(mx > 0, cam / np.where(mx > 0, mx, 1), 0.0).astype(np.float32)
 

@@ -681,3 +681,16 @@ def read_resume_state(path: str | os.PathLike) -> dict | None:
         log.warning("%s: unreadable last checkpoint, ignored", path)
         return None
     return None if meta is None else meta.extra.get("resume")
+
+
+# ------------------------------------------------------------------ the original's API
+def __getattr__(name: str):
+    """The original's names (`DMAucModelCheckpoint`, `robust_load_model`,
+    `do_2stage_training`, ...): thin adapters in `dm_original` (README, "Code written for
+    the original")."""
+    import dm_original
+    if name in dm_original.KERAS_EXT_NAMES:
+        return getattr(dm_original, name)
+    if name in dm_original.RETIRED["dm_keras_ext"]:
+        return dm_original.retired("dm_keras_ext", name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -339,10 +339,11 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
                    hm_strides: Sequence[int] = (1, 1), hm_pool_size: Sequence[int] = (5, 5),
                    fc_init_units: int = 64, fc_layers: int = 2,
                    kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
-                   ) -> tuple[keras.Model, int]:
+                   ) -> tuple[keras.Model, int] | keras.Model:
     """Convert a patch classifier into a whole-image classifier (SPEC §6).
 
-    Returns `(image_model, top_layer_nb)` as the original did; `image_model.layers
+    Returns `(image_model, top_layer_nb)` as the original did (with `return_heatmap`,
+    the heatmap model alone, as the original's code returned it); `image_model.layers
     [top_layer_nb:]` are the new layers, the trunk is `image_model.get_layer('patch_trunk')`.
     The cut is found by meaning (`patch_net` only translates `kept_layer_idx`) and the
     input channels come from the patch model. With `return_heatmap` the model
@@ -370,8 +371,8 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
         raise ValueError(f"image size {tuple(image_size)} is too small for these top layers: the "
                          f"trunk's feature map is {tuple(block.shape[1:3])}; use a larger "
                          "--img-size or fewer/smaller pooling steps") from None
-    if return_heatmap:
-        return keras.Model(image_input, out, name="heatmap_model"), 2
+    if return_heatmap:  # the model alone, as the original's code returned it
+        return keras.Model(image_input, out, name="heatmap_model")
     image_model = keras.Model(image_input, out, name="image_clf")
     return image_model, 2
 

@@ -8,6 +8,7 @@ Flags and their defaults are in `dm_flags.py` (`--help` lists them).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import keras
@@ -43,8 +44,13 @@ def build_image_model(cfg):
     return model
 
 
-def run(cfg) -> dict:
-    """Train, keep the best model by validation AUROC, report the test AUROC."""
+def run(cfg, *dirs, **original_kw) -> dict:
+    """Train, keep the best model by validation AUROC, report the test AUROC.
+
+    Also the original's `run(train_dir, val_dir, test_dir, **keywords)` (`dm_original`)."""
+    if isinstance(cfg, (str, os.PathLike)):
+        import dm_original
+        cfg = dm_original.trainer_config("image", cfg, *dirs, **original_kw)
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     return dm_train.train_and_test(cfg, "image", lambda: build_image_model(cfg),

@@ -7,6 +7,7 @@ Flags and their defaults are in `dm_flags.py` (`--help` lists them).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import dm_keras_ext
@@ -30,8 +31,13 @@ def build_patch_model(cfg):
     return model
 
 
-def run(cfg) -> dict:
-    """Train, keep the best model by validation accuracy, report test accuracy and AUROC."""
+def run(cfg, *dirs, **original_kw) -> dict:
+    """Train, keep the best model by validation accuracy, report test accuracy and AUROC.
+
+    Also the original's `run(train_dir, val_dir, test_dir, **keywords)` (`dm_original`)."""
+    if isinstance(cfg, (str, os.PathLike)):
+        import dm_original
+        cfg = dm_original.trainer_config("patch", cfg, *dirs, **original_kw)
     def stages(model):
         if cfg.top_layer_nb is not None or not cfg.use_pretrained:
             return dm_keras_ext.patch_stages(cfg)

@@ -10,7 +10,13 @@ breast-segmented image padded by half a patch with a patch classifier, giving a
 (rows, cols, classes) map; `--fprop-mode` runs the all-convolutional patch classifier
 once over the whole image (average pooling + the patch Dense at every position);
 `--grad-cam` gives Grad-CAM saliency of a whole-image model on its trunk's last
-feature map. Recipes come from the model file; flags override.
+feature map. Recipes come from the model file; flags override any item, and `--no-X`
+switches one off. A whole-image model is refused without `--grad-cam` (it is not a patch
+classifier), and so is an fprop window larger than the trunk's feature map.
+
+Overlays (`--overlay-dir`): the map on the whole source image at its own size, pixel for
+pixel (rows TITLE_H.. of the PNG), a title with the image, class and probability, and a
+colour bar; `--grad-cam-scale absolute` shows Grad-CAM on a fixed scale.
 
 Images: a CSV (`--pat-csv`) with patient_id, side and either path or view (then the
 file is IMG_FOLDER/<patient_id>_<side>_<view>.png, views CC and MLO), optional cancer;
@@ -24,6 +30,7 @@ Output .npz (no pickle): `hm_<i>` per image, arrays `path`, `patient_id`, `side`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -148,80 +155,209 @@ def load_heatmaps(path: str) -> list[dict]:
                                          z["group_cc"], z["group_mlo"])]
 
 
+OFF = "off"  # a `--no-X` flag: switch the stored recipe's item off (None means "not given")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Heatmap scoring (sliding window, fprop, Grad-CAM)")
-    p.add_argument("img_folder")
-    p.add_argument("dl_state", metavar="MODEL", help="patch model (or whole-image model)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--fprop-mode", action="store_true")
-    mode.add_argument("--grad-cam", action="store_true",
-                      help="Grad-CAM of a whole-image model on its trunk's last feature map")
-    p.add_argument("--patch-model", help="fprop with a whole-image MODEL: the patch model "
+    p = argparse.ArgumentParser(
+        description="Heatmap scoring of mammograms (sliding window, fprop, Grad-CAM), grouped "
+                    "per patient and side into a .npz, with optional PNG overlays.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("img_folder", help="folder of the images (<patient>_<side>_<view>.png)")
+    p.add_argument("dl_state", metavar="MODEL", help="patch model (or whole-image model "
+                   "with --grad-cam)")
+    m = p.add_argument_group("mode (default: sliding window with a patch model)")
+    m.add_argument("--fprop-mode", dest="fprop_mode", action="store_true", default=False,
+                   help="one forward pass of the all-convolutional patch classifier")
+    m.add_argument("--no-fprop-mode", dest="fprop_mode", action="store_false", default=argparse.SUPPRESS,
+                   help="turn off --fprop-mode")
+    m.add_argument("--grad-cam", action="store_true", default=False,
+                   help="Grad-CAM of a whole-image model on its trunk's last feature map")
+    m.add_argument("--grad-cam-scale", choices=["relative", "absolute"], default="relative",
+                   help="relative: each map divided by its own maximum; absolute: the "
+                        "class-score units of Grad-CAM, shown on the fixed range "
+                        "[0, --grad-cam-max] (a model without evidence stays dark)")
+    m.add_argument("--grad-cam-max", type=float, default=1.0,
+                   help="top of the colour scale with --grad-cam-scale absolute")
+    m.add_argument("--patch-model", help="fprop with a whole-image MODEL: the patch model "
                    "whose Dense classifies the trunk's features")
-    p.add_argument("--img-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="resize (fprop: default 1152 896 for patch models; sliding: none)")
-    p.add_argument("--img-height", type=int, help="sliding window: resize to this height")
-    p.add_argument("--patch-size", type=int, help="default: the patch model's input size")
-    p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--segment", dest="segment", action="store_true", default=True)
-    p.add_argument("--no-segment", dest="segment", action="store_false")
-    p.add_argument("--pad", dest="pad", action="store_true", default=True,
-                   help="pad by half a patch (default)")
-    p.add_argument("--no-pad", dest="pad", action="store_false")
-    p.add_argument("--avg-pool-size", nargs=2, type=int, default=[7, 7])
-    p.add_argument("--hm-strides", nargs=2, type=int, default=[1, 1])
-    p.add_argument("--pat-csv", help="CSV with patient_id, side, view or path [, cancer]")
-    p.add_argument("--pat-list", help="CSV whose first column lists the patients to keep")
-    p.add_argument("--out", default="./output/prob_heatmap.npz")
-    p.add_argument("--overlay-dir", help="write a colour overlay PNG per image here")
-    p.add_argument("--overlay-class", help="class shown in overlays (default: 1 - first "
-                   "class for patch models, the last class for whole-image models)")
-    p.add_argument("--unsafe-load", action="store_true")
-    r = p.add_argument_group("recipe overrides")
-    r.add_argument("--img-scale", type=float)
-    r.add_argument("--rescale-factor", type=float)
-    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True)
-    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", const=False)
-    r.add_argument("--featurewise-mean", type=float)
+    m.add_argument("--net", help="accepted so the original's scripts run; the net is read "
+                   "from the model file")
+    g = p.add_argument_group("geometry")
+    g.add_argument("--img-size", "-is", nargs=2, type=int, metavar=("H", "W"),
+                   help="resize (fprop: 1152 896 for patch models, else the model's recipe; "
+                        "sliding window: no resize)")
+    g.add_argument("--img-height", "-ih", type=int,
+                   help="sliding window: resize to this height, aspect kept")
+    g.add_argument("--no-img-height", dest="img_height", action="store_const", default=argparse.SUPPRESS, const=None,
+                   help="unset --img-height")
+    g.add_argument("--patch-size", type=int, help="default: the patch model's input size")
+    g.add_argument("--stride", type=int, default=8, help="sliding-window step in pixels")
+    g.add_argument("--batch-size", type=int, default=128, help="patches per batch")
+    g.add_argument("--segment", dest="segment", action="store_true", default=True,
+                   help="sliding window: crop to the breast first")
+    g.add_argument("--no-segment", dest="segment", action="store_false", default=argparse.SUPPRESS, help="turn off --segment")
+    g.add_argument("--pad", dest="pad", action="store_true", default=True,
+                   help="sliding window: pad by half a patch")
+    g.add_argument("--no-pad", dest="pad", action="store_false", default=argparse.SUPPRESS, help="turn off --pad")
+    g.add_argument("--avg-pool-size", nargs=2, type=int, default=[7, 7], metavar=("H", "W"),
+                   help="fprop: average-pooling window on the trunk's feature map")
+    g.add_argument("--hm-strides", nargs=2, type=int, default=[1, 1], metavar=("H", "W"),
+                   help="fprop: strides of that pooling")
+    io = p.add_argument_group("images and output")
+    io.add_argument("--pat-csv", help="CSV with patient_id, side, view or path [, cancer]; "
+                    "default: every image of IMG_FOLDER")
+    io.add_argument("--pat-list", help="CSV whose first column (after a header) lists the "
+                    "patients to keep")
+    io.add_argument("--no-pat-list", dest="pat_list", action="store_const", default=argparse.SUPPRESS, const=None,
+                    help="unset --pat-list")
+    io.add_argument("--out", default="./output/prob_heatmap.npz", help=".npz to write")
+    io.add_argument("--overlay-dir", help="write a colour overlay PNG per image here")
+    io.add_argument("--overlay-class", help="class shown in overlays (None: 1 - first class "
+                    "for patch models, the last class for whole-image models)")
+    io.add_argument("--unsafe-load", action="store_true", help="allow Lambda layers in "
+                    "model files (runs code from the file)")
+    r = p.add_argument_group("recipe overrides (default None: the model's stored recipe; "
+                             "--no-X switches an item off)")
+    r.add_argument("--img-scale", "-ic", type=float, help="scale so the image maximum is this")
+    r.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const", default=argparse.SUPPRESS, const=OFF,
+                   help="no maximum scaling")
+    r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
+    r.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const", default=argparse.SUPPRESS,
+                   const=OFF, help="no rescaling")
+    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
+                   help="histogram equalisation on")
+    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", default=argparse.SUPPRESS,
+                   const=False, help="histogram equalisation off")
+    r.add_argument("--featurewise-center", dest="featurewise_center", action="store_const",
+                   const=True, help="subtract the featurewise mean")
+    r.add_argument("--no-featurewise-center", dest="featurewise_center",
+                   action="store_const", default=argparse.SUPPRESS, const=False, help="no mean subtraction")
+    r.add_argument("--featurewise-mean", type=float, help="the mean to subtract (given "
+                   "alone, turns centring on)")
     return p
 
 
-def _overlay_channel(probs: np.ndarray, class_list, name: str | None, kind: str) -> np.ndarray:
+def recipe_changes(args) -> dict:
+    """The recipe items the flags set: values, or None for an item switched off."""
+    ch = {}
+    for name in ("img_scale", "rescale_factor"):
+        v = getattr(args, name)
+        if v is not None:
+            ch[name] = None if v == OFF else float(v)
+    if args.equalize_hist is not None:
+        ch["equalize_hist"] = bool(args.equalize_hist)
+    if args.featurewise_mean is not None:
+        ch["featurewise_mean"] = float(args.featurewise_mean)
+        ch["featurewise_center"] = True
+    if args.featurewise_center is not None:
+        ch["featurewise_center"] = bool(args.featurewise_center)
+    return ch
+
+
+def _overlay_channel(probs: np.ndarray, class_list, name: str | None, kind: str
+                     ) -> tuple[np.ndarray, str]:
+    """The map shown in an overlay and what it shows."""
     if name is not None:
         if name not in class_list:
             raise HeatmapError(f"--overlay-class {name!r} is not one of {list(class_list)}")
-        return probs[..., list(class_list).index(name)]
+        return probs[..., list(class_list).index(name)], name
     if kind == "patch" and probs.shape[-1] > 1:
-        return 1.0 - probs[..., 0]
-    return probs[..., -1]
+        return 1.0 - probs[..., 0], f"not {class_list[0]}"
+    return probs[..., -1], class_list[-1]
 
 
-def run(args) -> dict:
+def _looks_whole_image(loaded) -> bool:
+    """A whole-image classifier, by its stored kind or (files without one) its layers."""
+    kind = loaded.meta.kind if loaded.meta is not None else None
+    if kind is not None:
+        return kind == "image"
+    names = {l.name for l in loaded.model.layers}
+    return bool(names & {"clf_dense", "clf_softmax", "image_input"})
+
+
+def _to_source(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A map at the scored image's size resized to the source image's size (NaN kept)."""
+    import cv2
+    if heat.shape == tuple(shape):
+        return heat
+    h, w = shape
+    valid = cv2.resize(np.isfinite(heat).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    out = cv2.resize(np.nan_to_num(heat, nan=0.0), (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.where(valid > 0, out, np.nan).astype(np.float32)
+
+
+TITLE_H = 28   # overlay figure: title strip height (pixels) above the image
+BAR_W = 64     # colour bar strip width to the right of the image
+
+
+def overlay_figure(grey: np.ndarray, heat: np.ndarray, title: str, vmin: float = 0.0,
+                   vmax: float = 1.0) -> np.ndarray:
+    """A readable overlay: the colour-mapped heat on the whole source image (pixel for pixel
+    at rows TITLE_H.., columns 0..W-1), a title strip and a labelled colour bar."""
+    import cv2
+    import dm_inference as inf
+    img = inf.overlay_heatmap(grey, heat, vmin=vmin, vmax=vmax)
+    h, w = grey.shape
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    (tw, _), _ = cv2.getTextSize(title, font, scale, 1)
+    canvas = np.full((TITLE_H + max(h, 60), max(w + BAR_W, tw + 8), 3), 255, np.uint8)
+    canvas[TITLE_H:TITLE_H + h, :w] = img
+    cv2.putText(canvas, title, (4, TITLE_H - 9), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    bar_h = max(h, 60) - 4
+    ramp = np.linspace(255, 0, bar_h).astype(np.uint8)[:, None].repeat(12, axis=1)
+    x0 = w + 4
+    canvas[TITLE_H + 2:TITLE_H + 2 + bar_h, x0:x0 + 12] = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)
+    for frac, val in ((0.0, vmax), (0.5, (vmin + vmax) / 2), (1.0, vmin)):
+        y = TITLE_H + 2 + int(frac * (bar_h - 1))
+        cv2.putText(canvas, f"{val:.2g}", (x0 + 15, min(y + 4, canvas.shape[0] - 2)), font, 0.35,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def _check_pool(fmap_hw, avg_pool_size, size) -> None:
+    if any(int(p) > int(f) for p, f in zip(avg_pool_size, fmap_hw)):
+        raise HeatmapError(
+            f"--avg-pool-size {avg_pool_size[0]} {avg_pool_size[1]} is larger than the trunk's "
+            f"feature map {int(fmap_hw[0])}x{int(fmap_hw[1])} at image size {size[0]}x{size[1]}: "
+            "use a smaller window or a larger --img-size")
+
+
+def run(args, *legacy_args, **legacy_kw) -> dict:
+    """Score the images. `args` is the parsed flags; the original's call
+    `run(img_folder, dl_state, fprop_mode=..., ...)` also works (see README, "Code written
+    for the original")."""
+    if isinstance(args, (str, os.PathLike)):
+        return run(parse_original(args, *legacy_args, **legacy_kw))
     import dm_image
     import dm_inference as inf
     if args.stride < 1 or args.batch_size < 1:
         raise HeatmapError("--stride and --batch-size must be >= 1")
+    if args.fprop_mode and args.grad_cam:
+        raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
     loaded = inf.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
     kind = loaded.meta.kind if loaded.meta is not None else None
+    mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
+    if mode == "sliding" and _looks_whole_image(loaded):
+        raise HeatmapError(f"{args.dl_state}: a whole-image model cannot be slid as a patch "
+                           "classifier: use --grad-cam (or --fprop-mode --patch-model PATCH)")
     classes = inf.common_class_list([loaded])
     items = list_items(args.img_folder, args.pat_csv, args.pat_list)
-    over = dict(img_scale=args.img_scale, rescale_factor=args.rescale_factor,
-                equalize_hist=args.equalize_hist, featurewise_mean=args.featurewise_mean)
-    mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
+    changes = recipe_changes(args)
     meta = dict(mode=mode, model=os.path.abspath(args.dl_state), class_list=list(classes))
     maps = []
+    img_height = args.img_height
     if mode == "sliding":
-        recipe = loaded.recipe(**over)
+        recipe = dataclasses.replace(loaded.recipe(), **changes)
         ps = args.patch_size or loaded.input_hw[0]
         if ps is None:
             raise HeatmapError("give --patch-size (the model's input size is not fixed)")
         if loaded.input_hw[0] not in (None, ps):
             raise HeatmapError(f"--patch-size {ps} differs from the model's input size "
                                f"{loaded.input_hw[0]}")
-        size = dm_image.Recipe(img_size=args.img_size, target_height=args.img_height)
+        size = dm_image.Recipe(img_size=args.img_size, target_height=img_height)
         meta.update(patch_size=ps, stride=args.stride, segment=args.segment, pad=args.pad,
-                    img_size=args.img_size, img_height=args.img_height, recipe=recipe.to_dict(),
+                    img_size=args.img_size, img_height=img_height, recipe=recipe.to_dict(),
                     centre0=[])
     else:
         if mode == "fprop":
@@ -229,49 +365,63 @@ def run(args) -> dict:
                 size = tuple(args.img_size or (1152, 896))
             else:
                 size = tuple(args.img_size or loaded.recipe().img_size)
-            recipe = loaded.recipe(img_size=size, **over)
+            recipe = dataclasses.replace(loaded.recipe(img_size=size), **changes)
             patch_model = inf.load_models([args.patch_model], not args.unsafe_load)[0].model \
                 if args.patch_model else None
+            fmap = inf.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
+                                   kind=kind).outputs[0].shape[1:3]
+            _check_pool(fmap, args.avg_pool_size, size)
             net = inf.fprop_model(loaded.model, size, args.avg_pool_size, args.hm_strides,
                                   patch_model=patch_model, kind=kind)
             if patch_model is not None:
                 classes = inf.common_class_list(inf.load_models([args.patch_model],
                                                                 not args.unsafe_load))
                 meta["class_list"] = list(classes)
-            meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides)
+            meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides,
+                        feature_map=[int(v) for v in fmap])
         else:
-            recipe = loaded.recipe(img_size=args.img_size, **over)
+            recipe = dataclasses.replace(loaded.recipe(img_size=args.img_size), **changes)
             net = loaded.model
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
-            meta.update(grad_cam_class=classes[cls])
+            meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
     for i, it in enumerate(items):
         img = dm_image.read_image(it.path)
+        vmax, heat = 1.0, None
         if mode == "sliding":
-            img = dm_image.resize(img, size) if (args.img_size or args.img_height) else img
-            hm = inf.sliding_window_heatmap(loaded.model, img, recipe, ps, args.stride,
+            full = dm_image.resize(img, size) if (args.img_size or img_height) else img
+            hm = inf.sliding_window_heatmap(loaded.model, full, recipe, ps, args.stride,
                                             args.batch_size, args.segment, args.pad)
             maps.append(hm.probs)
             meta["centre0"].append(list(hm.centre0))
-            grey, heat = hm.image, None
             if args.overlay_dir:
-                ch = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
-                heat = inf.place_heatmap(ch, grey.shape, hm.centre0, hm.stride)
+                ch, shown = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
+                crop = inf.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
+                x0, y0 = (hm.bbox[0], hm.bbox[1]) if hm.bbox is not None else (0, 0)
+                heat = np.full(full.shape, np.nan, np.float32)
+                heat[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) max {np.nanmax(ch):.3f}"
         else:
             x = dm_image.preprocess(img, recipe)[None]
             if mode == "fprop":
                 probs = net.predict_on_batch(x)[0]
                 maps.append(probs)
-                ch = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
+                ch, shown = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
+                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) max {np.max(ch):.3f}"
             else:
-                ch = inf.grad_cam(net, x, cls)[0]
+                ch = inf.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
-            grey = dm_image.resize(img, recipe)
-            heat = inf.place_heatmap(ch, grey.shape) if args.overlay_dir else None
+                p = float(np.asarray(net.predict_on_batch(x))[0, cls])
+                shown = classes[cls]
+                vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
+                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) = {p:.3f}, Grad-CAM"
+            if args.overlay_dir:
+                heat = inf.place_heatmap(ch, tuple(recipe.img_size or img.shape))
         if args.overlay_dir:
+            meta.setdefault("overlay_titles", []).append(title)
             stem = os.path.splitext(os.path.basename(it.path))[0]
             inf.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
-                          inf.overlay_heatmap(grey, heat))
+                          overlay_figure(img, _to_source(heat, img.shape), title, 0.0, vmax))
         log.info("scored %d/%d: %s -> %s", i + 1, len(items), it.path, maps[-1].shape)
     save_heatmaps(args.out, items, maps, meta)
     log.info("wrote %d heatmaps in %d patient/side groups to %s", len(maps),
@@ -279,9 +429,43 @@ def run(args) -> dict:
     return meta
 
 
+def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
+    """Flags from the original's `run(img_folder, dl_state, **keywords)`.
+
+    Keywords keep the original's names and meanings; None switches a recipe item off as
+    the original's defaults did (img_scale, rescale_factor), and `featurewise_center=False`
+    means no centring. Recipe items the original always set are set here too.
+    """
+    names = {"fprop_mode", "img_size", "img_height", "img_scale", "rescale_factor",
+             "equalize_hist", "featurewise_center", "featurewise_mean", "net", "batch_size",
+             "patch_size", "stride", "avg_pool_size", "hm_strides", "pat_csv", "pat_list", "out"}
+    unknown = set(kw) - names - {a.dest for a in build_parser()._actions}
+    if unknown:
+        raise TypeError(f"run() got unexpected keyword(s) {sorted(unknown)}")
+    args = build_parser().parse_args([os.fspath(img_folder), os.fspath(dl_state)])
+    orig = dict(fprop_mode=False, img_size=(1152, 896), img_height=None, img_scale=None,
+                rescale_factor=None, equalize_hist=False, featurewise_center=False,
+                featurewise_mean=71.8, batch_size=128, patch_size=256, stride=8,
+                avg_pool_size=(7, 7), hm_strides=(1, 1), pat_csv="./full_img/pat.csv",
+                pat_list=None, out="./output/prob_heatmap.npz")
+    orig.update(kw)
+    for k, v in orig.items():
+        setattr(args, k, v)
+    for k in ("img_scale", "rescale_factor"):
+        if getattr(args, k) is None:
+            setattr(args, k, OFF)
+    if not args.featurewise_center:
+        args.featurewise_mean = None
+    if not args.fprop_mode:
+        args.img_size = None  # the original's sliding window used img_height only
+    return args
+
+
 def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)  # --help answers here, before TensorFlow loads
     import dm_train
-    return dm_train.run_command(build_parser, run, argv)
+    dm_train.setup_logging()
+    return dm_train.guarded(run, args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from patch_clf_train import main  # noqa: E402
+from patch_clf_train import main, run  # noqa: E402,F401  (run: the original's entry point)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,8 +85,9 @@ def test_return_heatmap_equals_patch_classifier_on_pooled_features():
     patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     x = np.random.default_rng(1).normal(size=(1, 256, 128, 1)).astype("float32")
-    hm_model, _ = add_top_layers(patch, (256, 128), return_heatmap=True, avg_pool_size=(2, 2),
-                                 hm_strides=(2, 2), patch_net="yaroslav")
+    hm_model = add_top_layers(patch, (256, 128), return_heatmap=True, avg_pool_size=(2, 2),
+                              hm_strides=(2, 2), patch_net="yaroslav")
+    assert isinstance(hm_model, keras.Model)  # the model alone, as the original returned it
     hm = hm_model.predict(x, verbose=0)
     assert hm.shape == (1, 2, 1, 3)          # trunk 4x2 (stride 64), pooled 2x2 / stride 2
     np.testing.assert_allclose(hm.sum(-1), 1.0, atol=1e-5)

@@ -1,5 +1,7 @@
 """ddsm_train/heatmap_score.py: sliding window, fprop and Grad-CAM modes, .npz, overlays."""
+import dataclasses
 import importlib.util
+import json
 import pathlib
 import sys
 
@@ -74,7 +76,8 @@ def test_grad_cam_mode(setup, tmp_path):
     g = hs.load_heatmaps(str(out))[0]
     assert g["cc"].shape == (16, 12) and 0 <= g["cc"].min() and g["cc"].max() <= 1
     ov = cv2.imread(str(tmp_path / "ov" / "P1_LEFT_CC_gradcam.png"))
-    assert ov.shape == (64, 48, 3)
+    # The overlay sits on the whole source image (50x40), under a title strip.
+    assert ov.shape[0] == hs.TITLE_H + 60 and ov.shape[1] >= 40 + hs.BAR_W
 
 
 def test_fprop_whole_image_model_needs_patch_model(setup, tmp_path, capsys):
@@ -89,3 +92,116 @@ def test_fprop_whole_image_model_needs_patch_model(setup, tmp_path, capsys):
 def test_bad_csv_one_line(setup, tmp_path, capsys):
     assert hs.main([setup["imgs"], setup["patch"], "--pat-csv", str(tmp_path / "no.csv")]) == 2
     assert "patient CSV not found" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- meaningless maps refused
+
+
+def test_whole_image_model_without_grad_cam_refused(setup, tmp_path, capsys):
+    out = tmp_path / "w.npz"
+    rc = hs.main([setup["imgs"], setup["image"], "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 2 and not out.exists()
+    line = [l for l in text.splitlines() if "error" in l]
+    assert len(line) == 1 and "whole-image model" in line[0] and "--grad-cam" in line[0]
+    assert "image.keras" in line[0]
+
+
+@pytest.mark.parametrize("model,extra", [("patch", []), ("image", ["--patch-model"])])
+def test_avg_pool_larger_than_feature_map_refused(setup, tmp_path, capsys, model, extra):
+    extra = extra + ([setup["patch"]] if extra else [])
+    rc = hs.main([setup["imgs"], setup[model], "--fprop-mode", "--img-size", "64", "48",
+                  "--avg-pool-size", "20", "5", "--out", str(tmp_path / "f.npz")] + extra)
+    text = capsys.readouterr().out
+    assert rc == 2 and not (tmp_path / "f.npz").exists()
+    assert "--avg-pool-size 20 5 is larger than the trunk's feature map 16x12" in text
+
+
+# ----------------------------------------------------------------- readable overlays
+
+
+def _image_area(ov, shape):
+    return ov[hs.TITLE_H:hs.TITLE_H + shape[0], :shape[1]].astype(int)
+
+
+def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
+    out = tmp_path / "s.npz"
+    assert hs.main([setup["imgs"], setup["patch"], "--stride", "4", "--out", str(out),
+                    "--overlay-dir", str(tmp_path / "ov")]) == 0
+    src = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    ov = cv2.imread(str(tmp_path / "ov" / "P1_LEFT_CC_sliding.png"))
+    area = _image_area(ov, src.shape)
+    coloured = (np.abs(area[..., 0] - area[..., 2]) > 3) | (np.abs(area[..., 1] - area[..., 2]) > 3)
+    # where there is no heat, the figure shows the source image itself, pixel for pixel
+    np.testing.assert_array_equal(area[~coloured][:, 0], inf.to_display(src)[~coloured])
+    # the heat covers the breast's box of the source image, not a crop moved to the corner
+    import dm_preprocess
+    _, (x, y, w, h) = dm_preprocess.segment_breast(src)
+    ys, xs = np.nonzero(coloured)
+    assert abs(ys.min() - y) <= 2 and abs(xs.min() - x) <= 2
+    assert abs(ys.max() - (y + h - 1)) <= 2 and abs(xs.max() - (x + w - 1)) <= 2
+    assert (x, y, w, h) != (0, 0, src.shape[1], src.shape[0])  # the test means something
+
+
+def test_overlay_has_title_with_class_and_probability_and_colour_bar(setup, tmp_path):
+    out = tmp_path / "g.npz"
+    assert hs.main([setup["imgs"], setup["image"], "--grad-cam", "--out", str(out),
+                    "--overlay-dir", str(tmp_path / "ov")]) == 0
+    with np.load(out, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    loaded = inf.load_models([setup["image"]])[0]
+    img = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    p = loaded.model.predict_on_batch(dm_image.preprocess(img, loaded.recipe())[None])[0, 1]
+    assert meta["overlay_titles"][0] == f"P1 LEFT CC: p(pos) = {p:.3f}, Grad-CAM"
+    ov = cv2.imread(str(tmp_path / "ov" / "P1_LEFT_CC_gradcam.png")).astype(int)
+    assert (ov[:hs.TITLE_H] < 100).all(axis=2).sum() > 50          # title text drawn
+    bar = ov[hs.TITLE_H + 2:hs.TITLE_H + 58, 40 + 4 + 6]            # colour bar column
+    assert bar[0, 2] > 100 and bar[0, 0] < 50                        # top: red (max)
+    assert bar[-1, 0] > 100 and bar[-1, 2] < 50                      # bottom: blue (0)
+
+
+def test_grad_cam_absolute_scale_keeps_a_chance_model_dark(setup, tmp_path):
+    import keras
+    from tiny_models import tiny_image_model
+    m = tiny_image_model()
+    k, b = m.get_layer("clf_dense").get_weights()
+    m.get_layer("clf_dense").set_weights([k * 1e-4, b * 0])
+    path = save(m, tmp_path / "chance.keras", "image")
+    assert keras.saving.load_model(path).get_layer("clf_dense") is not None
+    red = {}
+    for scale in ("relative", "absolute"):
+        out = tmp_path / f"{scale}.npz"
+        assert hs.main([setup["imgs"], str(path), "--grad-cam", "--grad-cam-scale", scale,
+                        "--out", str(out), "--overlay-dir", str(tmp_path / scale)]) == 0
+        area = _image_area(cv2.imread(str(tmp_path / scale / "P1_LEFT_CC_gradcam.png")), (50, 40))
+        red[scale] = (area[..., 2] - area[..., 0]).max()
+        with np.load(out, allow_pickle=False) as z:
+            red[scale + "_max"] = float(z["hm_0"].max())
+    assert red["relative_max"] == pytest.approx(1.0)  # relative: a hot spot whatever the model
+    assert red["relative"] > 80
+    assert red["absolute_max"] < 0.01 and red["absolute"] < 10  # absolute: stays blue
+
+
+def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
+    out = tmp_path / "o.npz"
+    assert hs.main([setup["imgs"], setup["patch"], "--no-featurewise-center",
+                    "--no-rescale-factor", "--img-scale", "255", "--out", str(out)]) == 0
+    img = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    recipe = dataclasses.replace(PATCH_RECIPE, featurewise_center=False, rescale_factor=None,
+                                 img_scale=255.0)
+    want = inf.sliding_window_heatmap(inf.load_models([setup["patch"]])[0].model, img,
+                                      recipe, 16, 8, segment=True, pad=True)
+    np.testing.assert_allclose(hs.load_heatmaps(str(out))[0]["cc"], want.probs, atol=1e-6)
+
+
+def test_help_shows_defaults_without_tensorflow():
+    import subprocess
+    code = ("import runpy, sys; sys.argv = ['heatmap_score.py', '--help']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('TF', 'tensorflow' in sys.modules, 'keras' in sys.modules)") % str(
+                pathlib.Path(hs.__file__))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.stdout.strip().endswith("TF False False")
+    assert "(default: 8)" in res.stdout and "--no-img-scale" in res.stdout
