@@ -16,11 +16,12 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+
+import dm_output
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,10 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a CSV atomically (temp file in the same folder, then os.replace)."""
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".csv")
-    os.close(fd)
+    tmp = dm_output.temp_path(str(p), ".csv")
     try:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, p)
+        dm_output.replace(tmp, str(p))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,13 +48,8 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     """Write one item per line atomically."""
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        for line in lines:
-            f.write(f"{line}\n")
-    os.replace(tmp, p)
+    text = "".join(f"{line}\n" for line in lines)
+    dm_output.atomic_write(str(path), lambda f: f.write(text), text=True)
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
