@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-import dm_keras_ext
-import dm_train
+import dm_cli
+import dm_flags
 
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
+    import dm_keras_ext
     if cfg.resume_from is not None:
         dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
@@ -32,6 +33,8 @@ def build_patch_model(cfg):
 
 def run(cfg) -> dict:
     """Train, keep the best model by validation accuracy, report test accuracy and AUROC."""
+    import dm_keras_ext
+    import dm_train
     def stages(model):
         if cfg.top_layer_nb is not None or not cfg.use_pretrained:
             return dm_keras_ext.patch_stages(cfg)
@@ -43,7 +46,12 @@ def run(cfg) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_train.cli("patch", run, argv)
+    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
+    cfg = dm_flags.parse("patch", argv)
+    dm_cli.quiet_tensorflow()
+    import dm_train
+    dm_train.setup_logging()
+    return dm_train.guarded(run, cfg)
 
 
 if __name__ == "__main__":
