@@ -316,7 +316,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         img_rows.append([pid, side, view, image_id, "pos" if s.label else "neg", split, fname])
     images = pd.DataFrame(img_rows, columns=IMAGE_COLUMNS)
     rois = pd.DataFrame(roi_rows, columns=ROI_COLUMNS)
-    write_layout(out, rois, images, split_of)
+    write_layout(out, rois, images, split_of, img_size=img_size)
     summary = summarize(images, rois, name="synthetic")
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
