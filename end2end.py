@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [PATH]",
                    help="'synthetic', or 'mias PATH' (the mini-MIAS folder)")
-    g.add_argument("--out", default="runs/end2end", help="output folder")
+    g.add_argument("--out", "--out-dir", default="runs/end2end", help="output folder")
     g.add_argument("--n-patients", type=int, default=150, help="synthetic patients (2 views each)")
     g.add_argument("--img-size", nargs=2, type=int, default=[288, 224], metavar=("H", "W"),
                    help="whole-image size (the paper: 1152 896)")

@@ -1,13 +1,14 @@
 """Compute the featurewise mean (and the rescale factor) of a set of training images.
 
-    python featurewise_mean.py TRAIN_DIR [--rescale-factor F] [--img-size H W] [--value-only]
+    python featurewise_mean.py TRAIN_DIR [--rescale-factor F] [--img-size H W] [--print WHAT]
 
 The trainers subtract one scalar, `--featurewise-mean`: the mean pixel of the training
 images after `--rescale-factor`. Without `--rescale-factor` the factor follows the images'
 bit depth (255/65535 = 0.003891 for 16-bit, 1 for 8-bit), so the mean is on the 0-255
 scale the published models use. Images are found recursively (class folders or any
-folder); a mix of 8- and 16-bit images is refused, as in training. `--value-only` prints
-just the number, for `MEAN=$(python featurewise_mean.py ...)` (README "Transfer").
+folder); a mix of 8- and 16-bit images is refused, as in training. `--print mean` or
+`--print rescale` prints just that number, for `MEAN=$(python featurewise_mean.py DIR
+--print mean)` (README "Transfer to your data").
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "images, 1 for 8-bit)")
     p.add_argument("--img-size", "--target-size", nargs=2, type=int, metavar=("H", "W"),
                    help="resize each image to H x W first, as training does (default: as is)")
-    p.add_argument("--value-only", action="store_true",
-                   help="print only the mean (for shell variables)")
+    p.add_argument("--print", dest="what", choices=("flags", "mean", "rescale"), default="flags",
+                   help="print the trainer flags, or only the mean or the rescale factor (for "
+                        "shell variables)")
     return p
 
 
@@ -72,8 +74,8 @@ def run(args) -> int:
     import dm_inference
     paths = dm_inference.list_images(args.image_dir)  # InferenceError: missing or empty folder
     mean, factor, bits = mean_pixel(paths, args.rescale_factor, args.img_size)
-    if args.value_only:
-        print(f"{mean:.2f}")
+    if args.what != "flags":
+        print(f"{mean:.2f}" if args.what == "mean" else f"{factor:.6g}")
         return 0
     log.info("%d images in %s%s: featurewise mean %.2f after rescale factor %.6g", len(paths),
              args.image_dir, f" ({bits}-bit)" if bits else "", mean, factor)

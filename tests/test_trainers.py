@@ -26,6 +26,9 @@ def _command_lines(text: str):
     """(kind, argv) of each trainer command in a shell script or README code block."""
     joined = re.sub(r"\\\n", " ", text)
     variables = dict(re.findall(r'^([A-Z_]+)="([^"$]*)"', text, flags=re.M))
+    # Values the README computes ($(featurewise_mean.py ...)) get example values here.
+    variables.update({k: v for k, v in (("RESCALE", "0.003891"), ("MEAN", "44.33"))
+                      if re.search(rf"^{k}=\$\(", text, flags=re.M)})
     for line in joined.splitlines():
         m = re.search(r"(patch_clf_train|image_clf_train)\.py\"?\s+(.*)$", line)
         if not m:
