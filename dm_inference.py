@@ -251,6 +251,15 @@ def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Rec
             for d, idx in sorted(groups.items())]
 
 
+def recipe_for_image(path: str, recipe: Recipe, convert: bool = False,
+                     model_path: str = "the model") -> Recipe:
+    """The recipe to apply to one image file after the bit-depth check of `depth_groups`
+    (refused, or converted with `convert`), for tools that read images one at a time
+    (heatmaps)."""
+    [(_, r)] = depth_groups([path], [file_bit_depth(path)], recipe, convert, model_path)
+    return r
+
+
 # --------------------------------------------------------------------------- input lists
 
 

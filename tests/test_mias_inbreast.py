@@ -34,8 +34,15 @@ def test_mias_info_counts(shared_data):
 
 @pytest.mark.parametrize("size", [None, (256, 192)])
 def test_mias_few_images_masks_centred(shared_data, tmp_path, size):
+    import os
     out = tmp_path / "mias"
-    s = mias.prepare(shared_data / "mias", out, img_size=size, ids=FEW, seed=1, verbose=False)
+    old = os.umask(0o022)
+    try:
+        s = mias.prepare(shared_data / "mias", out, img_size=size, ids=FEW, seed=1, verbose=False)
+    finally:
+        os.umask(old)
+    for f in ("full_images/mdb001.png", "images.csv", "layout.json", "patients_train.txt"):
+        assert os.stat(out / f).st_mode & 0o777 == 0o644, f     # the umask, not mkstemp's 0600
     assert s["images"] == len(FEW) and s["skipped"] == []
     info = mias.parse_info(shared_data / "mias" / "Info.txt").set_index("image_id")
     roi = pd.read_csv(out / "roi_mask_path.csv", dtype=str)
@@ -127,7 +134,9 @@ def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
     assert fm.main([str(tmp_path / "set"), "--print", "rescale"]) == 0
     assert capsys.readouterr().out.strip() == "0.00389105"
     assert fm.main([str(tmp_path / "set")]) == 0
-    assert capsys.readouterr().out.strip() == "--rescale-factor 0.00389105 --featurewise-mean 150.00"
+    # (the last line: other tests in this process may have sent the log to stdout too)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "--rescale-factor 0.00389105 --featurewise-mean 150.00"
     cv2.imwrite(str(d / "c.png"), np.full((20, 10), 7, np.uint8))
     assert fm.main([str(tmp_path / "set")]) == 2            # mixed 8/16 bits refused
     assert any("16-bit image among 8-bit" in r.getMessage() for r in caplog.records)

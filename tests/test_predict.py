@@ -179,6 +179,19 @@ def test_convert_bit_depth_gives_the_8bit_answer(depth_setup, tmp_path):
     np.testing.assert_allclose(p[1:], p[0], atol=1e-5)
 
 
+def test_one_image_check_for_heatmap_tools(depth_setup):
+    s = depth_setup
+    r8 = inf.load_models([s["model"]])[0].recipe()
+    assert inf.recipe_for_image(s["png8"], r8) == r8
+    with pytest.raises(inf.InferenceError, match="16-bit image.*--convert-bit-depth"):
+        inf.recipe_for_image(s["dcm"], r8)
+    conv = inf.recipe_for_image(s["dcm"], r8, convert=True)
+    x8 = dm_image.preprocess(dm_image.read_image(s["png8"]), r8)
+    x16 = dm_image.preprocess(dm_image.read_image(s["dcm"]), conv)
+    # equal within the 8-bit image's rounding after its (uint8) cubic resize: half a grey level
+    np.testing.assert_allclose(x16, x8, atol=0.5 + 1e-3)
+
+
 def test_model_without_recorded_depth_refuses_mixed_depths():
     paths, depths = ["a.png", "b.png"], [8, 16]
     with pytest.raises(inf.InferenceError, match="b.png: 16-bit image among 8-bit"):
@@ -188,10 +201,13 @@ def test_model_without_recorded_depth_refuses_mixed_depths():
     assert inf.depth_groups(paths, depths, r, convert=False) == [([0, 1], r)]
 
 
-def test_export_endpoints_convert_to_the_trained_depth(depth_setup, tmp_path):
+def test_export_endpoints_convert_to_the_trained_depth(depth_setup, tmp_path, caplog):
+    import logging
     s = depth_setup
     exp = tmp_path / "served"
-    assert predict.main([s["model"], "--export", str(exp)]) == 0
+    with caplog.at_level(logging.INFO):
+        assert predict.main([s["model"], "--export", str(exp)]) == 0
+    assert any("serve_uint16(images)['probabilities']" in r.getMessage() for r in caplog.records)
     served, meta = dm_export.load_serving(str(exp))
     assert meta["output"] == "probabilities" and meta["recipe"]["input_bits"] == 8
     out = tmp_path / "p.csv"
