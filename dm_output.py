@@ -46,6 +46,18 @@ def is_special(path: str) -> bool:
     return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
 
 
+def is_stdout(path: str | None) -> bool:
+    """`-`, or a name for this process's standard output (`/dev/stdout`, `/dev/fd/1`)."""
+    if path == STDOUT:
+        return True
+    if not path or not is_special(path):
+        return False
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
     """Write through `writer(fileobj)`; `-` is standard output.
 
@@ -54,7 +66,7 @@ def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
     written through, never replaced.
     """
     kw = {"newline": ""} if text else {}
-    if path == STDOUT:
+    if is_stdout(path):
         if text:
             writer(sys.stdout)
             sys.stdout.flush()

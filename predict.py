@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     dm_cli.quiet_tensorflow()
     import dm_train
     dm_train.setup_logging()
-    if args.export or args.export_onnx or args.out not in (None, "-"):
+    import dm_output
+    if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
         return dm_train.guarded(run, args)
     # The CSV goes to standard output: move the log to stderr for this run.
     root = logging.getLogger()

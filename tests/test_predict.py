@@ -1,5 +1,6 @@
 """predict.py: CSV layout, labels, pass-through columns, TTA flag, errors; serving export."""
 import csv
+import pathlib
 
 import cv2
 import numpy as np
@@ -10,6 +11,8 @@ import dm_image
 import dm_inference as inf
 import predict
 from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +255,22 @@ def test_csv_on_standard_output(setup, capsys, out_args):
     rows = list(csv.DictReader(cap.out.splitlines()))
     assert [r["path"] for r in rows] == setup["neg"]
     assert "scoring" in cap.err and "scoring" not in cap.out
+
+
+def test_out_dev_stdout_redirected_to_a_file(setup, tmp_path):
+    """`--out /dev/stdout > file`: the CSV alone in the file, the link untouched."""
+    import os
+    import subprocess
+    import sys
+    target = tmp_path / "preds.csv"
+    with open(target, "w") as f:
+        r = subprocess.run([sys.executable, str(REPO / "predict.py"), setup["m1"], "--images",
+                            *setup["neg"], "--out", "/dev/stdout"], stdout=f,
+                           stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["path"] for row in _read(target)] == setup["neg"]
+    assert "scoring" in r.stderr
+    assert os.path.islink("/dev/stdout")
 
 
 def test_many_images_need_out(setup, tmp_path, capsys):
