@@ -9,8 +9,8 @@ Same positional arguments, flags and defaults as the original
         --nb-abn 30 --nb-bkg 30 --nb-hns 15 --pos-cutoff .75 --neg-cutoff .35 --val-size .1
 
 Image size: `--target-size`/`--img-size` or `--target-height`/`--img-height`; without
-either, images prepared by a recipe at a stated size (its `layout.json`) are used at that
-size, and anything else is resized to the original's 4096-px height. Upscaling beyond 2x
+either, images prepared by a recipe (its `layout.json`) are used at the size it made them,
+and anything else is resized to the original's 4096-px height. Upscaling beyond 2x
 is warned about (it makes blurred, flat patches). Without VAL_OUT_DIR there is no
 validation split (e.g. for test patients); the summary names the split after the patient
 list (patients_test.txt -> test) or `--split-name`.
@@ -374,6 +374,9 @@ def resolve_size(args: argparse.Namespace) -> tuple[tuple[int, int] | None, int 
     if info and info.get("target_height"):
         log.info("images prepared at height %d (layout.json): sampling at that height", info["target_height"])
         return None, int(info["target_height"])
+    if info is not None:
+        log.info("images prepared by a recipe at their native size (layout.json): sampling without resizing")
+        return None, None
     log.info("no --target-size/--target-height and no recipe layout.json: resizing to height %d "
              "(the original's default)", DEFAULT_TARGET_HEIGHT)
     return None, DEFAULT_TARGET_HEIGHT

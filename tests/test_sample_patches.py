@@ -157,6 +157,14 @@ def test_defaults_match_the_original():
     assert (a.target_height, a.target_width, a.segment_breast, a.patch_size, a.nb_bkg, a.nb_abn, a.nb_hns,
             a.pos_cutoff, a.neg_cutoff, a.val_size) == (None, None, True, 256, 30, 30, 15, .75, .35, .1)
     assert spc.resolve_size(a) == (None, 4096)      # no recipe layout.json: the original's 4096
+
+
+def test_native_size_recipe_images_are_not_resized(tmp_path):
+    import json
+    (tmp_path / "full_images").mkdir()
+    (tmp_path / "layout.json").write_text(json.dumps({"img_size": None, "target_height": None}))
+    a = spc.build_parser().parse_args(["r", "m", "p", str(tmp_path / "full_images"), "t"])
+    assert spc.resolve_size(a) == (None, None)
     assert (a.bkg_dir, a.calc_pos_dir, a.calc_neg_dir, a.mass_pos_dir, a.mass_neg_dir) == (
         "background", "calc_mal", "calc_ben", "mass_mal", "mass_ben")
     assert spc.const_filename("P_1", "LEFT", "CC", "d", "calc", 2) == "d/Calc-Training_P_1_LEFT_CC_2.png"
