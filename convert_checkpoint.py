@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+import dm_cli
+
 DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
 DEFAULT_RESCALE = 0.003891
 DEFAULT_IMG_SIZE = (1152, 896)
@@ -22,23 +24,30 @@ log = logging.getLogger("convert_checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("input", help="model file: Keras 2.x/1.2 .h5, Keras 3 .h5 or .keras")
     p.add_argument("output", help="where to write the converted model (.keras; .h5 also accepted)")
     p.add_argument("--class-list", nargs="+", default=["neg", "pos"],
-                   help="output column names, in order (default: neg pos)")
-    p.add_argument("--img-size", nargs=2, type=int, default=list(DEFAULT_IMG_SIZE), metavar=("H", "W"))
+                   help="output column names, in order")
+    p.add_argument("--img-size", "--target-size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="image size of the recipe (default: the model's fixed input size, else "
+                        f"{DEFAULT_IMG_SIZE[0]} {DEFAULT_IMG_SIZE[1]}); must agree with a fixed input")
     p.add_argument("--rescale-factor", type=float, default=DEFAULT_RESCALE,
-                   help="multiply pixels by this (default 0.003891 = 255/65535); 0 disables")
+                   help="multiply pixels by this (255/65535 for 16-bit PNGs); 0 disables")
+    p.add_argument("--input-bits", type=int, choices=(8, 16), default=16,
+                   help="bit depth of the images the model expects (the published models: 16-bit "
+                        "PNGs); prediction refuses or converts other depths")
     p.add_argument("--img-scale", type=float, default=None, help="scale so the image maximum is this")
-    p.add_argument("--equalize-hist", action="store_true")
+    p.add_argument("--equalize-hist", action="store_true", help="histogram-equalise each image")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="input channels (default: from the model)")
     p.add_argument("--dataset", choices=sorted(DATASET_MEANS), default="ddsm",
                    help="chooses the default featurewise mean (ddsm 52.18, inbreast 44.33)")
     p.add_argument("--featurewise-mean", type=float, default=None, help="overrides the dataset mean")
     p.add_argument("--no-featurewise-center", action="store_true", help="do not subtract a mean")
-    p.add_argument("--kind", choices=("image", "patch"), default="image")
+    p.add_argument("--kind", choices=("image", "patch"), default="image",
+                   help="whole-image or patch classifier")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow Lambda layers (runs code stored in the file; trusted files only)")
     return p
@@ -48,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 for a bad input file or arguments)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     args = build_parser().parse_args(argv)
+    dm_cli.quiet_tensorflow()
     import dm_checkpoint
     import dm_image
     import dm_keras_ext
@@ -62,9 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.input}: the model has {out_units} outputs but --class-list names "
               f"{len(args.class_list)} classes", file=sys.stderr)
         return 2
+    fixed = tuple(model.inputs[0].shape[1:3])
+    if all(isinstance(v, int) for v in fixed):
+        if args.img_size is not None and tuple(args.img_size) != fixed:
+            print(f"error: {args.input}: the model's input is fixed at {fixed[0]}x{fixed[1]} but "
+                  f"--img-size says {args.img_size[0]}x{args.img_size[1]}; drop --img-size or "
+                  "give the model's size", file=sys.stderr)
+            return 2
+        img_size = fixed
+    else:
+        img_size = tuple(args.img_size or DEFAULT_IMG_SIZE)
     channels = args.channels or (model.inputs[0].shape[-1] if model.inputs[0].shape[-1] in (1, 3) else 3)
     mean = args.featurewise_mean if args.featurewise_mean is not None else DATASET_MEANS[args.dataset]
-    recipe = dm_image.Recipe(img_size=tuple(args.img_size), img_scale=args.img_scale,
+    recipe = dm_image.Recipe(img_size=img_size, img_scale=args.img_scale, input_bits=args.input_bits,
                              rescale_factor=args.rescale_factor or None, equalize_hist=args.equalize_hist,
                              channels=int(channels), featurewise_center=not args.no_featurewise_center,
                              featurewise_mean=0.0 if args.no_featurewise_center else float(mean))

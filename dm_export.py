@@ -64,11 +64,22 @@ def cv2_cubic_resize(x, out_hw: Sequence[int]):
     return tf.einsum("bhok,ok->bho", cols, cw)
 
 
+def depth_factor(recipe: Recipe, int_max: float | None) -> float | None:
+    """Pixel factor that converts an integer input with maximum `int_max` to the bit depth
+    the model was trained on (None: no conversion needed or depth not recorded)."""
+    if int_max is None or recipe.input_bits is None or recipe.img_scale is not None:
+        return None
+    want = 2.0 ** recipe.input_bits - 1
+    return None if want == int_max else want / float(int_max)
+
+
 def preprocess_graph(raw, recipe: Recipe, resize: str = "cv2cubic", int_max: float | None = None):
     """The recipe in TF ops: (B, H0, W0) raw grey -> (B, H, W, C) float32 network input.
 
     `int_max`: the input was integer with this maximum value: round and clip the resized
-    image to [0, int_max] as cv2 does when it resizes an integer image.
+    image to [0, int_max] as cv2 does when it resizes an integer image, then convert it to
+    the recipe's `input_bits` (as `predict.py --convert-bit-depth` does), so `serve_uint8`
+    and `serve_uint16` both give the right answer whatever depth the model was trained on.
     """
     import tensorflow as tf
     if recipe.equalize_hist:
@@ -85,6 +96,9 @@ def preprocess_graph(raw, recipe: Recipe, resize: str = "cv2cubic", int_max: flo
         x = tf.image.resize(x[..., None], recipe.img_size, method=resize)[..., 0]
     if int_max is not None:
         x = tf.clip_by_value(tf.round(x), 0.0, float(int_max))
+        factor = depth_factor(recipe, int_max)
+        if factor is not None:
+            x = x * tf.constant(factor, tf.float32)
     if recipe.img_scale is not None:
         m = tf.reduce_max(x, axis=(1, 2), keepdims=True)
         m = tf.where(m == 0, tf.cast(recipe.img_scale, tf.float32), m)
@@ -100,6 +114,8 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
                    resize: str = "cv2cubic") -> str:
     """Write a SavedModel (three endpoints, see module doc) and `assets/dm_meta.json`.
 
+    Each endpoint returns {"probabilities": (B, classes)}, column i = class_list[i].
+
     Written to a temporary folder beside `out_dir`, then renamed into place.
     """
     import keras
@@ -113,7 +129,8 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
 
     def endpoint(dtype, int_max):
         def serve(raw):
-            return model(preprocess_graph(raw, recipe, resize, int_max), training=False)
+            probs = model(preprocess_graph(raw, recipe, resize, int_max), training=False)
+            return {"probabilities": probs}
         return serve
 
     archive.add_endpoint("serve", endpoint(tf.float32, None),
@@ -131,14 +148,19 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
         with open(os.path.join(tmp, "assets", META_FILE), "w") as f:
             json.dump({"class_list": list(class_list), "recipe": recipe.to_dict(),
-                       "resize": resize,
+                       "resize": resize, "output": "probabilities",
+                       "serve_float_input_bits": recipe.input_bits,
                        "endpoints": ["serve", "serve_uint16", "serve_uint8"]}, f, indent=1)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        import dm_output
+        dm_output.replace(tmp, out_dir, folder=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.info("call it with: m = tf.saved_model.load(%r); m.serve_uint16(images)"
+             "['probabilities'] (images: uint16 (B, H, W); serve_uint8 for 8-bit, serve for "
+             "float32 %s); column i is class %s", out_dir,
+             f"{recipe.input_bits}-bit values" if recipe.input_bits else "raw values",
+             ", ".join(f"{i}={c}" for i, c in enumerate(class_list)))
     return out_dir
 
 

@@ -44,6 +44,12 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def _help_formatter():
+    """Help that shows every default (`dm_cli.HelpFormatter`)."""
+    import dm_cli
+    return dm_cli.HelpFormatter
+
+
 def _bool(g, name: str, dest: str, help: str) -> None:
     g.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
     g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
@@ -62,7 +68,8 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("val_dir", help="validation set, same layout")
     p.add_argument("test_dir", help="test set, same layout")
     g = p.add_argument_group("preprocessing recipe (stored with every saved model)")
-    g.add_argument("--img-size", "-is", dest="img_size", nargs=2, type=int, metavar=("H", "W"),
+    g.add_argument("--img-size", "--target-size", "-is", dest="img_size", nargs=2, type=int,
+                   metavar=("H", "W"),
                    help="resize every image to H x W (cubic)")
     _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
               short="-ic")
@@ -212,12 +219,14 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """The parser of `patch_clf_train.py` (kind='patch') or `image_clf_train.py` ('image')."""
     if kind == "patch":
-        p = argparse.ArgumentParser(description="Train a patch classifier in 3 stages.")
+        p = argparse.ArgumentParser(description="Train a patch classifier in 3 stages.",
+                                    formatter_class=_help_formatter())
         _data_flags(p)
         _patch_model_flags(p)
         defaults = PATCH_DEFAULTS
     elif kind == "image":
-        p = argparse.ArgumentParser(description="Train a whole-image classifier in 2 stages.")
+        p = argparse.ArgumentParser(description="Train a whole-image classifier in 2 stages.",
+                                    formatter_class=_help_formatter())
         _data_flags(p)
         _image_model_flags(p)
         defaults = IMAGE_DEFAULTS

@@ -40,6 +40,8 @@ class Recipe:
     equalize_hist: histogram-equalise the image cast to 8 bits.
     channels: 3 (grey duplicated) or 1 (YaroslavNet).
     featurewise_center / featurewise_mean: subtract one scalar mean.
+    input_bits: bit depth of the training images (8 or 16; None: unknown or not relevant), so
+    prediction can refuse or convert images of another depth (README "Prediction").
     """
 
     img_size: tuple[int, int] | None = (1152, 896)
@@ -50,6 +52,7 @@ class Recipe:
     channels: int = 3
     featurewise_center: bool = False
     featurewise_mean: float = 0.0
+    input_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.img_size is not None:

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -161,20 +160,104 @@ def common_class_list(models: Sequence[LoadedModel], override: Sequence[str] | N
 
 
 def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size: int = 4,
-                tta: bool = False, overrides: dict | None = None) -> np.ndarray:
-    """(N, classes) mean probabilities of several models, each with its own recipe."""
+                tta: bool = False, overrides: dict | None = None,
+                convert_bits: bool = False) -> np.ndarray:
+    """(N, classes) mean probabilities of several models, each with its own recipe.
+
+    Images of another bit depth than a model was trained on are refused, or with
+    `convert_bits` scaled to that depth (see `depth_groups`).
+    """
     if not models:
         raise InferenceError("no model given")
+    paths = list(paths)
+    depths = [file_bit_depth(p) for p in paths]
     preds = []
     for m in models:
         recipe = m.recipe(**(overrides or {}))
         nb_class = int(m.model.outputs[0].shape[-1])
-        ds = dm_image.make_dataset(list(paths), np.zeros(len(paths), np.int64), recipe,
-                                   nb_class, batch_size, training=False)
-        log.info("scoring %d images with %s (recipe %s%s)", len(paths), m.path,
-                 recipe.to_json(), ", 4-flip TTA" if tta else "")
-        preds.append(predict(m.model, ds, tta=tta))
+        out = None
+        for idx, r in depth_groups(paths, depths, recipe, convert_bits, m.path):
+            sub = [paths[i] for i in idx]
+            ds = dm_image.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
+                                       batch_size, training=False)
+            log.info("scoring %d images with %s (recipe %s%s)", len(sub), m.path,
+                     r.to_json(), ", 4-flip TTA" if tta else "")
+            p = predict(m.model, ds, tta=tta)
+            if out is None:
+                out = np.empty((len(paths), p.shape[-1]), np.float32)
+            out[idx] = p
+        preds.append(out)
     return np.mean(preds, axis=0)
+
+
+def file_bit_depth(path: str) -> int | None:
+    """Bits per pixel of an image file from its header: 8 or 16 for PNG/JPEG/BMP, the
+    stored bits of an integer DICOM; None when unknown (float DICOM values)."""
+    depth = dm_image.header_bit_depth(path)
+    if depth is not None:
+        return depth
+    import pydicom
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - header_bit_depth already read it once
+        return None
+    if float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0:
+        return None
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0)
+    return bits if 1 <= bits <= 16 else None
+
+
+def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
+    """The recipe applied to a `depth`-bit image as if it had been converted to
+    `recipe.input_bits` bits first (pixels x (2^in - 1) / (2^depth - 1))."""
+    factor = (2.0 ** recipe.input_bits - 1) / (2.0 ** depth - 1)
+    return dataclasses.replace(recipe, rescale_factor=(recipe.rescale_factor or 1.0) * factor)
+
+
+def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Recipe,
+                 convert: bool, model_path: str = "the model") -> list[tuple[list[int], Recipe]]:
+    """Split images by bit depth into (indices, recipe) groups, refusing what does not fit.
+
+    With `img_scale` every image is scaled by its own maximum, so depth does not matter.
+    Otherwise an image whose depth differs from the model's `input_bits` is refused (one
+    line naming the file, its depth and `--convert-bit-depth`), or converted with `convert`;
+    a model that records no depth refuses a mix of depths, as training does.
+    """
+    everything = [(list(range(len(paths))), recipe)]
+    if recipe.img_scale is not None or not paths:
+        return everything
+    known = {d for d in depths if d is not None}
+    want = recipe.input_bits
+    if want is None:
+        if len(known) > 1 and recipe.rescale_factor is not None:
+            d8 = min(known)
+            first = {d: paths[depths.index(d)] for d in known}
+            raise InferenceError(
+                f"{first[max(known)]}: {max(known)}-bit image among {d8}-bit ones (e.g. "
+                f"{first[d8]}); one --rescale-factor cannot fit both and {model_path} records no "
+                "input bit depth: give --input-bits N (with --convert-bit-depth) or score them "
+                "separately")
+        return everything
+    groups: dict[int, list[int]] = {}
+    for i, d in enumerate(depths):
+        groups.setdefault(want if d is None else d, []).append(i)
+    for d, idx in groups.items():
+        if d != want and not convert:
+            raise InferenceError(
+                f"{paths[idx[0]]}: {d}-bit image, but {model_path} was trained on {want}-bit "
+                f"images; add --convert-bit-depth to scale it to {want} bits (or give a "
+                "matching --rescale-factor with --input-bits)")
+    return [(idx, recipe if d == want else bit_conversion(recipe, d))
+            for d, idx in sorted(groups.items())]
+
+
+def recipe_for_image(path: str, recipe: Recipe, convert: bool = False,
+                     model_path: str = "the model") -> Recipe:
+    """The recipe to apply to one image file after the bit-depth check of `depth_groups`
+    (refused, or converted with `convert`), for tools that read images one at a time
+    (heatmaps)."""
+    [(_, r)] = depth_groups([path], [file_bit_depth(path)], recipe, convert, model_path)
+    return r
 
 
 # --------------------------------------------------------------------------- input lists
@@ -204,8 +287,8 @@ def list_images(root: str) -> list[str]:
 
 
 def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = None,
-                  csv_path: str | None = None, class_list: Sequence[str] | None = None
-                  ) -> InputList:
+                  csv_path: str | None = None, class_list: Sequence[str] | None = None,
+                  split: str | None = None) -> InputList:
     """Image paths (and labels when known) from exactly one of the three sources.
 
     A folder whose sub-folders are exactly the class names gives labels (training
@@ -227,11 +310,17 @@ def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = N
             paths, labels = dm_image.list_class_folders(image_dir, class_list)
             return InputList(paths, labels)
         return InputList(list_images(image_dir))
-    return read_input_csv(csv_path, class_list)
+    return read_input_csv(csv_path, class_list, split)
 
 
-def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None) -> InputList:
-    """A CSV of images: `path` required, `label` optional, other columns kept as text."""
+def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None,
+                   split: str | None = None) -> InputList:
+    """A CSV of images: `path` required, `label` optional, other columns kept as text.
+
+    A recipe's own `images.csv` works too: without a `path` column, `full_img_file` names a
+    file in the `full_images/` folder beside the CSV (README "Data recipes"). `split` keeps
+    the rows whose `split` column has that value.
+    """
     if not os.path.isfile(csv_path):
         raise InferenceError(f"{csv_path}: CSV file not found")
     base = os.path.dirname(os.path.abspath(csv_path))
@@ -239,16 +328,30 @@ def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None) -> In
         reader = csv.DictReader(f)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         lower = [c.lower() for c in fields]
-        if "path" not in lower:
-            raise InferenceError(f"{csv_path}: no 'path' column (columns: {fields})")
         rows = list(reader)
+    lines = list(range(2, len(rows) + 2))
+    if "path" in lower:
+        pcol = fields[lower.index("path")]
+    elif "full_img_file" in lower:
+        pcol = fields[lower.index("full_img_file")]
+        base = os.path.join(base, "full_images")
+    else:
+        raise InferenceError(f"{csv_path}: no 'path' (or recipe 'full_img_file') column "
+                             f"(columns: {fields})")
+    if split is not None:
+        if "split" not in lower:
+            raise InferenceError(f"{csv_path}: --split given but the CSV has no 'split' column")
+        scol = fields[lower.index("split")]
+        keep = [k for k, r in enumerate(rows) if (r.get(scol) or "").strip() == split]
+        rows, lines = [rows[k] for k in keep], [lines[k] for k in keep]
+        if not rows:
+            raise InferenceError(f"{csv_path}: no rows with split {split!r}")
     if not rows:
         raise InferenceError(f"{csv_path}: no rows")
-    pcol = fields[lower.index("path")]
     lcol = fields[lower.index("label")] if "label" in lower else None
     others = [c for c in fields if c not in (pcol, lcol)]
     paths, labels = [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows):
         p = (row.get(pcol) or "").strip()
         if not p:
             raise InferenceError(f"{csv_path}: line {line}: empty path")
@@ -303,18 +406,10 @@ def write_predictions_csv(path: str, inputs: InputList, probs: np.ndarray,
 
 
 def atomic_write(path: str, writer, text: bool = False) -> None:
-    """Write through `writer(fileobj)` to a temporary file beside `path`, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
-            writer(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write through `writer(fileobj)` safely (`dm_output.atomic_write`: temporary file then
+    rename, symlinks/devices/FIFOs written through, umask honoured, `-` = stdout)."""
+    import dm_output
+    dm_output.atomic_write(path, writer, text)
 
 
 # --------------------------------------------------------------------------- sliding window

@@ -75,7 +75,8 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
             if meta is not None:
                 with zipfile.ZipFile(tmp, "a") as z:
                     z.writestr(META_MEMBER, meta.to_json())
-        os.replace(tmp, path)
+        import dm_output
+        dm_output.replace(tmp, str(path))
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

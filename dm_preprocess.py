@@ -114,7 +114,8 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buf.tobytes())
-        os.replace(tmp, p)
+        import dm_output
+        dm_output.replace(tmp, str(p))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

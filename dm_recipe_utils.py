@@ -9,6 +9,8 @@ Every recipe writes the same layout under its output folder::
     images.csv                       one row per image: ids, label (neg/pos), split, full_img_file
     patients_{train,val,test,trainval}.txt
     {train,val,test}/{neg,pos}/<image>.png   hard links (or copies) of the full images
+    layout.json                      image size, bit depth, rescale factor, training-split mean
+    skipped.txt                      every skipped case with its reason (when there are any)
 """
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Iterable, Mapping
+
+import json
 
 import numpy as np
 import pandas as pd
+
+import dm_output
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +34,22 @@ IMAGE_COLUMNS = ["patient_id", "side", "view", "image_id", "label", "split", "fu
 SPLITS = ("train", "val", "test")
 FULL_DIR = "full_images"
 MASK_DIR = "roi_masks"
+LAYOUT_FILE = "layout.json"
+SKIPPED_FILE = "skipped.txt"
+
+
+class NothingConvertedError(ValueError):
+    """A recipe run that produced no image (wrong folder, no matching files)."""
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a CSV atomically (temp file in the same folder, then os.replace)."""
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".csv")
-    os.close(fd)
+    tmp = dm_output.temp_path(str(p), ".csv")
     try:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, p)
+        dm_output.replace(tmp, str(p))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,13 +58,8 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     """Write one item per line atomically."""
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        for line in lines:
-            f.write(f"{line}\n")
-    os.replace(tmp, p)
+    text = "".join(f"{line}\n" for line in lines)
+    dm_output.atomic_write(str(path), lambda f: f.write(text), text=True)
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
@@ -119,15 +124,56 @@ def link_or_copy(src: pathlib.Path, dst: pathlib.Path) -> None:
 
 
 def write_layout(out_dir: str | os.PathLike, roi: pd.DataFrame, images: pd.DataFrame,
-                 split_of: Mapping[str, str]) -> None:
+                 split_of: Mapping[str, str], img_size=None, target_height: int | None = None
+                 ) -> None:
     """The common recipe output: roi_mask_path.csv, images.csv, the patient lists (of
-    patients that still have images) and the neg/pos class folders."""
+    patients that still have images), the neg/pos class folders and layout.json (the size the
+    images were made at, their bit depth and the training split's featurewise mean).
+
+    Refuses (NothingConvertedError) when there is no image at all.
+    """
     out = pathlib.Path(out_dir)
+    if len(images) == 0:
+        raise NothingConvertedError(f"{out}: no image was converted; nothing written")
     write_csv(roi, out / "roi_mask_path.csv")
     write_csv(images, out / "images.csv")
     present = set(images["patient_id"])
     write_patient_lists(out, {p: s for p, s in split_of.items() if p in present})
     write_class_folders(out, images)
+    write_layout_info(out, images, img_size, target_height)
+
+
+def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None,
+                      target_height: int | None = None) -> dict:
+    """layout.json: what later steps need to know about the images without guessing.
+
+    `img_size` (H, W) when every image was resized to it; the bit depth; the rescale factor
+    for that depth and the featurewise mean of the training split after it (the values the
+    trainers' --rescale-factor / --featurewise-mean take).
+    """
+    import featurewise_mean
+    train = images[images["split"] == "train"]
+    paths = [str(out_dir / FULL_DIR / f) for f in (train if len(train) else images)["full_img_file"]]
+    mean, factor, bits = featurewise_mean.mean_pixel(paths)
+    info = {"img_size": [int(v) for v in img_size] if img_size else None,
+            "target_height": int(target_height) if target_height and not img_size else None,
+            "bit_depth": bits, "rescale_factor": round(factor, 6),
+            "featurewise_mean": round(mean, 2), "mean_of": "train" if len(train) else "all"}
+    text = json.dumps(info, indent=1) + "\n"
+    dm_output.atomic_write(str(out_dir / LAYOUT_FILE), lambda f: f.write(text), text=True)
+    log.info("training split: %d-bit images, featurewise mean %.2f after rescale factor %.6g: "
+             "train with --rescale-factor %.6g --featurewise-mean %.2f", bits or 0, mean, factor,
+             factor, mean)
+    return info
+
+
+def read_layout_info(folder: str | os.PathLike) -> dict | None:
+    """layout.json of a recipe output folder (or of the parent of its full_images/), if any."""
+    for d in (pathlib.Path(folder), pathlib.Path(folder).parent):
+        p = d / LAYOUT_FILE
+        if p.is_file():
+            return json.loads(p.read_text())
+    return None
 
 
 def write_class_folders(out_dir: str | os.PathLike, images: pd.DataFrame) -> None:
@@ -141,6 +187,30 @@ def write_class_folders(out_dir: str | os.PathLike, images: pd.DataFrame) -> Non
             continue
         src = out / FULL_DIR / row.full_img_file
         link_or_copy(src, out / row.split / row.label / row.full_img_file)
+
+
+def write_skipped(out_dir: str | os.PathLike, skipped: Iterable[str]) -> str | None:
+    """skipped.txt with every skipped case and its reason (removed when there is none)."""
+    p = pathlib.Path(out_dir) / SKIPPED_FILE
+    skipped = list(skipped)
+    if not skipped:
+        if p.is_file():
+            p.unlink()
+        return None
+    write_lines(p, skipped)
+    return str(p)
+
+
+def check_converted(out_dir: str | os.PathLike, images: pd.DataFrame, skipped: Iterable[str],
+                    name: str) -> None:
+    """Write skipped.txt; refuse (exit non-zero) a run that converted no image."""
+    skipped = list(skipped)
+    listed = write_skipped(out_dir, skipped)
+    if len(images) == 0:
+        raise NothingConvertedError(
+            f"{name}: no image converted into {out_dir}"
+            + (f"; {len(skipped)} case(s) skipped, listed in {listed} (first: {skipped[0]})"
+               if skipped else "; no case matched the input"))
 
 
 def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
@@ -161,8 +231,9 @@ def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
         c = summary[s]
         log.info("  %-6s %7d %8d %6d %6d", s, c["images"], c["patients"], c["neg"], c["pos"])
     if summary["skipped"]:
-        log.warning("  skipped %d broken case(s): %s", len(summary["skipped"]),
-                    "; ".join(summary["skipped"][:10]) + (" ..." if len(summary["skipped"]) > 10 else ""))
+        log.warning("  skipped %d broken case(s) (all listed in %s): %s", len(summary["skipped"]),
+                    SKIPPED_FILE, "; ".join(summary["skipped"][:10])
+                    + (" ..." if len(summary["skipped"]) > 10 else ""))
     return summary
 
 
@@ -173,8 +244,9 @@ def run_cli(main) -> None:
     setup_cli_logging()
     try:
         main(sys.argv[1:])
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    except (OSError, ValueError) as err:
+        log.error("error: %s", err)
+        sys.exit(2)
 
 
 def setup_cli_logging(verbose: bool = True) -> None:

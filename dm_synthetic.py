@@ -316,7 +316,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         img_rows.append([pid, side, view, image_id, "pos" if s.label else "neg", split, fname])
     images = pd.DataFrame(img_rows, columns=IMAGE_COLUMNS)
     rois = pd.DataFrame(roi_rows, columns=ROI_COLUMNS)
-    write_layout(out, rois, images, split_of)
+    write_layout(out, rois, images, split_of, img_size=img_size)
     summary = summarize(images, rois, name="synthetic")
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
@@ -326,21 +326,29 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description="Write a seeded synthetic mammogram dataset (CBIS-DDSM recipe layout).")
-    ap.add_argument("out_dir")
-    ap.add_argument("--n-patients", type=int, default=60)
-    ap.add_argument("--views-per-patient", type=int, default=2)
-    ap.add_argument("--img-size", type=int, nargs=2, default=[576, 448], metavar=("H", "W"))
-    ap.add_argument("--seed", type=int, default=12345)
-    ap.add_argument("--lesion-fraction", type=float, default=0.5)
-    ap.add_argument("--malignant-fraction", type=float, default=0.6)
-    ap.add_argument("--calc-fraction", type=float, default=0.35)
-    ap.add_argument("--val-size", type=float, default=0.15)
-    ap.add_argument("--test-size", type=float, default=0.2)
-    ap.add_argument("--mass-contrast", type=float, default=SynthConfig.mass_contrast)
-    ap.add_argument("--calc-contrast", type=float, default=SynthConfig.calc_contrast)
-    ap.add_argument("--mass-radius", type=float, nargs=2, default=list(SynthConfig.mass_radius), metavar=("MIN", "MAX"))
-    ap.add_argument("--calc-radius", type=float, default=SynthConfig.calc_radius)
+    import dm_cli
+    ap = argparse.ArgumentParser(description="Write a seeded synthetic mammogram dataset (CBIS-DDSM recipe layout).",
+                                 formatter_class=dm_cli.HelpFormatter)
+    ap.add_argument("out_dir", help="output folder (the recipe layout)")
+    ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
+    ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
+    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=[576, 448], metavar=("H", "W"),
+                    help="image size")
+    ap.add_argument("--seed", type=int, default=12345, help="seeds every image and the splits")
+    ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")
+    ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")
+    ap.add_argument("--calc-fraction", type=float, default=0.35,
+                    help="fraction of lesions that are calcification clusters (else masses)")
+    ap.add_argument("--val-size", type=float, default=0.15, help="fraction of patients for validation")
+    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
+    ap.add_argument("--mass-contrast", type=float, default=SynthConfig.mass_contrast,
+                    help="intensity added by a mass (tissue spans about 0.2-0.75)")
+    ap.add_argument("--calc-contrast", type=float, default=SynthConfig.calc_contrast,
+                    help="intensity added by a calcification")
+    ap.add_argument("--mass-radius", type=float, nargs=2, default=list(SynthConfig.mass_radius), metavar=("MIN", "MAX"),
+                    help="mass radius range, as a fraction of the image width")
+    ap.add_argument("--calc-radius", type=float, default=SynthConfig.calc_radius,
+                    help="calcification radius, as a fraction of the image width (at least 1 px)")
     a = ap.parse_args(argv)
     setup_cli_logging()
     cfg = SynthConfig(mass_contrast=a.mass_contrast, calc_contrast=a.calc_contrast,

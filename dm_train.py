@@ -78,11 +78,11 @@ def strategy_scope(strategy):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
-def recipe_from_config(cfg, channels: int) -> Recipe:
+def recipe_from_config(cfg, channels: int, input_bits: int | None = None) -> Recipe:
     return Recipe(img_size=tuple(cfg.img_size), img_scale=cfg.img_scale,
                   rescale_factor=cfg.rescale_factor, equalize_hist=cfg.equalize_hist,
                   channels=channels, featurewise_center=cfg.featurewise_center,
-                  featurewise_mean=cfg.featurewise_mean)
+                  featurewise_mean=cfg.featurewise_mean, input_bits=input_bits)
 
 
 def augment_from_config(cfg) -> Augment | None:
@@ -152,12 +152,12 @@ def config_fingerprint(cfg) -> str:
 
 
 def _truncate_history(csv: str, next_epoch: int) -> None:
-    """Keep the history rows of epochs before `next_epoch` (0-based), atomically."""
+    """Keep the history rows of the `next_epoch` completed epochs (rows count from 1)."""
     if not os.path.exists(csv):
         return
     lines = pathlib.Path(csv).read_text().splitlines(keepends=True)
     kept = lines[:1] + [l for l in lines[1:] if l.split(",")[0].strip().isdigit()
-                        and int(l.split(",")[0]) < next_epoch]
+                        and int(l.split(",")[0]) <= next_epoch]
     tmp = csv + ".tmp"
     pathlib.Path(tmp).write_text("".join(kept))
     os.replace(tmp, csv)
@@ -187,7 +187,13 @@ def make_callbacks(cfg, checkpoint, resume: dict | None) -> tuple[list, list]:
         _truncate_history(csv, resume["epoch"])
     elif os.path.exists(csv):
         os.remove(csv)
-    cbs.append(keras.callbacks.CSVLogger(csv, append=True))
+
+    class HistoryCSV(keras.callbacks.CSVLogger):
+        """Epochs counted from 1, as on the console and in the returned history."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch + 1, logs)
+    cbs.append(HistoryCSV(csv, append=True))
     if cfg.tensorboard:
         cbs.append(keras.callbacks.TensorBoard(cfg.tensorboard))
     return cbs, stateful
@@ -204,16 +210,90 @@ def find_resume_state(cfg, last: str | None) -> dict | None:
         raise RunError(f"--resume: no interrupted run of this command to resume "
                        f"({last or 'no output path given'})")
     if state:
-        log.info("resuming from %s: stage %d, epoch %d (delete it to start over)", last,
-                 state["stage"] + 1, state["epoch"] + 1)
+        log.info("resuming from %s: epochs 1-%d are done, continuing at epoch %d (stage %d); "
+                 "delete it to start over", last, state["epoch"], state["epoch"] + 1,
+                 state["stage"] + 1)
     return state
 
 
-def check_split_folders(cfg) -> None:
-    """List all three sets before any long work, so a bad folder fails at once."""
+def check_split_folders(cfg) -> int | None:
+    """List all three sets before any long work, so a bad folder fails at once.
+
+    Returns the training images' bit depth when they share one; the saved recipe records
+    it so prediction can refuse images of another depth.
+    """
+    bits = None
     for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
         paths, _ = dm_image.list_class_folders(folder, cfg.class_list)
-        dm_image.check_bit_depths(paths, cfg.rescale_factor)
+        depths = dm_image.check_bit_depths(paths, cfg.rescale_factor)
+        if folder == cfg.train_dir and len(depths) == 1:
+            bits = depths.pop()
+    return bits
+
+
+def useless_flags(cfg, kind: str) -> list[str]:
+    """One warning line per flag, given a non-default value, that does nothing in this run."""
+    import dm_flags
+    defaults = dm_flags.PATCH_DEFAULTS if kind == "patch" else dm_flags.IMAGE_DEFAULTS
+    changed = {k for k, v in defaults.items() if getattr(cfg, k, v) != v}
+    out = []
+    if kind == "patch" and not cfg.use_pretrained:
+        for name in ("top_layer_epochs", "all_layer_epochs", "top_layer_multiplier",
+                     "all_layer_multiplier", "weight_decay2", "hidden_dropout2"):
+            if name in changed:
+                out.append(f"--{name.replace('_', '-')} does nothing: without pretrained weights "
+                           "the patch classifier trains in one stage of --nb-epoch epochs")
+    if kind == "image" and cfg.all_layer_epochs <= 0 and "all_layer_multiplier" in changed:
+        out.append("--all-layer-multiplier does nothing: --all-layer-epochs is 0")
+    if len(cfg.class_list) < 3 and "neg_cls_weight" in changed:
+        out.append("--neg-cls-weight does nothing: it weighs class 2 and the model has "
+                   f"{len(cfg.class_list)} classes")
+    if cfg.auto_batch_balance:
+        out += [f"--{n.replace('_', '-')} does nothing with --auto-batch-balance"
+                for n in ("pos_cls_weight", "neg_cls_weight") if n in changed]
+    if cfg.optim != "sgd" and "lr_patience" in changed:
+        out.append(f"--lr-patience does nothing with --optimizer {cfg.optim} (lr halving is "
+                   "for sgd)")
+    if not cfg.featurewise_center and "featurewise_mean" in changed:
+        out.append("--featurewise-mean does nothing with --no-featurewise-center")
+    return out
+
+
+class RunLock:
+    """`<best model>.lock`, held (flock) while a run writes that model: a second run with
+    the same --best-model is refused. The kernel drops the lock when the process ends, even
+    after kill -9, so a stale file never blocks a new run."""
+
+    def __init__(self, target: str | None):
+        self.path = None if not target or target == "NOSAVE" else target + ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        import fcntl
+        pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path}: another run is writing this best model ({holder}); "
+                           "wait for it, stop it, or choose another --best-model") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
 
 
 def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
@@ -228,14 +308,21 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
     if cfg.bias_multiplier is not None:
         log.warning("--bias-multiplier %s has no effect (Keras has no per-weight learning "
                     "rates); accepted so the original scripts run", cfg.bias_multiplier)
-    check_split_folders(cfg)
+    for line in useless_flags(cfg, kind):
+        log.warning("%s", line)
+    with RunLock(cfg.best_model):
+        return _train_and_test(cfg, kind, build_model, make_stages, meta_extra)
+
+
+def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
+    input_bits = check_split_folders(cfg)
     last = last_checkpoint_path(cfg)
     state = find_resume_state(cfg, last)
     strategy = setup_runtime(cfg)
     with strategy_scope(strategy):
         model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
     channels = int(model.inputs[0].shape[-1])
-    recipe = recipe_from_config(cfg, channels)
+    recipe = recipe_from_config(cfg, channels, input_bits)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=kind, extra=meta_extra)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(cfg.class_list):
@@ -288,8 +375,10 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
         log.info("final model saved: %s", cfg.final_model)
     if history.get("val_loss"):
         i = int(np.argmin(history["val_loss"]))
-        log.info("minimum val loss %.4f at epoch %d (val accuracy %.4f)", history["val_loss"][i],
-                 history["epoch"][i], history.get("val_accuracy", [math.nan] * (i + 1))[i])
+        log.info("minimum val loss %.4f at epoch %d (val accuracy %.4f); the best model is "
+                 "chosen by validation %s, not by this", history["val_loss"][i],
+                 history["epoch"][i], history.get("val_accuracy", [math.nan] * (i + 1))[i],
+                 "AUROC" if kind == "image" else "accuracy")
 
     best = model
     if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
@@ -301,8 +390,18 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
                   test_labels=test.labels, test_probs=probs,
                   test_accuracy=float(np.mean(probs.argmax(-1) == test.labels)),
                   test_auroc=dm_keras_ext.mean_auroc(test.labels, probs))
-    log.info("accuracy on test set: %.4f", result["test_accuracy"])
-    log.info("AUROC on test set: %.4f", result["test_auroc"])
+    log.info("%s", accuracy_line(result["test_accuracy"], test.labels, cfg.class_list))
+    if len(cfg.class_list) > 2:
+        log.info("AUROC on test set (mean one-vs-rest over %d classes): %.4f",
+                 len(cfg.class_list), result["test_auroc"])
+        if kind == "patch":
+            y = test.labels != 0
+            result["test_auroc_lesion"] = (dm_keras_ext.mean_auroc(y.astype(int), np.stack(
+                [probs[:, 0], 1.0 - probs[:, 0]], axis=1)) if 0 < y.sum() < len(y) else math.nan)
+            log.info("lesion-vs-%s AUROC on test set (1 - p(%s)): %.4f", cfg.class_list[0],
+                     cfg.class_list[0], result["test_auroc_lesion"])
+    else:
+        log.info("AUROC on test set: %.4f", result["test_auroc"])
     if cfg.test_augment:
         probs_tta = dm_inference.predict(best, test.ds, tta=True)
         result["test_auroc_tta"] = dm_keras_ext.mean_auroc(test.labels, probs_tta)
@@ -310,6 +409,17 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
     if last and os.path.exists(last):
         os.remove(last)  # the run is complete: the same command trains afresh next time
     return result
+
+
+def accuracy_line(accuracy: float, labels, class_list) -> str:
+    """The test-accuracy log line; an accuracy equal to the majority-class rate is flagged,
+    since predicting that class for every image scores exactly it."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_list))
+    majority = counts.max() / max(1, counts.sum())
+    note = (f" (= the majority-class rate of '{class_list[int(counts.argmax())]}': the model "
+            "may be predicting one class for everything)" if abs(accuracy - majority) < 1e-9
+            else "")
+    return f"accuracy on test set: {accuracy:.4f}{note}"
 
 
 def cli(kind: str, run: Callable, argv=None) -> int:

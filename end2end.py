@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [PATH]",
                    help="'synthetic', or 'mias PATH' (the mini-MIAS folder)")
-    g.add_argument("--out", default="runs/end2end", help="output folder")
+    g.add_argument("--out", "--out-dir", default="runs/end2end", help="output folder")
     g.add_argument("--n-patients", type=int, default=150, help="synthetic patients (2 views each)")
     g.add_argument("--img-size", nargs=2, type=int, default=[288, 224], metavar=("H", "W"),
                    help="whole-image size (the paper: 1152 896)")
@@ -39,14 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("models and training")
     g.add_argument("--net", default="dm_resnet_14",
                    help="patch net (a ResNetBuilder net with 16 initial filters by default)")
-    g.add_argument("--nb-init-filter", type=int, default=16)
+    g.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv layer")
     g.add_argument("--patch-epochs", nargs=3, type=int, default=[1, 1, 6],
                    metavar=("DENSE", "TOP", "ALL"), help="epochs of the 3 patch stages")
     g.add_argument("--image-epochs", nargs=2, type=int, default=[2, 8], metavar=("TOP", "ALL"),
                    help="epochs of the 2 whole-image stages")
-    g.add_argument("--top-depths", nargs="+", type=int, default=[64, 64])
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--seed", type=int, default=12345)
+    g.add_argument("--top-depths", nargs="+", type=int, default=[64, 64],
+                   help="depths of the whole-image top blocks")
+    g.add_argument("--batch-size", type=int, default=32, help="batch size of both trainers")
+    g.add_argument("--seed", type=int, default=12345, help="seeds data, sampling and training")
     return p
 
 
@@ -247,9 +248,12 @@ def run(args) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)      # before TensorFlow: --help answers at once
+    import dm_cli
+    dm_cli.quiet_tensorflow()
     import dm_train
     dm_train.setup_logging()
-    run(build_parser().parse_args(argv))
+    run(args)
     return 0
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import os
 import sys
 
-import keras
-
-import dm_keras_ext
-import dm_resnet
-import dm_train
+import dm_cli
+import dm_flags
 
 
 def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
+    import keras
+    import dm_keras_ext
+    import dm_resnet
+    import dm_train
     safe = not cfg.unsafe_load
     if cfg.resume_from is not None:
         dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
@@ -51,6 +52,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
     if isinstance(cfg, (str, os.PathLike)):
         import dm_original
         cfg = dm_original.trainer_config("image", cfg, *dirs, **original_kw)
+    import dm_keras_ext
+    import dm_train
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     return dm_train.train_and_test(cfg, "image", lambda: build_image_model(cfg),
@@ -58,7 +61,12 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_train.cli("image", run, argv)
+    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
+    cfg = dm_flags.parse("image", argv)
+    dm_cli.quiet_tensorflow()
+    import dm_train
+    dm_train.setup_logging()
+    return dm_train.guarded(run, cfg)
 
 
 if __name__ == "__main__":

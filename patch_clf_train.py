@@ -10,12 +10,13 @@ import dataclasses
 import os
 import sys
 
-import dm_keras_ext
-import dm_train
+import dm_cli
+import dm_flags
 
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
+    import dm_keras_ext
     if cfg.resume_from is not None:
         dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
@@ -38,6 +39,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
     if isinstance(cfg, (str, os.PathLike)):
         import dm_original
         cfg = dm_original.trainer_config("patch", cfg, *dirs, **original_kw)
+    import dm_keras_ext
+    import dm_train
     def stages(model):
         if cfg.top_layer_nb is not None or not cfg.use_pretrained:
             return dm_keras_ext.patch_stages(cfg)
@@ -49,7 +52,12 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_train.cli("patch", run, argv)
+    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
+    cfg = dm_flags.parse("patch", argv)
+    dm_cli.quiet_tensorflow()
+    import dm_train
+    dm_train.setup_logging()
+    return dm_train.guarded(run, cfg)
 
 
 if __name__ == "__main__":

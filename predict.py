@@ -1,13 +1,16 @@
 """Score mammograms with one or more saved models (averaged), optionally with 4-flip TTA.
 
     python predict.py MODEL [MODEL ...] (--images P ... | --image-dir DIR | --csv FILE) \
-        --out preds.csv [--test-augment] [--batch-size N] [recipe overrides]
+        [--out preds.csv | --out -] [--test-augment] [--batch-size N] [recipe overrides]
 
 Each model's class list and preprocessing recipe are read from its file; the flags
 below only override them. The CSV has `path`, one probability column per class name,
 `label` when the source has labels, and any extra columns of an input CSV (e.g.
-patient_id, side, view, used by evaluate.py for breast/exam aggregation).
-`--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
+patient_id, side, view, used by evaluate.py for breast/exam aggregation); a recipe's own
+`images.csv` works as `--csv` (with `--split test` to score one split). `--out -`, or no
+`--out` for up to 20 images, prints the CSV on standard output (the log goes to stderr).
+Images of another bit depth than the model was trained on are refused unless
+`--convert-bit-depth`. `--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
 """
 from __future__ import annotations
 
@@ -15,21 +18,33 @@ import argparse
 import logging
 import sys
 
+import dm_cli
+
 log = logging.getLogger("predict")
+STDOUT_MAX_IMAGES = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL", help=".keras or .h5 model file(s)")
     src = p.add_argument_group("input (exactly one)")
     src.add_argument("--images", nargs="+", metavar="PATH", help="image or DICOM files")
     src.add_argument("--image-dir", metavar="DIR",
                      help="folder, searched recursively (class sub-folders give labels)")
-    src.add_argument("--csv", metavar="FILE", help="CSV with a path column (label optional)")
-    p.add_argument("--out", metavar="CSV", help="predictions CSV to write")
+    src.add_argument("--csv", metavar="FILE",
+                     help="CSV with a path column (label optional), or a recipe's images.csv")
+    src.add_argument("--split", metavar="NAME",
+                     help="with --csv: only rows whose split column is NAME (e.g. test)")
+    p.add_argument("--out", metavar="CSV",
+                   help=f"predictions CSV to write; '-' prints it (the default for up to "
+                        f"{STDOUT_MAX_IMAGES} images)")
     p.add_argument("--test-augment", action="store_true",
                    help="average the image and its horizontal, vertical and double flips")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    p.add_argument("--convert-bit-depth", action="store_true",
+                   help="scale images of another bit depth to the one the model was trained "
+                        "on (else they are refused)")
     p.add_argument("--class-list", nargs="+", default=None,
                    help="column names, only for models that store none")
     p.add_argument("--unsafe-load", action="store_true",
@@ -37,14 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", action="store_true",
                    help="raw probabilities: ignore the calibration stored by calibrate.py")
     r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
-    r.add_argument("--img-size", nargs=2, type=int, metavar=("H", "W"))
-    r.add_argument("--img-scale", type=float)
-    r.add_argument("--rescale-factor", type=float)
-    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True)
-    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", const=False)
+    r.add_argument("--img-size", "--target-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="resize every image to H x W")
+    r.add_argument("--img-scale", type=float, help="scale each image so its maximum is this")
+    r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
+    r.add_argument("--input-bits", type=int, choices=(8, 16),
+                   help="bit depth the model expects (for models that record none)")
+    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
+                   help="histogram-equalise each image")
+    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", const=False,
+                   help="do not histogram-equalise")
     r.add_argument("--featurewise-mean", type=float, help="subtract this mean (turns centring on)")
     r.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
-                   const=False)
+                   const=False, help="do not subtract a mean")
     e = p.add_argument_group("export")
     e.add_argument("--export", metavar="DIR",
                    help="write a serving SavedModel of the (single) model with its recipe built in")
@@ -59,7 +79,8 @@ def overrides_from(args) -> dict:
     return dict(img_size=args.img_size, img_scale=args.img_scale,
                 rescale_factor=args.rescale_factor, equalize_hist=args.equalize_hist,
                 featurewise_mean=args.featurewise_mean,
-                featurewise_center=getattr(args, "featurewise_center", None))
+                featurewise_center=getattr(args, "featurewise_center", None),
+                input_bits=getattr(args, "input_bits", None))
 
 
 def run(args) -> int:
@@ -83,22 +104,59 @@ def run(args) -> int:
             log.info("exported %s to %s", args.models[0], args.export_onnx)
         if not (args.images or args.image_dir or args.csv):
             return 0
-    if not args.out:
-        raise inf.InferenceError("--out is required to write predictions")
-    inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list)
+    if args.split and not args.csv:
+        raise inf.InferenceError("--split goes with --csv")
+    inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
+    out = args.out or "-"
+    if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
+        raise inf.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
+                                 "print the CSV)")
     import dm_calibration
     probs = dm_calibration.score_models(
         models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size, args.test_augment,
-                                           overrides_from(args)),
+                                           overrides_from(args),
+                                           convert_bits=args.convert_bit_depth),
         enabled=not args.no_calibration)
-    inf.write_predictions_csv(args.out, inputs, probs, class_list)
-    log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list), args.out)
+    inf.write_predictions_csv(out, inputs, probs, class_list)
+    log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list),
+             "standard output" if out == "-" else out)
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """The log on stderr while the CSV goes to standard output."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    dm_cli.quiet_tensorflow()
     import dm_train
-    return dm_train.run_command(build_parser, run, argv)
+    dm_train.setup_logging()
+    import dm_output
+    if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
+        return dm_train.guarded(run, args)
+    # The CSV goes to standard output: move the log to stderr for this run.
+    root = logging.getLogger()
+    moved = [h for h in root.handlers if isinstance(h, dm_train._StdoutHandler)]
+    err = _StderrHandler()
+    err.setFormatter(moved[0].formatter if moved else None)
+    for h in moved:
+        root.removeHandler(h)
+    root.addHandler(err)
+    try:
+        return dm_train.guarded(run, args)
+    finally:
+        root.removeHandler(err)
+        for h in moved:
+            root.addHandler(h)
 
 
 if __name__ == "__main__":

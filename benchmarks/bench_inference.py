@@ -99,7 +99,7 @@ def main(argv=None) -> dict:
         served, _ = dm_export.load_serving(str(tmp / "served"))
         raw = np.stack([cv2.imread(q, cv2.IMREAD_UNCHANGED) for q in paths])
         served.serve_uint16(raw[:a.batch_size])                   # warm-up
-        res["export_img_s"] = timed(lambda: [served.serve_uint16(raw[i:i + a.batch_size]).numpy()
+        res["export_img_s"] = timed(lambda: [served.serve_uint16(raw[i:i + a.batch_size])["probabilities"].numpy()
                                              for i in range(0, a.n, a.batch_size)], a.n)
         log.info("exported SavedModel (raw uint16 in): %.3f images/s", res["export_img_s"])
     res = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}

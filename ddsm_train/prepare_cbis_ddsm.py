@@ -30,9 +30,10 @@ import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import dm_cli  # noqa: E402
 from dm_preprocess import ImageReadError, dicom_shape, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
@@ -282,25 +283,30 @@ def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: 
     abn = abn[abn["roi_mask_file"].isin(ok_masks)]
     roi = abn[ROI_COLUMNS + ["official", "assessment", "subtlety", "breast_density"]].rename(
         columns={"official": "official_split"})
+    check_converted(out, images, skipped, "CBIS-DDSM")
     write_layout(out, roi.sort_values(["patient_id", "side", "view", "type", "abn_num"]),
-                 images[IMAGE_COLUMNS], split_of)
+                 images[IMAGE_COLUMNS], split_of, img_size=img_size, target_height=target_height)
     return summarize(images, abn, skipped, name="CBIS-DDSM")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description="CBIS-DDSM download -> PNG images, ROI masks, splits, class folders.")
+    ap = argparse.ArgumentParser(description="CBIS-DDSM download -> PNG images, ROI masks, splits, class folders.",
+                                 formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("dicom_root", help="the downloaded DICOM tree (CBIS-DDSM/...)")
     ap.add_argument("csv_dir", help="folder with the four official case-description CSVs")
-    ap.add_argument("out_dir")
-    ap.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    ap.add_argument("out_dir", help="output folder (the recipe layout)")
+    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="resize full images to H x W (e.g. 1152 896)")
-    ap.add_argument("--target-height", type=int, default=4096, help="else resize to this height keeping the aspect")
+    ap.add_argument("--target-height", "--img-height", type=int, default=4096,
+                    help="else resize to this height keeping the aspect")
     ap.add_argument("--native-size", action="store_true", help="keep the DICOM size")
     ap.add_argument("--val-size", type=float, default=0.1, help="fraction of non-test patients for validation")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
-    ap.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)))
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
+                    help="split seed ($RANDOM_SEED)")
+    ap.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),
+                    help="conversion processes ($NUM_CPU_CORES)")
     ap.add_argument("--limit", type=int, default=None, help="convert only the first N images (trial runs)")
-    ap.add_argument("--no-verbose", dest="verbose", action="store_false")
+    ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.dicom_root, a.csv_dir, a.out_dir, a.img_size, None if a.native_size else a.target_height,
                    a.val_size, a.seed, a.nb_workers, a.limit, a.verbose)

@@ -4,9 +4,16 @@ Same positional arguments, flags and defaults as the original
 `ddsm_train/sample_patches_combined.py`:
 
     python ddsm_train/sample_patches_combined.py ROI_MASK_PATH_FILE ROI_MASK_DIR \
-        PAT_TRAIN_LIST_FILE FULL_IMG_DIR TRAIN_OUT_DIR VAL_OUT_DIR \
+        PAT_TRAIN_LIST_FILE FULL_IMG_DIR TRAIN_OUT_DIR [VAL_OUT_DIR] \
         [--target-height 4096 | --target-size H W] [--no-segment-breast] --patch-size 256 \
         --nb-abn 30 --nb-bkg 30 --nb-hns 15 --pos-cutoff .75 --neg-cutoff .35 --val-size .1
+
+Image size: `--target-size`/`--img-size` or `--target-height`/`--img-height`; without
+either, images prepared by a recipe (its `layout.json`) are used at the size it made them,
+and anything else is resized to the original's 4096-px height. Upscaling beyond 2x
+is warned about (it makes blurred, flat patches). Without VAL_OUT_DIR there is no
+validation split (e.g. for test patients); the summary names the split after the patient
+list (patients_test.txt -> test) or `--split-name`.
 
 Per image: resize, optionally segment the breast and crop to it, pad by half a patch.
 Per abnormality: bounding box of the largest mask contour; draw patch centres in it until
@@ -40,12 +47,15 @@ from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob
                            create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
                            overlap_patch_roi, patch_roi_overlap, read_image_gray, resize_img,
                            segment_breast, write_png)
-from dm_recipe_utils import read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
+import dm_cli  # noqa: E402
+from dm_recipe_utils import read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ["patient_id", "side", "view", "abn_num", "pathology", "type"]
 INDEX_COLUMNS = ["file", "class", "kind", "patient_id", "img_id", "abn", "x", "y", "cutoff", "crop_x", "crop_y"]
+DEFAULT_TARGET_HEIGHT = 4096   # the original's default
+UPSCALE_WARN = 2.0
 
 
 class SamplingError(ValueError):
@@ -133,7 +143,9 @@ def process_image(task: ImageTask, opts: dict) -> dict:
     errors: list[str] = []
     try:
         img = read_image_gray(task.full_path)
+        orig_h = img.shape[0]
         img = resize_img(img, opts["target_size"], opts["target_height"])
+        upscale = img.shape[0] / max(1, orig_h)
         full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
         bbox = (0, 0, img.shape[1], img.shape[0])
         if opts["segment_breast"]:
@@ -151,7 +163,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
             except (ImageReadError, EmptyMaskError) as e:
                 errors.append(str(e))
     except (ImageReadError, ValueError) as e:
-        return {"records": [], "errors": [str(e)]}
+        return {"records": [], "errors": [str(e)], "upscale": 1.0}
     img = add_img_margins(img, half)
     areas = [int(np.count_nonzero(m)) for m in masks]
     layout = opts["layout"]
@@ -215,7 +227,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
                         raise SamplingError(f"{abn.mask_path}: overlap cutoff fell to 0; check the ROI mask")
         except SamplingError as e:
             errors.append(str(e))
-    return {"records": records, "errors": errors}
+    return {"records": records, "errors": errors, "upscale": upscale}
 
 
 def _worker(arg: tuple[ImageTask, dict]) -> dict:
@@ -223,7 +235,7 @@ def _worker(arg: tuple[ImageTask, dict]) -> dict:
     try:
         return process_image(task, opts)
     except Exception as e:  # one broken image must not end the run
-        return {"records": [], "errors": [f"{task.full_path}: {type(e).__name__}: {e}"]}
+        return {"records": [], "errors": [f"{task.full_path}: {type(e).__name__}: {e}"], "upscale": 1.0}
 
 
 def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_img_dir: str,
@@ -239,9 +251,11 @@ def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_i
         have = set(sub["full_img_file"]) if "full_img_file" in sub.columns else set()
         for r in normal_images[normal_images["patient_id"].isin(set(patients))].itertuples(index=False):
             if r.full_img_file not in have:
-                tasks.append(ImageTask(str(r.patient_id), f"{r.patient_id}_{r.side}_{r.view}",
+                tasks.append(ImageTask(str(r.patient_id), _img_id(r.patient_id, r.side, r.view, r.full_img_file),
                                        os.path.join(full_img_dir, r.full_img_file), (), out_dir))
-    for (pat, side, view), g in sorted(sub.groupby(["patient_id", "side", "view"], sort=True), key=lambda t: t[0]):
+    keys = ["patient_id", "side", "view"] + (["full_img_file"] if "full_img_file" in sub.columns else [])
+    for key, g in sorted(sub.groupby(keys, sort=True), key=lambda t: t[0]):
+        pat, side, view = key[:3]
         first = g.iloc[0]
         if "full_img_file" in g.columns and str(first["full_img_file"]):
             full = os.path.join(full_img_dir, str(first["full_img_file"]))
@@ -255,8 +269,16 @@ def build_tasks(df: pd.DataFrame, patients: list[str], roi_mask_dir: str, full_i
             else:
                 mpath = const_filename(pat, side, view, roi_mask_dir, r.type, r.abn_num)
             abns.append(Abn(int(r.abn_num), str(r.pathology), str(r.type), mpath))
-        tasks.append(ImageTask(str(pat), f"{pat}_{side}_{view}", full, tuple(abns), out_dir))
+        tasks.append(ImageTask(str(pat), _img_id(pat, side, view, first.get("full_img_file", "")), full,
+                               tuple(abns), out_dir))
     return sorted(tasks, key=lambda t: t.img_id)
+
+
+def _img_id(pat, side, view, full_img_file) -> str:
+    """PAT_SIDE_VIEW; without a side (mini-MIAS) the image file's stem stands in for it."""
+    side = str(side) if side is not None and str(side) not in ("", "nan") else \
+        os.path.splitext(str(full_img_file or ""))[0]
+    return f"{pat}_{side}_{view}"
 
 
 def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed: int,
@@ -294,15 +316,21 @@ def run(args: argparse.Namespace) -> dict:
     patients = [p for p in dict.fromkeys(patients) if p in known]
     if not patients:
         raise ValueError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
+    if args.val_out_dir is None:
+        if args.val_list or args.val_size not in (0, None):
+            log.info("no VAL_OUT_DIR: no validation split (--val-size/--val-list ignored)")
+        args.val_size, args.val_list = 0, None
     train_pats, val_pats = split_train_val(df, patients, args.val_size, args.seed, args.val_list)
-    target_size = tuple(args.target_size) if args.target_size else (
-        (args.target_height, args.target_width) if args.target_width else None)
+    target_size, target_height = resolve_size(args)
     opts = dict(patch_size=args.patch_size, seed=args.seed, segment_breast=args.segment_breast,
-                target_size=target_size, target_height=None if target_size else args.target_height,
+                target_size=target_size, target_height=None if target_size else target_height,
                 nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, nb_hns=args.nb_hns, pos_cutoff=args.pos_cutoff,
                 neg_cutoff=args.neg_cutoff, max_tries=args.max_tries, layout=class_layout(args))
     summary: dict = {"skipped": []}
-    for split, pats, out_dir in (("train", train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)):
+    name = args.split_name or ("test" if "test" in pathlib.Path(args.pat_train_list_file).name.lower()
+                               and not val_pats else "train")
+    upscales = []
+    for split, pats, out_dir in ((name, train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)):
         if not pats:
             continue
         out = pathlib.Path(out_dir)
@@ -314,13 +342,44 @@ def run(args: argparse.Namespace) -> dict:
         recs = [r for res in results for r in res["records"]]
         for res in results:
             summary["skipped"].extend(res["errors"])
+            upscales.append(res.get("upscale", 1.0))
         index = pd.DataFrame(recs, columns=INDEX_COLUMNS)
         write_csv(index, out / "patch_index.csv")
         summary[split] = {c: int((index["class"] == c).sum()) for c in sorted(set(opts["layout"].values()))}
-        summary[split]["images"] = len(tasks)
-        summary[split]["patients"] = len(pats)
+        summary[split]["images"] = int(index["img_id"].nunique())
+        summary[split]["patients"] = int(index["patient_id"].nunique())   # those sampled from
+    big = [u for u in upscales if u > UPSCALE_WARN]
+    if big:
+        log.warning("WARNING: %d image(s) were UPSCALED by more than %gx (up to %.1fx) to %s: their "
+                    "patches are blurred and nearly flat. Give --target-size/--img-size H W matching "
+                    "your images (or the recipe's size)", len(big), UPSCALE_WARN, max(big),
+                    f"{target_size[0]}x{target_size[1]}" if target_size else f"height {target_height}")
+        summary["upscaled"] = len(big)
     _log_summary(summary)
     return summary
+
+
+def resolve_size(args: argparse.Namespace) -> tuple[tuple[int, int] | None, int | None]:
+    """(target size, target height) from the flags, else the recipe layout, else 4096 px high."""
+    if args.target_size:
+        return tuple(args.target_size), None
+    if args.target_height is not None:
+        if args.target_width:
+            return (args.target_height, args.target_width), None
+        return None, args.target_height
+    info = read_layout_info(args.full_img_dir)
+    if info and info.get("img_size"):
+        log.info("images prepared at %dx%d (layout.json): sampling at that size", *info["img_size"])
+        return tuple(info["img_size"]), None
+    if info and info.get("target_height"):
+        log.info("images prepared at height %d (layout.json): sampling at that height", info["target_height"])
+        return None, int(info["target_height"])
+    if info is not None:
+        log.info("images prepared by a recipe at their native size (layout.json): sampling without resizing")
+        return None, None
+    log.info("no --target-size/--target-height and no recipe layout.json: resizing to height %d "
+             "(the original's default)", DEFAULT_TARGET_HEIGHT)
+    return None, DEFAULT_TARGET_HEIGHT
 
 
 def _map(tasks: list[ImageTask], opts: dict, nb_workers: int, desc: str, verbose: bool) -> list[dict]:
@@ -337,7 +396,7 @@ def _map(tasks: list[ImageTask], opts: dict, nb_workers: int, desc: str, verbose
 
 def _log_summary(summary: dict) -> None:
     log.info("patch summary:")
-    for split in ("train", "val"):
+    for split in ("train", "test", "val"):
         if split in summary:
             s = summary[split]
             counts = ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("images", "patients"))
@@ -347,43 +406,57 @@ def _log_summary(summary: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images (SPEC §5).")
+    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images (SPEC §5).",
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("roi_mask_path_file", help="per-abnormality table (roi_mask_path.csv / .tsv)")
     p.add_argument("roi_mask_dir", help="folder of ROI mask PNGs")
     p.add_argument("pat_train_list_file", help="patients to sample from (one id a line)")
     p.add_argument("full_img_dir", help="folder of full images")
-    p.add_argument("train_out_dir")
-    p.add_argument("val_out_dir")
-    p.add_argument("--target-height", type=int, default=4096)
-    p.add_argument("--target-width", type=int, default=None)
-    p.add_argument("--no-target-width", dest="target_width", action="store_const", const=None)
-    p.add_argument("--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="resize to H x W (overrides --target-height/--target-width)")
-    p.add_argument("--segment-breast", dest="segment_breast", action="store_true")
-    p.add_argument("--no-segment-breast", dest="segment_breast", action="store_false")
+    p.add_argument("train_out_dir", help="output folder of the (training or test) patches")
+    p.add_argument("val_out_dir", nargs="?", default=None,
+                   help="output folder of the validation patches (omit: no validation split)")
+    p.add_argument("--target-height", "--img-height", dest="target_height", type=int, default=None,
+                   help="resize to this height, aspect kept (default: the recipe's size from layout.json, "
+                        f"else {DEFAULT_TARGET_HEIGHT})")
+    p.add_argument("--target-width", type=int, default=None, help="with --target-height: resize to H x W")
+    p.add_argument("--no-target-width", dest="target_width", action="store_const", const=None,
+                   help="unset --target-width")
+    p.add_argument("--target-size", "--img-size", dest="target_size", type=int, nargs=2, default=None,
+                   metavar=("H", "W"), help="resize to H x W (overrides --target-height/--target-width)")
+    p.add_argument("--segment-breast", "--segment", dest="segment_breast", action="store_true",
+                   help="crop each image to the breast before sampling")
+    p.add_argument("--no-segment-breast", "--no-segment", dest="segment_breast", action="store_false",
+                   help="sample from the whole image")
     p.set_defaults(segment_breast=True)
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--nb-bkg", type=int, default=30)
-    p.add_argument("--nb-abn", type=int, default=30)
-    p.add_argument("--nb-hns", type=int, default=15)
-    p.add_argument("--pos-cutoff", type=float, default=.75)
-    p.add_argument("--neg-cutoff", type=float, default=.35)
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels")
+    p.add_argument("--nb-bkg", type=int, default=30, help="background patches per image (hard negatives included)")
+    p.add_argument("--nb-abn", type=int, default=30, help="patches per abnormality")
+    p.add_argument("--nb-hns", type=int, default=15, help="hard negatives per image (blob key points)")
+    p.add_argument("--pos-cutoff", type=float, default=.75,
+                   help="an ROI patch overlaps the ROI by more than this (of ROI or patch area)")
+    p.add_argument("--neg-cutoff", type=float, default=.35,
+                   help="a background patch overlaps every ROI by at most this")
     p.add_argument("--val-size", type=float, default=.1, help="fraction (<1) or number of validation patients")
     p.add_argument("--val-list", default=None, help="use these validation patients instead of a random split")
-    p.add_argument("--bkg-dir", default="background")
-    p.add_argument("--calc-pos-dir", default="calc_mal")
-    p.add_argument("--calc-neg-dir", default="calc_ben")
-    p.add_argument("--mass-pos-dir", default="mass_mal")
-    p.add_argument("--mass-neg-dir", default="mass_ben")
+    p.add_argument("--split-name", default=None,
+                   help="name of the first split in the summary (default: test for a patients_test list "
+                        "without validation, else train)")
+    p.add_argument("--bkg-dir", default="background", help="folder name of background patches")
+    p.add_argument("--calc-pos-dir", default="calc_mal", help="folder name of malignant calcification patches")
+    p.add_argument("--calc-neg-dir", default="calc_ben", help="folder name of benign calcification patches")
+    p.add_argument("--mass-pos-dir", default="mass_mal", help="folder name of malignant mass patches")
+    p.add_argument("--mass-neg-dir", default="mass_ben", help="folder name of benign mass patches")
     p.add_argument("--class-layout", choices=["5class", "3class"], default="5class",
                    help="5class: background calc_mal calc_ben mass_mal mass_ben; 3class: background malignant benign")
     p.add_argument("--images-csv", default=None,
                    help="a recipe's images.csv: also draw background patches from images without abnormalities")
     p.add_argument("--max-tries", type=int, default=1000, help="failed draws before the ROI cutoff drops by 0.05")
-    p.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
-    p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)))
-    p.add_argument("--verbose", dest="verbose", action="store_true")
-    p.add_argument("--no-verbose", dest="verbose", action="store_false")
+    p.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
+                   help="sampling seed ($RANDOM_SEED)")
+    p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),
+                   help="processes ($NUM_CPU_CORES); results do not depend on it")
+    p.add_argument("--verbose", dest="verbose", action="store_true", help="progress bars")
+    p.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bars")
     p.set_defaults(verbose=True)
     return p
 
@@ -391,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.target_size is None and args.target_width is not None:
-        args.target_size = [args.target_height, args.target_width]
+        args.target_size = [args.target_height or DEFAULT_TARGET_HEIGHT, args.target_width]
     return run(args)
 
 

@@ -25,9 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import dm_cli  # noqa: E402
 from dm_preprocess import ImageReadError, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
@@ -173,23 +174,27 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
                              r.full_img_file, mname])
     rows = rows[rows["file_name"].isin(ok)]
     roi = pd.DataFrame(roi_rows, columns=ROI_COLUMNS)
-    write_layout(out, roi, rows[IMAGE_COLUMNS + ["birads", "acr"]], split_of)
+    check_converted(out, rows, skipped, "INbreast")
+    write_layout(out, roi, rows[IMAGE_COLUMNS + ["birads", "acr"]], split_of, img_size=img_size)
     s = summarize(rows, roi if len(roi) else None, skipped, name="INbreast")
     s["excluded_birads3"] = int((sheet["label"].isna()).sum())
     return s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description="INbreast -> PNG images, neg/pos by BI-RADS, patient-level splits.")
+    ap = argparse.ArgumentParser(description="INbreast -> PNG images, neg/pos by BI-RADS, patient-level splits.",
+                                 formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("dicom_dir", help="folder of INbreast DICOMs (AllDICOMs)")
     ap.add_argument("csv", help="INbreast.csv (';'-separated)")
-    ap.add_argument("out_dir")
+    ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--xml-dir", default=None, help="AllXML folder: ROI outlines -> masks")
-    ap.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    ap.add_argument("--val-size", type=float, default=0.1)
-    ap.add_argument("--test-size", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
-    ap.add_argument("--no-verbose", dest="verbose", action="store_false")
+    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="resize every image to H x W (default: keep the DICOM size)")
+    ap.add_argument("--val-size", type=float, default=0.1, help="fraction of patients for validation")
+    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
+                    help="split seed ($RANDOM_SEED)")
+    ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.dicom_dir, a.csv, a.out_dir, a.xml_dir, a.img_size, a.val_size, a.test_size, a.seed, a.verbose)
 

@@ -8,8 +8,8 @@ coordinates (mdb059; the widely spread calcifications of mdb216, mdb233, mdb245)
 their image but get no mask. Labels: `pos` = any malignant abnormality (default) or, with
 `--label abnormal`, any abnormality. Consecutive images (mdb001+mdb002, ...) are the two
 breasts of one woman: they share a patient id (W001, ...) and always land in one split.
-MIAS has no laterality field, so `side` holds the image id (keeping patient/side/view
-unique) and `view` is MLO.
+MIAS has no laterality field, so `side` is empty (images are told apart by image_id and
+full_img_file) and `view` is MLO.
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import dm_cli  # noqa: E402
 from dm_preprocess import ImageReadError, read_image_gray, resize_img, to_uint16, write_png  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_csv, write_layout)
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def image_labels(info: pd.DataFrame, label: str = "malignant") -> pd.DataFrame:
     g = key.groupby(info["image_id"]).any()
     out = pd.DataFrame({"image_id": g.index, "label": np.where(g.values, "pos", "neg")})
     out["patient_id"] = out["image_id"].map(woman_id)
-    out["side"] = out["image_id"]
+    out["side"] = ""
     out["view"] = "MLO"
     return out.reset_index(drop=True)
 
@@ -132,29 +133,33 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
                 continue
             mname = f"{'Calc' if a.cls == 'CALC' else 'Mass'}-MIAS_{row.patient_id}_{row.image_id}_MLO_{k}.png"
             write_png(out / MASK_DIR / mname, circle_mask(img.shape[:2], a.x, a.y, a.radius, orig))
-            roi_rows.append([row.patient_id, row.image_id, "MLO", k,
+            roi_rows.append([row.patient_id, "", "MLO", k,
                              "MALIGNANT" if a.severity == "M" else "BENIGN",
                              "calc" if a.cls == "CALC" else "mass", row.full_img_file, mname, a.cls])
     images = images[images["image_id"].isin(ok)]
     roi = pd.DataFrame(roi_rows, columns=ROI_COLUMNS + ["mias_class"])
-    write_layout(out, roi, images[IMAGE_COLUMNS], split_of)
+    check_converted(out, images, skipped, "mini-MIAS")
+    write_layout(out, roi, images[IMAGE_COLUMNS], split_of, img_size=img_size)
     write_csv(info, out / "mias_info.csv")
     return summarize(images, roi, skipped, name="mini-MIAS")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description="mini-MIAS -> PNG images, circular ROI masks, splits, class folders.")
+    ap = argparse.ArgumentParser(description="mini-MIAS -> PNG images, circular ROI masks, splits, class folders.",
+                                 formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("mias_dir", help="folder with Info.txt and images/mdbNNN.png")
-    ap.add_argument("out_dir")
-    ap.add_argument("--img-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    ap.add_argument("out_dir", help="output folder (the recipe layout)")
+    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="resize every image to H x W (default: keep 1024x1024)")
     ap.add_argument("--label", choices=["malignant", "abnormal"], default="malignant",
                     help="pos = malignant (default) or any abnormality")
     ap.add_argument("--bit-depth", type=int, choices=[8, 16], default=8,
                     help="8 keeps the original pixel values; 16 stores the same values in 16-bit PNGs")
-    ap.add_argument("--val-size", type=float, default=0.15)
-    ap.add_argument("--test-size", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)))
-    ap.add_argument("--no-verbose", dest="verbose", action="store_false")
+    ap.add_argument("--val-size", type=float, default=0.15, help="fraction of women for validation")
+    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of women for test")
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
+                    help="split seed ($RANDOM_SEED)")
+    ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.mias_dir, a.out_dir, a.img_size, a.label, a.val_size, a.test_size, a.seed, a.bit_depth,
                    verbose=a.verbose)

@@ -149,3 +149,23 @@ def test_pick_mask_by_size(tmp_path):
     with pytest.raises(cbis.ImageReadError, match="no ROI mask"):
         cbis.pick_mask([b], (100, 80))                       # only the crop is there
     assert cbis.pick_largest([b, a, c]) == (a, (100, 80))
+
+
+def test_folder_without_matching_dicoms_fails_with_the_skipped_list(shared_data, tmp_path):
+    csv_dir, _, _ = _mini_tree(shared_data, tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="CBIS-DDSM: no image converted"):
+        cbis.prepare(empty, csv_dir, tmp_path / "out", img_size=(64, 48), verbose=False)
+    listed = (tmp_path / "out" / "skipped.txt").read_text().splitlines()
+    assert len(listed) >= 3 and not (tmp_path / "out" / "images.csv").exists()
+
+
+def test_layout_records_the_size(shared_data, tmp_path):
+    import json
+    csv_dir, root, _ = _mini_tree(shared_data, tmp_path)
+    cbis.prepare(root, csv_dir, tmp_path / "out", img_size=(64, 48), val_size=0.0, seed=1,
+                 verbose=False)
+    layout = json.loads((tmp_path / "out" / "layout.json").read_text())
+    assert layout["img_size"] == [64, 48] and layout["bit_depth"] == 16
+    assert layout["rescale_factor"] == pytest.approx(255 / 65535, abs=1e-6)

@@ -33,8 +33,10 @@ def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=0)
     meta = dm_keras_ext.read_model_meta(out)
     assert meta.class_list == ("neg", "pos") and meta.kind == "image"
-    assert meta.recipe == Recipe(img_size=(1152, 896), rescale_factor=0.003891, channels=3,
-                                 featurewise_center=True, featurewise_mean=52.18)
+    # The model's input is fixed at 64x48: the recipe takes that size (issue 12.10), and
+    # records the published models' 16-bit input.
+    assert meta.recipe == Recipe(img_size=(64, 48), rescale_factor=0.003891, channels=3,
+                                 featurewise_center=True, featurewise_mean=52.18, input_bits=16)
     assert [p.name for p in out.parent.iterdir()] == ["ddsm_whole.keras"]  # no temp files left
 
 
@@ -65,6 +67,9 @@ def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image
     assert "notes.h5: not a model file" in capsys.readouterr().err
     assert convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
     assert "2 outputs" in capsys.readouterr().err
+    assert convert_checkpoint.main([str(src), str(out), "--img-size", "1152", "896"]) == 2
+    err = capsys.readouterr().err
+    assert "fixed at 64x48" in err and "--img-size says 1152x896" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddsm_whole.h5", "notes.h5"]
 
 
@@ -79,3 +84,15 @@ def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and str(src) in line[0] and "'lambda_3'" in line[0]
     assert not out.exists()
+
+
+def test_converted_fixed_size_model_predicts(tmp_path, keras208_whole_image):
+    """Before: a 1152x896 recipe for a 64x48 model, and prediction failed with a Keras error."""
+    import cv2
+    import predict
+    _, src = keras208_whole_image
+    out = tmp_path / "m.keras"
+    assert convert_checkpoint.main([str(src), str(out)]) == 0
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 65535, (90, 70)).astype(np.uint16))
+    assert predict.main([str(out), "--images", str(img), "--out", str(tmp_path / "p.csv")]) == 0

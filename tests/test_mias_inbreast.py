@@ -13,6 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from mias_train import prepare_mias as mias  # noqa: E402
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 FEW = ["mdb001", "mdb002", "mdb005", "mdb023", "mdb059", "mdb144", "mdb216"]
 
 
@@ -33,8 +34,15 @@ def test_mias_info_counts(shared_data):
 
 @pytest.mark.parametrize("size", [None, (256, 192)])
 def test_mias_few_images_masks_centred(shared_data, tmp_path, size):
+    import os
     out = tmp_path / "mias"
-    s = mias.prepare(shared_data / "mias", out, img_size=size, ids=FEW, seed=1, verbose=False)
+    old = os.umask(0o022)
+    try:
+        s = mias.prepare(shared_data / "mias", out, img_size=size, ids=FEW, seed=1, verbose=False)
+    finally:
+        os.umask(old)
+    for f in ("full_images/mdb001.png", "images.csv", "layout.json", "patients_train.txt"):
+        assert os.stat(out / f).st_mode & 0o777 == 0o644, f     # the umask, not mkstemp's 0600
     assert s["images"] == len(FEW) and s["skipped"] == []
     info = mias.parse_info(shared_data / "mias" / "Info.txt").set_index("image_id")
     roi = pd.read_csv(out / "roi_mask_path.csv", dtype=str)
@@ -43,7 +51,8 @@ def test_mias_few_images_masks_centred(shared_data, tmp_path, size):
     for r in roi.itertuples():
         m = cv2.imread(str(out / "roi_masks" / r.roi_mask_file), cv2.IMREAD_UNCHANGED)
         assert m.shape == (h, w)
-        rows = info.loc[[r.side]]
+        assert pd.isna(r.side) or r.side == ""       # MIAS records no laterality
+        rows = info.loc[[r.full_img_file[:-4]]]
         a = rows.iloc[int(r.abn_num) - 1]
         ys, xs = np.nonzero(m)
         cx, cy = xs.mean(), ys.mean()
@@ -60,6 +69,16 @@ def test_mias_few_images_masks_centred(shared_data, tmp_path, size):
     images = pd.read_csv(out / "images.csv", dtype=str).set_index("image_id")
     assert images.loc["mdb001", "split"] == images.loc["mdb002", "split"]
     assert images.loc["mdb023", "label"] == "pos" and images.loc["mdb001", "label"] == "neg"
+    assert images["side"].isna().all()                 # a side or nothing, never the image id
+    # layout.json: the size, depth and the training split's mean after rescaling (12.3, 12.5)
+    import json
+    import featurewise_mean
+    layout = json.loads((out / "layout.json").read_text())
+    assert layout["img_size"] == (list(size) if size else None)
+    assert layout["bit_depth"] == 8 and layout["rescale_factor"] == 1.0
+    train = [str(out / "full_images" / f) for f in images[images.split == "train"].full_img_file]
+    assert layout["featurewise_mean"] == round(featurewise_mean.mean_pixel(train)[0], 2)
+    assert layout["mean_of"] == "train"
 
 
 def test_mias_split_keeps_women_together(shared_data):
@@ -80,6 +99,47 @@ def test_mias_full_conversion(shared_data, tmp_path):
     assert sum(s[k]["pos"] for k in ("train", "val", "test")) == 52
     assert len(list((tmp_path / "m" / "roi_masks").glob("*.png"))) == 119
     assert len(list((tmp_path / "m").glob("*/pos/*.png"))) == 52
+
+
+def test_recipe_that_converts_nothing_fails_and_lists_the_skipped(shared_data, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Info.txt").write_text((shared_data / "mias" / "Info.txt").read_text())
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no image converted"):
+        mias.prepare(src, out, ids=FEW, verbose=False)
+    listed = (out / "skipped.txt").read_text().splitlines()
+    assert len(listed) == len(FEW) and all("mdb" in l for l in listed)
+    assert not (out / "images.csv").exists()
+    # As a command: exit status 2 and one error line.
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "mias_train" / "prepare_mias.py"), str(src),
+                        str(tmp_path / "out2"), "--no-verbose"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    assert [l for l in r.stdout.splitlines() if l.startswith("error: ")][0].count("\n") == 0
+
+
+def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
+    import featurewise_mean as fm
+    d = tmp_path / "set" / "neg"
+    d.mkdir(parents=True)
+    a = np.full((20, 10), 100, np.uint16) * 257
+    b = np.full((20, 10), 200, np.uint16) * 257
+    cv2.imwrite(str(d / "a.png"), a)
+    cv2.imwrite(str(d / "b.png"), b)
+    assert fm.main([str(tmp_path / "set"), "--print", "mean"]) == 0
+    assert capsys.readouterr().out.strip() == "150.00"      # 16-bit: x 255/65535
+    assert fm.main([str(tmp_path / "set"), "--print", "rescale"]) == 0
+    assert capsys.readouterr().out.strip() == "0.00389105"
+    assert fm.main([str(tmp_path / "set")]) == 0
+    # (the last line: other tests in this process may have sent the log to stdout too)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == "--rescale-factor 0.00389105 --featurewise-mean 150.00"
+    cv2.imwrite(str(d / "c.png"), np.full((20, 10), 7, np.uint8))
+    assert fm.main([str(tmp_path / "set")]) == 2            # mixed 8/16 bits refused
+    assert any("16-bit image among 8-bit" in r.getMessage() for r in caplog.records)
 
 
 # ----------------------------------------------------------------------------- INbreast
@@ -151,3 +211,11 @@ def test_inbreast_mini_tree(shared_data, tmp_path):
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (5, 15, 5, 20)   # outline scaled by 0.5
     calc = cv2.imread(str(out / "roi_masks" / roi.roi_mask_file[1]), cv2.IMREAD_UNCHANGED)
     assert calc[30, 25] == 255 and calc[35, 28] == 255 and calc[0, 0] == 0
+
+
+def test_inbreast_without_matching_dicoms_fails(shared_data, tmp_path):
+    (tmp_path / "AllDICOMs").mkdir()
+    with pytest.raises(ValueError, match="INbreast: no image converted"):
+        inb.prepare(tmp_path / "AllDICOMs", shared_data / "inbreast" / "INbreast.csv",
+                    tmp_path / "out", verbose=False)
+    assert len((tmp_path / "out" / "skipped.txt").read_text().splitlines()) == 410 - 23

@@ -1,5 +1,6 @@
 """predict.py: CSV layout, labels, pass-through columns, TTA flag, errors; serving export."""
 import csv
+import pathlib
 
 import cv2
 import numpy as np
@@ -10,6 +11,8 @@ import dm_image
 import dm_inference as inf
 import predict
 from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +99,14 @@ def test_export_matches_predict_from_raw_image(setup, tmp_path):
     want = np.array([[float(r["neg"]), float(r["pos"])] for r in _read(out)])
     raw = np.stack([cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in paths])
     assert raw.dtype == np.uint16 and raw.shape[1:] == (90, 70)
-    got16 = served.serve_uint16(raw).numpy()
+    got16 = served.serve_uint16(raw)["probabilities"].numpy()
     np.testing.assert_allclose(got16, want, atol=1e-4)
     # float32 in: no rounding/clipping after the resize (cubic overshoot stays), like cv2 on
     # a float32 image (e.g. a DICOM with a modality rescale).
     model = inf.load_models([setup["m1"]])[0].model
     rawf = raw.astype(np.float32)
     wantf = model.predict(np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in rawf]), verbose=0)
-    np.testing.assert_allclose(served.serve(rawf).numpy(), wantf, atol=1e-4)
+    np.testing.assert_allclose(served.serve(rawf)["probabilities"].numpy(), wantf, atol=1e-4)
     # The network inputs themselves: within 1 grey level of 16 bits (cv2 rounding), scaled.
     x_tf = dm_export.preprocess_graph(raw, IMAGE_RECIPE, int_max=65535.0).numpy()
     x_np = np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in raw])
@@ -128,3 +131,191 @@ def test_onnx_export_matches_tf(tmp_path):
     got = ReferenceEvaluator(onnx.load(path)).run(None, {"raw": raw})[0]
     want = model.predict(np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in raw]), verbose=0)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+# ------------------------------------------------------------------ bit depth (issue 12.1)
+
+@pytest.fixture(scope="module")
+def depth_setup(tmp_path_factory):
+    """An 8-bit-trained model (as on mini-MIAS), one 8-bit PNG and the same breast as a
+    16-bit MONOCHROME2 DICOM and a 16-bit PNG (pixels x257)."""
+    from recipe_helpers import write_dicom
+    d = tmp_path_factory.mktemp("depth")
+    recipe = dm_image.Recipe(img_size=IMG, channels=1, featurewise_center=True,
+                             featurewise_mean=100.0, input_bits=8)
+    path = d / "m8.keras"
+    import dm_keras_ext
+    dm_keras_ext.save_model(tiny_image_model(), path,
+                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    img8 = (np.random.default_rng(3).integers(0, 256, (90, 70))).astype(np.uint8)
+    png8 = d / "b8.png"
+    cv2.imwrite(str(png8), img8)
+    img16 = img8.astype(np.uint16) * 257
+    dcm = write_dicom(d / "b16.dcm", img16)
+    png16 = d / "b16.png"
+    cv2.imwrite(str(png16), img16)
+    return dict(d=d, model=str(path), png8=str(png8), dcm=str(dcm), png16=str(png16),
+                img8=img8, img16=img16)
+
+
+def test_other_bit_depth_is_refused_naming_file_depth_and_flag(depth_setup, tmp_path, capsys):
+    s = depth_setup
+    for src in (s["dcm"], s["png16"]):
+        rc = predict.main([s["model"], "--images", src, "--out", str(tmp_path / "p.csv")])
+        assert rc == 2
+        err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+        assert len(err) == 1
+        assert src in err[0] and "16-bit" in err[0] and "8-bit" in err[0]
+        assert "--convert-bit-depth" in err[0]
+    assert not (tmp_path / "p.csv").exists()
+    # A mix of depths in one call is refused too.
+    assert predict.main([s["model"], "--images", s["png8"], s["dcm"], "--out",
+                         str(tmp_path / "p.csv")]) == 2
+
+
+def test_convert_bit_depth_gives_the_8bit_answer(depth_setup, tmp_path):
+    s = depth_setup
+    out = tmp_path / "p.csv"
+    assert predict.main([s["model"], "--images", s["png8"], s["dcm"], s["png16"], "--out",
+                         str(out), "--convert-bit-depth"]) == 0
+    p = np.array([float(r["pos"]) for r in _read(out)])
+    np.testing.assert_allclose(p[1:], p[0], atol=1e-5)
+
+
+def test_one_image_check_for_heatmap_tools(depth_setup):
+    s = depth_setup
+    r8 = inf.load_models([s["model"]])[0].recipe()
+    assert inf.recipe_for_image(s["png8"], r8) == r8
+    with pytest.raises(inf.InferenceError, match="16-bit image.*--convert-bit-depth"):
+        inf.recipe_for_image(s["dcm"], r8)
+    conv = inf.recipe_for_image(s["dcm"], r8, convert=True)
+    x8 = dm_image.preprocess(dm_image.read_image(s["png8"]), r8)
+    x16 = dm_image.preprocess(dm_image.read_image(s["dcm"]), conv)
+    # equal within the 8-bit image's rounding after its (uint8) cubic resize: half a grey level
+    np.testing.assert_allclose(x16, x8, atol=0.5 + 1e-3)
+
+
+def test_model_without_recorded_depth_refuses_mixed_depths():
+    paths, depths = ["a.png", "b.png"], [8, 16]
+    with pytest.raises(inf.InferenceError, match="b.png: 16-bit image among 8-bit"):
+        inf.depth_groups(paths, depths, IMAGE_RECIPE, convert=False)
+    # img_scale normalises each image by its maximum: depth does not matter.
+    r = inf.apply_overrides(IMAGE_RECIPE, img_scale=255.0, input_bits=8)
+    assert inf.depth_groups(paths, depths, r, convert=False) == [([0, 1], r)]
+
+
+def test_export_endpoints_convert_to_the_trained_depth(depth_setup, tmp_path, caplog):
+    import logging
+    s = depth_setup
+    exp = tmp_path / "served"
+    with caplog.at_level(logging.INFO):
+        assert predict.main([s["model"], "--export", str(exp)]) == 0
+    assert any("serve_uint16(images)['probabilities']" in r.getMessage() for r in caplog.records)
+    served, meta = dm_export.load_serving(str(exp))
+    assert meta["output"] == "probabilities" and meta["recipe"]["input_bits"] == 8
+    out = tmp_path / "p.csv"
+    assert predict.main([s["model"], "--images", s["png8"], "--out", str(out)]) == 0
+    want = float(_read(out)[0]["pos"])
+    got8 = served.serve_uint8(s["img8"][None])["probabilities"].numpy()[0, 1]
+    got16 = served.serve_uint16(s["img16"][None])["probabilities"].numpy()[0, 1]
+    np.testing.assert_allclose([got8, got16], [want, want], atol=1e-4)
+
+
+# ------------------------------------------------------------------ outputs (issue 12.2, 12.9)
+
+def test_out_onto_a_symlink_writes_through_it(setup, tmp_path):
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert _read(target)[0]["path"] == setup["neg"][0]
+
+
+def test_out_onto_a_fifo_writes_through_it(setup, tmp_path):
+    import os
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    t = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    t.start()
+    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(fifo)]) == 0
+    t.join(30)
+    import stat
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and got[0].startswith("path,neg,pos")
+
+
+@pytest.mark.parametrize("out_args", [["--out", "-"], []])
+def test_csv_on_standard_output(setup, capsys, out_args):
+    assert predict.main([setup["m1"], "--images", *setup["neg"], *out_args]) == 0
+    cap = capsys.readouterr()
+    rows = list(csv.DictReader(cap.out.splitlines()))
+    assert [r["path"] for r in rows] == setup["neg"]
+    assert "scoring" in cap.err and "scoring" not in cap.out
+
+
+def test_out_dev_stdout_redirected_to_a_file(setup, tmp_path):
+    """`--out /dev/stdout > file`: the CSV alone in the file, the link untouched."""
+    import os
+    import subprocess
+    import sys
+    target = tmp_path / "preds.csv"
+    with open(target, "w") as f:
+        r = subprocess.run([sys.executable, str(REPO / "predict.py"), setup["m1"], "--images",
+                            *setup["neg"], "--out", "/dev/stdout"], stdout=f,
+                           stderr=subprocess.PIPE, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["path"] for row in _read(target)] == setup["neg"]
+    assert "scoring" in r.stderr
+    assert os.path.islink("/dev/stdout")
+
+
+def test_many_images_need_out(setup, tmp_path, capsys):
+    many = [setup["neg"][0]] * (predict.STDOUT_MAX_IMAGES + 1)
+    assert predict.main([setup["m1"], "--images", *many]) == 2
+    assert "give --out FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_outputs_honour_the_umask(setup, tmp_path, mask):
+    import os
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "p.csv"
+        assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 0
+        assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+        import dm_keras_ext
+        m = tmp_path / "m.keras"
+        dm_keras_ext.save_model(tiny_patch_model(), m)
+        assert os.stat(m).st_mode & 0o777 == 0o666 & ~mask
+        exp = tmp_path / "served"
+        assert predict.main([setup["m1"], "--export", str(exp)]) == 0
+        assert os.stat(exp).st_mode & 0o777 == 0o777 & ~mask
+    finally:
+        os.umask(old)
+
+
+# ------------------------------------------------------------------ recipe images.csv (12.4)
+
+def test_recipe_images_csv_is_accepted_with_split(setup, tmp_path):
+    import shutil
+    root = tmp_path / "recipe"
+    (root / "full_images").mkdir(parents=True)
+    rows = []
+    for i, p in enumerate(setup["neg"] + setup["pos"]):
+        name = f"img{i}.png"
+        shutil.copy(p, root / "full_images" / name)
+        rows.append(f"P{i // 2},{'L' if i % 2 else 'R'},CC,img{i},{'pos' if i >= 2 else 'neg'},"
+                    f"{'test' if i != 1 else 'train'},{name}")
+    (root / "images.csv").write_text(
+        "patient_id,side,view,image_id,label,split,full_img_file\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "p.csv"
+    assert predict.main([setup["m1"], "--csv", str(root / "images.csv"), "--split", "test",
+                         "--out", str(out)]) == 0
+    got = _read(out)
+    assert [r["label"] for r in got] == ["0", "1", "1"]
+    assert [r["patient_id"] for r in got] == ["P0", "P1", "P1"]
+    assert got[0]["path"] == str(root / "full_images" / "img0.png")

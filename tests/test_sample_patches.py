@@ -155,7 +155,76 @@ def test_errors_are_reported_not_fatal(synth, tmp_path):
 def test_defaults_match_the_original():
     a = spc.build_parser().parse_args(["r", "m", "p", "f", "t", "v"])
     assert (a.target_height, a.target_width, a.segment_breast, a.patch_size, a.nb_bkg, a.nb_abn, a.nb_hns,
-            a.pos_cutoff, a.neg_cutoff, a.val_size) == (4096, None, True, 256, 30, 30, 15, .75, .35, .1)
+            a.pos_cutoff, a.neg_cutoff, a.val_size) == (None, None, True, 256, 30, 30, 15, .75, .35, .1)
+    assert spc.resolve_size(a) == (None, 4096)      # no recipe layout.json: the original's 4096
+
+
+def test_native_size_recipe_images_are_not_resized(tmp_path):
+    import json
+    (tmp_path / "full_images").mkdir()
+    (tmp_path / "layout.json").write_text(json.dumps({"img_size": None, "target_height": None}))
+    a = spc.build_parser().parse_args(["r", "m", "p", str(tmp_path / "full_images"), "t"])
+    assert spc.resolve_size(a) == (None, None)
     assert (a.bkg_dir, a.calc_pos_dir, a.calc_neg_dir, a.mass_pos_dir, a.mass_neg_dir) == (
         "background", "calc_mal", "calc_ben", "mass_mal", "mass_ben")
     assert spc.const_filename("P_1", "LEFT", "CC", "d", "calc", 2) == "d/Calc-Training_P_1_LEFT_CC_2.png"
+
+
+# ------------------------------------------------------------------ issue 12.3, 12.12, 12.16
+def test_recipe_images_are_sampled_at_their_own_size(synth, tmp_path, caplog):
+    import logging
+    argv = _argv(synth, tmp_path, "--val-size", "0")
+    i = argv.index("--target-size")
+    del argv[i:i + 3]                                   # no size flag: layout.json says 160x128
+    with caplog.at_level(logging.INFO):
+        s = spc.main(argv)
+    assert any("prepared at 160x128" in r.getMessage() for r in caplog.records)
+    assert not any("UPSCALED" in r.getMessage() for r in caplog.records)
+    assert "upscaled" not in s
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    # patch centres on the 160-px grid (padded by half a patch), not on a 4096-px one
+    assert idx["y"].max() < 160 + PS
+
+
+def test_upscaling_beyond_2x_is_warned(synth, tmp_path, caplog):
+    import logging
+    argv = _argv(synth, tmp_path, "--val-size", "0", "--nb-abn", "1", "--nb-bkg", "1",
+                 "--nb-hns", "0")
+    i = argv.index("--target-size")
+    argv[i:i + 3] = ["--img-height", "400"]             # 160 px -> 400 px: 2.5x
+    with caplog.at_level(logging.INFO):
+        s = spc.main(argv)
+    warn = [r.getMessage() for r in caplog.records if "UPSCALED" in r.getMessage()]
+    assert len(warn) == 1 and "2.5x" in warn[0] and s["upscaled"] == s["train"]["images"]
+
+
+def test_test_split_needs_no_validation_folder(synth, tmp_path):
+    pats = (synth / "patients_trainval.txt").read_text().split()[:3]
+    (tmp_path / "patients_test.txt").write_text("\n".join(pats + ["NOBODY"]) + "\n")
+    argv = _argv(synth, tmp_path)
+    argv[2] = str(tmp_path / "patients_test.txt")
+    del argv[5]                                         # no VAL_OUT_DIR
+    s = spc.main(argv)
+    assert "test" in s and "train" not in s and "val" not in s
+    assert not (tmp_path / "val").exists()
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv", dtype=str)
+    assert s["test"]["patients"] == idx["patient_id"].nunique() <= 3
+
+
+def test_images_without_a_side_are_told_apart_by_file():
+    roi = pd.DataFrame({"patient_id": ["W001", "W001"], "side": ["", ""], "view": ["MLO", "MLO"],
+                        "abn_num": [1, 1], "pathology": ["BENIGN", "MALIGNANT"],
+                        "type": ["mass", "mass"], "full_img_file": ["mdb001.png", "mdb002.png"],
+                        "roi_mask_file": ["a.png", "b.png"]})
+    tasks = spc.build_tasks(roi, ["W001"], "m", "f", "out")
+    assert [t.img_id for t in tasks] == ["W001_mdb001_MLO", "W001_mdb002_MLO"]
+    assert [t.full_path for t in tasks] == ["f/mdb001.png", "f/mdb002.png"]
+
+
+def test_aliases_and_help():
+    import dm_cli
+    p = spc.build_parser()
+    a = p.parse_args(["r", "m", "p", "f", "t", "--img-size", "10", "8", "--no-segment"])
+    assert a.target_size == [10, 8] and a.segment_breast is False
+    assert p.parse_args(["r", "m", "p", "f", "t", "--img-height", "99"]).target_height == 99
+    assert dm_cli.actions_without_help(p) == []

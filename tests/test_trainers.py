@@ -26,6 +26,9 @@ def _command_lines(text: str):
     """(kind, argv) of each trainer command in a shell script or README code block."""
     joined = re.sub(r"\\\n", " ", text)
     variables = dict(re.findall(r'^([A-Z_]+)="([^"$]*)"', text, flags=re.M))
+    # Values the README computes ($(featurewise_mean.py ...)) get example values here.
+    variables.update({k: v for k, v in (("RESCALE", "0.003891"), ("MEAN", "44.33"))
+                      if re.search(rf"^{k}=\$\(", text, flags=re.M)})
     for line in joined.splitlines():
         m = re.search(r"(patch_clf_train|image_clf_train)\.py\"?\s+(.*)$", line)
         if not m:
@@ -114,9 +117,18 @@ def test_patch_training_runs_three_stages(trained):
     meta = dm_keras_ext.read_model_meta(trained["patch_model"])
     assert meta.kind == "patch" and meta.class_list == ("background", "malignant", "benign")
     assert meta.recipe.channels == 1 and meta.recipe.img_size == (64, 64)
+    assert meta.recipe.input_bits == 16      # the training PNGs' depth, checked at prediction
     csv = trained["patch_model"].with_suffix("").as_posix() + ".history.csv"
     rows = open(csv).read().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch")
+    # The CSV counts epochs from 1, like the console and the returned history.
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    # The 3-class report adds the lesion-vs-background AUROC (1 - p(background)).
+    res = trained["patch_res"]
+    from sklearn.metrics import roc_auc_score
+    y = res["test_labels"] != 0
+    assert res["test_auroc_lesion"] == pytest.approx(
+        roc_auc_score(y, 1 - res["test_probs"][:, 0]))
 
 
 def test_image_training_best_model_reproduces_predictions_and_auroc(trained):
@@ -148,6 +160,8 @@ def test_cli_prints_test_auroc(trained, caplog):
     assert rc == 0
     line = [r.getMessage() for r in caplog.records if "AUROC on test set" in r.getMessage()]
     assert line and re.match(r"AUROC on test set: \d\.\d{4}$", line[0])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("the best model is chosen by validation AUROC" in m for m in msgs)
 
 
 def test_one_class_validation_set_is_refused(trained, tmp_path, caplog):
@@ -259,3 +273,46 @@ sys.exit(patch_clf_train.main({[str(p['train']), str(p['val']), str(p['test']), 
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "data-parallel training on 2 replicas" in out.stdout
     assert re.search(r"^2/2 ", out.stdout, flags=re.M)   # 8 images / batch 4 = 2 steps
+
+
+# ------------------------------------------------------------------ issue 12: logs, flags, lock
+def test_flags_that_do_nothing_are_named():
+    import dm_train
+    cfg = dm_flags.parse("patch", ["a", "b", "c", "--no-use-pretrained", "--top-layer-epochs",
+                                   "3", "--all-layer-epochs", "4", "--optimizer", "adam",
+                                   "--lr-patience", "2"])
+    lines = dm_train.useless_flags(cfg, "patch")
+    assert any(l.startswith("--top-layer-epochs does nothing") for l in lines)
+    assert any(l.startswith("--all-layer-epochs does nothing") for l in lines)
+    assert any(l.startswith("--lr-patience does nothing") for l in lines)
+    cfg = dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m.keras",
+                                   "--neg-cls-weight", "2", "--no-auto-batch-balance"])
+    assert [l for l in dm_train.useless_flags(cfg, "image")
+            if l.startswith("--neg-cls-weight does nothing")]
+    # Defaults alone never warn.
+    assert dm_train.useless_flags(dm_flags.parse("patch", ["a", "b", "c"]), "patch") == []
+
+
+def test_accuracy_at_the_majority_rate_is_flagged():
+    import dm_train
+    line = dm_train.accuracy_line(0.75, [0, 0, 0, 1], ["neg", "pos"])
+    assert "majority-class rate of 'neg'" in line
+    assert "majority" not in dm_train.accuracy_line(0.5, [0, 0, 0, 1], ["neg", "pos"])
+
+
+def test_second_run_on_the_same_best_model_is_refused(trained, tmp_path, caplog):
+    import dm_train
+    best = tmp_path / "best.keras"
+    i = trained["images"]
+    argv = [str(i["train"]), str(i["val"]), str(i["test"]), "--resume-from",
+            str(trained["image_model"]), "--img-size", "256", "192", "--nb-epoch", "0",
+            "--all-layer-epochs", "1", "--best-model", str(best)]
+    with dm_train.RunLock(str(best)):
+        assert image_clf_train.main(argv) == 2
+    assert any("another run is writing this best model" in r.getMessage()
+               for r in caplog.records)
+    # A lock file left by a killed run (no process holds it) does not block.
+    (tmp_path / "best.keras.lock").write_text("pid 999999\n")
+    with dm_train.RunLock(str(best)) as lock:
+        assert lock.fd is not None
+    assert not (tmp_path / "best.keras.lock").exists()

@@ -1,0 +1,68 @@
+"""What every command-line tool shares before any real work: help that shows defaults, and
+TensorFlow imported without its start-up banner.
+
+Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+
+# Start-up lines TensorFlow/XLA print on a machine without a GPU; they are not our messages.
+_BANNER = re.compile(r"absl::InitializeLog|port\.cc:|cudart_stub\.cc|cpu_feature_guard\.cc|"
+                     r"To enable the following instructions|cuda_platform\.cc|cuda_dnn\.cc|"
+                     r"cuda_fft\.cc|cuda_blas\.cc|computation placer already registered|"
+                     r"Unable to register cu|TF-TRT Warning|oneDNN custom operations")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default; switches say on/off; `--no-X` twins none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "%(default)" in text or text == argparse.SUPPRESS
+                or any(o.startswith("--no-") for o in action.option_strings)
+                or isinstance(action, argparse._HelpAction)):
+            return text
+        d = action.default
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: {'on' if d else 'off'})"
+        if d is None or d == argparse.SUPPRESS or isinstance(action, argparse._StoreConstAction):
+            return text
+        shown = " ".join(str(v) for v in d) if isinstance(d, (list, tuple)) else str(d)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow and initialise its devices with the banner lines filtered out.
+
+    Set DM_TF_VERBOSE=1 to see them. Any other line TensorFlow prints meanwhile is kept.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("DM_TF_VERBOSE") == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as cap:
+        os.dup2(cap.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+            import keras  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            cap.seek(0)
+            kept = [l for l in cap.read().decode(errors="replace").splitlines(keepends=True)
+                    if l.strip() and not _BANNER.search(l)]
+            sys.stderr.write("".join(kept))
+
+
+def actions_without_help(parser: argparse.ArgumentParser) -> list[str]:
+    """Option or argument names whose help is empty (every flag should say what it does)."""
+    return [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
+            if not (a.help or "").strip()]

@@ -1,0 +1,114 @@
+"""Writing output files safely: temporary file then rename, without the two traps of that.
+
+A rename replaces whatever the name points at, so renaming onto `/dev/stdout` (a symlink)
+or a FIFO would turn it into a plain file: such targets are written through instead.
+Temporary files are created with mode 0600 (0700 for folders), which a rename would keep:
+the final file gets the mode any other tool would give it (0666 / 0777 minus the umask).
+`-` means standard output. See README "Reliability".
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from typing import Callable
+
+STDOUT = "-"
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def public_mode(path: str, folder: bool = False) -> None:
+    """Give a freshly made temporary file (or folder) the mode a plain open()/mkdir() would."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
+def is_special(path: str) -> bool:
+    """A symlink, device, FIFO or socket: something a rename must not replace."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+
+
+def is_stdout(path: str | None) -> bool:
+    """`-`, or a name for this process's standard output (`/dev/stdout`, `/dev/fd/1`)."""
+    if path == STDOUT:
+        return True
+    if not path or not is_special(path):
+        return False
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
+    """Write through `writer(fileobj)`; `-` is standard output.
+
+    A regular (or new) file is written to a temporary file beside it and renamed into place,
+    so nothing already there is lost if writing fails. A symlink, device or FIFO is opened and
+    written through, never replaced.
+    """
+    kw = {"newline": ""} if text else {}
+    if is_stdout(path):
+        if text:
+            writer(sys.stdout)
+            sys.stdout.flush()
+        else:
+            sys.stdout.flush()
+            writer(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        return
+    if is_special(path):
+        with open(path, "w" if text else "wb", **kw) as f:
+            writer(f)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w" if text else "wb", **kw) as f:
+            writer(f)
+        replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def replace(tmp: str, path: str, folder: bool = False) -> None:
+    """Rename a finished temporary file (or folder) onto `path` with the umask's mode.
+
+    Refuses to replace a symlink, device or FIFO (OSError, one line).
+    """
+    if is_special(path):
+        raise OSError(f"{path}: is a symlink, device or FIFO; refusing to replace it")
+    public_mode(tmp, folder)
+    if folder and os.path.isdir(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def temp_path(path: str, suffix: str = "") -> str:
+    """A new empty temporary file beside `path` (for writers that need a file name)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    return tmp
