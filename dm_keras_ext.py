@@ -58,6 +58,12 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
     suffix = ".h5" if is_h5 else ".keras"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    # Weights frozen one by one (BN scale/offset, see `_freeze`) are saved as trainable,
+    # so the file's weight order is that of the model as built.
+    held = [w for l in model._flatten_layers() if isinstance(l, layers.BatchNormalization)
+            and l.trainable for w in l._trainable_variables if not w.trainable]
+    for w in held:
+        w.trainable = True
     try:
         if is_h5:
             model.save(tmp)
@@ -75,6 +81,9 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    finally:
+        for w in held:
+            w.trainable = False
 
 
 class ModelKindError(ValueError):
@@ -111,17 +120,77 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
 
 
 # ------------------------------------------------------------------ patch nets
-# Where stage 2 ("top layers") starts inside each trunk, by layer name, and how many
-# layers after it (SPEC §4: ResNet50 stage 5, VGG block 5, ...).  The same places the
-# original reached with hard-coded indices (162, 15, 17, 126, 194).
-TOP_LAYER_START: dict[str, tuple[str, int]] = {
-    "resnet50": ("conv5_block1_1_conv", 0),
+# Where stage 2 ("top layers") of patch training starts inside each trunk, by layer name
+# and offset: the places the original's indices pointed to in the Keras 2.0.8 layer
+# lists (ResNet50 162 = the output of res5b, so only res5c trains; VGG16 15 and VGG19 17
+# = block5_conv1; Xception 126 = block14_sepconv1; InceptionV3 194 = the last
+# activations before mixed6, so the mixed7 block onwards trains; YaroslavNet: none, all
+# layers train). See docs/fidelity.md.
+TOP_LAYER_START: dict[str, tuple[str, int] | None] = {
+    "resnet50": ("conv5_block2_out", 0),
     "vgg16": ("block5_conv1", 0),
     "vgg19": ("block5_conv1", 0),
     "xception": ("block14_sepconv1", 0),
-    "inception": ("mixed8", 1),
-    "yaroslav": ("block6_conv1", 0),
+    "inception": ("mixed6", 1),
+    "yaroslav": None,
 }
+
+
+def _resnet50_keras208_names() -> list[str]:
+    """Today's ResNet50 layer names in the order of Keras 2.0.8's ResNet50 layer list.
+
+    Keras 2.0.8 had no zero padding layers (conv1 and the max pooling padded 'same'),
+    added the main branch before the shortcut, and ordered layers by depth with ties
+    in traversal order, so a projection unit lists 2c conv, shortcut conv, 2c BN,
+    shortcut BN. 173 layers, input first.
+    """
+    names = ["input", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pool"]
+    for stage, units in ((2, 3), (3, 4), (4, 6), (5, 3)):
+        for u in range(1, units + 1):
+            b = f"conv{stage}_block{u}_"
+            names += [b + "1_conv", b + "1_bn", b + "1_relu", b + "2_conv", b + "2_bn",
+                      b + "2_relu"]
+            names += ([b + "3_conv", b + "0_conv", b + "3_bn", b + "0_bn"] if u == 1
+                      else [b + "3_conv", b + "3_bn"])
+            names += [b + "add", b + "out"]
+    return names
+
+
+def keras208_trunk_layout(trunk: keras.Model, net: str) -> list:
+    """The trunk's layers in the order the original's Keras 2.0.8 model listed them.
+
+    ResNet50 is reordered by name (its zero-padding layers had no Keras 2.0.8
+    counterpart and are left out); the other nets list the same layers in the same
+    order today (same construction, same depth-then-traversal ordering).
+    """
+    if net != "resnet50" or not _has_layer(trunk, "conv5_block2_out"):
+        return list(trunk.layers)
+    by_name = {l.name: l for l in trunk.layers}
+    return [trunk.layers[0]] + [by_name[n] for n in _resnet50_keras208_names()[1:]]
+
+
+def legacy_top_layer_nb(trunk: keras.Model, net: str, top_layer_nb: int,
+                        dropout: bool = True) -> int:
+    """Translate the original's `--top-layer-nb` (an index into the Keras 2.0.8 flat
+    patch model: trunk layers, then ResNet50's 7x7 `avg_pool`, the global pooling, the
+    dropout when there was one, the Dense layer) into an index in today's trunk.
+
+    An index into the head means no trunk layer trains in stage 2.
+    """
+    layout = keras208_trunk_layout(trunk, net)
+    head = (["avg_pool"] if net == "resnet50" else []) + ["pool"] + \
+        (["dropout"] if dropout and net != "yaroslav" else []) + ["dense"]
+    view = layout + head
+    if not -len(view) <= top_layer_nb <= len(view):
+        raise ValueError(f"--top-layer-nb {top_layer_nb} is outside the {net} patch model "
+                         f"({len(view)} layers in the original's layout)")
+    if top_layer_nb == len(view):
+        return len(trunk.layers)
+    chosen = view[top_layer_nb]
+    if isinstance(chosen, str):
+        return len(trunk.layers)
+    return list(trunk.layers).index(chosen)
+
 
 _APPLICATIONS = {
     "resnet50": ("ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
@@ -225,8 +294,9 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         out = layers.Dense(nb_class, activation="softmax", kernel_regularizer=L2(weight_decay),
                            name="patch_clf")(x)
         model = keras.Model(inp, out, name=f"patch_{net}")
-    if top_layer_nb is None and trunk is not None:
-        top_layer_nb = default_top_layer_nb(trunk, net)
+    if trunk is not None:
+        top_layer_nb = (default_top_layer_nb(trunk, net) if top_layer_nb is None else
+                        legacy_top_layer_nb(trunk, net, top_layer_nb))
     return model, None, top_layer_nb
 
 
@@ -247,11 +317,14 @@ def _last_stage_start(trunk: keras.Model) -> int | None:
 
 def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
     """Index in `trunk.layers` where the net's top layers (stage 2) start: by layer name
-    for the ImageNet nets and YaroslavNet, the last residual stage for ResNetBuilder nets."""
+    for the ImageNet nets (0 for YaroslavNet: all layers), the last residual stage for
+    ResNetBuilder nets."""
     if net in dm_resnet.RESNET_CONFIGS:
         return _last_stage_start(trunk)
     if net not in TOP_LAYER_START:
         return None
+    if TOP_LAYER_START[net] is None:
+        return 0
     name, offset = TOP_LAYER_START[net]
     for i, layer in enumerate(trunk.layers):
         if layer.name == name:
@@ -288,7 +361,8 @@ class Stage:
     """One training stage: what trains, for how long, with which lr, L2 and dropout.
 
     trainable: 'head' (everything but the `patch_trunk` sub-model), 'top' (the head and
-    the trunk's layers from `trunk_from` on) or 'all'.
+    the trunk's layers from `trunk_from` on), 'first' (the model's own layers from
+    `trunk_from` on) or 'all'. `epochs` is the epoch of the run the stage ends at.
     """
 
     name: str
@@ -313,10 +387,12 @@ def patch_stages(c) -> list[Stage]:
     ]
 
 
-def image_stages(c) -> list[Stage]:
-    """SPEC §6: new top layers with the trunk frozen, then all layers."""
+def image_stages(c, top_layer_nb: int | None = 2) -> list[Stage]:
+    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
+    trunk, or also the heatmap branch), then all layers."""
     return [
-        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
+        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "first",
+              top_layer_nb),
         Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
               c.weight_decay2, c.hidden_dropout2, "all"),
     ]
@@ -340,27 +416,71 @@ def _set_layer_trainable(layer: keras.layers.Layer, value: bool) -> None:
     """`layer.trainable = value`, recursively, always.
 
     Plain assignment is skipped by TensorFlow's attribute tracking when the new value
-    `is` the old one (True is True), which would leave sub-layers frozen.
+    `is` the old one (True is True), which would leave sub-layers frozen. Unfreezing also
+    gives BatchNormalization's scale and offset back to the optimiser (see `_freeze`).
     """
     keras.layers.Layer.trainable.fset(layer, value)
+    if value:
+        for w in getattr(layer, "_trainable_variables", []):
+            w.trainable = True
     for sub in getattr(layer, "_layers", []):
         _set_layer_trainable(sub, value)
 
 
-def set_trainable(model: keras.Model, stage: Stage) -> None:
-    """Freeze by the named sub-model `patch_trunk`, never by a layer index of the model."""
+FROZEN_BN_MODES = ("batch", "inference")
+
+
+def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
+    """Freeze a layer (recursively) for a training stage.
+
+    `frozen_bn="batch"` is Keras 2.0.8's behaviour (docs/fidelity.md): a frozen
+    BatchNormalization layer still normalises with the mini-batch statistics in the
+    training phase and still updates its moving averages; only its scale and offset are
+    not trained. Here the BN layer stays trainable (so Keras 3 runs it in training mode)
+    and its gamma/beta variables are taken from the optimiser. `"inference"` is Keras
+    3's own behaviour: a frozen BN layer uses and keeps its moving statistics.
+    """
+    if frozen_bn not in FROZEN_BN_MODES:
+        raise ValueError(f"unknown frozen BatchNormalization mode {frozen_bn!r}; "
+                         f"choose {' or '.join(FROZEN_BN_MODES)}")
+    if frozen_bn == "batch" and isinstance(layer, layers.BatchNormalization):
+        _set_layer_trainable(layer, True)
+        for w in (layer.gamma, layer.beta):
+            if w is not None:
+                w.trainable = False
+        return
+    subs = getattr(layer, "_layers", [])
+    if frozen_bn == "batch" and subs:
+        keras.layers.Layer.trainable.fset(layer, True)   # a container: its parts decide
+        for sub in subs:
+            _freeze(sub, frozen_bn)
+        return
+    _set_layer_trainable(layer, False)
+
+
+def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") -> None:
+    """Freeze what the stage does not train: by the named sub-model `patch_trunk`
+    ('head', 'top') or by index in the model's own layers ('first', the original's
+    `model.layers[:top_layer_nb]` of the whole-image model)."""
     _set_layer_trainable(model, True)
     if stage.trainable == "all":
         return
+    if stage.trainable == "first":
+        if stage.trunk_from is None:
+            raise ValueError(f"stage '{stage.name}': which layers are frozen is unknown; "
+                             "pass --top-layer-nb")
+        for layer in model.layers[:stage.trunk_from]:
+            _freeze(layer, frozen_bn)
+        return
     trunk = find_trunk_layer(model)
     if stage.trainable == "head":
-        _set_layer_trainable(trunk, False)
+        _freeze(trunk, frozen_bn)
     elif stage.trainable == "top":
         if stage.trunk_from is None:
             raise ValueError(f"stage '{stage.name}': where the top layers start is unknown; "
                              "pass --top-layer-nb")
         for layer in trunk.layers[:stage.trunk_from]:
-            _set_layer_trainable(layer, False)
+            _freeze(layer, frozen_bn)
     else:
         raise ValueError(f"unknown trainable spec {stage.trainable!r}")
 
@@ -399,54 +519,59 @@ def regularization_loss(model: keras.Model) -> float:
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, optim: str,
-                      jit_compile: bool | str = False, optimizer=None) -> None:
+                      jit_compile: bool | str = False, optimizer=None,
+                      frozen_bn: str = "batch") -> None:
     """Apply a stage's trainability, L2 and dropout, then compile with its optimiser.
 
     `optimizer`: continue with this (restored) optimiser instead of a new one (resume).
     """
-    set_trainable(model, stage)
+    set_trainable(model, stage, frozen_bn)
     set_weight_decay(model, stage.weight_decay)
     set_dropout(model, stage.dropout)
     model.compile(optimizer=optimizer or create_optimizer(optim, stage.lr),
                   loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
 
 
-def stage_bounds(stages: list[Stage]) -> list[tuple[int, int]]:
-    """(first epoch, end epoch) of each stage; numbering continues across stages."""
-    bounds, epoch = [], 0
-    for stage in stages:
-        bounds.append((epoch, epoch + max(0, stage.epochs)))
-        epoch += max(0, stage.epochs)
-    return bounds
+def stage_span(stage: Stage, done: int) -> tuple[int, int]:
+    """(first epoch, end epoch) of a stage that starts after `done` epochs of the run.
+
+    As in the original (Keras 2 `fit(epochs=<flag>, initial_epoch=len(history))`), a
+    stage's epoch flag is the epoch number it ends at, counted from the start of the
+    run, and a stage starts where the previous one actually ended (also after early
+    stopping); a stage whose end is not past its start trains nothing.
+    """
+    return done, max(done, int(stage.epochs))
 
 
 def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoch: int,
                val_ds, callbacks: list, optim: str = "sgd", jit_compile: bool = False,
-               resume_at: tuple[int, int] = (0, 0), verbose: int | str = "auto"
-               ) -> dict[str, list]:
+               resume_at: tuple = (0, 0), verbose: int | str = "auto",
+               frozen_bn: str = "batch") -> dict[str, list]:
     """The one data-driven stage loop of both trainers; epoch numbering continues.
 
+    Each stage ends at epoch `stage.epochs` of the run (see `stage_span`).
     `train_ds` is a dataset or a function of the first epoch returning one (so each
     stage, and a resumed run, sees the batches of its own epochs). `resume_at` is
-    (stage index, epoch) to continue from: earlier stages are skipped and, inside the
-    stage, the model's restored optimiser is kept. Stages with 0 epochs are skipped; if
-    a stage stops early, the next one still runs (as in the original); a callback with
-    a true `abort` attribute (NaN loss) stops all. Returns this call's history.
+    (stage index, epoch[, inside the stage]) to continue from: earlier stages are skipped
+    and, inside a stage, the model's restored optimiser is kept. If a stage stops early, the next one
+    still runs from there (as in the original); a callback with a true `abort`
+    attribute (NaN loss) stops all. `frozen_bn`: see `set_trainable`. Returns this
+    call's history.
     """
     history: dict[str, list] = {}
-    r_stage, r_epoch = resume_at
-    for i, (stage, (start, end)) in enumerate(zip(stages, stage_bounds(stages))):
-        if stage.epochs <= 0:
-            log.info("stage %d (%s): 0 epochs, skipped", i + 1, stage.name)
-            continue
+    r_stage, done = resume_at[:2]
+    resumed_mid_stage = resume_at[2] if len(resume_at) > 2 else done > 0
+    for i, stage in enumerate(stages):
         if i < r_stage:
             continue
-        first = max(start, r_epoch) if i == r_stage else start
+        first, end = stage_span(stage, done)
         if first >= end:
+            log.info("stage %d (%s): ends at epoch %d, %d epochs already run: nothing to "
+                     "train", i + 1, stage.name, stage.epochs, done)
             continue
-        mid_stage = i == r_stage and first > start
+        mid_stage = i == r_stage and resumed_mid_stage
         compile_for_stage(model, stage, optim, jit_compile,
-                          optimizer=model.optimizer if mid_stage else None)
+                          optimizer=model.optimizer if mid_stage else None, frozen_bn=frozen_bn)
         log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %g, dropout %g, "
                  "%d trainable weights%s", i + 1, stage.name, first + 1, end,
                  float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
@@ -463,6 +588,7 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
             history.setdefault(k, []).extend(float(x) for x in v)
         history.setdefault("stage", []).extend([i + 1] * len(hist.epoch))
         history.setdefault("epoch", []).extend(e + 1 for e in hist.epoch)
+        done = first + len(hist.epoch)
         if any(getattr(cb, "abort", False) for cb in callbacks):
             break
     return history
@@ -617,19 +743,18 @@ class LastCheckpoint(keras.callbacks.Callback):
                  best_cb, stateful_cbs: list):
         super().__init__()
         self.path, self.meta, self.fingerprint = path, meta, fingerprint
-        self.bounds = stage_bounds(stages)
+        self.ends = [int(s.epochs) for s in stages]
         self.best_cb, self.stateful = best_cb, stateful_cbs
         self.stage = 0
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite(logs):
             return
-        stage, nxt = self.stage, epoch + 1
-        if self.model.stop_training or nxt >= self.bounds[stage][1]:
-            stage, nxt = stage + 1, (self.bounds[stage + 1][0] if stage + 1 < len(self.bounds)
-                                     else self.bounds[stage][1])
+        stage, nxt, inside = self.stage, epoch + 1, True
+        if self.model.stop_training or nxt >= self.ends[stage]:
+            stage, inside = stage + 1, False   # the next stage starts where this one ended
         state = {"fingerprint": self.fingerprint, "stage": stage, "epoch": nxt,
-                 "best": float(self.best_cb.best),
+                 "inside_stage": inside, "best": float(self.best_cb.best),
                  "callbacks": [cb.state() for cb in self.stateful]}
         meta = ModelMeta(self.meta.class_list, self.meta.recipe, self.meta.kind,
                          dict(self.meta.extra, resume=state))

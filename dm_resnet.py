@@ -373,7 +373,9 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
     if return_heatmap:
         return keras.Model(image_input, out, name="heatmap_model"), 2
     image_model = keras.Model(image_input, out, name="image_clf")
-    return image_model, 2
+    # As in the original: with the heatmap branch, stage 1 also keeps it frozen (the
+    # copied patch classifier included): model.layers[:8]; else input and trunk.
+    return image_model, (8 if add_heatmap else 2)
 
 
 # ------------------------------------------------------------ ResNetBuilder

@@ -33,10 +33,14 @@ def build_patch_model(cfg):
 def run(cfg) -> dict:
     """Train, keep the best model by validation accuracy, report test accuracy and AUROC."""
     def stages(model):
-        if cfg.top_layer_nb is not None or not cfg.use_pretrained:
+        if not cfg.use_pretrained:
             return dm_keras_ext.patch_stages(cfg)
         trunk = dm_keras_ext.find_trunk_layer(model)
-        top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+        if cfg.top_layer_nb is None:
+            top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+        else:   # the original's index, into its Keras 2.0.8 layer list
+            top = dm_keras_ext.legacy_top_layer_nb(trunk, cfg.net, cfg.top_layer_nb,
+                                                   dropout=cfg.hidden_dropout > 0)
         return dm_keras_ext.patch_stages(dataclasses.replace(cfg, top_layer_nb=top))
     return dm_train.train_and_test(cfg, "patch", lambda: build_patch_model(cfg), stages,
                                    {"net": cfg.net})
