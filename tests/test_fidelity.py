@@ -1,0 +1,195 @@
+"""Behaviours that must match the original (Keras 2.0.8) where results depend on them:
+the stage schedule, where stage 2 starts, frozen BatchNorm, regularisers of old files,
+the heatmap branch. See docs/fidelity.md."""
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import dm_keras_ext
+import dm_resnet
+from dm_keras_ext import Stage
+
+
+def _bn_patch_model(seed: int = 0) -> keras.Model:
+    """A tiny patch model whose trunk has a BatchNormalization layer."""
+    keras.utils.set_random_seed(seed)
+    tin = keras.Input((None, None, 1), name="trunk_input")
+    x = layers.Conv2D(4, 3, padding="same", name="c1")(tin)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.Activation("relu", name="r1")(x)
+    trunk = keras.Model(tin, x, name=dm_resnet.TRUNK_NAME)
+    inp = keras.Input((8, 8, 1))
+    y = layers.GlobalAveragePooling2D()(trunk(inp))
+    y = layers.Dropout(0.0)(y)
+    out = layers.Dense(2, activation="softmax", kernel_regularizer=keras.regularizers.L2(0.0))(y)
+    return keras.Model(inp, out)
+
+
+def _data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 2.0, size=(n, 8, 8, 1)).astype("float32")
+    y = np.eye(2)[rng.integers(0, 2, n)].astype("float32")
+    return x, y
+
+
+def _run(model, epochs, callbacks=(), resume_at=(0, 0)):
+    import tensorflow as tf
+    x, y = _data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    stages = [Stage(f"s{i}", e, 0.01, 0.0, 0.0, "all") for i, e in enumerate(epochs)]
+    return dm_keras_ext.run_stages(model, stages, ds, 2, val, list(callbacks), optim="adam",
+                                   resume_at=resume_at, verbose=0)
+
+
+# ------------------------------------------------------------------ item 1: schedule
+def test_stage_epoch_flags_are_final_epoch_numbers():
+    h = _run(_bn_patch_model(), [1, 3, 5])     # the shipped patch script's 1/5/15, scaled
+    assert h["epoch"] == [1, 2, 3, 4, 5] and h["stage"] == [1, 2, 2, 3, 3]
+
+
+def test_a_stage_that_ends_before_it_starts_trains_nothing():
+    h = _run(_bn_patch_model(), [2, 1, 3])     # the image script: --nb-epoch 1 --all-layer-epochs 2 style
+    assert h["epoch"] == [1, 2, 3] and h["stage"] == [1, 1, 3]
+    h = _run(_bn_patch_model(), [1, 2])        # train_image_clf_im1152.sh: 2 epochs, not 3
+    assert h["epoch"] == [1, 2]
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.at = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.at:
+            self.model.stop_training = True
+
+
+def test_after_early_stopping_the_next_stage_starts_where_it_stopped():
+    h = _run(_bn_patch_model(), [4, 6], callbacks=[_StopAfter(2)])
+    assert h["epoch"] == [1, 2, 3, 4, 5, 6] and h["stage"] == [1, 1, 2, 2, 2, 2]
+
+
+def test_resume_follows_the_same_numbering():
+    # stage 1 stopped early after epoch 2: the checkpoint says stage 2, epoch 2, new stage
+    h = _run(_bn_patch_model(), [4, 5], resume_at=(1, 2, False))
+    assert h["epoch"] == [3, 4, 5] and h["stage"] == [2, 2, 2]
+
+
+def test_last_checkpoint_moves_to_the_next_stage_at_the_stage_end(tmp_path):
+    from dm_image import Recipe
+    from dm_keras_ext import ModelMeta
+    model = _bn_patch_model()
+    best = dm_keras_ext.BestModelCheckpoint(None)
+    meta = ModelMeta(("a", "b"), Recipe(img_size=(8, 8), channels=1), kind="patch")
+    stages = [Stage("a", 2, .01, 0, 0), Stage("b", 3, .01, 0, 0)]
+    last = dm_keras_ext.LastCheckpoint(str(tmp_path / "l.keras"), meta, "f", stages, best, [])
+    _run(model, [2, 3], callbacks=[best, last])
+    state = dm_keras_ext.read_resume_state(tmp_path / "l.keras")
+    assert state["stage"] == 2 and state["epoch"] == 3 and not state["inside_stage"]
+
+
+# ------------------------------------------------------------------ item 3: stage 2
+@pytest.mark.parametrize("net,size,first_trained,original_index", [
+    ("resnet50", 64, "conv5_block3_1_conv", 162),
+    ("vgg16", 32, "block5_conv1", 15),
+    ("vgg19", 32, "block5_conv1", 17),
+    ("xception", 71, "block14_sepconv1", 126),
+    ("inception", 75, None, 194),
+])
+def test_stage2_trains_what_the_original_trained(net, size, first_trained, original_index):
+    model, _, top = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+                                              img_size=(size, size))
+    trunk = dm_keras_ext.find_trunk_layer(model)
+    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
+    trained = [l.name for l in trunk.layers if l.trainable_weights]
+    if net == "resnet50":   # only the last residual unit, res5c
+        assert trained and all(n.startswith("conv5_block3_") for n in trained)
+        assert len(trained) == 6   # three convs, three BNs
+    elif net == "inception":   # the mixed7 block onwards
+        names = [l.name for l in trunk.layers]
+        assert all(names.index(n) > names.index("mixed6") for n in trained)
+        assert len([l for l in trunk.layers[names.index("mixed6"):] if l.weights]) == len(trained)
+    else:
+        assert trained[0] == first_trained
+        names = [l.name for l in trunk.layers]
+        assert len(trained) == len([l for l in trunk.layers[names.index(first_trained):]
+                                    if l.weights])
+    # the original's index, given as --top-layer-nb, trains the same layers
+    legacy = dm_keras_ext.legacy_top_layer_nb(trunk, net, original_index)
+    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", legacy))
+    assert [l.name for l in trunk.layers if l.trainable_weights] == trained
+
+
+def test_resnet50_keras208_layout_has_173_trunk_layers_and_162_is_res5b_out():
+    names = dm_keras_ext._resnet50_keras208_names()
+    assert len(names) == 173 and names[162] == "conv5_block2_out"
+    assert names[141:153] == ["conv5_block1_1_conv", "conv5_block1_1_bn", "conv5_block1_1_relu",
+                              "conv5_block1_2_conv", "conv5_block1_2_bn", "conv5_block1_2_relu",
+                              "conv5_block1_3_conv", "conv5_block1_0_conv", "conv5_block1_3_bn",
+                              "conv5_block1_0_bn", "conv5_block1_add", "conv5_block1_out"]
+
+
+def test_yaroslav_stage2_trains_all_layers():
+    model, _, top = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                              img_size=(64, 64))
+    assert top == 0
+    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
+    assert len(model.trainable_weights) == len(model.weights) - 24   # all but BN moving stats
+
+
+def test_top_layer_nb_into_the_head_trains_no_trunk_layer():
+    model, _, top = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+                                              img_size=(32, 32), top_layer_nb=-1)
+    assert top == len(dm_keras_ext.find_trunk_layer(model).layers)
+
+
+# ------------------------------------------------------------------ item 4: frozen BN
+@pytest.mark.parametrize("mode", ["batch", "inference"])
+def test_frozen_trunk_batchnorm_in_stage_one(mode):
+    model = _bn_patch_model()
+    bn = model.get_layer(dm_resnet.TRUNK_NAME).get_layer("bn1")
+    conv = model.get_layer(dm_resnet.TRUNK_NAME).get_layer("c1")
+    dm_keras_ext.compile_for_stage(model, Stage("dense", 1, 0.1, 0, 0, "head"), "sgd",
+                                   frozen_bn=mode)
+    before = {w.path: np.array(w) for w in bn.weights + conv.weights}
+    x, y = _data()
+    # the training-phase output uses batch statistics (Keras 2.0.8) or moving ones (Keras 3)
+    out_train = keras.ops.convert_to_numpy(model.get_layer(dm_resnet.TRUNK_NAME)(x, training=True))
+    out_infer = keras.ops.convert_to_numpy(model.get_layer(dm_resnet.TRUNK_NAME)(x, training=False))
+    model.train_on_batch(x, y)
+    after = {w.path: np.array(w) for w in bn.weights + conv.weights}
+    for k in before:   # scale, offset and the conv kernel are frozen either way
+        if "moving" not in k:
+            np.testing.assert_array_equal(before[k], after[k])
+    moved = not np.allclose(before["bn1/moving_mean"], after["bn1/moving_mean"])
+    assert moved == (mode == "batch")
+    assert np.allclose(out_train, out_infer) == (mode == "inference")
+    assert len(model.trainable_weights) == 2    # only the Dense layer is optimised
+
+
+def test_frozen_bn_default_is_the_original_behaviour():
+    import dm_flags
+    assert dm_flags.parse("patch", ["a", "b", "c"]).frozen_bn == "batch"
+    assert dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m",
+                                    "--frozen-bn", "inference"]).frozen_bn == "inference"
+
+
+# ------------------------------------------------------------------ item 7: heatmap
+def test_add_heatmap_freezes_the_heatmap_branch_in_stage_one():
+    from tiny_models import tiny_patch_model
+    patch = tiny_patch_model()
+    model, nb = dm_resnet.add_top_layers(patch, (64, 48), block_type="resnet", depths=[8, 8],
+                                         repetitions=[1, 1], add_heatmap=True,
+                                         avg_pool_size=(2, 2), hm_pool_size=(2, 2))
+    assert nb == 8
+    stage1 = dm_keras_ext.image_stages(type("C", (), dict(
+        nb_epoch=1, all_layer_epochs=2, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
+        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0)), nb)[0]
+    dm_keras_ext.set_trainable(model, stage1)
+    assert not model.get_layer("hm_dense").trainable
+    trained = {w.path for w in model.trainable_weights}
+    assert not any(p.startswith("hm_dense") for p in trained)
+    assert dm_resnet.add_top_layers(patch, (64, 48), block_type="vgg", depths=[8],
+                                    repetitions=[1])[1] == 2
