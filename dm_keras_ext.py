@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 from keras import layers
-from keras.regularizers import L2
+from keras.regularizers import L1, L1L2, L2
 
 import dm_resnet
 from dm_image import Recipe
@@ -486,20 +486,31 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
 
 
 def set_weight_decay(model: keras.Model, weight_decay: float) -> int:
-    """Set the L2 factor of every top-level conv/dense kernel that carries an L2 penalty.
+    """Set the L2 factor of every top-level conv/dense kernel that carries a penalty.
 
-    Both the layer attribute (saved in its config) and the variable's regulariser (what
-    the loss reads when the train step is traced) change, so unlike the original's
-    mutation of built layers this takes effect. Returns the number of kernels changed.
+    Every regulariser kind counts: Keras 2.0.8 files store `l2(x)` as `L1L2(l1=0, l2=x)`
+    (published and converted checkpoints), and the original set `.l2` on whatever
+    regulariser a kernel had; an L1 part is kept. Both the layer attribute (saved in
+    its config) and the variable's regulariser (what the loss reads when the train
+    step is traced) change, so unlike the original's mutation of built layers this
+    takes effect. Returns the number of kernels changed.
     """
     n = 0
+    wd = float(weight_decay)
     for layer in model.layers:
         reg = getattr(layer, "kernel_regularizer", None)
+        if reg is None or getattr(layer, "kernel", None) is None:
+            continue
         if isinstance(reg, L2):
-            new = L2(float(weight_decay))
-            layer.kernel_regularizer = new
-            layer.kernel.regularizer = new
-            n += 1
+            new = L2(wd)
+        elif isinstance(reg, (L1L2, L1)):
+            l1 = float(getattr(reg, "l1", 0.0))
+            new = L1L2(l1=l1, l2=wd)
+        else:
+            continue
+        layer.kernel_regularizer = new
+        layer.kernel.regularizer = new
+        n += 1
     return n
 
 

@@ -193,3 +193,31 @@ def test_add_heatmap_freezes_the_heatmap_branch_in_stage_one():
     assert not any(p.startswith("hm_dense") for p in trained)
     assert dm_resnet.add_top_layers(patch, (64, 48), block_type="vgg", depths=[8],
                                     repetitions=[1])[1] == 2
+
+
+# ------------------------------------------------------------------ item 5: regularisers
+def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
+    from keras2_fixture import write_keras2_h5
+    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                      img_size=(64, 64))[0]
+    model, _ = dm_resnet.add_top_layers(patch, (128, 128), patch_net="yaroslav",
+                                        block_type="vgg", depths=[8], repetitions=[1])
+    path = tmp_path / "k2.h5"
+    write_keras2_h5(model, path, nested_input_shapes={"patch_trunk": (64, 64, 1)})
+    loaded = dm_keras_ext.load_model(path)
+    kinds = {type(l.kernel_regularizer).__name__ for l in loaded.layers
+             if getattr(l, "kernel_regularizer", None) is not None}
+    assert kinds == {"L1L2"}          # how Keras 2.0.8 stored l2()
+    stages = dm_keras_ext.image_stages(type("C", (), dict(
+        nb_epoch=0, all_layer_epochs=1, init_lr=.01, all_layer_multiplier=.1, weight_decay=0.0,
+        weight_decay2=0.05, hidden_dropout=0, hidden_dropout2=0.0)))
+    dm_keras_ext.compile_for_stage(loaded, stages[1], "adam")
+    kernels = [l.kernel for l in loaded.layers if getattr(l, "kernel_regularizer", None)
+               is not None]
+    expected = 0.05 * sum(float(np.sum(np.square(k))) for k in kernels)
+    assert len(kernels) == 2
+    assert dm_keras_ext.regularization_loss(loaded) == pytest.approx(expected, rel=1e-4)
+    l1 = keras.layers.Dense(2, kernel_regularizer=keras.regularizers.L1L2(l1=0.3, l2=0.0))
+    m = keras.Sequential([keras.Input((3,)), l1])
+    assert dm_keras_ext.set_weight_decay(m, 0.2) == 1
+    assert l1.kernel_regularizer.l1 == pytest.approx(0.3) and l1.kernel_regularizer.l2 == pytest.approx(0.2)
