@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
     p.add_argument("--block-type", default="resnet", choices=["resnet", "vgg"])
     p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])
-    p.add_argument("--top-repetitions", nargs="+", type=int, default=[1, 1])
+    p.add_argument("--top-repetitions", nargs="+", type=int, default=[2, 2])
     p.add_argument("--bottleneck-enlarge-factor", type=int, default=2)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -7,16 +7,19 @@ import dm_keras_ext
 import dm_resnet
 from dm_resnet import add_top_layers, find_trunk_output, ResNetBuilder
 
-TOP_RESNET = dict(block_type="resnet", depths=[512, 512], repetitions=[1, 1],
+# The original's model names (its README: "Top Layers (two blocks)"; its INbreast script
+# builds "512-512-1024x2" with --top-repetitions 2 2): two blocks each.
+TOP_RESNET = dict(block_type="resnet", depths=[512, 512], repetitions=[2, 2],
                   bottleneck_enlarge_factor=2)          # "[512-512-1024]x2"
-TOP_VGG = dict(block_type="vgg", depths=[512], repetitions=[1])  # "512x1"
+TOP_VGG = dict(block_type="vgg", depths=[512, 512], repetitions=[1, 1])  # "512x1"
 
 # Parameters of the new top layers, counted by hand:
-#  VGG block 512 on C channels: conv3x3 (9*C*512 + 512) + BN (4*512) + Dense (512*2 + 2).
-#  Bottleneck block d=512, enlarge 2 on C channels: 1x1 (C*512+512) + BN 2048 + 3x3
-#  (9*512*512+512) + BN 2048 + 1x1 (512*1024+1024) + BN 4096 + shortcut (C*1024+1024) + BN 4096.
-def _vgg_top(c):
-    return 9 * c * 512 + 512 + 4 * 512 + 512 * 2 + 2
+#  VGG conv 512 on C channels: conv3x3 (9*C*512 + 512) + BN (4*512); Dense (512*2 + 2).
+#  Bottleneck unit d=512, enlarge 2, with projection on C channels: 1x1 (C*512+512) + BN 2048
+#  + 3x3 (9*512*512+512) + BN 2048 + 1x1 (512*1024+1024) + BN 4096 + shortcut (C*1024+1024)
+#  + BN 4096; an identity unit (on 1024 channels) has no shortcut conv and BN.
+def _vgg_conv(c):
+    return 9 * c * 512 + 512 + 4 * 512
 
 
 def _bottleneck(c):
@@ -24,11 +27,23 @@ def _bottleneck(c):
         + (c * 1024 + 1024) + 4096
 
 
+def _identity_unit():
+    return (1024 * 512 + 512) + 2048 + (9 * 512 * 512 + 512) + 2048 + (512 * 1024 + 1024) + 4096
+
+
+def _resnet_top(c):
+    return _bottleneck(c) + _identity_unit() + _bottleneck(1024) + _identity_unit() + 1024 * 2 + 2
+
+
+def _vgg_top(c):
+    return _vgg_conv(c) + _vgg_conv(512) + 512 * 2 + 2
+
+
 PINNED = {  # (net, config): (total params of the whole-image model, top-layer params)
-    ("resnet50", "[512-512-1024]x2"): (34_106_242, _bottleneck(2048) + _bottleneck(1024) + 2050),
-    ("resnet50", "512x1"): (33_028_482, _vgg_top(2048)),
-    ("vgg16", "[512-512-1024]x2"): (22_873_922, _bottleneck(512) + _bottleneck(1024) + 2050),
-    ("vgg16", "512x1"): (17_077_570, _vgg_top(512)),
+    ("resnet50", "[512-512-1024]x2"): (40_942_466, _resnet_top(2048)),
+    ("resnet50", "512x1"): (35_390_338, _vgg_top(2048)),
+    ("vgg16", "[512-512-1024]x2"): (29_710_146, _resnet_top(512)),
+    ("vgg16", "512x1"): (19_439_426, _vgg_top(512)),
 }
 
 
