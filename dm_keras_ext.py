@@ -706,7 +706,12 @@ class NanGuard(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a restart (`restore` before the first fit)."""
+    """EarlyStopping counted as Keras 2.0.8 counted (docs/fidelity.md), whose counters
+    survive a restart (`pending`, restored at the start of the next fit).
+
+    Keras 2.0.8 stopped at a non-improving epoch only once `patience` earlier epochs had
+    not improved, i.e. after `patience + 1` epochs without progress (Keras 3: `patience`).
+    """
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
@@ -717,13 +722,36 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.best = float("inf")
         if self.pending:
             self.wait, self.best = self.pending["wait"], self.pending["best"]
+            if self.best is None:
+                self.best = float("inf")
             self.pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            return
+        if current < self.best:   # val_loss, min_delta 0, as the original used it
+            self.best, self.wait = float(current), 0
+        else:
+            if self.wait >= self.patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+                log.info("epoch %d: early stopping (no %s progress for %d epochs)",
+                         epoch + 1, self.monitor, self.wait + 1)
+            self.wait += 1
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive a restart."""
+    """ReduceLROnPlateau counted as Keras 2.0.8 counted, with counters that survive a
+    restart.
+
+    Keras 2.0.8 (epsilon 1e-4 = `min_delta`): the first reduction comes after
+    `patience + 1` epochs without progress, and since the counter restarts at 1 after a
+    reduction, the next ones every `patience` epochs (Keras 3: every `patience`).
+    """
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
@@ -735,10 +763,33 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.best = float("inf")
         if self.pending:
             self.wait, self.best = self.pending["wait"], self.pending["best"]
             self.cooldown_counter = self.pending["cooldown_counter"]
             self.pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = lr
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if current < self.best - self.min_delta:
+            self.best, self.wait = float(current), 0
+        elif not self.in_cooldown():
+            if self.wait >= self.patience:
+                if lr > self.min_lr * (1 + 1e-4):
+                    new_lr = max(lr * self.factor, self.min_lr)
+                    self.model.optimizer.learning_rate = new_lr
+                    log.info("epoch %d: learning rate reduced to %g", epoch + 1, new_lr)
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+            self.wait += 1
 
 
 class LastCheckpoint(keras.callbacks.Callback):

@@ -221,3 +221,39 @@ def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
     m = keras.Sequential([keras.Input((3,)), l1])
     assert dm_keras_ext.set_weight_decay(m, 0.2) == 1
     assert l1.kernel_regularizer.l1 == pytest.approx(0.3) and l1.kernel_regularizer.l2 == pytest.approx(0.2)
+
+
+# ------------------------------------------------------------------ item 10: patience
+def _drive(cb, losses):
+    """Feed a callback a val_loss sequence; returns the epochs (1-based) at which it
+    stopped training or reduced the lr."""
+    model = _bn_patch_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    cb.set_model(model)
+    cb.on_train_begin()
+    events = []
+    for e, v in enumerate(losses):
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        cb.on_epoch_end(e, {"val_loss": v})
+        if model.stop_training or float(keras.ops.convert_to_numpy(
+                model.optimizer.learning_rate)) != lr:
+            events.append(e + 1)
+            model.stop_training = False
+    return events
+
+
+def test_early_stopping_counts_patience_as_keras_208():
+    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=2)
+    # Keras 2.0.8: stops at the 3rd epoch without progress (Keras 3 at the 2nd)
+    assert _drive(es, [1.0, 2.0, 2.0, 2.0, 2.0])[0] == 4
+    es0 = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=0)
+    assert _drive(es0, [1.0, 2.0])[0] == 2
+
+
+def test_lr_plateau_counts_patience_as_keras_208():
+    rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+    # first reduction after patience+1 epochs without progress, then every `patience`
+    assert _drive(rlr, [1.0] + [2.0] * 7) == [4, 6, 8]
+    # progress smaller than epsilon 1e-4 is no progress
+    rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
+    assert _drive(rlr, [1.0, 0.99995, 0.99993, 0.99992]) == [3, 4]
