@@ -257,3 +257,31 @@ def test_lr_plateau_counts_patience_as_keras_208():
     # progress smaller than epsilon 1e-4 is no progress
     rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
     assert _drive(rlr, [1.0, 0.99995, 0.99993, 0.99992]) == [3, 4]
+
+
+# ------------------------------------------------------------------ item 6: channel shift
+def test_channel_shift_is_drawn_per_channel_and_clipped_to_the_image_range():
+    import dm_image as D
+    p = D.draw_params(D.Augment(), seed=3, index=0)
+    assert len(set(p.shifts)) == 3 and all(-20 <= s <= 20 for s in p.shifts)
+    img = (np.arange(24 * 20, dtype=np.float64).reshape(24, 20) * 100).astype(np.uint16)
+    recipe = D.Recipe(img_size=(24, 20), rescale_factor=255 / 65535, channels=3,
+                      featurewise_center=True, featurewise_mean=30.0)
+    p = D.AugParams(shift=20.0, shift2=-20.0, shift3=5.0)
+    x = D.preprocess(img, recipe, p)
+    base = D.preprocess(img, recipe)[:, :, 0]
+    lo, hi = base.min(), base.max()
+    for c, s in enumerate(p.shifts):
+        np.testing.assert_allclose(x[:, :, c], np.clip(base + s, lo, hi), atol=1e-4)
+    # the tf.data pipeline does the same
+    import tempfile, pathlib, cv2
+    d = pathlib.Path(tempfile.mkdtemp())
+    cv2.imwrite(str(d / "a.png"), img)
+    aug = D.Augment(horizontal_flip=False, vertical_flip=False, rotation_range=0, shear_range=0,
+                    zoom_range=(1, 1))
+    ds = D.make_dataset([str(d / "a.png")], [0], recipe, 2, 1, training=True, augment=aug, seed=7)
+    xb = next(iter(ds))[0].numpy()[0]
+    q = D.draw_params(aug, 7, 0)
+    for c, s in enumerate(q.shifts):
+        np.testing.assert_allclose(xb[:, :, c], np.clip(base + s, lo, hi), atol=1e-3)
+    assert not np.allclose(xb[:, :, 0], xb[:, :, 1])
