@@ -275,6 +275,8 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     """
     if resume_from is not None:
         model = load_model(resume_from)
+        if not any(isinstance(l, keras.Model) for l in model.layers):
+            model = nest_flat_patch_model(model, net)   # e.g. a downloaded original .h5
         trunk = find_trunk_layer(model)
     else:
         channels = 1 if net == "yaroslav" else 3
@@ -298,6 +300,27 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         top_layer_nb = (default_top_layer_nb(trunk, net) if top_layer_nb is None else
                         legacy_top_layer_nb(trunk, net, top_layer_nb))
     return model, None, top_layer_nb
+
+
+def nest_flat_patch_model(model: keras.Model, net: str = "resnet50") -> keras.Model:
+    """A flat patch classifier (as the original saved it: one list of layers) rebuilt as
+    `patch_input -> patch_trunk -> head`, sharing its layers and weights.
+
+    The trunk ends at the last convolutional feature map (`dm_resnet.find_trunk_output`);
+    the head layers after it are applied in order. A Dropout layer (rate 0) is put before
+    the classifier when the head has none, so the later stages can set a rate.
+    """
+    cut = dm_resnet.find_trunk_output(model, patch_net=net)
+    trunk = dm_resnet.get_trunk(model, patch_net=net)
+    inp = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="patch_input")
+    x = trunk(inp)
+    head = model.layers[model.layers.index(cut) + 1:]
+    has_dropout = any(isinstance(l, layers.Dropout) for l in head)
+    for layer in head:
+        if isinstance(layer, layers.Dense) and layer is head[-1] and not has_dropout:
+            x = layers.Dropout(0.0, name="patch_dropout")(x)
+        x = layer(x)
+    return keras.Model(inp, x, name=f"patch_{net}")
 
 
 def _has_layer(model: keras.Model, name: str) -> bool:

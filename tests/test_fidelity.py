@@ -285,3 +285,41 @@ def test_channel_shift_is_drawn_per_channel_and_clipped_to_the_image_range():
     for c, s in enumerate(q.shifts):
         np.testing.assert_allclose(xb[:, :, c], np.clip(base + s, lo, hi), atol=1e-3)
     assert not np.allclose(xb[:, :, 0], xb[:, :, 1])
+
+
+# ------------------------------------------------------------------ item 8: flat patch model
+def _flat_patch_model(seed=4):
+    """An original-style flat patch classifier: conv/BN/relu/pool blocks, GAP, Dense."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((32, 32, 1))
+    x = inp
+    for i, f in enumerate((4, 8), start=1):
+        x = layers.Conv2D(f, 3, padding="same", name=f"block{i}_conv1")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out, name="yaroslav")
+
+
+def test_patch_resume_from_a_flat_original_style_model(tmp_path):
+    import dm_flags
+    import patch_clf_train
+    from keras2_fixture import write_keras2_h5
+    from synth import write_class_folders
+    flat = _flat_patch_model()
+    path = tmp_path / "orig_patch.h5"
+    write_keras2_h5(flat, path)
+    model, _, top = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, resume_from=str(path))
+    assert dm_keras_ext.find_trunk_layer(model).name == dm_resnet.TRUNK_NAME and top == 0
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(model.predict(x, verbose=0), flat.predict(x, verbose=0), atol=1e-5)
+    data = write_class_folders(tmp_path / "d", ["background", "malignant", "benign"], 3, (32, 32))
+    res = patch_clf_train.run(dm_flags.parse("patch", [
+        str(data["train"]), str(data["val"]), str(data["test"]), "--net", "yaroslav",
+        "--resume-from", str(path), "--img-size", "32", "32", "--rescale-factor", "0.003891",
+        "--no-equalize-hist", "--batch-size", "9", "--train-bs-multiplier", "1",
+        "--nb-epoch", "1", "--top-layer-epochs", "1", "--all-layer-epochs", "2",
+        "--optimizer", "adam", "--best-model", str(tmp_path / "p.keras")]))
+    assert res["history"]["stage"] == [1, 3]
