@@ -221,15 +221,14 @@ def imagenet_weights_path(net: str, weights_file: str | None = None) -> str:
     return str(path)
 
 
-def yaroslav_trunk(input_shape=(None, None, 1), weight_decay: float = 0.0) -> keras.Model:
-    """YaroslavNet's convolutional trunk: six [conv3x3-BN-relu]x2 + maxpool blocks."""
+def yaroslav_trunk(input_shape=(None, None, 1)) -> keras.Model:
+    """YaroslavNet's convolutional trunk: six [conv3x3-BN-relu]x2 + maxpool blocks, with
+    the original's Keras defaults (Glorot-uniform kernels, no weight decay)."""
     inp = keras.Input(shape=input_shape)
     x = inp
     for b, filters in enumerate((32, 64, 128, 256, 256, 512), start=1):
         for c in (1, 2):
-            x = layers.Conv2D(filters, (3, 3), padding="same", kernel_initializer="he_normal",
-                              kernel_regularizer=L2(weight_decay) if weight_decay else None,
-                              name=f"block{b}_conv{c}")(x)
+            x = layers.Conv2D(filters, (3, 3), padding="same", name=f"block{b}_conv{c}")(x)
             x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
             x = layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = layers.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{b}_pool")(x)
@@ -292,9 +291,10 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         inp = keras.Input(shape=shape, name="patch_input")
         x = trunk(inp)
         x = layers.GlobalAveragePooling2D(name="patch_pool")(x)
-        x = layers.Dropout(hidden_dropout, name="patch_dropout")(x)
-        out = layers.Dense(nb_class, activation="softmax", kernel_regularizer=L2(weight_decay),
-                           name="patch_clf")(x)
+        yaroslav = net == "yaroslav"   # the original's head: no dropout, no weight decay
+        x = layers.Dropout(0.0 if yaroslav else hidden_dropout, name="patch_dropout")(x)
+        out = layers.Dense(nb_class, activation="softmax", name="patch_clf",
+                           kernel_regularizer=None if yaroslav else L2(weight_decay))(x)
         model = keras.Model(inp, out, name=f"patch_{net}")
     if trunk is not None:
         top_layer_nb = (default_top_layer_nb(trunk, net) if top_layer_nb is None else

@@ -141,7 +141,7 @@ def _residual_block(block_function: Callable, nb_filters: int, repetitions: int,
 
 
 def _vgg_block(nb_filters: int, repetitions: int, dropout: float = 0.0,
-               weight_decay: float = 1e-4):
+               weight_decay: float = 0.01):
     """`repetitions` x (conv3x3-BN-relu-dropout), then 2x2 max pooling."""
     def f(x):
         for _ in range(repetitions):

@@ -323,3 +323,30 @@ def test_patch_resume_from_a_flat_original_style_model(tmp_path):
         "--nb-epoch", "1", "--top-layer-epochs", "1", "--all-layer-epochs", "2",
         "--optimizer", "adam", "--best-model", str(tmp_path / "p.keras")]))
     assert res["history"]["stage"] == [1, 3]
+
+
+# ------------------------------------------------------------------ item 10: the rest
+def test_yaroslav_has_the_original_initialisers_and_head():
+    model = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+                                      img_size=(64, 64), hidden_dropout=0.5, weight_decay=0.1)[0]
+    trunk = dm_keras_ext.find_trunk_layer(model)
+    convs = [l for l in trunk.layers if isinstance(l, layers.Conv2D)]
+    assert len(convs) == 12
+    assert all(l.get_config()["kernel_initializer"]["class_name"] == "GlorotUniform" for l in convs)
+    assert all(l.kernel_regularizer is None for l in convs)
+    assert model.get_layer("patch_clf").kernel_regularizer is None
+    assert model.get_layer("patch_dropout").rate == 0.0
+
+
+def test_vgg_block_default_weight_decay_is_the_originals():
+    import inspect
+    assert inspect.signature(dm_resnet._vgg_block).parameters["weight_decay"].default == 0.01
+
+
+def test_inbreast_script_also_at_the_original_path():
+    import pathlib
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    a = (repo / "ddsm_train/train_image_clf_inbreast.sh").read_text()
+    b = (repo / "inbreast_train/train_image_clf_inbreast.sh").read_text()
+    strip = lambda t: [l for l in t.splitlines() if not l.startswith("#")]
+    assert strip(a) == strip(b)
