@@ -366,7 +366,9 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
 
 # ------------------------------------------------------------------ optimisers
 def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
-    """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9)."""
+    """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9), with
+    Keras 2.0.8's defaults where Keras 3's differ: epsilon 1e-8 (Keras 3: 1e-7) and
+    Adagrad's accumulators starting at 0 (Keras 3: 0.1)."""
     name = optim_name.lower()
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
@@ -375,7 +377,9 @@ def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
              "adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam}
     if name not in table:
         raise ValueError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
-    return table[name](lr)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(lr, initial_accumulator_value=0.0, epsilon=1e-8)
+    return table[name](lr, epsilon=1e-8)
 
 
 # ------------------------------------------------------------------ staged training

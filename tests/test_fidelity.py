@@ -350,3 +350,9 @@ def test_inbreast_script_also_at_the_original_path():
     b = (repo / "inbreast_train/train_image_clf_inbreast.sh").read_text()
     strip = lambda t: [l for l in t.splitlines() if not l.startswith("#")]
     assert strip(a) == strip(b)
+
+
+def test_optimisers_have_keras_208_defaults():
+    for name in ("rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"):
+        assert dm_keras_ext.create_optimizer(name, 0.01).epsilon == pytest.approx(1e-8)
+    assert dm_keras_ext.create_optimizer("adagrad", 0.01).initial_accumulator_value == 0.0
