@@ -58,12 +58,6 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
     suffix = ".h5" if is_h5 else ".keras"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    # Weights frozen one by one (BN scale/offset, see `_freeze`) are saved as trainable,
-    # so the file's weight order is that of the model as built.
-    held = [w for l in model._flatten_layers() if isinstance(l, layers.BatchNormalization)
-            and l.trainable for w in l._trainable_variables if not w.trainable]
-    for w in held:
-        w.trainable = True
     try:
         if is_h5:
             model.save(tmp)
@@ -81,9 +75,6 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    finally:
-        for w in held:
-            w.trainable = False
 
 
 class ModelKindError(ValueError):
@@ -260,10 +251,39 @@ def build_trunk(net: str, input_shape=(224, 224, 3), use_pretrained: bool = Fals
     return keras.Model(base.inputs, base.output, name=dm_resnet.TRUNK_NAME)
 
 
+# The original's `preprocess_input` of each ImageNet net (Keras 2.0.8), applied by its
+# patch trainer when --no-featurewise-center: 'caffe' (RGB->BGR, minus the ImageNet
+# channel means) for ResNet50 and VGG, 'tf' (x/255 - 0.5, x2) for Xception/InceptionV3.
+IMAGENET_PREPROCESS = {"resnet50": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+                       "xception": "tf", "inception": "tf"}
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class ImageNetPreprocess(layers.Layer):
+    """A net's ImageNet `preprocess_input` as the patch model's first layer, so the saved
+    model carries it and prediction and heatmaps repeat it (docs/fidelity.md)."""
+
+    def __init__(self, mode: str = "caffe", **kw):
+        super().__init__(**kw)
+        if mode not in ("caffe", "tf"):
+            raise ValueError(f"unknown ImageNet preprocessing {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+        return keras.ops.flip(x, axis=-1) - mean
+
+    def get_config(self):
+        return dict(super().get_config(), mode=self.mode)
+
+
 def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
                  resume_from: str | None = None, img_size=(224, 224),
                  top_layer_nb: int | None = None, weight_decay: float = 0.01,
                  hidden_dropout: float = 0.0, weights_file: str | None = None,
+                 imagenet_preprocess: bool = False,
                  **kw_args) -> tuple[keras.Model, None, int | None]:
     """A patch classifier: trunk -> global average pooling -> dropout -> Dense softmax.
 
@@ -271,6 +291,8 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     `preprocess_input` is always None (the recipe does preprocessing) and
     `top_layer_nb` is the index in the trunk's layers where stage 2 starts.
     The dropout layer is always present (rate may be 0) so a later stage can change it.
+    `imagenet_preprocess` (the original's --no-featurewise-center) puts the net's
+    ImageNet `preprocess_input` in front of the trunk (`ImageNetPreprocess`).
     """
     if resume_from is not None:
         model = load_model(resume_from)
@@ -289,7 +311,10 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         trunk = build_trunk(net, shape, use_pretrained and net in _APPLICATIONS,
                             weights_file, **kw_args)
         inp = keras.Input(shape=shape, name="patch_input")
-        x = trunk(inp)
+        x = inp
+        if imagenet_preprocess and net in IMAGENET_PREPROCESS:
+            x = ImageNetPreprocess(IMAGENET_PREPROCESS[net], name="imagenet_preprocess")(x)
+        x = trunk(x)
         x = layers.GlobalAveragePooling2D(name="patch_pool")(x)
         yaroslav = net == "yaroslav"   # the original's head: no dropout, no weight decay
         x = layers.Dropout(0.0 if yaroslav else hidden_dropout, name="patch_dropout")(x)
@@ -444,17 +469,39 @@ def _set_layer_trainable(layer: keras.layers.Layer, value: bool) -> None:
 
     Plain assignment is skipped by TensorFlow's attribute tracking when the new value
     `is` the old one (True is True), which would leave sub-layers frozen. Unfreezing also
-    gives BatchNormalization's scale and offset back to the optimiser (see `_freeze`).
+    drops the Keras 2.0.8 frozen-BN behaviour (see `_freeze`).
     """
     keras.layers.Layer.trainable.fset(layer, value)
     if value:
-        for w in getattr(layer, "_trainable_variables", []):
-            w.trainable = True
+        layer.__dict__.pop("call", None)
     for sub in getattr(layer, "_layers", []):
         _set_layer_trainable(sub, value)
 
 
 FROZEN_BN_MODES = ("batch", "inference")
+
+
+def _batch_statistics_when_frozen(bn: layers.BatchNormalization) -> None:
+    """Make a frozen BN layer behave as Keras 2.0.8's did in the training phase.
+
+    The layer stays frozen (not trainable: its scale and offset are not optimised, and
+    its saved config and the optimiser's variables are those of a frozen layer), but
+    its call in the training phase runs as a trainable BN: normalise with the batch
+    statistics and update the moving averages. The override lives on the instance only
+    and is not saved; every stage sets it again.
+    """
+    cls_call = type(bn).call
+
+    def call(inputs, training=None, mask=None):
+        if not training or bn._trainable:
+            return cls_call(bn, inputs, training=training, mask=mask)
+        bn._trainable = True
+        try:
+            return cls_call(bn, inputs, training=training, mask=mask)
+        finally:
+            bn._trainable = False
+
+    object.__setattr__(bn, "call", call)
 
 
 def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
@@ -463,26 +510,17 @@ def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
     `frozen_bn="batch"` is Keras 2.0.8's behaviour (docs/fidelity.md): a frozen
     BatchNormalization layer still normalises with the mini-batch statistics in the
     training phase and still updates its moving averages; only its scale and offset are
-    not trained. Here the BN layer stays trainable (so Keras 3 runs it in training mode)
-    and its gamma/beta variables are taken from the optimiser. `"inference"` is Keras
-    3's own behaviour: a frozen BN layer uses and keeps its moving statistics.
+    not trained. `"inference"` is Keras 3's own behaviour: a frozen BN layer uses and
+    keeps its moving statistics.
     """
     if frozen_bn not in FROZEN_BN_MODES:
         raise ValueError(f"unknown frozen BatchNormalization mode {frozen_bn!r}; "
                          f"choose {' or '.join(FROZEN_BN_MODES)}")
-    if frozen_bn == "batch" and isinstance(layer, layers.BatchNormalization):
-        _set_layer_trainable(layer, True)
-        for w in (layer.gamma, layer.beta):
-            if w is not None:
-                w.trainable = False
-        return
-    subs = getattr(layer, "_layers", [])
-    if frozen_bn == "batch" and subs:
-        keras.layers.Layer.trainable.fset(layer, True)   # a container: its parts decide
-        for sub in subs:
-            _freeze(sub, frozen_bn)
-        return
     _set_layer_trainable(layer, False)
+    if frozen_bn == "batch":
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, layers.BatchNormalization):
+                _batch_statistics_when_frozen(sub)
 
 
 def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") -> None:

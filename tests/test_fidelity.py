@@ -356,3 +356,28 @@ def test_optimisers_have_keras_208_defaults():
     for name in ("rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"):
         assert dm_keras_ext.create_optimizer(name, 0.01).epsilon == pytest.approx(1e-8)
     assert dm_keras_ext.create_optimizer("adagrad", 0.01).initial_accumulator_value == 0.0
+
+
+# ------------------------------------------------------------------ item 9: preprocess_input
+def test_no_featurewise_center_applies_the_nets_imagenet_preprocess(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    for net, expect in (("vgg16", x[..., ::-1] - np.array([103.939, 116.779, 123.68])),
+                        ("xception", x / 255.0 * 2 - 1)):
+        model = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+                                          img_size=(32 if net == "vgg16" else 71,) * 2,
+                                          imagenet_preprocess=True)[0]
+        pre = model.get_layer("imagenet_preprocess")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(pre(x)), expect, rtol=1e-5,
+                                   atol=1e-4)
+    # saved and reloaded with the model (so prediction and heatmaps repeat it)
+    model = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+                                      img_size=(32, 32), imagenet_preprocess=True)[0]
+    dm_keras_ext.save_model(model, tmp_path / "p.keras")
+    again = dm_keras_ext.load_model(tmp_path / "p.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    # the whole-image model takes the trunk only, as the original's image trainer did
+    image, _ = dm_resnet.add_top_layers(again, (64, 64), block_type="vgg", depths=[8],
+                                        repetitions=[1])
+    assert not any(isinstance(l, dm_keras_ext.ImageNetPreprocess) for l in image.layers)
+    assert dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+                                     img_size=(32, 32))[0].layers[1].name == "patch_trunk"
