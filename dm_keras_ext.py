@@ -427,7 +427,7 @@ class Stage:
 
 
 def patch_stages(c) -> list[Stage]:
-    """SPEC §4: dense layer only, then the trunk's top, then all (one stage if not pretrained)."""
+    """Dense layer only, then the trunk's top, then all (one stage if not pretrained); README "Training"."""
     if not c.use_pretrained:
         return [Stage("all layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout)]
     return [

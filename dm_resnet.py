@@ -1,6 +1,6 @@
 """Residual/VGG building blocks, the custom ResNet builders and `add_top_layers`.
 
-`add_top_layers` turns a patch classifier into a whole-image classifier (SPEC §6): the
+`add_top_layers` turns a patch classifier into a whole-image classifier (README "Models"): the
 patch model is cut at its last convolutional feature map, wrapped as a nested
 sub-model named `patch_trunk` (so training stages can freeze it by name), called on a
 whole-image input, and new convolutional "top" layers are stacked on its output.
@@ -340,7 +340,7 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
                    fc_init_units: int = 64, fc_layers: int = 2,
                    kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
                    ) -> tuple[keras.Model, int]:
-    """Convert a patch classifier into a whole-image classifier (SPEC §6).
+    """Convert a patch classifier into a whole-image classifier (README "Models").
 
     Returns `(image_model, top_layer_nb)` as the original did; `image_model.layers
     [top_layer_nb:]` are the new layers, the trunk is `image_model.get_layer('patch_trunk')`.
