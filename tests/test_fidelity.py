@@ -381,3 +381,22 @@ def test_no_featurewise_center_applies_the_nets_imagenet_preprocess(tmp_path):
     assert not any(isinstance(l, dm_keras_ext.ImageNetPreprocess) for l in image.layers)
     assert dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                      img_size=(32, 32))[0].layers[1].name == "patch_trunk"
+
+
+def test_image_trainer_honours_top_layer_nb_with_resume_from():
+    import dm_flags
+    import image_clf_train
+    base = ["a", "b", "c", "--resume-from", "m.keras", "--nb-epoch", "3"]
+    assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", base + ["--top-layer-nb", "5"])) == 5
+    assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", base)) == 2
+    built = ["a", "b", "c", "--patch-model-state", "p.keras", "--top-layer-nb", "5"]
+    assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", built)) == 2  # add_top_layers' value
+    assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", built + ["--add-heatmap"])) == 8
+    from tiny_models import tiny_image_model
+    model = tiny_image_model()
+    stage1 = dm_keras_ext.image_stages(type("C", (), dict(
+        nb_epoch=3, all_layer_epochs=4, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
+        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0)), 5)[0]
+    dm_keras_ext.set_trainable(model, stage1)
+    assert [l.trainable for l in model.layers[:5]] == [False] * 5
+    assert all(l.trainable for l in model.layers[5:])
