@@ -1,7 +1,8 @@
 """The three original training scripts, end to end on tiny data (slow).
 
 Each shell script runs as shipped, with its path variables pointed at tiny local data and
-one override appended (a small `--img-size`, so it takes minutes on a CPU). The epochs
+size overrides appended (a small `--img-size`; for the whole-image script 16-filter top
+blocks instead of 512), so it takes minutes on a CPU; every epoch flag is the script's. The epochs
 each run trained are checked against the original's schedule: Keras 2.0.8's
 `fit(epochs=<flag>, initial_epoch=<epochs so far>)` per stage, with its early stopping
 (reset every stage, stopping after `--es-patience` + 1 epochs without progress), replayed
@@ -52,6 +53,7 @@ def _history(path):
 
 
 def _flag(text, name, n=1):
+    text = text[text.index('"$PYTHON"'):]   # the command, not the comments
     m = re.search(rf"--{name}((?:\s+[^\s\\-][^\s\\]*){{{n}}})", text)
     vals = m.group(1).split()
     return [int(v) if v.lstrip("-").isdigit() else v for v in vals]
@@ -112,8 +114,8 @@ def test_the_three_training_scripts_run_with_the_original_epoch_counts(tmp_path)
     image_best = tmp_path / "image_best.keras"
     text, _ = _run_script("ddsm_train/train_image_clf_im1152.sh", dict(
         TRAIN_DIR=images["train"], VAL_DIR=images["val"], TEST_DIR=images["test"],
-        PATCH_STATE=patch_best, BEST_MODEL=image_best), ["--img-size", "128", "96"],
-        env, tmp_path)
+        PATCH_STATE=patch_best, BEST_MODEL=image_best),
+        ["--img-size", "128", "96", "--top-depths", "16", "16"], env, tmp_path)
     ends = [_flag(text, "nb-epoch")[0], _flag(text, "all-layer-epochs")[0]]
     epochs, losses = _history(tmp_path / "image_best.history.csv")
     assert ends == [1, 2] and epochs == keras208_schedule(losses, ends, 10) == [0, 1]
