@@ -116,9 +116,11 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-dropout2", "-hd2", dest="hidden_dropout2", type=float,
                    help="dropout rate in the later stages (really applied)")
     g.add_argument("--lr-patience", "-lrp", dest="lr_patience", type=int,
-                   help="halve the lr after this many epochs without val-loss progress (sgd)")
+                   help="sgd: halve the lr once more than this many epochs made no val-loss "
+                        "progress, then every this many (Keras 2.0.8 counting)")
     g.add_argument("--es-patience", "-esp", dest="es_patience", type=int,
-                   help="stop after this many epochs without val-loss progress")
+                   help="stop once more than this many epochs of a stage made no val-loss "
+                        "progress (Keras 2.0.8 counting)")
     _optional(g, "top-layer-nb", "top_layer_nb", int,
               "where the trained layers start, counted as in the original's Keras 2.0.8 "
               "layout (patch: index in the flat patch model; image: in the whole-image "
