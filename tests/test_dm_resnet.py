@@ -85,14 +85,14 @@ def test_other_image_sizes(patch_models):
 
 def test_heatmap_branch_copies_patch_classifier(patch_models):
     patch = patch_models["vgg16"]
-    model, _ = add_top_layers(patch, (256, 192), add_heatmap=True, avg_pool_size=(1, 1),
+    model, _ = add_top_layers(patch, (512, 384), add_heatmap=True, avg_pool_size=(1, 1),
                               hm_pool_size=(2, 2), **TOP_VGG)
     hm = model.get_layer("hm_dense")
     clf = patch.get_layer("patch_clf")
     for a, b in zip(hm.get_weights(), clf.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert hm.get_config()["activation"] == "relu"
-    assert tuple(model.get_layer("hm_max_pool").output.shape) == (None, 4, 3, 3)
+    assert tuple(model.get_layer("hm_max_pool").output.shape) == (None, 8, 6, 3)
 
 
 def test_return_heatmap_equals_patch_classifier_on_pooled_features():
@@ -137,8 +137,8 @@ def test_unknown_block_type(patch_models):
 
 
 def test_save_and_reload_whole_image_model(tmp_path, patch_models):
-    model, _ = add_top_layers(patch_models["vgg16"], (96, 64), **TOP_VGG)
-    x = np.random.default_rng(2).normal(size=(2, 96, 64, 3)).astype("float32")
+    model, _ = add_top_layers(patch_models["vgg16"], (128, 128), **TOP_VGG)
+    x = np.random.default_rng(2).normal(size=(2, 128, 128, 3)).astype("float32")
     path = tmp_path / "m.keras"
     model.save(path)
     again = keras.saving.load_model(path)
@@ -214,10 +214,10 @@ def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
                                       img_size=(size, size))[0]
     trunk = patch.get_layer("patch_trunk")
     assert dm_resnet.legacy_kept_layer(patch, idx, net) is trunk.layers[-1]
-    model, nb = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx, **TOP_VGG)
+    model, nb = add_top_layers(patch, (256, 256), patch_net=net, kept_layer_idx=idx, **TOP_VGG)
     assert model.get_layer("patch_trunk") is trunk
     # one more layer back cuts earlier: a different trunk ending at the previous layer
-    model2, _ = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx - 1, **TOP_VGG)
+    model2, _ = add_top_layers(patch, (256, 256), patch_net=net, kept_layer_idx=idx - 1, **TOP_VGG)
     assert model2.get_layer("patch_trunk").output.name != trunk.output.name
     with pytest.raises(ValueError, match="classifier head"):
         dm_resnet.legacy_kept_layer(patch, -1, net)
