@@ -228,3 +228,18 @@ def test_image_too_small_for_top_layers_is_a_clear_error():
                                       img_size=(64, 64))[0]
     with pytest.raises(ValueError, match=r"image size \(128, 96\) is too small.*\(2, 1\)"):
         add_top_layers(patch, (128, 96), block_type="vgg", depths=[16], repetitions=[1])
+
+
+def test_readme_model_table_carries_the_pinned_counts_and_recipes():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (ResNet50|VGG16) \| (\[512-512-1024\]x2|512x1)[^|]*\| [^|]+\| "
+                      r"([\d,]+) \| ([\d,]+) \|$", readme, flags=re.M)
+    assert len(rows) == 4
+    for net, cfg, total, top in rows:
+        assert (int(total.replace(",", "")), int(top.replace(",", ""))) == \
+            PINNED[(net.lower(), cfg)]
+    assert "--top-depths 512 512 --top-repetitions 2 2 --bottleneck-enlarge-factor 2" in readme
+    assert "--block-type vgg --top-depths 512 512 --top-repetitions 1 1" in readme
+    assert "--top-repetitions 1 1 --bottleneck-enlarge-factor 2" not in readme
