@@ -70,6 +70,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
         raise CheckpointNotFoundError(f"{p}: model file not found")
     if not p.is_file():
         raise CheckpointError(f"{p}: not a file")
+    import dm_keras_ext  # noqa: F401  registers the project's own layers (ImageNetPreprocess)
     if zipfile.is_zipfile(p):
         cfg = _keras_zip_config(p)
         if safe_mode:

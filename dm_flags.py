@@ -21,6 +21,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     top_layer_nb=None, bias_multiplier=None, seed=None, distribute=False,
     mixed_precision=False, jit_compile=False, tensorboard=None, history_csv=None,
     test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
+    frozen_bn="batch",
 )
 
 PATCH_DEFAULTS: dict[str, Any] = dict(
@@ -122,11 +123,19 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden-dropout2", "-hd2", dest="hidden_dropout2", type=float,
                    help="dropout rate in the later stages (really applied)")
     g.add_argument("--lr-patience", "-lrp", dest="lr_patience", type=int,
-                   help="halve the lr after this many epochs without val-loss progress (sgd)")
+                   help="sgd: halve the lr once more than this many epochs made no val-loss "
+                        "progress, then every this many (Keras 2.0.8 counting)")
     g.add_argument("--es-patience", "-esp", dest="es_patience", type=int,
-                   help="stop after this many epochs without val-loss progress")
+                   help="stop once more than this many epochs of a stage made no val-loss "
+                        "progress (Keras 2.0.8 counting)")
     _optional(g, "top-layer-nb", "top_layer_nb", int,
-              "index in the trunk's layers where the top layers start (default: by name)")
+              "where the trained layers start, counted as in the original's Keras 2.0.8 "
+              "layout (patch: index in the flat patch model; image: in the whole-image "
+              "model); default: by name")
+    g.add_argument("--frozen-bn", dest="frozen_bn", choices=["batch", "inference"],
+                   help="frozen BatchNormalization layers: 'batch' normalise with batch "
+                        "statistics and update their moving averages (Keras 2.0.8, the "
+                        "original); 'inference' use their moving statistics (Keras 3)")
     g.add_argument("--bias-multiplier", dest="bias_multiplier", type=float,
                    help="accepted for the original scripts; has no effect (Keras has no "
                         "per-weight learning rates)")

@@ -91,7 +91,7 @@ class Augment:
     rotation_range: float = 25.0        # degrees, +/-
     shear_range: float = 0.2            # radians, +/-
     zoom_range: tuple[float, float] = (0.8, 1.2)
-    channel_shift_range: float = 20.0   # intensity units, +/-
+    channel_shift_range: float = 20.0   # intensity units, +/-, one draw per channel (Keras 2.0)
     fill_mode: str = "nearest"
     interpolation: str = "bilinear"     # or "nearest" (the Keras 2.0 generator's order 0)
 
@@ -289,9 +289,11 @@ def preprocess(img: np.ndarray, recipe: Recipe, aug_params: "AugParams | None" =
     if img.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {img.shape}")
     x = grey_steps(resize(img, recipe), recipe)
+    per_channel = aug_params is not None and recipe.channels == 3
     if aug_params is not None:
-        x = augment_numpy(x, aug_params, interpolation)
-    return finish_channels(x, recipe)
+        x = augment_numpy(x, aug_params, interpolation, shift=not per_channel)
+    out = finish_channels(x, recipe)
+    return channel_shifts(out, aug_params.shifts) if per_channel else out
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -302,8 +304,10 @@ class AugParams:
     """One explicit draw of the augmentation (Keras 2.0 `random_transform` semantics).
 
     theta: rotation in degrees; shear in radians; zx/zy: zoom of the row/column axis
-    (>1 zooms out, as in Keras); shift: added intensity (then clipped to the image's
-    min/max); flip_h/flip_v: mirror columns/rows (applied after the affine warp).
+    (>1 zooms out, as in Keras); shift, shift2, shift3: intensity added to channel 1, 2
+    and 3 (each then clipped to the image's min/max: Keras 2.0 drew one shift per channel
+    of the three duplicated grey channels; a 1-channel image uses `shift`);
+    flip_h/flip_v: mirror columns/rows (applied after the affine warp).
     """
 
     theta: float = 0.0
@@ -313,17 +317,24 @@ class AugParams:
     shift: float = 0.0
     flip_h: bool = False
     flip_v: bool = False
+    shift2: float = 0.0
+    shift3: float = 0.0
 
-    VECTOR_LEN = 7
+    VECTOR_LEN = 9
 
     def to_vector(self) -> np.ndarray:
         return np.array([self.theta, self.shear, self.zx, self.zy, self.shift,
-                         float(self.flip_h), float(self.flip_v)], dtype=np.float32)
+                         float(self.flip_h), float(self.flip_v), self.shift2, self.shift3],
+                        dtype=np.float32)
 
     @classmethod
     def from_vector(cls, v: Sequence[float]) -> "AugParams":
-        v = [float(t) for t in v]
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5] >= 0.5, v[6] >= 0.5)
+        v = [float(t) for t in v] + [0.0] * (9 - len(v))
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5] >= 0.5, v[6] >= 0.5, v[7], v[8])
+
+    @property
+    def shifts(self) -> tuple[float, float, float]:
+        return (self.shift, self.shift2, self.shift3)
 
 
 def affine_matrix(p: AugParams, h: int, w: int, include_flips: bool = False
@@ -349,8 +360,21 @@ def affine_matrix(p: AugParams, h: int, w: int, include_flips: bool = False
     return a @ fm, a @ (fo - c) + c
 
 
+def channel_shifts(x: np.ndarray, shifts: Sequence[float]) -> np.ndarray:
+    """Keras 2.0 channel shift of an HxWxC image, in place: channel c gets `shifts[c]`
+    added and is clipped to the image's own min and max (over all channels)."""
+    if not any(shifts[:x.shape[-1]]):
+        return x
+    lo, hi = np.float32(x.min()), np.float32(x.max())
+    for c in range(x.shape[-1]):
+        ch = x[:, :, c]
+        np.add(ch, np.float32(shifts[c]), out=ch)
+        np.clip(ch, lo, hi, out=ch)
+    return x
+
+
 def _shift_clip(x: np.ndarray, shift: float) -> np.ndarray:
-    """Keras 2.0 channel shift: add, then clip to the (warped) image's own min and max."""
+    """Keras 2.0 channel shift of a one-channel image: add, then clip to its own range."""
     if shift == 0.0:
         return x
     lo, hi = float(x.min()), float(x.max())
@@ -375,11 +399,14 @@ def augment_reference(x: np.ndarray, p: AugParams, interpolation: str = "bilinea
     return np.ascontiguousarray(y)
 
 
-def augment_numpy(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") -> np.ndarray:
+def augment_numpy(x: np.ndarray, p: AugParams, interpolation: str = "bilinear",
+                  shift: bool = True) -> np.ndarray:
     """Fast augmentation of one float32 grey image, as used by the pipeline.
 
     One cv2.warpAffine with the flips folded into the matrix (replicate border = nearest
-    fill), then the clipped intensity shift. Agrees with `augment_reference`: nearest is
+    fill), then the clipped intensity shift (unless `shift` is False: 3-channel inputs
+    are shifted per channel after duplication, `channel_shifts`). Agrees with
+    `augment_reference`: nearest is
     identical except at rounding ties; bilinear differs by cv2's 1/32-pixel weight
     quantisation (at most ~1/64 of a neighbour difference).
     """
@@ -397,7 +424,7 @@ def augment_numpy(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") 
         flag = cv2.INTER_LINEAR if interpolation == "bilinear" else cv2.INTER_NEAREST
         y = cv2.warpAffine(x, m, (w, h), flags=flag | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_REPLICATE)
-    return _shift_clip(y, p.shift)
+    return _shift_clip(y, p.shift) if shift else y
 
 
 def draw_params_tf(augment: Augment, seed: "tf.Tensor") -> "tf.Tensor":
@@ -417,7 +444,10 @@ def draw_params_tf(augment: Augment, seed: "tf.Tensor") -> "tf.Tensor":
              if augment.channel_shift_range else zero)
     fh = tf.cast(u[5] < 0.5, tf.float32) if augment.horizontal_flip else zero
     fv = tf.cast(u[6] < 0.5, tf.float32) if augment.vertical_flip else zero
-    return tf.stack([theta, shear, zx, zy, shift, fh, fv])
+    shift2, shift3 = (((2.0 * u[7] - 1.0) * augment.channel_shift_range,
+                       (2.0 * u[8] - 1.0) * augment.channel_shift_range)
+                      if augment.channel_shift_range else (zero, zero))
+    return tf.stack([theta, shear, zx, zy, shift, fh, fv, shift2, shift3])
 
 
 def element_seed(seed: int, index) -> "tf.Tensor":
@@ -662,8 +692,9 @@ def _fill_one(out: np.ndarray, img: np.ndarray, recipe: Recipe, params: np.ndarr
     and the channels are written once with cv2.merge (far cheaper than a TF broadcast).
     """
     x = grey_steps(resize(img, recipe), recipe)
-    if params is not None:
-        x = augment_numpy(x, AugParams.from_vector(params), interpolation)
+    p = AugParams.from_vector(params) if params is not None else None
+    if p is not None:
+        x = augment_numpy(x, p, interpolation, shift=recipe.channels != 3)
     if recipe.featurewise_center:
         np.subtract(x, np.float32(recipe.featurewise_mean), out=x)
     if out.shape[:2] != x.shape:
@@ -671,6 +702,8 @@ def _fill_one(out: np.ndarray, img: np.ndarray, recipe: Recipe, params: np.ndarr
                              "set an image size (img_size) to batch images of different sizes")
     if recipe.channels == 3:
         cv2.merge([x, x, x], dst=out)
+        if p is not None:
+            channel_shifts(out, p.shifts)   # one shift per channel, as Keras 2.0
     else:
         out[:, :, 0] = x
 

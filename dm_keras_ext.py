@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 from keras import layers
-from keras.regularizers import L2
+from keras.regularizers import L1, L1L2, L2
 
 import dm_resnet
 from dm_image import Recipe
@@ -147,17 +147,77 @@ def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
         raise
 
 # ------------------------------------------------------------------ patch nets
-# Where stage 2 ("top layers") starts inside each trunk, by layer name, and how many
-# layers after it (SPEC §4: ResNet50 stage 5, VGG block 5, ...).  The same places the
-# original reached with hard-coded indices (162, 15, 17, 126, 194).
-TOP_LAYER_START: dict[str, tuple[str, int]] = {
-    "resnet50": ("conv5_block1_1_conv", 0),
+# Where stage 2 ("top layers") of patch training starts inside each trunk, by layer name
+# and offset: the places the original's indices pointed to in the Keras 2.0.8 layer
+# lists (ResNet50 162 = the output of res5b, so only res5c trains; VGG16 15 and VGG19 17
+# = block5_conv1; Xception 126 = block14_sepconv1; InceptionV3 194 = the last
+# activations before mixed6, so the mixed7 block onwards trains; YaroslavNet: none, all
+# layers train). See docs/fidelity.md.
+TOP_LAYER_START: dict[str, tuple[str, int] | None] = {
+    "resnet50": ("conv5_block2_out", 0),
     "vgg16": ("block5_conv1", 0),
     "vgg19": ("block5_conv1", 0),
     "xception": ("block14_sepconv1", 0),
-    "inception": ("mixed8", 1),
-    "yaroslav": ("block6_conv1", 0),
+    "inception": ("mixed6", 1),
+    "yaroslav": None,
 }
+
+
+def _resnet50_keras208_names() -> list[str]:
+    """Today's ResNet50 layer names in the order of Keras 2.0.8's ResNet50 layer list.
+
+    Keras 2.0.8 had no zero padding layers (conv1 and the max pooling padded 'same'),
+    added the main branch before the shortcut, and ordered layers by depth with ties
+    in traversal order, so a projection unit lists 2c conv, shortcut conv, 2c BN,
+    shortcut BN. 173 layers, input first.
+    """
+    names = ["input", "conv1_conv", "conv1_bn", "conv1_relu", "pool1_pool"]
+    for stage, units in ((2, 3), (3, 4), (4, 6), (5, 3)):
+        for u in range(1, units + 1):
+            b = f"conv{stage}_block{u}_"
+            names += [b + "1_conv", b + "1_bn", b + "1_relu", b + "2_conv", b + "2_bn",
+                      b + "2_relu"]
+            names += ([b + "3_conv", b + "0_conv", b + "3_bn", b + "0_bn"] if u == 1
+                      else [b + "3_conv", b + "3_bn"])
+            names += [b + "add", b + "out"]
+    return names
+
+
+def keras208_trunk_layout(trunk: keras.Model, net: str) -> list:
+    """The trunk's layers in the order the original's Keras 2.0.8 model listed them.
+
+    ResNet50 is reordered by name (its zero-padding layers had no Keras 2.0.8
+    counterpart and are left out); the other nets list the same layers in the same
+    order today (same construction, same depth-then-traversal ordering).
+    """
+    if net != "resnet50" or not _has_layer(trunk, "conv5_block2_out"):
+        return list(trunk.layers)
+    by_name = {l.name: l for l in trunk.layers}
+    return [trunk.layers[0]] + [by_name[n] for n in _resnet50_keras208_names()[1:]]
+
+
+def legacy_top_layer_nb(trunk: keras.Model, net: str, top_layer_nb: int,
+                        dropout: bool = True) -> int:
+    """Translate the original's `--top-layer-nb` (an index into the Keras 2.0.8 flat
+    patch model: trunk layers, then ResNet50's 7x7 `avg_pool`, the global pooling, the
+    dropout when there was one, the Dense layer) into an index in today's trunk.
+
+    An index into the head means no trunk layer trains in stage 2.
+    """
+    layout = keras208_trunk_layout(trunk, net)
+    head = (["avg_pool"] if net == "resnet50" else []) + ["pool"] + \
+        (["dropout"] if dropout and net != "yaroslav" else []) + ["dense"]
+    view = layout + head
+    if not -len(view) <= top_layer_nb <= len(view):
+        raise ValueError(f"--top-layer-nb {top_layer_nb} is outside the {net} patch model "
+                         f"({len(view)} layers in the original's layout)")
+    if top_layer_nb == len(view):
+        return len(trunk.layers)
+    chosen = view[top_layer_nb]
+    if isinstance(chosen, str):
+        return len(trunk.layers)
+    return list(trunk.layers).index(chosen)
+
 
 _APPLICATIONS = {
     "resnet50": ("ResNet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
@@ -188,15 +248,14 @@ def imagenet_weights_path(net: str, weights_file: str | None = None) -> str:
     return str(path)
 
 
-def yaroslav_trunk(input_shape=(None, None, 1), weight_decay: float = 0.0) -> keras.Model:
-    """YaroslavNet's convolutional trunk: six [conv3x3-BN-relu]x2 + maxpool blocks."""
+def yaroslav_trunk(input_shape=(None, None, 1)) -> keras.Model:
+    """YaroslavNet's convolutional trunk: six [conv3x3-BN-relu]x2 + maxpool blocks, with
+    the original's Keras defaults (Glorot-uniform kernels, no weight decay)."""
     inp = keras.Input(shape=input_shape)
     x = inp
     for b, filters in enumerate((32, 64, 128, 256, 256, 512), start=1):
         for c in (1, 2):
-            x = layers.Conv2D(filters, (3, 3), padding="same", kernel_initializer="he_normal",
-                              kernel_regularizer=L2(weight_decay) if weight_decay else None,
-                              name=f"block{b}_conv{c}")(x)
+            x = layers.Conv2D(filters, (3, 3), padding="same", name=f"block{b}_conv{c}")(x)
             x = layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
             x = layers.Activation("relu", name=f"block{b}_relu{c}")(x)
         x = layers.MaxPooling2D((2, 2), strides=(2, 2), name=f"block{b}_pool")(x)
@@ -228,10 +287,39 @@ def build_trunk(net: str, input_shape=(224, 224, 3), use_pretrained: bool = Fals
     return keras.Model(base.inputs, base.output, name=dm_resnet.TRUNK_NAME)
 
 
+# The original's `preprocess_input` of each ImageNet net (Keras 2.0.8), applied by its
+# patch trainer when --no-featurewise-center: 'caffe' (RGB->BGR, minus the ImageNet
+# channel means) for ResNet50 and VGG, 'tf' (x/255 - 0.5, x2) for Xception/InceptionV3.
+IMAGENET_PREPROCESS = {"resnet50": "caffe", "vgg16": "caffe", "vgg19": "caffe",
+                       "xception": "tf", "inception": "tf"}
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class ImageNetPreprocess(layers.Layer):
+    """A net's ImageNet `preprocess_input` as the patch model's first layer, so the saved
+    model carries it and prediction and heatmaps repeat it (docs/fidelity.md)."""
+
+    def __init__(self, mode: str = "caffe", **kw):
+        super().__init__(**kw)
+        if mode not in ("caffe", "tf"):
+            raise ValueError(f"unknown ImageNet preprocessing {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
+        return keras.ops.flip(x, axis=-1) - mean
+
+    def get_config(self):
+        return dict(super().get_config(), mode=self.mode)
+
+
 def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
                  resume_from: str | None = None, img_size=(224, 224),
                  top_layer_nb: int | None = None, weight_decay: float = 0.01,
                  hidden_dropout: float = 0.0, weights_file: str | None = None,
+                 imagenet_preprocess: bool = False,
                  **kw_args) -> tuple[keras.Model, None, int | None]:
     """A patch classifier: trunk -> global average pooling -> dropout -> Dense softmax.
 
@@ -239,9 +327,13 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
     `preprocess_input` is always None (the recipe does preprocessing) and
     `top_layer_nb` is the index in the trunk's layers where stage 2 starts.
     The dropout layer is always present (rate may be 0) so a later stage can change it.
+    `imagenet_preprocess` (the original's --no-featurewise-center) puts the net's
+    ImageNet `preprocess_input` in front of the trunk (`ImageNetPreprocess`).
     """
     if resume_from is not None:
         model = load_model(resume_from)
+        if not any(isinstance(l, keras.Model) for l in model.layers):
+            model = nest_flat_patch_model(model, net)   # e.g. a downloaded original .h5
         trunk = find_trunk_layer(model)
     else:
         channels = 1 if net == "yaroslav" else 3
@@ -255,15 +347,41 @@ def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
         trunk = build_trunk(net, shape, use_pretrained and net in _APPLICATIONS,
                             weights_file, **kw_args)
         inp = keras.Input(shape=shape, name="patch_input")
-        x = trunk(inp)
+        x = inp
+        if imagenet_preprocess and net in IMAGENET_PREPROCESS:
+            x = ImageNetPreprocess(IMAGENET_PREPROCESS[net], name="imagenet_preprocess")(x)
+        x = trunk(x)
         x = layers.GlobalAveragePooling2D(name="patch_pool")(x)
-        x = layers.Dropout(hidden_dropout, name="patch_dropout")(x)
-        out = layers.Dense(nb_class, activation="softmax", kernel_regularizer=L2(weight_decay),
-                           name="patch_clf")(x)
+        yaroslav = net == "yaroslav"   # the original's head: no dropout, no weight decay
+        x = layers.Dropout(0.0 if yaroslav else hidden_dropout, name="patch_dropout")(x)
+        out = layers.Dense(nb_class, activation="softmax", name="patch_clf",
+                           kernel_regularizer=None if yaroslav else L2(weight_decay))(x)
         model = keras.Model(inp, out, name=f"patch_{net}")
-    if top_layer_nb is None and trunk is not None:
-        top_layer_nb = default_top_layer_nb(trunk, net)
+    if trunk is not None:
+        top_layer_nb = (default_top_layer_nb(trunk, net) if top_layer_nb is None else
+                        legacy_top_layer_nb(trunk, net, top_layer_nb))
     return model, None, top_layer_nb
+
+
+def nest_flat_patch_model(model: keras.Model, net: str = "resnet50") -> keras.Model:
+    """A flat patch classifier (as the original saved it: one list of layers) rebuilt as
+    `patch_input -> patch_trunk -> head`, sharing its layers and weights.
+
+    The trunk ends at the last convolutional feature map (`dm_resnet.find_trunk_output`);
+    the head layers after it are applied in order. A Dropout layer (rate 0) is put before
+    the classifier when the head has none, so the later stages can set a rate.
+    """
+    cut = dm_resnet.find_trunk_output(model, patch_net=net)
+    trunk = dm_resnet.get_trunk(model, patch_net=net)
+    inp = keras.Input(shape=tuple(model.inputs[0].shape[1:]), name="patch_input")
+    x = trunk(inp)
+    head = model.layers[model.layers.index(cut) + 1:]
+    has_dropout = any(isinstance(l, layers.Dropout) for l in head)
+    for layer in head:
+        if isinstance(layer, layers.Dense) and layer is head[-1] and not has_dropout:
+            x = layers.Dropout(0.0, name="patch_dropout")(x)
+        x = layer(x)
+    return keras.Model(inp, x, name=f"patch_{net}")
 
 
 def _has_layer(model: keras.Model, name: str) -> bool:
@@ -283,11 +401,14 @@ def _last_stage_start(trunk: keras.Model) -> int | None:
 
 def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
     """Index in `trunk.layers` where the net's top layers (stage 2) start: by layer name
-    for the ImageNet nets and YaroslavNet, the last residual stage for ResNetBuilder nets."""
+    for the ImageNet nets (0 for YaroslavNet: all layers), the last residual stage for
+    ResNetBuilder nets."""
     if net in dm_resnet.RESNET_CONFIGS:
         return _last_stage_start(trunk)
     if net not in TOP_LAYER_START:
         return None
+    if TOP_LAYER_START[net] is None:
+        return 0
     name, offset = TOP_LAYER_START[net]
     for i, layer in enumerate(trunk.layers):
         if layer.name == name:
@@ -306,7 +427,9 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
 
 # ------------------------------------------------------------------ optimisers
 def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
-    """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9)."""
+    """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9), with
+    Keras 2.0.8's defaults where Keras 3's differ: epsilon 1e-8 (Keras 3: 1e-7) and
+    Adagrad's accumulators starting at 0 (Keras 3: 0.1)."""
     name = optim_name.lower()
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
@@ -315,7 +438,9 @@ def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
              "adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam}
     if name not in table:
         raise ValueError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
-    return table[name](lr)
+    if name == "adagrad":
+        return keras.optimizers.Adagrad(lr, initial_accumulator_value=0.0, epsilon=1e-8)
+    return table[name](lr, epsilon=1e-8)
 
 
 # ------------------------------------------------------------------ staged training
@@ -324,7 +449,8 @@ class Stage:
     """One training stage: what trains, for how long, with which lr, L2 and dropout.
 
     trainable: 'head' (everything but the `patch_trunk` sub-model), 'top' (the head and
-    the trunk's layers from `trunk_from` on) or 'all'.
+    the trunk's layers from `trunk_from` on), 'first' (the model's own layers from
+    `trunk_from` on) or 'all'. `epochs` is the epoch of the run the stage ends at.
     """
 
     name: str
@@ -337,7 +463,7 @@ class Stage:
 
 
 def patch_stages(c) -> list[Stage]:
-    """SPEC §4: dense layer only, then the trunk's top, then all (one stage if not pretrained)."""
+    """Dense layer only, then the trunk's top, then all (one stage if not pretrained); README "Training"."""
     if not c.use_pretrained:
         return [Stage("all layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout)]
     return [
@@ -349,10 +475,12 @@ def patch_stages(c) -> list[Stage]:
     ]
 
 
-def image_stages(c) -> list[Stage]:
-    """SPEC §6: new top layers with the trunk frozen, then all layers."""
+def image_stages(c, top_layer_nb: int | None = 2) -> list[Stage]:
+    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
+    trunk, or also the heatmap branch), then all layers."""
     return [
-        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
+        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "first",
+              top_layer_nb),
         Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
               c.weight_decay2, c.hidden_dropout2, "all"),
     ]
@@ -376,46 +504,114 @@ def _set_layer_trainable(layer: keras.layers.Layer, value: bool) -> None:
     """`layer.trainable = value`, recursively, always.
 
     Plain assignment is skipped by TensorFlow's attribute tracking when the new value
-    `is` the old one (True is True), which would leave sub-layers frozen.
+    `is` the old one (True is True), which would leave sub-layers frozen. Unfreezing also
+    drops the Keras 2.0.8 frozen-BN behaviour (see `_freeze`).
     """
     keras.layers.Layer.trainable.fset(layer, value)
+    if value:
+        layer.__dict__.pop("call", None)
     for sub in getattr(layer, "_layers", []):
         _set_layer_trainable(sub, value)
 
 
-def set_trainable(model: keras.Model, stage: Stage) -> None:
-    """Freeze by the named sub-model `patch_trunk`, never by a layer index of the model."""
+FROZEN_BN_MODES = ("batch", "inference")
+
+
+def _batch_statistics_when_frozen(bn: layers.BatchNormalization) -> None:
+    """Make a frozen BN layer behave as Keras 2.0.8's did in the training phase.
+
+    The layer stays frozen (not trainable: its scale and offset are not optimised, and
+    its saved config and the optimiser's variables are those of a frozen layer), but
+    its call in the training phase runs as a trainable BN: normalise with the batch
+    statistics and update the moving averages. The override lives on the instance only
+    and is not saved; every stage sets it again.
+    """
+    cls_call = type(bn).call
+
+    def call(inputs, training=None, mask=None):
+        if not training or bn._trainable:
+            return cls_call(bn, inputs, training=training, mask=mask)
+        bn._trainable = True
+        try:
+            return cls_call(bn, inputs, training=training, mask=mask)
+        finally:
+            bn._trainable = False
+
+    object.__setattr__(bn, "call", call)
+
+
+def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
+    """Freeze a layer (recursively) for a training stage.
+
+    `frozen_bn="batch"` is Keras 2.0.8's behaviour (docs/fidelity.md): a frozen
+    BatchNormalization layer still normalises with the mini-batch statistics in the
+    training phase and still updates its moving averages; only its scale and offset are
+    not trained. `"inference"` is Keras 3's own behaviour: a frozen BN layer uses and
+    keeps its moving statistics.
+    """
+    if frozen_bn not in FROZEN_BN_MODES:
+        raise ValueError(f"unknown frozen BatchNormalization mode {frozen_bn!r}; "
+                         f"choose {' or '.join(FROZEN_BN_MODES)}")
+    _set_layer_trainable(layer, False)
+    if frozen_bn == "batch":
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, layers.BatchNormalization):
+                _batch_statistics_when_frozen(sub)
+
+
+def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") -> None:
+    """Freeze what the stage does not train: by the named sub-model `patch_trunk`
+    ('head', 'top') or by index in the model's own layers ('first', the original's
+    `model.layers[:top_layer_nb]` of the whole-image model)."""
     _set_layer_trainable(model, True)
     if stage.trainable == "all":
         return
+    if stage.trainable == "first":
+        if stage.trunk_from is None:
+            raise ValueError(f"stage '{stage.name}': which layers are frozen is unknown; "
+                             "pass --top-layer-nb")
+        for layer in model.layers[:stage.trunk_from]:
+            _freeze(layer, frozen_bn)
+        return
     trunk = find_trunk_layer(model)
     if stage.trainable == "head":
-        _set_layer_trainable(trunk, False)
+        _freeze(trunk, frozen_bn)
     elif stage.trainable == "top":
         if stage.trunk_from is None:
             raise ValueError(f"stage '{stage.name}': where the top layers start is unknown; "
                              "pass --top-layer-nb")
         for layer in trunk.layers[:stage.trunk_from]:
-            _set_layer_trainable(layer, False)
+            _freeze(layer, frozen_bn)
     else:
         raise ValueError(f"unknown trainable spec {stage.trainable!r}")
 
 
 def set_weight_decay(model: keras.Model, weight_decay: float) -> int:
-    """Set the L2 factor of every top-level conv/dense kernel that carries an L2 penalty.
+    """Set the L2 factor of every top-level conv/dense kernel that carries a penalty.
 
-    Both the layer attribute (saved in its config) and the variable's regulariser (what
-    the loss reads when the train step is traced) change, so unlike the original's
-    mutation of built layers this takes effect. Returns the number of kernels changed.
+    Every regulariser kind counts: Keras 2.0.8 files store `l2(x)` as `L1L2(l1=0, l2=x)`
+    (published and converted checkpoints), and the original set `.l2` on whatever
+    regulariser a kernel had; an L1 part is kept. Both the layer attribute (saved in
+    its config) and the variable's regulariser (what the loss reads when the train
+    step is traced) change, so unlike the original's mutation of built layers this
+    takes effect. Returns the number of kernels changed.
     """
     n = 0
+    wd = float(weight_decay)
     for layer in model.layers:
         reg = getattr(layer, "kernel_regularizer", None)
+        if reg is None or getattr(layer, "kernel", None) is None:
+            continue
         if isinstance(reg, L2):
-            new = L2(float(weight_decay))
-            layer.kernel_regularizer = new
-            layer.kernel.regularizer = new
-            n += 1
+            new = L2(wd)
+        elif isinstance(reg, (L1L2, L1)):
+            l1 = float(getattr(reg, "l1", 0.0))
+            new = L1L2(l1=l1, l2=wd)
+        else:
+            continue
+        layer.kernel_regularizer = new
+        layer.kernel.regularizer = new
+        n += 1
     return n
 
 
@@ -435,54 +631,59 @@ def regularization_loss(model: keras.Model) -> float:
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, optim: str,
-                      jit_compile: bool | str = False, optimizer=None) -> None:
+                      jit_compile: bool | str = False, optimizer=None,
+                      frozen_bn: str = "batch") -> None:
     """Apply a stage's trainability, L2 and dropout, then compile with its optimiser.
 
     `optimizer`: continue with this (restored) optimiser instead of a new one (resume).
     """
-    set_trainable(model, stage)
+    set_trainable(model, stage, frozen_bn)
     set_weight_decay(model, stage.weight_decay)
     set_dropout(model, stage.dropout)
     model.compile(optimizer=optimizer or create_optimizer(optim, stage.lr),
                   loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
 
 
-def stage_bounds(stages: list[Stage]) -> list[tuple[int, int]]:
-    """(first epoch, end epoch) of each stage; numbering continues across stages."""
-    bounds, epoch = [], 0
-    for stage in stages:
-        bounds.append((epoch, epoch + max(0, stage.epochs)))
-        epoch += max(0, stage.epochs)
-    return bounds
+def stage_span(stage: Stage, done: int) -> tuple[int, int]:
+    """(first epoch, end epoch) of a stage that starts after `done` epochs of the run.
+
+    As in the original (Keras 2 `fit(epochs=<flag>, initial_epoch=len(history))`), a
+    stage's epoch flag is the epoch number it ends at, counted from the start of the
+    run, and a stage starts where the previous one actually ended (also after early
+    stopping); a stage whose end is not past its start trains nothing.
+    """
+    return done, max(done, int(stage.epochs))
 
 
 def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoch: int,
                val_ds, callbacks: list, optim: str = "sgd", jit_compile: bool = False,
-               resume_at: tuple[int, int] = (0, 0), verbose: int | str = "auto"
-               ) -> dict[str, list]:
+               resume_at: tuple = (0, 0), verbose: int | str = "auto",
+               frozen_bn: str = "batch") -> dict[str, list]:
     """The one data-driven stage loop of both trainers; epoch numbering continues.
 
+    Each stage ends at epoch `stage.epochs` of the run (see `stage_span`).
     `train_ds` is a dataset or a function of the first epoch returning one (so each
     stage, and a resumed run, sees the batches of its own epochs). `resume_at` is
-    (stage index, epoch) to continue from: earlier stages are skipped and, inside the
-    stage, the model's restored optimiser is kept. Stages with 0 epochs are skipped; if
-    a stage stops early, the next one still runs (as in the original); a callback with
-    a true `abort` attribute (NaN loss) stops all. Returns this call's history.
+    (stage index, epoch[, inside the stage]) to continue from: earlier stages are skipped
+    and, inside a stage, the model's restored optimiser is kept. If a stage stops early, the next one
+    still runs from there (as in the original); a callback with a true `abort`
+    attribute (NaN loss) stops all. `frozen_bn`: see `set_trainable`. Returns this
+    call's history.
     """
     history: dict[str, list] = {}
-    r_stage, r_epoch = resume_at
-    for i, (stage, (start, end)) in enumerate(zip(stages, stage_bounds(stages))):
-        if stage.epochs <= 0:
-            log.info("stage %d (%s): 0 epochs, skipped", i + 1, stage.name)
-            continue
+    r_stage, done = resume_at[:2]
+    resumed_mid_stage = resume_at[2] if len(resume_at) > 2 else done > 0
+    for i, stage in enumerate(stages):
         if i < r_stage:
             continue
-        first = max(start, r_epoch) if i == r_stage else start
+        first, end = stage_span(stage, done)
         if first >= end:
+            log.info("stage %d (%s): ends at epoch %d, %d epochs already run: nothing to "
+                     "train", i + 1, stage.name, stage.epochs, done)
             continue
-        mid_stage = i == r_stage and first > start
+        mid_stage = i == r_stage and resumed_mid_stage
         compile_for_stage(model, stage, optim, jit_compile,
-                          optimizer=model.optimizer if mid_stage else None)
+                          optimizer=model.optimizer if mid_stage else None, frozen_bn=frozen_bn)
         log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %g, dropout %g, "
                  "%d trainable weights%s", i + 1, stage.name, first + 1, end,
                  float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
@@ -499,6 +700,7 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
             history.setdefault(k, []).extend(float(x) for x in v)
         history.setdefault("stage", []).extend([i + 1] * len(hist.epoch))
         history.setdefault("epoch", []).extend(e + 1 for e in hist.epoch)
+        done = first + len(hist.epoch)
         if any(getattr(cb, "abort", False) for cb in callbacks):
             break
     return history
@@ -605,7 +807,12 @@ class NanGuard(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a restart (`restore` before the first fit)."""
+    """EarlyStopping counted as Keras 2.0.8 counted (docs/fidelity.md), whose counters
+    survive a restart (`pending`, restored at the start of the next fit).
+
+    Keras 2.0.8 stopped at a non-improving epoch only once `patience` earlier epochs had
+    not improved, i.e. after `patience + 1` epochs without progress (Keras 3: `patience`).
+    """
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
@@ -616,13 +823,36 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.best = float("inf")
         if self.pending:
             self.wait, self.best = self.pending["wait"], self.pending["best"]
+            if self.best is None:
+                self.best = float("inf")
             self.pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            return
+        if current < self.best:   # val_loss, min_delta 0, as the original used it
+            self.best, self.wait = float(current), 0
+        else:
+            if self.wait >= self.patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+                log.info("epoch %d: early stopping (no %s progress for %d epochs)",
+                         epoch + 1, self.monitor, self.wait + 1)
+            self.wait += 1
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive a restart."""
+    """ReduceLROnPlateau counted as Keras 2.0.8 counted, with counters that survive a
+    restart.
+
+    Keras 2.0.8 (epsilon 1e-4 = `min_delta`): the first reduction comes after
+    `patience + 1` epochs without progress, and since the counter restarts at 1 after a
+    reduction, the next ones every `patience` epochs (Keras 3: every `patience`).
+    """
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
@@ -634,10 +864,33 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.best = float("inf")
         if self.pending:
             self.wait, self.best = self.pending["wait"], self.pending["best"]
             self.cooldown_counter = self.pending["cooldown_counter"]
             self.pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = lr
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if current < self.best - self.min_delta:
+            self.best, self.wait = float(current), 0
+        elif not self.in_cooldown():
+            if self.wait >= self.patience:
+                if lr > self.min_lr * (1 + 1e-4):
+                    new_lr = max(lr * self.factor, self.min_lr)
+                    self.model.optimizer.learning_rate = new_lr
+                    log.info("epoch %d: learning rate reduced to %g", epoch + 1, new_lr)
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+            self.wait += 1
 
 
 class LastCheckpoint(keras.callbacks.Callback):
@@ -653,19 +906,18 @@ class LastCheckpoint(keras.callbacks.Callback):
                  best_cb, stateful_cbs: list):
         super().__init__()
         self.path, self.meta, self.fingerprint = path, meta, fingerprint
-        self.bounds = stage_bounds(stages)
+        self.ends = [int(s.epochs) for s in stages]
         self.best_cb, self.stateful = best_cb, stateful_cbs
         self.stage = 0
 
     def on_epoch_end(self, epoch, logs=None):
         if not _finite(logs):
             return
-        stage, nxt = self.stage, epoch + 1
-        if self.model.stop_training or nxt >= self.bounds[stage][1]:
-            stage, nxt = stage + 1, (self.bounds[stage + 1][0] if stage + 1 < len(self.bounds)
-                                     else self.bounds[stage][1])
+        stage, nxt, inside = self.stage, epoch + 1, True
+        if self.model.stop_training or nxt >= self.ends[stage]:
+            stage, inside = stage + 1, False   # the next stage starts where this one ended
         state = {"fingerprint": self.fingerprint, "stage": stage, "epoch": nxt,
-                 "best": float(self.best_cb.best),
+                 "inside_stage": inside, "best": float(self.best_cb.best),
                  "callbacks": [cb.state() for cb in self.stateful]}
         meta = ModelMeta(self.meta.class_list, self.meta.recipe, self.meta.kind,
                          dict(self.meta.extra, resume=state))

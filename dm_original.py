@@ -606,7 +606,8 @@ def do_2stage_training(model, org_model, train_generator, validation_set, valida
                          hidden_dropout=hidden_dropout, weight_decay2=weight_decay2,
                          hidden_dropout2=hidden_dropout2)
     weights = None if (pos_cls_weight, neg_cls_weight) == (1., 1.) else True
-    return _train_stages(model, dm_keras_ext.image_stages(cfg), train_generator, validation_set,
+    top = 2 if top_layer_nb is None else top_layer_nb  # model.layers[:top] frozen in stage 1
+    return _train_stages(model, dm_keras_ext.image_stages(cfg, top), train_generator, validation_set,
                          validation_steps, best_model_out, steps_per_epoch, optim, es_patience,
                          lr_patience, "val_accuracy", auc_checkpointer, weights)
 

@@ -1,6 +1,6 @@
 """Residual/VGG building blocks, the custom ResNet builders and `add_top_layers`.
 
-`add_top_layers` turns a patch classifier into a whole-image classifier (SPEC §6): the
+`add_top_layers` turns a patch classifier into a whole-image classifier (README "Models"): the
 patch model is cut at its last convolutional feature map, wrapped as a nested
 sub-model named `patch_trunk` (so training stages can freeze it by name), called on a
 whole-image input, and new convolutional "top" layers are stacked on its output.
@@ -141,7 +141,7 @@ def _residual_block(block_function: Callable, nb_filters: int, repetitions: int,
 
 
 def _vgg_block(nb_filters: int, repetitions: int, dropout: float = 0.0,
-               weight_decay: float = 1e-4):
+               weight_decay: float = 0.01):
     """`repetitions` x (conv3x3-BN-relu-dropout), then 2x2 max pooling."""
     def f(x):
         for _ in range(repetitions):
@@ -340,7 +340,7 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
                    fc_init_units: int = 64, fc_layers: int = 2,
                    kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
                    ) -> tuple[keras.Model, int] | keras.Model:
-    """Convert a patch classifier into a whole-image classifier (SPEC §6).
+    """Convert a patch classifier into a whole-image classifier (README "Models").
 
     Returns `(image_model, top_layer_nb)` as the original did (with `return_heatmap`,
     the heatmap model alone, as the original's code returned it); `image_model.layers
@@ -374,7 +374,9 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
     if return_heatmap:  # the model alone, as the original's code returned it
         return keras.Model(image_input, out, name="heatmap_model")
     image_model = keras.Model(image_input, out, name="image_clf")
-    return image_model, 2
+    # As in the original: with the heatmap branch, stage 1 also keeps it frozen (the
+    # copied patch classifier included): model.layers[:8]; else input and trunk.
+    return image_model, (8 if add_heatmap else 2)
 
 
 # ------------------------------------------------------------ ResNetBuilder
@@ -502,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
     p.add_argument("--block-type", default="resnet", choices=["resnet", "vgg"])
     p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])
-    p.add_argument("--top-repetitions", nargs="+", type=int, default=[1, 1])
+    p.add_argument("--top-repetitions", nargs="+", type=int, default=[2, 2])
     p.add_argument("--bottleneck-enlarge-factor", type=int, default=2)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

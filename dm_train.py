@@ -360,12 +360,13 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
     if last:
         callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, config_fingerprint(cfg),
                                                      stages, checkpoint, stateful))
-    resume_at = (state["stage"], state["epoch"]) if state else (0, 0)
+    resume_at = ((state["stage"], state["epoch"], state.get("inside_stage", True)) if state
+                 else (0, 0))
     with strategy_scope(strategy):
         history = dm_keras_ext.run_stages(
             model, stages, train_ds, dm_image.steps_for(len(train_labels), train_bs), val.ds,
             callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile, resume_at=resume_at,
-            verbose=2)
+            verbose=2, frozen_bn=cfg.frozen_bn)
     if guard.abort:
         raise RunError(f"training loss became NaN at epoch {guard.where[0]}, batch "
                        f"{guard.where[1]}: stopped; the last good checkpoint is "

@@ -186,7 +186,9 @@ def run(args) -> dict:
         "--featurewise-mean", f"{patch_mean:.4f}", "--no-equalize-hist", "--augmentation",
         "--class-list", *patch_classes, "--batch-size", str(2 * args.batch_size),
         "--train-bs-multiplier", "0.5", "--load-train-ram", "--load-val-ram",
-        "--nb-epoch", str(e1), "--top-layer-epochs", str(e2), "--all-layer-epochs", str(e3),
+        # the trainers' stage flags are final epoch numbers (docs/fidelity.md)
+        "--nb-epoch", str(e1), "--top-layer-epochs", str(e1 + e2),
+        "--all-layer-epochs", str(e1 + e2 + e3),
         "--optimizer", "adam", "--init-learningrate", "0.001", "--top-layer-multiplier", "1",
         "--all-layer-multiplier", "1", "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
         "--es-patience", "5", "--seed", str(args.seed), "--best-model", str(patch_model)]))
@@ -210,7 +212,7 @@ def run(args) -> dict:
         "--top-repetitions", *["1"] * len(args.top_depths), "--bottleneck-enlarge-factor", "2",
         "--batch-size", str(args.batch_size), "--train-bs-multiplier", "0.5",
         "--load-train-ram", "--load-val-ram", "--nb-epoch", str(i1), "--all-layer-epochs",
-        str(i2), "--optimizer", "adam", "--init-learningrate", "0.001",
+        str(i1 + i2), "--optimizer", "adam", "--init-learningrate", "0.001",
         "--all-layer-multiplier", "0.3", "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
         "--es-patience", "6", "--auto-batch-balance", "--test-augment", "--seed", str(args.seed),
         "--best-model", str(image_model)]))

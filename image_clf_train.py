@@ -1,4 +1,4 @@
-"""Train a whole-image classifier in two stages (SPEC §6), from a patch classifier
+"""Train a whole-image classifier in two stages (README "Training"), from a patch classifier
 (--patch-model-state) or a saved whole-image model (--resume-from, e.g. to finetune a
 published checkpoint with --nb-epoch 0).
 
@@ -8,11 +8,14 @@ Flags and their defaults are in `dm_flags.py` (`--help` lists them).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 import dm_cli
 import dm_flags
+
+log = logging.getLogger("image_clf_train")
 
 
 def build_image_model(cfg):
@@ -45,6 +48,21 @@ def build_image_model(cfg):
     return model
 
 
+def image_top_layer_nb(cfg) -> int:
+    """How many of the model's first layers stage 1 keeps frozen, as in the original:
+    what `add_top_layers` returns (2: input and trunk; 8 with --add-heatmap), or with
+    --resume-from the --top-layer-nb given (default 2 here; the original required it
+    when --nb-epoch > 0, see docs/fidelity.md)."""
+    if cfg.resume_from is None:
+        return 8 if cfg.add_heatmap else 2
+    if cfg.top_layer_nb is None:
+        if cfg.nb_epoch > 0:
+            log.warning("--resume-from with --nb-epoch %d and no --top-layer-nb: stage 1 "
+                        "freezes the input and the trunk (--top-layer-nb 2)", cfg.nb_epoch)
+        return 2
+    return cfg.top_layer_nb
+
+
 def run(cfg, *dirs, **original_kw) -> dict:
     """Train, keep the best model by validation AUROC, report the test AUROC.
 
@@ -56,8 +74,9 @@ def run(cfg, *dirs, **original_kw) -> dict:
     import dm_train
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
+    top = image_top_layer_nb(cfg)
     return dm_train.train_and_test(cfg, "image", lambda: build_image_model(cfg),
-                                   lambda model: dm_keras_ext.image_stages(cfg), extra)
+                                   lambda model: dm_keras_ext.image_stages(cfg, top), extra)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,4 @@
-"""Train a patch classifier in three stages (SPEC §4).
+"""Train a patch classifier in three stages (README "Training", docs/fidelity.md).
 
     python patch_clf_train.py TRAIN_DIR VAL_DIR TEST_DIR --net resnet50 ...
 
@@ -28,7 +28,8 @@ def build_patch_model(cfg):
     model, _, _ = dm_keras_ext.get_dl_model(
         cfg.net, nb_class=len(cfg.class_list), use_pretrained=cfg.use_pretrained,
         resume_from=cfg.resume_from, img_size=cfg.img_size, weight_decay=cfg.weight_decay,
-        hidden_dropout=cfg.hidden_dropout, weights_file=cfg.pretrained_weights, **kw)
+        hidden_dropout=cfg.hidden_dropout, weights_file=cfg.pretrained_weights,
+        imagenet_preprocess=not cfg.featurewise_center, **kw)
     return model
 
 
@@ -42,13 +43,19 @@ def run(cfg, *dirs, **original_kw) -> dict:
     import dm_keras_ext
     import dm_train
     def stages(model):
-        if cfg.top_layer_nb is not None or not cfg.use_pretrained:
+        if not cfg.use_pretrained:
             return dm_keras_ext.patch_stages(cfg)
         trunk = dm_keras_ext.find_trunk_layer(model)
-        top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+        if cfg.top_layer_nb is None:
+            top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+        else:   # the original's index, into its Keras 2.0.8 layer list
+            top = dm_keras_ext.legacy_top_layer_nb(trunk, cfg.net, cfg.top_layer_nb,
+                                                   dropout=cfg.hidden_dropout > 0)
         return dm_keras_ext.patch_stages(dataclasses.replace(cfg, top_layer_nb=top))
-    return dm_train.train_and_test(cfg, "patch", lambda: build_patch_model(cfg), stages,
-                                   {"net": cfg.net})
+    extra = {"net": cfg.net}
+    if not cfg.featurewise_center and cfg.net in dm_keras_ext.IMAGENET_PREPROCESS:
+        extra["imagenet_preprocess"] = dm_keras_ext.IMAGENET_PREPROCESS[cfg.net]  # in the model
+    return dm_train.train_and_test(cfg, "patch", lambda: build_patch_model(cfg), stages, extra)
 
 
 def main(argv=None) -> int:

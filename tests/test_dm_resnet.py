@@ -7,16 +7,19 @@ import dm_keras_ext
 import dm_resnet
 from dm_resnet import add_top_layers, find_trunk_output, ResNetBuilder
 
-TOP_RESNET = dict(block_type="resnet", depths=[512, 512], repetitions=[1, 1],
+# The original's model names (its README: "Top Layers (two blocks)"; its INbreast script
+# builds "512-512-1024x2" with --top-repetitions 2 2): two blocks each.
+TOP_RESNET = dict(block_type="resnet", depths=[512, 512], repetitions=[2, 2],
                   bottleneck_enlarge_factor=2)          # "[512-512-1024]x2"
-TOP_VGG = dict(block_type="vgg", depths=[512], repetitions=[1])  # "512x1"
+TOP_VGG = dict(block_type="vgg", depths=[512, 512], repetitions=[1, 1])  # "512x1"
 
 # Parameters of the new top layers, counted by hand:
-#  VGG block 512 on C channels: conv3x3 (9*C*512 + 512) + BN (4*512) + Dense (512*2 + 2).
-#  Bottleneck block d=512, enlarge 2 on C channels: 1x1 (C*512+512) + BN 2048 + 3x3
-#  (9*512*512+512) + BN 2048 + 1x1 (512*1024+1024) + BN 4096 + shortcut (C*1024+1024) + BN 4096.
-def _vgg_top(c):
-    return 9 * c * 512 + 512 + 4 * 512 + 512 * 2 + 2
+#  VGG conv 512 on C channels: conv3x3 (9*C*512 + 512) + BN (4*512); Dense (512*2 + 2).
+#  Bottleneck unit d=512, enlarge 2, with projection on C channels: 1x1 (C*512+512) + BN 2048
+#  + 3x3 (9*512*512+512) + BN 2048 + 1x1 (512*1024+1024) + BN 4096 + shortcut (C*1024+1024)
+#  + BN 4096; an identity unit (on 1024 channels) has no shortcut conv and BN.
+def _vgg_conv(c):
+    return 9 * c * 512 + 512 + 4 * 512
 
 
 def _bottleneck(c):
@@ -24,11 +27,23 @@ def _bottleneck(c):
         + (c * 1024 + 1024) + 4096
 
 
+def _identity_unit():
+    return (1024 * 512 + 512) + 2048 + (9 * 512 * 512 + 512) + 2048 + (512 * 1024 + 1024) + 4096
+
+
+def _resnet_top(c):
+    return _bottleneck(c) + _identity_unit() + _bottleneck(1024) + _identity_unit() + 1024 * 2 + 2
+
+
+def _vgg_top(c):
+    return _vgg_conv(c) + _vgg_conv(512) + 512 * 2 + 2
+
+
 PINNED = {  # (net, config): (total params of the whole-image model, top-layer params)
-    ("resnet50", "[512-512-1024]x2"): (34_106_242, _bottleneck(2048) + _bottleneck(1024) + 2050),
-    ("resnet50", "512x1"): (33_028_482, _vgg_top(2048)),
-    ("vgg16", "[512-512-1024]x2"): (22_873_922, _bottleneck(512) + _bottleneck(1024) + 2050),
-    ("vgg16", "512x1"): (17_077_570, _vgg_top(512)),
+    ("resnet50", "[512-512-1024]x2"): (40_942_466, _resnet_top(2048)),
+    ("resnet50", "512x1"): (35_390_338, _vgg_top(2048)),
+    ("vgg16", "[512-512-1024]x2"): (29_710_146, _resnet_top(512)),
+    ("vgg16", "512x1"): (19_439_426, _vgg_top(512)),
 }
 
 
@@ -70,14 +85,14 @@ def test_other_image_sizes(patch_models):
 
 def test_heatmap_branch_copies_patch_classifier(patch_models):
     patch = patch_models["vgg16"]
-    model, _ = add_top_layers(patch, (256, 192), add_heatmap=True, avg_pool_size=(1, 1),
+    model, _ = add_top_layers(patch, (512, 384), add_heatmap=True, avg_pool_size=(1, 1),
                               hm_pool_size=(2, 2), **TOP_VGG)
     hm = model.get_layer("hm_dense")
     clf = patch.get_layer("patch_clf")
     for a, b in zip(hm.get_weights(), clf.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert hm.get_config()["activation"] == "relu"
-    assert tuple(model.get_layer("hm_max_pool").output.shape) == (None, 4, 3, 3)
+    assert tuple(model.get_layer("hm_max_pool").output.shape) == (None, 8, 6, 3)
 
 
 def test_return_heatmap_equals_patch_classifier_on_pooled_features():
@@ -123,8 +138,8 @@ def test_unknown_block_type(patch_models):
 
 
 def test_save_and_reload_whole_image_model(tmp_path, patch_models):
-    model, _ = add_top_layers(patch_models["vgg16"], (96, 64), **TOP_VGG)
-    x = np.random.default_rng(2).normal(size=(2, 96, 64, 3)).astype("float32")
+    model, _ = add_top_layers(patch_models["vgg16"], (128, 128), **TOP_VGG)
+    x = np.random.default_rng(2).normal(size=(2, 128, 128, 3)).astype("float32")
     path = tmp_path / "m.keras"
     model.save(path)
     again = keras.saving.load_model(path)
@@ -200,10 +215,10 @@ def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
                                       img_size=(size, size))[0]
     trunk = patch.get_layer("patch_trunk")
     assert dm_resnet.legacy_kept_layer(patch, idx, net) is trunk.layers[-1]
-    model, nb = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx, **TOP_VGG)
+    model, nb = add_top_layers(patch, (256, 256), patch_net=net, kept_layer_idx=idx, **TOP_VGG)
     assert model.get_layer("patch_trunk") is trunk
     # one more layer back cuts earlier: a different trunk ending at the previous layer
-    model2, _ = add_top_layers(patch, (128, 128), patch_net=net, kept_layer_idx=idx - 1, **TOP_VGG)
+    model2, _ = add_top_layers(patch, (256, 256), patch_net=net, kept_layer_idx=idx - 1, **TOP_VGG)
     assert model2.get_layer("patch_trunk").output.name != trunk.output.name
     with pytest.raises(ValueError, match="classifier head"):
         dm_resnet.legacy_kept_layer(patch, -1, net)
@@ -214,3 +229,18 @@ def test_image_too_small_for_top_layers_is_a_clear_error():
                                       img_size=(64, 64))[0]
     with pytest.raises(ValueError, match=r"image size \(128, 96\) is too small.*\(2, 1\)"):
         add_top_layers(patch, (128, 96), block_type="vgg", depths=[16], repetitions=[1])
+
+
+def test_readme_model_table_carries_the_pinned_counts_and_recipes():
+    import pathlib
+    import re
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| (ResNet50|VGG16) \| (\[512-512-1024\]x2|512x1)[^|]*\| [^|]+\| "
+                      r"([\d,]+) \| ([\d,]+) \|$", readme, flags=re.M)
+    assert len(rows) == 4
+    for net, cfg, total, top in rows:
+        assert (int(total.replace(",", "")), int(top.replace(",", ""))) == \
+            PINNED[(net.lower(), cfg)]
+    assert "--top-depths 512 512 --top-repetitions 2 2 --bottleneck-enlarge-factor 2" in readme
+    assert "--block-type vgg --top-depths 512 512 --top-repetitions 1 1" in readme
+    assert "--top-repetitions 1 1 --bottleneck-enlarge-factor 2" not in readme

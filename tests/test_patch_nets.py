@@ -7,12 +7,12 @@ from dm_keras_ext import get_dl_model, PretrainedWeightsError
 from dm_resnet import find_trunk_output
 
 NETS = [  # net, patch size, trunk channels, first layer of stage 2
-    ("resnet50", 64, 2048, "conv5_block1_1_conv"),
+    ("resnet50", 64, 2048, "conv5_block2_out"),
     ("vgg16", 64, 512, "block5_conv1"),
     ("vgg19", 64, 512, "block5_conv1"),
     ("xception", 71, 2048, "block14_sepconv1"),
     ("inception", 75, 2048, None),
-    ("yaroslav", 64, 512, "block6_conv1"),
+    ("yaroslav", 64, 512, None),
 ]
 
 
@@ -25,15 +25,22 @@ def test_patch_net_builds_with_random_weights(net, size, channels, top_name):
     assert tuple(model.input.shape) == (None, size, size, in_ch)
     assert tuple(model.output.shape) == (None, 3)
     assert [l.name for l in model.layers[-3:]] == ["patch_pool", "patch_dropout", "patch_clf"]
-    assert model.get_layer("patch_dropout").rate == 0.2
-    assert model.get_layer("patch_clf").kernel_regularizer.get_config()["l2"] == pytest.approx(0.01)
+    if net == "yaroslav":   # the original's head: no dropout, no weight decay
+        assert model.get_layer("patch_dropout").rate == 0.0
+        assert model.get_layer("patch_clf").kernel_regularizer is None
+    else:
+        assert model.get_layer("patch_dropout").rate == 0.2
+        assert model.get_layer("patch_clf").kernel_regularizer.get_config()["l2"] == \
+            pytest.approx(0.01)
     trunk = model.get_layer("patch_trunk")
     assert find_trunk_output(model) is trunk
     assert trunk.output.shape[-1] == channels
     if top_name is not None:
         assert trunk.layers[top_nb].name == top_name
-    else:  # InceptionV3: the top two inception blocks, after mixed8
-        assert trunk.layers[top_nb - 1].name == "mixed8"
+    elif net == "yaroslav":  # stage 2 trains all layers, as the original
+        assert top_nb == 0
+    else:  # InceptionV3: the mixed7 block onwards, after mixed6
+        assert trunk.layers[top_nb - 1].name == "mixed6"
     x = np.random.default_rng(0).normal(size=(2, size, size, in_ch)).astype("float32")
     p = model.predict(x, verbose=0)
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)

@@ -15,7 +15,7 @@ from synth import write_class_folders
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _patch_cmd(data, out, epochs=("2", "2", "2")):
+def _patch_cmd(data, out, epochs=("2", "4", "6")):   # final epoch numbers
     return [sys.executable, str(REPO / "patch_clf_train.py"), str(data["train"]),
             str(data["val"]), str(data["test"]), "--net", "yaroslav", "--img-size", "64", "64",
             "--rescale-factor", "0.003891", "--featurewise-mean", "50", "--no-equalize-hist",

@@ -94,7 +94,7 @@ def trained(tmp_path_factory):
     patch_model = d / "patch.keras"
     patch_res = patch_clf_train.run(dm_flags.parse("patch", [
         str(p["train"]), str(p["val"]), str(p["test"]), *PATCH_FLAGS, "--nb-epoch", "1",
-        "--top-layer-epochs", "1", "--all-layer-epochs", "1", "--augmentation",
+        "--top-layer-epochs", "2", "--all-layer-epochs", "3", "--augmentation",
         "--best-model", str(patch_model)]))
     i = write_class_folders(d / "images", ["neg", "pos"], 6, (256, 192), seed=1)
     image_model = d / "image.h5"
@@ -103,7 +103,7 @@ def trained(tmp_path_factory):
         "--patch-net", "yaroslav", "--kept-layer-idx", "-3", "--img-size", "256", "192",
         "--rescale-factor", "0.003891", "--featurewise-mean", "50", "--batch-size", "4",
         "--train-bs-multiplier", "1", "--block-type", "vgg", "--top-depths", "16",
-        "--top-repetitions", "1", "--nb-epoch", "1", "--all-layer-epochs", "1",
+        "--top-repetitions", "1", "--nb-epoch", "1", "--all-layer-epochs", "2",
         "--optimizer", "adam", "--test-augment", "--best-model", str(image_model),
         "--final-model", str(d / "final.keras")]))
     return dict(dir=d, patch=p, images=i, patch_model=patch_model, patch_res=patch_res,
@@ -209,10 +209,10 @@ def test_stage2_weight_decay_and_dropout_take_effect():
 
 
 def test_trunk_is_frozen_by_name_in_stage_one():
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
-                                      img_size=(64, 64))[0]
+    patch = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+                                      img_size=(32, 32))[0]
     trunk = patch.get_layer("patch_trunk")
-    top = dm_keras_ext.default_top_layer_nb(trunk, "yaroslav")
+    top = dm_keras_ext.default_top_layer_nb(trunk, "vgg16")
     stages = [dm_keras_ext.Stage("a", 1, .1, 0, 0, "head"),
               dm_keras_ext.Stage("b", 1, .1, 0, 0, "top", top),
               dm_keras_ext.Stage("c", 1, .1, 0, 0, "all")]
@@ -221,7 +221,7 @@ def test_trunk_is_frozen_by_name_in_stage_one():
         dm_keras_ext.set_trainable(patch, s)
         counts.append(sum(l.trainable for l in trunk.layers))
     assert counts == [0, len(trunk.layers) - top, len(trunk.layers)]
-    assert trunk.layers[top].name == "block6_conv1"
+    assert trunk.layers[top].name == "block5_conv1"
 
 
 def test_optimisers_by_name():
