@@ -47,9 +47,10 @@ def keras208_schedule(val_losses, stage_ends, patience):
 
 
 def _history(path):
+    """0-based epochs (the history CSV counts from 1, as the console) and val losses."""
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    return [int(r["epoch"]) for r in rows], [float(r["val_loss"]) for r in rows]
+    return [int(r["epoch"]) - 1 for r in rows], [float(r["val_loss"]) for r in rows]
 
 
 def _flag(text, name, n=1):
