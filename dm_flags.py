@@ -56,12 +56,16 @@ def _bool(g, name: str, dest: str, help: str) -> None:
     g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
 
 
-def _optional(g, name: str, dest: str, type, help: str, short: str | None = None, **kw) -> None:
-    """A value flag with a `--no-NAME` twin that sets it to None, as the original had."""
+def _optional(g, name: str, dest: str, type, help: str, short: str | None = None,
+              no_short: str | None = None, **kw) -> None:
+    """A value flag with a `--no-NAME` twin that sets it to None, as the original had.
+
+    `short` and `no_short` are the original's one-dash aliases of the two (e.g. -ic, -nic).
+    """
     names = [f"--{name}"] + ([short] if short else [])
     g.add_argument(*names, dest=dest, type=type, help=help, **kw)
-    g.add_argument(f"--no-{name}", dest=dest, action="store_const", const=None,
-                   help=f"unset --{name}")
+    g.add_argument(f"--no-{name}", *([no_short] if no_short else []), dest=dest,
+                   action="store_const", const=None, help=f"unset --{name}")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -73,7 +77,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    metavar=("H", "W"),
                    help="resize every image to H x W (cubic)")
     _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
-              short="-ic")
+              short="-ic", no_short="-nic")
     _optional(g, "rescale-factor", "rescale_factor", float,
               "multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
     _bool(g, "featurewise-center", "featurewise_center", "subtract --featurewise-mean")
