@@ -21,6 +21,7 @@ import tempfile
 from typing import Sequence
 
 from dm_image import Recipe
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ RESIZE_MODES = ("cv2cubic", "bicubic", "bilinear")
 META_FILE = "dm_meta.json"
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model/recipe combination that cannot be exported."""
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
+from dm_errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -58,7 +59,7 @@ class Recipe:
         if self.img_size is not None:
             object.__setattr__(self, "img_size", tuple(int(v) for v in self.img_size))
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise InputError(f"channels must be 1 or 3, got {self.channels}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -71,7 +72,7 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown recipe keys: {sorted(unknown)}")
+            raise InputError(f"unknown recipe keys: {sorted(unknown)}")
         return cls(**d)
 
     def to_json(self) -> str:
@@ -98,11 +99,11 @@ class Augment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "zoom_range", tuple(float(v) for v in self.zoom_range))
         if len(self.zoom_range) != 2 or self.zoom_range[0] > self.zoom_range[1]:
-            raise ValueError(f"zoom_range must be (low, high), got {self.zoom_range}")
+            raise InputError(f"zoom_range must be (low, high), got {self.zoom_range}")
         if self.fill_mode != "nearest":
-            raise ValueError(f"only fill_mode='nearest' is supported, got {self.fill_mode!r}")
+            raise InputError(f"only fill_mode='nearest' is supported, got {self.fill_mode!r}")
         if self.interpolation not in ("bilinear", "nearest"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
+            raise InputError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -117,11 +118,11 @@ class Augment:
 # --------------------------------------------------------------------------- errors
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file could not be read; the message is '<path>: <problem>'."""
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset folder or list is unusable (missing root or class, no images, bad CSV)."""
 
 
@@ -287,7 +288,7 @@ def preprocess(img: np.ndarray, recipe: Recipe, aug_params: "AugParams | None" =
     equalisation and channels, exactly where the tf.data pipeline applies it.
     """
     if img.ndim != 2:
-        raise ValueError(f"expected a 2-D grey image, got shape {img.shape}")
+        raise InputError(f"expected a 2-D grey image, got shape {img.shape}")
     x = grey_steps(resize(img, recipe), recipe)
     per_channel = aug_params is not None and recipe.channels == 3
     if aug_params is not None:
@@ -628,9 +629,9 @@ def num_workers_default() -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}") from None
+        raise InputError(f"NUM_CPU_CORES must be a positive integer, got {v!r}") from None
     if n < 1:
-        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}")
+        raise InputError(f"NUM_CPU_CORES must be a positive integer, got {v!r}")
     return n
 
 
@@ -729,9 +730,9 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
     import tensorflow as tf
 
     if auto_batch_balance and class_weight:
-        raise ValueError("use either auto_batch_balance or class_weight, not both")
+        raise InputError("use either auto_batch_balance or class_weight, not both")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = len(labels)
     if n == 0:
@@ -823,6 +824,39 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
 def dataset_size(source: Sequence[str] | np.ndarray) -> int:
     """Number of images in a source (paths or an in-memory array)."""
     return len(source)
+
+
+# --------------------------------------------------------------------------- dataset statistics
+RESCALE_16 = 255.0 / 65535.0
+
+
+def rescale_for_bits(bits: int | None) -> float:
+    """The factor that maps pixels of this bit depth to 0-255 (16 -> 0.003891, else 1)."""
+    return RESCALE_16 if bits == 16 else 1.0
+
+
+def mean_pixel(paths: Sequence[str], rescale_factor: float | None = None,
+               img_size: Sequence[int] | None = None) -> tuple[float, float, int | None]:
+    """(mean, rescale factor used, bit depth) over every pixel of every image.
+
+    Raises `DatasetError` for no images or mixed 8/16-bit images.
+    """
+    if not paths:
+        raise DatasetError("no images to average")
+    depths = check_bit_depths(paths, 1.0)   # refuses a mix of 8 and 16 bits
+    bits = next(iter(depths)) if len(depths) == 1 else None
+    if rescale_factor is None:
+        if bits is None:
+            sample = read_image(paths[0])
+            bits = 16 if sample.dtype == np.uint16 else 8 if sample.dtype == np.uint8 else None
+        rescale_factor = rescale_for_bits(bits)
+    recipe = Recipe(img_size=tuple(img_size) if img_size else None)
+    total, count = 0.0, 0
+    for p in paths:
+        img = resize(read_image(p), recipe).astype(np.float64)
+        total += float(img.sum())
+        count += img.size
+    return total / count * float(rescale_factor), float(rescale_factor), bits
 
 
 # --------------------------------------------------------------------------- the original's API

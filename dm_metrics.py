@@ -8,11 +8,12 @@ import tempfile
 from typing import Sequence
 
 import numpy as np
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class MetricsError(ValueError):
+class MetricsError(InputError):
     """Labels or scores that a metric cannot use (one class only, lengths differ, ...)."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 import dm_image
 from dm_image import Recipe
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def retired(module: str, name: str) -> Callable:
     return stand_in
 
 
-class OriginalAPIError(ValueError):
+class OriginalAPIError(InputError):
     """An original name used in a way this project cannot reproduce; names the replacement."""
 
 

@@ -15,6 +15,8 @@ import sys
 import tempfile
 from typing import Callable
 
+from dm_errors import OutputRefusedError
+
 STDOUT = "-"
 
 
@@ -98,7 +100,7 @@ def replace(tmp: str, path: str, folder: bool = False) -> None:
     Refuses to replace a symlink, device or FIFO (OSError, one line).
     """
     if is_special(path):
-        raise OSError(f"{path}: is a symlink, device or FIFO; refusing to replace it")
+        raise OutputRefusedError(f"{path}: is a symlink, device or FIFO; refusing to replace it")
     public_mode(tmp, folder)
     if folder and os.path.isdir(path):
         shutil.rmtree(path)

@@ -13,15 +13,16 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+from dm_errors import InputError
 
 Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file is missing, unreadable or not a grey image."""
 
 
-class EmptyMaskError(ValueError):
+class EmptyMaskError(InputError):
     """An ROI mask has no foreground pixel."""
 
 
@@ -106,10 +107,10 @@ def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
+        raise InputError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
     if not ok:
-        raise ValueError(f"{p}: PNG encoding failed")
+        raise InputError(f"{p}: PNG encoding failed")
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".png")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -229,7 +230,7 @@ def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> 
     half = patch_size // 2
     y1, x1 = y - half, x - half
     if y1 < 0 or x1 < 0 or y1 + patch_size > img.shape[0] or x1 + patch_size > img.shape[1]:
-        raise ValueError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
+        raise InputError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
     return img[y1:y1 + patch_size, x1:x1 + patch_size]
 
 

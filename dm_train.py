@@ -16,39 +16,20 @@ from typing import Any, Callable
 
 import numpy as np
 
+import dm_cli
 import dm_image
 import dm_inference
 import dm_keras_ext
 from dm_image import Augment, Recipe
+from dm_cli import setup_logging  # noqa: F401  (re-exported: the trainers' logging)
+from dm_errors import InputError, one_line  # noqa: F401
 from dm_keras_ext import ModelMeta, Stage
 
 log = logging.getLogger("dm_train")
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A problem with the run's inputs, reported as one line."""
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stdout` is at the time (so captured output sees it too)."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def setup_logging() -> None:
-    """INFO messages with a time stamp on stdout, once per process (other handlers kept)."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def setup_runtime(cfg) -> Any:
@@ -424,43 +405,7 @@ def accuracy_line(accuracy: float, labels, class_list) -> str:
 
 
 def cli(kind: str, run: Callable, argv=None) -> int:
-    """Parse, run, and turn input problems into a one-line error and exit status 2."""
+    """Parse a trainer's flags and run it guarded (see `dm_cli.guarded`)."""
     import dm_flags
     setup_logging()
-    return guarded(run, dm_flags.parse(kind, argv))
-
-
-def run_command(build_parser: Callable, run: Callable, argv=None) -> int:
-    """A tool's `main`: log to stdout, parse its flags, run it guarded (see `guarded`)."""
-    setup_logging()
-    return guarded(run, build_parser().parse_args(argv))
-
-
-def guarded(fn: Callable, *args) -> int:
-    """Run a command's body: input problems become one logged line and exit status 2.
-
-    Our input errors are ValueError/OSError subclasses; those raised inside the tf.data
-    pipeline arrive wrapped in a TensorFlow error, whose useful line is extracted.
-    """
-    try:
-        result = fn(*args)
-    except (ValueError, OSError) as e:
-        log.error("error: %s", one_line(e))
-        return 2
-    except Exception as e:
-        import tensorflow as tf
-        if not isinstance(e, tf.errors.OpError):
-            raise
-        log.error("error: %s", one_line(e))
-        return 2
-    return result if isinstance(result, int) else 0
-
-
-def one_line(e: BaseException) -> str:
-    """The message a user needs: our own error's line if it is wrapped, else the first."""
-    text = str(getattr(e, "message", None) or e)
-    for marker in ("ImageReadError: ", "DatasetError: ", "CheckpointError: "):
-        if marker in text:
-            return text.split(marker, 1)[1].splitlines()[0].strip()
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
+    return dm_cli.guarded(f"{kind}_clf_train", run, dm_flags.parse(kind, argv))

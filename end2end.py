@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dm_errors import InputError
+
 log = logging.getLogger("end2end")
 
 
@@ -74,17 +76,15 @@ def prepare_data(args, data_dir: pathlib.Path) -> None:
                                       img_size=tuple(args.img_size), seed=args.seed)
     elif kind == "mias":
         if len(args.data) != 2:
-            raise SystemExit("--data mias needs the mini-MIAS folder: --data mias PATH")
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "mias_train"))
+            raise InputError("--data mias needs the mini-MIAS folder: --data mias PATH")
         from mias_train import prepare_mias
         prepare_mias.prepare(args.data[1], data_dir, img_size=tuple(args.img_size),
                              seed=args.seed)
     else:
-        raise SystemExit(f"unknown --data {kind!r}: use 'synthetic' or 'mias PATH'")
+        raise InputError(f"unknown --data {kind!r}: use 'synthetic' or 'mias PATH'")
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
     from ddsm_train import sample_patches_combined as sampler
     common = ["--target-size", *map(str, args.img_size), "--patch-size", str(args.patch_size),
               "--nb-abn", str(args.nb_abn), "--nb-bkg", str(args.nb_bkg),
@@ -113,9 +113,9 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
     from ddsm_train import heatmap_score
 
     preds = out / "test_predictions.csv"
-    if predict.main([str(image_model), "--image-dir", str(data / "test"), "--test-augment",
-                     "--batch-size", str(args.batch_size), "--out", str(preds)]) != 0:
-        raise RuntimeError("predict.py failed")
+    predict.run(predict.build_parser().parse_args(
+        [str(image_model), "--image-dir", str(data / "test"), "--test-augment",
+         "--batch-size", str(args.batch_size), "--out", str(preds)]))
     rep = evaluate.run(evaluate.build_parser().parse_args(
         [str(preds), "--out-dir", str(out / "report"), "--pos-class", "pos",
          "--seed", str(args.seed), "--html", "--model", str(image_model)]))
@@ -253,10 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)      # before TensorFlow: --help answers at once
     import dm_cli
     dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
-    run(args)
-    return 0
+    dm_cli.setup_logging()
+    return dm_cli.guarded("end2end", run, args)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ import sys
 
 import numpy as np
 
+from dm_errors import InputError
+
 log = logging.getLogger("evaluate")
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Unusable evaluation input, reported in one line."""
 
 
@@ -240,9 +242,9 @@ def report(summary: dict) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)   # --help answers before TensorFlow is imported
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, args)
+    import dm_cli
+    dm_cli.setup_logging()
+    return dm_cli.guarded("evaluate", run, args)
 
 
 if __name__ == "__main__":

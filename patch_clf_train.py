@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     cfg = dm_flags.parse("patch", argv)
     dm_cli.quiet_tensorflow()
     import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, cfg)
+    dm_cli.setup_logging()
+    return dm_cli.guarded("patch_clf_train", run, cfg)
 
 
 if __name__ == "__main__":

@@ -138,21 +138,20 @@ class _StderrHandler(logging.StreamHandler):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
+    dm_cli.setup_logging()
     import dm_output
     if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
-        return dm_train.guarded(run, args)
+        return dm_cli.guarded("predict", run, args)
     # The CSV goes to standard output: move the log to stderr for this run.
     root = logging.getLogger()
-    moved = [h for h in root.handlers if isinstance(h, dm_train._StdoutHandler)]
+    moved = [h for h in root.handlers if isinstance(h, dm_cli._StdoutHandler)]
     err = _StderrHandler()
     err.setFormatter(moved[0].formatter if moved else None)
     for h in moved:
         root.removeHandler(h)
     root.addHandler(err)
     try:
-        return dm_train.guarded(run, args)
+        return dm_cli.guarded("predict", run, args)
     finally:
         root.removeHandler(err)
         for h in moved:

@@ -38,14 +38,17 @@ import re
 import sys
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from dm_errors import InputError  # noqa: E402
 
 log = logging.getLogger("heatmap_score")
 
 
-class HeatmapError(ValueError):
+class HeatmapError(InputError):
     """Unusable heatmap input, reported in one line."""
 
 
@@ -463,9 +466,9 @@ def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)  # --help answers here, before TensorFlow loads
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, args)
+    import dm_cli
+    dm_cli.setup_logging()
+    return dm_cli.guarded("heatmap_score", run, args)
 
 
 if __name__ == "__main__":

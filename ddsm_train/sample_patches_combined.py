@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob_keypoints,  # noqa: E402
                            create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
@@ -49,6 +50,8 @@ from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob
                            segment_breast, write_png)
 import dm_cli  # noqa: E402
 from dm_recipe_utils import read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
+
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ DEFAULT_TARGET_HEIGHT = 4096   # the original's default
 UPSCALE_WARN = 2.0
 
 
-class SamplingError(ValueError):
+class SamplingError(InputError):
     """Patches can't be sampled from an ROI (e.g. the overlap cutoff fell to zero)."""
 
 
@@ -93,12 +96,12 @@ def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
     """The per-abnormality table (CSV, or TSV by extension), ids as strings; checks the columns."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: ROI mask table not found")
+        raise InputFileNotFoundError(f"{p}: ROI mask table not found")
     sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
     df = pd.read_csv(p, sep=sep, dtype={"patient_id": str, "side": str, "view": str}, keep_default_na=False)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; need {REQUIRED}")
+        raise InputError(f"{p}: missing column(s) {missing}; need {REQUIRED}")
     df["abn_num"] = df["abn_num"].astype(int)
     df["type"] = df["type"].str.lower().map(lambda t: "calc" if t.startswith("calc") else "mass")
     return df
@@ -305,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
     normal = None
     if args.images_csv:
         if not pathlib.Path(args.images_csv).is_file():
-            raise FileNotFoundError(f"{args.images_csv}: image table not found")
+            raise InputFileNotFoundError(f"{args.images_csv}: image table not found")
         normal = pd.read_csv(args.images_csv, dtype=str, keep_default_na=False)
         known |= set(normal["patient_id"])
     unknown = [p for p in patients if p not in known]
@@ -315,7 +318,7 @@ def run(args: argparse.Namespace) -> dict:
                  ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
     patients = [p for p in dict.fromkeys(patients) if p in known]
     if not patients:
-        raise ValueError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
+        raise InputError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
     if args.val_out_dir is None:
         if args.val_list or args.val_size not in (0, None):
             log.info("no VAL_OUT_DIR: no validation split (--val-size/--val-list ignored)")
@@ -468,5 +471,10 @@ def main(argv: list[str] | None = None) -> dict:
     return run(args)
 
 
+def cli() -> None:
+    """The command (the script, or installed as `sample_patches_combined`): input errors one line, exit 2."""
+    run_cli(main, "sample_patches_combined")
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
 from dm_preprocess import ImageReadError, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
@@ -31,12 +32,14 @@ from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
 
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 NEG, POS, EXCLUDED = {"1", "2"}, {"4", "4a", "4b", "4c", "5", "6"}, {"3"}
 
 
-class InbreastFormatError(ValueError):
+class InbreastFormatError(InputError):
     """INbreast.csv or an XML annotation is malformed."""
 
 
@@ -56,7 +59,7 @@ def read_inbreast_csv(path: str | os.PathLike) -> pd.DataFrame:
     """The sheet (';'-separated, CRLF) as: file_name, side, view, acr, birads, label (neg/pos/None)."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: INbreast sheet not found")
+        raise InputFileNotFoundError(f"{p}: INbreast sheet not found")
     raw = pd.read_csv(p, sep=";", dtype=str, keep_default_na=False)
     raw.columns = [c.strip().lower() for c in raw.columns]
     need = ["laterality", "view", "file name", "acr", "bi-rads"]
@@ -81,7 +84,7 @@ def index_dicoms(dicom_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """File Name number -> (DICOM path, patient id from the file name)."""
     d = pathlib.Path(dicom_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: DICOM folder not found")
+        raise InputFileNotFoundError(f"{d}: DICOM folder not found")
     out = {}
     for p in sorted(d.rglob("*")):
         if p.is_file() and p.suffix.lower() == ".dcm":
@@ -199,5 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     return prepare(a.dicom_dir, a.csv, a.out_dir, a.xml_dir, a.img_size, a.val_size, a.test_size, a.seed, a.verbose)
 
 
+def cli() -> None:
+    """The command (the script, or installed as `prepare_inbreast`): input errors one line, exit 2."""
+    run_cli(main, "prepare_inbreast")
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()
