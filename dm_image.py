@@ -242,11 +242,41 @@ def target_shape(shape: tuple[int, int], recipe: Recipe) -> tuple[int, int]:
 
 
 def resize(img: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 step 2: cubic resize to img_size or to target_height (aspect kept); dtype kept."""
+    """Step 2 of the recipe (docs/method.md): cubic resize to img_size, or to target_height
+    with the width truncated as the original did (aspect kept); dtype kept."""
     th, tw = target_shape(img.shape, recipe)
     if (th, tw) == img.shape:
         return img
     return cv2.resize(img, dsize=(tw, th), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_to(img: np.ndarray, target_size: Sequence[int] | None = None,
+              target_height: int | None = None) -> np.ndarray:
+    """`resize` with the recipe's two size fields given directly (the recipes and the patch
+    sampler use this, so they resize exactly as training does)."""
+    return resize(img, Recipe(img_size=tuple(target_size) if target_size is not None else None,
+                              target_height=None if target_size is not None else target_height))
+
+
+def resize_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """An ROI mask onto its resized image's (H, W) grid: 0/255, linear then cut at half."""
+    h, w = int(shape[0]), int(shape[1])
+    m = (mask > 0).astype(np.uint8) * 255
+    if m.shape[:2] == (h, w):
+        return m
+    out = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return ((out >= 128) * 255).astype(np.uint8)
+
+
+def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(rows, cols) from a DICOM header without decoding its pixels."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a read error
+        raise ImageReadError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from None
 
 
 def _cast_uint8(x: np.ndarray) -> np.ndarray:

@@ -46,9 +46,10 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 
 from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob_keypoints,  # noqa: E402
                            create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
-                           overlap_patch_roi, patch_roi_overlap, read_image_gray, resize_img,
+                           overlap_patch_roi, patch_roi_overlap,
                            segment_breast, write_png)
 import dm_cli  # noqa: E402
+import dm_image  # noqa: E402
 from dm_recipe_utils import read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -137,6 +138,18 @@ def _detector(patch_size: int):
     return _DETECTOR[patch_size]
 
 
+def read_resized(path: str, opts: dict) -> tuple[np.ndarray, int]:
+    """The full image as the training recipe reads and resizes it (`dm_image`), and its
+    original height."""
+    img = dm_image.read_image(path)
+    return dm_image.resize_to(img, opts["target_size"], opts["target_height"]), img.shape[0]
+
+
+def read_resized_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """An ROI mask on the resized image's grid (0/255)."""
+    return dm_image.resize_mask(dm_image.read_image(path), shape)
+
+
 def process_image(task: ImageTask, opts: dict) -> dict:
     """Sample and write all patches of one image; returns {'records': [...], 'errors': [...]}."""
     ps = int(opts["patch_size"])
@@ -145,9 +158,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
     records: list[dict] = []
     errors: list[str] = []
     try:
-        img = read_image_gray(task.full_path)
-        orig_h = img.shape[0]
-        img = resize_img(img, opts["target_size"], opts["target_height"])
+        img, orig_h = read_resized(task.full_path, opts)
         upscale = img.shape[0] / max(1, orig_h)
         full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
         bbox = (0, 0, img.shape[1], img.shape[0])
@@ -156,8 +167,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
         masks, abns = [], []
         for abn in task.abns:
             try:
-                m = read_image_gray(abn.mask_path)
-                m = resize_img(m, target_size=full_shape, mask=True)
+                m = read_resized_mask(abn.mask_path, full_shape)
                 m = crop_img(m, bbox)
                 if not np.any(m):
                     raise EmptyMaskError(f"{abn.mask_path}: ROI mask is empty")
@@ -165,7 +175,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
                 abns.append(abn)
             except (ImageReadError, EmptyMaskError) as e:
                 errors.append(str(e))
-    except (ImageReadError, ValueError) as e:
+    except InputError as e:   # this image is skipped and listed; anything else is a bug
         return {"records": [], "errors": [str(e)], "upscale": 1.0}
     img = add_img_margins(img, half)
     areas = [int(np.count_nonzero(m)) for m in masks]
