@@ -19,7 +19,8 @@ def mean_auroc(labels, probs) -> float:
     a single class.
     """
     import numpy as np
-    from sklearn.metrics import roc_auc_score
+
+    from dm_metrics import auroc
     labels = np.asarray(labels)
     probs = np.asarray(probs)
     if labels.ndim == 2:
@@ -29,8 +30,8 @@ def mean_auroc(labels, probs) -> float:
         log.warning("AUROC is undefined: the set has one class only (%s)", present.tolist())
         return float("nan")
     if probs.shape[1] == 2:
-        return float(roc_auc_score(labels == 1, probs[:, 1]))
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in present]))
+        return auroc(labels == 1, probs[:, 1])
+    return float(np.mean([auroc(labels == k, probs[:, k]) for k in present]))
 
 
 class AucCheckpoint(keras.callbacks.Callback):

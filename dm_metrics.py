@@ -27,12 +27,27 @@ def _check(y, s) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def auroc(y, s) -> float:
-    """Area under the ROC curve (ties count half); needs both classes."""
+def auroc(y, s, sample_weight=None) -> float:
+    """Area under the ROC curve (ties count half); needs both classes. The project's one
+    AUROC: evaluation, the trainers' validation callback and the original's API use it.
+
+    With `sample_weight`, each (positive, negative) pair counts with the product of their
+    weights (the weighted trapezoidal area, as scikit-learn computes it).
+    """
     y, s = _check(y, s)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise MetricsError(f"AUROC needs positives and negatives (got {n_pos} and {n_neg})")
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, np.float64).ravel()
+        if len(w) != len(y):
+            raise MetricsError(f"{len(y)} labels but {len(w)} weights")
+        levels, idx = np.unique(s, return_inverse=True)
+        neg_w = np.bincount(idx, weights=w * ~y, minlength=len(levels))
+        below = np.concatenate([[0.0], np.cumsum(neg_w)[:-1]])     # negatives scored lower
+        pos_w = w * y
+        num = float(np.sum(pos_w * (below[idx] + 0.5 * neg_w[idx])))
+        return num / float(pos_w.sum() * neg_w.sum())
     from scipy.stats import rankdata
     r = rankdata(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
