@@ -107,10 +107,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)   # --help answers before anything heavy loads
     import dm_cli
-    dm_cli.setup_logging()
-    return dm_cli.guarded("calibrate", run, args)
+    return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

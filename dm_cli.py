@@ -124,7 +124,29 @@ def guarded(tool: str, fn: Callable, *args: Any) -> int:
     return result if isinstance(result, int) else 0
 
 
-def run_tool(tool: str, build_parser: Callable, run: Callable, argv=None) -> int:
-    """A tool's `main`: log to stdout, parse its flags, run it guarded."""
+def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
+             tensorflow: bool = False) -> int:
+    """A tool's `main`: parse its flags first (so --help answers before anything heavy
+    loads), optionally import TensorFlow quietly, log to stdout, run it guarded."""
+    args = parse(argv)
+    if tensorflow:
+        quiet_tensorflow()
     setup_logging()
-    return guarded(tool, run, build_parser().parse_args(argv))
+    return guarded(tool, run, args)
+
+
+def namespace(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespace:
+    """A tool's parsed flags built from Python values: every flag at the parser's default
+    (defined once, in the parser) except `values`, given by destination name. An unknown
+    name is a TypeError (a caller's bug). Lets a tool's typed function call its `run`."""
+    ns: dict[str, Any] = {}
+    for a in parser._actions:        # as argparse does: the first action of a dest sets it
+        if a.dest not in (argparse.SUPPRESS, "help") and a.default is not argparse.SUPPRESS:
+            ns.setdefault(a.dest, a.default)
+    for k, v in parser._defaults.items():
+        ns.setdefault(k, v)
+    unknown = sorted(set(values) - set(ns))
+    if unknown:
+        raise TypeError(f"{parser.prog}: unknown option(s) {unknown}")
+    ns.update(values)
+    return argparse.Namespace(**ns)

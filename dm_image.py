@@ -1,6 +1,6 @@
 """Reading, preprocessing, augmentation and tf.data datasets for mammograms.
 
-The preprocessing recipe (SPEC §2) is one small frozen object, `Recipe`, shared by
+The preprocessing recipe (docs/method.md, section 2) is one small frozen object, `Recipe`, shared by
 training, inference and saved models, so a model can never be scored with a recipe
 other than the one it was trained with.
 """
@@ -32,7 +32,7 @@ DICOM_EXTS = (".dcm", ".dicom")
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a raw grey image becomes network input, in the order of SPEC §2.
+    """How a raw grey image becomes network input, in the order of docs/method.md, section 2.
 
     img_size: (H, W) to resize to (cubic); None keeps the size (or see target_height).
     target_height: resize to this height keeping the aspect ratio (used when img_size is None).
@@ -85,7 +85,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation with the paper's parameters (SPEC §2 step 6)."""
+    """Training augmentation with the paper's parameters (docs/method.md, section 2, step 5)."""
 
     horizontal_flip: bool = True
     vertical_flip: bool = True
@@ -289,7 +289,7 @@ def _cast_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 steps 3-4 on an already resized grey image: float32, img_scale, rescale, equalise."""
+    """Recipe steps 3-4 (docs/method.md) on an already resized grey image: float32, img_scale, rescale, equalise."""
     x = np.array(img, dtype=np.float32, copy=True)
     if recipe.img_scale is not None:
         m = float(x.max())
@@ -303,7 +303,7 @@ def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def finish_channels(x: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 steps 5 and 7: channels (1 or duplicated to 3) and featurewise centring."""
+    """Recipe steps 6-7 (docs/method.md): channels (1 or duplicated to 3) and featurewise centring."""
     x = np.asarray(x, dtype=np.float32)
     if recipe.featurewise_center:
         x = x - np.float32(recipe.featurewise_mean)
@@ -312,9 +312,9 @@ def finish_channels(x: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 def preprocess(img: np.ndarray, recipe: Recipe, aug_params: "AugParams | None" = None,
                interpolation: str = "bilinear") -> np.ndarray:
-    """The reference recipe (SPEC §2): raw grey image -> float32 HxWxC network input.
+    """The reference recipe (docs/method.md, section 2): raw grey image -> float32 HxWxC network input.
 
-    With `aug_params`, the augmentation (step 6) is applied to the grey image between
+    With `aug_params`, the augmentation (step 5) is applied to the grey image between
     equalisation and channels, exactly where the tf.data pipeline applies it.
     """
     if img.ndim != 2:

@@ -51,7 +51,7 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     """Class probabilities for every image of a finite dataset, in order.
 
     With `tta`, the mean of the predictions on the image and its horizontal, vertical
-    and double flips (SPEC §7).
+    and double flips (docs/method.md, section 2).
     """
     images = _images_only(ds)
     if not tta:

@@ -7,13 +7,11 @@ ImageNet preprocessing layer in `dm_layers`; their names are re-exported here, s
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
-import tempfile
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import keras
 from keras import layers
@@ -310,28 +308,55 @@ class Stage:
     trunk_from: int | None = None
 
 
-def patch_stages(c) -> list[Stage]:
-    """Dense layer only, then the trunk's top, then all (one stage if not pretrained); README "Training"."""
-    if not c.use_pretrained:
-        return [Stage("all layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout)]
+def patch_stage_list(*, use_pretrained: bool, nb_epoch: int, init_lr: float,
+                     weight_decay: float, hidden_dropout: float, top_layer_epochs: int = 0,
+                     top_layer_multiplier: float = 0.1, top_layer_nb: int | None = None,
+                     all_layer_epochs: int = 0, all_layer_multiplier: float = 0.01,
+                     weight_decay2: float = 1e-4, hidden_dropout2: float = 0.0) -> list[Stage]:
+    """Dense layer only, then the trunk's top, then all (one stage if not pretrained);
+    docs/method.md "Stages". Epoch counts are final epoch numbers (docs/fidelity.md)."""
+    if not use_pretrained:
+        return [Stage("all layers", nb_epoch, init_lr, weight_decay, hidden_dropout)]
     return [
-        Stage("dense layer", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
-        Stage("top layers", c.top_layer_epochs, c.init_lr * c.top_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "top", c.top_layer_nb),
-        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "all"),
+        Stage("dense layer", nb_epoch, init_lr, weight_decay, hidden_dropout, "head"),
+        Stage("top layers", top_layer_epochs, init_lr * top_layer_multiplier,
+              weight_decay2, hidden_dropout2, "top", top_layer_nb),
+        Stage("all layers", all_layer_epochs, init_lr * all_layer_multiplier,
+              weight_decay2, hidden_dropout2, "all"),
     ]
+
+
+def image_stage_list(*, nb_epoch: int, init_lr: float, weight_decay: float,
+                     hidden_dropout: float, all_layer_epochs: int, all_layer_multiplier: float,
+                     weight_decay2: float, hidden_dropout2: float,
+                     top_layer_nb: int | None = 2) -> list[Stage]:
+    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
+    trunk, or also the heatmap branch), then all layers; docs/method.md "Stages"."""
+    return [
+        Stage("top layers", nb_epoch, init_lr, weight_decay, hidden_dropout, "first",
+              top_layer_nb),
+        Stage("all layers", all_layer_epochs, init_lr * all_layer_multiplier,
+              weight_decay2, hidden_dropout2, "all"),
+    ]
+
+
+def values_for(fn: Callable, cfg: Any, **override: Any) -> dict:
+    """The fields of a config object that `fn` takes as keywords (the one-line adapter
+    from a CLI config to a library function with explicit values)."""
+    import inspect
+    names = [n for n, p in inspect.signature(fn).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in override]
+    return dict({n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **override)
+
+
+def patch_stages(c) -> list[Stage]:
+    """`patch_stage_list` with the values of a trainer config."""
+    return patch_stage_list(**values_for(patch_stage_list, c))
 
 
 def image_stages(c, top_layer_nb: int | None = 2) -> list[Stage]:
-    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
-    trunk, or also the heatmap branch), then all layers."""
-    return [
-        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "first",
-              top_layer_nb),
-        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "all"),
-    ]
+    """`image_stage_list` with the values of a trainer config."""
+    return image_stage_list(**values_for(image_stage_list, c, top_layer_nb=top_layer_nb))
 
 
 def find_trunk_layer(model: keras.Model) -> keras.Model:
@@ -414,24 +439,18 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
     _set_layer_trainable(model, True)
     if stage.trainable == "all":
         return
-    if stage.trainable == "first":
-        if stage.trunk_from is None:
-            raise InputError(f"stage '{stage.name}': which layers are frozen is unknown; "
-                             "pass --top-layer-nb")
-        for layer in model.layers[:stage.trunk_from]:
-            _freeze(layer, frozen_bn)
-        return
-    trunk = find_trunk_layer(model)
-    if stage.trainable == "head":
-        _freeze(trunk, frozen_bn)
-    elif stage.trainable == "top":
-        if stage.trunk_from is None:
-            raise InputError(f"stage '{stage.name}': where the top layers start is unknown; "
-                             "pass --top-layer-nb")
-        for layer in trunk.layers[:stage.trunk_from]:
-            _freeze(layer, frozen_bn)
-    else:
+    if stage.trainable not in ("first", "head", "top"):
         raise InputError(f"unknown trainable spec {stage.trainable!r}")
+    if stage.trainable == "head":
+        _freeze(find_trunk_layer(model), frozen_bn)
+        return
+    if stage.trunk_from is None:
+        what = ("which layers are frozen" if stage.trainable == "first"
+                else "where the top layers start")
+        raise InputError(f"stage '{stage.name}': {what} is unknown; pass --top-layer-nb")
+    owner = model if stage.trainable == "first" else find_trunk_layer(model)
+    for layer in owner.layers[:stage.trunk_from]:
+        _freeze(layer, frozen_bn)
 
 
 def set_weight_decay(model: keras.Model, weight_decay: float) -> int:

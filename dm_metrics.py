@@ -3,8 +3,6 @@ and breast-/exam-level aggregation of image scores."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -126,16 +124,8 @@ def aggregate(groups: Sequence[tuple], y, s, how: str = "max") -> tuple[list[tup
 
 
 def _save_fig(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    import dm_output
+    dm_output.write_named(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), ".png")
 
 
 def pr_points(y, s) -> tuple[np.ndarray, np.ndarray]:

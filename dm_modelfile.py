@@ -59,24 +59,19 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
     """
     path = pathlib.Path(path)
     is_h5 = path.suffix.lower() in (".h5", ".hdf5")
-    tmp = dm_output.temp_path(str(path), suffix=".h5" if is_h5 else ".keras")
-    try:
+
+    def write(tmp: str) -> None:
+        model.save(tmp)
+        if meta is None:
+            return
         if is_h5:
-            model.save(tmp)
-            if meta is not None:
-                import h5py
-                with h5py.File(tmp, "a") as f:
-                    f.attrs[META_ATTR] = meta.to_json()
+            import h5py
+            with h5py.File(tmp, "a") as f:
+                f.attrs[META_ATTR] = meta.to_json()
         else:
-            model.save(tmp)
-            if meta is not None:
-                with zipfile.ZipFile(tmp, "a") as z:
-                    z.writestr(META_MEMBER, meta.to_json())
-        dm_output.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+            with zipfile.ZipFile(tmp, "a") as z:
+                z.writestr(META_MEMBER, meta.to_json())
+    dm_output.write_named(str(path), write, ".h5" if is_h5 else ".keras")
 
 
 class ModelFileError(InputError):
@@ -136,8 +131,8 @@ def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
     import shutil
     path = pathlib.Path(path)
     out = pathlib.Path(out) if out is not None else path
-    tmp = dm_output.temp_path(str(out), suffix=out.suffix)
-    try:
+
+    def write(tmp: str) -> None:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
                 for info in src.infolist():
@@ -149,11 +144,7 @@ def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
             shutil.copyfile(path, tmp)
             with h5py.File(tmp, "a") as f:
                 f.attrs[META_ATTR] = meta.to_json()
-        dm_output.replace(tmp, str(out))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    dm_output.write_named(str(out), write, out.suffix)
 
 
 def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = False) -> keras.Model:

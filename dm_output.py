@@ -114,3 +114,31 @@ def temp_path(path: str, suffix: str = "") -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
     os.close(fd)
     return tmp
+
+
+def write_named(path: str, writer: Callable[[str], None], suffix: str = "") -> None:
+    """Atomic write for writers that need a file name (`writer(tmp_name)`, e.g. Keras or
+    matplotlib saving): a temporary file beside `path` (with `suffix`, for writers that go
+    by the extension), renamed into place; removed if writing fails."""
+    tmp = temp_path(path, suffix)
+    try:
+        writer(tmp)
+        replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_folder(path: str, writer: Callable[[str], None]) -> None:
+    """Atomic write of a whole folder: `writer(tmp_folder)` fills a temporary folder beside
+    `path`, which then replaces it; removed if writing fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", dir=folder)
+    try:
+        writer(tmp)
+        replace(tmp, path, folder=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -45,17 +45,8 @@ class NothingConvertedError(InputError):
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a CSV atomically (temp file in the same folder, then os.replace)."""
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dm_output.temp_path(str(p), ".csv")
-    try:
-        df.to_csv(tmp, index=False)
-        dm_output.replace(tmp, str(p))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a CSV atomically (`dm_output.write_named`)."""
+    dm_output.write_named(str(path), lambda tmp: df.to_csv(tmp, index=False), ".csv")
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import pathlib
-import sys
 from dataclasses import dataclass, field
 
 import cv2

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -240,11 +241,17 @@ def report(summary: dict) -> None:
                  cal["n_bins"])
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)   # --help answers before TensorFlow is imported
+def evaluate(preds: str, **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name (`out_dir`,
+    `pos_class`, `seed`, `html`, `model`, ...), defaults as the command's; returns the
+    summary (AUROC, interval, plots per level)."""
     import dm_cli
-    dm_cli.setup_logging()
-    return dm_cli.guarded("evaluate", run, args)
+    return run(dm_cli.namespace(build_parser(), preds=str(preds), **options))
+
+
+def main(argv=None) -> int:
+    import dm_cli
+    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

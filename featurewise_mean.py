@@ -17,7 +17,6 @@ import logging
 import sys
 from typing import Sequence
 
-import numpy as np
 
 import dm_cli
 

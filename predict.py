@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any, Sequence
 
 import dm_cli
 
@@ -133,6 +134,14 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+def predict(models: Sequence[str], **options: Any) -> int:
+    """The command as a function: `options` are its flags by destination name (`image_dir`,
+    `images`, `csv`, `out`, `test_augment`, `batch_size`, ...), defaults as the command's.
+    Bad input raises an InputError with the command's message."""
+    import dm_cli
+    return run(dm_cli.namespace(build_parser(), models=[str(m) for m in models], **options))
 
 
 def main(argv=None) -> int:

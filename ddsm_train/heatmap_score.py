@@ -5,7 +5,7 @@
         [--patch-size 256 --stride 8 --batch-size 128 --img-height 4096] \
         --out heatmaps.npz [--overlay-dir overlays/]
 
-Modes (SPEC §7): sliding window (default) scores every patch of the resized,
+Modes (docs/method.md, section 3): sliding window (default) scores every patch of the resized,
 breast-segmented image padded by half a patch with a patch classifier, giving a
 (rows, cols, classes) map; `--fprop-mode` runs the all-convolutional patch classifier
 once over the whole image (average pooling + the patch Dense at every position);
@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 from dataclasses import dataclass
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
@@ -464,11 +465,17 @@ def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)  # --help answers here, before TensorFlow loads
+def score(img_folder: str, model: str, **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name (`stride`,
+    `img_size`, `out`, `overlay_dir`, `grad_cam`, ...), defaults as the command's."""
     import dm_cli
-    dm_cli.setup_logging()
-    return dm_cli.guarded("heatmap_score", run, args)
+    return run(dm_cli.namespace(build_parser(), img_folder=str(img_folder), dl_state=str(model),
+                                **options))
+
+
+def main(argv=None) -> int:
+    import dm_cli
+    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

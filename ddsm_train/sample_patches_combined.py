@@ -1,4 +1,4 @@
-"""Sample ROI, background and hard-negative patches from full mammograms (SPEC §5).
+"""Sample ROI, background and hard-negative patches from full mammograms (docs/method.md, section 3).
 
 Same positional arguments, flags and defaults as the original
 `ddsm_train/sample_patches_combined.py`:
@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
+from typing import Any
 import zlib
 from dataclasses import dataclass
 
@@ -419,7 +420,7 @@ def _log_summary(summary: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images (SPEC §5).",
+    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images.",
                                 formatter_class=dm_cli.HelpFormatter)
     p.add_argument("roi_mask_path_file", help="per-abnormality table (roi_mask_path.csv / .tsv)")
     p.add_argument("roi_mask_dir", help="folder of ROI mask PNGs")
@@ -474,11 +475,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+def sample_patches(roi_mask_path_file: str, roi_mask_dir: str, pat_train_list_file: str,
+                   full_img_dir: str, train_out_dir: str, val_out_dir: str | None = None,
+                   **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name
+    (`target_size=(H, W)`, `patch_size=64`, `class_layout="3class"`, ...), defaults as the
+    command's. Returns the summary `run` returns; bad input raises an InputError."""
+    import dm_cli
+    args = dm_cli.namespace(build_parser(), roi_mask_path_file=str(roi_mask_path_file),
+                            roi_mask_dir=str(roi_mask_dir),
+                            pat_train_list_file=str(pat_train_list_file),
+                            full_img_dir=str(full_img_dir), train_out_dir=str(train_out_dir),
+                            val_out_dir=None if val_out_dir is None else str(val_out_dir),
+                            **options)
+    return run(_complete(args))
+
+
+def _complete(args: argparse.Namespace) -> argparse.Namespace:
+    """--target-width alone means the default height at that width."""
     if args.target_size is None and args.target_width is not None:
         args.target_size = [args.target_height or DEFAULT_TARGET_HEIGHT, args.target_width]
-    return run(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(_complete(build_parser().parse_args(argv)))
 
 
 def cli() -> None:
