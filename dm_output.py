@@ -81,23 +81,17 @@ def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
         with open(path, "w" if text else "wb", **kw) as f:
             writer(f)
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **kw) as f:
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "w" if text else "wb", **kw) as f:
             writer(f)
-        replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_named(path, fill)
 
 
 def replace(tmp: str, path: str, folder: bool = False) -> None:
     """Rename a finished temporary file (or folder) onto `path` with the umask's mode.
 
-    Refuses to replace a symlink, device or FIFO (OSError, one line).
+    Refuses to replace a symlink, device or FIFO (`OutputRefusedError`, one line).
     """
     if is_special(path):
         raise OutputRefusedError(f"{path}: is a symlink, device or FIFO; refusing to replace it")

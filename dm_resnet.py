@@ -104,28 +104,33 @@ def basic_block_org(nb_filters: int, init_strides=(1, 1), identity: bool = True,
     return f
 
 
+def _bottleneck(org: bool, nb_filters: int, init_strides, identity: bool,
+                shortcut_with_bn: bool, enlarge_factor: int, **kw):
+    """1x1 -> 3x3 -> 1x1 (x enlarge_factor): BN-ReLU-conv units, or conv-BN-ReLU (`org`)."""
+    unit = _conv_bn_relu if org else _bn_relu_conv
+    last = {"last_block": True} if org else {}
+
+    def f(x):
+        y = unit(nb_filters, 1, 1, strides=init_strides, **kw)(x)
+        y = unit(nb_filters, 3, 3, **kw)(y)
+        y = unit(nb_filters * enlarge_factor, 1, 1, **last, **kw)(y)
+        return _shortcut(x, y, identity=identity, strides=init_strides,
+                         with_bn=shortcut_with_bn, org=org, **kw)
+    return f
+
+
 def bottleneck(nb_filters: int, init_strides=(1, 1), identity: bool = True,
                shortcut_with_bn: bool = False, enlarge_factor: int = 4, **kw):
     """1x1 -> 3x3 -> 1x1 (x enlarge_factor), pre-activation ordering."""
-    def f(x):
-        y = _bn_relu_conv(nb_filters, 1, 1, strides=init_strides, **kw)(x)
-        y = _bn_relu_conv(nb_filters, 3, 3, **kw)(y)
-        y = _bn_relu_conv(nb_filters * enlarge_factor, 1, 1, **kw)(y)
-        return _shortcut(x, y, identity=identity, strides=init_strides,
-                         with_bn=shortcut_with_bn, **kw)
-    return f
+    return _bottleneck(False, nb_filters, init_strides, identity, shortcut_with_bn,
+                       enlarge_factor, **kw)
 
 
 def bottleneck_org(nb_filters: int, init_strides=(1, 1), identity: bool = True,
                    shortcut_with_bn: bool = False, enlarge_factor: int = 4, **kw):
     """1x1 -> 3x3 -> 1x1 (x enlarge_factor), original ordering; the top-layer unit."""
-    def f(x):
-        y = _conv_bn_relu(nb_filters, 1, 1, strides=init_strides, **kw)(x)
-        y = _conv_bn_relu(nb_filters, 3, 3, **kw)(y)
-        y = _conv_bn_relu(nb_filters * enlarge_factor, 1, 1, last_block=True, **kw)(y)
-        return _shortcut(x, y, identity=identity, strides=init_strides,
-                         with_bn=shortcut_with_bn, org=True, **kw)
-    return f
+    return _bottleneck(True, nb_filters, init_strides, identity, shortcut_with_bn,
+                       enlarge_factor, **kw)
 
 
 def _residual_block(block_function: Callable, nb_filters: int, repetitions: int,
