@@ -73,16 +73,28 @@ def actions_without_help(parser: argparse.ArgumentParser) -> list[str]:
             if not (a.help or "").strip()]
 
 
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stdout` is at the time (so captured output sees it too)."""
+class _LiveHandler(logging.StreamHandler):
+    """Writes to whatever `sys.<which>` is at the time (so captured output sees it too)."""
+
+    which = "stdout"
 
     @property
     def stream(self):
-        return sys.stdout
+        return getattr(sys, self.which)
 
     @stream.setter
     def stream(self, value):
         pass
+
+
+class _StdoutHandler(_LiveHandler):
+    which = "stdout"
+
+
+class StderrHandler(_LiveHandler):
+    """The log on stderr (e.g. while a tool's result goes to standard output)."""
+
+    which = "stderr"
 
 
 def setup_logging() -> None:

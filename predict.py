@@ -124,18 +124,6 @@ def run(args) -> int:
     return 0
 
 
-class _StderrHandler(logging.StreamHandler):
-    """The log on stderr while the CSV goes to standard output."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
 def predict(models: Sequence[str], **options: Any) -> int:
     """The command as a function: `options` are its flags by destination name (`image_dir`,
     `images`, `csv`, `out`, `test_augment`, `batch_size`, ...), defaults as the command's.
@@ -154,7 +142,7 @@ def main(argv=None) -> int:
     # The CSV goes to standard output: move the log to stderr for this run.
     root = logging.getLogger()
     moved = [h for h in root.handlers if isinstance(h, dm_cli._StdoutHandler)]
-    err = _StderrHandler()
+    err = dm_cli.StderrHandler()   # the CSV goes to standard output
     err.setFormatter(moved[0].formatter if moved else None)
     for h in moved:
         root.removeHandler(h)
