@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from dm_errors import InputError
+
 log = logging.getLogger("calibrate")
 
 
@@ -40,11 +42,11 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
     if args.labels:
         lab = evaluate._read(args.labels)
         if not {"path", "label"} <= set(lab.columns) or "path" not in df.columns:
-            raise ValueError(f"{args.labels}: expected columns path,label matching the predictions")
+            raise InputError(f"{args.labels}: expected columns path,label matching the predictions")
         df = df.drop(columns=["label"], errors="ignore").merge(lab[["path", "label"]],
                                                                on="path", how="left")
     if "label" not in df.columns:
-        raise ValueError(f"{args.preds}: no 'label' column; give --labels")
+        raise InputError(f"{args.preds}: no 'label' column; give --labels")
     out = []
     for v in df["label"].fillna(""):
         v = str(v).strip()
@@ -54,30 +56,30 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
         try:
             k = int(float(v))
         except ValueError:
-            raise ValueError(f"{args.preds}: label {v!r} is neither a class name {classes} "
+            raise InputError(f"{args.preds}: label {v!r} is neither a class name {classes} "
                              "nor an index") from None
         if not 0 <= k < len(classes):
-            raise ValueError(f"{args.preds}: label {k} out of range for {len(classes)} classes")
+            raise InputError(f"{args.preds}: label {k} out of range for {len(classes)} classes")
         out.append(k)
     return np.array(out, int)
 
 
 def run(args) -> int:
     import dm_calibration
-    import dm_keras_ext
+    import dm_modelfile
     import dm_metrics
     import evaluate
     if not os.path.isfile(args.model):
-        raise ValueError(f"{args.model}: model file not found")
-    meta = dm_keras_ext.read_model_meta(args.model)
+        raise InputError(f"{args.model}: model file not found")
+    meta = dm_modelfile.read_model_meta(args.model)
     if meta is None:
-        raise ValueError(f"{args.model}: the model stores no class list; calibrate a model "
+        raise InputError(f"{args.model}: the model stores no class list; calibrate a model "
                          "saved by this project's trainers or convert_checkpoint.py")
     classes = list(meta.class_list)
     df = evaluate._read(args.preds)
     missing = [c for c in classes if c not in df.columns]
     if missing:
-        raise ValueError(f"{args.preds}: no column for class(es) {missing} of {args.model}")
+        raise InputError(f"{args.preds}: no column for class(es) {missing} of {args.model}")
     probs = df[classes].astype(float).to_numpy()
     y = _labels(df, classes, args)
     if meta.calibration:
@@ -88,7 +90,7 @@ def run(args) -> int:
     cal["fitted_on"] = os.path.abspath(args.preds)
     out = args.out or args.model
     import dataclasses
-    dm_keras_ext.write_model_meta(args.model, dataclasses.replace(meta, calibration=cal), out)
+    dm_modelfile.write_model_meta(args.model, dataclasses.replace(meta, calibration=cal), out)
     cv = cal.get("cv_log_loss")
     if cv:
         log.info("cross-validated log-loss (%d folds): %s", cal["cv_folds"],
@@ -105,10 +107,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)   # --help answers before anything heavy loads
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, args)
+    import dm_cli
+    return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import sys
 
 import dm_cli
+from dm_errors import InputError
 
 DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
 DEFAULT_RESCALE = 0.003891
@@ -53,32 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (2 for a bad input file or arguments)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    args = build_parser().parse_args(argv)
-    dm_cli.quiet_tensorflow()
+def run(args: argparse.Namespace) -> int:
+    """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
     import dm_checkpoint
     import dm_image
     import dm_keras_ext
 
-    try:
-        model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
-    except (dm_checkpoint.CheckpointError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
     out_units = model.outputs[0].shape[-1]
     if out_units is not None and out_units != len(args.class_list):
-        print(f"error: {args.input}: the model has {out_units} outputs but --class-list names "
-              f"{len(args.class_list)} classes", file=sys.stderr)
-        return 2
+        raise InputError(f"{args.input}: the model has {out_units} outputs but --class-list names "
+                         f"{len(args.class_list)} classes")
     fixed = tuple(model.inputs[0].shape[1:3])
     if all(isinstance(v, int) for v in fixed):
         if args.img_size is not None and tuple(args.img_size) != fixed:
-            print(f"error: {args.input}: the model's input is fixed at {fixed[0]}x{fixed[1]} but "
-                  f"--img-size says {args.img_size[0]}x{args.img_size[1]}; drop --img-size or "
-                  "give the model's size", file=sys.stderr)
-            return 2
+            raise InputError(f"{args.input}: the model's input is fixed at {fixed[0]}x{fixed[1]} "
+                             f"but --img-size says {args.img_size[0]}x{args.img_size[1]}; drop "
+                             "--img-size or give the model's size")
         img_size = fixed
     else:
         img_size = tuple(args.img_size or DEFAULT_IMG_SIZE)
@@ -90,14 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                              featurewise_mean=0.0 if args.no_featurewise_center else float(mean))
     meta = dm_keras_ext.ModelMeta(class_list=tuple(args.class_list), recipe=recipe, kind=args.kind,
                                   extra={"converted_from": str(args.input)})
-    try:
-        dm_keras_ext.save_model(model, args.output, meta)
-    except OSError as e:
-        print(f"error: cannot write {args.output}: {e}", file=sys.stderr)
-        return 2
+    dm_keras_ext.save_model(model, args.output, meta)
     log.info("wrote %s (%s, classes %s, recipe %s)", args.output, type(model).__name__,
              " ".join(args.class_list), recipe.to_json())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (2 for a bad input file or arguments)."""
+    args = build_parser().parse_args(argv)
+    dm_cli.quiet_tensorflow()
+    dm_cli.setup_logging()
+    return dm_cli.guarded("convert_checkpoint", run, args)
 
 
 if __name__ == "__main__":

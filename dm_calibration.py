@@ -13,6 +13,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ METHODS = ("temperature", "platt")
 _EPS = 1e-15     # clip only exact 0 and 1: tiny probabilities keep their order
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError):
     """Predictions or labels a calibration cannot be fitted on, or an unknown stored map."""
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ __all__ = ["CheckpointError", "UnsafeCheckpointError", "CheckpointNotFoundError"
            "load_model", "model_from_keras2_config", "read_keras2_info", "keras2_hard_sigmoid"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A model file that cannot be turned into a Keras 3 model (message names file and layer)."""
 
 
@@ -70,7 +71,7 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
         raise CheckpointNotFoundError(f"{p}: model file not found")
     if not p.is_file():
         raise CheckpointError(f"{p}: not a file")
-    import dm_keras_ext  # noqa: F401  registers the project's own layers (ImageNetPreprocess)
+    import dm_layers  # noqa: F401  registers the project's own layers (ImageNetPreprocess)
     if zipfile.is_zipfile(p):
         cfg = _keras_zip_config(p)
         if safe_mode:

@@ -1,15 +1,20 @@
-"""What every command-line tool shares before any real work: help that shows defaults, and
-TensorFlow imported without its start-up banner.
+"""What every command-line tool shares: help that shows defaults, TensorFlow imported without
+its start-up banner, logging, and the guarded runner (input errors one line, exit 2; bugs keep
+their traceback, exit 1). Atomic writes are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
 import tempfile
+from typing import Any, Callable
+
+from dm_errors import InputError, one_line, wrapped_input_error  # noqa: F401  (re-exported)
 
 # Start-up lines TensorFlow/XLA print on a machine without a GPU; they are not our messages.
 _BANNER = re.compile(r"absl::InitializeLog|port\.cc:|cudart_stub\.cc|cpu_feature_guard\.cc|"
@@ -66,3 +71,94 @@ def actions_without_help(parser: argparse.ArgumentParser) -> list[str]:
     """Option or argument names whose help is empty (every flag should say what it does)."""
     return [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
             if not (a.help or "").strip()]
+
+
+class _LiveHandler(logging.StreamHandler):
+    """Writes to whatever `sys.<which>` is at the time (so captured output sees it too)."""
+
+    which = "stdout"
+
+    @property
+    def stream(self):
+        return getattr(sys, self.which)
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _StdoutHandler(_LiveHandler):
+    which = "stdout"
+
+
+class StderrHandler(_LiveHandler):
+    """The log on stderr (e.g. while a tool's result goes to standard output)."""
+
+    which = "stderr"
+
+
+def setup_logging() -> None:
+    """INFO messages with a time stamp on stdout, once per process (other handlers kept)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def is_input_error(e: BaseException) -> bool:
+    """Bad input rather than a bug: an InputError, an OS error on a named file, or a
+    TensorFlow error wrapping an InputError raised inside the input pipeline."""
+    if isinstance(e, InputError):
+        return True
+    if isinstance(e, OSError) and getattr(e, "filename", None) is not None:
+        return True   # the system refused a file the user named (missing, unreadable, disk full)
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and isinstance(e, tf.errors.OpError):
+        return wrapped_input_error(str(getattr(e, "message", None) or e)) is not None
+    return False
+
+
+def guarded(tool: str, fn: Callable, *args: Any) -> int:
+    """Run a command's body. Input errors: one line `TOOL: error: ...`, exit status 2.
+
+    Anything else is a bug and propagates with its traceback (Python exits 1).
+    An int returned by `fn` is the exit status; anything else means 0.
+    """
+    try:
+        result = fn(*args)
+    except Exception as e:
+        if not is_input_error(e):
+            raise
+        logging.getLogger(tool).error("error: %s", one_line(e))
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
+             tensorflow: bool = False) -> int:
+    """A tool's `main`: parse its flags first (so --help answers before anything heavy
+    loads), optionally import TensorFlow quietly, log to stdout, run it guarded."""
+    args = parse(argv)
+    if tensorflow:
+        quiet_tensorflow()
+    setup_logging()
+    return guarded(tool, run, args)
+
+
+def namespace(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespace:
+    """A tool's parsed flags built from Python values: every flag at the parser's default
+    (defined once, in the parser) except `values`, given by destination name. An unknown
+    name is a TypeError (a caller's bug). Lets a tool's typed function call its `run`."""
+    ns: dict[str, Any] = {}
+    for a in parser._actions:        # as argparse does: the first action of a dest sets it
+        if a.dest not in (argparse.SUPPRESS, "help") and a.default is not argparse.SUPPRESS:
+            ns.setdefault(a.dest, a.default)
+    for k, v in parser._defaults.items():
+        ns.setdefault(k, v)
+    unknown = sorted(set(values) - set(ns))
+    if unknown:
+        raise TypeError(f"{parser.prog}: unknown option(s) {unknown}")
+    ns.update(values)
+    return argparse.Namespace(**ns)

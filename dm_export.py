@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Sequence
 
+import dm_output
+from dm_errors import InputError
 from dm_image import Recipe
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ RESIZE_MODES = ("cv2cubic", "bicubic", "bilinear")
 META_FILE = "dm_meta.json"
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A model/recipe combination that cannot be exported."""
 
 
@@ -139,11 +139,8 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
                          input_signature=[tf.TensorSpec([None, None, None], tf.uint16)])
     archive.add_endpoint("serve_uint8", endpoint(tf.uint8, 255.0),
                          input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
-    try:
+
+    def write(tmp: str) -> None:
         archive.write_out(tmp, verbose=False)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
         with open(os.path.join(tmp, "assets", META_FILE), "w") as f:
@@ -151,11 +148,7 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
                        "resize": resize, "output": "probabilities",
                        "serve_float_input_bits": recipe.input_bits,
                        "endpoints": ["serve", "serve_uint16", "serve_uint8"]}, f, indent=1)
-        import dm_output
-        dm_output.replace(tmp, out_dir, folder=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    dm_output.write_folder(os.path.abspath(out_dir), write)
     log.info("call it with: m = tf.saved_model.load(%r); m.serve_uint16(images)"
              "['probabilities'] (images: uint16 (B, H, W); serve_uint8 for 8-bit, serve for "
              "float32 %s); column i is class %s", out_dir,

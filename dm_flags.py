@@ -56,12 +56,22 @@ def _bool(g, name: str, dest: str, help: str) -> None:
     g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
 
 
-def _optional(g, name: str, dest: str, type, help: str, short: str | None = None, **kw) -> None:
-    """A value flag with a `--no-NAME` twin that sets it to None, as the original had."""
+def _values(g, *rows: tuple) -> None:
+    """Plain value flags, one row each: (names separated by spaces, dest, type, help)."""
+    for names, dest, type_, help_ in rows:
+        g.add_argument(*names.split(), dest=dest, type=type_, help=help_)
+
+
+def _optional(g, name: str, dest: str, type, help: str, short: str | None = None,
+              no_short: str | None = None, **kw) -> None:
+    """A value flag with a `--no-NAME` twin that sets it to None, as the original had.
+
+    `short` and `no_short` are the original's one-dash aliases of the two (e.g. -ic, -nic).
+    """
     names = [f"--{name}"] + ([short] if short else [])
     g.add_argument(*names, dest=dest, type=type, help=help, **kw)
-    g.add_argument(f"--no-{name}", dest=dest, action="store_const", const=None,
-                   help=f"unset --{name}")
+    g.add_argument(f"--no-{name}", *([no_short] if no_short else []), dest=dest,
+                   action="store_const", const=None, help=f"unset --{name}")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -73,7 +83,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    metavar=("H", "W"),
                    help="resize every image to H x W (cubic)")
     _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
-              short="-ic")
+              short="-ic", no_short="-nic")
     _optional(g, "rescale-factor", "rescale_factor", float,
               "multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
     _bool(g, "featurewise-center", "featurewise_center", "subtract --featurewise-mean")
@@ -110,24 +120,26 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", dest="optim",
                    choices=["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"],
                    help="sgd is Nesterov with momentum 0.9")
-    g.add_argument("--init-learningrate", "-ilr", dest="init_lr", type=float,
-                   help="learning rate of stage 1")
-    g.add_argument("--all-layer-multiplier", dest="all_layer_multiplier", type=float,
-                   help="last-stage learning rate = init-learningrate x this")
-    g.add_argument("--weight-decay", "-wd", dest="weight_decay", type=float,
-                   help="L2 penalty of the trained conv/dense kernels in stage 1")
-    g.add_argument("--weight-decay2", "-wd2", dest="weight_decay2", type=float,
-                   help="L2 penalty in the later stages (really applied)")
-    g.add_argument("--hidden-dropout", "-hd", dest="hidden_dropout", type=float,
-                   help="dropout rate in stage 1")
-    g.add_argument("--hidden-dropout2", "-hd2", dest="hidden_dropout2", type=float,
-                   help="dropout rate in the later stages (really applied)")
-    g.add_argument("--lr-patience", "-lrp", dest="lr_patience", type=int,
-                   help="sgd: halve the lr once more than this many epochs made no val-loss "
-                        "progress, then every this many (Keras 2.0.8 counting)")
-    g.add_argument("--es-patience", "-esp", dest="es_patience", type=int,
-                   help="stop once more than this many epochs of a stage made no val-loss "
-                        "progress (Keras 2.0.8 counting)")
+    _values(g,
+        ("--init-learningrate -ilr", "init_lr", float,
+         "learning rate of stage 1"),
+        ("--all-layer-multiplier", "all_layer_multiplier", float,
+         "last-stage learning rate = init-learningrate x this"),
+        ("--weight-decay -wd", "weight_decay", float,
+         "L2 penalty of the trained conv/dense kernels in stage 1"),
+        ("--weight-decay2 -wd2", "weight_decay2", float,
+         "L2 penalty in the later stages (really applied)"),
+        ("--hidden-dropout -hd", "hidden_dropout", float,
+         "dropout rate in stage 1"),
+        ("--hidden-dropout2 -hd2", "hidden_dropout2", float,
+         "dropout rate in the later stages (really applied)"),
+        ("--lr-patience -lrp", "lr_patience", int,
+         "sgd: halve the lr once more than this many epochs made no val-loss "
+         "progress, then every this many (Keras 2.0.8 counting)"),
+        ("--es-patience -esp", "es_patience", int,
+         "stop once more than this many epochs of a stage made no val-loss "
+         "progress (Keras 2.0.8 counting)"),
+    )
     _optional(g, "top-layer-nb", "top_layer_nb", int,
               "where the trained layers start, counted as in the original's Keras 2.0.8 "
               "layout (patch: index in the flat patch model; image: in the whole-image "
@@ -169,26 +181,28 @@ def _patch_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained-weights", dest="pretrained_weights",
                    help="local ImageNet 'notop' weights file (default: the Keras cache)")
     _optional(g, "resume-from", "resume_from", str, "start from this saved patch model")
-    g.add_argument("--top-layer-epochs", dest="top_layer_epochs", type=int,
-                   help="epochs of stage 2 (top of the trunk trains)")
-    g.add_argument("--top-layer-multiplier", dest="top_layer_multiplier", type=float,
-                   help="stage-2 learning rate = init-learningrate x this")
-    g.add_argument("--nb-init-filter", "-nif", dest="nb_init_filter", type=int,
-                   help="ResNetBuilder nets: filters of the first convolution")
-    g.add_argument("--init-filter-size", "-ifs", dest="init_filter_size", type=int,
-                   help="ResNetBuilder nets: size of the first convolution")
-    g.add_argument("--init-conv-stride", "-ics", dest="init_conv_stride", type=int,
-                   help="ResNetBuilder nets: stride of the first convolution")
-    g.add_argument("--max-pooling-size", "-mps", dest="pool_size", type=int,
-                   help="ResNetBuilder nets: first max pooling size (0: none)")
-    g.add_argument("--max-pooling-stride", "-mpr", dest="pool_stride", type=int,
-                   help="ResNetBuilder nets: first max pooling stride")
-    g.add_argument("--alpha", dest="alpha", type=float,
-                   help="ResNetBuilder nets: elastic-net penalty of the classifier")
-    g.add_argument("--l1-ratio", dest="l1_ratio", type=float,
-                   help="ResNetBuilder nets: L1 share of the elastic-net penalty")
-    g.add_argument("--inp-dropout", "-id", dest="inp_dropout", type=float,
-                   help="ResNetBuilder nets: dropout on the input")
+    _values(g,
+        ("--top-layer-epochs", "top_layer_epochs", int,
+         "epochs of stage 2 (top of the trunk trains)"),
+        ("--top-layer-multiplier", "top_layer_multiplier", float,
+         "stage-2 learning rate = init-learningrate x this"),
+        ("--nb-init-filter -nif", "nb_init_filter", int,
+         "ResNetBuilder nets: filters of the first convolution"),
+        ("--init-filter-size -ifs", "init_filter_size", int,
+         "ResNetBuilder nets: size of the first convolution"),
+        ("--init-conv-stride -ics", "init_conv_stride", int,
+         "ResNetBuilder nets: stride of the first convolution"),
+        ("--max-pooling-size -mps", "pool_size", int,
+         "ResNetBuilder nets: first max pooling size (0: none)"),
+        ("--max-pooling-stride -mpr", "pool_stride", int,
+         "ResNetBuilder nets: first max pooling stride"),
+        ("--alpha", "alpha", float,
+         "ResNetBuilder nets: elastic-net penalty of the classifier"),
+        ("--l1-ratio", "l1_ratio", float,
+         "ResNetBuilder nets: L1 share of the elastic-net penalty"),
+        ("--inp-dropout -id", "inp_dropout", float,
+         "ResNetBuilder nets: dropout on the input"),
+    )
 
 
 def _image_model_flags(p: argparse.ArgumentParser) -> None:
@@ -225,22 +239,19 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fc-layers", dest="fc_layers", type=int, help="number of FC layers")
 
 
+_TRAINERS = {   # kind: (description, model flags, defaults)
+    "patch": ("Train a patch classifier in 3 stages.", _patch_model_flags, PATCH_DEFAULTS),
+    "image": ("Train a whole-image classifier in 2 stages.", _image_model_flags,
+              IMAGE_DEFAULTS),
+}
+
+
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """The parser of `patch_clf_train.py` (kind='patch') or `image_clf_train.py` ('image')."""
-    if kind == "patch":
-        p = argparse.ArgumentParser(description="Train a patch classifier in 3 stages.",
-                                    formatter_class=_help_formatter())
-        _data_flags(p)
-        _patch_model_flags(p)
-        defaults = PATCH_DEFAULTS
-    elif kind == "image":
-        p = argparse.ArgumentParser(description="Train a whole-image classifier in 2 stages.",
-                                    formatter_class=_help_formatter())
-        _data_flags(p)
-        _image_model_flags(p)
-        defaults = IMAGE_DEFAULTS
-    else:
-        raise ValueError(kind)
+    description, model_flags, defaults = _TRAINERS[kind]
+    p = argparse.ArgumentParser(description=description, formatter_class=_help_formatter())
+    _data_flags(p)
+    model_flags(p)
     _training_flags(p)
     p.set_defaults(**defaults)
     p.epilog = "Environment: RANDOM_SEED, NUM_CPU_CORES, NUM_GPU_DEVICES, TF_CONFIG."
@@ -253,12 +264,34 @@ def config_class(kind: str) -> type:
     return dataclasses.make_dataclass(f"{kind.capitalize()}Config", names, frozen=True)
 
 
+_ONE_SOURCE = "exactly one of --patch-model-state and --resume-from is required"
+
+
 def parse(kind: str, argv: Sequence[str] | None = None):
     """Parse a trainer's command line into its frozen config."""
     parser = build_parser(kind)
     args = parser.parse_args(argv)
+    if kind == "image" and (args.patch_model_state is None) == (args.resume_from is None):
+        parser.error(_ONE_SOURCE)
+    return _frozen(kind, args)
+
+
+def config(kind: str, train_dir: str, val_dir: str, test_dir: str, **values: Any):
+    """A trainer's frozen config from Python values (no command line): every flag at its
+    default except `values`, given by destination name (`img_size=[H, W]`, `init_lr=0.001`,
+    ...). An unknown name is a TypeError; a missing model source an InputError."""
+    args = build_parser(kind).parse_args([str(train_dir), str(val_dir), str(test_dir)])
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"{kind} trainer: unknown option(s) {unknown}")
+    vars(args).update(values)
+    if kind == "image" and (args.patch_model_state is None) == (args.resume_from is None):
+        from dm_errors import InputError
+        raise InputError(_ONE_SOURCE)
+    return _frozen(kind, args)
+
+
+def _frozen(kind: str, args: argparse.Namespace):
     if args.seed is None:
         args.seed = int(os.environ.get("RANDOM_SEED", 12345))
-    if kind == "image" and (args.patch_model_state is None) == (args.resume_from is None):
-        parser.error("exactly one of --patch-model-state and --resume-from is required")
     return config_class(kind)(**vars(args))

@@ -1,6 +1,6 @@
 """Reading, preprocessing, augmentation and tf.data datasets for mammograms.
 
-The preprocessing recipe (SPEC §2) is one small frozen object, `Recipe`, shared by
+The preprocessing recipe (docs/method.md, section 2) is one small frozen object, `Recipe`, shared by
 training, inference and saved models, so a model can never be scored with a recipe
 other than the one it was trained with.
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
+from dm_errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -31,7 +32,7 @@ DICOM_EXTS = (".dcm", ".dicom")
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a raw grey image becomes network input, in the order of SPEC §2.
+    """How a raw grey image becomes network input, in the order of docs/method.md, section 2.
 
     img_size: (H, W) to resize to (cubic); None keeps the size (or see target_height).
     target_height: resize to this height keeping the aspect ratio (used when img_size is None).
@@ -58,7 +59,7 @@ class Recipe:
         if self.img_size is not None:
             object.__setattr__(self, "img_size", tuple(int(v) for v in self.img_size))
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+            raise InputError(f"channels must be 1 or 3, got {self.channels}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -71,7 +72,7 @@ class Recipe:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown recipe keys: {sorted(unknown)}")
+            raise InputError(f"unknown recipe keys: {sorted(unknown)}")
         return cls(**d)
 
     def to_json(self) -> str:
@@ -84,7 +85,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation with the paper's parameters (SPEC §2 step 6)."""
+    """Training augmentation with the paper's parameters (docs/method.md, section 2, step 5)."""
 
     horizontal_flip: bool = True
     vertical_flip: bool = True
@@ -98,11 +99,11 @@ class Augment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "zoom_range", tuple(float(v) for v in self.zoom_range))
         if len(self.zoom_range) != 2 or self.zoom_range[0] > self.zoom_range[1]:
-            raise ValueError(f"zoom_range must be (low, high), got {self.zoom_range}")
+            raise InputError(f"zoom_range must be (low, high), got {self.zoom_range}")
         if self.fill_mode != "nearest":
-            raise ValueError(f"only fill_mode='nearest' is supported, got {self.fill_mode!r}")
+            raise InputError(f"only fill_mode='nearest' is supported, got {self.fill_mode!r}")
         if self.interpolation not in ("bilinear", "nearest"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
+            raise InputError(f"interpolation must be 'bilinear' or 'nearest', got {self.interpolation!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -117,11 +118,11 @@ class Augment:
 # --------------------------------------------------------------------------- errors
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file could not be read; the message is '<path>: <problem>'."""
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset folder or list is unusable (missing root or class, no images, bad CSV)."""
 
 
@@ -241,11 +242,41 @@ def target_shape(shape: tuple[int, int], recipe: Recipe) -> tuple[int, int]:
 
 
 def resize(img: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 step 2: cubic resize to img_size or to target_height (aspect kept); dtype kept."""
+    """Step 2 of the recipe (docs/method.md): cubic resize to img_size, or to target_height
+    with the width truncated as the original did (aspect kept); dtype kept."""
     th, tw = target_shape(img.shape, recipe)
     if (th, tw) == img.shape:
         return img
     return cv2.resize(img, dsize=(tw, th), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_to(img: np.ndarray, target_size: Sequence[int] | None = None,
+              target_height: int | None = None) -> np.ndarray:
+    """`resize` with the recipe's two size fields given directly (the recipes and the patch
+    sampler use this, so they resize exactly as training does)."""
+    return resize(img, Recipe(img_size=tuple(target_size) if target_size is not None else None,
+                              target_height=None if target_size is not None else target_height))
+
+
+def resize_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """An ROI mask onto its resized image's (H, W) grid: 0/255, linear then cut at half."""
+    h, w = int(shape[0]), int(shape[1])
+    m = (mask > 0).astype(np.uint8) * 255
+    if m.shape[:2] == (h, w):
+        return m
+    out = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return ((out >= 128) * 255).astype(np.uint8)
+
+
+def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(rows, cols) from a DICOM header without decoding its pixels."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a read error
+        raise ImageReadError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from None
 
 
 def _cast_uint8(x: np.ndarray) -> np.ndarray:
@@ -258,7 +289,7 @@ def _cast_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 steps 3-4 on an already resized grey image: float32, img_scale, rescale, equalise."""
+    """Recipe steps 3-4 (docs/method.md) on an already resized grey image: float32, img_scale, rescale, equalise."""
     x = np.array(img, dtype=np.float32, copy=True)
     if recipe.img_scale is not None:
         m = float(x.max())
@@ -272,7 +303,7 @@ def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 
 def finish_channels(x: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """SPEC §2 steps 5 and 7: channels (1 or duplicated to 3) and featurewise centring."""
+    """Recipe steps 6-7 (docs/method.md): channels (1 or duplicated to 3) and featurewise centring."""
     x = np.asarray(x, dtype=np.float32)
     if recipe.featurewise_center:
         x = x - np.float32(recipe.featurewise_mean)
@@ -281,13 +312,13 @@ def finish_channels(x: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 def preprocess(img: np.ndarray, recipe: Recipe, aug_params: "AugParams | None" = None,
                interpolation: str = "bilinear") -> np.ndarray:
-    """The reference recipe (SPEC §2): raw grey image -> float32 HxWxC network input.
+    """The reference recipe (docs/method.md, section 2): raw grey image -> float32 HxWxC network input.
 
-    With `aug_params`, the augmentation (step 6) is applied to the grey image between
+    With `aug_params`, the augmentation (step 5) is applied to the grey image between
     equalisation and channels, exactly where the tf.data pipeline applies it.
     """
     if img.ndim != 2:
-        raise ValueError(f"expected a 2-D grey image, got shape {img.shape}")
+        raise InputError(f"expected a 2-D grey image, got shape {img.shape}")
     x = grey_steps(resize(img, recipe), recipe)
     per_channel = aug_params is not None and recipe.channels == 3
     if aug_params is not None:
@@ -628,9 +659,9 @@ def num_workers_default() -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}") from None
+        raise InputError(f"NUM_CPU_CORES must be a positive integer, got {v!r}") from None
     if n < 1:
-        raise ValueError(f"NUM_CPU_CORES must be a positive integer, got {v!r}")
+        raise InputError(f"NUM_CPU_CORES must be a positive integer, got {v!r}")
     return n
 
 
@@ -729,9 +760,9 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
     import tensorflow as tf
 
     if auto_batch_balance and class_weight:
-        raise ValueError("use either auto_batch_balance or class_weight, not both")
+        raise InputError("use either auto_batch_balance or class_weight, not both")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = len(labels)
     if n == 0:
@@ -823,6 +854,39 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
 def dataset_size(source: Sequence[str] | np.ndarray) -> int:
     """Number of images in a source (paths or an in-memory array)."""
     return len(source)
+
+
+# --------------------------------------------------------------------------- dataset statistics
+RESCALE_16 = 255.0 / 65535.0
+
+
+def rescale_for_bits(bits: int | None) -> float:
+    """The factor that maps pixels of this bit depth to 0-255 (16 -> 0.003891, else 1)."""
+    return RESCALE_16 if bits == 16 else 1.0
+
+
+def mean_pixel(paths: Sequence[str], rescale_factor: float | None = None,
+               img_size: Sequence[int] | None = None) -> tuple[float, float, int | None]:
+    """(mean, rescale factor used, bit depth) over every pixel of every image.
+
+    Raises `DatasetError` for no images or mixed 8/16-bit images.
+    """
+    if not paths:
+        raise DatasetError("no images to average")
+    depths = check_bit_depths(paths, 1.0)   # refuses a mix of 8 and 16 bits
+    bits = next(iter(depths)) if len(depths) == 1 else None
+    if rescale_factor is None:
+        if bits is None:
+            sample = read_image(paths[0])
+            bits = 16 if sample.dtype == np.uint16 else 8 if sample.dtype == np.uint8 else None
+        rescale_factor = rescale_for_bits(bits)
+    recipe = Recipe(img_size=tuple(img_size) if img_size else None)
+    total, count = 0.0, 0
+    for p in paths:
+        img = resize(read_image(p), recipe).astype(np.float64)
+        total += float(img.sum())
+        count += img.size
+    return total / count * float(rescale_factor), float(rescale_factor), bits
 
 
 # --------------------------------------------------------------------------- the original's API

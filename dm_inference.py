@@ -1,6 +1,6 @@
 """Prediction: batched scoring, 4-flip test-time augmentation, model averaging, heatmaps.
 
-Every model file carries its class list and preprocessing recipe (`dm_keras_ext.ModelMeta`),
+Every model file carries its class list and preprocessing recipe (`dm_modelfile.ModelMeta`),
 so scoring needs no flags; flags only override. Heatmaps come in three kinds:
 sliding-window patch scores (`sliding_window_heatmap`), one forward pass of the
 all-convolutional patch classifier ("fprop", `fprop_model`), and Grad-CAM saliency on the
@@ -21,13 +21,14 @@ import numpy as np
 
 import dm_image
 from dm_image import Recipe
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
 FLIPS = ("none", "horizontal", "vertical", "both")
 
 
-class InferenceError(ValueError):
+class InferenceError(InputError):
     """Unusable inference input (models that disagree, bad list, bad sizes); one line."""
 
 
@@ -50,7 +51,7 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     """Class probabilities for every image of a finite dataset, in order.
 
     With `tta`, the mean of the predictions on the image and its horizontal, vertical
-    and double flips (SPEC §7).
+    and double flips (docs/method.md, section 2).
     """
     images = _images_only(ds)
     if not tta:
@@ -123,16 +124,13 @@ def apply_overrides(recipe: Recipe, **overrides) -> Recipe:
 
 def load_models(paths: Sequence[str], safe_mode: bool = True) -> list[LoadedModel]:
     """Load model files with their stored class lists and recipes."""
-    import dm_keras_ext
+    import dm_modelfile
     out = []
     for p in paths:
         if not os.path.isfile(p):
             raise InferenceError(f"{p}: model file not found")
-        try:
-            meta = dm_keras_ext.read_model_meta(p)
-        except (OSError, ValueError, KeyError) as e:
-            raise InferenceError(f"{p}: cannot read the model's stored class list/recipe ({e})") from None
-        out.append(LoadedModel(dm_keras_ext.load_model(p, safe_mode=safe_mode), meta, p))
+        meta = dm_modelfile.read_model_meta(p)   # ModelFileError (one line) if unreadable
+        out.append(LoadedModel(dm_modelfile.load_model(p, safe_mode=safe_mode), meta, p))
     return out
 
 

@@ -1,150 +1,33 @@
-"""Keras extensions: patch nets, optimisers, staged training, callbacks, model I/O.
+"""Keras extensions: patch nets, optimisers and the staged training loop.
 
-Saved models carry their class list and preprocessing recipe (`ModelMeta`): inside the
-`.keras` zip as an extra member `dm_meta.json` (Keras ignores it on load), and as the
-root attribute `dm_meta` of an `.h5` file.
+The model-file format lives in `dm_modelfile`, the callbacks in `dm_callbacks`, the
+ImageNet preprocessing layer in `dm_layers`; their names are re-exported here, so
+`dm_keras_ext.save_model`, `dm_keras_ext.AucCheckpoint`, ... keep working (README,
+"Module map").
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
-import tempfile
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import keras
 from keras import layers
 from keras.regularizers import L1, L1L2, L2
 
 import dm_resnet
-from dm_image import Recipe
+from dm_errors import InputError
+from dm_callbacks import (AucCheckpoint, BestModelCheckpoint, LastCheckpoint,  # noqa: F401
+                          NanGuard, ResumableEarlyStopping, ResumableReduceLROnPlateau,
+                          mean_auroc)
+from dm_layers import IMAGENET_PREPROCESS, ImageNetPreprocess  # noqa: F401
+from dm_modelfile import (META_ATTR, META_MEMBER, ModelFileError, ModelKindError,  # noqa: F401
+                          ModelMeta, check_model_kind, load_model, read_model_meta,
+                          read_resume_state, save_model, write_model_meta)
 
 log = logging.getLogger(__name__)
-
-META_MEMBER = "dm_meta.json"
-META_ATTR = "dm_meta"
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """What a saved model needs to be used correctly: output column order and recipe."""
-
-    class_list: tuple[str, ...]
-    recipe: Recipe
-    kind: str = "image"            # "patch" or "image"
-    extra: dict = field(default_factory=dict)
-    calibration: dict | None = None   # fitted by calibrate.py (dm_calibration); optional
-
-    def to_json(self) -> str:
-        d = {"class_list": list(self.class_list), "recipe": self.recipe.to_dict(),
-             "kind": self.kind, "extra": self.extra}
-        if self.calibration is not None:
-            d["calibration"] = self.calibration
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> "ModelMeta":
-        d = json.loads(s)
-        return cls(class_list=tuple(d["class_list"]), recipe=Recipe.from_dict(d["recipe"]),
-                   kind=d.get("kind", "image"), extra=d.get("extra", {}),
-                   calibration=d.get("calibration"))
-
-
-def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | None = None) -> None:
-    """Save atomically (temporary file in the same folder, then rename) with `meta` inside.
-
-    `.h5` paths use the legacy HDF5 format; anything else is saved as `.keras`.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    is_h5 = path.suffix.lower() in (".h5", ".hdf5")
-    suffix = ".h5" if is_h5 else ".keras"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if is_h5:
-            model.save(tmp)
-            if meta is not None:
-                import h5py
-                with h5py.File(tmp, "a") as f:
-                    f.attrs[META_ATTR] = meta.to_json()
-        else:
-            model.save(tmp)
-            if meta is not None:
-                with zipfile.ZipFile(tmp, "a") as z:
-                    z.writestr(META_MEMBER, meta.to_json())
-        import dm_output
-        dm_output.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-class ModelKindError(ValueError):
-    """A patch model where a whole-image model is expected, or the reverse."""
-
-
-def check_model_kind(path: str | os.PathLike, expected: str, flag: str, other: str) -> None:
-    """Refuse a model file whose stored kind is not `expected` (files without one pass)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: model file not found ({flag})")
-    try:
-        meta = read_model_meta(path)
-    except Exception:  # not a zip / not HDF5: the loader will say what is wrong
-        return
-    if meta is not None and meta.kind != expected:
-        raise ModelKindError(f"{path}: this is a {meta.kind} model, but {flag} takes a "
-                             f"{expected} model; use {other} for it")
-
-
-def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
-    """The class list and recipe stored with a model file, or None if it has none."""
-    path = pathlib.Path(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if META_MEMBER not in z.namelist():
-                return None
-            return ModelMeta.from_json(z.read(META_MEMBER).decode())
-    import h5py
-    with h5py.File(path, "r") as f:
-        raw = f.attrs.get(META_ATTR)
-    if raw is None:
-        return None
-    return ModelMeta.from_json(raw if isinstance(raw, str) else raw.decode())
-
-
-
-def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
-                     out: str | os.PathLike | None = None) -> None:
-    """Replace the metadata of a saved model file (the weights are copied unchanged), into
-    `out` or in place; atomic (temporary file in the same folder, then rename)."""
-    import shutil
-    path = pathlib.Path(path)
-    out = pathlib.Path(out) if out is not None else path
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp, "w") as dst:
-                for info in src.infolist():
-                    if info.filename != META_MEMBER:
-                        dst.writestr(info, src.read(info.filename))
-                dst.writestr(META_MEMBER, meta.to_json())
-        else:
-            import h5py
-            shutil.copyfile(path, tmp)
-            with h5py.File(tmp, "a") as f:
-                f.attrs[META_ATTR] = meta.to_json()
-        os.chmod(tmp, os.stat(path).st_mode & 0o777)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 # ------------------------------------------------------------------ patch nets
 # Where stage 2 ("top layers") of patch training starts inside each trunk, by layer name
@@ -209,7 +92,7 @@ def legacy_top_layer_nb(trunk: keras.Model, net: str, top_layer_nb: int,
         (["dropout"] if dropout and net != "yaroslav" else []) + ["dense"]
     view = layout + head
     if not -len(view) <= top_layer_nb <= len(view):
-        raise ValueError(f"--top-layer-nb {top_layer_nb} is outside the {net} patch model "
+        raise InputError(f"--top-layer-nb {top_layer_nb} is outside the {net} patch model "
                          f"({len(view)} layers in the original's layout)")
     if top_layer_nb == len(view):
         return len(trunk.layers)
@@ -229,7 +112,7 @@ _APPLICATIONS = {
 PATCH_NETS = tuple(_APPLICATIONS) + ("yaroslav",) + tuple(dm_resnet.RESNET_CONFIGS)
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(InputError, FileNotFoundError):
     """ImageNet weights were requested but no local file was found (no internet at run time)."""
 
 
@@ -280,39 +163,11 @@ def build_trunk(net: str, input_shape=(224, 224, 3), use_pretrained: bool = Fals
     if net in dm_resnet.RESNET_CONFIGS:
         return _custom_resnet_trunk(net, input_shape, **resnet_kw)
     if net not in _APPLICATIONS:
-        raise ValueError(f"unknown patch net {net!r}; choose from {', '.join(PATCH_NETS)}")
+        raise InputError(f"unknown patch net {net!r}; choose from {', '.join(PATCH_NETS)}")
     cls = getattr(keras.applications, _APPLICATIONS[net][0])
     weights = imagenet_weights_path(net, weights_file) if use_pretrained else None
     base = cls(include_top=False, weights=weights, input_shape=tuple(input_shape))
     return keras.Model(base.inputs, base.output, name=dm_resnet.TRUNK_NAME)
-
-
-# The original's `preprocess_input` of each ImageNet net (Keras 2.0.8), applied by its
-# patch trainer when --no-featurewise-center: 'caffe' (RGB->BGR, minus the ImageNet
-# channel means) for ResNet50 and VGG, 'tf' (x/255 - 0.5, x2) for Xception/InceptionV3.
-IMAGENET_PREPROCESS = {"resnet50": "caffe", "vgg16": "caffe", "vgg19": "caffe",
-                       "xception": "tf", "inception": "tf"}
-
-
-@keras.saving.register_keras_serializable(package="dm")
-class ImageNetPreprocess(layers.Layer):
-    """A net's ImageNet `preprocess_input` as the patch model's first layer, so the saved
-    model carries it and prediction and heatmaps repeat it (docs/fidelity.md)."""
-
-    def __init__(self, mode: str = "caffe", **kw):
-        super().__init__(**kw)
-        if mode not in ("caffe", "tf"):
-            raise ValueError(f"unknown ImageNet preprocessing {mode!r}")
-        self.mode = mode
-
-    def call(self, x):
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        mean = keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=x.dtype)
-        return keras.ops.flip(x, axis=-1) - mean
-
-    def get_config(self):
-        return dict(super().get_config(), mode=self.mode)
 
 
 def get_dl_model(net: str, nb_class: int = 3, use_pretrained: bool = True,
@@ -413,16 +268,7 @@ def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
     for i, layer in enumerate(trunk.layers):
         if layer.name == name:
             return i + offset
-    raise ValueError(f"layer {name!r} (start of the top layers of {net}) not found in trunk")
-
-
-def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = False) -> keras.Model:
-    """Load a model file: `.keras`, or `.h5` from Keras 3 or Keras 2.0-2.x (`dm_checkpoint`).
-
-    Lambda layers are refused unless `safe_mode=False` (`--unsafe-load`).
-    """
-    import dm_checkpoint
-    return dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
+    raise InputError(f"layer {name!r} (start of the top layers of {net}) not found in trunk")
 
 
 # ------------------------------------------------------------------ optimisers
@@ -437,7 +283,7 @@ def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
              "adadelta": keras.optimizers.Adadelta, "adamax": keras.optimizers.Adamax,
              "adam": keras.optimizers.Adam, "nadam": keras.optimizers.Nadam}
     if name not in table:
-        raise ValueError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
+        raise InputError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
     if name == "adagrad":
         return keras.optimizers.Adagrad(lr, initial_accumulator_value=0.0, epsilon=1e-8)
     return table[name](lr, epsilon=1e-8)
@@ -462,28 +308,55 @@ class Stage:
     trunk_from: int | None = None
 
 
-def patch_stages(c) -> list[Stage]:
-    """Dense layer only, then the trunk's top, then all (one stage if not pretrained); README "Training"."""
-    if not c.use_pretrained:
-        return [Stage("all layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout)]
+def patch_stage_list(*, use_pretrained: bool, nb_epoch: int, init_lr: float,
+                     weight_decay: float, hidden_dropout: float, top_layer_epochs: int = 0,
+                     top_layer_multiplier: float = 0.1, top_layer_nb: int | None = None,
+                     all_layer_epochs: int = 0, all_layer_multiplier: float = 0.01,
+                     weight_decay2: float = 1e-4, hidden_dropout2: float = 0.0) -> list[Stage]:
+    """Dense layer only, then the trunk's top, then all (one stage if not pretrained);
+    docs/method.md "Stages". Epoch counts are final epoch numbers (docs/fidelity.md)."""
+    if not use_pretrained:
+        return [Stage("all layers", nb_epoch, init_lr, weight_decay, hidden_dropout)]
     return [
-        Stage("dense layer", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "head"),
-        Stage("top layers", c.top_layer_epochs, c.init_lr * c.top_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "top", c.top_layer_nb),
-        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "all"),
+        Stage("dense layer", nb_epoch, init_lr, weight_decay, hidden_dropout, "head"),
+        Stage("top layers", top_layer_epochs, init_lr * top_layer_multiplier,
+              weight_decay2, hidden_dropout2, "top", top_layer_nb),
+        Stage("all layers", all_layer_epochs, init_lr * all_layer_multiplier,
+              weight_decay2, hidden_dropout2, "all"),
     ]
+
+
+def image_stage_list(*, nb_epoch: int, init_lr: float, weight_decay: float,
+                     hidden_dropout: float, all_layer_epochs: int, all_layer_multiplier: float,
+                     weight_decay2: float, hidden_dropout2: float,
+                     top_layer_nb: int | None = 2) -> list[Stage]:
+    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
+    trunk, or also the heatmap branch), then all layers; docs/method.md "Stages"."""
+    return [
+        Stage("top layers", nb_epoch, init_lr, weight_decay, hidden_dropout, "first",
+              top_layer_nb),
+        Stage("all layers", all_layer_epochs, init_lr * all_layer_multiplier,
+              weight_decay2, hidden_dropout2, "all"),
+    ]
+
+
+def values_for(fn: Callable, cfg: Any, **override: Any) -> dict:
+    """The fields of a config object that `fn` takes as keywords (the one-line adapter
+    from a CLI config to a library function with explicit values)."""
+    import inspect
+    names = [n for n, p in inspect.signature(fn).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in override]
+    return dict({n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **override)
+
+
+def patch_stages(c) -> list[Stage]:
+    """`patch_stage_list` with the values of a trainer config."""
+    return patch_stage_list(**values_for(patch_stage_list, c))
 
 
 def image_stages(c, top_layer_nb: int | None = 2) -> list[Stage]:
-    """New top layers with `model.layers[:top_layer_nb]` frozen (the input and the
-    trunk, or also the heatmap branch), then all layers."""
-    return [
-        Stage("top layers", c.nb_epoch, c.init_lr, c.weight_decay, c.hidden_dropout, "first",
-              top_layer_nb),
-        Stage("all layers", c.all_layer_epochs, c.init_lr * c.all_layer_multiplier,
-              c.weight_decay2, c.hidden_dropout2, "all"),
-    ]
+    """`image_stage_list` with the values of a trainer config."""
+    return image_stage_list(**values_for(image_stage_list, c, top_layer_nb=top_layer_nb))
 
 
 def find_trunk_layer(model: keras.Model) -> keras.Model:
@@ -496,7 +369,7 @@ def find_trunk_layer(model: keras.Model) -> keras.Model:
     nested = [l for l in model.layers if isinstance(l, keras.Model)]
     if len(nested) == 1:
         return nested[0]
-    raise ValueError(f"model '{model.name}' has no '{dm_resnet.TRUNK_NAME}' sub-model to "
+    raise InputError(f"model '{model.name}' has no '{dm_resnet.TRUNK_NAME}' sub-model to "
                      "freeze; it is not a patch or whole-image model of this project")
 
 
@@ -550,7 +423,7 @@ def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
     keeps its moving statistics.
     """
     if frozen_bn not in FROZEN_BN_MODES:
-        raise ValueError(f"unknown frozen BatchNormalization mode {frozen_bn!r}; "
+        raise InputError(f"unknown frozen BatchNormalization mode {frozen_bn!r}; "
                          f"choose {' or '.join(FROZEN_BN_MODES)}")
     _set_layer_trainable(layer, False)
     if frozen_bn == "batch":
@@ -566,24 +439,18 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
     _set_layer_trainable(model, True)
     if stage.trainable == "all":
         return
-    if stage.trainable == "first":
-        if stage.trunk_from is None:
-            raise ValueError(f"stage '{stage.name}': which layers are frozen is unknown; "
-                             "pass --top-layer-nb")
-        for layer in model.layers[:stage.trunk_from]:
-            _freeze(layer, frozen_bn)
-        return
-    trunk = find_trunk_layer(model)
+    if stage.trainable not in ("first", "head", "top"):
+        raise InputError(f"unknown trainable spec {stage.trainable!r}")
     if stage.trainable == "head":
-        _freeze(trunk, frozen_bn)
-    elif stage.trainable == "top":
-        if stage.trunk_from is None:
-            raise ValueError(f"stage '{stage.name}': where the top layers start is unknown; "
-                             "pass --top-layer-nb")
-        for layer in trunk.layers[:stage.trunk_from]:
-            _freeze(layer, frozen_bn)
-    else:
-        raise ValueError(f"unknown trainable spec {stage.trainable!r}")
+        _freeze(find_trunk_layer(model), frozen_bn)
+        return
+    if stage.trunk_from is None:
+        what = ("which layers are frozen" if stage.trainable == "first"
+                else "where the top layers start")
+        raise InputError(f"stage '{stage.name}': {what} is unknown; pass --top-layer-nb")
+    owner = model if stage.trainable == "first" else find_trunk_layer(model)
+    for layer in owner.layers[:stage.trunk_from]:
+        _freeze(layer, frozen_bn)
 
 
 def set_weight_decay(model: keras.Model, weight_decay: float) -> int:
@@ -704,236 +571,6 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
         if any(getattr(cb, "abort", False) for cb in callbacks):
             break
     return history
-
-
-# ------------------------------------------------------------------ metrics, callbacks
-def mean_auroc(labels, probs) -> float:
-    """Mean one-vs-rest AUROC over the classes that have both positives and negatives.
-
-    Two classes: the AUROC of column 1. NaN (with a warning), never 0, when the set has
-    a single class.
-    """
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    if labels.ndim == 2:
-        labels = labels.argmax(-1)
-    present = np.unique(labels)
-    if len(present) < 2:
-        log.warning("AUROC is undefined: the set has one class only (%s)", present.tolist())
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels == 1, probs[:, 1]))
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in present]))
-
-
-class AucCheckpoint(keras.callbacks.Callback):
-    """After each epoch: AUROC on the whole validation set; keep the best model.
-
-    The value is added to the epoch logs as `val_auroc` (so CSVLogger records it). The
-    best model (highest AUROC) is saved atomically with its class list and recipe;
-    `path` None or "NOSAVE" disables saving but the best value is still tracked.
-    """
-
-    def __init__(self, val_ds, val_labels, path: str | None, meta: ModelMeta | None = None,
-                 best: float = float("-inf")):
-        super().__init__()
-        self.val_ds, self.val_labels = val_ds, val_labels
-        self.path = None if path in (None, "NOSAVE") else path
-        self.meta, self.best = meta, best
-
-    def on_epoch_end(self, epoch, logs=None):
-        import math
-        if not _finite(logs):
-            return
-        probs = self.model.predict(self.val_ds, verbose=0)
-        auc = mean_auroc(self.val_labels, probs)
-        if logs is not None:
-            logs["val_auroc"] = auc
-        improved = not math.isnan(auc) and auc > self.best
-        log.info("epoch %d: validation AUROC %.4f%s", epoch + 1, auc,
-                 " (best so far)" if improved else f" (best {self.best:.4f})")
-        if improved:
-            self.best = auc
-            if self.path:
-                save_model(self.model, self.path, self.meta)
-
-
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Keep the model with the best value of a logged metric (atomic save, with meta)."""
-
-    def __init__(self, path: str | None, monitor: str = "val_accuracy", mode: str = "max",
-                 meta: ModelMeta | None = None, best: float | None = None):
-        super().__init__()
-        self.path = None if path in (None, "NOSAVE") else path
-        self.monitor, self.mode, self.meta = monitor, mode, meta
-        self.best = best if best is not None else (float("-inf") if mode == "max" else float("inf"))
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not _finite(logs):
-            return
-        better = value > self.best if self.mode == "max" else value < self.best
-        if better:
-            log.info("epoch %d: %s improved to %.4f", epoch + 1, self.monitor, value)
-            self.best = float(value)
-            if self.path:
-                save_model(self.model, self.path, self.meta)
-
-
-def _finite(logs) -> bool:
-    import math
-    loss = (logs or {}).get("loss")
-    return loss is None or math.isfinite(float(loss))
-
-
-class NanGuard(keras.callbacks.Callback):
-    """Stop at the first non-finite training loss and tell every stage to stop (`abort`)."""
-
-    def __init__(self):
-        super().__init__()
-        self.abort = False
-        self.where: tuple[int, int] | None = None
-        self._epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if not _finite(logs) and not self.abort:
-            self.abort, self.where = True, (self._epoch + 1, batch + 1)
-            self.model.stop_training = True
-
-
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping counted as Keras 2.0.8 counted (docs/fidelity.md), whose counters
-    survive a restart (`pending`, restored at the start of the next fit).
-
-    Keras 2.0.8 stopped at a non-improving epoch only once `patience` earlier epochs had
-    not improved, i.e. after `patience + 1` epochs without progress (Keras 3: `patience`).
-    """
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.pending: dict | None = None
-
-    def state(self) -> dict:
-        return {"wait": int(self.wait), "best": None if self.best is None else float(self.best)}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.best = float("inf")
-        if self.pending:
-            self.wait, self.best = self.pending["wait"], self.pending["best"]
-            if self.best is None:
-                self.best = float("inf")
-            self.pending = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
-        if current is None:
-            return
-        if current < self.best:   # val_loss, min_delta 0, as the original used it
-            self.best, self.wait = float(current), 0
-        else:
-            if self.wait >= self.patience:
-                self.stopped_epoch = epoch
-                self.model.stop_training = True
-                log.info("epoch %d: early stopping (no %s progress for %d epochs)",
-                         epoch + 1, self.monitor, self.wait + 1)
-            self.wait += 1
-
-
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau counted as Keras 2.0.8 counted, with counters that survive a
-    restart.
-
-    Keras 2.0.8 (epsilon 1e-4 = `min_delta`): the first reduction comes after
-    `patience + 1` epochs without progress, and since the counter restarts at 1 after a
-    reduction, the next ones every `patience` epochs (Keras 3: every `patience`).
-    """
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.pending: dict | None = None
-
-    def state(self) -> dict:
-        return {"wait": int(self.wait), "best": float(self.best),
-                "cooldown_counter": int(self.cooldown_counter)}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.best = float("inf")
-        if self.pending:
-            self.wait, self.best = self.pending["wait"], self.pending["best"]
-            self.cooldown_counter = self.pending["cooldown_counter"]
-            self.pending = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        logs["learning_rate"] = lr
-        current = logs.get(self.monitor)
-        if current is None:
-            return
-        if self.in_cooldown():
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if current < self.best - self.min_delta:
-            self.best, self.wait = float(current), 0
-        elif not self.in_cooldown():
-            if self.wait >= self.patience:
-                if lr > self.min_lr * (1 + 1e-4):
-                    new_lr = max(lr * self.factor, self.min_lr)
-                    self.model.optimizer.learning_rate = new_lr
-                    log.info("epoch %d: learning rate reduced to %g", epoch + 1, new_lr)
-                    self.cooldown_counter = self.cooldown
-                    self.wait = 0
-            self.wait += 1
-
-
-class LastCheckpoint(keras.callbacks.Callback):
-    """After every epoch: the model with its optimiser and the run's position, in one
-    atomically written file, so a killed run can continue from its last completed epoch.
-
-    The position (next stage and epoch), the best monitored value and the counters of
-    early stopping and lr scheduling travel in the file's `ModelMeta.extra["resume"]`.
-    A state reached with a non-finite loss is never written.
-    """
-
-    def __init__(self, path: str, meta: ModelMeta, fingerprint: str, stages: list[Stage],
-                 best_cb, stateful_cbs: list):
-        super().__init__()
-        self.path, self.meta, self.fingerprint = path, meta, fingerprint
-        self.ends = [int(s.epochs) for s in stages]
-        self.best_cb, self.stateful = best_cb, stateful_cbs
-        self.stage = 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not _finite(logs):
-            return
-        stage, nxt, inside = self.stage, epoch + 1, True
-        if self.model.stop_training or nxt >= self.ends[stage]:
-            stage, inside = stage + 1, False   # the next stage starts where this one ended
-        state = {"fingerprint": self.fingerprint, "stage": stage, "epoch": nxt,
-                 "inside_stage": inside, "best": float(self.best_cb.best),
-                 "callbacks": [cb.state() for cb in self.stateful]}
-        meta = ModelMeta(self.meta.class_list, self.meta.recipe, self.meta.kind,
-                         dict(self.meta.extra, resume=state))
-        save_model(self.model, self.path, meta)
-
-
-def read_resume_state(path: str | os.PathLike) -> dict | None:
-    """The run position stored in a last-epoch checkpoint, or None."""
-    if not os.path.exists(path):
-        return None
-    try:
-        meta = read_model_meta(path)
-    except Exception:  # a damaged file is as good as none: start over
-        log.warning("%s: unreadable last checkpoint, ignored", path)
-        return None
-    return None if meta is None else meta.extra.get("resume")
 
 
 # ------------------------------------------------------------------ the original's API

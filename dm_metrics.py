@@ -3,16 +3,15 @@ and breast-/exam-level aggregation of image scores."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class MetricsError(ValueError):
+class MetricsError(InputError):
     """Labels or scores that a metric cannot use (one class only, lengths differ, ...)."""
 
 
@@ -26,12 +25,27 @@ def _check(y, s) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
-def auroc(y, s) -> float:
-    """Area under the ROC curve (ties count half); needs both classes."""
+def auroc(y, s, sample_weight=None) -> float:
+    """Area under the ROC curve (ties count half); needs both classes. The project's one
+    AUROC: evaluation, the trainers' validation callback and the original's API use it.
+
+    With `sample_weight`, each (positive, negative) pair counts with the product of their
+    weights (the weighted trapezoidal area, as scikit-learn computes it).
+    """
     y, s = _check(y, s)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise MetricsError(f"AUROC needs positives and negatives (got {n_pos} and {n_neg})")
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, np.float64).ravel()
+        if len(w) != len(y):
+            raise MetricsError(f"{len(y)} labels but {len(w)} weights")
+        levels, idx = np.unique(s, return_inverse=True)
+        neg_w = np.bincount(idx, weights=w * ~y, minlength=len(levels))
+        below = np.concatenate([[0.0], np.cumsum(neg_w)[:-1]])     # negatives scored lower
+        pos_w = w * y
+        num = float(np.sum(pos_w * (below[idx] + 0.5 * neg_w[idx])))
+        return num / float(pos_w.sum() * neg_w.sum())
     from scipy.stats import rankdata
     r = rankdata(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -110,16 +124,8 @@ def aggregate(groups: Sequence[tuple], y, s, how: str = "max") -> tuple[list[tup
 
 
 def _save_fig(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    import dm_output
+    dm_output.write_named(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), ".png")
 
 
 def pr_points(y, s) -> tuple[np.ndarray, np.ndarray]:

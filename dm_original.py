@@ -19,6 +19,7 @@ import numpy as np
 
 import dm_image
 from dm_image import Recipe
+from dm_errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def retired(module: str, name: str) -> Callable:
     return stand_in
 
 
-class OriginalAPIError(ValueError):
+class OriginalAPIError(InputError):
     """An original name used in a way this project cannot reproduce; names the replacement."""
 
 
@@ -452,7 +453,14 @@ def calc_test_auc(test_set, model, batch_size=None, test_samples=None, return_y_
     """AUROC per class (`roc_auc_score(..., average=None)`) of a model on a RAM set
     (X, y[, w]) or a generator; with `return_y_res`, also (one-hot y_true, y_pred).
     `test_augment`: the mean over the 4 flips (`dm_inference.FLIPS`)."""
-    from sklearn.metrics import roc_auc_score
+    import dm_metrics
+
+    def per_class(y, p, w):
+        """`roc_auc_score(y, p, average=None, sample_weight=w)` through dm_metrics.auroc."""
+        y, p = np.asarray(y), np.asarray(p)
+        if y.ndim == 2:
+            return np.array([dm_metrics.auroc(y[:, k], p[:, k], w) for k in range(y.shape[1])])
+        return dm_metrics.auroc(y, p.ravel() if p.ndim == 2 and p.shape[1] == 1 else p, w)
 
     def predict(X):
         views = flip_all_img(X) if test_augment else [X]
@@ -480,7 +488,7 @@ def calc_test_auc(test_set, model, batch_size=None, test_samples=None, return_y_
         y_true, y_pred = np.concatenate(ys), np.concatenate(preds)
         weights = np.concatenate(ws) if ws else None
     try:
-        auc = roc_auc_score(y_true, y_pred, average=None, sample_weight=weights)
+        auc = per_class(y_true, y_pred, weights)
     except ValueError as e:  # the original's value for a one-class set
         log.warning("AUROC undefined (%s): 0.0 returned as the original did", e)
         auc = 0.0

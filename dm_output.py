@@ -15,6 +15,8 @@ import sys
 import tempfile
 from typing import Callable
 
+from dm_errors import OutputRefusedError
+
 STDOUT = "-"
 
 
@@ -79,26 +81,20 @@ def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
         with open(path, "w" if text else "wb", **kw) as f:
             writer(f)
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **kw) as f:
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "w" if text else "wb", **kw) as f:
             writer(f)
-        replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_named(path, fill)
 
 
 def replace(tmp: str, path: str, folder: bool = False) -> None:
     """Rename a finished temporary file (or folder) onto `path` with the umask's mode.
 
-    Refuses to replace a symlink, device or FIFO (OSError, one line).
+    Refuses to replace a symlink, device or FIFO (`OutputRefusedError`, one line).
     """
     if is_special(path):
-        raise OSError(f"{path}: is a symlink, device or FIFO; refusing to replace it")
+        raise OutputRefusedError(f"{path}: is a symlink, device or FIFO; refusing to replace it")
     public_mode(tmp, folder)
     if folder and os.path.isdir(path):
         shutil.rmtree(path)
@@ -112,3 +108,31 @@ def temp_path(path: str, suffix: str = "") -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
     os.close(fd)
     return tmp
+
+
+def write_named(path: str, writer: Callable[[str], None], suffix: str = "") -> None:
+    """Atomic write for writers that need a file name (`writer(tmp_name)`, e.g. Keras or
+    matplotlib saving): a temporary file beside `path` (with `suffix`, for writers that go
+    by the extension), renamed into place; removed if writing fails."""
+    tmp = temp_path(path, suffix)
+    try:
+        writer(tmp)
+        replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_folder(path: str, writer: Callable[[str], None]) -> None:
+    """Atomic write of a whole folder: `writer(tmp_folder)` fills a temporary folder beside
+    `path`, which then replaces it; removed if writing fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", dir=folder)
+    try:
+        writer(tmp)
+        replace(tmp, path, folder=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,125 +1,66 @@
 """Image-level preprocessing shared by the dataset recipes, the patch sampler and heatmaps.
 
 Breast segmentation (threshold + largest contour), ROI geometry (largest-contour bounding
-box, patch/ROI overlap), blob-detector key points for hard negatives, padding, and small
-image I/O helpers (grey read of PNG/DICOM, resize, atomic PNG write).
+box, patch/ROI overlap), blob-detector key points for hard negatives, padding, and the atomic
+PNG write. Reading and resizing are `dm_image`'s (the old names here forward to it).
 """
 from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import cv2
 import numpy as np
 
+import dm_image
+import dm_output
+from dm_errors import InputError
+
 Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
 
 
-class ImageReadError(ValueError):
-    """An image file is missing, unreadable or not a grey image."""
+# Reading, decoding and resizing are dm_image's, for everyone (one image path: what the
+# recipes and the patch sampler see is what training sees). The names below stay for callers.
+ImageReadError = dm_image.ImageReadError
 
 
-class EmptyMaskError(ValueError):
+class EmptyMaskError(InputError):
     """An ROI mask has no foreground pixel."""
 
 
 # ----------------------------------------------------------------------------- I/O
 def read_image_gray(path: str | os.PathLike) -> np.ndarray:
-    """Read a grey image keeping its bit depth: PNG/JPEG/BMP/TIFF via OpenCV, DICOM via pydicom."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"{p}: file not found")
-    if p.suffix.lower() in (".dcm", ".dicom") or _looks_like_dicom(p):
-        return read_dicom_pixels(p)
-    img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageReadError(f"{p}: cannot decode image")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_BGR2GRAY)
-    return np.ascontiguousarray(img)
+    """A grey image at its bit depth: `dm_image.read_image` (DICOM with modality rescale and
+    MONOCHROME1 inverted)."""
+    return dm_image.read_image(path)
 
 
-def _looks_like_dicom(p: pathlib.Path) -> bool:
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
-
-
-def read_dicom_pixels(path: str | os.PathLike) -> np.ndarray:
-    """Pixel data of a single-frame grey DICOM as uint8/uint16 (MONOCHROME1 inverted)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many kinds; report one line
-        raise ImageReadError(f"{path}: cannot read DICOM pixel data ({type(e).__name__}: {e})") from None
-    if arr.ndim != 2:
-        raise ImageReadError(f"{path}: expected a single-frame grey DICOM, got shape {arr.shape}")
-    if arr.dtype.kind == "f" or arr.dtype.itemsize > 2 or arr.dtype.kind == "i":
-        arr = np.clip(arr, 0, 65535)
-    arr = arr.astype(np.uint16 if arr.max() > 255 or arr.dtype.itemsize > 1 else np.uint8)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        maxv = 2 ** int(getattr(ds, "BitsStored", 8 * arr.dtype.itemsize)) - 1
-        arr = (maxv - np.minimum(arr, maxv)).astype(arr.dtype)
-    return arr
-
-
-def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(rows, cols) from a DICOM header without decoding its pixels."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        return int(ds.Rows), int(ds.Columns)
-    except Exception as e:
-        raise ImageReadError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from None
+read_dicom_pixels = read_image_gray
+dicom_shape = dm_image.dicom_shape
 
 
 def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
                target_height: int | None = None, mask: bool = False) -> np.ndarray:
-    """Resize to (H, W) or to a height keeping the aspect ratio; cubic for images, linear+threshold for masks."""
-    h, w = img.shape[:2]
-    if target_size is not None:
-        nh, nw = int(target_size[0]), int(target_size[1])
-    elif target_height is not None:
-        nh = int(target_height)
-        nw = max(1, int(round(w * nh / h)))
-    else:
-        return img
-    if (nh, nw) == (h, w):
-        return img
+    """Resize as the training recipe does (`dm_image.resize_to`); masks onto the same grid
+    (`dm_image.resize_mask`: 0/255)."""
     if mask:
-        m = (img > 0).astype(np.uint8) * 255
-        out = cv2.resize(m, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        return ((out >= 128) * 255).astype(np.uint8)
-    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC)
+        if target_size is None:
+            target_size = dm_image.target_shape(img.shape[:2], dm_image.Recipe(
+                img_size=None, target_height=target_height))
+        return dm_image.resize_mask(img, target_size)
+    return dm_image.resize_to(img, target_size, target_height)
 
 
 def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write an 8- or 16-bit grey PNG atomically (temp file, then os.replace)."""
+    """Write an 8- or 16-bit grey PNG atomically (`dm_output.atomic_write`)."""
     p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
+        raise InputError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
     if not ok:
-        raise ValueError(f"{p}: PNG encoding failed")
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp_", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        import dm_output
-        dm_output.replace(tmp, str(p))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        raise InputError(f"{p}: PNG encoding failed")
+    dm_output.atomic_write(str(p), lambda f: f.write(buf.tobytes()))
 
 
 def to_uint16(img: np.ndarray) -> np.ndarray:
@@ -229,7 +170,7 @@ def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> 
     half = patch_size // 2
     y1, x1 = y - half, x - half
     if y1 < 0 or x1 < 0 or y1 + patch_size > img.shape[0] or x1 + patch_size > img.shape[1]:
-        raise ValueError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
+        raise InputError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
     return img[y1:y1 + patch_size, x1:x1 + patch_size]
 
 

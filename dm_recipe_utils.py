@@ -27,6 +27,8 @@ import pandas as pd
 
 import dm_output
 
+from dm_errors import InputError, InputFileNotFoundError
+
 log = logging.getLogger(__name__)
 
 ROI_COLUMNS = ["patient_id", "side", "view", "abn_num", "pathology", "type", "full_img_file", "roi_mask_file"]
@@ -38,22 +40,13 @@ LAYOUT_FILE = "layout.json"
 SKIPPED_FILE = "skipped.txt"
 
 
-class NothingConvertedError(ValueError):
+class NothingConvertedError(InputError):
     """A recipe run that produced no image (wrong folder, no matching files)."""
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a CSV atomically (temp file in the same folder, then os.replace)."""
-    p = pathlib.Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dm_output.temp_path(str(p), ".csv")
-    try:
-        df.to_csv(tmp, index=False)
-        dm_output.replace(tmp, str(p))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a CSV atomically (`dm_output.write_named`)."""
+    dm_output.write_named(str(path), lambda tmp: df.to_csv(tmp, index=False), ".csv")
 
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
@@ -66,7 +59,7 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty stripped lines of a text file (patient lists)."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: patient list not found")
+        raise InputFileNotFoundError(f"{p}: patient list not found")
     return [s.strip() for s in p.read_text().splitlines() if s.strip()]
 
 
@@ -151,10 +144,10 @@ def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None
     for that depth and the featurewise mean of the training split after it (the values the
     trainers' --rescale-factor / --featurewise-mean take).
     """
-    import featurewise_mean
+    import dm_image
     train = images[images["split"] == "train"]
     paths = [str(out_dir / FULL_DIR / f) for f in (train if len(train) else images)["full_img_file"]]
-    mean, factor, bits = featurewise_mean.mean_pixel(paths)
+    mean, factor, bits = dm_image.mean_pixel(paths)
     info = {"img_size": [int(v) for v in img_size] if img_size else None,
             "target_height": int(target_height) if target_height and not img_size else None,
             "bit_depth": bits, "rescale_factor": round(factor, 6),
@@ -237,16 +230,15 @@ def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
     return summary
 
 
-def run_cli(main) -> None:
-    """Run a recipe's `main(argv)` as a command: log to stdout, input problems as one line."""
+def run_cli(main, tool: str | None = None) -> None:
+    """Run a recipe's `main(argv)` as a command (`dm_cli.guarded`): input problems one line
+    naming the tool, exit 2; bugs keep their traceback."""
     import sys
 
-    setup_cli_logging()
-    try:
-        main(sys.argv[1:])
-    except (OSError, ValueError) as err:
-        log.error("error: %s", err)
-        sys.exit(2)
+    import dm_cli
+    tool = tool or pathlib.Path(main.__globals__.get("__file__", "recipe")).stem
+    dm_cli.setup_logging()
+    sys.exit(dm_cli.guarded(tool, main, sys.argv[1:]))
 
 
 def setup_cli_logging(verbose: bool = True) -> None:

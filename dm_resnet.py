@@ -13,6 +13,8 @@ import keras
 from keras import layers
 from keras.regularizers import L1, L2, L1L2
 
+from dm_errors import InputError
+
 TRUNK_NAME = "patch_trunk"
 CHANNEL_AXIS = -1
 
@@ -102,28 +104,33 @@ def basic_block_org(nb_filters: int, init_strides=(1, 1), identity: bool = True,
     return f
 
 
+def _bottleneck(org: bool, nb_filters: int, init_strides, identity: bool,
+                shortcut_with_bn: bool, enlarge_factor: int, **kw):
+    """1x1 -> 3x3 -> 1x1 (x enlarge_factor): BN-ReLU-conv units, or conv-BN-ReLU (`org`)."""
+    unit = _conv_bn_relu if org else _bn_relu_conv
+    last = {"last_block": True} if org else {}
+
+    def f(x):
+        y = unit(nb_filters, 1, 1, strides=init_strides, **kw)(x)
+        y = unit(nb_filters, 3, 3, **kw)(y)
+        y = unit(nb_filters * enlarge_factor, 1, 1, **last, **kw)(y)
+        return _shortcut(x, y, identity=identity, strides=init_strides,
+                         with_bn=shortcut_with_bn, org=org, **kw)
+    return f
+
+
 def bottleneck(nb_filters: int, init_strides=(1, 1), identity: bool = True,
                shortcut_with_bn: bool = False, enlarge_factor: int = 4, **kw):
     """1x1 -> 3x3 -> 1x1 (x enlarge_factor), pre-activation ordering."""
-    def f(x):
-        y = _bn_relu_conv(nb_filters, 1, 1, strides=init_strides, **kw)(x)
-        y = _bn_relu_conv(nb_filters, 3, 3, **kw)(y)
-        y = _bn_relu_conv(nb_filters * enlarge_factor, 1, 1, **kw)(y)
-        return _shortcut(x, y, identity=identity, strides=init_strides,
-                         with_bn=shortcut_with_bn, **kw)
-    return f
+    return _bottleneck(False, nb_filters, init_strides, identity, shortcut_with_bn,
+                       enlarge_factor, **kw)
 
 
 def bottleneck_org(nb_filters: int, init_strides=(1, 1), identity: bool = True,
                    shortcut_with_bn: bool = False, enlarge_factor: int = 4, **kw):
     """1x1 -> 3x3 -> 1x1 (x enlarge_factor), original ordering; the top-layer unit."""
-    def f(x):
-        y = _conv_bn_relu(nb_filters, 1, 1, strides=init_strides, **kw)(x)
-        y = _conv_bn_relu(nb_filters, 3, 3, **kw)(y)
-        y = _conv_bn_relu(nb_filters * enlarge_factor, 1, 1, last_block=True, **kw)(y)
-        return _shortcut(x, y, identity=identity, strides=init_strides,
-                         with_bn=shortcut_with_bn, org=True, **kw)
-    return f
+    return _bottleneck(True, nb_filters, init_strides, identity, shortcut_with_bn,
+                       enlarge_factor, **kw)
 
 
 def _residual_block(block_function: Callable, nb_filters: int, repetitions: int,
@@ -185,7 +192,7 @@ def find_trunk_output(model: keras.Model, kept_layer_idx: int | None = None,
         out = layer.output
         if len(out.shape) == 4:
             return layer
-    raise ValueError(f"cannot find a 4-D convolutional feature map in model '{model.name}'; "
+    raise InputError(f"cannot find a 4-D convolutional feature map in model '{model.name}'; "
                      "pass kept_layer_idx or kept_layer_name")
 
 
@@ -249,10 +256,10 @@ def legacy_kept_layer(model: keras.Model, kept_layer_idx: int, patch_net: str = 
     try:
         chosen = view[kept_layer_idx]
     except IndexError:
-        raise ValueError(f"--kept-layer-idx {kept_layer_idx} is outside the patch model "
+        raise InputError(f"--kept-layer-idx {kept_layer_idx} is outside the patch model "
                          f"({len(view)} layers in the original layout)") from None
     if isinstance(chosen, str):
-        raise ValueError(f"--kept-layer-idx {kept_layer_idx} points into the classifier head "
+        raise InputError(f"--kept-layer-idx {kept_layer_idx} points into the classifier head "
                          f"({chosen}), not at a convolutional feature map")
     return chosen
 
@@ -266,7 +273,7 @@ def find_classifier(model: keras.Model) -> layers.Dense:
     for layer in reversed(model.layers):
         if isinstance(layer, layers.Dense):
             return layer
-    raise ValueError(f"model '{model.name}' has no Dense classifier layer")
+    raise InputError(f"model '{model.name}' has no Dense classifier layer")
 
 
 # ------------------------------------------------------------ add_top_layers
@@ -301,7 +308,7 @@ def _top_layers(model, block, *, nb_class, block_type, depths, repetitions, bloc
             for depth, rep in zip(depths, repetitions):
                 block = _vgg_block(depth, rep, dropout=dropout, weight_decay=weight_decay)(block)
         else:
-            raise ValueError(f"unsupported block type: {block_type!r} (use 'resnet' or 'vgg')")
+            raise InputError(f"unsupported block type: {block_type!r} (use 'resnet' or 'vgg')")
         block = layers.GlobalAveragePooling2D()(block)
         block = layers.Dropout(dropout)(block)
     else:
@@ -368,7 +375,7 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
     except ValueError as e:
         if "negative" not in str(e):
             raise
-        raise ValueError(f"image size {tuple(image_size)} is too small for these top layers: the "
+        raise InputError(f"image size {tuple(image_size)} is too small for these top layers: the "
                          f"trunk's feature map is {tuple(block.shape[1:3])}; use a larger "
                          "--img-size or fewer/smaller pooling steps") from None
     if return_heatmap:  # the model alone, as the original's code returned it
@@ -403,7 +410,7 @@ class ResNetBuilder:
         off the first max pooling.
         """
         if len(input_shape) != 3:
-            raise ValueError("input_shape must be (nb_channels, nb_rows, nb_cols)")
+            raise InputError("input_shape must be (nb_channels, nb_rows, nb_cols)")
         c, h, w = input_shape
         inp = keras.Input(shape=(h, w, c))
         x = layers.Dropout(inp_dropout)(inp)
@@ -492,32 +499,3 @@ def _make_builder(name: str, block_fn: Callable, reps: list[int]):
 
 for _name, (_fn, _reps) in RESNET_CONFIGS.items():
     setattr(ResNetBuilder, f"build_{_name}", _make_builder(_name, _fn, _reps))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Print the layer summary and parameter counts of a whole-image model."""
-    import argparse
-    import logging
-    import dm_keras_ext
-    p = argparse.ArgumentParser(description="Build a patch net and its whole-image model.")
-    p.add_argument("--net", default="resnet50", choices=dm_keras_ext.PATCH_NETS)
-    p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
-    p.add_argument("--block-type", default="resnet", choices=["resnet", "vgg"])
-    p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])
-    p.add_argument("--top-repetitions", nargs="+", type=int, default=[2, 2])
-    p.add_argument("--bottleneck-enlarge-factor", type=int, default=2)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
-    model, nb = add_top_layers(patch, a.img_size, block_type=a.block_type, depths=a.top_depths,
-                               repetitions=a.top_repetitions,
-                               bottleneck_enlarge_factor=a.bottleneck_enlarge_factor)
-    model.summary(print_fn=logging.info)
-    trunk = model.get_layer(TRUNK_NAME)
-    logging.info("trunk feature map at %s: %s; parameters: total %d, trunk %d, top %d",
-                 tuple(a.img_size), tuple(model.layers[nb].input.shape[1:]), model.count_params(),
-                 trunk.count_params(), model.count_params() - trunk.count_params())
-
-
-if __name__ == "__main__":
-    main()

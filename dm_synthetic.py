@@ -20,13 +20,13 @@ import json
 import logging
 import math
 import pathlib
-import sys
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from dm_errors import InputError
 from dm_preprocess import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,
                              stratified_split, summarize, write_layout)
@@ -278,7 +278,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
                      test_size: float = 0.2, config: SynthConfig | None = None) -> dict:
     """Write a synthetic dataset in the CBIS-DDSM recipe layout; returns the summary dict."""
     if n_patients < 1 or not 1 <= views_per_patient <= 4:
-        raise ValueError(f"need n_patients >= 1 and 1 <= views_per_patient <= 4, got {n_patients}, {views_per_patient}")
+        raise InputError(f"need n_patients >= 1 and 1 <= views_per_patient <= 4, got {n_patients}, {views_per_patient}")
     cfg = dataclasses.replace(config or SynthConfig(), img_size=tuple(int(v) for v in img_size))
     out = pathlib.Path(out_dir)
     (out / FULL_DIR).mkdir(parents=True, exist_ok=True)
@@ -358,5 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
                             a.test_size, cfg)
 
 
+def cli() -> None:
+    """The command (`python dm_synthetic.py` or, installed, `dm_synthetic`)."""
+    from dm_recipe_utils import run_cli
+    run_cli(main, "dm_synthetic")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli()

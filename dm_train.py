@@ -10,45 +10,26 @@ import logging
 import math
 import os
 import pathlib
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+import dm_cli
 import dm_image
+import dm_output
 import dm_inference
 import dm_keras_ext
 from dm_image import Augment, Recipe
+from dm_cli import setup_logging  # noqa: F401  (re-exported: the trainers' logging)
+from dm_errors import InputError, one_line  # noqa: F401
 from dm_keras_ext import ModelMeta, Stage
 
 log = logging.getLogger("dm_train")
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A problem with the run's inputs, reported as one line."""
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stdout` is at the time (so captured output sees it too)."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def setup_logging() -> None:
-    """INFO messages with a time stamp on stdout, once per process (other handlers kept)."""
-    root = logging.getLogger()
-    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-        root.addHandler(handler)
-    root.setLevel(logging.INFO)
 
 
 def setup_runtime(cfg) -> Any:
@@ -158,9 +139,7 @@ def _truncate_history(csv: str, next_epoch: int) -> None:
     lines = pathlib.Path(csv).read_text().splitlines(keepends=True)
     kept = lines[:1] + [l for l in lines[1:] if l.split(",")[0].strip().isdigit()
                         and int(l.split(",")[0]) <= next_epoch]
-    tmp = csv + ".tmp"
-    pathlib.Path(tmp).write_text("".join(kept))
-    os.replace(tmp, csv)
+    dm_output.atomic_write(csv, lambda f: f.write("".join(kept)), text=True)
 
 
 def make_callbacks(cfg, checkpoint, resume: dict | None) -> tuple[list, list]:
@@ -231,20 +210,60 @@ def check_split_folders(cfg) -> int | None:
     return bits
 
 
-def useless_flags(cfg, kind: str) -> list[str]:
+def _patch_useless(cfg, changed: set[str]) -> list[str]:
+    if cfg.use_pretrained:
+        return []
+    return [f"--{name.replace('_', '-')} does nothing: without pretrained weights the patch "
+            "classifier trains in one stage of --nb-epoch epochs"
+            for name in ("top_layer_epochs", "all_layer_epochs", "top_layer_multiplier",
+                         "all_layer_multiplier", "weight_decay2", "hidden_dropout2")
+            if name in changed]
+
+
+def _image_useless(cfg, changed: set[str]) -> list[str]:
+    if cfg.all_layer_epochs <= 0 and "all_layer_multiplier" in changed:
+        return ["--all-layer-multiplier does nothing: --all-layer-epochs is 0"]
+    return []
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """What differs between the two trainers, in one place (README "Training"):
+    the model kind stored in its file, the flag defaults, how the best model is chosen,
+    whether a lesion-vs-background AUROC is reported, and flag combinations that do nothing."""
+
+    kind: str                       # "patch" or "image" (ModelMeta.kind)
+    defaults_name: str              # the dm_flags table of defaults
+    best_by: str                    # "accuracy" (BestModelCheckpoint) or "AUROC" (AucCheckpoint)
+    lesion_auroc: bool              # also the AUROC of 1 - p(class 0)
+    extra_useless: Callable[[Any, set], list[str]]
+
+    @property
+    def defaults(self) -> dict:
+        import dm_flags
+        return getattr(dm_flags, self.defaults_name)
+
+    def checkpoint(self, val, path: str, meta: ModelMeta):
+        """The callback keeping the best model (by validation AUROC or accuracy)."""
+        if self.best_by == "AUROC":
+            return dm_keras_ext.AucCheckpoint(val.ds, val.labels, path, meta)
+        return dm_keras_ext.BestModelCheckpoint(path, "val_accuracy", "max", meta)
+
+
+PATCH = TrainerSpec("patch", "PATCH_DEFAULTS", "accuracy", True, _patch_useless)
+IMAGE = TrainerSpec("image", "IMAGE_DEFAULTS", "AUROC", False, _image_useless)
+SPECS = {"patch": PATCH, "image": IMAGE}
+
+
+def _spec(kind: "str | TrainerSpec") -> TrainerSpec:
+    return SPECS[kind] if isinstance(kind, str) else kind
+
+
+def useless_flags(cfg, kind: "str | TrainerSpec") -> list[str]:
     """One warning line per flag, given a non-default value, that does nothing in this run."""
-    import dm_flags
-    defaults = dm_flags.PATCH_DEFAULTS if kind == "patch" else dm_flags.IMAGE_DEFAULTS
-    changed = {k for k, v in defaults.items() if getattr(cfg, k, v) != v}
-    out = []
-    if kind == "patch" and not cfg.use_pretrained:
-        for name in ("top_layer_epochs", "all_layer_epochs", "top_layer_multiplier",
-                     "all_layer_multiplier", "weight_decay2", "hidden_dropout2"):
-            if name in changed:
-                out.append(f"--{name.replace('_', '-')} does nothing: without pretrained weights "
-                           "the patch classifier trains in one stage of --nb-epoch epochs")
-    if kind == "image" and cfg.all_layer_epochs <= 0 and "all_layer_multiplier" in changed:
-        out.append("--all-layer-multiplier does nothing: --all-layer-epochs is 0")
+    spec = _spec(kind)
+    changed = {k for k, v in spec.defaults.items() if getattr(cfg, k, v) != v}
+    out = spec.extra_useless(cfg, changed)
     if len(cfg.class_list) < 3 and "neg_cls_weight" in changed:
         out.append("--neg-cls-weight does nothing: it weighs class 2 and the model has "
                    f"{len(cfg.class_list)} classes")
@@ -296,11 +315,12 @@ class RunLock:
             self.fd = None
 
 
-def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
+def train_and_test(cfg, kind: "str | TrainerSpec", build_model: Callable[[], Any],
                    make_stages: Callable[[Any], list[Stage]], meta_extra: dict) -> dict:
     """Build (or resume), train through the stages, reload the best model, score the test set.
 
-    `build_model()` returns the model (called inside the distribution scope). After
+    `kind` is a `TrainerSpec` (or its name). `build_model()` returns the model (called
+    inside the distribution scope). After
     every epoch the model, its optimiser and the run's position are saved atomically
     (`last_checkpoint_path`); the same command run again continues from there. Returns a
     summary dict: history, best/final paths, test AUROC (and TTA AUROC), test accuracy.
@@ -311,10 +331,10 @@ def train_and_test(cfg, kind: str, build_model: Callable[[], Any],
     for line in useless_flags(cfg, kind):
         log.warning("%s", line)
     with RunLock(cfg.best_model):
-        return _train_and_test(cfg, kind, build_model, make_stages, meta_extra)
+        return _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra)
 
 
-def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
+def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra) -> dict:
     input_bits = check_split_folders(cfg)
     last = last_checkpoint_path(cfg)
     state = find_resume_state(cfg, last)
@@ -323,7 +343,7 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
         model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
     channels = int(model.inputs[0].shape[-1])
     recipe = recipe_from_config(cfg, channels, input_bits)
-    meta = ModelMeta(tuple(cfg.class_list), recipe, kind=kind, extra=meta_extra)
+    meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(cfg.class_list):
         raise RunError(f"the model has {n_out} outputs but --class-list names "
@@ -332,7 +352,7 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
     train_bs = max(1, int(cfg.batch_size * cfg.train_bs_multiplier))
     val = load_split(cfg.val_dir, cfg, recipe, batch_size=cfg.batch_size,
                      load_ram=cfg.load_val_ram)
-    if kind == "image":
+    if spec.best_by == "AUROC":
         check_validation_classes(val, cfg.val_dir, cfg.class_list)
     train_paths, train_labels = dm_image.list_class_folders(cfg.train_dir, cfg.class_list)
     cache = (dm_image.load_images(train_paths, recipe) if cfg.load_train_ram else None)
@@ -347,10 +367,7 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
     log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
              dm_image.class_counts(train_labels, cfg.class_list))
 
-    if kind == "image":
-        checkpoint = dm_keras_ext.AucCheckpoint(val.ds, val.labels, cfg.best_model, meta)
-    else:
-        checkpoint = dm_keras_ext.BestModelCheckpoint(cfg.best_model, "val_accuracy", "max", meta)
+    checkpoint = spec.checkpoint(val, cfg.best_model, meta)
     if state:
         checkpoint.best = state["best"]
     callbacks, stateful = make_callbacks(cfg, checkpoint, state)
@@ -379,7 +396,7 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
         log.info("minimum val loss %.4f at epoch %d (val accuracy %.4f); the best model is "
                  "chosen by validation %s, not by this", history["val_loss"][i],
                  history["epoch"][i], history.get("val_accuracy", [math.nan] * (i + 1))[i],
-                 "AUROC" if kind == "image" else "accuracy")
+                 spec.best_by)
 
     best = model
     if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
@@ -395,7 +412,7 @@ def _train_and_test(cfg, kind, build_model, make_stages, meta_extra) -> dict:
     if len(cfg.class_list) > 2:
         log.info("AUROC on test set (mean one-vs-rest over %d classes): %.4f",
                  len(cfg.class_list), result["test_auroc"])
-        if kind == "patch":
+        if spec.lesion_auroc:
             y = test.labels != 0
             result["test_auroc_lesion"] = (dm_keras_ext.mean_auroc(y.astype(int), np.stack(
                 [probs[:, 0], 1.0 - probs[:, 0]], axis=1)) if 0 < y.sum() < len(y) else math.nan)
@@ -424,43 +441,7 @@ def accuracy_line(accuracy: float, labels, class_list) -> str:
 
 
 def cli(kind: str, run: Callable, argv=None) -> int:
-    """Parse, run, and turn input problems into a one-line error and exit status 2."""
+    """Parse a trainer's flags and run it guarded (see `dm_cli.guarded`)."""
     import dm_flags
     setup_logging()
-    return guarded(run, dm_flags.parse(kind, argv))
-
-
-def run_command(build_parser: Callable, run: Callable, argv=None) -> int:
-    """A tool's `main`: log to stdout, parse its flags, run it guarded (see `guarded`)."""
-    setup_logging()
-    return guarded(run, build_parser().parse_args(argv))
-
-
-def guarded(fn: Callable, *args) -> int:
-    """Run a command's body: input problems become one logged line and exit status 2.
-
-    Our input errors are ValueError/OSError subclasses; those raised inside the tf.data
-    pipeline arrive wrapped in a TensorFlow error, whose useful line is extracted.
-    """
-    try:
-        result = fn(*args)
-    except (ValueError, OSError) as e:
-        log.error("error: %s", one_line(e))
-        return 2
-    except Exception as e:
-        import tensorflow as tf
-        if not isinstance(e, tf.errors.OpError):
-            raise
-        log.error("error: %s", one_line(e))
-        return 2
-    return result if isinstance(result, int) else 0
-
-
-def one_line(e: BaseException) -> str:
-    """The message a user needs: our own error's line if it is wrapped, else the first."""
-    text = str(getattr(e, "message", None) or e)
-    for marker in ("ImageReadError: ", "DatasetError: ", "CheckpointError: "):
-        if marker in text:
-            return text.split(marker, 1)[1].splitlines()[0].strip()
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
+    return dm_cli.guarded(f"{kind}_clf_train", run, dm_flags.parse(kind, argv))

@@ -3,7 +3,7 @@
     python end2end.py                       # synthetic mammograms (seeded), ~10 min on 2 CPUs
     python end2end.py --data mias ../shared/data/mias
 
-Steps: data -> patches (SPEC §5) -> patch classifier (3 stages) -> whole-image
+Steps: data -> patches (docs/method.md) -> patch classifier (3 stages) -> whole-image
 classifier (2 stages) -> test AUROC with 4-flip TTA and a bootstrap 95% interval ->
 ROC curve, heatmap overlays and the HTML report. Every step calls the same code as the individual
 command-line tools; sizes, epochs and nets are flags with small defaults.
@@ -19,6 +19,8 @@ import time
 from typing import Sequence
 
 import numpy as np
+
+from dm_errors import InputError
 
 log = logging.getLogger("end2end")
 
@@ -74,29 +76,24 @@ def prepare_data(args, data_dir: pathlib.Path) -> None:
                                       img_size=tuple(args.img_size), seed=args.seed)
     elif kind == "mias":
         if len(args.data) != 2:
-            raise SystemExit("--data mias needs the mini-MIAS folder: --data mias PATH")
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "mias_train"))
+            raise InputError("--data mias needs the mini-MIAS folder: --data mias PATH")
         from mias_train import prepare_mias
         prepare_mias.prepare(args.data[1], data_dir, img_size=tuple(args.img_size),
                              seed=args.seed)
     else:
-        raise SystemExit(f"unknown --data {kind!r}: use 'synthetic' or 'mias PATH'")
+        raise InputError(f"unknown --data {kind!r}: use 'synthetic' or 'mias PATH'")
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from ddsm_train import sample_patches_combined as sampler
-    common = ["--target-size", *map(str, args.img_size), "--patch-size", str(args.patch_size),
-              "--nb-abn", str(args.nb_abn), "--nb-bkg", str(args.nb_bkg),
-              "--class-layout", "3class", "--images-csv", str(data / "images.csv"),
-              "--seed", str(args.seed), "--no-verbose"]
-    base = [str(data / "roi_mask_path.csv"), str(data / "roi_masks")]
-    sampler.main(base + [str(data / "patients_trainval.txt"), str(data / "full_images"),
-                         str(patches / "train"), str(patches / "val"),
-                         "--val-list", str(data / "patients_val.txt")] + common)
-    sampler.main(base + [str(data / "patients_test.txt"), str(data / "full_images"),
-                         str(patches / "test"), str(patches / "test_val_unused"),
-                         "--val-size", "0"] + common)
+    from ddsm_train.sample_patches_combined import sample_patches as sample
+    common = dict(target_size=list(args.img_size), patch_size=args.patch_size,
+                  nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, class_layout="3class",
+                  images_csv=str(data / "images.csv"), seed=args.seed, verbose=False)
+    rois, masks, full = data / "roi_mask_path.csv", data / "roi_masks", data / "full_images"
+    sample(rois, masks, data / "patients_trainval.txt", full, patches / "train", patches / "val",
+           val_list=str(data / "patients_val.txt"), **common)
+    sample(rois, masks, data / "patients_test.txt", full, patches / "test",
+           patches / "test_val_unused", val_size=0.0, **common)
 
 
 def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: pathlib.Path,
@@ -108,17 +105,15 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
 
     import pandas as pd
 
-    import evaluate
-    import predict
-    from ddsm_train import heatmap_score
+    from ddsm_train.heatmap_score import score
+    from evaluate import evaluate
+    from predict import predict
 
     preds = out / "test_predictions.csv"
-    if predict.main([str(image_model), "--image-dir", str(data / "test"), "--test-augment",
-                     "--batch-size", str(args.batch_size), "--out", str(preds)]) != 0:
-        raise RuntimeError("predict.py failed")
-    rep = evaluate.run(evaluate.build_parser().parse_args(
-        [str(preds), "--out-dir", str(out / "report"), "--pos-class", "pos",
-         "--seed", str(args.seed), "--html", "--model", str(image_model)]))
+    predict([image_model], image_dir=str(data / "test"), test_augment=True,
+            batch_size=args.batch_size, out=str(preds))
+    rep = evaluate(preds, out_dir=str(out / "report"), pos_class="pos", seed=args.seed,
+                   html=True, model=str(image_model))
     level = rep["levels"][0]
     df = pd.read_csv(preds)
     top = df.sort_values("pos", ascending=False).iloc[0]["path"]
@@ -128,14 +123,11 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
     hm_in.mkdir(parents=True)
     shutil.copy(top, hm_in / pathlib.Path(top).name)
     stride = max(4, args.patch_size // 4)
-    heatmap_score.run(heatmap_score.build_parser().parse_args(
-        [str(hm_in), str(patch_model), "--stride", str(stride), "--img-size",
-         *map(str, args.img_size), "--out", str(out / "heatmap" / "patch_heatmap.npz"),
-         "--overlay-dir", str(out / "heatmap" / "patch_overlay")]))
-    heatmap_score.run(heatmap_score.build_parser().parse_args(
-        [str(hm_in), str(image_model), "--grad-cam", "--out",
-         str(out / "heatmap" / "gradcam.npz"), "--overlay-dir",
-         str(out / "heatmap" / "gradcam_overlay")]))
+    score(hm_in, patch_model, stride=stride, img_size=list(args.img_size),
+          out=str(out / "heatmap" / "patch_heatmap.npz"),
+          overlay_dir=str(out / "heatmap" / "patch_overlay"))
+    score(hm_in, image_model, grad_cam=True, out=str(out / "heatmap" / "gradcam.npz"),
+          overlay_dir=str(out / "heatmap" / "gradcam_overlay"))
     first = lambda d: str(sorted((out / "heatmap" / d).glob("*.png"))[0])  # noqa: E731
     return dict(ci95=[level["ci_low"], level["ci_high"]], auroc=level["auroc"],
                 predictions=str(preds), html=rep["html"],
@@ -176,22 +168,20 @@ def run(args) -> dict:
     t = time.time()
     patch_model = out / "patch_model.keras"
     e1, e2, e3 = args.patch_epochs
-    patch_res = patch_clf_train.run(dm_flags.parse("patch", [
-        str(patches / "train"), str(patches / "val"), str(patches / "test"),
-        "--net", args.net, "--nb-init-filter", str(args.nb_init_filter),
-        "--init-filter-size", "5", "--init-conv-stride", "2", "--max-pooling-size", "2",
-        "--max-pooling-stride", "2", "--use-pretrained",
-        "--img-size", str(args.patch_size), str(args.patch_size), "--no-img-scale",
-        "--rescale-factor", str(rescale), "--featurewise-center",
-        "--featurewise-mean", f"{patch_mean:.4f}", "--no-equalize-hist", "--augmentation",
-        "--class-list", *patch_classes, "--batch-size", str(2 * args.batch_size),
-        "--train-bs-multiplier", "0.5", "--load-train-ram", "--load-val-ram",
+    patch_res = patch_clf_train.run(dm_flags.config(
+        "patch", patches / "train", patches / "val", patches / "test",
+        net=args.net, nb_init_filter=args.nb_init_filter, init_filter_size=5,
+        init_conv_stride=2, pool_size=2, pool_stride=2, use_pretrained=True,
+        img_size=[args.patch_size, args.patch_size], img_scale=None, rescale_factor=rescale,
+        featurewise_center=True, featurewise_mean=float(f"{patch_mean:.4f}"),
+        equalize_hist=False, augmentation=True, class_list=patch_classes,
+        batch_size=2 * args.batch_size, train_bs_multiplier=0.5, load_train_ram=True,
+        load_val_ram=True,
         # the trainers' stage flags are final epoch numbers (docs/fidelity.md)
-        "--nb-epoch", str(e1), "--top-layer-epochs", str(e1 + e2),
-        "--all-layer-epochs", str(e1 + e2 + e3),
-        "--optimizer", "adam", "--init-learningrate", "0.001", "--top-layer-multiplier", "1",
-        "--all-layer-multiplier", "1", "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
-        "--es-patience", "5", "--seed", str(args.seed), "--best-model", str(patch_model)]))
+        nb_epoch=e1, top_layer_epochs=e1 + e2, all_layer_epochs=e1 + e2 + e3,
+        optim="adam", init_lr=0.001, top_layer_multiplier=1.0, all_layer_multiplier=1.0,
+        weight_decay=0.0001, weight_decay2=0.0001, es_patience=5, seed=args.seed,
+        best_model=str(patch_model)))
     timings["patch_training_s"] = time.time() - t
 
     ipaths, _ = dm_image.list_class_folders(data / "train", ["neg", "pos"])
@@ -202,20 +192,18 @@ def run(args) -> dict:
     t = time.time()
     image_model = out / "image_model.keras"
     i1, i2 = args.image_epochs
-    image_res = image_clf_train.run(dm_flags.parse("image", [
-        str(data / "train"), str(data / "val"), str(data / "test"),
-        "--patch-model-state", str(patch_model), "--patch-net", args.net,
-        "--img-size", *map(str, args.img_size), "--no-img-scale", "--rescale-factor",
-        str(rescale), "--featurewise-center", "--featurewise-mean", f"{image_mean:.4f}",
-        "--no-equalize-hist", "--augmentation", "--class-list", "neg", "pos",
-        "--block-type", "resnet", "--top-depths", *map(str, args.top_depths),
-        "--top-repetitions", *["1"] * len(args.top_depths), "--bottleneck-enlarge-factor", "2",
-        "--batch-size", str(args.batch_size), "--train-bs-multiplier", "0.5",
-        "--load-train-ram", "--load-val-ram", "--nb-epoch", str(i1), "--all-layer-epochs",
-        str(i1 + i2), "--optimizer", "adam", "--init-learningrate", "0.001",
-        "--all-layer-multiplier", "0.3", "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
-        "--es-patience", "6", "--auto-batch-balance", "--test-augment", "--seed", str(args.seed),
-        "--best-model", str(image_model)]))
+    image_res = image_clf_train.run(dm_flags.config(
+        "image", data / "train", data / "val", data / "test",
+        patch_model_state=str(patch_model), patch_net=args.net, img_size=list(args.img_size),
+        img_scale=None, rescale_factor=rescale, featurewise_center=True,
+        featurewise_mean=float(f"{image_mean:.4f}"), equalize_hist=False, augmentation=True,
+        class_list=["neg", "pos"], block_type="resnet", top_depths=list(args.top_depths),
+        top_repetitions=[1] * len(args.top_depths), bottleneck_enlarge_factor=2,
+        batch_size=args.batch_size, train_bs_multiplier=0.5, load_train_ram=True,
+        load_val_ram=True, nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", init_lr=0.001,
+        all_layer_multiplier=0.3, weight_decay=0.0001, weight_decay2=0.0001, es_patience=6,
+        auto_batch_balance=True, test_augment=True, seed=args.seed,
+        best_model=str(image_model)))
     timings["image_training_s"] = time.time() - t
 
     log.info("[5/5] evaluation: predictions with TTA, bootstrap interval, curves, heatmaps")
@@ -253,10 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)      # before TensorFlow: --help answers at once
     import dm_cli
     dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
-    run(args)
-    return 0
+    dm_cli.setup_logging()
+    return dm_cli.guarded("end2end", run, args)
 
 
 if __name__ == "__main__":

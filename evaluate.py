@@ -19,13 +19,16 @@ import logging
 import math
 import os
 import sys
+from typing import Any
 
 import numpy as np
+
+from dm_errors import InputError
 
 log = logging.getLogger("evaluate")
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Unusable evaluation input, reported in one line."""
 
 
@@ -238,11 +241,17 @@ def report(summary: dict) -> None:
                  cal["n_bins"])
 
 
+def evaluate(preds: str, **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name (`out_dir`,
+    `pos_class`, `seed`, `html`, `model`, ...), defaults as the command's; returns the
+    summary (AUROC, interval, plots per level)."""
+    import dm_cli
+    return run(dm_cli.namespace(build_parser(), preds=str(preds), **options))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)   # --help answers before TensorFlow is imported
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, args)
+    import dm_cli
+    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,42 +17,12 @@ import logging
 import sys
 from typing import Sequence
 
-import numpy as np
 
 import dm_cli
 
 log = logging.getLogger("featurewise_mean")
-RESCALE_16 = 255.0 / 65535.0
-
-
-def rescale_for_bits(bits: int | None) -> float:
-    """The factor that maps pixels of this bit depth to 0-255 (16 -> 0.003891, else 1)."""
-    return RESCALE_16 if bits == 16 else 1.0
-
-
-def mean_pixel(paths: Sequence[str], rescale_factor: float | None = None,
-               img_size: Sequence[int] | None = None) -> tuple[float, float, int | None]:
-    """(mean, rescale factor used, bit depth) over every pixel of every image.
-
-    Raises `dm_image.DatasetError` for no images or mixed 8/16-bit images.
-    """
-    import dm_image
-    if not paths:
-        raise dm_image.DatasetError("no images to average")
-    depths = dm_image.check_bit_depths(paths, 1.0)   # refuses a mix of 8 and 16 bits
-    bits = next(iter(depths)) if len(depths) == 1 else None
-    if rescale_factor is None:
-        if bits is None:
-            sample = dm_image.read_image(paths[0])
-            bits = 16 if sample.dtype == np.uint16 else 8 if sample.dtype == np.uint8 else None
-        rescale_factor = rescale_for_bits(bits)
-    recipe = dm_image.Recipe(img_size=tuple(img_size) if img_size else None)
-    total, count = 0.0, 0
-    for p in paths:
-        img = dm_image.resize(dm_image.read_image(p), recipe).astype(np.float64)
-        total += float(img.sum())
-        count += img.size
-    return total / count * float(rescale_factor), float(rescale_factor), bits
+# The computation lives in dm_image (the recipes use it too); re-exported here.
+from dm_image import RESCALE_16, mean_pixel, rescale_for_bits  # noqa: E402,F401
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The log goes to stderr, the result to stdout; bad input is one line and exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, OSError) as e:
-        log.error("error: %s", e)
-        return 2
+    return dm_cli.guarded("featurewise_mean", run, args)
 
 
 if __name__ == "__main__":

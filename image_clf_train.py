@@ -75,17 +75,16 @@ def run(cfg, *dirs, **original_kw) -> dict:
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     top = image_top_layer_nb(cfg)
-    return dm_train.train_and_test(cfg, "image", lambda: build_image_model(cfg),
-                                   lambda model: dm_keras_ext.image_stages(cfg, top), extra)
+    return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
+                                   lambda model: dm_keras_ext.image_stage_list(
+                                       **dm_keras_ext.values_for(dm_keras_ext.image_stage_list,
+                                                                 cfg, top_layer_nb=top)), extra)
 
 
 def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
-    cfg = dm_flags.parse("image", argv)
-    dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, cfg)
+    return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run, argv,
+                           tensorflow=True)
 
 
 if __name__ == "__main__":

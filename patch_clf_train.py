@@ -6,7 +6,6 @@ Flags and their defaults are in `dm_flags.py` (`--help` lists them).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
@@ -43,28 +42,26 @@ def run(cfg, *dirs, **original_kw) -> dict:
     import dm_keras_ext
     import dm_train
     def stages(model):
+        stage_list = dm_keras_ext.patch_stage_list
         if not cfg.use_pretrained:
-            return dm_keras_ext.patch_stages(cfg)
+            return stage_list(**dm_keras_ext.values_for(stage_list, cfg))
         trunk = dm_keras_ext.find_trunk_layer(model)
         if cfg.top_layer_nb is None:
             top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
         else:   # the original's index, into its Keras 2.0.8 layer list
             top = dm_keras_ext.legacy_top_layer_nb(trunk, cfg.net, cfg.top_layer_nb,
                                                    dropout=cfg.hidden_dropout > 0)
-        return dm_keras_ext.patch_stages(dataclasses.replace(cfg, top_layer_nb=top))
+        return stage_list(**dm_keras_ext.values_for(stage_list, cfg, top_layer_nb=top))
     extra = {"net": cfg.net}
     if not cfg.featurewise_center and cfg.net in dm_keras_ext.IMAGENET_PREPROCESS:
         extra["imagenet_preprocess"] = dm_keras_ext.IMAGENET_PREPROCESS[cfg.net]  # in the model
-    return dm_train.train_and_test(cfg, "patch", lambda: build_patch_model(cfg), stages, extra)
+    return dm_train.train_and_test(cfg, dm_train.PATCH, lambda: build_patch_model(cfg), stages, extra)
 
 
 def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
-    cfg = dm_flags.parse("patch", argv)
-    dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, cfg)
+    return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), run, argv,
+                           tensorflow=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any, Sequence
 
 import dm_cli
 
@@ -123,36 +124,31 @@ def run(args) -> int:
     return 0
 
 
-class _StderrHandler(logging.StreamHandler):
-    """The log on stderr while the CSV goes to standard output."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
+def predict(models: Sequence[str], **options: Any) -> int:
+    """The command as a function: `options` are its flags by destination name (`image_dir`,
+    `images`, `csv`, `out`, `test_augment`, `batch_size`, ...), defaults as the command's.
+    Bad input raises an InputError with the command's message."""
+    import dm_cli
+    return run(dm_cli.namespace(build_parser(), models=[str(m) for m in models], **options))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
+    dm_cli.setup_logging()
     import dm_output
     if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
-        return dm_train.guarded(run, args)
+        return dm_cli.guarded("predict", run, args)
     # The CSV goes to standard output: move the log to stderr for this run.
     root = logging.getLogger()
-    moved = [h for h in root.handlers if isinstance(h, dm_train._StdoutHandler)]
-    err = _StderrHandler()
+    moved = [h for h in root.handlers if isinstance(h, dm_cli._StdoutHandler)]
+    err = dm_cli.StderrHandler()   # the CSV goes to standard output
     err.setFormatter(moved[0].formatter if moved else None)
     for h in moved:
         root.removeHandler(h)
     root.addHandler(err)
     try:
-        return dm_train.guarded(run, args)
+        return dm_cli.guarded("predict", run, args)
     finally:
         root.removeHandler(err)
         for h in moved:

@@ -5,7 +5,7 @@
         [--patch-size 256 --stride 8 --batch-size 128 --img-height 4096] \
         --out heatmaps.npz [--overlay-dir overlays/]
 
-Modes (SPEC §7): sliding window (default) scores every patch of the resized,
+Modes (docs/method.md, section 3): sliding window (default) scores every patch of the resized,
 breast-segmented image padded by half a patch with a patch classifier, giving a
 (rows, cols, classes) map; `--fprop-mode` runs the all-convolutional patch classifier
 once over the whole image (average pooling + the patch Dense at every position);
@@ -36,16 +36,20 @@ import logging
 import os
 import re
 import sys
+from typing import Any
 from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from dm_errors import InputError  # noqa: E402
 
 log = logging.getLogger("heatmap_score")
 
 
-class HeatmapError(ValueError):
+class HeatmapError(InputError):
     """Unusable heatmap input, reported in one line."""
 
 
@@ -461,11 +465,17 @@ def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
     return args
 
 
+def score(img_folder: str, model: str, **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name (`stride`,
+    `img_size`, `out`, `overlay_dir`, `grad_cam`, ...), defaults as the command's."""
+    import dm_cli
+    return run(dm_cli.namespace(build_parser(), img_folder=str(img_folder), dl_state=str(model),
+                                **options))
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)  # --help answers here, before TensorFlow loads
-    import dm_train
-    dm_train.setup_logging()
-    return dm_train.guarded(run, args)
+    import dm_cli
+    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,17 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_preprocess import ImageReadError, dicom_shape, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
+from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
+import dm_image  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
+
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ CSV_GLOBS = {("mass", "train"): "mass*train*.csv", ("mass", "test"): "mass*test*
 KEY_RE = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d+)_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
 
 
-class CbisFormatError(ValueError):
+class CbisFormatError(InputError):
     """A case-description CSV doesn't have the expected columns."""
 
 
@@ -51,14 +55,14 @@ def find_case_csvs(csv_dir: str | os.PathLike) -> dict[tuple[str, str], pathlib.
     """The official case-description CSVs in a folder, keyed by (type, split)."""
     d = pathlib.Path(csv_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: CSV folder not found")
+        raise InputFileNotFoundError(f"{d}: CSV folder not found")
     found = {}
     for key, pattern in CSV_GLOBS.items():
         hits = sorted(p for p in d.iterdir() if p.is_file() and fnmatch.fnmatch(p.name.lower(), "*" + pattern))
         if hits:
             found[key] = hits[0]
     if not found:
-        raise FileNotFoundError(f"{d}: no CBIS-DDSM case-description CSV (mass_/calc_case_description_*_set.csv)")
+        raise InputFileNotFoundError(f"{d}: no CBIS-DDSM case-description CSV (mass_/calc_case_description_*_set.csv)")
     return found
 
 
@@ -80,7 +84,7 @@ def read_case_csv(path: str | os.PathLike, abn_type: str | None = None, official
     """
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: CSV not found")
+        raise InputFileNotFoundError(f"{p}: CSV not found")
     raw = pd.read_csv(p, dtype=str, keep_default_na=False)
     try:
         out = pd.DataFrame({
@@ -148,7 +152,7 @@ class DicomTree:
     def __init__(self, root: str | os.PathLike):
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: DICOM folder not found")
+            raise InputFileNotFoundError(f"{self.root}: DICOM folder not found")
         self.index: dict[str, list[str]] = {}
         for dirpath, _, files in os.walk(self.root):
             dcms = [f for f in files if f.lower().endswith(".dcm")]
@@ -172,7 +176,7 @@ def pick_largest(paths: list[str]) -> tuple[str, tuple[int, int]]:
     """The DICOM with the most pixels (by header) and its shape."""
     if not paths:
         raise ImageReadError("no DICOM file found")
-    shapes = [(dicom_shape(p), p) for p in paths]
+    shapes = [(dm_image.dicom_shape(p), p) for p in paths]
     (shape, path) = max(shapes, key=lambda t: (t[0][0] * t[0][1], t[1]))
     return path, shape
 
@@ -185,7 +189,7 @@ def pick_mask(paths: list[str], full_shape: tuple[int, int]) -> str:
     """
     if not paths:
         raise ImageReadError("no ROI DICOM file found")
-    shapes = {p: dicom_shape(p) for p in paths}
+    shapes = {p: dm_image.dicom_shape(p) for p in paths}
     same = [p for p, s in shapes.items() if tuple(s) == tuple(full_shape)]
     if same:
         return same[0]
@@ -214,8 +218,8 @@ def convert_image(task: ConvertTask) -> dict:
     res = {"image_id": task.image_id, "ok": False, "errors": [], "masks_ok": []}
     try:
         path, shape = pick_largest(list(task.full_candidates))
-        img = read_dicom_pixels(path)
-        img = to_uint16(resize_img(img, task.img_size, task.target_height))
+        img = dm_image.read_image(path)
+        img = to_uint16(dm_image.resize_to(img, task.img_size, task.target_height))
         write_png(out / FULL_DIR / f"{task.image_id}.png", img)
         res["ok"] = True
     except (ImageReadError, ValueError, OSError) as e:
@@ -224,8 +228,8 @@ def convert_image(task: ConvertTask) -> dict:
     for fname, cands in task.masks:
         try:
             mpath = pick_mask(list(cands), shape)
-            m = read_dicom_pixels(mpath)
-            m = resize_img(m, target_size=img.shape[:2], mask=True)
+            m = dm_image.read_image(mpath)
+            m = dm_image.resize_mask(m, img.shape[:2])
             if not m.any():
                 raise ImageReadError(f"{mpath}: ROI mask is empty")
             write_png(out / MASK_DIR / fname, m)
@@ -312,5 +316,10 @@ def main(argv: list[str] | None = None) -> dict:
                    a.val_size, a.seed, a.nb_workers, a.limit, a.verbose)
 
 
+def cli() -> None:
+    """The command (the script, or installed as `prepare_cbis_ddsm`): input errors one line, exit 2."""
+    run_cli(main, "prepare_cbis_ddsm")
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

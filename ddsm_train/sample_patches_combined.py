@@ -1,4 +1,4 @@
-"""Sample ROI, background and hard-negative patches from full mammograms (SPEC §5).
+"""Sample ROI, background and hard-negative patches from full mammograms (docs/method.md, section 3).
 
 Same positional arguments, flags and defaults as the original
 `ddsm_train/sample_patches_combined.py`:
@@ -35,20 +35,25 @@ import multiprocessing
 import os
 import pathlib
 import sys
+from typing import Any
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob_keypoints,  # noqa: E402
                            create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
-                           overlap_patch_roi, patch_roi_overlap, read_image_gray, resize_img,
+                           overlap_patch_roi, patch_roi_overlap,
                            segment_breast, write_png)
 import dm_cli  # noqa: E402
+import dm_image  # noqa: E402
 from dm_recipe_utils import read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
+
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ DEFAULT_TARGET_HEIGHT = 4096   # the original's default
 UPSCALE_WARN = 2.0
 
 
-class SamplingError(ValueError):
+class SamplingError(InputError):
     """Patches can't be sampled from an ROI (e.g. the overlap cutoff fell to zero)."""
 
 
@@ -93,12 +98,12 @@ def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
     """The per-abnormality table (CSV, or TSV by extension), ids as strings; checks the columns."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: ROI mask table not found")
+        raise InputFileNotFoundError(f"{p}: ROI mask table not found")
     sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
     df = pd.read_csv(p, sep=sep, dtype={"patient_id": str, "side": str, "view": str}, keep_default_na=False)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ValueError(f"{p}: missing column(s) {missing}; need {REQUIRED}")
+        raise InputError(f"{p}: missing column(s) {missing}; need {REQUIRED}")
     df["abn_num"] = df["abn_num"].astype(int)
     df["type"] = df["type"].str.lower().map(lambda t: "calc" if t.startswith("calc") else "mass")
     return df
@@ -134,6 +139,18 @@ def _detector(patch_size: int):
     return _DETECTOR[patch_size]
 
 
+def read_resized(path: str, opts: dict) -> tuple[np.ndarray, int]:
+    """The full image as the training recipe reads and resizes it (`dm_image`), and its
+    original height."""
+    img = dm_image.read_image(path)
+    return dm_image.resize_to(img, opts["target_size"], opts["target_height"]), img.shape[0]
+
+
+def read_resized_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """An ROI mask on the resized image's grid (0/255)."""
+    return dm_image.resize_mask(dm_image.read_image(path), shape)
+
+
 def process_image(task: ImageTask, opts: dict) -> dict:
     """Sample and write all patches of one image; returns {'records': [...], 'errors': [...]}."""
     ps = int(opts["patch_size"])
@@ -142,9 +159,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
     records: list[dict] = []
     errors: list[str] = []
     try:
-        img = read_image_gray(task.full_path)
-        orig_h = img.shape[0]
-        img = resize_img(img, opts["target_size"], opts["target_height"])
+        img, orig_h = read_resized(task.full_path, opts)
         upscale = img.shape[0] / max(1, orig_h)
         full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
         bbox = (0, 0, img.shape[1], img.shape[0])
@@ -153,8 +168,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
         masks, abns = [], []
         for abn in task.abns:
             try:
-                m = read_image_gray(abn.mask_path)
-                m = resize_img(m, target_size=full_shape, mask=True)
+                m = read_resized_mask(abn.mask_path, full_shape)
                 m = crop_img(m, bbox)
                 if not np.any(m):
                     raise EmptyMaskError(f"{abn.mask_path}: ROI mask is empty")
@@ -162,7 +176,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
                 abns.append(abn)
             except (ImageReadError, EmptyMaskError) as e:
                 errors.append(str(e))
-    except (ImageReadError, ValueError) as e:
+    except InputError as e:   # this image is skipped and listed; anything else is a bug
         return {"records": [], "errors": [str(e)], "upscale": 1.0}
     img = add_img_margins(img, half)
     areas = [int(np.count_nonzero(m)) for m in masks]
@@ -305,7 +319,7 @@ def run(args: argparse.Namespace) -> dict:
     normal = None
     if args.images_csv:
         if not pathlib.Path(args.images_csv).is_file():
-            raise FileNotFoundError(f"{args.images_csv}: image table not found")
+            raise InputFileNotFoundError(f"{args.images_csv}: image table not found")
         normal = pd.read_csv(args.images_csv, dtype=str, keep_default_na=False)
         known |= set(normal["patient_id"])
     unknown = [p for p in patients if p not in known]
@@ -315,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
                  ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
     patients = [p for p in dict.fromkeys(patients) if p in known]
     if not patients:
-        raise ValueError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
+        raise InputError(f"{args.pat_train_list_file}: none of its patients is in {args.roi_mask_path_file}")
     if args.val_out_dir is None:
         if args.val_list or args.val_size not in (0, None):
             log.info("no VAL_OUT_DIR: no validation split (--val-size/--val-list ignored)")
@@ -406,7 +420,7 @@ def _log_summary(summary: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images (SPEC §5).",
+    p = argparse.ArgumentParser(description="Sample patches for DDSM-layout images.",
                                 formatter_class=dm_cli.HelpFormatter)
     p.add_argument("roi_mask_path_file", help="per-abnormality table (roi_mask_path.csv / .tsv)")
     p.add_argument("roi_mask_dir", help="folder of ROI mask PNGs")
@@ -461,12 +475,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+def sample_patches(roi_mask_path_file: str, roi_mask_dir: str, pat_train_list_file: str,
+                   full_img_dir: str, train_out_dir: str, val_out_dir: str | None = None,
+                   **options: Any) -> dict:
+    """The command as a function: `options` are its flags by destination name
+    (`target_size=(H, W)`, `patch_size=64`, `class_layout="3class"`, ...), defaults as the
+    command's. Returns the summary `run` returns; bad input raises an InputError."""
+    import dm_cli
+    args = dm_cli.namespace(build_parser(), roi_mask_path_file=str(roi_mask_path_file),
+                            roi_mask_dir=str(roi_mask_dir),
+                            pat_train_list_file=str(pat_train_list_file),
+                            full_img_dir=str(full_img_dir), train_out_dir=str(train_out_dir),
+                            val_out_dir=None if val_out_dir is None else str(val_out_dir),
+                            **options)
+    return run(_complete(args))
+
+
+def _complete(args: argparse.Namespace) -> argparse.Namespace:
+    """--target-width alone means the default height at that width."""
     if args.target_size is None and args.target_width is not None:
         args.target_size = [args.target_height or DEFAULT_TARGET_HEIGHT, args.target_width]
-    return run(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(_complete(build_parser().parse_args(argv)))
+
+
+def cli() -> None:
+    """The command (the script, or installed as `sample_patches_combined`): input errors one line, exit 2."""
+    run_cli(main, "sample_patches_combined")
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

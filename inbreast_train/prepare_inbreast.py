@@ -2,7 +2,7 @@
 
     python inbreast_train/prepare_inbreast.py DICOM_DIR INBREAST_CSV OUT_DIR [--xml-dir AllXML] [--img-size H W]
 
-Labels follow SPEC §7: BI-RADS 1-2 `neg`, 4 (4a/4b/4c), 5, 6 `pos`, 3 excluded. The sheet's
+Labels (README "Data recipes"): BI-RADS 1-2 `neg`, 4 (4a/4b/4c), 5, 6 `pos`, 3 excluded. The sheet's
 "Patient ID" column is anonymised ("removed"), so patients come from the DICOM file names
 (`<File Name>_<patient hash>_MG_<L|R>_<view>_ANON.dcm`); the split (train/val/test) is by
 patient, stratified by "any positive image", seeded. Optional XML annotations (the
@@ -23,20 +23,24 @@ import cv2
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_preprocess import ImageReadError, read_dicom_pixels, resize_img, to_uint16, write_png  # noqa: E402
+from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
+import dm_image  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
+
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 NEG, POS, EXCLUDED = {"1", "2"}, {"4", "4a", "4b", "4c", "5", "6"}, {"3"}
 
 
-class InbreastFormatError(ValueError):
+class InbreastFormatError(InputError):
     """INbreast.csv or an XML annotation is malformed."""
 
 
@@ -56,7 +60,7 @@ def read_inbreast_csv(path: str | os.PathLike) -> pd.DataFrame:
     """The sheet (';'-separated, CRLF) as: file_name, side, view, acr, birads, label (neg/pos/None)."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: INbreast sheet not found")
+        raise InputFileNotFoundError(f"{p}: INbreast sheet not found")
     raw = pd.read_csv(p, sep=";", dtype=str, keep_default_na=False)
     raw.columns = [c.strip().lower() for c in raw.columns]
     need = ["laterality", "view", "file name", "acr", "bi-rads"]
@@ -81,7 +85,7 @@ def index_dicoms(dicom_dir: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """File Name number -> (DICOM path, patient id from the file name)."""
     d = pathlib.Path(dicom_dir)
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: DICOM folder not found")
+        raise InputFileNotFoundError(f"{d}: DICOM folder not found")
     out = {}
     for p in sorted(d.rglob("*")):
         if p.is_file() and p.suffix.lower() == ".dcm":
@@ -151,12 +155,12 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
     ok, roi_rows = [], []
     for r in tqdm(list(rows.itertuples(index=False)), desc="INbreast images", disable=not verbose):
         try:
-            img = read_dicom_pixels(dicoms[r.file_name][0])
+            img = dm_image.read_image(dicoms[r.file_name][0])
         except ImageReadError as e:
             skipped.append(str(e))
             continue
         orig = img.shape[:2]
-        img = to_uint16(resize_img(img, img_size))
+        img = to_uint16(dm_image.resize_to(img, img_size))
         write_png(out / FULL_DIR / r.full_img_file, img)
         ok.append(r.file_name)
         xml = pathlib.Path(xml_dir) / f"{r.file_name}.xml" if xml_dir else None
@@ -199,5 +203,10 @@ def main(argv: list[str] | None = None) -> dict:
     return prepare(a.dicom_dir, a.csv, a.out_dir, a.xml_dir, a.img_size, a.val_size, a.test_size, a.seed, a.verbose)
 
 
+def cli() -> None:
+    """The command (the script, or installed as `prepare_inbreast`): input errors one line, exit 2."""
+    run_cli(main, "prepare_inbreast")
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

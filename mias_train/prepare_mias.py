@@ -23,20 +23,24 @@ import cv2
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_preprocess import ImageReadError, read_image_gray, resize_img, to_uint16, write_png  # noqa: E402
+from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
+import dm_image  # noqa: E402
 from dm_recipe_utils import (
     FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
     stratified_split, summarize, write_csv, write_layout)
+
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 CLASSES = {"CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM"}
 
 
-class InfoFormatError(ValueError):
+class InfoFormatError(InputError):
     """Info.txt has a malformed data line."""
 
 
@@ -44,7 +48,7 @@ def parse_info(path: str | os.PathLike) -> pd.DataFrame:
     """Info.txt data lines as a table: image_id, tissue, cls, severity (B/M/''), x, y, radius (NaN if absent)."""
     p = pathlib.Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: Info.txt not found")
+        raise InputFileNotFoundError(f"{p}: Info.txt not found")
     rows = []
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
         tok = line.split()
@@ -73,7 +77,7 @@ def woman_id(image_id: str) -> str:
 def image_labels(info: pd.DataFrame, label: str = "malignant") -> pd.DataFrame:
     """One row per image with neg/pos label and woman id."""
     if label not in ("malignant", "abnormal"):
-        raise ValueError(f"label must be 'malignant' or 'abnormal', got {label!r}")
+        raise InputError(f"label must be 'malignant' or 'abnormal', got {label!r}")
     key = (info["severity"] == "M") if label == "malignant" else (info["cls"] != "NORM")
     g = key.groupby(info["image_id"]).any()
     out = pd.DataFrame({"image_id": g.index, "label": np.where(g.values, "pos", "neg")})
@@ -118,12 +122,12 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
         if not src.is_file() and (d / f"{row.image_id}.pgm").is_file():
             src = d / f"{row.image_id}.pgm"
         try:
-            img = read_image_gray(src)
+            img = dm_image.read_image(src)
         except ImageReadError as e:
             skipped.append(str(e))
             continue
         orig = img.shape[:2]
-        img = resize_img(img, img_size)
+        img = dm_image.resize_to(img, img_size)
         img = to_uint16(img) if bit_depth == 16 else img
         write_png(out / FULL_DIR / row.full_img_file, img)
         ok.append(row.image_id)
@@ -165,5 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
                    verbose=a.verbose)
 
 
+def cli() -> None:
+    """The command (the script, or installed as `prepare_mias`): input errors one line, exit 2."""
+    run_cli(main, "prepare_mias")
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -1,4 +1,4 @@
-"""dm_image: readers, the SPEC §2 recipe, augmentation geometry, listing and tf.data pipelines."""
+"""dm_image: readers, the preprocessing recipe, augmentation geometry, listing and tf.data pipelines."""
 from __future__ import annotations
 
 import math

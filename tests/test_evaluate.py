@@ -149,3 +149,30 @@ def test_evaluate_bad_input_one_line(tmp_path, capsys):
     assert evaluate.main([str(tmp_path / "nope.csv")]) == 2
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "not found" in err[1]
+
+
+def test_one_auroc_matches_scikit_learn_with_ties_and_weights():
+    """dm_metrics.auroc is the project's one AUROC (the callbacks and the original's API use
+    it); with and without sample weights it equals scikit-learn's."""
+    from sklearn.metrics import roc_auc_score
+
+    import dm_callbacks
+    import dm_metrics
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(100):
+        n = int(rng.integers(4, 40))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        s = rng.integers(0, 5, n) / 4          # many ties
+        w = rng.random(n)
+        assert dm_metrics.auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert dm_metrics.auroc(y, s, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w),
+                                                          abs=1e-12)
+        checked += 1
+    assert checked > 80
+    probs = rng.random((30, 3))
+    labels = np.arange(30) % 3
+    expected = np.mean([roc_auc_score(labels == k, probs[:, k]) for k in range(3)])
+    assert dm_callbacks.mean_auroc(labels, probs) == pytest.approx(expected, abs=1e-12)

@@ -1,4 +1,4 @@
-"""Patch nets of SPEC §4: heads, cut points, top-layer starts, local ImageNet weights."""
+"""Patch nets: heads, cut points, top-layer starts, local ImageNet weights."""
 import numpy as np
 import keras
 import pytest

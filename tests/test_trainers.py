@@ -316,3 +316,30 @@ def test_second_run_on_the_same_best_model_is_refused(trained, tmp_path, caplog)
     with dm_train.RunLock(str(best)) as lock:
         assert lock.fd is not None
     assert not (tmp_path / "best.keras.lock").exists()
+
+
+# The one-dash aliases the original's two trainers declared, with the long flag each stands for.
+_ORIGINAL_SHORT = {
+    "both": {"-bs": "--batch-size", "-bm": "--best-model", "-esp": "--es-patience",
+             "-fm": "--final-model", "-hd": "--hidden-dropout", "-hd2": "--hidden-dropout2",
+             "-ic": "--img-scale", "-nic": "--no-img-scale", "-is": "--img-size",
+             "-ilr": "--init-learningrate", "-lrp": "--lr-patience", "-ne": "--nb-epoch",
+             "-wd": "--weight-decay", "-wd2": "--weight-decay2"},
+    "patch": {"-ics": "--init-conv-stride", "-ifs": "--init-filter-size", "-id": "--inp-dropout",
+              "-mps": "--max-pooling-size", "-mpr": "--max-pooling-stride",
+              "-nif": "--nb-init-filter"},
+}
+
+
+@pytest.mark.parametrize("kind", ["patch", "image"])
+def test_original_short_flag_aliases(kind):
+    parser = dm_flags.build_parser(kind)
+    by_flag = {o: a for a in parser._actions for o in a.option_strings}
+    aliases = dict(_ORIGINAL_SHORT["both"], **(_ORIGINAL_SHORT["patch"] if kind == "patch" else {}))
+    for short, long in aliases.items():
+        assert short in by_flag, short
+        assert by_flag[short] is by_flag[long], (short, long)
+    extra = ["--patch-model-state", "p"] if kind == "image" else []
+    cfg = dm_flags.parse(kind, ["a", "b", "c", *extra, "-ic", "4095", "-nic"])
+    assert cfg.img_scale is None
+    assert dm_flags.parse(kind, ["a", "b", "c", *extra, "-ic", "4095"]).img_scale == 4095.0

@@ -1,0 +1,221 @@
+"""Every command: bad input is one line naming the tool (exit 2); a bug keeps its traceback.
+
+The bug is simulated by a ValueError raised from a function deep inside the tool: before the
+one CLI base (dm_cli.guarded) every ValueError/OSError was shown as if it were bad input.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class SimulatedBug(ValueError):
+    """Not an InputError: must never be reported as bad input."""
+
+
+def _boom(*a, **k):
+    raise SimulatedBug("simulated internal bug")
+
+
+def _png(path: pathlib.Path) -> str:
+    import cv2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((8, 8), 100, np.uint8))
+    return str(path)
+
+
+def _file(path: pathlib.Path) -> str:
+    """A file that exists (its content never read: the planted bug fires first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"placeholder")
+    return str(path)
+
+
+def _dirs(t: pathlib.Path) -> list[str]:
+    out = []
+    for s in ("train", "val", "test"):
+        for c in ("neg", "pos"):
+            _png(t / s / c / "a.png")
+        out.append(str(t / s))
+    return out
+
+
+def _preds(t: pathlib.Path) -> str:
+    p = t / "p.csv"
+    p.write_text("path,neg,pos,label\na.png,0.2,0.8,1\nb.png,0.7,0.3,0\nc.png,0.6,0.4,1\n")
+    return str(p)
+
+
+# tool -> (module, bad argv (missing things), where the bug is planted, argv reaching it)
+CASES = {
+    "patch_clf_train": ("patch_clf_train", lambda t: [str(t / "no_train"), str(t / "v"), str(t / "t")],
+                        ("dm_image", "list_class_folders"),
+                        lambda t: _dirs(t) + ["--net", "dm_resnet_14", "--nb-init-filter", "4"]),
+    "image_clf_train": ("image_clf_train",
+                        lambda t: [str(t / "no_train"), str(t / "v"), str(t / "t"),
+                                   "--patch-model-state", str(t / "no.keras")],
+                        ("dm_image", "list_class_folders"),
+                        lambda t: _dirs(t) + ["--patch-model-state", _file(t / "m.keras")]),
+    "predict": ("predict", lambda t: [str(t / "no.keras"), "--images", str(t / "x.png")],
+                ("dm_modelfile", "read_model_meta"),
+                lambda t: [_file(t / "m.keras"), "--images", _png(t / "x.png"), "--out", str(t / "o.csv")]),
+    "evaluate": ("evaluate", lambda t: [str(t / "nope.csv"), "--out-dir", str(t / "r")],
+                 ("dm_metrics", "bootstrap_auroc"),
+                 lambda t: [_preds(t), "--out-dir", str(t / "r"), "--pos-class", "pos"]),
+    "calibrate": ("calibrate", lambda t: [str(t / "no.keras"), str(t / "nope.csv")],
+                  ("dm_modelfile", "read_model_meta"),
+                  lambda t: [_file(t / "m.keras"), _preds(t)]),
+    "convert_checkpoint": ("convert_checkpoint", lambda t: [str(t / "no.h5"), str(t / "o.keras")],
+                           ("dm_checkpoint", "load_model"),
+                           lambda t: [_file(t / "m.h5"), str(t / "o.keras")]),
+    "featurewise_mean": ("featurewise_mean", lambda t: [str(t / "nodir")],
+                         ("dm_image", "check_bit_depths"),
+                         lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
+    "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
+                      ("dm_inference", "load_models"),
+                      lambda t: [str(t), _file(t / "m.keras"), "--out", str(t / "h.npz")]),
+    "sample_patches_combined": ("ddsm_train.sample_patches_combined",
+                                lambda t: [str(t / "no.csv"), str(t / "m"), str(t / "p.txt"),
+                                           str(t / "f"), str(t / "tr"), str(t / "va")],
+                                ("ddsm_train.sample_patches_combined", "read_roi_table"),
+                                lambda t: [str(t / "no.csv"), str(t / "m"), str(t / "p.txt"),
+                                           str(t / "f"), str(t / "tr"), str(t / "va")]),
+    "prepare_mias": ("mias_train.prepare_mias", lambda t: [str(t / "nodir"), str(t / "out")],
+                     ("mias_train.prepare_mias", "parse_info"),
+                     lambda t: [str(t), str(t / "out")]),
+    "prepare_inbreast": ("inbreast_train.prepare_inbreast",
+                         lambda t: [str(t / "nodir"), str(t / "no.csv"), str(t / "out")],
+                         ("inbreast_train.prepare_inbreast", "read_inbreast_csv"),
+                         lambda t: [str(t), str(t / "no.csv"), str(t / "out")]),
+    "prepare_cbis_ddsm": ("ddsm_train.prepare_cbis_ddsm",
+                          lambda t: [str(t / "nodir"), str(t / "nocsv"), str(t / "out")],
+                          ("ddsm_train.prepare_cbis_ddsm", "load_case_tables"),
+                          lambda t: [str(t), str(t), str(t / "out")]),
+    "dm_synthetic": ("dm_synthetic", lambda t: [str(t / "out"), "--n-patients", "0"],
+                     ("dm_synthetic", "render_image"),
+                     lambda t: [str(t / "out"), "--n-patients", "2", "--img-size", "64", "48"]),
+    "end2end": ("end2end", lambda t: ["--data", "nothing", "--out", str(t / "o")],
+                ("dm_synthetic", "generate_dataset"),
+                lambda t: ["--out", str(t / "o")]),
+}
+RECIPES = {"sample_patches_combined", "prepare_mias", "prepare_inbreast", "prepare_cbis_ddsm",
+           "dm_synthetic"}
+
+
+def _run(tool: str, argv: list[str], monkeypatch) -> int:
+    """The tool as its command runs it: `main` (trainers, tools) or `run_cli(main)` (recipes)."""
+    mod = importlib.import_module(CASES[tool][0])
+    if tool not in RECIPES:
+        return mod.main(argv)
+    import dm_recipe_utils
+    monkeypatch.setattr(sys, "argv", [tool, *argv])
+    with pytest.raises(SystemExit) as e:
+        dm_recipe_utils.run_cli(mod.main, tool)
+    return e.value.code
+
+
+@pytest.mark.parametrize("tool", sorted(CASES))
+def test_bad_input_is_one_line_naming_the_tool_exit_2(tool, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    rc = _run(tool, CASES[tool][1](tmp_path), monkeypatch)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert rc == 2
+    assert len(errors) == 1 and errors[0].name == tool, [(r.name, r.getMessage()) for r in errors]
+    msg = errors[0].getMessage()
+    assert msg.startswith("error: ") and "\n" not in msg and "Traceback" not in msg
+    assert str(tmp_path) in msg or "--data" in msg or "n_patients" in msg, msg
+
+
+@pytest.mark.parametrize("tool", sorted(CASES))
+def test_internal_value_error_is_a_bug_with_traceback(tool, tmp_path, monkeypatch, caplog):
+    mod_name, _, (where, name), argv = CASES[tool]
+    importlib.import_module(mod_name)
+    monkeypatch.setattr(importlib.import_module(where), name, _boom)
+    with pytest.raises(SimulatedBug, match="simulated internal bug"):
+        _run(tool, argv(tmp_path), monkeypatch)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _subprocess(code: str, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_as_a_process_bug_exits_1_with_traceback_input_error_exits_2(tmp_path):
+    model = _file(tmp_path / "m.keras")
+    img = _png(tmp_path / "x.png")
+    bug = _subprocess(
+        "import sys, dm_modelfile, predict\n"
+        "def boom(*a, **k): raise ValueError('simulated internal bug')\n"
+        "dm_modelfile.read_model_meta = boom\n"
+        f"sys.exit(predict.main([{model!r}, '--images', {img!r}, '--out', 'o.csv']))\n", tmp_path)
+    assert bug.returncode == 1
+    assert "Traceback" in bug.stderr and "ValueError: simulated internal bug" in bug.stderr
+    assert "error: simulated" not in bug.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "predict.py"), "no.keras", "--images", img],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout
+    # No --out: the CSV would go to stdout, so the log (and the error line) is on stderr.
+    lines = [l for l in (bad.stdout + bad.stderr).splitlines() if "error:" in l]
+    assert len(lines) == 1 and "predict: error: no.keras" in lines[0], bad.stderr
+
+
+def test_recipe_as_a_process_exits_1_on_a_bug(tmp_path):
+    r = _subprocess(
+        "import sys\n"
+        "from mias_train import prepare_mias as m\n"
+        "def boom(*a, **k): raise ValueError('simulated internal bug')\n"
+        "m.parse_info = boom\n"
+        "import dm_recipe_utils\n"
+        f"sys.argv = ['prepare_mias', {str(tmp_path)!r}, 'out']\n"
+        "dm_recipe_utils.run_cli(m.main)\n", tmp_path)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "simulated internal bug" in r.stderr
+
+
+def test_input_error_wrapped_by_tensorflow_is_still_one_line():
+    import tensorflow as tf
+
+    import dm_cli
+    wrapped = tf.errors.InvalidArgumentError(
+        None, None, "{{function_node __wrapped__}} ImageReadError: a.png: not an image\n"
+                    "Traceback (most recent call last):\n  ...")
+    assert dm_cli.is_input_error(wrapped)
+    assert dm_cli.one_line(wrapped) == "a.png: not an image"
+    shape_bug = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2,3] vs. [2,4]")
+    assert not dm_cli.is_input_error(shape_bug)
+
+    def raise_(e):
+        raise e
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        dm_cli.guarded("predict", raise_, shape_bug)
+    assert dm_cli.guarded("predict", raise_, wrapped) == 2
+
+
+def test_every_project_error_class_is_an_input_error():
+    """All `*Error` classes the project defines derive from the one base."""
+    import ast
+
+    import dm_errors
+    names = []
+    for path in list(REPO.glob("*.py")) + list(REPO.glob("*_train/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                names.append((path, node.name))
+    assert len(names) >= 20
+    for path, name in names:
+        rel = path.relative_to(REPO).with_suffix("")
+        mod = importlib.import_module(".".join(rel.parts))
+        cls = getattr(mod, name)
+        assert issubclass(cls, dm_errors.InputError), (rel, name)
