@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 import dm_cli
+import dm_distribute
 import dm_image
 import dm_output
 import dm_inference
@@ -38,21 +39,10 @@ def setup_runtime(cfg) -> Any:
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
     import keras
-    import tensorflow as tf
     keras.utils.set_random_seed(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if cfg.distribute or int(os.environ.get("NUM_GPU_DEVICES", 1)) > 1:
-        gpus = tf.config.list_logical_devices("GPU")
-        n_gpu = int(os.environ.get("NUM_GPU_DEVICES", len(gpus) or 1))
-        devices = [d.name for d in gpus][:n_gpu] or \
-            [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices=devices)
-        log.info("data-parallel training on %d replicas", strategy.num_replicas_in_sync)
-        return strategy
-    return None
+    return dm_distribute.choose_strategy(cfg.distribute)
 
 
 def strategy_scope(strategy):
@@ -330,8 +320,11 @@ def train_and_test(cfg, kind: "str | TrainerSpec", build_model: Callable[[], Any
                     "rates); accepted so the original scripts run", cfg.bias_multiplier)
     for line in useless_flags(cfg, kind):
         log.warning("%s", line)
+    user_cfg, cfg = cfg, dm_distribute.worker_config(cfg)  # non-chief workers: scratch paths
     with RunLock(cfg.best_model):
-        return _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra)
+        result = _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra)
+    dm_distribute.clean_scratch(user_cfg)
+    return result
 
 
 def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra) -> dict:
@@ -341,6 +334,8 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     strategy = setup_runtime(cfg)
     with strategy_scope(strategy):
         model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
+    if dm_distribute.is_multi_worker():
+        dm_distribute.synchronize_batch_norm(model)
     channels = int(model.inputs[0].shape[-1])
     recipe = recipe_from_config(cfg, channels, input_bits)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)
@@ -426,6 +421,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         log.info("AUROC on test set with 4-flip TTA: %.4f", result["test_auroc_tta"])
     if last and os.path.exists(last):
         os.remove(last)  # the run is complete: the same command trains afresh next time
+    dm_distribute.barrier(strategy)  # workers leave together
     return result
 
 
