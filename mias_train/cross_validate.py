@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nb-hns", type=int, default=5, help="of them, hard negatives (blob key points)")
     p.add_argument("--net", default="dm_resnet_14", help="patch net")
     p.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv")
-    p.add_argument("--patch-epochs", type=int, default=12,
+    p.add_argument("--patch-epochs", type=int, default=20,
                    help="patch classifier epochs (one stage: from scratch)")
     p.add_argument("--image-epochs", nargs=2, type=int, default=[2, 8], metavar=("TOP", "ALL"),
                    help="whole-image stage lengths (converted to final epoch numbers)")
@@ -219,7 +219,7 @@ def chain_train_patch(d: pathlib.Path, model: pathlib.Path, args, mean: float) -
         "--batch-size", str(2 * args.patch_batch), "--train-bs-multiplier", "0.5",
         "--load-train-ram", "--load-val-ram", "--nb-epoch", str(args.patch_epochs),
         "--optimizer", "adam", "--init-learningrate", "0.001", "--weight-decay", "0.0001",
-        "--es-patience", "4", "--auto-batch-balance", "--seed", str(args.seed),
+        "--es-patience", "6", "--auto-batch-balance", "--seed", str(args.seed),
         "--best-model", str(model)]))
 
 
