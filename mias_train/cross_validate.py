@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this many women (stratified pick; trials and tests)")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: 12 women, 128 px, 1-2 epochs")
+    p.add_argument("--redraw-overlay", action="store_true",
+                   help="only redraw the lesion overlay of the finished run in --out (no training)")
     return p
 
 
@@ -256,15 +258,22 @@ def chain_plot_roc(y, s, roc: pathlib.Path, title: str) -> None:
 
 
 def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: int):
-    """Sliding-window lesion score 1 - p(background) of a patch model, on the image's grid."""
+    """Sliding-window lesion score 1 - p(background) of a patch model on the image's grid,
+    NaN outside the breast shrunk by half a patch (training patches came from inside the
+    breast; at its edge the windows take in the zero padding and the film border)."""
     import cv2
     import dm_inference
+    from dm_preprocess import breast_mask
     m = dm_inference.load_models([model_path])[0]
     img = cv2.imread(img_path, cv2.IMREAD_UNCHANGED)
     hm = dm_inference.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
                                              segment=False)
     lesion = 1.0 - hm.probs[..., 0]
-    return img, dm_inference.place_heatmap(lesion, img.shape, hm.centre0, stride)
+    heat = dm_inference.place_heatmap(lesion, img.shape, hm.centre0, stride)
+    inside = cv2.erode(breast_mask(img)[0], np.ones((patch_size, patch_size), np.uint8),
+                       borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    heat[inside == 0] = np.nan
+    return img, heat
 
 
 def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
@@ -508,7 +517,7 @@ def find_overlay(args, out: pathlib.Path, I, info, path: pathlib.Path) -> dict |
     test image whose map peaks inside a marked lesion ("correctly found")."""
     cand = I[I["label"] > 0].sort_values("p_normal")
     scale = args.img_size / 1024.0
-    for r in cand.head(8).itertuples(index=False):
+    for r in cand.head(20).itertuples(index=False):
         rows = info[(info["image_id"] == r.image_id) & info["radius"].notna()]
         if rows.empty:
             continue
@@ -527,13 +536,28 @@ def find_overlay(args, out: pathlib.Path, I, info, path: pathlib.Path) -> dict |
     return None
 
 
+def redraw_overlay(args) -> dict:
+    """Redraw the overlay of a finished run from its saved out-of-fold table and models,
+    with the run's own settings; updates summary.json."""
+    import pandas as pd
+    out = pathlib.Path(args.out)
+    summary = json.loads((out / "summary.json").read_text())
+    run_args = argparse.Namespace(**summary["config"])
+    info, _ = chain_info(run_args.mias_dir)
+    I = pd.read_csv(out / "oof_images.csv")
+    summary["files"]["overlay"] = find_overlay(run_args, out, I, info,
+                                               out / "figures" / "overlay.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import dm_cli
     dm_cli.quiet_tensorflow()
     import dm_train
     dm_train.setup_logging()
-    summary = run(args)
+    summary = redraw_overlay(args) if args.redraw_overlay else run(args)
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 
