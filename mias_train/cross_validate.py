@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: 12 women, 128 px, 1-2 epochs")
     p.add_argument("--redraw-overlay", action="store_true",
-                   help="only redraw the lesion overlay of the finished run in --out (no training)")
+                   help="only redo the overlay and diagnostics of the finished run in --out "
+                        "(no training)")
     return p
 
 
@@ -494,6 +495,7 @@ def run(args) -> dict:
                    "mini-MIAS CV, lesion vs background patches (out-of-fold)")
     plot_learning_curves(folds, figs / "learning_curves.png")
     overlay = find_overlay(args, out, I, info, figs / "overlay.png")
+    diag = diagnostics(out, info)
 
     goals = dict(
         patch_auroc_ge_0_90=pooled["patch_lesion_vs_background"]["network"]["auroc"] >= 0.90,
@@ -502,7 +504,7 @@ def run(args) -> dict:
     summary = dict(
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
         config={k: v for k, v in vars(args).items()}, n_images=len(ids), n_women=len(women),
-        folds=folds, pooled=pooled, goals=goals,
+        folds=folds, pooled=pooled, goals=goals, diagnostics=diag,
         patch_confusion=dict(classes=PATCH_CLASSES, rows_true_cols_pred=conf.tolist()),
         image_confusion=dict(classes=IMAGE_CLASSES, rows_true_cols_pred=img_conf.tolist()),
         files=dict(roc_abnormal=str(figs / "roc_abnormal.png"),
@@ -539,9 +541,59 @@ def find_overlay(args, out: pathlib.Path, I, info, path: pathlib.Path) -> dict |
     return None
 
 
+def diagnostics(out: pathlib.Path, info) -> dict:
+    """Where the out-of-fold patch and image scores fail (for the README's diagnosis; read
+    after the run, never used to choose anything): patch AUROC per lesion kind, size and
+    background kind, and image AUROC of benign-only and malignant images against normal."""
+    import pandas as pd
+    P = pd.read_csv(out / "oof_patches.csv")
+    I = pd.read_csv(out / "oof_images.csv")
+    idx = pd.read_csv(out / "patches_all" / "patch_index.csv")
+    idx["name"] = [pathlib.Path(f).name for f in idx["file"]]
+    P = P.merge(idx[["name", "kind", "abn"]], on="name", how="left")
+    P["image_id"] = P["img_id"].str.split("_").str[1]
+    P["abn"] = pd.to_numeric(P["abn"].astype(str).str.extract(r"(\d+)$")[0], errors="coerce")
+    abn = info[info["cls"] != "NORM"].copy()
+    abn["abn"] = (abn.groupby("image_id").cumcount() + 1).astype(float)
+    P = P.merge(abn[["image_id", "abn", "cls", "radius"]], on=["image_id", "abn"], how="left")
+    bkg = P[P["label"] == 0]
+
+    def vs_bkg(mask, negatives=bkg):
+        pos = P[mask & (P["label"] > 0)]
+        if len(pos) == 0 or len(negatives) == 0:
+            return None
+        y = np.r_[np.ones(len(pos)), np.zeros(len(negatives))]
+        return dict(auroc=round(chain_auroc(y, np.r_[pos["score"], negatives["score"]]), 4),
+                    n_lesion_patches=int(len(pos)), n_lesions=int(pos.groupby(
+                        ["image_id", "abn"]).ngroups))
+    lesion = P["label"] > 0
+    r = P["radius"]
+    out_d = dict(
+        patch_by_class={"malignant": vs_bkg(P["label"] == 1), "benign": vs_bkg(P["label"] == 2)},
+        patch_by_mias_class={c: vs_bkg(P["cls"] == c) for c in sorted(abn["cls"].unique())},
+        patch_by_radius_at_1024px={"<40": vs_bkg(r < 40), "40-80": vs_bkg((r >= 40) & (r < 80)),
+                                   ">=80": vs_bkg(r >= 80)},
+        patch_lesion_vs_random_background=vs_bkg(lesion, bkg[bkg["kind"] == "bkg"]),
+        patch_lesion_vs_hard_negatives=vs_bkg(lesion, bkg[bkg["kind"] == "hns"]),
+        baseline_patch_by_class={})
+    for name, lab in (("malignant", 1), ("benign", 2)):
+        pos = P[P["label"] == lab]
+        y = np.r_[np.ones(len(pos)), np.zeros(len(bkg))]
+        out_d["baseline_patch_by_class"][name] = (round(chain_auroc(
+            y, np.r_[pos["baseline"], bkg["baseline"]]), 4) if len(pos) and len(bkg) else None)
+    normal = I[I["label"] == 0]
+    for name, lab in (("benign_vs_normal", 1), ("malignant_vs_normal", 2)):
+        pos = I[I["label"] == lab]
+        y = np.r_[np.ones(len(pos)), np.zeros(len(normal))]
+        out_d[f"image_{name}"] = (round(chain_auroc(
+            y, np.r_[1 - pos["p_normal"], 1 - normal["p_normal"]]), 4)
+            if len(pos) and len(normal) else None)
+    return out_d
+
+
 def redraw_overlay(args) -> dict:
-    """Redraw the overlay of a finished run from its saved out-of-fold table and models,
-    with the run's own settings; updates summary.json."""
+    """Redo the report steps that need no training on a finished run (the overlay and the
+    diagnostics) from its saved out-of-fold tables and models; updates summary.json."""
     import pandas as pd
     out = pathlib.Path(args.out)
     summary = json.loads((out / "summary.json").read_text())
@@ -550,6 +602,7 @@ def redraw_overlay(args) -> dict:
     I = pd.read_csv(out / "oof_images.csv")
     summary["files"]["overlay"] = find_overlay(run_args, out, I, info,
                                                out / "figures" / "overlay.png")
+    summary["diagnostics"] = diagnostics(out, info)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

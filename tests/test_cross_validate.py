@@ -101,4 +101,10 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
                                      "image_abnormal_ci_low_gt_0_6"}
     for key in ("roc_abnormal", "roc_malignant", "roc_patches", "learning_curves"):
         assert (out / "figures" / f"{key}.png").stat().st_size > 1000
+    d = summary["diagnostics"]
+    n_lesion = int((patches["label"] > 0).sum())
+    assert d["patch_lesion_vs_random_background"]["n_lesion_patches"] == n_lesion
+    assert sum(v["n_lesion_patches"] for v in d["patch_by_class"].values()) == n_lesion
+    assert sum(v["n_lesion_patches"] for v in d["patch_by_radius_at_1024px"].values() if v) \
+        == n_lesion          # every lesion patch is traced back to its Info.txt radius
     assert summary["wall_s"] > 0
