@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only this many women (stratified pick; trials and tests)")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: 12 women, 128 px, 1-2 epochs")
-    p.add_argument("--redraw-overlay", action="store_true",
-                   help="only redo the overlay and diagnostics of the finished run in --out "
-                        "(no training)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redo the steps after training (overlay, diagnostics, heatmap "
+                        "scores) of the finished run in --out")
     return p
 
 
@@ -261,23 +261,35 @@ def chain_plot_roc(y, s, roc: pathlib.Path, title: str) -> None:
     dm_metrics.plot_curves(y, s, str(roc), str(roc.with_name(roc.stem + "_pr.png")), title=title)
 
 
-def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: int):
-    """Sliding-window lesion score 1 - p(background) of a patch model on the image's grid,
-    NaN outside the breast shrunk by half a patch (training patches came from inside the
-    breast; at its edge the windows take in the zero padding and the film border)."""
+_MODELS: dict = {}
+
+
+def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: int,
+                     column: int | None = None):
+    """Sliding-window lesion score 1 - p(background) (or p(class `column`), or with
+    column=-1 both as a pair) of a patch model on the image's grid, NaN outside the breast
+    shrunk by half a patch (training patches came from inside the breast; at its edge the
+    windows take in the padding and the film border)."""
     import cv2
     import dm_inference
     from dm_preprocess import breast_mask
-    m = dm_inference.load_models([model_path])[0]
+    if model_path not in _MODELS:
+        _MODELS.clear()
+        _MODELS[model_path] = dm_inference.load_models([model_path])[0]
+    m = _MODELS[model_path]
     img = cv2.imread(img_path, cv2.IMREAD_UNCHANGED)
     hm = dm_inference.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
-                                             segment=False)
-    lesion = 1.0 - hm.probs[..., 0]
-    heat = dm_inference.place_heatmap(lesion, img.shape, hm.centre0, stride)
+                                             segment=False, batch_size=256)
     inside = cv2.erode(breast_mask(img)[0], np.ones((patch_size, patch_size), np.uint8),
                        borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    heat[inside == 0] = np.nan
-    return img, heat
+
+    def place(score):
+        heat = dm_inference.place_heatmap(score, img.shape, hm.centre0, stride)
+        heat[inside == 0] = np.nan
+        return heat
+    if column == -1:
+        return img, (place(1.0 - hm.probs[..., 0]), place(hm.probs[..., 1]))
+    return img, place(1.0 - hm.probs[..., 0] if column is None else hm.probs[..., column])
 
 
 def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
@@ -496,6 +508,7 @@ def run(args) -> dict:
     plot_learning_curves(folds, figs / "learning_curves.png")
     overlay = find_overlay(args, out, I, info, figs / "overlay.png")
     diag = diagnostics(out, info)
+    hm_scores = heatmap_max_scores(args, out, I, nb, sd)
 
     goals = dict(
         patch_auroc_ge_0_90=pooled["patch_lesion_vs_background"]["network"]["auroc"] >= 0.90,
@@ -505,6 +518,7 @@ def run(args) -> dict:
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
         config={k: v for k, v in vars(args).items()}, n_images=len(ids), n_women=len(women),
         folds=folds, pooled=pooled, goals=goals, diagnostics=diag,
+        image_score_from_patch_heatmap_max=hm_scores,
         patch_confusion=dict(classes=PATCH_CLASSES, rows_true_cols_pred=conf.tolist()),
         image_confusion=dict(classes=IMAGE_CLASSES, rows_true_cols_pred=img_conf.tolist()),
         files=dict(roc_abnormal=str(figs / "roc_abnormal.png"),
@@ -591,7 +605,33 @@ def diagnostics(out: pathlib.Path, info) -> dict:
     return out_d
 
 
-def redraw_overlay(args) -> dict:
+def heatmap_max_scores(args, out: pathlib.Path, I, n_boot: int, seed: int) -> dict:
+    """A fixed second image score from the same out-of-fold patch models, without the
+    whole-image classifier: the maximum of the sliding-window lesion map (1 - p(background))
+    inside the breast, and of the p(malignant) map. Tells whether the patch classifier's
+    signal reaches the image level when the trained whole-image model does not."""
+    import pandas as pd
+    from tqdm import tqdm
+    stride = max(4, args.patch_size // 4)
+    rows = []
+    for r in tqdm(sorted(I.itertuples(index=False), key=lambda r: r.fold), desc="heatmaps",
+                  file=sys.stderr):
+        model = str(out / f"fold{r.fold}" / "patch_model.keras")
+        path = str(out / "data" / "full_images" / f"{r.image_id}.png")
+        les, mal = chain_lesion_map(model, path, args.patch_size, stride, column=-1)[1]
+        rows.append((r.image_id, float(np.nanmax(les)), float(np.nanmax(mal))))
+    H = I.merge(pd.DataFrame(rows, columns=["image_id", "hm_lesion_max", "hm_malignant_max"]),
+                on="image_id")
+    H.to_csv(out / "oof_images_heatmap.csv", index=False)
+    return dict(
+        stride=stride,
+        abnormal_vs_normal=cluster_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
+                                             n_boot, seed),
+        malignant_vs_rest=cluster_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
+                                            n_boot, seed))
+
+
+def report_only(args) -> dict:
     """Redo the report steps that need no training on a finished run (the overlay and the
     diagnostics) from its saved out-of-fold tables and models; updates summary.json."""
     import pandas as pd
@@ -603,6 +643,8 @@ def redraw_overlay(args) -> dict:
     summary["files"]["overlay"] = find_overlay(run_args, out, I, info,
                                                out / "figures" / "overlay.png")
     summary["diagnostics"] = diagnostics(out, info)
+    summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
+        run_args, out, I, run_args.n_boot, run_args.seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -613,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dm_cli.quiet_tensorflow()
     import dm_train
     dm_train.setup_logging()
-    summary = redraw_overlay(args) if args.redraw_overlay else run(args)
+    summary = report_only(args) if args.report_only else run(args)
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 

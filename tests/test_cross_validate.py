@@ -107,4 +107,7 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     assert sum(v["n_lesion_patches"] for v in d["patch_by_class"].values()) == n_lesion
     assert sum(v["n_lesion_patches"] for v in d["patch_by_radius_at_1024px"].values() if v) \
         == n_lesion          # every lesion patch is traced back to its Info.txt radius
+    hm = summary["image_score_from_patch_heatmap_max"]
+    assert hm["abnormal_vs_normal"]["n"] == 24 and hm["malignant_vs_rest"]["n_pos"] == \
+        summary["pooled"]["image_malignant_vs_rest"]["network"]["n_pos"]
     assert summary["wall_s"] > 0
