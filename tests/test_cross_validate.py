@@ -1,0 +1,113 @@
+"""mias_train/cross_validate.py: folds by woman, the clustered bootstrap, and a --quick run
+of the whole chain on a handful of mini-MIAS images."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mias_train import cross_validate as cv
+
+
+def _strata(n0=20, n1=12, n2=9):
+    s = {f"W{i:03d}": 0 for i in range(n0)}
+    s.update({f"W{100 + i:03d}": 1 for i in range(n1)})
+    s.update({f"W{200 + i:03d}": 2 for i in range(n2)})
+    return s
+
+
+def test_folds_partition_women_stratified_and_seeded():
+    s = _strata()
+    f = cv.assign_folds(s, 5, seed=3)
+    assert set(f) == set(s) and set(f.values()) == set(range(5))
+    sizes = np.bincount(list(f.values()))
+    assert sizes.max() - sizes.min() <= 1
+    for stratum in (0, 1, 2):       # every stratum is spread over the folds
+        per = np.bincount([f[w] for w in s if s[w] == stratum], minlength=5)
+        assert per.max() - per.min() <= 1
+    assert cv.assign_folds(s, 5, seed=3) == f
+    assert cv.assign_folds(s, 5, seed=4) != f
+
+
+def test_inner_validation_takes_every_class_from_training_women_only():
+    s = _strata()
+    train = [w for w in sorted(s) if int(w[1:]) % 3]      # some subset
+    val = cv.inner_validation(s, train, 0.2, seed=1)
+    assert val < set(train)
+    assert {s[w] for w in val} == {0, 1, 2}
+    assert len(val) == sum(max(1, round(0.2 * sum(s[w] == k for w in train))) for k in (0, 1, 2))
+
+
+def test_cluster_bootstrap_resamples_groups():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 10)
+    y = np.repeat(np.arange(40) % 2, 10).astype(bool)
+    s = y + rng.normal(0, 1.0, len(y))
+    r = cv.cluster_bootstrap(y, s, groups, n_boot=300, seed=1)
+    assert r["ci_low"] < r["auroc"] < r["ci_high"]
+    assert r["n_groups"] == 40 and r["n"] == 400 and r["n_pos"] == 200
+    # identical patches within a group: the interval is as wide as with one item per group
+    one = cv.cluster_bootstrap(y[::10], s[::10], groups[::10], n_boot=300, seed=1)
+    rep = cv.cluster_bootstrap(y, np.repeat(s[::10], 10), groups, n_boot=300, seed=1)
+    assert rep["auroc"] == pytest.approx(one["auroc"])
+    assert rep["ci_high"] - rep["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
+
+
+def test_baseline_direction_is_chosen_on_training_data():
+    y = np.array([0, 0, 1, 1])
+    assert cv.oriented(y, [1.0, 2.0, 3.0, 4.0]) == 1.0
+    assert cv.oriented(y, [4.0, 3.0, 2.0, 1.0]) == -1.0
+
+
+def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
+    mias = shared_data / "mias"
+    if not (mias / "Info.txt").is_file():
+        pytest.skip("mini-MIAS not in the shared data")
+    out = tmp_path / "cv"
+    assert cv.main([str(mias), "--out", str(out), "--quick", "--folds", "2"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert summary == json.loads((out / "summary.json").read_text())
+
+    assert summary["n_women"] == 12 and summary["n_images"] == 24
+    folds = summary["folds"]
+    assert [f["fold"] for f in folds] == [0, 1]
+    tests = [set(f["test_women"]) for f in folds]
+    assert not tests[0] & tests[1]
+    assert tests[0] | tests[1] == set(folds[0]["train_women"]) | tests[0]
+    for f in folds:
+        assert not set(f["test_women"]) & set(f["train_women"])
+        assert set(f["val_women"]) < set(f["train_women"])
+        assert f["patch_history"]["epoch"] and f["image_history"]["epoch"]
+
+    images = pd.read_csv(out / "oof_images.csv")
+    assert len(images) == 24 and images["image_id"].is_unique
+    assert (images.groupby("woman")["fold"].nunique() == 1).all()    # both breasts, one fold
+    assert images.groupby("woman").size().eq(2).all()
+    for f in folds:
+        assert set(images.loc[images["fold"] == f["fold"], "woman"]) == set(f["test_women"])
+    patches = pd.read_csv(out / "oof_patches.csv")
+    assert set(patches["img_id"].str.split("_").str[0]) <= set(images["woman"])
+    assert (patches.groupby("img_id")["fold"].nunique() == 1).all()
+
+    for name in ("patch_lesion_vs_background", "image_abnormal_vs_normal",
+                 "image_malignant_vs_rest"):
+        for kind, r in summary["pooled"][name].items():
+            assert 0.0 <= r["ci_low"] <= r["auroc"] <= r["ci_high"] <= 1.0, (name, kind)
+    assert summary["pooled"]["image_abnormal_vs_normal"]["network"]["n"] == 24
+    conf = np.array(summary["patch_confusion"]["rows_true_cols_pred"])
+    assert conf.shape == (3, 3) and conf.sum() == len(patches)
+    assert set(summary["goals"]) == {"patch_auroc_ge_0_90", "image_abnormal_auroc_ge_0_75",
+                                     "image_abnormal_ci_low_gt_0_6"}
+    for key in ("roc_abnormal", "roc_malignant", "roc_patches", "learning_curves"):
+        assert (out / "figures" / f"{key}.png").stat().st_size > 1000
+    d = summary["diagnostics"]
+    n_lesion = int((patches["label"] > 0).sum())
+    assert d["patch_lesion_vs_random_background"]["n_lesion_patches"] == n_lesion
+    assert sum(v["n_lesion_patches"] for v in d["patch_by_class"].values()) == n_lesion
+    assert sum(v["n_lesion_patches"] for v in d["patch_by_radius_at_1024px"].values() if v) \
+        == n_lesion          # every lesion patch is traced back to its Info.txt radius
+    hm = summary["image_score_from_patch_heatmap_max"]
+    assert hm["abnormal_vs_normal"]["n"] == 24 and hm["malignant_vs_rest"]["n_pos"] == \
+        summary["pooled"]["image_malignant_vs_rest"]["network"]["n_pos"]
+    assert summary["wall_s"] > 0
