@@ -51,14 +51,35 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     """Class probabilities for every image of a finite dataset, in order.
 
     With `tta`, the mean of the predictions on the image and its horizontal, vertical
-    and double flips (docs/method.md, section 2).
+    and double flips (docs/method.md, section 2), all four in one batched network call.
+    The forward function is traced once per model for any batch size (the last, partial
+    batch included), so scoring runs at the network's speed (benchmarks/bench_inference.py).
     """
-    images = _images_only(ds)
-    if not tta:
-        return model.predict(images, verbose=verbose)
-    preds = [model.predict(images.map(lambda x, m=m: flip(x, m)), verbose=verbose)
-             for m in FLIPS]
-    return np.mean(preds, axis=0)
+    forward = _forward(model, tta)
+    out = [forward(x).numpy() for x in _images_only(ds)]
+    n_out = int(model.outputs[0].shape[-1])
+    return np.concatenate(out) if out else np.zeros((0, n_out), np.float32)
+
+
+def _forward(model, tta: bool):
+    """The model's inference call as a `tf.function` with a batch-free signature, cached on
+    the model; with `tta` the four flips go through the network as one batch."""
+    import tensorflow as tf
+    cache = model.__dict__.setdefault("_dm_forward", {})
+    key = (tta, tuple(l.dtype_policy.name for l in model.layers))  # a new trace per precision
+    if key not in cache:
+        spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def forward(x):
+            if not tta:
+                return tf.cast(model(x, training=False), tf.float32)
+            n = tf.shape(x)[0]
+            flips = tf.concat([flip(x, m) for m in FLIPS], axis=0)
+            p = tf.cast(model(flips, training=False), tf.float32)
+            return tf.reduce_mean(tf.reshape(p, (len(FLIPS), n, -1)), axis=0)
+        cache[key] = forward
+    return cache[key]
 
 
 def predict_models(models: Sequence, ds, tta: bool = False) -> np.ndarray:
