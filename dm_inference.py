@@ -55,13 +55,13 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     The forward function is traced once per model for any batch size (the last, partial
     batch included), so scoring runs at the network's speed (benchmarks/bench_inference.py).
     """
-    forward = _forward(model, tta)
+    forward = forward_fn(model, tta)
     out = [forward(x).numpy() for x in _images_only(ds)]
     n_out = int(model.outputs[0].shape[-1])
     return np.concatenate(out) if out else np.zeros((0, n_out), np.float32)
 
 
-def _forward(model, tta: bool):
+def forward_fn(model, tta: bool = False):
     """The model's inference call as a `tf.function` with a batch-free signature, cached on
     the model; with `tta` the four flips go through the network as one batch."""
     import tensorflow as tf
@@ -502,13 +502,14 @@ def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: i
     rows, cols, y0, x0 = sweep_grid(padded.shape, patch_size, stride)
     n = rows * cols
     out = None
+    forward = forward_fn(model)                     # one trace, whatever the batch size
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         batch = np.stack([prepare_patch(
             padded[y0 + (i // cols) * stride:y0 + (i // cols) * stride + patch_size,
                    x0 + (i % cols) * stride:x0 + (i % cols) * stride + patch_size], recipe)
             for i in idx])
-        p = np.asarray(model.predict_on_batch(batch))
+        p = forward(batch.astype(np.float32)).numpy()
         if out is None:
             out = np.empty((n, p.shape[-1]), np.float32)
         out[start:start + len(p)] = p

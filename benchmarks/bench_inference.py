@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         net = loaded[0].model
         x = np.random.default_rng(0).normal(
             size=(a.batch_size, *a.img_size, net.inputs[0].shape[-1])).astype(np.float32)
-        bare = inf._forward(net, tta=False)              # the network, nothing else
+        bare = inf.forward_fn(net, tta=False)              # the network, nothing else
         steps = -(-a.n // a.batch_size)
         measure("bare_img_s", lambda: [bare(x[:min(a.batch_size, a.n - i * a.batch_size)])
                                        .numpy() for i in range(steps)])
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
             served.serve_uint16(raw[i:i + a.batch_size])["probabilities"].numpy()
             for i in range(0, a.n, a.batch_size)])
         dm_modelfile.set_precision(net, "bfloat16")
-        bare16 = inf._forward(net, tta=False)
+        bare16 = inf.forward_fn(net, tta=False)
         measure("bare_bf16_img_s", lambda: [bare16(x[:min(a.batch_size, a.n - i * a.batch_size)])
                                             .numpy() for i in range(steps)])
     res["predict_vs_bare"] = res["predict_img_s"] / res["bare_img_s"]
