@@ -19,7 +19,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     hidden_dropout2=0.0, optim="sgd", init_lr=0.01, lr_patience=10, es_patience=25,
     pos_cls_weight=1.0, neg_cls_weight=1.0, final_model="NOSAVE", resume_from=None,
     top_layer_nb=None, bias_multiplier=None, seed=None, distribute=False,
-    mixed_precision=False, jit_compile=False, tensorboard=None, history_csv=None,
+    mixed_precision=None, jit_compile=False, tensorboard=None, history_csv=None,
     test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
     frozen_bn="batch",
 )
@@ -167,7 +167,13 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="random seed (default: $RANDOM_SEED or 12345)")
     _bool(g, "distribute", "distribute",
           "data-parallel over all local devices (MirroredStrategy; TF_CONFIG: multi-worker)")
-    _bool(g, "mixed-precision", "mixed_precision", "mixed float16 compute (GPUs)")
+    g.add_argument("--mixed-precision", dest="mixed_precision", nargs="?", const="float16",
+                   choices=["float16", "bfloat16"],
+                   help="mixed-precision compute: float16 (GPUs; the flag alone) or bfloat16 "
+                        "(CPUs with AVX512-BF16/AMX, TPUs, recent GPUs); weights, softmax, loss "
+                        "and metrics stay float32, saved models predict in float32")
+    g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const",
+                   const=None, help="turn off --mixed-precision")
     _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA")
     _bool(g, "unsafe-load", "unsafe_load", "allow Lambda layers in loaded model files")
 

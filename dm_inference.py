@@ -51,14 +51,35 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     """Class probabilities for every image of a finite dataset, in order.
 
     With `tta`, the mean of the predictions on the image and its horizontal, vertical
-    and double flips (docs/method.md, section 2).
+    and double flips (docs/method.md, section 2), all four in one batched network call.
+    The forward function is traced once per model for any batch size (the last, partial
+    batch included), so scoring runs at the network's speed (benchmarks/bench_inference.py).
     """
-    images = _images_only(ds)
-    if not tta:
-        return model.predict(images, verbose=verbose)
-    preds = [model.predict(images.map(lambda x, m=m: flip(x, m)), verbose=verbose)
-             for m in FLIPS]
-    return np.mean(preds, axis=0)
+    forward = forward_fn(model, tta)
+    out = [forward(x).numpy() for x in _images_only(ds)]
+    n_out = int(model.outputs[0].shape[-1])
+    return np.concatenate(out) if out else np.zeros((0, n_out), np.float32)
+
+
+def forward_fn(model, tta: bool = False):
+    """The model's inference call as a `tf.function` with a batch-free signature, cached on
+    the model; with `tta` the four flips go through the network as one batch."""
+    import tensorflow as tf
+    cache = model.__dict__.setdefault("_dm_forward", {})
+    key = (tta, tuple(l.dtype_policy.name for l in model.layers))  # a new trace per precision
+    if key not in cache:
+        spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+
+        @tf.function(input_signature=[spec])
+        def forward(x):
+            if not tta:
+                return tf.cast(model(x, training=False), tf.float32)
+            n = tf.shape(x)[0]
+            flips = tf.concat([flip(x, m) for m in FLIPS], axis=0)
+            p = tf.cast(model(flips, training=False), tf.float32)
+            return tf.reduce_mean(tf.reshape(p, (len(FLIPS), n, -1)), axis=0)
+        cache[key] = forward
+    return cache[key]
 
 
 def predict_models(models: Sequence, ds, tta: bool = False) -> np.ndarray:
@@ -481,13 +502,14 @@ def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: i
     rows, cols, y0, x0 = sweep_grid(padded.shape, patch_size, stride)
     n = rows * cols
     out = None
+    forward = forward_fn(model)                     # one trace, whatever the batch size
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         batch = np.stack([prepare_patch(
             padded[y0 + (i // cols) * stride:y0 + (i // cols) * stride + patch_size,
                    x0 + (i % cols) * stride:x0 + (i % cols) * stride + patch_size], recipe)
             for i in idx])
-        p = np.asarray(model.predict_on_batch(batch))
+        p = forward(batch.astype(np.float32)).numpy()
         if out is None:
             out = np.empty((n, p.shape[-1]), np.float32)
         out[start:start + len(p)] = p

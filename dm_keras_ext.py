@@ -25,7 +25,7 @@ from dm_callbacks import (AucCheckpoint, BestModelCheckpoint, LastCheckpoint,  #
 from dm_layers import IMAGENET_PREPROCESS, ImageNetPreprocess  # noqa: F401
 from dm_modelfile import (META_ATTR, META_MEMBER, ModelFileError, ModelKindError,  # noqa: F401
                           ModelMeta, check_model_kind, load_model, read_model_meta,
-                          read_resume_state, save_model, write_model_meta)
+                          read_resume_state, save_model, set_precision, write_model_meta)
 
 log = logging.getLogger(__name__)
 

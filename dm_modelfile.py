@@ -153,7 +153,29 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
     Lambda layers are refused unless `safe_mode=False` (`--unsafe-load`).
     """
     import dm_checkpoint
-    return dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
+    model = dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
+    if not compile:
+        set_precision(model, None)   # a model trained in mixed precision predicts in float32
+    return model
+
+
+PRECISIONS = ("float16", "bfloat16")
+
+
+def set_precision(model: keras.Model, precision: str | None) -> keras.Model:
+    """Compute every layer in float32 (`precision` None) or in mixed `precision`
+    ("float16" or "bfloat16": float32 weights, low-precision compute), keeping the output
+    layer (the softmax) in float32 either way. Takes effect at the next call or trace;
+    returns the model."""
+    if precision not in (None, *PRECISIONS):
+        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    policy = f"mixed_{precision}" if precision else "float32"
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.InputLayer):
+            layer.dtype_policy = policy
+    if precision:
+        model.layers[-1].dtype_policy = "float32"
+    return model
 
 
 def read_resume_state(path: str | os.PathLike) -> dict | None:

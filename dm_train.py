@@ -40,8 +40,8 @@ def setup_runtime(cfg) -> Any:
     """
     import keras
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(
+        f"mixed_{cfg.mixed_precision}" if cfg.mixed_precision else "float32")
     return dm_distribute.choose_strategy(cfg.distribute)
 
 
@@ -336,6 +336,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
     if dm_distribute.is_multi_worker():
         dm_distribute.synchronize_batch_norm(model)
+    dm_keras_ext.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
     channels = int(model.inputs[0].shape[-1])
     recipe = recipe_from_config(cfg, channels, input_bits)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)

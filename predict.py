@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column names, only for models that store none")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow Lambda layers in model files (runs code from the file)")
+    p.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
+                   help="compute in this precision (the softmax stays float32); default float32")
     p.add_argument("--no-calibration", action="store_true",
                    help="raw probabilities: ignore the calibration stored by calibrate.py")
     r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
@@ -112,6 +114,10 @@ def run(args) -> int:
     if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
         raise inf.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
                                  "print the CSV)")
+    if args.mixed_precision:  # scoring only: the export above stays float32
+        import dm_modelfile
+        for m in models:
+            dm_modelfile.set_precision(m.model, args.mixed_precision)
     import dm_calibration
     probs = dm_calibration.score_models(
         models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size, args.test_augment,

@@ -1,15 +1,20 @@
 """Whole-image prediction throughput at 1152x896 on this machine, in one run.
 
-A random-init patch net (ResNet50 by default, or VGG16) with the "512x1" top (one VGG
-block of 512), saved with its recipe, scores synthetic 16-bit PNGs (raw size --raw-size):
-  plain    model(x) on one preprocessed image at a time (network only);
-  batched  dm_inference.score_paths: read + cubic resize + recipe + predict, --batch-size;
-  tta      the same with 4-flip test-time augmentation;
-  export   the serving SavedModel (dm_export, cv2-cubic resize in the graph), raw uint16
-           batches in (resize + recipe + network, no file reading).
-Each is timed after a warm-up; the last line is one JSON object with images/s.
+A random-init patch net (ResNet50 by default, or VGG16) with the paper's "512x1" top
+(two VGG blocks of 512; `--top 512-512-1024x2` for the other), saved with its recipe,
+scores synthetic 16-bit PNGs (raw size --raw-size):
+  bare     the network alone on a preprocessed batch of --batch-size (the ceiling);
+  predict  the predict.py path from files: read + cubic resize + recipe + network
+           (`dm_inference.score_paths`);
+  tta      the same with 4-flip test-time augmentation (one batched call per batch);
+  export   the serving SavedModel (dm_export), raw uint16 batches in;
+  bare_bf16  the bare network computing in bfloat16 (`--mixed-precision bfloat16`).
+Every measurement is run once untimed with exactly the shapes it times (the last,
+partial batch included), then timed over --n images. The last line is one JSON object
+with images/s and the ratios predict_vs_bare, tta_vs_bare (TTA images/s x 4 / bare) and
+bf16_vs_fp32.
 
-    python benchmarks/bench_inference.py [--net resnet50] [--n 4] [--batch-size 2]
+    python benchmarks/bench_inference.py [--net resnet50] [--n 16] [--batch-size 4]
 """
 from __future__ import annotations
 
@@ -54,29 +59,39 @@ def timed(fn, n_images: int) -> float:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--net", default="resnet50", choices=["resnet50", "vgg16"])
-    p.add_argument("--n", type=int, default=4, help="images per measurement")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--top", default="512x1", choices=["512x1", "512-512-1024x2"])
+    p.add_argument("--n", type=int, default=16, help="images per measurement")
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
     p.add_argument("--raw-size", nargs=2, type=int, default=[1400, 1100])
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     import keras
-    import tensorflow as tf
     import dm_export
     import dm_inference as inf
     import dm_keras_ext
+    import dm_modelfile
     import dm_resnet
     from dm_image import Recipe
     from dm_keras_ext import ModelMeta
+    logging.getLogger("dm_inference").setLevel(logging.WARNING)
 
     keras.utils.set_random_seed(1)
     patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
-    model, _ = dm_resnet.add_top_layers(patch, a.img_size, block_type="vgg", depths=[512],
-                                        repetitions=[1], nb_class=2)
+    top = (dict(block_type="vgg", depths=[512, 512], repetitions=[1, 1]) if a.top == "512x1"
+           else dict(block_type="resnet", depths=[512, 512], repetitions=[2, 2],
+                     bottleneck_enlarge_factor=2))
+    model, _ = dm_resnet.add_top_layers(patch, a.img_size, nb_class=2, **top)
     recipe = Recipe(img_size=tuple(a.img_size), rescale_factor=255 / 65535,
                     featurewise_center=True, featurewise_mean=52.18)
-    res = dict(net=a.net, top="512x1", img_size=a.img_size, raw_size=a.raw_size, n=a.n,
+    res = dict(net=a.net, top=a.top, img_size=a.img_size, raw_size=a.raw_size, n=a.n,
                batch_size=a.batch_size, threads=os.cpu_count())
+
+    def measure(name, fn):
+        fn()                                             # warm-up with the timed shapes
+        res[name] = timed(fn, a.n)
+        log.info("%-10s %.3f images/s", name, res[name])
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         path = tmp / "m.keras"
@@ -84,24 +99,27 @@ def main(argv=None) -> dict:
         paths = make_images(tmp, a.n, *a.raw_size)
         loaded = inf.load_models([str(path)])
         net = loaded[0].model
-        x = np.random.default_rng(0).normal(size=(1, *a.img_size, 3)).astype(np.float32)
-        call = tf.function(lambda t: net(t, training=False))
-        call(x)                                                  # warm-up / trace
-        res["plain_img_s"] = timed(lambda: [call(x).numpy() for _ in range(a.n)], a.n)
-        log.info("plain model call: %.3f images/s", res["plain_img_s"])
-        inf.score_paths(loaded, paths[:1], a.batch_size)         # warm-up
-        res["batched_img_s"] = timed(lambda: inf.score_paths(loaded, paths, a.batch_size), a.n)
-        log.info("batched predict (read+preprocess+net): %.3f images/s", res["batched_img_s"])
-        res["tta_img_s"] = timed(lambda: inf.score_paths(loaded, paths, a.batch_size, tta=True),
-                                 a.n)
-        log.info("with 4-flip TTA: %.3f images/s", res["tta_img_s"])
+        x = np.random.default_rng(0).normal(
+            size=(a.batch_size, *a.img_size, net.inputs[0].shape[-1])).astype(np.float32)
+        bare = inf.forward_fn(net, tta=False)              # the network, nothing else
+        steps = -(-a.n // a.batch_size)
+        measure("bare_img_s", lambda: [bare(x[:min(a.batch_size, a.n - i * a.batch_size)])
+                                       .numpy() for i in range(steps)])
+        measure("predict_img_s", lambda: inf.score_paths(loaded, paths, a.batch_size))
+        measure("tta_img_s", lambda: inf.score_paths(loaded, paths, a.batch_size, tta=True))
         dm_export.export_serving(net, recipe, ["neg", "pos"], str(tmp / "served"))
         served, _ = dm_export.load_serving(str(tmp / "served"))
         raw = np.stack([cv2.imread(q, cv2.IMREAD_UNCHANGED) for q in paths])
-        served.serve_uint16(raw[:a.batch_size])                   # warm-up
-        res["export_img_s"] = timed(lambda: [served.serve_uint16(raw[i:i + a.batch_size])["probabilities"].numpy()
-                                             for i in range(0, a.n, a.batch_size)], a.n)
-        log.info("exported SavedModel (raw uint16 in): %.3f images/s", res["export_img_s"])
+        measure("export_img_s", lambda: [
+            served.serve_uint16(raw[i:i + a.batch_size])["probabilities"].numpy()
+            for i in range(0, a.n, a.batch_size)])
+        dm_modelfile.set_precision(net, "bfloat16")
+        bare16 = inf.forward_fn(net, tta=False)
+        measure("bare_bf16_img_s", lambda: [bare16(x[:min(a.batch_size, a.n - i * a.batch_size)])
+                                            .numpy() for i in range(steps)])
+    res["predict_vs_bare"] = res["predict_img_s"] / res["bare_img_s"]
+    res["tta_vs_bare"] = res["tta_img_s"] * 4 / res["bare_img_s"]
+    res["bf16_vs_fp32"] = res["bare_bf16_img_s"] / res["bare_img_s"]
     res = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()}
     print(json.dumps(res))
     return res

@@ -3,7 +3,8 @@
     python benchmarks/bench_train.py --net vgg16 --img-size 1152 896 --batch-size 2
 
 Each setting runs in its own process (so peak memory is its own): float32 (the baseline),
-mixed float16, XLA, and mixed + XLA. On a GPU, peak memory is TensorFlow's device peak;
+mixed float16 (`fp16`, for GPUs), mixed bfloat16 (`bf16`, for CPUs with AVX512-BF16/AMX
+and recent GPUs), XLA, and mixed + XLA. On a GPU, peak memory is TensorFlow's device peak;
 on the CPU it is the process's peak resident memory. Prints a table and, last, one JSON
 line with images/s, peak MB and the ratio of each setting to the float32 baseline.
 """
@@ -28,13 +29,13 @@ def worker(a) -> dict:
     sys.path.insert(0, HERE)
     import dm_keras_ext
     import dm_resnet
-    if a.mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    precision = {"none": None, "fp16": "float16", "bf16": "bfloat16"}[a.precision]
     keras.utils.set_random_seed(0)
     patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
     model, _ = dm_resnet.add_top_layers(patch, a.img_size, block_type=a.block_type,
                                         depths=a.top_depths, repetitions=a.top_repetitions,
                                         bottleneck_enlarge_factor=a.enlarge)
+    dm_keras_ext.set_precision(model, precision)   # as the trainers' --mixed-precision
     model.compile(optimizer=dm_keras_ext.create_optimizer("adam", 1e-4),
                   loss="categorical_crossentropy", jit_compile=bool(a.xla))
     ch = model.inputs[0].shape[-1]
@@ -63,19 +64,20 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--block-type", default="vgg")
-    p.add_argument("--top-depths", nargs="+", type=int, default=[512])
-    p.add_argument("--top-repetitions", nargs="+", type=int, default=[1])
+    p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])   # "512x1"
+    p.add_argument("--top-repetitions", nargs="+", type=int, default=[1, 1])
     p.add_argument("--enlarge", type=int, default=2)
-    p.add_argument("--settings", nargs="+", default=["fp32", "mixed", "xla", "mixed+xla"])
-    p.add_argument("--worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--settings", nargs="+", default=["fp32", "bf16", "fp16", "xla", "bf16+xla"])
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        a.mixed, a.xla = a.worker
+        a.precision, a.xla = a.worker[0], int(a.worker[1])
         print("RESULT " + json.dumps(worker(a)))
         return
     results = {}
     for s in a.settings:
-        flags = ["--worker", str(int("mixed" in s)), str(int("xla" in s))]
+        prec = "bf16" if "bf16" in s else ("fp16" if "fp16" in s else "none")
+        flags = ["--worker", prec, str(int("xla" in s))]
         cmd = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], *flags]
         out = subprocess.run(cmd, capture_output=True, text=True,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -95,8 +97,10 @@ def main() -> None:
         r["speed_vs_fp32"] = ratio
         print(f"  {s:10s} {r['images_per_s']:8.3f} images/s  x{ratio:5.2f}  "
               f"peak {r['peak_mb']:8.0f} MB ({r['device']})")
+    bf16 = results.get("bf16", {}).get("images_per_s")
     print(json.dumps(dict(net=a.net, img_size=a.img_size, batch_size=a.batch_size,
-                          results=results)))
+                          results=results,
+                          bf16_vs_fp32=bf16 / base if bf16 and base else None)))
 
 
 if __name__ == "__main__":

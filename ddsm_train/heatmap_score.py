@@ -408,14 +408,14 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         else:
             x = dm_image.preprocess(img, recipe)[None]
             if mode == "fprop":
-                probs = net.predict_on_batch(x)[0]
+                probs = inf.forward_fn(net)(x.astype(np.float32)).numpy()[0]
                 maps.append(probs)
                 ch, shown = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
                 title = f"{it.patient_id} {it.side} {it.view}: p({shown}) max {np.max(ch):.3f}"
             else:
                 ch = inf.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
-                p = float(np.asarray(net.predict_on_batch(x))[0, cls])
+                p = float(inf.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
                 shown = classes[cls]
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
                 title = f"{it.patient_id} {it.side} {it.view}: p({shown}) = {p:.3f}, Grad-CAM"

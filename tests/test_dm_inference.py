@@ -40,6 +40,30 @@ def test_tta_is_mean_of_four_flips(saved, images):
     np.testing.assert_allclose(plain, each[0], atol=1e-5)
 
 
+def test_scoring_traces_once_for_all_batch_sizes_and_tta_is_one_call(saved, images):
+    m = inf.load_models([str(saved["image1"])])[0]
+    inf.score_paths([m], images, batch_size=2)                  # batches of 2, 2 and 1
+    inf.score_paths([m], images[:3], batch_size=3)
+    inf.score_paths([m], images, batch_size=2, tta=True)
+    forwards = list(m.model.__dict__["_dm_forward"].values())
+    assert len(forwards) == 2                                    # plain and TTA
+    assert [f.experimental_get_tracing_count() for f in forwards] == [1, 1]
+    calls = []
+    real_call = type(m.model).__call__
+
+    class Counting(type(m.model)):
+        def __call__(self, *a, **k):
+            calls.append(tuple(a[0].shape))
+            return real_call(self, *a, **k)
+    m.model.__class__ = Counting
+    try:
+        m.model.__dict__.pop("_dm_forward")
+        inf.score_paths([m], images, batch_size=2, tta=True)
+    finally:
+        m.model.__class__ = Counting.__mro__[1]
+    assert [c[0] for c in calls] == [None]      # traced once: the four flips as one batch
+
+
 def test_model_average_is_mean_of_outputs(saved, images):
     ms = inf.load_models([str(saved["image1"]), str(saved["image2"])])
     x = _inputs(images, IMAGE_RECIPE)
