@@ -197,8 +197,11 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
         out = None
         for idx, r in depth_groups(paths, depths, recipe, convert_bits, m.path):
             sub = [paths[i] for i in idx]
+            # TTA sends each batch's four flips through the network as one call: a quarter
+            # of the batch keeps that call at the network's usual batch size.
+            bs = max(1, batch_size // len(FLIPS)) if tta else batch_size
             ds = dm_image.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
-                                       batch_size, training=False)
+                                       bs, training=False)
             log.info("scoring %d images with %s (recipe %s%s)", len(sub), m.path,
                      r.to_json(), ", 4-flip TTA" if tta else "")
             p = predict(m.model, ds, tta=tta)
