@@ -213,7 +213,8 @@ def run(args) -> dict:
     report = evaluate_and_draw(args, out, data, patch_model, image_model, len(patch_classes))
     timings["evaluation_s"] = time.time() - t
     summary = dict(
-        data=" ".join(args.data), mixed_precision=args.mixed_precision, img_size=list(args.img_size), patch_size=args.patch_size,
+        data=" ".join(args.data), mixed_precision=args.mixed_precision,
+        img_size=list(args.img_size), patch_size=args.patch_size,
         net=args.net, patch_test_accuracy=patch_res["test_accuracy"],
         image_test_auroc=image_res["test_auroc"],
         image_test_auroc_tta=image_res.get("test_auroc_tta"),
