@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depths of the whole-image top blocks")
     g.add_argument("--batch-size", type=int, default=32, help="batch size of both trainers")
     g.add_argument("--seed", type=int, default=12345, help="seeds data, sampling and training")
+    g.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
+                   help="train both classifiers in this mixed precision (default float32)")
     return p
 
 
@@ -181,7 +183,7 @@ def run(args) -> dict:
         nb_epoch=e1, top_layer_epochs=e1 + e2, all_layer_epochs=e1 + e2 + e3,
         optim="adam", init_lr=0.001, top_layer_multiplier=1.0, all_layer_multiplier=1.0,
         weight_decay=0.0001, weight_decay2=0.0001, es_patience=5, seed=args.seed,
-        best_model=str(patch_model)))
+        mixed_precision=args.mixed_precision, best_model=str(patch_model)))
     timings["patch_training_s"] = time.time() - t
 
     ipaths, _ = dm_image.list_class_folders(data / "train", ["neg", "pos"])
@@ -203,7 +205,7 @@ def run(args) -> dict:
         load_val_ram=True, nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", init_lr=0.001,
         all_layer_multiplier=0.3, weight_decay=0.0001, weight_decay2=0.0001, es_patience=6,
         auto_batch_balance=True, test_augment=True, seed=args.seed,
-        best_model=str(image_model)))
+        mixed_precision=args.mixed_precision, best_model=str(image_model)))
     timings["image_training_s"] = time.time() - t
 
     log.info("[5/5] evaluation: predictions with TTA, bootstrap interval, curves, heatmaps")
@@ -211,7 +213,8 @@ def run(args) -> dict:
     report = evaluate_and_draw(args, out, data, patch_model, image_model, len(patch_classes))
     timings["evaluation_s"] = time.time() - t
     summary = dict(
-        data=" ".join(args.data), img_size=list(args.img_size), patch_size=args.patch_size,
+        data=" ".join(args.data), mixed_precision=args.mixed_precision,
+        img_size=list(args.img_size), patch_size=args.patch_size,
         net=args.net, patch_test_accuracy=patch_res["test_accuracy"],
         image_test_auroc=image_res["test_auroc"],
         image_test_auroc_tta=image_res.get("test_auroc_tta"),

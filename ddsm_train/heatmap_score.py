@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-size", type=int, help="default: the patch model's input size")
     g.add_argument("--stride", type=int, default=8, help="sliding-window step in pixels")
     g.add_argument("--batch-size", type=int, default=128, help="patches per batch")
+    g.add_argument("--convert-bit-depth", action="store_true",
+                   help="scale images of another bit depth to the one the model was trained "
+                        "on (else they are refused, as in predict.py)")
     g.add_argument("--segment", dest="segment", action="store_true", default=True,
                    help="sliding window: crop to the breast first")
     g.add_argument("--no-segment", dest="segment", action="store_false", default=argparse.SUPPRESS, help="turn off --segment")
@@ -389,7 +392,11 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
+    model_recipe = recipe
     for i, it in enumerate(items):
+        # The model's bit depth: another depth is refused in one line, or converted.
+        recipe = inf.recipe_for_image(it.path, model_recipe, args.convert_bit_depth,
+                                        args.dl_state)
         img = dm_image.read_image(it.path)
         vmax, heat = 1.0, None
         if mode == "sliding":

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("mias_dir", help="mini-MIAS folder (Info.txt and images/)")
-    p.add_argument("--out", default="runs/mias_cv", help="output folder")
+    p.add_argument("--out", "--out-dir", dest="out", default="runs/mias_cv", help="output folder")
     p.add_argument("--folds", type=int, default=5, help="number of folds (by woman)")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of each fold's training women used for model selection")

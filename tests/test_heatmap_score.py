@@ -205,3 +205,33 @@ def test_help_shows_defaults_without_tensorflow():
                          timeout=120)
     assert res.stdout.strip().endswith("TF False False")
     assert "(default: 8)" in res.stdout and "--no-img-scale" in res.stdout
+
+
+def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, capsys):
+    """A patch model trained on 8-bit images (input_bits 8) and the same breast as a 16-bit
+    PNG (x257): refused in one line naming file, depths and flag; converted with
+    --convert-bit-depth, giving the 8-bit image's heatmap."""
+    import dm_keras_ext
+    recipe8 = dataclasses.replace(PATCH_RECIPE, rescale_factor=None, input_bits=8)
+    model8 = tmp_path / "patch8.keras"
+    dm_keras_ext.save_model(inf.load_models([setup["patch"]])[0].model, model8,
+                            dm_keras_ext.ModelMeta(("background", "malignant", "benign"),
+                                                   recipe8, kind="patch"))
+    img8 = (mammogram((50, 40), seed=0) // 257).astype(np.uint8)
+    d8, d16 = tmp_path / "eight", tmp_path / "sixteen"
+    d8.mkdir()
+    d16.mkdir()
+    cv2.imwrite(str(d8 / "P1_LEFT_CC.png"), img8)
+    cv2.imwrite(str(d16 / "P1_LEFT_CC.png"), img8.astype(np.uint16) * 257)
+    args = ["--stride", "8", "--batch-size", "5"]
+    capsys.readouterr()
+    assert hs.main([str(d16), str(model8), *args, "--out", str(tmp_path / "x.npz")]) == 2
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    assert len(err) == 1 and "P1_LEFT_CC.png" in err[0] and "16-bit" in err[0]
+    assert "--convert-bit-depth" in err[0]
+    assert not (tmp_path / "x.npz").exists()
+    assert hs.main([str(d8), str(model8), *args, "--out", str(tmp_path / "a.npz")]) == 0
+    assert hs.main([str(d16), str(model8), *args, "--convert-bit-depth",
+                    "--out", str(tmp_path / "b.npz")]) == 0
+    a, b = hs.load_heatmaps(str(tmp_path / "a.npz")), hs.load_heatmaps(str(tmp_path / "b.npz"))
+    np.testing.assert_allclose(b[0]["cc"], a[0]["cc"], atol=1e-5)
