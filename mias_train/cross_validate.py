@@ -399,7 +399,8 @@ def run(args) -> dict:
         assert not (set(test_w) & set(train_w)), "a woman in both the test and training part"
         make_dirs(fd / "images", IMAGE_CLASSES)
         for i in ids:
-            link_or_copy(img_path[i], fd / "images" / split_of[woman_of[i]] / image_class[i] / f"{i}.png")
+            link_or_copy(img_path[i],
+                         fd / "images" / split_of[woman_of[i]] / image_class[i] / f"{i}.png")
         make_dirs(fd / "patches", PATCH_CLASSES)
         for src, pid, cls, name in zip(pidx["path"], pidx["patient_id"], pidx["class"],
                                        pidx["name"]):
