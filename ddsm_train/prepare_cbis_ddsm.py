@@ -242,7 +242,7 @@ def convert_image(task: ConvertTask) -> dict:
 def _convert_safe(task: ConvertTask) -> dict:
     try:
         return convert_image(task)
-    except Exception as e:  # a broken case must not end the run
+    except (InputError, OSError) as e:  # a broken case is listed and skipped; a bug is raised
         return {"image_id": task.image_id, "ok": False, "errors": [f"{task.image_id}: {type(e).__name__}: {e}"],
                 "masks_ok": []}
 

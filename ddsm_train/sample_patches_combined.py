@@ -248,7 +248,7 @@ def _worker(arg: tuple[ImageTask, dict]) -> dict:
     task, opts = arg
     try:
         return process_image(task, opts)
-    except Exception as e:  # one broken image must not end the run
+    except (InputError, OSError) as e:  # a broken image is listed and skipped; a bug is raised
         return {"records": [], "errors": [f"{task.full_path}: {type(e).__name__}: {e}"], "upscale": 1.0}
 
 

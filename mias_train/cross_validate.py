@@ -32,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from dm_recipe_utils import link_or_copy  # noqa: E402
+
 log = logging.getLogger("cross_validate")
 
 IMAGE_CLASSES = ["normal", "benign", "malignant"]
@@ -302,17 +304,6 @@ def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
 # ============================================================================== end of chain
 
 
-def link(src: pathlib.Path, dst: pathlib.Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        import shutil
-        shutil.copy2(src, dst)
-
-
 def make_dirs(root: pathlib.Path, classes: Sequence[str]) -> None:
     for split in ("train", "val", "test"):
         for c in classes:
@@ -408,11 +399,12 @@ def run(args) -> dict:
         assert not (set(test_w) & set(train_w)), "a woman in both the test and training part"
         make_dirs(fd / "images", IMAGE_CLASSES)
         for i in ids:
-            link(img_path[i], fd / "images" / split_of[woman_of[i]] / image_class[i] / f"{i}.png")
+            link_or_copy(img_path[i],
+                         fd / "images" / split_of[woman_of[i]] / image_class[i] / f"{i}.png")
         make_dirs(fd / "patches", PATCH_CLASSES)
         for src, pid, cls, name in zip(pidx["path"], pidx["patient_id"], pidx["class"],
                                        pidx["name"]):
-            link(pathlib.Path(src), fd / "patches" / split_of[pid] / cls / name)
+            link_or_copy(pathlib.Path(src), fd / "patches" / split_of[pid] / cls / name)
         tr = pidx[[split_of[p] == "train" for p in pidx["patient_id"]]]
         patch_mean = float(tr["grey"].mean())
         pres = chain_train_patch(fd / "patches", fd / "patch_model.keras", args, patch_mean)

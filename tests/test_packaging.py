@@ -62,3 +62,30 @@ def test_editable_install_puts_the_commands_on_path(tmp_path):
     r = subprocess.run([str(venv / "bin" / "prepare_mias"), str(tmp_path / "none"), "out"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "prepare_mias: error:" in r.stdout
+
+
+@pytest.mark.slow
+def test_plain_install_carries_the_report_assets(tmp_path):
+    """pip install . (not editable): the modules, the shell scripts and the report's CSS/JS
+    land in site-packages, where dm_report looks for them."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site_dir = next((venv / "lib").glob("python3*/site-packages"))
+    (site_dir / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    if subprocess.run([*pip, "wheel"], cwd=tmp_path, timeout=600).returncode != 0:
+        pytest.skip("the 'wheel' package (needed without build isolation) is not installable here")
+    import shutil
+    src = tmp_path / "src"        # a copy, so the build leaves nothing in the checkout
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__"))
+    subprocess.run([*pip, "--no-deps", "--no-build-isolation", str(src)], check=True,
+                   cwd=tmp_path, timeout=600)
+    for rel in ("dm_report.py", "report_assets/report.css", "report_assets/report.js",
+                "ddsm_train/train_image_clf_im1152.sh"):
+        assert (site_dir / rel).is_file(), rel
+    r = subprocess.run([str(venv / "bin" / "python"), "-c",
+                        "import dm_report; print(dm_report.ASSETS)"], cwd=tmp_path,
+                       env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == str(site_dir / "report_assets"), r.stderr

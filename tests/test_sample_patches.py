@@ -228,3 +228,23 @@ def test_aliases_and_help():
     assert a.target_size == [10, 8] and a.segment_breast is False
     assert p.parse_args(["r", "m", "p", "f", "t", "--img-height", "99"]).target_height == 99
     assert dm_cli.actions_without_help(p) == []
+
+
+def test_a_broken_image_is_skipped_but_a_bug_is_raised(monkeypatch):
+    """One unreadable image is listed and the run goes on; an internal error is not hidden
+    as a skipped image."""
+    import dm_image
+    task = spc.ImageTask("P1", "P1_LEFT_CC", "/nowhere/P1_LEFT_CC.png", (), "/tmp/out")
+
+    def unreadable(task, opts):
+        raise dm_image.ImageReadError(f"{task.full_path}: not an image")
+    monkeypatch.setattr(spc, "process_image", unreadable)
+    res = spc._worker((task, {}))
+    assert res["records"] == [] and res["errors"] == [
+        "/nowhere/P1_LEFT_CC.png: ImageReadError: /nowhere/P1_LEFT_CC.png: not an image"]
+
+    def bug(task, opts):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(spc, "process_image", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        spc._worker((task, {}))
