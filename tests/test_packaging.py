@@ -40,18 +40,24 @@ def test_requirements_and_dependencies_agree():
     assert sorted(req) == sorted(CONF["project"]["dependencies"])
 
 
-@pytest.mark.slow
-def test_editable_install_puts_the_commands_on_path(tmp_path):
-    """pip install -e . into a fresh venv (dependencies from this interpreter), then run two
-    commands from outside the checkout."""
+def _fresh_venv(tmp_path):
+    """A new venv that sees this interpreter's packages (a .pth file) and has `wheel`, for
+    installs without build isolation: (venv, its site-packages, its pip install command)."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # The dependencies: this interpreter's site-packages, seen through a .pth file.
     site_dir = next((venv / "lib").glob("python3*/site-packages"))
     (site_dir / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     if subprocess.run([*pip, "wheel"], cwd=tmp_path, timeout=600).returncode != 0:
         pytest.skip("the 'wheel' package (needed without build isolation) is not installable here")
+    return venv, site_dir, pip
+
+
+@pytest.mark.slow
+def test_editable_install_puts_the_commands_on_path(tmp_path):
+    """pip install -e . into a fresh venv (dependencies from this interpreter), then run two
+    commands from outside the checkout."""
+    venv, site_dir, pip = _fresh_venv(tmp_path)
     subprocess.run([*pip, "--no-deps", "--no-build-isolation", "-e", str(REPO)], check=True,
                    cwd=tmp_path, timeout=600)
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3")
@@ -68,13 +74,7 @@ def test_editable_install_puts_the_commands_on_path(tmp_path):
 def test_plain_install_carries_the_report_assets(tmp_path):
     """pip install . (not editable): the modules, the shell scripts and the report's CSS/JS
     land in site-packages, where dm_report looks for them."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    site_dir = next((venv / "lib").glob("python3*/site-packages"))
-    (site_dir / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    if subprocess.run([*pip, "wheel"], cwd=tmp_path, timeout=600).returncode != 0:
-        pytest.skip("the 'wheel' package (needed without build isolation) is not installable here")
+    venv, site_dir, pip = _fresh_venv(tmp_path)
     import shutil
     src = tmp_path / "src"        # a copy, so the build leaves nothing in the checkout
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
