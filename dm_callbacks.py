@@ -8,6 +8,7 @@ import logging
 
 import keras
 
+from dm_errors import OriginalAPIError
 from dm_modelfile import ModelMeta, save_model
 
 log = logging.getLogger("dm_keras_ext")
@@ -228,3 +229,101 @@ class LastCheckpoint(keras.callbacks.Callback):
         meta = ModelMeta(self.meta.class_list, self.meta.recipe, self.meta.kind,
                          dict(self.meta.extra, resume=state))
         save_model(self.model, self.path, meta)
+
+
+# ------------------------------------------------------------------ the original's callbacks
+# (README, "Code written for the original"; `dm_keras_ext` re-exports them.)
+
+
+def _flips(X):
+    """[X and its three flips] (`dm_inference.FLIPS`), as numpy arrays."""
+    import numpy as np
+
+    import dm_inference
+    return [np.asarray(dm_inference.flip(X, m)) for m in dm_inference.FLIPS]
+
+
+def calc_test_auc(test_set, model, batch_size=None, test_samples=None, return_y_res=False,
+                  test_augment=False):
+    """AUROC per class (`roc_auc_score(..., average=None)`) of a model on a RAM set
+    (X, y[, w]) or a generator; with `return_y_res`, also (one-hot y_true, y_pred).
+    `test_augment`: the mean over the 4 flips (`dm_inference.FLIPS`)."""
+    import numpy as np
+
+    import dm_metrics
+
+    def per_class(y, p, w):
+        """`roc_auc_score(y, p, average=None, sample_weight=w)` through dm_metrics.auroc."""
+        y, p = np.asarray(y), np.asarray(p)
+        if y.ndim == 2:
+            return np.array([dm_metrics.auroc(y[:, k], p[:, k], w) for k in range(y.shape[1])])
+        return dm_metrics.auroc(y, p.ravel() if p.ndim == 2 and p.shape[1] == 1 else p, w)
+
+    def predict(X):
+        views = _flips(X) if test_augment else [X]
+        if batch_size is None:
+            return np.mean([np.asarray(model.predict_on_batch(v)) for v in views], axis=0)
+        return np.mean([model.predict(v, batch_size=batch_size, verbose=0) for v in views], axis=0)
+
+    if isinstance(test_set, tuple):
+        if batch_size is None:
+            raise OriginalAPIError("calc_test_auc: batch_size must be given for a RAM test set")
+        y_true, y_pred = np.asarray(test_set[1]), predict(np.asarray(test_set[0]))
+        weights = test_set[2] if len(test_set) > 2 else None
+    else:
+        if test_samples is None:
+            raise OriginalAPIError("calc_test_auc: test_samples must be given for a generator")
+        test_set.reset()
+        ys, preds, ws, seen = [], [], [], 0
+        while seen < test_samples:
+            res = next(test_set)
+            if len(res) > 2:
+                ws.append(res[2])
+            ys.append(res[1])
+            preds.append(predict(res[0]))
+            seen += len(res[1])
+        y_true, y_pred = np.concatenate(ys), np.concatenate(preds)
+        weights = np.concatenate(ws) if ws else None
+    try:
+        auc = per_class(y_true, y_pred, weights)
+    except ValueError as e:  # the original's value for a one-class set
+        log.warning("AUROC undefined (%s): 0.0 returned as the original did", e)
+        auc = 0.0
+    return (auc, y_true, y_pred) if return_y_res else auc
+
+
+class DMAucModelCheckpoint(keras.callbacks.Callback):
+    """Keep the model with the best mean validation AUROC (saved with `save_model`)."""
+
+    calc_test_auc = staticmethod(calc_test_auc)
+
+    def __init__(self, filepath, test_data, test_samples=None, batch_size=None):
+        super().__init__()
+        if isinstance(test_data, tuple) and batch_size is None:
+            raise OriginalAPIError("DMAucModelCheckpoint: batch_size must be given for "
+                                   "validation data in RAM")
+        if not isinstance(test_data, tuple) and test_samples is None:
+            raise OriginalAPIError("DMAucModelCheckpoint: test_samples must be given for "
+                                   "a generator")
+        self.filepath, self.test_data = filepath, test_data
+        self.test_samples, self.batch_size = test_samples, batch_size
+        self.best_epoch, self.best_auc, self.best_all_auc = 0, -1.0, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import numpy as np
+        auc = self.calc_test_auc(self.test_data, self.model, self.batch_size,
+                                 self.test_samples)
+        mean = float(np.mean(auc))
+        log.info("AUROC = %s, mean %.4f", np.round(np.atleast_1d(auc), 4).tolist(), mean)
+        if mean > self.best_auc:
+            self.best_epoch, self.best_auc, self.best_all_auc = epoch + 1, mean, auc
+            if self.filepath not in (None, "NOSAVE"):
+                save_model(self.model, self.filepath)
+
+    def on_train_end(self, logs=None):
+        log.info(">>> Found best AUROC: %.4f at epoch: %d, saved to: %s <<<",
+                 self.best_auc, self.best_epoch, self.filepath)
+
+
+class DMFlush(keras.callbacks.Callback):
+    """Kept so code that adds it runs; logging already flushes every line."""

@@ -21,6 +21,26 @@ class OutputRefusedError(InputError, OSError):
     """An output name the tool must not replace (a symlink, device or FIFO for a folder...)."""
 
 
+class OriginalAPIError(InputError):
+    """A name of the original project's API used in a way this project cannot reproduce;
+    the message names the replacement (README, "Code written for the original")."""
+
+
+def refuse(what: str, instead: str) -> OriginalAPIError:
+    """The one-line refusal of an original feature, naming what to use instead."""
+    return OriginalAPIError(f"{what} is not supported here; instead: {instead}")
+
+
+def retired(qualname: str, instead: str):
+    """A stand-in for an original name that cannot keep its behaviour: calling it raises
+    `OriginalAPIError` naming `instead`."""
+    def stand_in(*args, **kwargs):
+        raise refuse(qualname, instead)
+    stand_in.__name__ = stand_in.__qualname__ = qualname.rsplit(".", 1)[-1]
+    stand_in.__doc__ = f"Retired: use {instead}."
+    return stand_in
+
+
 def input_error_classes() -> set[str]:
     """Names of every InputError subclass defined so far (to find them in wrapped messages)."""
     seen, todo = set(), [InputError]

@@ -11,6 +11,8 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
+from dm_errors import OriginalAPIError
+
 # Defaults shared by both trainers.
 COMMON_DEFAULTS: dict[str, Any] = dict(
     img_scale=None, rescale_factor=None, featurewise_center=True, batch_size=64,
@@ -301,3 +303,21 @@ def _frozen(kind: str, args: argparse.Namespace):
     if args.seed is None:
         args.seed = int(os.environ.get("RANDOM_SEED", 12345))
     return config_class(kind)(**vars(args))
+
+
+def original_run_config(kind: str, train_dir, val_dir, test_dir, **kw):
+    """A trainer's config from the original's `run(train_dir, val_dir, test_dir, **kw)`:
+    the keyword names are the original's (= the flags' names); missing ones take the
+    trainer's defaults (defined here)."""
+    parser = build_parser(kind)
+    args = vars(parser.parse_args([os.fspath(train_dir), os.fspath(val_dir),
+                                   os.fspath(test_dir)]))
+    unknown = set(kw) - set(args)
+    if unknown:
+        raise TypeError(f"run() got unexpected keyword(s) {sorted(unknown)}")
+    args.update(kw)
+    if args.get("seed") is None:
+        args["seed"] = int(os.environ.get("RANDOM_SEED", 12345))
+    if kind == "image" and (args["patch_model_state"] is None) == (args["resume_from"] is None):
+        raise OriginalAPIError("run(): give exactly one of patch_model_state and resume_from")
+    return config_class(kind)(**args)

@@ -15,11 +15,11 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
-from dm_errors import InputError
+from dm_errors import InputError, OriginalAPIError, refuse, retired
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -889,15 +889,461 @@ def mean_pixel(paths: Sequence[str], rescale_factor: float | None = None,
     return total / count * float(rescale_factor), float(rescale_factor), bits
 
 
+# --------------------------------------------------------------------------- breast and patches
+# Segmentation and the sliding-window sweep are image steps shared by the patch sampler,
+# heatmaps and inference (docs/method.md); `dm_preprocess` and `dm_inference` re-export them.
+
+Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
+
+
+def breast_mask(img: np.ndarray, low_int_threshold: float = 0.05) -> tuple[np.ndarray, Bbox]:
+    """Filled largest contour of the thresholded image (the breast) and its bounding box.
+
+    The image is first scaled to 8 bits by its maximum; a threshold < 1 is a fraction of
+    the 8-bit maximum, >= 1 an 8-bit intensity.
+    """
+    mx = float(img.max())
+    if mx <= 0:
+        h, w = img.shape[:2]
+        return np.zeros((h, w), np.uint8), (0, 0, w, h)
+    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
+    th = int(img8.max() * low_int_threshold) if low_int_threshold < 1 else int(low_int_threshold)
+    _, binary = cv2.threshold(img8, th, 255, cv2.THRESH_BINARY)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        h, w = img.shape[:2]
+        return np.zeros((h, w), np.uint8), (0, 0, w, h)
+    idx = int(np.argmax([cv2.contourArea(c) for c in contours]))
+    mask = cv2.drawContours(np.zeros_like(binary), contours, idx, 255, thickness=-1)
+    x, y, w, h = cv2.boundingRect(contours[idx])
+    return mask, (int(x), int(y), int(w), int(h))
+
+
+def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05,
+                   crop: bool = True) -> tuple[np.ndarray, Bbox]:
+    """Zero everything outside the breast and (optionally) crop to its bounding box.
+
+    Returns (image, bbox); apply the same crop to masks with `crop_img(mask, bbox)`.
+    """
+    mask, bbox = breast_mask(img, low_int_threshold)
+    out = img.copy()
+    out[mask == 0] = 0
+    if crop:
+        out = crop_img(out, bbox)
+    return out, bbox
+
+
+def crop_img(img: np.ndarray, bbox: Bbox) -> np.ndarray:
+    """Crop by an (x, y, w, h) box."""
+    x, y, w, h = bbox
+    return img[y:y + h, x:x + w]
+
+
+def add_img_margins(img: np.ndarray, margin: int) -> np.ndarray:
+    """Zero-pad every side by `margin` pixels (so patches centred at the border fit)."""
+    m = int(margin)
+    return cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_CONSTANT, value=0) if m > 0 else img
+
+
+class SweepError(InputError):
+    """A sliding-window sweep that cannot be laid out (image smaller than a patch, ...)."""
+
+
+def sweep_grid(shape: tuple[int, int], patch_size: int, stride: int
+               ) -> tuple[int, int, int, int]:
+    """(rows, cols, y0, x0): every full patch position at `stride`, the sweep centred.
+
+    (y0, x0) is the top-left corner of the first patch. (The original rounded
+    (H - patch)/stride + 0.49, which drops the last position when the division is exact.)
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if h < patch_size or w < patch_size:
+        raise SweepError(f"image of size {(h, w)} is smaller than the patch size {patch_size}")
+    if stride < 1:
+        raise SweepError(f"stride must be >= 1, got {stride}")
+    rows = (h - patch_size) // stride + 1
+    cols = (w - patch_size) // stride + 1
+    y0 = (h - (patch_size + (rows - 1) * stride)) // 2
+    x0 = (w - (patch_size + (cols - 1) * stride)) // 2
+    return rows, cols, y0, x0
+
+
+def prepare_patch(patch: np.ndarray, recipe: Recipe) -> np.ndarray:
+    """A raw grey patch as network input: the recipe's steps 3-7 on the patch itself
+    (img_scale uses the patch's own maximum, as patches were scaled in training)."""
+    return finish_channels(grey_steps(patch, recipe), recipe)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Where the patches of a sliding window lie: `rows` x `cols` positions from (y0, x0)
+    at `stride` on `padded` (`image`, the segmented grey image, with `margin` zero pixels
+    on every side)."""
+
+    image: np.ndarray
+    padded: np.ndarray
+    bbox: Bbox | None
+    patch_size: int
+    stride: int
+    rows: int
+    cols: int
+    y0: int
+    x0: int
+    margin: int
+
+    @property
+    def centre0(self) -> tuple[int, int]:
+        """Centre of the first patch in the coordinates of `image`."""
+        half = self.patch_size // 2
+        return self.y0 + half - self.margin, self.x0 + half - self.margin
+
+    def patches(self, recipe: Recipe, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Patches start..stop-1 (row-major) as network input (`prepare_patch`)."""
+        stop = self.rows * self.cols if stop is None else stop
+        p, s = self.patch_size, self.stride
+        corners = [(self.y0 + (i // self.cols) * s, self.x0 + (i % self.cols) * s)
+                   for i in range(start, stop)]
+        return np.stack([prepare_patch(self.padded[y:y + p, x:x + p], recipe)
+                         for y, x in corners])
+
+
+def sweep_image(img: np.ndarray, patch_size: int, stride: int, segment: bool = True,
+                pad: bool = True, low_int_threshold: float = 0.05) -> Sweep:
+    """Lay out a centred sweep over a grey image (already resized): optional breast
+    segmentation (crop to the breast), then padding by half a patch so border pixels get
+    centred patches."""
+    if img.ndim != 2:
+        raise SweepError(f"expected a 2-D grey image, got shape {img.shape}")
+    bbox = None
+    if segment:
+        img, bbox = segment_breast(img, low_int_threshold)
+    margin = patch_size // 2 if pad else 0
+    padded = add_img_margins(img, margin)
+    rows, cols, y0, x0 = sweep_grid(padded.shape, patch_size, stride)
+    return Sweep(img, padded, bbox, patch_size, stride, rows, cols, y0, x0, margin)
+
+
+def sweep_probs(predict_batch: Callable[[np.ndarray], np.ndarray], sweep: Sweep,
+                recipe: Recipe, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities (rows, cols, classes) of every patch of a sweep, `batch_size`
+    patches per call of `predict_batch` (float32 batch -> probabilities)."""
+    n = sweep.rows * sweep.cols
+    out = None
+    for start in range(0, n, batch_size):
+        batch = sweep.patches(recipe, start, min(n, start + batch_size))
+        p = np.asarray(predict_batch(batch.astype(np.float32)))
+        if out is None:
+            out = np.empty((n, p.shape[-1]), np.float32)
+        out[start:start + len(p)] = p
+    return out.reshape(sweep.rows, sweep.cols, -1)
+
+
 # --------------------------------------------------------------------------- the original's API
+# The original's `dm_image` names, as thin adapters over the functions above (README, "Code
+# written for the original"); no second pipeline. Where a name cannot keep its behaviour it
+# raises `OriginalAPIError`, one line naming the replacement.
+
+def to_sparse(y: np.ndarray) -> np.ndarray:
+    """One-hot labels to class indices; sparse labels pass through."""
+    y = np.asarray(y)
+    if y.ndim == 1:
+        return y
+    if y.ndim != 2:
+        raise ValueError(f"labels must be sparse or one-hot, got shape {y.shape}")
+    ok = (np.count_nonzero(y, axis=1) == 1) & (y.max(axis=1) == 1)
+    if not ok.all():
+        raise ValueError(f"expected one-hot rows, got {y[~ok][0]}")
+    return y.argmax(axis=1)
 
 
-def __getattr__(name: str):
-    """The original's names (`DMImageDataGenerator`, `read_resize_img`, ...): thin adapters
-    in `dm_original`, loaded on first use (README, "Code written for the original")."""
-    import dm_original
-    if name in dm_original.IMAGE_NAMES:
-        return getattr(dm_original, name)
-    if name in dm_original.RETIRED["dm_image"]:
-        return dm_original.retired("dm_image", name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def index_balancer(index_array: np.ndarray, classes: np.ndarray, ratio: float,
+                   rng: np.random.RandomState) -> np.ndarray:
+    """Resample a batch's indices so negatives weigh `ratio` x positives (class 1 positive),
+    sorted, as the original."""
+    classes = np.asarray(classes)
+    n = len(index_array)
+    pos_w = n / (np.sum(classes == 1) + 1e-7)
+    neg_w = n / (np.sum(classes != 1) + 1e-7) * ratio
+    probs = np.where(classes == 1, pos_w, neg_w).astype(float)
+    out = rng.choice(index_array, n, p=probs / probs.sum())
+    out.sort()
+    return out
+
+
+def _size_recipe(target_size, target_height) -> Recipe:
+    if target_size is None and target_height is None:
+        raise ValueError("one of target_size, target_height must be given")
+    return Recipe(img_size=None if target_size is None else tuple(target_size),
+                  target_height=None if target_size is not None else target_height)
+
+
+def read_resize_img(fname: str, target_size=None, target_height=None, target_scale=None,
+                    gs_255: bool = False, rescale_factor=None) -> np.ndarray:
+    """Read (`read_image`), resize, scale: a float32 grey image (recipe steps 1-4)."""
+    if gs_255:
+        raise refuse("gs_255=True", "give 8-bit images, or rescale_factor=255/65535 for 16-bit")
+    img = resize(read_image(fname), _size_recipe(target_size, target_height))
+    return grey_steps(img, Recipe(img_size=None, img_scale=target_scale,
+                                           rescale_factor=rescale_factor))
+
+
+def read_img_for_pred(fname: str, equalize_hist: bool = False, data_format: str = "channels_last",
+                      dup_3_channels: bool = True, transformer: Callable | None = None,
+                      standardizer: Callable | None = None, **kwargs) -> np.ndarray:
+    """One image as network input (H, W, 3 or 1), through the recipe's own steps."""
+    if data_format not in ("channels_last", "default"):
+        raise refuse(f"data_format={data_format!r}", "channels_last (the only layout here)")
+    x = read_resize_img(fname, **kwargs)
+    if equalize_hist:
+        x = grey_steps(x, Recipe(img_size=None, equalize_hist=True))
+    x = finish_channels(x, Recipe(img_size=None, channels=3 if dup_3_channels else 1))
+    x = transformer(x) if transformer is not None else x
+    return standardizer(x) if standardizer is not None else x
+
+
+def sweep_img_patches(img: np.ndarray, patch_size: int, stride: int, target_scale=None,
+                      equalize_hist: bool = False) -> tuple[np.ndarray, int, int]:
+    """(patches (N, p, p) float32, rows, cols) on the centred grid of `sweep_grid` (which
+    keeps the last position when (H - p) / stride is whole; the original dropped it)."""
+    sweep = sweep_image(img, int(patch_size), int(stride), segment=False, pad=False)
+    recipe = Recipe(img_size=None, img_scale=target_scale, equalize_hist=equalize_hist)
+    return sweep.patches(recipe)[..., 0], sweep.rows, sweep.cols
+
+
+def get_prob_heatmap(img_list, target_height, target_scale, patch_size, stride, model,
+                     batch_size, featurewise_center=False, featurewise_mean=91.6,
+                     preprocess=None, parallelized=False, equalize_hist=False):
+    """Sliding-window probability maps, as `dm_inference.sliding_window_heatmap`: resize to
+    `target_height`, breast segmentation, half-patch margins, centred sweep."""
+    if img_list is None:
+        return [None]
+    single = isinstance(img_list, (str, os.PathLike))
+    if preprocess is not None and not featurewise_center:
+        raise refuse("preprocess=<function>", "featurewise_center=True with featurewise_mean")
+    channels = int(model.inputs[0].shape[-1])
+    recipe = Recipe(img_size=None, img_scale=target_scale, equalize_hist=equalize_hist,
+                    channels=channels, featurewise_center=bool(featurewise_center),
+                    featurewise_mean=float(featurewise_mean))
+    size = Recipe(img_size=None, target_height=target_height)
+    maps = []
+    for fn in ([img_list] if single else img_list):
+        sweep = sweep_image(resize(read_image(fn), size), int(patch_size), int(stride))
+        maps.append(sweep_probs(model.predict_on_batch, sweep, recipe, int(batch_size)))
+    return maps[0] if single else maps
+
+
+class DMImageDataGenerator:
+    """The original's generator: augmentation keywords, `.mean`, `flow_from_directory`.
+
+    Batches come from `make_dataset` with the recipe the keywords describe.
+    """
+
+    def __init__(self, featurewise_center=False, samplewise_center=False,
+                 featurewise_std_normalization=False, samplewise_std_normalization=False,
+                 zca_whitening=False, rotation_range=0., width_shift_range=0.,
+                 height_shift_range=0., shear_range=0., zoom_range=0., channel_shift_range=0.,
+                 fill_mode="nearest", cval=0., horizontal_flip=False, vertical_flip=False,
+                 rescale=None, data_format="default"):
+        for name, value, instead in (
+                ("samplewise_center", samplewise_center, "featurewise_center with .mean"),
+                ("featurewise_std_normalization", featurewise_std_normalization,
+                 "featurewise_center (no std normalisation in the recipe)"),
+                ("samplewise_std_normalization", samplewise_std_normalization,
+                 "featurewise_center (no std normalisation in the recipe)"),
+                ("zca_whitening", zca_whitening, "featurewise_center"),
+                ("width_shift_range", width_shift_range, "zoom_range / rotation_range"),
+                ("height_shift_range", height_shift_range, "zoom_range / rotation_range"),
+                ("rescale", rescale, "flow_from_directory(rescale_factor=...)")):
+            if value:
+                raise refuse(f"DMImageDataGenerator({name}={value!r})", instead)
+        if fill_mode != "nearest":
+            raise refuse(f"fill_mode={fill_mode!r}", "fill_mode='nearest'")
+        if data_format not in ("default", "channels_last"):
+            raise refuse(f"data_format={data_format!r}", "channels_last")
+        self.featurewise_center = bool(featurewise_center)
+        self.mean: float | None = None
+        zoom = (1 - zoom_range, 1 + zoom_range) if np.isscalar(zoom_range) else tuple(zoom_range)
+        self.augment = Augment(
+            horizontal_flip=bool(horizontal_flip), vertical_flip=bool(vertical_flip),
+            rotation_range=float(rotation_range), shear_range=float(shear_range),
+            zoom_range=zoom, channel_shift_range=float(channel_shift_range))
+        self.augments = bool(horizontal_flip or vertical_flip or rotation_range or shear_range
+                             or zoom != (1.0, 1.0) or channel_shift_range)
+        self._draws = 0
+
+    def _centre(self) -> tuple[bool, float]:
+        if not self.featurewise_center:
+            return False, 0.0
+        if self.mean is None:
+            raise OriginalAPIError("featurewise_center=True needs .mean set (e.g. "
+                                   "gen.mean = 52.18); fit() is not supported")
+        return True, float(np.asarray(self.mean).mean())
+
+    def standardize(self, x: np.ndarray) -> np.ndarray:
+        """Featurewise centring (the recipe's last step)."""
+        centre, mean = self._centre()
+        return x - np.float32(mean) if centre else x
+
+    def random_transform(self, x: np.ndarray) -> np.ndarray:
+        """One random draw of this generator's augmentation on an (H, W, C) image."""
+        if not self.augments:
+            return x
+        p = draw_params(self.augment, 12345, self._draws)
+        self._draws += 1
+        grey = augment_numpy(x[..., 0], p, self.augment.interpolation)
+        return np.repeat(grey[..., None], x.shape[-1], axis=-1)
+
+    def fit(self, *a, **k):
+        raise refuse("DMImageDataGenerator.fit", "set .mean to the training images' mean "
+                      "after rescaling")
+
+    def flow_from_img_list(self, img_list, lab_list, target_size=(1152, 896), target_scale=None,
+                           gs_255=False, equalize_hist=False, rescale_factor=None,
+                           data_format="default", dup_3_channels=False, classes=None,
+                           class_mode="categorical", auto_batch_balance=False, batch_size=32,
+                           preprocess=None, shuffle=True, seed=None, **ignored
+                           ) -> "DMDirectoryIterator":
+        """Batches of listed image files with integer labels (same iterator as below)."""
+        recipe = self._recipe(target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                              dup_3_channels, data_format)
+        labels = np.asarray(lab_list, np.int64)
+        names = list(classes) if classes else [str(k) for k in range(int(labels.max()) + 1)]
+        return DMDirectoryIterator(None, self, recipe, names, class_mode, auto_batch_balance,
+                                   batch_size, preprocess, shuffle, seed,
+                                   paths=[os.fspath(p) for p in img_list], labels=labels)
+
+    def flow(self, X, y=None, batch_size=32, shuffle=True, seed=None, **ignored):
+        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse)."""
+        if y is None:
+            raise refuse("flow(X) without labels", "flow(X, y)")
+        centre, mean = self._centre()
+        X = np.asarray(X)
+        recipe = Recipe(img_size=tuple(X.shape[1:3]), channels=1, featurewise_center=centre,
+                        featurewise_mean=mean)
+        labels = to_sparse(np.asarray(y)).astype(np.int64)
+        names = [str(k) for k in range(max(int(labels.max()) + 1,
+                                           np.asarray(y).shape[-1] if np.ndim(y) == 2 else 0))]
+        return DMDirectoryIterator(None, self, recipe, names, "categorical", False, batch_size,
+                                   None, shuffle, seed, paths=X, labels=labels)
+
+    def flow_from_exam_list(self, *a, **k):
+        raise refuse("flow_from_exam_list", _EXAM_LIST_INSTEAD)
+
+    def flow_from_candid_roi(self, *a, **k):
+        raise refuse("flow_from_candid_roi", _CANDID_ROI_INSTEAD)
+
+    def _recipe(self, target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                dup_3_channels, data_format) -> Recipe:
+        if gs_255:
+            raise refuse("gs_255=True", "rescale_factor")
+        if data_format not in ("default", "channels_last"):
+            raise refuse(f"data_format={data_format!r}", "channels_last")
+        centre, mean = self._centre()
+        return Recipe(img_size=tuple(target_size), img_scale=target_scale,
+                      rescale_factor=rescale_factor, equalize_hist=bool(equalize_hist),
+                      channels=3 if dup_3_channels else 1, featurewise_center=centre,
+                      featurewise_mean=mean)
+
+    def flow_from_directory(self, directory, target_size=(256, 256), target_scale=None,
+                            gs_255=False, equalize_hist=False, rescale_factor=None,
+                            dup_3_channels=False, data_format="default", classes=None,
+                            class_mode="categorical", auto_batch_balance=False, batch_size=32,
+                            preprocess=None, shuffle=True, seed=None, save_to_dir=None,
+                            save_prefix="", save_format="jpeg", follow_links=False
+                            ) -> "DMDirectoryIterator":
+        if save_to_dir:
+            raise refuse("save_to_dir", "preprocess on single images")
+        recipe = self._recipe(target_size, target_scale, gs_255, equalize_hist, rescale_factor,
+                              dup_3_channels, data_format)
+        return DMDirectoryIterator(directory, self, recipe, classes, class_mode,
+                                   auto_batch_balance, batch_size, preprocess, shuffle, seed)
+
+
+class DMDirectoryIterator:
+    """Batches (x, y[, w]) of ROOT/<class>/** images through `make_dataset`.
+
+    Attributes as the original: `nb_sample` (also `n`), `classes` (the class names),
+    `labels` (one per image), `class_indices`, `filenames` (relative to the folder),
+    `batch_size`. `shuffle=False`: every image once per pass, in order (then it starts
+    over, as Keras iterators did); `shuffle=True`: the seeded training stream with the
+    generator's augmentation.
+    """
+
+    def __init__(self, directory, image_data_generator: DMImageDataGenerator, recipe: Recipe,
+                 classes=None, class_mode="categorical", auto_batch_balance=False,
+                 batch_size=32, preprocess=None, shuffle=True, seed=None, paths=None,
+                 labels=None):
+        if class_mode not in ("categorical", "binary", "sparse", None):
+            raise ValueError(f"invalid class_mode {class_mode!r}")
+        directory = None if directory is None else os.fspath(directory)
+        if not classes:
+            if not os.path.isdir(directory):
+                raise DatasetError(f"{directory}: dataset folder not found")
+            classes = sorted(d for d in os.listdir(directory)
+                             if os.path.isdir(os.path.join(directory, d)))
+        if image_data_generator.augments and not shuffle:
+            raise refuse("augmentation with shuffle=False", "shuffle=True for training "
+                          "batches, or a generator without augmentation for testing")
+        self.directory, self.recipe, self.class_mode = directory, recipe, class_mode
+        self.classes = list(classes)
+        self.nb_class = len(self.classes)
+        self.class_indices = {c: i for i, c in enumerate(self.classes)}
+        if paths is None:
+            paths, labels = list_class_folders(directory, self.classes)
+        self.paths, self.labels = paths, np.asarray(labels, np.int64)
+        self.filenames = ([os.path.relpath(p, directory) for p in paths] if directory
+                          else [] if isinstance(paths, np.ndarray) else list(paths))
+        self.nb_sample = self.n = len(paths)
+        self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
+        self.seed = 12345 if seed is None else int(seed)
+        self.preprocess = preprocess
+        self.auto_batch_balance = bool(auto_batch_balance)
+        self.image_data_generator = image_data_generator
+        self.dataset = make_dataset(
+            paths, self.labels, recipe, self.nb_class, self.batch_size, training=self.shuffle,
+            augment=image_data_generator.augment if image_data_generator.augments else None,
+            seed=self.seed, auto_batch_balance=self.auto_batch_balance)
+        log.info("Found %d images belonging to %d classes.", self.nb_sample, self.nb_class)
+        self._it = None
+
+    def __len__(self) -> int:
+        return steps_for(self.nb_sample, self.batch_size)
+
+    def reset(self) -> None:
+        self._it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = iter(self.dataset)
+        try:
+            batch = next(self._it)
+        except StopIteration:  # shuffle=False: start the next pass, as Keras iterators
+            self._it = iter(self.dataset)
+            batch = next(self._it)
+        x, y, *w = (np.asarray(t) for t in batch)
+        if self.preprocess is not None:
+            x = self.preprocess(x)
+        if self.class_mode is None:
+            return x
+        if self.class_mode == "sparse":
+            y = y.argmax(-1)
+        elif self.class_mode == "binary":
+            y = y.argmax(-1).astype(np.float32)
+        return (x, y, *w)
+
+    next = __next__
+
+_EXAM_LIST_INSTEAD = ("predict.py --csv with patient_id/side columns, then evaluate.py "
+                      "--aggregate (exam-level scores)")
+_CANDID_ROI_INSTEAD = "ddsm_train/heatmap_score.py (ROI candidates from heatmaps)"
+get_roi_patches = retired("dm_image.get_roi_patches",
+                          "ddsm_train/sample_patches_combined.py (patches around ROIs)")
+clust_kpts = retired("dm_image.clust_kpts", "ddsm_train/sample_patches_combined.py")
+DMImgListIterator = retired("dm_image.DMImgListIterator",
+                            "DMImageDataGenerator().flow_from_img_list")
+DMNumpyArrayIterator = retired("dm_image.DMNumpyArrayIterator", "DMImageDataGenerator().flow")
+DMExamListIterator = retired("dm_image.DMExamListIterator", _EXAM_LIST_INSTEAD)
+DMCandidROIIterator = retired("dm_image.DMCandidROIIterator", _CANDID_ROI_INSTEAD)

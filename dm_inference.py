@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 import dm_image
-from dm_image import Recipe
+from dm_image import Recipe, prepare_patch, sweep_grid  # noqa: F401 (re-exported)
 from dm_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -437,32 +437,6 @@ def atomic_write(path: str, writer, text: bool = False) -> None:
 # --------------------------------------------------------------------------- sliding window
 
 
-def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05
-                   ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """The breast cropped (rest zeroed) and its (x, y, w, h): `dm_preprocess.segment_breast`."""
-    import dm_preprocess
-    return dm_preprocess.segment_breast(img, low_int_threshold)
-
-
-def sweep_grid(shape: tuple[int, int], patch_size: int, stride: int
-               ) -> tuple[int, int, int, int]:
-    """(rows, cols, y0, x0): every full patch position at `stride`, the sweep centred.
-
-    (y0, x0) is the top-left corner of the first patch. (The original rounded
-    (H - patch)/stride + 0.49, which drops the last position when the division is exact.)
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if h < patch_size or w < patch_size:
-        raise InferenceError(f"image of size {(h, w)} is smaller than the patch size {patch_size}")
-    if stride < 1:
-        raise InferenceError(f"stride must be >= 1, got {stride}")
-    rows = (h - patch_size) // stride + 1
-    cols = (w - patch_size) // stride + 1
-    y0 = (h - (patch_size + (rows - 1) * stride)) // 2
-    x0 = (w - (patch_size + (cols - 1) * stride)) // 2
-    return rows, cols, y0, x0
-
-
 @dataclass
 class PatchHeatmap:
     """A sliding-window probability map and where its cells sit on the scored image.
@@ -480,44 +454,15 @@ class PatchHeatmap:
     bbox: tuple[int, int, int, int] | None = None
 
 
-def prepare_patch(patch: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """A raw grey patch as network input: the recipe's steps 3-7 on the patch itself
-    (img_scale uses the patch's own maximum, as patches were scaled in training)."""
-    return dm_image.finish_channels(dm_image.grey_steps(patch, recipe), recipe)
-
-
 def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: int,
                            stride: int, batch_size: int = 64, segment: bool = True,
                            pad: bool = True, low_int_threshold: float = 0.05) -> PatchHeatmap:
-    """Score every patch of a grey image (already resized) with a patch classifier.
-
-    Optional breast segmentation (crop to the breast), padding by half a patch (so
-    border pixels get centred patches), then a centred sweep at `stride`.
-    """
-    if img.ndim != 2:
-        raise InferenceError(f"expected a 2-D grey image, got shape {img.shape}")
-    bbox = None
-    if segment:
-        img, bbox = segment_breast(img, low_int_threshold)
-    margin = patch_size // 2 if pad else 0
-    padded = cv2.copyMakeBorder(img, margin, margin, margin, margin, cv2.BORDER_CONSTANT,
-                                value=0) if margin else img
-    rows, cols, y0, x0 = sweep_grid(padded.shape, patch_size, stride)
-    n = rows * cols
-    out = None
+    """Score every patch of a grey image (already resized) with a patch classifier, on the
+    sweep of `dm_image.sweep_image` (optional breast crop, half-patch padding, centred)."""
+    sweep = dm_image.sweep_image(img, patch_size, stride, segment, pad, low_int_threshold)
     forward = forward_fn(model)                     # one trace, whatever the batch size
-    for start in range(0, n, batch_size):
-        idx = range(start, min(n, start + batch_size))
-        batch = np.stack([prepare_patch(
-            padded[y0 + (i // cols) * stride:y0 + (i // cols) * stride + patch_size,
-                   x0 + (i % cols) * stride:x0 + (i % cols) * stride + patch_size], recipe)
-            for i in idx])
-        p = forward(batch.astype(np.float32)).numpy()
-        if out is None:
-            out = np.empty((n, p.shape[-1]), np.float32)
-        out[start:start + len(p)] = p
-    centre0 = (y0 + patch_size // 2 - margin, x0 + patch_size // 2 - margin)
-    return PatchHeatmap(out.reshape(rows, cols, -1), centre0, stride, patch_size, img, bbox)
+    probs = dm_image.sweep_probs(lambda b: forward(b).numpy(), sweep, recipe, batch_size)
+    return PatchHeatmap(probs, sweep.centre0, stride, patch_size, sweep.image, sweep.bbox)
 
 
 # --------------------------------------------------------------------------- fprop mode

@@ -1,8 +1,8 @@
-"""Image-level preprocessing shared by the dataset recipes, the patch sampler and heatmaps.
+"""Image-level preprocessing for the dataset recipes and the patch sampler.
 
-Breast segmentation (threshold + largest contour), ROI geometry (largest-contour bounding
-box, patch/ROI overlap), blob-detector key points for hard negatives, padding, and the atomic
-PNG write. Reading and resizing are `dm_image`'s (the old names here forward to it).
+ROI geometry (largest-contour bounding box, patch/ROI overlap), blob-detector key points for
+hard negatives, and the atomic PNG write. Reading, resizing, breast segmentation and padding
+are `dm_image`'s (one image path); the names here forward to it.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 import dm_image
 import dm_output
 from dm_errors import InputError
+from dm_image import (Bbox, add_img_margins, breast_mask, crop_img,  # noqa: F401 (re-exported)
+                      segment_breast)
 
-Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
-
-
-# Reading, decoding and resizing are dm_image's, for everyone (one image path: what the
-# recipes and the patch sampler see is what training sees). The names below stay for callers.
+# Reading, decoding, resizing and segmentation are dm_image's, for everyone (one image path:
+# what the recipes and the patch sampler see is what training sees). The names here stay
+# for callers.
 ImageReadError = dm_image.ImageReadError
 
 
@@ -68,56 +68,6 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         return img
     return np.clip(np.rint(img) if img.dtype.kind == "f" else img, 0, 65535).astype(np.uint16)
-
-
-# ----------------------------------------------------------------------------- segmentation
-def breast_mask(img: np.ndarray, low_int_threshold: float = 0.05) -> tuple[np.ndarray, Bbox]:
-    """Filled largest contour of the thresholded image (the breast) and its bounding box.
-
-    The image is first scaled to 8 bits by its maximum; a threshold < 1 is a fraction of
-    the 8-bit maximum, >= 1 an 8-bit intensity.
-    """
-    mx = float(img.max())
-    if mx <= 0:
-        h, w = img.shape[:2]
-        return np.zeros((h, w), np.uint8), (0, 0, w, h)
-    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
-    th = int(img8.max() * low_int_threshold) if low_int_threshold < 1 else int(low_int_threshold)
-    _, binary = cv2.threshold(img8, th, 255, cv2.THRESH_BINARY)
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        h, w = img.shape[:2]
-        return np.zeros((h, w), np.uint8), (0, 0, w, h)
-    idx = int(np.argmax([cv2.contourArea(c) for c in contours]))
-    mask = cv2.drawContours(np.zeros_like(binary), contours, idx, 255, thickness=-1)
-    x, y, w, h = cv2.boundingRect(contours[idx])
-    return mask, (int(x), int(y), int(w), int(h))
-
-
-def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05,
-                   crop: bool = True) -> tuple[np.ndarray, Bbox]:
-    """Zero everything outside the breast and (optionally) crop to its bounding box.
-
-    Returns (image, bbox); apply the same crop to masks with `crop_img(mask, bbox)`.
-    """
-    mask, bbox = breast_mask(img, low_int_threshold)
-    out = img.copy()
-    out[mask == 0] = 0
-    if crop:
-        out = crop_img(out, bbox)
-    return out, bbox
-
-
-def crop_img(img: np.ndarray, bbox: Bbox) -> np.ndarray:
-    """Crop by an (x, y, w, h) box."""
-    x, y, w, h = bbox
-    return img[y:y + h, x:x + w]
-
-
-def add_img_margins(img: np.ndarray, margin: int) -> np.ndarray:
-    """Zero-pad every side by `margin` pixels (so patches centred at the border fit)."""
-    m = int(margin)
-    return cv2.copyMakeBorder(img, m, m, m, m, cv2.BORDER_CONSTANT, value=0) if m > 0 else img
 
 
 # ----------------------------------------------------------------------------- ROI geometry

@@ -66,10 +66,10 @@ def image_top_layer_nb(cfg) -> int:
 def run(cfg, *dirs, **original_kw) -> dict:
     """Train, keep the best model by validation AUROC, report the test AUROC.
 
-    Also the original's `run(train_dir, val_dir, test_dir, **keywords)` (`dm_original`)."""
+    Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
+    (`dm_flags.original_run_config`)."""
     if isinstance(cfg, (str, os.PathLike)):
-        import dm_original
-        cfg = dm_original.trainer_config("image", cfg, *dirs, **original_kw)
+        cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
     import dm_keras_ext
     import dm_train
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,

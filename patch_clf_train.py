@@ -35,10 +35,10 @@ def build_patch_model(cfg):
 def run(cfg, *dirs, **original_kw) -> dict:
     """Train, keep the best model by validation accuracy, report test accuracy and AUROC.
 
-    Also the original's `run(train_dir, val_dir, test_dir, **keywords)` (`dm_original`)."""
+    Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
+    (`dm_flags.original_run_config`)."""
     if isinstance(cfg, (str, os.PathLike)):
-        import dm_original
-        cfg = dm_original.trainer_config("patch", cfg, *dirs, **original_kw)
+        cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
     import dm_keras_ext
     import dm_train
     def stages(model):

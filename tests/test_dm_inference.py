@@ -95,7 +95,7 @@ def test_sweep_grid():
     assert inf.sweep_grid((40, 36), 16, 4) == (7, 6, 0, 0)
     assert inf.sweep_grid((43, 38), 16, 4) == (7, 6, 1, 1)     # centred: 3 and 2 spare pixels
     assert inf.sweep_grid((16, 16), 16, 8) == (1, 1, 0, 0)
-    with pytest.raises(inf.InferenceError, match="smaller than the patch"):
+    with pytest.raises(dm_image.SweepError, match="smaller than the patch"):
         inf.sweep_grid((10, 40), 16, 4)
 
 

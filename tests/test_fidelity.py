@@ -184,9 +184,9 @@ def test_add_heatmap_freezes_the_heatmap_branch_in_stage_one():
                                          repetitions=[1, 1], add_heatmap=True,
                                          avg_pool_size=(2, 2), hm_pool_size=(2, 2))
     assert nb == 8
-    stage1 = dm_keras_ext.image_stages(type("C", (), dict(
+    stage1 = dm_keras_ext.image_stage_list(
         nb_epoch=1, all_layer_epochs=2, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
-        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0)), nb)[0]
+        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0, top_layer_nb=nb)[0]
     dm_keras_ext.set_trainable(model, stage1)
     assert not model.get_layer("hm_dense").trainable
     trained = {w.path for w in model.trainable_weights}
@@ -208,9 +208,9 @@ def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
     kinds = {type(l.kernel_regularizer).__name__ for l in loaded.layers
              if getattr(l, "kernel_regularizer", None) is not None}
     assert kinds == {"L1L2"}          # how Keras 2.0.8 stored l2()
-    stages = dm_keras_ext.image_stages(type("C", (), dict(
+    stages = dm_keras_ext.image_stage_list(
         nb_epoch=0, all_layer_epochs=1, init_lr=.01, all_layer_multiplier=.1, weight_decay=0.0,
-        weight_decay2=0.05, hidden_dropout=0, hidden_dropout2=0.0)))
+        weight_decay2=0.05, hidden_dropout=0, hidden_dropout2=0.0)
     dm_keras_ext.compile_for_stage(loaded, stages[1], "adam")
     kernels = [l.kernel for l in loaded.layers if getattr(l, "kernel_regularizer", None)
                is not None]
@@ -394,9 +394,9 @@ def test_image_trainer_honours_top_layer_nb_with_resume_from():
     assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", built + ["--add-heatmap"])) == 8
     from tiny_models import tiny_image_model
     model = tiny_image_model()
-    stage1 = dm_keras_ext.image_stages(type("C", (), dict(
+    stage1 = dm_keras_ext.image_stage_list(
         nb_epoch=3, all_layer_epochs=4, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
-        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0)), 5)[0]
+        weight_decay2=0, hidden_dropout=0, hidden_dropout2=0, top_layer_nb=5)[0]
     dm_keras_ext.set_trainable(model, stage1)
     assert [l.trainable for l in model.layers[:5]] == [False] * 5
     assert all(l.trainable for l in model.layers[5:])

@@ -13,7 +13,7 @@ import pytest
 import dm_image
 import dm_inference as inf
 import dm_keras_ext
-import dm_original
+from dm_errors import OriginalAPIError
 import predict
 from keras2_fixture import randomise_weights, write_keras2_h5
 from synth import write_class_folders
@@ -270,9 +270,9 @@ def test_small_helpers():
 
 
 def test_unsupported_keywords_name_the_replacement():
-    with pytest.raises(dm_original.OriginalAPIError, match="instead: featurewise_center"):
+    with pytest.raises(OriginalAPIError, match="instead: featurewise_center"):
         dm_image.DMImageDataGenerator(zca_whitening=True)
-    with pytest.raises(dm_original.OriginalAPIError, match="instead: set .mean"):
+    with pytest.raises(OriginalAPIError, match="instead: set .mean"):
         dm_image.DMImageDataGenerator().fit(np.zeros((1, 2, 2, 1)))
 
 
@@ -351,15 +351,15 @@ def test_trainer_run_takes_the_original_keywords(folders, tmp_path):
     import dm_flags
     import image_clf_train
     import patch_clf_train
-    cfg = dm_original.trainer_config("patch", "a", "b", "c", net="yaroslav", nb_epoch=3,
-                                     img_size=[64, 64])
+    cfg = dm_flags.original_run_config("patch", "a", "b", "c", net="yaroslav", nb_epoch=3,
+                                       img_size=[64, 64])
     want = dm_flags.parse("patch", ["a", "b", "c", "--net", "yaroslav", "--nb-epoch", "3",
                                     "--img-size", "64", "64"])
     import dataclasses
     assert dataclasses.asdict(cfg) == dataclasses.asdict(want)
     with pytest.raises(TypeError, match="no_such_keyword"):
         patch_clf_train.run("a", "b", "c", no_such_keyword=1)
-    with pytest.raises(dm_original.OriginalAPIError, match="exactly one of"):
+    with pytest.raises(OriginalAPIError, match="exactly one of"):
         image_clf_train.run("a", "b", "c")
     # the call reaches today's trainer (its own up-front folder check)
     with pytest.raises(ValueError, match="not found"):
@@ -410,25 +410,33 @@ def test_flow_from_img_list_and_flow(folders):
 
 
 def test_retired_names_raise_one_line_naming_the_replacement():
-    with pytest.raises(dm_original.OriginalAPIError, match="instead: predict.py --csv"):
+    with pytest.raises(OriginalAPIError, match="instead: predict.py --csv"):
         dm_image.DMExamListIterator([], None)
-    with pytest.raises(dm_original.OriginalAPIError, match="instead: --distribute"):
+    with pytest.raises(OriginalAPIError, match="instead: --distribute"):
         dm_keras_ext.make_parallel(None, 2)
-    with pytest.raises(dm_original.OriginalAPIError, match="heatmap_score"):
+    with pytest.raises(OriginalAPIError, match="heatmap_score"):
         dm_image.DMImageDataGenerator().flow_from_candid_roi([])
     with pytest.raises(AttributeError):
         dm_image.no_such_name  # noqa: B018
 
 
+IMAGE_NAMES = ("DMImageDataGenerator", "DMDirectoryIterator", "read_resize_img",
+               "read_img_for_pred", "sweep_img_patches", "get_prob_heatmap", "crop_img",
+               "add_img_margins", "index_balancer", "to_sparse")
+KERAS_EXT_NAMES = ("flip_all_img", "robust_load_model", "load_dat_ram", "DMAucModelCheckpoint",
+                   "DMMetrics", "Yaroslav", "do_2stage_training", "do_3stage_training",
+                   "DMFlush")
+
+
 def test_every_name_the_readme_lists_is_importable_from_the_original_module():
     import dm_resnet
-    for name in dm_original.IMAGE_NAMES:
+    for name in IMAGE_NAMES:
         assert callable(getattr(dm_image, name)), name
-    for name in dm_original.KERAS_EXT_NAMES + ("get_dl_model", "create_optimizer"):
+    for name in KERAS_EXT_NAMES + ("get_dl_model", "create_optimizer"):
         assert callable(getattr(dm_keras_ext, name)), name
     assert callable(dm_resnet.add_top_layers) and callable(dm_resnet.ResNetBuilder.build)
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Code written for the original")[1].split("\n## ")[0]
-    for name in [n for n in dm_original.IMAGE_NAMES + dm_original.KERAS_EXT_NAMES
+    for name in [n for n in IMAGE_NAMES + KERAS_EXT_NAMES
                  if n != "DMDirectoryIterator"]:
         assert f"`{name}`" in section, name

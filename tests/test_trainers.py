@@ -188,7 +188,7 @@ def test_stage2_weight_decay_and_dropout_take_effect():
                                         repetitions=[1], weight_decay=0.01, dropout=0.1)
     cfg = dict(nb_epoch=1, all_layer_epochs=1, init_lr=0.01, all_layer_multiplier=0.1,
                weight_decay=0.01, weight_decay2=0.04, hidden_dropout=0.1, hidden_dropout2=0.6)
-    s1, s2 = dm_keras_ext.image_stages(type("C", (), cfg))
+    s1, s2 = dm_keras_ext.image_stage_list(**cfg)
     dm_keras_ext.compile_for_stage(model, s1, "sgd")
     reg1 = dm_keras_ext.regularization_loss(model)
     dropout1 = [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"]

@@ -74,5 +74,7 @@ def test_stage_lists_take_explicit_values():
         top_layer_multiplier=cfg.top_layer_multiplier, top_layer_nb=None,
         all_layer_epochs=cfg.all_layer_epochs, all_layer_multiplier=cfg.all_layer_multiplier,
         weight_decay2=cfg.weight_decay2, hidden_dropout2=cfg.hidden_dropout2)
-    assert explicit == dm_keras_ext.patch_stages(cfg)
+    stage_list = dm_keras_ext.patch_stage_list   # the CLI's one-line adapter gives the same
+    assert explicit == stage_list(**dm_keras_ext.values_for(stage_list, cfg, use_pretrained=True,
+                                                            top_layer_nb=None))
     assert [s.lr for s in explicit] == pytest.approx([0.5, 0.05, 0.005])
