@@ -33,16 +33,16 @@ class RunError(InputError):
     """A problem with the run's inputs, reported as one line."""
 
 
-def setup_runtime(cfg) -> Any:
+def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None) -> Any:
     """Seed everything, set the precision policy, and choose the distribution strategy.
 
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
     import keras
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(seed)
     keras.mixed_precision.set_global_policy(
-        f"mixed_{cfg.mixed_precision}" if cfg.mixed_precision else "float32")
-    return dm_distribute.choose_strategy(cfg.distribute)
+        f"mixed_{mixed_precision}" if mixed_precision else "float32")
+    return dm_distribute.choose_strategy(distribute)
 
 
 def strategy_scope(strategy):
@@ -50,21 +50,19 @@ def strategy_scope(strategy):
 
 
 def recipe_from_config(cfg, channels: int, input_bits: int | None = None) -> Recipe:
+    """The trainer's flags -> the recipe saved with the model (the one adapter)."""
     return Recipe(img_size=tuple(cfg.img_size), img_scale=cfg.img_scale,
                   rescale_factor=cfg.rescale_factor, equalize_hist=cfg.equalize_hist,
                   channels=channels, featurewise_center=cfg.featurewise_center,
                   featurewise_mean=cfg.featurewise_mean, input_bits=input_bits)
 
 
-def augment_from_config(cfg) -> Augment | None:
-    return Augment(interpolation=cfg.interpolation) if cfg.augmentation else None
-
-
-def class_weight_from_config(cfg, nb_class: int) -> dict[int, float] | None:
+def class_weights(nb_class: int, pos_cls_weight: float, neg_cls_weight: float,
+                  auto_batch_balance: bool) -> dict[int, float] | None:
     """The original's class weights {0: 1, 1: pos, 2: neg}; none with batch balancing."""
-    if cfg.auto_batch_balance:
+    if auto_batch_balance:
         return None
-    weights = {0: 1.0, 1: cfg.pos_cls_weight, 2: cfg.neg_cls_weight}
+    weights = {0: 1.0, 1: pos_cls_weight, 2: neg_cls_weight}
     weights = {k: v for k, v in weights.items() if k < nb_class}
     return None if all(v == 1.0 for v in weights.values()) else weights
 
@@ -77,14 +75,13 @@ class Split:
     labels: np.ndarray
 
 
-def load_split(folder: str, cfg, recipe: Recipe, *, batch_size: int,
+def load_split(folder: str, class_list, recipe: Recipe, *, batch_size: int, seed: int,
                load_ram: bool = False) -> Split:
     """An evaluation split (finite, in order, never augmented) from class folders."""
-    paths, labels = dm_image.list_class_folders(folder, cfg.class_list)
-    ds = dm_image.make_dataset(paths, labels, recipe, len(cfg.class_list), batch_size,
-                               training=False, seed=cfg.seed, load_ram=load_ram)
-    log.info("%s: %d images %s", folder, len(labels),
-             dm_image.class_counts(labels, cfg.class_list))
+    paths, labels = dm_image.list_class_folders(folder, class_list)
+    ds = dm_image.make_dataset(paths, labels, recipe, len(class_list), batch_size,
+                               training=False, seed=seed, load_ram=load_ram)
+    log.info("%s: %d images %s", folder, len(labels), dm_image.class_counts(labels, class_list))
     return Split(ds, np.asarray(labels))
 
 
@@ -97,17 +94,19 @@ def check_validation_classes(split: Split, folder: str, class_list) -> None:
                        "selection need at least two classes")
 
 
-def history_path(cfg) -> str:
-    if cfg.history_csv:
-        return cfg.history_csv
-    if cfg.best_model and cfg.best_model != "NOSAVE":
-        return str(pathlib.Path(cfg.best_model).with_suffix("")) + ".history.csv"
+def history_path(history_csv: str | None, best_model: str | None) -> str:
+    """--history-csv, else `<best model>.history.csv`."""
+    if history_csv:
+        return history_csv
+    if best_model and best_model != "NOSAVE":
+        return str(pathlib.Path(best_model).with_suffix("")) + ".history.csv"
     return "history.csv"
 
 
-def last_checkpoint_path(cfg) -> str | None:
+def last_checkpoint_path(best_model: str | None, final_model: str | None,
+                         history_csv: str | None) -> str | None:
     """`<best model>.last.keras`: the model, optimiser and run position after each epoch."""
-    for p in (cfg.best_model, cfg.final_model, cfg.history_csv):
+    for p in (best_model, final_model, history_csv):
         if p and p != "NOSAVE":
             return str(pathlib.Path(p).with_suffix("")) + ".last.keras"
     return None
@@ -132,25 +131,27 @@ def _truncate_history(csv: str, next_epoch: int) -> None:
     dm_output.atomic_write(csv, lambda f: f.write("".join(kept)), text=True)
 
 
-def make_callbacks(cfg, checkpoint, resume: dict | None) -> tuple[list, list]:
+def make_callbacks(checkpoint, resume: dict | None, *, es_patience: int, optim: str,
+                   lr_patience: int, history_csv: str, tensorboard: str | None
+                   ) -> tuple[list, list]:
     """Early stopping on val loss, the checkpoint, lr halving (sgd), CSV history, TensorBoard.
 
     Returns (callbacks, stateful) where `stateful` are those whose counters a resumed
     run restores, in the order their states are stored.
     """
     import keras
-    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=cfg.es_patience,
+    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=es_patience,
                                              verbose=1)
     cbs, stateful = [checkpoint, es], [es]
-    if cfg.optim == "sgd":
+    if optim == "sgd":
         rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                      patience=cfg.lr_patience, verbose=1)
+                                                      patience=lr_patience, verbose=1)
         cbs.append(rlr)
         stateful.append(rlr)
     if resume:
         for cb, st in zip(stateful, resume.get("callbacks", [])):
             cb.pending = st
-    csv = history_path(cfg)
+    csv = history_csv
     pathlib.Path(csv).parent.mkdir(parents=True, exist_ok=True)
     if resume:
         _truncate_history(csv, resume["epoch"])
@@ -163,19 +164,20 @@ def make_callbacks(cfg, checkpoint, resume: dict | None) -> tuple[list, list]:
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch + 1, logs)
     cbs.append(HistoryCSV(csv, append=True))
-    if cfg.tensorboard:
-        cbs.append(keras.callbacks.TensorBoard(cfg.tensorboard))
+    if tensorboard:
+        cbs.append(keras.callbacks.TensorBoard(tensorboard))
     return cbs, stateful
 
 
-def find_resume_state(cfg, last: str | None) -> dict | None:
-    """The position of an interrupted run of this same command, if any."""
+def find_resume_state(last: str | None, fingerprint: str, resume: bool) -> dict | None:
+    """The position of an interrupted run of this same command (`fingerprint`), if any;
+    `resume` (--resume) makes its absence an error."""
     state = dm_keras_ext.read_resume_state(last) if last else None
-    if state and state.get("fingerprint") != config_fingerprint(cfg):
+    if state and state.get("fingerprint") != fingerprint:
         log.warning("%s belongs to a different command; starting over (it will be replaced)",
                     last)
         state = None
-    if cfg.resume and state is None:
+    if resume and state is None:
         raise RunError(f"--resume: no interrupted run of this command to resume "
                        f"({last or 'no output path given'})")
     if state:
@@ -185,17 +187,17 @@ def find_resume_state(cfg, last: str | None) -> dict | None:
     return state
 
 
-def check_split_folders(cfg) -> int | None:
-    """List all three sets before any long work, so a bad folder fails at once.
+def check_split_folders(folders, class_list, rescale_factor: float | None) -> int | None:
+    """List all sets (training first) before any long work, so a bad folder fails at once.
 
     Returns the training images' bit depth when they share one; the saved recipe records
     it so prediction can refuse images of another depth.
     """
     bits = None
-    for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
-        paths, _ = dm_image.list_class_folders(folder, cfg.class_list)
-        depths = dm_image.check_bit_depths(paths, cfg.rescale_factor)
-        if folder == cfg.train_dir and len(depths) == 1:
+    for i, folder in enumerate(folders):
+        paths, _ = dm_image.list_class_folders(folder, class_list)
+        depths = dm_image.check_bit_depths(paths, rescale_factor)
+        if i == 0 and len(depths) == 1:
             bits = depths.pop()
     return bits
 
@@ -328,10 +330,13 @@ def train_and_test(cfg, kind: "str | TrainerSpec", build_model: Callable[[], Any
 
 
 def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra) -> dict:
-    input_bits = check_split_folders(cfg)
-    last = last_checkpoint_path(cfg)
-    state = find_resume_state(cfg, last)
-    strategy = setup_runtime(cfg)
+    classes = list(cfg.class_list)
+    input_bits = check_split_folders((cfg.train_dir, cfg.val_dir, cfg.test_dir), classes,
+                                     cfg.rescale_factor)
+    last = last_checkpoint_path(cfg.best_model, cfg.final_model, cfg.history_csv)
+    fingerprint = config_fingerprint(cfg)
+    state = find_resume_state(last, fingerprint, cfg.resume)
+    strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute)
     with strategy_scope(strategy):
         model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
     if dm_distribute.is_multi_worker():
@@ -346,19 +351,22 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                        f"{len(cfg.class_list)} classes {list(cfg.class_list)}")
 
     train_bs = max(1, int(cfg.batch_size * cfg.train_bs_multiplier))
-    val = load_split(cfg.val_dir, cfg, recipe, batch_size=cfg.batch_size,
+    val = load_split(cfg.val_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed,
                      load_ram=cfg.load_val_ram)
     if spec.best_by == "AUROC":
         check_validation_classes(val, cfg.val_dir, cfg.class_list)
     train_paths, train_labels = dm_image.list_class_folders(cfg.train_dir, cfg.class_list)
     cache = (dm_image.load_images(train_paths, recipe) if cfg.load_train_ram else None)
 
+    augment = Augment(interpolation=cfg.interpolation) if cfg.augmentation else None
+    weights = class_weights(len(classes), cfg.pos_cls_weight, cfg.neg_cls_weight,
+                            cfg.auto_batch_balance)
+
     def train_ds(start_epoch: int):
         return dm_image.make_dataset(
-            cache if cache is not None else train_paths, train_labels, recipe,
-            len(cfg.class_list), train_bs, training=True, augment=augment_from_config(cfg),
-            seed=cfg.seed, auto_batch_balance=cfg.auto_batch_balance,
-            class_weight=class_weight_from_config(cfg, len(cfg.class_list)),
+            cache if cache is not None else train_paths, train_labels, recipe, len(classes),
+            train_bs, training=True, augment=augment, seed=cfg.seed,
+            auto_batch_balance=cfg.auto_batch_balance, class_weight=weights,
             start_epoch=start_epoch)
     log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
              dm_image.class_counts(train_labels, cfg.class_list))
@@ -366,13 +374,16 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     checkpoint = spec.checkpoint(val, cfg.best_model, meta)
     if state:
         checkpoint.best = state["best"]
-    callbacks, stateful = make_callbacks(cfg, checkpoint, state)
+    callbacks, stateful = make_callbacks(
+        checkpoint, state, es_patience=cfg.es_patience, optim=cfg.optim,
+        lr_patience=cfg.lr_patience, history_csv=history_path(cfg.history_csv, cfg.best_model),
+        tensorboard=cfg.tensorboard)
     guard = dm_keras_ext.NanGuard()
     stages = make_stages(model)
     callbacks.insert(0, guard)
     if last:
-        callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, config_fingerprint(cfg),
-                                                     stages, checkpoint, stateful))
+        callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, fingerprint, stages,
+                                                     checkpoint, stateful))
     resume_at = ((state["stage"], state["epoch"], state.get("inside_stage", True)) if state
                  else (0, 0))
     with strategy_scope(strategy):
@@ -398,7 +409,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
         best = dm_keras_ext.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
-    test = load_split(cfg.test_dir, cfg, recipe, batch_size=cfg.batch_size)
+    test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed)
     probs = dm_inference.predict(best, test.ds)
     result = dict(history=history, best_model=cfg.best_model, final_model=cfg.final_model,
                   test_labels=test.labels, test_probs=probs,
