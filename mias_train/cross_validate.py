@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -57,8 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv")
     p.add_argument("--patch-epochs", type=int, default=20,
                    help="patch classifier epochs (one stage: from scratch)")
-    p.add_argument("--image-epochs", nargs=2, type=int, default=[2, 8], metavar=("TOP", "ALL"),
+    p.add_argument("--image-epochs", nargs=2, type=int, default=[6, 6], metavar=("TOP", "ALL"),
                    help="whole-image stage lengths (converted to final epoch numbers)")
+    p.add_argument("--image-all-multiplier", type=float, default=0.1,
+                   help="whole-image stage-2 learning rate as a multiple of stage 1's (0.001)")
+    p.add_argument("--image-augmentation", action=argparse.BooleanOptionalAction, default=False,
+                   help="the paper's whole-image augmentation (off: with it the model never "
+                        "fitted its ~200 training images here; README)")
+    p.add_argument("--image-balance", action=argparse.BooleanOptionalAction, default=False,
+                   help="per-batch class balancing of the whole-image batches")
     p.add_argument("--top-depths", nargs="+", type=int, default=[64, 64],
                    help="whole-image top blocks")
     p.add_argument("--patch-batch", type=int, default=64, help="patch training batch")
@@ -67,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seeds folds, sampling and training")
     p.add_argument("--max-women", type=int, default=None,
                    help="use only this many women (stratified pick; trials and tests)")
+    p.add_argument("--fold-limit", type=int, default=None,
+                   help="train and score only the first N folds (trials; the pooled figures "
+                        "then cover those folds only)")
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests: 12 women, 128 px, 1-2 epochs")
     p.add_argument("--report-only", action="store_true",
@@ -150,6 +159,38 @@ def cluster_bootstrap(y, s, groups, n_boot: int, seed: int, level: float = 0.95)
     return dict(auroc=round(point, 4), ci_low=round(float(lo), 4), ci_high=round(float(hi), 4),
                 n=int(len(y)), n_pos=int(y.sum()), n_groups=int(len(uniq)),
                 n_boot=int(n_boot), n_valid=len(vals))
+
+
+def null_learner(I, n_rep: int, seed: int, n_features: int = 20) -> dict:
+    """What a learner without any lesion information scores on these folds: logistic
+    regression on noise features, trained on each fold's other images and pooled out of
+    fold like the network. Its spread says how far from 0.5 chance alone moves a pooled
+    AUROC here; `share_at_or_below` is the one-sided p-value of the network's figure
+    against "no signal" (README: below-chance figures)."""
+    from sklearn.linear_model import LogisticRegression
+    rng = np.random.default_rng(seed)
+    folds = I["fold"].to_numpy()
+    out = {}
+    for task, y, score in (("abnormal_vs_normal", I["label"] > 0, 1 - I["p_normal"]),
+                           ("malignant_vs_rest", I["label"] == 2, I["p_malignant"])):
+        y = np.asarray(y)
+        vals = []
+        for _ in range(n_rep):
+            X = rng.normal(size=(len(y), n_features))
+            s = np.zeros(len(y))
+            for k in np.unique(folds):
+                tr, te = folds != k, folds == k
+                if 0 < y[tr].sum() < tr.sum():
+                    s[te] = LogisticRegression(max_iter=500).fit(X[tr], y[tr]).decision_function(X[te])
+            vals.append(chain_auroc(y, s))
+        vals = np.asarray(vals)
+        net = chain_auroc(y, np.asarray(score))
+        out[task] = dict(mean=round(float(vals.mean()), 4),
+                         q05=round(float(np.quantile(vals, 0.05)), 4),
+                         q95=round(float(np.quantile(vals, 0.95)), 4),
+                         network=round(net, 4),
+                         share_at_or_below=round(float((vals <= net).mean()), 4), n_rep=n_rep)
+    return out
 
 
 def oriented(train_y, train_s) -> float:
@@ -242,15 +283,23 @@ def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib
         "--patch-model-state", str(patch_model), "--patch-net", args.net,
         "--img-size", str(args.img_size), str(args.img_size), "--no-img-scale",
         "--rescale-factor", "1", "--featurewise-center", "--featurewise-mean", f"{mean:.4f}",
-        "--no-equalize-hist", "--augmentation", "--class-list", *IMAGE_CLASSES,
+        "--no-equalize-hist", "--augmentation" if args.image_augmentation else "--no-augmentation",
+        "--class-list", *IMAGE_CLASSES,
         "--block-type", "resnet", "--top-depths", *map(str, args.top_depths),
         "--top-repetitions", *["1"] * len(args.top_depths), "--bottleneck-enlarge-factor", "2",
         "--batch-size", str(2 * args.image_batch), "--train-bs-multiplier", "0.5",
         "--load-train-ram", "--load-val-ram", "--nb-epoch", str(i1),
         "--all-layer-epochs", str(i1 + i2), "--optimizer", "adam",
-        "--init-learningrate", "0.001", "--all-layer-multiplier", "0.3",
+        "--init-learningrate", "0.001", "--all-layer-multiplier", str(args.image_all_multiplier),
         "--weight-decay", "0.0001", "--weight-decay2", "0.0001", "--es-patience", "6",
-        "--auto-batch-balance", "--seed", str(args.seed), "--best-model", str(model)]))
+        "--auto-batch-balance" if args.image_balance else "--no-auto-batch-balance",
+        "--seed", str(args.seed), "--best-model", str(model)]))
+
+
+def chain_score_images(model_path: str, paths: Sequence[str]) -> np.ndarray:
+    """Class probabilities of a saved model (its own recipe) on image files."""
+    import dm_inference
+    return dm_inference.score_paths(dm_inference.load_models([model_path]), paths, batch_size=8)
 
 
 def chain_auroc(y, s) -> float:
@@ -388,7 +437,8 @@ def run(args) -> dict:
     log.info("data and patches ready in %.0f s: %d patches", t_prep, len(pidx))
 
     folds, oof_img, oof_patch = [], [], []
-    for k in tqdm(range(args.folds), desc="folds", file=sys.stderr):
+    n_run = min(args.folds, args.fold_limit or args.folds)
+    for k in tqdm(range(n_run), desc="folds", file=sys.stderr):
         tf0 = time.time()
         fd = out / f"fold{k}"
         test_w = sorted(w for w in women if fold_of[w] == k)
@@ -501,6 +551,8 @@ def run(args) -> dict:
     overlay = find_overlay(args, out, I, info, figs / "overlay.png")
     diag = diagnostics(out, info)
     hm_scores = heatmap_max_scores(args, out, I, nb, sd)
+    train_fit = image_training_fit(out, n_run)
+    null = null_learner(I, 200, sd)
 
     goals = dict(
         patch_auroc_ge_0_90=pooled["patch_lesion_vs_background"]["network"]["auroc"] >= 0.90,
@@ -510,7 +562,8 @@ def run(args) -> dict:
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
         config={k: v for k, v in vars(args).items()}, n_images=len(ids), n_women=len(women),
         folds=folds, pooled=pooled, goals=goals, diagnostics=diag,
-        image_score_from_patch_heatmap_max=hm_scores,
+        image_score_from_patch_heatmap_max=hm_scores, image_training_fit=train_fit,
+        null_learner=null,
         patch_confusion=dict(classes=PATCH_CLASSES, rows_true_cols_pred=conf.tolist()),
         image_confusion=dict(classes=IMAGE_CLASSES, rows_true_cols_pred=img_conf.tolist()),
         files=dict(roc_abnormal=str(figs / "roc_abnormal.png"),
@@ -597,6 +650,24 @@ def diagnostics(out: pathlib.Path, info) -> dict:
     return out_d
 
 
+def image_training_fit(out: pathlib.Path, n_folds: int) -> list[dict]:
+    """How well each fold's selected whole-image model separates its own training images
+    (inference mode): a model near 0.5 here learned nothing it could transfer, whatever its
+    test figure (README: the first run's models scored 0.61 / 0.47 on their training set)."""
+    rows = []
+    for k in range(n_folds):
+        fd = out / f"fold{k}"
+        if not (fd / "image_model.keras").is_file():
+            continue
+        paths, labels = chain_list(fd / "images" / "train", IMAGE_CLASSES)
+        y = np.asarray(labels)
+        p = chain_score_images(str(fd / "image_model.keras"), paths)
+        rows.append(dict(fold=k, n=int(len(y)),
+                         abnormal_vs_normal=round(chain_auroc(y > 0, 1 - p[:, 0]), 4),
+                         malignant_vs_rest=round(chain_auroc(y == 2, p[:, 2]), 4)))
+    return rows
+
+
 def heatmap_max_scores(args, out: pathlib.Path, I, n_boot: int, seed: int) -> dict:
     """A fixed second image score from the same out-of-fold patch models, without the
     whole-image classifier: the maximum of the sliding-window lesion map (1 - p(background))
@@ -637,6 +708,8 @@ def report_only(args) -> dict:
     summary["diagnostics"] = diagnostics(out, info)
     summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
         run_args, out, I, run_args.n_boot, run_args.seed)
+    summary["image_training_fit"] = image_training_fit(out, len(summary["folds"]))
+    summary["null_learner"] = null_learner(I, 200, run_args.seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

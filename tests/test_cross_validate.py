@@ -110,4 +110,28 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     hm = summary["image_score_from_patch_heatmap_max"]
     assert hm["abnormal_vs_normal"]["n"] == 24 and hm["malignant_vs_rest"]["n_pos"] == \
         summary["pooled"]["image_malignant_vs_rest"]["network"]["n_pos"]
+    fit = summary["image_training_fit"]
+    assert [r["fold"] for r in fit] == [0, 1]
+    for r, f in zip(fit, folds):
+        assert r["n"] == 24 - f["n_test_images"] - 2 * len(f["val_women"])
+        assert 0.0 <= r["abnormal_vs_normal"] <= 1.0
+    assert summary["config"]["image_augmentation"] is False
+    for task, r in summary["null_learner"].items():
+        assert r["q05"] <= r["mean"] <= r["q95"] and 0.0 <= r["share_at_or_below"] <= 1.0, task
     assert summary["wall_s"] > 0
+
+
+def test_null_learner_brackets_chance_and_ranks_the_network():
+    rng = np.random.default_rng(0)
+    label = rng.permutation(np.r_[np.zeros(120, int), np.ones(48, int), np.full(32, 2)])
+    I = pd.DataFrame(dict(fold=np.arange(200) % 5, label=label))
+    I["p_normal"] = np.where(label > 0, 0.1, 0.9)          # a perfect abnormal score
+    I["p_malignant"] = np.where(label == 2, 0.0, 1.0)      # a perfectly inverted one
+    r = cv.null_learner(I, n_rep=30, seed=1)
+    for task in ("abnormal_vs_normal", "malignant_vs_rest"):
+        assert 0.3 < r[task]["q05"] < 0.5 < r[task]["q95"] < 0.7 and r[task]["n_rep"] == 30
+    assert r["abnormal_vs_normal"]["network"] == 1.0
+    assert r["abnormal_vs_normal"]["share_at_or_below"] == 1.0
+    assert r["malignant_vs_rest"]["network"] == 0.0
+    assert r["malignant_vs_rest"]["share_at_or_below"] == 0.0
+    assert cv.null_learner(I, n_rep=30, seed=1) == r                 # seeded
