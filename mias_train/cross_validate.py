@@ -57,12 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv")
     p.add_argument("--patch-epochs", type=int, default=20,
                    help="patch classifier epochs (one stage: from scratch)")
-    p.add_argument("--image-epochs", nargs=2, type=int, default=[2, 8], metavar=("TOP", "ALL"),
+    p.add_argument("--image-epochs", nargs=2, type=int, default=[2, 12], metavar=("TOP", "ALL"),
                    help="whole-image stage lengths (converted to final epoch numbers)")
     p.add_argument("--top-depths", nargs="+", type=int, default=[64, 64],
                    help="whole-image top blocks")
     p.add_argument("--patch-batch", type=int, default=64, help="patch training batch")
     p.add_argument("--image-batch", type=int, default=8, help="whole-image training batch")
+    p.add_argument("--image-augmentation", action=argparse.BooleanOptionalAction, default=False,
+                   help="augment whole images in training")
+    p.add_argument("--image-balance", action=argparse.BooleanOptionalAction, default=False,
+                   help="class-balanced whole-image batches (--auto-batch-balance)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=12345, help="seeds folds, sampling and training")
     p.add_argument("--max-women", type=int, default=None,
@@ -231,26 +235,53 @@ def chain_train_patch(d: pathlib.Path, model: pathlib.Path, args, mean: float) -
         "--best-model", str(model)]))
 
 
+def chain_trunk_mean(patch_model: pathlib.Path) -> float:
+    """The featurewise mean the patch trunk was trained with (its saved recipe): the
+    whole-image stage must centre images with it, since the trunk's weights and batch-norm
+    statistics assume it (the mean of whole images, mostly dark background, is far lower)."""
+    import dm_modelfile
+    meta = dm_modelfile.read_model_meta(patch_model)
+    if meta is None or not meta.recipe.featurewise_center:
+        raise RuntimeError(f"{patch_model}: no featurewise-centred recipe stored")
+    return float(meta.recipe.featurewise_mean)
+
+
 def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path, args,
                       mean: float) -> dict:
     import dm_flags
     import image_clf_train
     i1, i2 = args.image_epochs
+    aug = "--augmentation" if args.image_augmentation else "--no-augmentation"
+    bal = "--auto-batch-balance" if args.image_balance else "--no-auto-batch-balance"
     # the stage flags are final epoch numbers (docs/fidelity.md)
     return image_clf_train.run(dm_flags.parse("image", [
         str(d / "train"), str(d / "val"), str(d / "test"),
         "--patch-model-state", str(patch_model), "--patch-net", args.net,
         "--img-size", str(args.img_size), str(args.img_size), "--no-img-scale",
         "--rescale-factor", "1", "--featurewise-center", "--featurewise-mean", f"{mean:.4f}",
-        "--no-equalize-hist", "--augmentation", "--class-list", *IMAGE_CLASSES,
+        "--no-equalize-hist", aug, "--class-list", *IMAGE_CLASSES,
         "--block-type", "resnet", "--top-depths", *map(str, args.top_depths),
         "--top-repetitions", *["1"] * len(args.top_depths), "--bottleneck-enlarge-factor", "2",
         "--batch-size", str(2 * args.image_batch), "--train-bs-multiplier", "0.5",
         "--load-train-ram", "--load-val-ram", "--nb-epoch", str(i1),
         "--all-layer-epochs", str(i1 + i2), "--optimizer", "adam",
         "--init-learningrate", "0.001", "--all-layer-multiplier", "0.3",
-        "--weight-decay", "0.0001", "--weight-decay2", "0.0001", "--es-patience", "6",
-        "--auto-batch-balance", "--seed", str(args.seed), "--best-model", str(model)]))
+        "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
+        # all epochs run (early stopping follows val loss, not the selection metric)
+        "--es-patience", str(i1 + i2),
+        bal, "--seed", str(args.seed), "--best-model", str(model)]))
+
+
+def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
+                         classes: Sequence[str]):
+    """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
+    whole-image model on its own training images: can it fit them at all?)."""
+    import dm_image
+    import dm_inference
+    m = dm_inference.load_models([str(model_path)])[0]
+    paths, labels = dm_image.list_class_folders(root, classes)
+    ds = dm_image.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
+    return np.asarray(labels), dm_inference.predict(m.model, ds)
 
 
 def chain_auroc(y, s) -> float:
@@ -383,7 +414,6 @@ def run(args) -> dict:
     pidx["grey"] = [grey_mean(p, False) for p in pidx["path"]]
     img_path = {i: data / "full_images" / f"{i}.png" for i in ids}
     img_grey = {i: grey_mean(str(img_path[i]), True) for i in ids}
-    img_mean = {i: grey_mean(str(img_path[i]), False) for i in ids}
     t_prep = time.time() - t0
     log.info("data and patches ready in %.0f s: %d patches", t_prep, len(pidx))
 
@@ -410,7 +440,7 @@ def run(args) -> dict:
         pres = chain_train_patch(fd / "patches", fd / "patch_model.keras", args, patch_mean)
         t_patch = time.time() - tf0
         train_imgs = [i for i in ids if split_of[woman_of[i]] == "train"]
-        image_mean = float(np.mean([img_mean[i] for i in train_imgs]))
+        image_mean = chain_trunk_mean(fd / "patch_model.keras")
         ires = chain_train_image(fd / "images", fd / "patch_model.keras", fd / "image_model.keras",
                                  args, image_mean)
         t_image = time.time() - tf0 - t_patch
@@ -440,6 +470,9 @@ def run(args) -> dict:
         it["baseline_malignant"] = oriented(ytr == 2, gtr) * it["grey"]
         oof_img.append(it)
 
+        ytr_i, ptr_i = chain_predict_folder(fd / "image_model.keras", fd / "images" / "train",
+                                            IMAGE_CLASSES)
+
         def fold_auc(y, s):
             y = np.asarray(y).astype(bool)
             return round(chain_auroc(y, s), 4) if 0 < y.sum() < len(y) else None
@@ -449,6 +482,9 @@ def run(args) -> dict:
                    patch_auroc_baseline=fold_auc(pt["label"] > 0, pt["baseline"]),
                    image_auroc_abnormal=fold_auc(it["label"] > 0, 1 - it["p_normal"]),
                    image_auroc_malignant=fold_auc(it["label"] == 2, it["p_malignant"]),
+                   image_train_auroc_abnormal=fold_auc(ytr_i > 0, 1 - ptr_i[:, 0]),
+                   image_train_auroc_malignant=fold_auc(ytr_i == 2, ptr_i[:, 2]),
+                   image_mean=round(image_mean, 4),
                    image_auroc_abnormal_baseline=fold_auc(it["label"] > 0, it["baseline_abnormal"]),
                    image_auroc_malignant_baseline=fold_auc(it["label"] == 2,
                                                            it["baseline_malignant"]),

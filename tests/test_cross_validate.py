@@ -79,6 +79,15 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
         assert not set(f["test_women"]) & set(f["train_women"])
         assert set(f["val_women"]) < set(f["train_women"])
         assert f["patch_history"]["epoch"] and f["image_history"]["epoch"]
+        # the whole-image stage centres with the trunk's own mean (a patch mean), not the
+        # whole images' far darker one
+        import dm_modelfile
+        fd = out / f"fold{f['fold']}"
+        trunk = dm_modelfile.read_model_meta(fd / "patch_model.keras").recipe
+        image = dm_modelfile.read_model_meta(fd / "image_model.keras").recipe
+        assert image.featurewise_mean == pytest.approx(trunk.featurewise_mean, abs=1e-3)
+        assert f["image_mean"] == pytest.approx(trunk.featurewise_mean, abs=1e-3)
+        assert "image_train_auroc_abnormal" in f and "image_train_auroc_malignant" in f
 
     images = pd.read_csv(out / "oof_images.csv")
     assert len(images) == 24 and images["image_id"].is_unique
