@@ -7,7 +7,9 @@ Keras 3's `fit` does not run under `MultiWorkerMirroredStrategy` as released
 `enable_multi_worker_fit` replaces exactly those two functions; everything else (the
 train step, the optimiser, callbacks, checkpoints) is Keras' and TensorFlow's own.
 Only the chief writes what the user sees; other workers write to a hidden scratch folder
-that a completed run removes.
+that a completed run removes. A restarted run resumes every worker from the chief's last
+checkpoint, as TensorFlow's own BackupAndRestore does (README "Training on several
+machines").
 """
 from __future__ import annotations
 
@@ -177,3 +179,17 @@ def barrier(strategy) -> None:
         return
     import tensorflow as tf
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def resume_epochs(strategy, epoch: int) -> list[int]:
+    """Every worker's resume point (`epoch` completed epochs, -1 for a fresh start), in
+    task order. Workers that start from different points would build different optimiser
+    states and stop in a collective with a shape mismatch; the caller compares these
+    first."""
+    if strategy is None or not is_multi_worker():
+        return [epoch]
+    import tensorflow as tf
+    mine = strategy.run(lambda: tf.constant([float(epoch)]))
+    per_replica = [int(v) for v in strategy.gather(mine, axis=0).numpy()]
+    n_tasks = sum(len(v) for v in tf_config().get("cluster", {}).values())
+    return per_replica[::max(1, len(per_replica) // n_tasks)]

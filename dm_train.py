@@ -187,6 +187,20 @@ def find_resume_state(last: str | None, fingerprint: str, resume: bool) -> dict 
     return state
 
 
+def check_same_resume_point(strategy, state: dict | None, chief_last: str | None) -> None:
+    """All workers of a multi-machine run must start from the same epoch: each reads the
+    chief's last checkpoint, so a worker that cannot see it (no shared storage) would
+    start afresh while the others resume. Stop with one line instead of a collective
+    shape mismatch."""
+    epochs = dm_distribute.resume_epochs(strategy, state["epoch"] if state else -1)
+    if len(set(epochs)) > 1:
+        seen = ", ".join(f"task {i}: {'none' if e < 0 else f'epochs 1-{e} done'}"
+                         for i, e in enumerate(epochs))
+        raise RunError(f"{chief_last}: the workers do not see the same last checkpoint "
+                       f"({seen}); put the output folder on storage every worker reads, "
+                       f"or delete the file to start over")
+
+
 def check_split_folders(folders, class_list, rescale_factor: float | None) -> int | None:
     """List all sets (training first) before any long work, so a bad folder fails at once.
 
@@ -322,23 +336,29 @@ def train_and_test(cfg, kind: "str | TrainerSpec", build_model: Callable[[], Any
                     "rates); accepted so the original scripts run", cfg.bias_multiplier)
     for line in useless_flags(cfg, kind):
         log.warning("%s", line)
-    user_cfg, cfg = cfg, dm_distribute.worker_config(cfg)  # non-chief workers: scratch paths
+    # Non-chief workers write to scratch paths but resume from the chief's last checkpoint.
+    user_cfg, cfg = cfg, dm_distribute.worker_config(cfg)
+    chief_last = last_checkpoint_path(user_cfg.best_model, user_cfg.final_model,
+                                      user_cfg.history_csv)
     with RunLock(cfg.best_model):
-        result = _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra)
+        result = _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra,
+                                 chief_last, config_fingerprint(user_cfg))
     dm_distribute.clean_scratch(user_cfg)
     return result
 
 
-def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra) -> dict:
+def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra,
+                    chief_last: str | None, fingerprint: str) -> dict:
     classes = list(cfg.class_list)
     input_bits = check_split_folders((cfg.train_dir, cfg.val_dir, cfg.test_dir), classes,
                                      cfg.rescale_factor)
     last = last_checkpoint_path(cfg.best_model, cfg.final_model, cfg.history_csv)
-    fingerprint = config_fingerprint(cfg)
-    state = find_resume_state(last, fingerprint, cfg.resume)
+    state = find_resume_state(chief_last, fingerprint, cfg.resume)
     strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute)
+    check_same_resume_point(strategy, state, chief_last)
     with strategy_scope(strategy):
-        model = (dm_keras_ext.load_model(last, compile=True) if state else build_model())
+        model = (dm_keras_ext.load_model(chief_last, compile=True) if state
+                 else build_model())
     if dm_distribute.is_multi_worker():
         dm_distribute.synchronize_batch_norm(model)
     dm_keras_ext.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
