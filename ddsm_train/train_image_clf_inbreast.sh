@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Finetune a whole-image model (trained on CBIS-DDSM) on INbreast at 1152x896: stage 2
-# only (--nb-epoch 0). The original's ddsm_train/train_image_clf_inbreast.sh (also at
-# inbreast_train/). Edit paths.
+# only (--nb-epoch 0). The original's ddsm_train/train_image_clf_inbreast.sh (also run by
+# inbreast_train/train_image_clf_inbreast.sh). Edit paths.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"

@@ -343,13 +343,25 @@ def test_vgg_block_default_weight_decay_is_the_originals():
     assert inspect.signature(dm_resnet._vgg_block).parameters["weight_decay"].default == 0.01
 
 
-def test_inbreast_script_also_at_the_original_path():
+def test_inbreast_script_also_at_the_original_path(tmp_path):
+    """Both names run the same command (a fake $PYTHON records it), from any folder."""
+    import os
     import pathlib
+    import subprocess
     repo = pathlib.Path(__file__).resolve().parents[1]
-    a = (repo / "ddsm_train/train_image_clf_inbreast.sh").read_text()
-    b = (repo / "inbreast_train/train_image_clf_inbreast.sh").read_text()
-    strip = lambda t: [l for l in t.splitlines() if not l.startswith("#")]
-    assert strip(a) == strip(b)
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGV_OUT"\n')
+    fake.chmod(0o755)
+    got = []
+    for script in ("ddsm_train/train_image_clf_inbreast.sh",
+                   "inbreast_train/train_image_clf_inbreast.sh"):
+        out = tmp_path / (script.split("/")[0] + ".txt")
+        subprocess.run(["bash", str(repo / script)], cwd=tmp_path, check=True, timeout=60,
+                       env=dict(os.environ, PYTHON=str(fake), ARGV_OUT=str(out)))
+        got.append(out.read_text().splitlines())
+    assert got[0] == got[1]
+    assert got[0][0] == str(repo / "image_clf_train.py") and "--resume-from" in got[0]
+    assert got[0][got[0].index("--nb-epoch") + 1] == "0"
 
 
 def test_optimisers_have_keras_208_defaults():
