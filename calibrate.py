@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+import dm_cli
 from dm_errors import InputError
 
 log = logging.getLogger("calibrate")
@@ -25,14 +26,14 @@ log = logging.getLogger("calibrate")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("model", help=".keras or .h5 model file (written by this project)")
     p.add_argument("preds", help="validation predictions CSV of predict.py --no-calibration")
     p.add_argument("--labels", help="CSV with path,label when the predictions have no label column")
     p.add_argument("--method", default="auto", choices=["auto", "temperature", "platt"],
                    help="calibration map; auto: lower cross-validated log-loss")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for --method auto")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the fold assignment")
+    dm_cli.add_seed_flag(p, "seed of the fold assignment")
     p.add_argument("--out", help="write the calibrated model here (default: update MODEL in place)")
     return p
 

@@ -28,6 +28,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
+        if isinstance(action, argparse.BooleanOptionalAction):      # --X / --no-X in one
+            text = text.replace(" (default: %(default)s)", "")
+            return f"{text} (default: {'on' if action.default else 'off'})"
         if (not action.option_strings or "%(default)" in text or text == argparse.SUPPRESS
                 or any(o.startswith("--no-") for o in action.option_strings)
                 or isinstance(action, argparse._HelpAction)):
@@ -39,6 +42,29 @@ class HelpFormatter(argparse.HelpFormatter):
             return text
         shown = " ".join(str(v) for v in d) if isinstance(d, (list, tuple)) else str(d)
         return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+DEFAULT_SEED = 12345
+
+
+def default_seed() -> int:
+    """The seed every tool uses unless given --seed: $RANDOM_SEED, else DEFAULT_SEED. A value
+    that is not an integer stops the tool with one line (exit 2)."""
+    value = os.environ.get("RANDOM_SEED")
+    if value is None or value.strip() == "":
+        return DEFAULT_SEED
+    try:
+        return int(value)
+    except ValueError:
+        tool = os.path.splitext(os.path.basename(sys.argv[0] or "tool"))[0]
+        sys.stderr.write(f"{tool}: error: RANDOM_SEED={value!r}: not an integer\n")
+        raise SystemExit(2) from None
+
+
+def add_seed_flag(parser, help: str) -> None:
+    """--seed for a tool's parser (or argument group), defaulting to `default_seed()`."""
+    parser.add_argument("--seed", dest="seed", type=int, default=default_seed(),
+                        help=f"{help} ($RANDOM_SEED, else {DEFAULT_SEED})")
 
 
 def quiet_tensorflow() -> None:

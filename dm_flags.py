@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from typing import Any, Sequence
 
+import dm_cli
 from dm_errors import OriginalAPIError
 
-# Defaults shared by both trainers.
+# Defaults shared by both trainers (--seed: `dm_cli.default_seed`, as in every tool).
 COMMON_DEFAULTS: dict[str, Any] = dict(
     img_scale=None, rescale_factor=None, featurewise_center=True, batch_size=64,
     train_bs_multiplier=0.5, nb_epoch=5, all_layer_epochs=20, load_val_ram=False,
     load_train_ram=False, weight_decay=1e-4, weight_decay2=1e-4, hidden_dropout=0.0,
     hidden_dropout2=0.0, optim="sgd", init_lr=0.01, lr_patience=10, es_patience=25,
     pos_cls_weight=1.0, neg_cls_weight=1.0, final_model="NOSAVE", resume_from=None,
-    top_layer_nb=None, bias_multiplier=None, seed=None, distribute=False,
+    top_layer_nb=None, bias_multiplier=None, distribute=False,
     mixed_precision=None, jit_compile=False, tensorboard=None, history_csv=None,
     test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
     frozen_bn="batch",
@@ -49,7 +51,6 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
 
 def _help_formatter():
     """Help that shows every default (`dm_cli.HelpFormatter`)."""
-    import dm_cli
     return dm_cli.HelpFormatter
 
 
@@ -165,8 +166,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
           "also report the test AUROC with 4-flip test-time augmentation")
     _bool(g, "resume", "resume", "continue an interrupted run from its last completed epoch")
     g = p.add_argument_group("reproducibility and scale")
-    g.add_argument("--seed", dest="seed", type=int,
-                   help="random seed (default: $RANDOM_SEED or 12345)")
+    dm_cli.add_seed_flag(g, "random seed")
     _bool(g, "distribute", "distribute",
           "data-parallel over all local devices (MirroredStrategy; TF_CONFIG: multi-worker)")
     g.add_argument("--mixed-precision", dest="mixed_precision", nargs="?", const="float16",
@@ -266,8 +266,10 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     return p
 
 
+@functools.cache
 def config_class(kind: str) -> type:
-    """A frozen dataclass with one field per flag of that trainer."""
+    """A frozen dataclass with one field per flag of that trainer (one class per trainer,
+    so two configs with the same values compare equal)."""
     names = sorted(vars(build_parser(kind).parse_args(["a", "b", "c"])))
     return dataclasses.make_dataclass(f"{kind.capitalize()}Config", names, frozen=True)
 
@@ -301,7 +303,7 @@ def config(kind: str, train_dir: str, val_dir: str, test_dir: str, **values: Any
 
 def _frozen(kind: str, args: argparse.Namespace):
     if args.seed is None:
-        args.seed = int(os.environ.get("RANDOM_SEED", 12345))
+        args.seed = dm_cli.default_seed()
     return config_class(kind)(**vars(args))
 
 
@@ -317,7 +319,7 @@ def original_run_config(kind: str, train_dir, val_dir, test_dir, **kw):
         raise TypeError(f"run() got unexpected keyword(s) {sorted(unknown)}")
     args.update(kw)
     if args.get("seed") is None:
-        args["seed"] = int(os.environ.get("RANDOM_SEED", 12345))
+        args["seed"] = dm_cli.default_seed()
     if kind == "image" and (args["patch_model_state"] is None) == (args["resume_from"] is None):
         raise OriginalAPIError("run(): give exactly one of patch_model_state and resume_from")
     return config_class(kind)(**args)

@@ -8,12 +8,13 @@ the final file gets the mode any other tool would give it (0666 / 0777 minus the
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import sys
 import tempfile
-from typing import Callable
+from typing import Any, Callable
 
 from dm_errors import OutputRefusedError
 
@@ -86,6 +87,12 @@ def atomic_write(path: str, writer: Callable, text: bool = False) -> None:
         with open(tmp, "w" if text else "wb", **kw) as f:
             writer(f)
     write_named(path, fill)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1, **dumps: Any) -> None:
+    """A JSON file (summaries, layouts), written atomically (`atomic_write`)."""
+    text = json.dumps(obj, indent=indent, **dumps) + "\n"
+    atomic_write(str(path), lambda f: f.write(text), text=True)
 
 
 def replace(tmp: str, path: str, folder: bool = False) -> None:

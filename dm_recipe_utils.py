@@ -152,8 +152,7 @@ def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None
             "target_height": int(target_height) if target_height and not img_size else None,
             "bit_depth": bits, "rescale_factor": round(factor, 6),
             "featurewise_mean": round(mean, 2), "mean_of": "train" if len(train) else "all"}
-    text = json.dumps(info, indent=1) + "\n"
-    dm_output.atomic_write(str(out_dir / LAYOUT_FILE), lambda f: f.write(text), text=True)
+    dm_output.write_json(out_dir / LAYOUT_FILE, info)
     log.info("training split: %d-bit images, featurewise mean %.2f after rescale factor %.6g: "
              "train with --rescale-factor %.6g --featurewise-mean %.2f", bits or 0, mean, factor,
              factor, mean)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import pathlib
@@ -26,6 +25,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+import dm_cli
 from dm_errors import InputError
 from dm_preprocess import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,
@@ -321,12 +321,12 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
                          "calc_fraction": calc_fraction, "views_per_patient": views_per_patient}
-    (out / "synthetic.json").write_text(json.dumps(summary, indent=1, default=list))
+    import dm_output
+    dm_output.write_json(out / "synthetic.json", summary, default=list)
     return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import dm_cli
     ap = argparse.ArgumentParser(description="Write a seeded synthetic mammogram dataset (CBIS-DDSM recipe layout).",
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
     ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=[576, 448], metavar=("H", "W"),
                     help="image size")
-    ap.add_argument("--seed", type=int, default=12345, help="seeds every image and the splits")
+    dm_cli.add_seed_flag(ap, "seeds every image and the splits")
     ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")
     ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")
     ap.add_argument("--calc-fraction", type=float, default=0.35,

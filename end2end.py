@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+import dm_cli
 from dm_errors import InputError
 
 log = logging.getLogger("end2end")
@@ -27,7 +28,7 @@ log = logging.getLogger("end2end")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=dm_cli.HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [PATH]",
                    help="'synthetic', or 'mias PATH' (the mini-MIAS folder)")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-depths", nargs="+", type=int, default=[64, 64],
                    help="depths of the whole-image top blocks")
     g.add_argument("--batch-size", type=int, default=32, help="batch size of both trainers")
-    g.add_argument("--seed", type=int, default=12345, help="seeds data, sampling and training")
+    dm_cli.add_seed_flag(g, "seeds data, sampling and training")
     g.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
                    help="train both classifiers in this mixed precision (default float32)")
     return p
@@ -226,7 +227,8 @@ def run(args) -> dict:
         patch_model=str(patch_model), image_model=str(image_model),
         timings={k: round(v, 1) for k, v in timings.items()},
         total_s=round(time.time() - t0, 1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    import dm_output
+    dm_output.write_json(out / "summary.json", summary, indent=2)
     log.info("summary: %s", json.dumps(summary))
     log.info("patch test accuracy %.3f; whole-image test AUROC %.3f, with TTA %.3f "
              "(95%% CI %.3f-%.3f, %d images); %.0f s in all",

@@ -14,7 +14,6 @@ reliability_<level>.png; with --html also report/index.html (see dm_report.py).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+import dm_cli
 from dm_errors import InputError
 
 log = logging.getLogger("evaluate")
@@ -34,13 +34,13 @@ class EvalError(InputError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("preds", help="predictions CSV")
     p.add_argument("--labels", help="CSV with path,label (when the predictions have none)")
     p.add_argument("--pos-class", help="positive class column (default: the last class column)")
     p.add_argument("--class-cols", nargs="+", help="class columns (default: detected)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the interval")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the bootstrap")
+    dm_cli.add_seed_flag(p, "seed of the bootstrap")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.5],
                    help="score thresholds for sensitivity/specificity (score >= t is positive)")
     p.add_argument("--target-sensitivity", type=float, nargs="+", default=[0.9],
@@ -190,9 +190,8 @@ def run(args) -> dict:
     if args.html:
         summary["html"] = os.path.abspath(write_html(args, summary, df, y, s))
     path = args.json or os.path.join(args.out_dir, "summary.json")
-    import dm_inference
-    dm_inference.atomic_write(path, lambda f: json.dump(summary, f, indent=1, default=float),
-                              text=True)
+    import dm_output
+    dm_output.write_json(path, summary, default=float)
     report(summary)
     log.info("summary written to %s", path)
     if args.html:

@@ -44,6 +44,7 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 
 import numpy as np  # noqa: E402
 
+import dm_cli  # noqa: E402
 from dm_errors import InputError  # noqa: E402
 
 log = logging.getLogger("heatmap_score")
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Heatmap scoring of mammograms (sliding window, fprop, Grad-CAM), grouped "
                     "per patient and side into a .npz, with optional PNG overlays.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=dm_cli.HelpFormatter)
     p.add_argument("img_folder", help="folder of the images (<patient>_<side>_<view>.png)")
     p.add_argument("dl_state", metavar="MODEL", help="patch model (or whole-image model "
                    "with --grad-cam)")

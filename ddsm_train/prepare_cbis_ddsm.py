@@ -305,8 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="else resize to this height keeping the aspect")
     ap.add_argument("--native-size", action="store_true", help="keep the DICOM size")
     ap.add_argument("--val-size", type=float, default=0.1, help="fraction of non-test patients for validation")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
-                    help="split seed ($RANDOM_SEED)")
+    dm_cli.add_seed_flag(ap, "split seed")
     ap.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),
                     help="conversion processes ($NUM_CPU_CORES)")
     ap.add_argument("--limit", type=int, default=None, help="convert only the first N images (trial runs)")

@@ -465,8 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-csv", default=None,
                    help="a recipe's images.csv: also draw background patches from images without abnormalities")
     p.add_argument("--max-tries", type=int, default=1000, help="failed draws before the ROI cutoff drops by 0.05")
-    p.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
-                   help="sampling seed ($RANDOM_SEED)")
+    dm_cli.add_seed_flag(p, "sampling seed")
     p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),
                    help="processes ($NUM_CPU_CORES); results do not depend on it")
     p.add_argument("--verbose", dest="verbose", action="store_true", help="progress bars")

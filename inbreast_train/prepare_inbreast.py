@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="resize every image to H x W (default: keep the DICOM size)")
     ap.add_argument("--val-size", type=float, default=0.1, help="fraction of patients for validation")
     ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
-                    help="split seed ($RANDOM_SEED)")
+    dm_cli.add_seed_flag(ap, "split seed")
     ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.dicom_dir, a.csv, a.out_dir, a.xml_dir, a.img_size, a.val_size, a.test_size, a.seed, a.verbose)

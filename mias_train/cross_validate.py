@@ -29,9 +29,13 @@ from typing import Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if not __package__:  # run as a script from its folder: put the repo root on the path
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dm_recipe_utils import link_or_copy  # noqa: E402
+import dm_cli  # noqa: E402
+from dm_errors import InputError  # noqa: E402
+from dm_output import write_json, write_named  # noqa: E402
+from dm_recipe_utils import link_or_copy, write_csv  # noqa: E402
 
 log = logging.getLogger("cross_validate")
 
@@ -39,9 +43,13 @@ IMAGE_CLASSES = ["normal", "benign", "malignant"]
 PATCH_CLASSES = ["background", "malignant", "benign"]
 
 
+class CrossValidationError(InputError):
+    """A flag or folder the cross-validation cannot use."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=dm_cli.HelpFormatter)
     p.add_argument("mias_dir", help="mini-MIAS folder (Info.txt and images/)")
     p.add_argument("--out", "--out-dir", dest="out", default="runs/mias_cv", help="output folder")
     p.add_argument("--folds", type=int, default=5, help="number of folds (by woman)")
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-balance", action=argparse.BooleanOptionalAction, default=False,
                    help="class-balanced whole-image batches (--auto-batch-balance)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=12345, help="seeds folds, sampling and training")
+    dm_cli.add_seed_flag(p, "seeds folds, sampling and training")
     p.add_argument("--max-women", type=int, default=None,
                    help="use only this many women (stratified pick; trials and tests)")
     p.add_argument("--fold-limit", type=int, default=None,
@@ -212,8 +220,8 @@ def grey_mean(path: str, breast_only: bool) -> float:
 
 
 # ============================================================================== the chain
-# Every call into the project's pipeline is in this section, so it can be switched to the
-# typed functions of the tools in one place.
+# Every call into the project's pipeline is in this section: the tools' typed functions
+# (recipe, sampler, trainers' configs from values, prediction, heatmaps), as end2end.py.
 def chain_prepare(mias_dir: str, out: pathlib.Path, img_size: int, ids, seed: int) -> None:
     """The mini-MIAS recipe over all (or the chosen) images; its own split is not used."""
     from mias_train import prepare_mias
@@ -229,16 +237,13 @@ def chain_info(mias_dir: str):
 def chain_sample_patches(data: pathlib.Path, patients: pathlib.Path, out: pathlib.Path,
                          args) -> None:
     """The patch sampler on the given women, all into one folder (no validation split)."""
-    from ddsm_train import sample_patches_combined as sampler
-    rc = sampler.main([str(data / "roi_mask_path.csv"), str(data / "roi_masks"), str(patients),
-                       str(data / "full_images"), str(out), "--val-size", "0",
-                       "--target-size", str(args.img_size), str(args.img_size),
-                       "--patch-size", str(args.patch_size), "--nb-abn", str(args.nb_abn),
-                       "--nb-bkg", str(args.nb_bkg), "--nb-hns", str(args.nb_hns),
-                       "--class-layout", "3class", "--images-csv", str(data / "images.csv"),
-                       "--seed", str(args.seed), "--no-verbose"])
-    if rc not in (None, 0) and not isinstance(rc, dict):
-        raise RuntimeError(f"patch sampler failed ({rc})")
+    from ddsm_train.sample_patches_combined import sample_patches
+    sample_patches(data / "roi_mask_path.csv", data / "roi_masks", patients,
+                   data / "full_images", out, val_size=0.0,
+                   target_size=[args.img_size, args.img_size], patch_size=args.patch_size,
+                   nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, nb_hns=args.nb_hns,
+                   class_layout="3class", images_csv=str(data / "images.csv"), seed=args.seed,
+                   verbose=False)
 
 
 def chain_list(root: pathlib.Path, classes: Sequence[str]):
@@ -247,26 +252,29 @@ def chain_list(root: pathlib.Path, classes: Sequence[str]):
     return dm_image.list_class_folders(root, classes)
 
 
-def chain_train_patch(d: pathlib.Path, model: pathlib.Path, args, mean: float) -> dict:
+def patch_config(d: pathlib.Path, model: pathlib.Path, args, mean: float):
+    """The patch trainer's config for one fold."""
     import dm_flags
-    import patch_clf_train
-    # no pretrained weights: one stage on all layers, up to --nb-epoch (docs/fidelity.md)
-    return patch_clf_train.run(dm_flags.parse("patch", [
-        str(d / "train"), str(d / "val"), str(d / "test"),
-        "--net", args.net, "--nb-init-filter", str(args.nb_init_filter),
-        "--init-filter-size", "5", "--init-conv-stride", "2", "--max-pooling-size", "2",
-        "--max-pooling-stride", "2", "--no-use-pretrained",
-        "--img-size", str(args.patch_size), str(args.patch_size), "--no-img-scale",
-        "--rescale-factor", "1", "--featurewise-center", "--featurewise-mean", f"{mean:.4f}",
-        "--no-equalize-hist", "--augmentation", "--class-list", *PATCH_CLASSES,
-        "--batch-size", str(2 * args.patch_batch), "--train-bs-multiplier", "0.5",
-        "--load-train-ram", "--load-val-ram", "--nb-epoch", str(args.patch_epochs),
-        "--optimizer", "adam", "--init-learningrate", "0.001", "--weight-decay", "0.0001",
+    return dm_flags.config(
+        "patch", d / "train", d / "val", d / "test",
+        net=args.net, nb_init_filter=args.nb_init_filter, init_filter_size=5,
+        init_conv_stride=2, pool_size=2, pool_stride=2,
+        # no pretrained weights: one stage on all layers, up to --nb-epoch (docs/fidelity.md)
+        use_pretrained=False,
+        img_size=[args.patch_size, args.patch_size], img_scale=None, rescale_factor=1.0,
+        featurewise_center=True, featurewise_mean=float(f"{mean:.4f}"), equalize_hist=False,
+        augmentation=True, class_list=PATCH_CLASSES, batch_size=2 * args.patch_batch,
+        train_bs_multiplier=0.5, load_train_ram=True, load_val_ram=True,
+        nb_epoch=args.patch_epochs, optim="adam", init_lr=0.001, weight_decay=0.0001,
         # no class balancing: the inner validation patches have the training mix, so the
         # best-by-validation-accuracy epoch is not picked from a swinging accuracy; all
         # epochs run (early stopping after 4 of 11 epochs stopped a still-learning net)
-        "--es-patience", str(args.patch_epochs), "--seed", str(args.seed),
-        "--best-model", str(model)]))
+        es_patience=args.patch_epochs, seed=args.seed, best_model=str(model))
+
+
+def chain_train_patch(d: pathlib.Path, model: pathlib.Path, args, mean: float) -> dict:
+    import patch_clf_train
+    return patch_clf_train.run(patch_config(d, model, args, mean))
 
 
 def chain_trunk_mean(patch_model: pathlib.Path) -> float:
@@ -280,30 +288,32 @@ def chain_trunk_mean(patch_model: pathlib.Path) -> float:
     return float(meta.recipe.featurewise_mean)
 
 
+def image_config(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path, args,
+                 mean: float):
+    """The whole-image trainer's config for one fold."""
+    import dm_flags
+    i1, i2 = args.image_epochs
+    return dm_flags.config(
+        "image", d / "train", d / "val", d / "test",
+        patch_model_state=str(patch_model), patch_net=args.net,
+        img_size=[args.img_size, args.img_size], img_scale=None, rescale_factor=1.0,
+        featurewise_center=True, featurewise_mean=float(f"{mean:.4f}"), equalize_hist=False,
+        augmentation=args.image_augmentation, class_list=IMAGE_CLASSES, block_type="resnet",
+        top_depths=list(args.top_depths), top_repetitions=[1] * len(args.top_depths),
+        bottleneck_enlarge_factor=2, batch_size=2 * args.image_batch, train_bs_multiplier=0.5,
+        load_train_ram=True, load_val_ram=True,
+        # the stage flags are final epoch numbers (docs/fidelity.md)
+        nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", init_lr=0.001,
+        all_layer_multiplier=0.3, weight_decay=0.0001, weight_decay2=0.0001,
+        # all epochs run (early stopping follows val loss, not the selection metric)
+        es_patience=i1 + i2, auto_batch_balance=args.image_balance, seed=args.seed,
+        best_model=str(model))
+
+
 def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path, args,
                       mean: float) -> dict:
-    import dm_flags
     import image_clf_train
-    i1, i2 = args.image_epochs
-    aug = "--augmentation" if args.image_augmentation else "--no-augmentation"
-    bal = "--auto-batch-balance" if args.image_balance else "--no-auto-batch-balance"
-    # the stage flags are final epoch numbers (docs/fidelity.md)
-    return image_clf_train.run(dm_flags.parse("image", [
-        str(d / "train"), str(d / "val"), str(d / "test"),
-        "--patch-model-state", str(patch_model), "--patch-net", args.net,
-        "--img-size", str(args.img_size), str(args.img_size), "--no-img-scale",
-        "--rescale-factor", "1", "--featurewise-center", "--featurewise-mean", f"{mean:.4f}",
-        "--no-equalize-hist", aug, "--class-list", *IMAGE_CLASSES,
-        "--block-type", "resnet", "--top-depths", *map(str, args.top_depths),
-        "--top-repetitions", *["1"] * len(args.top_depths), "--bottleneck-enlarge-factor", "2",
-        "--batch-size", str(2 * args.image_batch), "--train-bs-multiplier", "0.5",
-        "--load-train-ram", "--load-val-ram", "--nb-epoch", str(i1),
-        "--all-layer-epochs", str(i1 + i2), "--optimizer", "adam",
-        "--init-learningrate", "0.001", "--all-layer-multiplier", "0.3",
-        "--weight-decay", "0.0001", "--weight-decay2", "0.0001",
-        # all epochs run (early stopping follows val loss, not the selection metric)
-        "--es-patience", str(i1 + i2),
-        bal, "--seed", str(args.seed), "--best-model", str(model)]))
+    return image_clf_train.run(image_config(d, patch_model, model, args, mean))
 
 
 def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
@@ -398,7 +408,7 @@ def plot_learning_curves(folds: list[dict], path: pathlib.Path) -> None:
     ax[1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    write_named(str(path), lambda tmp: fig.savefig(tmp, dpi=90, format="png"), ".png")
     plt.close(fig)
 
 
@@ -417,10 +427,9 @@ def run(args) -> dict:
                 continue
             setattr(args, k, v)
     t0 = time.time()
+    info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    info, woman_id = chain_info(args.mias_dir)
     image_class = {}
     for img, g in info.groupby("image_id"):
         image_class[img] = ("malignant" if (g["severity"] == "M").any() else
@@ -538,8 +547,8 @@ def run(args) -> dict:
 
     P = pd.concat(oof_patch, ignore_index=True)
     I = pd.concat(oof_img, ignore_index=True)
-    P.to_csv(out / "oof_patches.csv", index=False)
-    I.to_csv(out / "oof_images.csv", index=False)
+    write_csv(P, out / "oof_patches.csv")
+    write_csv(I, out / "oof_images.csv")
     nb, sd = args.n_boot, args.seed
     pooled = dict(
         patch_lesion_vs_background=dict(
@@ -592,7 +601,7 @@ def run(args) -> dict:
                    learning_curves=str(figs / "learning_curves.png"), overlay=overlay,
                    oof_images=str(out / "oof_images.csv"), oof_patches=str(out / "oof_patches.csv")),
         prep_s=round(t_prep, 1), wall_s=round(time.time() - t0, 1))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -687,7 +696,7 @@ def heatmap_max_scores(args, out: pathlib.Path, I, n_boot: int, seed: int) -> di
         rows.append((r.image_id, float(np.nanmax(les)), float(np.nanmax(mal))))
     H = I.merge(pd.DataFrame(rows, columns=["image_id", "hm_lesion_max", "hm_malignant_max"]),
                 on="image_id")
-    H.to_csv(out / "oof_images_heatmap.csv", index=False)
+    write_csv(H, out / "oof_images_heatmap.csv")
     return dict(
         stride=stride,
         abnormal_vs_normal=cluster_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
@@ -701,6 +710,9 @@ def report_only(args) -> dict:
     diagnostics) from its saved out-of-fold tables and models; updates summary.json."""
     import pandas as pd
     out = pathlib.Path(args.out)
+    if not (out / "summary.json").is_file():
+        raise CrossValidationError(f"{out}: no summary.json of a finished run "
+                                        "(--report-only redoes the steps after training)")
     summary = json.loads((out / "summary.json").read_text())
     run_args = argparse.Namespace(**summary["config"])
     info, _ = chain_info(run_args.mias_dir)
@@ -711,19 +723,22 @@ def report_only(args) -> dict:
     summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
         run_args, out, I, run_args.n_boot, run_args.seed)
     summary["null_learner"] = null_learner(I, 200, run_args.seed)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def cross_validate(args: argparse.Namespace) -> dict:
+    """The command's body: the run (or --report-only), its summary as the last line."""
+    if args.folds < 2:
+        raise CrossValidationError(f"--folds {args.folds}: need at least 2 folds")
+    summary = report_only(args) if args.report_only else run(args)
+    sys.stdout.write(json.dumps(summary) + "\n")
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    import dm_cli
-    dm_cli.quiet_tensorflow()
-    import dm_train
-    dm_train.setup_logging()
-    summary = report_only(args) if args.report_only else run(args)
-    sys.stdout.write(json.dumps(summary) + "\n")
-    return 0
+    return dm_cli.run_tool("cross_validate", build_parser().parse_args, cross_validate, argv,
+                           tensorflow=True)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="8 keeps the original pixel values; 16 stores the same values in 16-bit PNGs")
     ap.add_argument("--val-size", type=float, default=0.15, help="fraction of women for validation")
     ap.add_argument("--test-size", type=float, default=0.2, help="fraction of women for test")
-    ap.add_argument("--seed", type=int, default=int(os.environ.get("RANDOM_SEED", 12345)),
-                    help="split seed ($RANDOM_SEED)")
+    dm_cli.add_seed_flag(ap, "split seed")
     ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.mias_dir, a.out_dir, a.img_size, a.label, a.val_size, a.test_size, a.seed, a.bit_depth,

@@ -14,7 +14,7 @@ TOOLS = ["predict.py", "convert_checkpoint.py", "patch_clf_train.py", "image_clf
          "ddsm_train/patch_clf_train.py", "ddsm_train/image_clf_train.py", "dm_synthetic.py",
          "featurewise_mean.py", "end2end.py", "ddsm_train/sample_patches_combined.py",
          "ddsm_train/prepare_cbis_ddsm.py", "inbreast_train/prepare_inbreast.py",
-         "mias_train/prepare_mias.py"]
+         "mias_train/prepare_mias.py", "mias_train/cross_validate.py", "calibrate.py"]
 
 PROBE = """
 import runpy, sys
@@ -47,7 +47,8 @@ def _parsers():
     import predict
     sys.path.insert(0, str(REPO))
     from ddsm_train import sample_patches_combined
-    return {"predict": predict.build_parser(), "convert": convert_checkpoint.build_parser(),
+    from mias_train import cross_validate
+    return {"cross_validate": cross_validate.build_parser(), "predict": predict.build_parser(), "convert": convert_checkpoint.build_parser(),
             "patch": dm_flags.build_parser("patch"), "image": dm_flags.build_parser("image"),
             "mean": featurewise_mean.build_parser(), "end2end": end2end.build_parser(),
             "sampler": sample_patches_combined.build_parser()}
@@ -101,3 +102,38 @@ def test_no_tensorflow_banner(tmp_path):
     assert r.stdout.startswith("path,neg,pos")
     for banner in ("oneDNN", "cuda", "cpu_feature_guard", "absl", "TensorFlow binary"):
         assert banner not in r.stderr, r.stderr
+
+
+SEEDED = ["calibrate", "evaluate", "end2end", "dm_synthetic", "patch_clf_train",
+          "image_clf_train", "ddsm_train.sample_patches_combined", "ddsm_train.prepare_cbis_ddsm",
+          "inbreast_train.prepare_inbreast", "mias_train.prepare_mias",
+          "mias_train.cross_validate"]
+
+
+@pytest.mark.parametrize("module", SEEDED)
+def test_every_seeded_tool_takes_its_seed_from_one_place(module, monkeypatch, capsys):
+    """--seed defaults to $RANDOM_SEED, else dm_cli.DEFAULT_SEED, in every tool."""
+    import importlib
+    mod = importlib.import_module(module)
+    for env, shown in (("777", "777"), (None, str(dm_cli.DEFAULT_SEED))):
+        if env is None:
+            monkeypatch.delenv("RANDOM_SEED", raising=False)
+        else:
+            monkeypatch.setenv("RANDOM_SEED", env)
+        with pytest.raises(SystemExit) as e:
+            mod.main(["--help"])
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "$RANDOM_SEED" in text and f"(default: {shown})" in text.split("--seed", 1)[1]
+
+
+def test_trainer_seed_and_a_bad_random_seed(monkeypatch, tmp_path):
+    import dm_flags
+    monkeypatch.setenv("RANDOM_SEED", "31")
+    assert dm_flags.parse("patch", ["a", "b", "c"]).seed == 31
+    assert dm_flags.parse("patch", ["a", "b", "c", "--seed", "5"]).seed == 5
+    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "p.csv"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(__import__("os").environ, RANDOM_SEED="abc"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "evaluate: error: RANDOM_SEED='abc': not an integer"

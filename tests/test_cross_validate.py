@@ -59,6 +59,35 @@ def test_baseline_direction_is_chosen_on_training_data():
     assert cv.oriented(y, [4.0, 3.0, 2.0, 1.0]) == -1.0
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--folds", "1"], "--folds 1: need at least 2 folds"),
+    (["--report-only"], "no summary.json of a finished run"),
+])
+def test_unusable_flags_are_one_line_and_write_nothing(argv, problem, tmp_path, caplog):
+    (tmp_path / "mias").mkdir()
+    (tmp_path / "mias" / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\n")
+    out = tmp_path / "cv"
+    assert cv.main([str(tmp_path / "mias"), "--out", str(out), *argv]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and problem in errors[0] and "\n" not in errors[0]
+    assert not out.exists()
+
+
+def test_trainer_configs_are_built_from_values_not_argv(tmp_path):
+    """The fold's trainer configs: the run's flags, the chain's fixed settings."""
+    args = cv.build_parser().parse_args(["m", "--image-balance", "--top-depths", "8", "16", "4"])
+    p = cv.patch_config(tmp_path, tmp_path / "p.keras", args, 118.81234)
+    assert (p.train_dir, p.use_pretrained, p.nb_epoch, p.es_patience) == (
+        str(tmp_path / "train"), False, args.patch_epochs, args.patch_epochs)
+    assert p.featurewise_mean == 118.8123 and p.class_list == cv.PATCH_CLASSES
+    assert p.img_size == [64, 64] and p.batch_size == 128 and p.best_model == str(tmp_path / "p.keras")
+    i = cv.image_config(tmp_path, tmp_path / "p.keras", tmp_path / "i.keras", args, 54.63)
+    assert (i.nb_epoch, i.all_layer_epochs, i.es_patience) == (2, 14, 14)
+    assert i.top_depths == [8, 16, 4] and i.top_repetitions == [1, 1, 1]
+    assert i.auto_batch_balance is True and i.augmentation is False
+    assert i.patch_model_state == str(tmp_path / "p.keras") and i.class_list == cv.IMAGE_CLASSES
+
+
 def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     mias = shared_data / "mias"
     if not (mias / "Info.txt").is_file():

@@ -27,7 +27,7 @@ def test_every_command_resolves_to_a_callable():
     tools = {"patch_clf_train", "image_clf_train", "predict", "evaluate", "calibrate",
              "convert_checkpoint", "featurewise_mean", "end2end", "dm_synthetic",
              "heatmap_score", "sample_patches_combined", "prepare_cbis_ddsm",
-             "prepare_inbreast", "prepare_mias"}
+             "prepare_inbreast", "prepare_mias", "cross_validate"}
     assert set(scripts) == tools
     for name, target in scripts.items():
         mod, func = target.split(":")
