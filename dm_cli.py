@@ -1,6 +1,7 @@
-"""What every command-line tool shares: help that shows defaults, TensorFlow imported without
-its start-up banner, logging, and the guarded runner (input errors one line, exit 2; bugs keep
-their traceback, exit 1). Atomic writes are `dm_output`'s.
+"""What every command-line tool shares: help that shows defaults, the --seed flag
+($RANDOM_SEED), TensorFlow imported without its start-up banner, logging, and the guarded
+runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic writes
+are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """

@@ -49,11 +49,6 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-def _help_formatter():
-    """Help that shows every default (`dm_cli.HelpFormatter`)."""
-    return dm_cli.HelpFormatter
-
-
 def _bool(g, name: str, dest: str, help: str) -> None:
     g.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
     g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
@@ -257,7 +252,7 @@ _TRAINERS = {   # kind: (description, model flags, defaults)
 def build_parser(kind: str) -> argparse.ArgumentParser:
     """The parser of `patch_clf_train.py` (kind='patch') or `image_clf_train.py` ('image')."""
     description, model_flags, defaults = _TRAINERS[kind]
-    p = argparse.ArgumentParser(description=description, formatter_class=_help_formatter())
+    p = argparse.ArgumentParser(description=description, formatter_class=dm_cli.HelpFormatter)
     _data_flags(p)
     model_flags(p)
     _training_flags(p)

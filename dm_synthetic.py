@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import dm_cli
+import dm_output
 from dm_errors import InputError
 from dm_preprocess import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,
@@ -321,7 +322,6 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
                          "calc_fraction": calc_fraction, "views_per_patient": views_per_patient}
-    import dm_output
     dm_output.write_json(out / "synthetic.json", summary, default=list)
     return summary
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 import dm_cli
+import dm_output
 from dm_errors import InputError
 
 log = logging.getLogger("end2end")
@@ -227,7 +228,6 @@ def run(args) -> dict:
         patch_model=str(patch_model), image_model=str(image_model),
         timings={k: round(v, 1) for k, v in timings.items()},
         total_s=round(time.time() - t0, 1))
-    import dm_output
     dm_output.write_json(out / "summary.json", summary, indent=2)
     log.info("summary: %s", json.dumps(summary))
     log.info("patch test accuracy %.3f; whole-image test AUROC %.3f, with TTA %.3f "
@@ -243,11 +243,7 @@ def run(args) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)      # before TensorFlow: --help answers at once
-    import dm_cli
-    dm_cli.quiet_tensorflow()
-    dm_cli.setup_logging()
-    return dm_cli.guarded("end2end", run, args)
+    return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import dm_cli
+import dm_output
 from dm_errors import InputError
 
 log = logging.getLogger("evaluate")
@@ -190,7 +191,6 @@ def run(args) -> dict:
     if args.html:
         summary["html"] = os.path.abspath(write_html(args, summary, df, y, s))
     path = args.json or os.path.join(args.out_dir, "summary.json")
-    import dm_output
     dm_output.write_json(path, summary, default=float)
     report(summary)
     log.info("summary written to %s", path)
@@ -244,12 +244,10 @@ def evaluate(preds: str, **options: Any) -> dict:
     """The command as a function: `options` are its flags by destination name (`out_dir`,
     `pos_class`, `seed`, `html`, `model`, ...), defaults as the command's; returns the
     summary (AUROC, interval, plots per level)."""
-    import dm_cli
     return run(dm_cli.namespace(build_parser(), preds=str(preds), **options))
 
 
 def main(argv=None) -> int:
-    import dm_cli
     return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv)
 
 
