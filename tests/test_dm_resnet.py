@@ -231,10 +231,10 @@ def test_image_too_small_for_top_layers_is_a_clear_error():
         add_top_layers(patch, (128, 96), block_type="vgg", depths=[16], repetitions=[1])
 
 
-def test_readme_model_table_carries_the_pinned_counts_and_recipes():
+def test_docs_model_table_carries_the_pinned_counts_and_recipes():
     import pathlib
     import re
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     rows = re.findall(r"^\| (ResNet50|VGG16) \| (\[512-512-1024\]x2|512x1)[^|]*\| [^|]+\| "
                       r"([\d,]+) \| ([\d,]+) \|$", readme, flags=re.M)
     assert len(rows) == 4

@@ -435,8 +435,8 @@ def test_every_name_the_readme_lists_is_importable_from_the_original_module():
     for name in KERAS_EXT_NAMES + ("get_dl_model", "create_optimizer"):
         assert callable(getattr(dm_keras_ext, name)), name
     assert callable(dm_resnet.add_top_layers) and callable(dm_resnet.ResNetBuilder.build)
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Code written for the original")[1].split("\n## ")[0]
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "original.md").read_text()
+    section = page.split("## Code written for the original")[1].split("\n## ")[0]
     for name in [n for n in IMAGE_NAMES + KERAS_EXT_NAMES
                  if n != "DMDirectoryIterator"]:
         assert f"`{name}`" in section, name

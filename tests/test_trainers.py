@@ -41,9 +41,9 @@ def _command_lines(text: str):
 
 def test_every_script_and_the_readme_command_parse():
     found = []
-    for path in SCRIPTS + [REPO / "README.md"]:
+    for path in SCRIPTS + [REPO / "README.md"] + sorted(REPO.glob("docs/*.md")):
         text = path.read_text()
-        if path.suffix == ".md":   # only the README's code blocks are commands
+        if path.suffix == ".md":   # only the code blocks of the README and docs are commands
             text = "\n".join(re.findall(r"```bash\n(.*?)```", text, flags=re.S))
         for kind, argv in _command_lines(text):
             argv = [a for a in argv if a != "..."]
