@@ -311,3 +311,38 @@ def test_layer_lists_equal_keras_208s(net, size, index, name):
         assert listed[index] == name
     else:   # InceptionV3 194: among the branch outputs feeding mixed6; stage 2 = mixed7 on
         assert listed.index("mixed6") > index > listed.index("mixed5")
+
+
+# ------------------------------------------------------------------ the original's cut
+def test_the_originals_cut_without_a_dropout_layer():
+    """`add_top_layers` cut the flat patch model at layers[-5] (ResNet50) / [-4] (VGG16),
+    right only when the patch model had a Dropout layer (--hidden-dropout > 0)."""
+    head = lambda dropout: ["avg_pool", "pool"] + (["dropout"] if dropout else []) + ["dense"]
+    names = dm_keras_ext._resnet50_keras208_names()
+    assert (names + head(True))[-5] == "conv5_block3_out"          # the last ReLU
+    assert (names + head(False))[-5] == "conv5_block3_add"         # before it
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    for dropout, name, hw in ((True, "block5_pool", (36, 28)), (False, "block5_conv3", (72, 56))):
+        x = layers.GlobalAveragePooling2D()(vgg.output)
+        x = layers.Dropout(0.5)(x) if dropout else x
+        flat = keras.Model(vgg.input, layers.Dense(3)(x))
+        cut = flat.layers[-4]
+        assert cut.name == name
+        assert keras.Model(flat.input, cut.output).compute_output_shape(
+            (1, 1152, 896, 3))[1:3] == hw
+    # here the cut is the feature map whatever the head
+    assert dm_resnet.find_trunk_output(flat).name == "block5_pool"
+
+
+# ------------------------------------------------------------------ reported loss
+def test_the_loss_counts_the_penalties_of_trainable_layers_only():
+    """Keras 3 adds the L2 penalty of trainable weights only (2.0.8: of every layer). A
+    frozen layer's penalty is a constant while it is frozen: no gradient, and the
+    monitored val_loss is shifted by the same amount at every epoch of a stage."""
+    model = tiny_image_model(weight_decay=0.5)
+    full = dm_keras_ext.regularization_loss(model)
+    dense = [l for l in model.layers if isinstance(l, layers.Dense)][-1]
+    dense.trainable = False
+    part = dm_keras_ext.regularization_loss(model)
+    w = keras.ops.convert_to_numpy(dense.kernel)
+    assert full - part == pytest.approx(0.5 * float((w ** 2).sum()), rel=1e-4)
