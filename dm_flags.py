@@ -242,6 +242,24 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fc-layers", dest="fc_layers", type=int, help="number of FC layers")
 
 
+def _fidelity_flags(p: argparse.ArgumentParser, kind: str) -> None:
+    """Switches to the original's Keras 2.0.8 behaviour where results depend on it
+    (docs/fidelity.md); applied by `dm_keras_ext.apply_fidelity_flags`."""
+    g = p.add_argument_group("the original's Keras 2.0.8 behaviour (docs/fidelity.md)")
+    _bool(g, "keep-regularization", "keep_regularization",
+          "the stages leave the L2 factors and dropout rates the model was built or saved "
+          "with, as in the original (its stage flags were set on built layers: no effect); "
+          "default: on with the image trainer's --resume-from, else off")
+    defaults: dict[str, Any] = {"keep_regularization": None}
+    if kind == "image":
+        _bool(g, "saved-trainable", "saved_trainable",
+              "trunk layers saved frozen in the model file (--patch-model-state or "
+              "--resume-from) stay frozen in stage 2, as in the original (Keras 2.0.8 kept "
+              "a nested layer's saved flag)")
+        defaults["saved_trainable"] = False
+    p.set_defaults(**defaults)
+
+
 _TRAINERS = {   # kind: (description, model flags, defaults)
     "patch": ("Train a patch classifier in 3 stages.", _patch_model_flags, PATCH_DEFAULTS),
     "image": ("Train a whole-image classifier in 2 stages.", _image_model_flags,
@@ -256,6 +274,7 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
     _data_flags(p)
     model_flags(p)
     _training_flags(p)
+    _fidelity_flags(p, kind)
     p.set_defaults(**defaults)
     p.epilog = "Environment: RANDOM_SEED, NUM_CPU_CORES, NUM_GPU_DEVICES, TF_CONFIG."
     return p
@@ -302,16 +321,22 @@ def _frozen(kind: str, args: argparse.Namespace):
     return config_class(kind)(**vars(args))
 
 
+# Where the original's `run()` keyword defaults differ from its command line's: the image
+# trainer's `run(auto_batch_balance=False)`, while its parser sets it on.
+RUN_KEYWORD_DEFAULTS: dict[str, dict[str, Any]] = {"image": {"auto_batch_balance": False}}
+
+
 def original_run_config(kind: str, train_dir, val_dir, test_dir, **kw):
     """A trainer's config from the original's `run(train_dir, val_dir, test_dir, **kw)`:
     the keyword names are the original's (= the flags' names); missing ones take the
-    trainer's defaults (defined here)."""
+    original `run()`'s defaults (the flags' defaults, except `RUN_KEYWORD_DEFAULTS`)."""
     parser = build_parser(kind)
     args = vars(parser.parse_args([os.fspath(train_dir), os.fspath(val_dir),
                                    os.fspath(test_dir)]))
     unknown = set(kw) - set(args)
     if unknown:
         raise TypeError(f"run() got unexpected keyword(s) {sorted(unknown)}")
+    args.update(RUN_KEYWORD_DEFAULTS.get(kind, {}))
     args.update(kw)
     if args.get("seed") is None:
         args["seed"] = dm_cli.default_seed()

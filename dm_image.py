@@ -1212,8 +1212,10 @@ class DMImageDataGenerator:
                                    batch_size, preprocess, shuffle, seed,
                                    paths=[os.fspath(p) for p in img_list], labels=labels)
 
-    def flow(self, X, y=None, batch_size=32, shuffle=True, seed=None, **ignored):
-        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse)."""
+    def flow(self, X, y=None, batch_size=32, shuffle=True, seed=None,
+             auto_batch_balance=False, **ignored):
+        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse);
+        `auto_batch_balance` adds the original's per-batch sample weights."""
         if y is None:
             raise refuse("flow(X) without labels", "flow(X, y)")
         centre, mean = self._centre()
@@ -1223,8 +1225,8 @@ class DMImageDataGenerator:
         labels = to_sparse(np.asarray(y)).astype(np.int64)
         names = [str(k) for k in range(max(int(labels.max()) + 1,
                                            np.asarray(y).shape[-1] if np.ndim(y) == 2 else 0))]
-        return DMDirectoryIterator(None, self, recipe, names, "categorical", False, batch_size,
-                                   None, shuffle, seed, paths=X, labels=labels)
+        return DMDirectoryIterator(None, self, recipe, names, "categorical", auto_batch_balance,
+                                   batch_size, None, shuffle, seed, paths=X, labels=labels)
 
     def flow_from_exam_list(self, *a, **k):
         raise refuse("flow_from_exam_list", _EXAM_LIST_INSTEAD)

@@ -24,7 +24,8 @@ from dm_callbacks import (AucCheckpoint, BestModelCheckpoint, LastCheckpoint,  #
                           NanGuard, ResumableEarlyStopping, ResumableReduceLROnPlateau,
                           mean_auroc)
 from dm_callbacks import DMAucModelCheckpoint, DMFlush, calc_test_auc  # noqa: F401 (original API)
-from dm_layers import IMAGENET_PREPROCESS, ImageNetPreprocess  # noqa: F401
+from dm_layers import (IMAGENET_PREPROCESS, KERAS208_RESNET50_BN_EPSILON,  # noqa: F401
+                       Adagrad208, ImageNetPreprocess, RMSprop208)
 from dm_modelfile import (META_ATTR, META_MEMBER, ModelFileError, ModelKindError,  # noqa: F401
                           ModelMeta, check_model_kind, load_model, read_model_meta,
                           read_resume_state, save_model, set_precision, write_model_meta)
@@ -169,6 +170,10 @@ def build_trunk(net: str, input_shape=(224, 224, 3), use_pretrained: bool = Fals
     cls = getattr(keras.applications, _APPLICATIONS[net][0])
     weights = imagenet_weights_path(net, weights_file) if use_pretrained else None
     base = cls(include_top=False, weights=weights, input_shape=tuple(input_shape))
+    if net == "resnet50":   # Keras 2.0.8's ResNet50 BN epsilon (docs/fidelity.md)
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.epsilon = KERAS208_RESNET50_BN_EPSILON
     return keras.Model(base.inputs, base.output, name=dm_resnet.TRUNK_NAME)
 
 
@@ -276,8 +281,9 @@ def default_top_layer_nb(trunk: keras.Model, net: str) -> int | None:
 # ------------------------------------------------------------------ optimisers
 def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
     """The seven optimisers of the original, by name (sgd: Nesterov, momentum 0.9), with
-    Keras 2.0.8's defaults where Keras 3's differ: epsilon 1e-8 (Keras 3: 1e-7) and
-    Adagrad's accumulators starting at 0 (Keras 3: 0.1)."""
+    Keras 2.0.8's defaults where Keras 3's differ: epsilon 1e-8 (Keras 3: 1e-7),
+    Adagrad's accumulators starting at 0 (Keras 3: 0.1), and RMSprop's and Adagrad's
+    epsilon outside the square root (`dm_layers.RMSprop208`, `Adagrad208`)."""
     name = optim_name.lower()
     if name == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
@@ -287,7 +293,9 @@ def create_optimizer(optim_name: str, lr: float) -> keras.optimizers.Optimizer:
     if name not in table:
         raise InputError(f"unknown optimizer {optim_name!r}; choose sgd, {', '.join(table)}")
     if name == "adagrad":
-        return keras.optimizers.Adagrad(lr, initial_accumulator_value=0.0, epsilon=1e-8)
+        return Adagrad208(lr, initial_accumulator_value=0.0, epsilon=1e-8)
+    if name == "rmsprop":
+        return RMSprop208(lr, epsilon=1e-8)
     return table[name](lr, epsilon=1e-8)
 
 
@@ -299,15 +307,19 @@ class Stage:
     trainable: 'head' (everything but the `patch_trunk` sub-model), 'top' (the head and
     the trunk's layers from `trunk_from` on), 'first' (the model's own layers from
     `trunk_from` on) or 'all'. `epochs` is the epoch of the run the stage ends at.
+    `weight_decay` / `dropout` None: the model keeps its own (--keep-regularization);
+    `keep_frozen`: names of trunk layers that stay frozen whatever the stage
+    (--saved-trainable). See `original_behaviour`.
     """
 
     name: str
     epochs: int
     lr: float
-    weight_decay: float
-    dropout: float
+    weight_decay: float | None
+    dropout: float | None
     trainable: str = "all"
     trunk_from: int | None = None
+    keep_frozen: tuple[str, ...] = ()
 
 
 def patch_stage_list(*, use_pretrained: bool, nb_epoch: int, init_lr: float,
@@ -429,6 +441,15 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
     ('head', 'top') or by index in the model's own layers ('first', the original's
     `model.layers[:top_layer_nb]` of the whole-image model)."""
     _set_layer_trainable(model, True)
+    _set_trainable_by_spec(model, stage, frozen_bn)
+    if stage.keep_frozen:
+        keep = set(stage.keep_frozen)
+        for layer in find_trunk_layer(model)._flatten_layers(include_self=False):
+            if layer.name in keep and not isinstance(layer, keras.Model):
+                _freeze(layer, frozen_bn)
+
+
+def _set_trainable_by_spec(model: keras.Model, stage: Stage, frozen_bn: str) -> None:
     if stage.trainable == "all":
         return
     if stage.trainable not in ("first", "head", "top"):
@@ -497,10 +518,69 @@ def compile_for_stage(model: keras.Model, stage: Stage, optim: str,
     `optimizer`: continue with this (restored) optimiser instead of a new one (resume).
     """
     set_trainable(model, stage, frozen_bn)
-    set_weight_decay(model, stage.weight_decay)
-    set_dropout(model, stage.dropout)
+    if stage.weight_decay is not None:
+        set_weight_decay(model, stage.weight_decay)
+    if stage.dropout is not None:
+        set_dropout(model, stage.dropout)
     model.compile(optimizer=optimizer or create_optimizer(optim, stage.lr),
                   loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def _or_model(value: float | None) -> str:
+    return "the model's own" if value is None else f"{value:g}"
+
+
+def saved_frozen_layers(path: str, safe_mode: bool = True) -> tuple[str, ...]:
+    """Names of the layers with weights that a model file saved as frozen (`trainable`
+    false), nested models looked into and not themselves listed."""
+    model = load_model(path, safe_mode=safe_mode)
+    return tuple(l.name for l in model._flatten_layers(include_self=False)
+                 if not l.trainable and l.weights and not isinstance(l, keras.Model))
+
+
+def original_behaviour(stages: list[Stage], *, keep_regularization: bool = False,
+                       keep_frozen: tuple[str, ...] = ()) -> list[Stage]:
+    """The stages with two Keras 2.0.8 behaviours of the original (docs/fidelity.md).
+
+    keep_regularization: the stages do not change the model's L2 factors and dropout
+    rates (the original set `.l2` and `.rate` on built layers, which had no effect, so
+    a model trained with what it was built or saved with). keep_frozen: trunk layers
+    (by name) that stay frozen in every stage (Keras 2.0.8 honoured the `trainable` flag
+    each inner layer of a nested model was saved with; the original's stage loops
+    toggled only the whole-image model's top-level layers).
+    """
+    import dataclasses
+    return [dataclasses.replace(
+        s, weight_decay=None if keep_regularization else s.weight_decay,
+        dropout=None if keep_regularization else s.dropout,
+        keep_frozen=tuple(keep_frozen)) for s in stages]
+
+
+def apply_fidelity_flags(cfg: Any, kind: str, stages: list[Stage]) -> list[Stage]:
+    """A trainer's --keep-regularization and --saved-trainable applied to its stages.
+
+    --keep-regularization unset: on for the image trainer's --resume-from (the original's
+    finetuning of a whole-image model trained with the checkpoint's own L2 and dropout:
+    its stage flags had no effect), off otherwise (the stage flags take effect).
+    """
+    keep = getattr(cfg, "keep_regularization", None)
+    if keep is None:
+        keep = kind == "image" and getattr(cfg, "resume_from", None) is not None
+        if keep:
+            log.info("--resume-from: the model keeps its own L2 factors and dropout rates "
+                     "in every stage, as in the original (--no-keep-regularization applies "
+                     "--weight-decay, --hidden-dropout and their stage-2 forms)")
+    elif keep:
+        log.info("--keep-regularization: the stages leave the L2 factors and dropout rates "
+                 "the model was built or saved with (--weight-decay2 and --hidden-dropout2 "
+                 "have no effect)")
+    frozen: tuple[str, ...] = ()
+    if getattr(cfg, "saved_trainable", False):
+        source = cfg.resume_from if cfg.resume_from is not None else cfg.patch_model_state
+        frozen = saved_frozen_layers(source, safe_mode=not cfg.unsafe_load)
+        log.info("--saved-trainable: %d layers saved frozen in %s stay frozen in every "
+                 "stage", len(frozen), source)
+    return original_behaviour(stages, keep_regularization=keep, keep_frozen=frozen)
 
 
 def stage_span(stage: Stage, done: int) -> tuple[int, int]:
@@ -543,10 +623,11 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
         mid_stage = i == r_stage and resumed_mid_stage
         compile_for_stage(model, stage, optim, jit_compile,
                           optimizer=model.optimizer if mid_stage else None, frozen_bn=frozen_bn)
-        log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %g, dropout %g, "
+        log.info("stage %d (%s): epochs %d-%d, lr %.3g, weight decay %s, dropout %s, "
                  "%d trainable weights%s", i + 1, stage.name, first + 1, end,
                  float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
-                 stage.weight_decay, stage.dropout, len(model.trainable_weights),
+                 _or_model(stage.weight_decay), _or_model(stage.dropout),
+                 len(model.trainable_weights),
                  " (resumed)" if mid_stage else "")
         for cb in callbacks:
             if hasattr(cb, "stage"):
@@ -650,10 +731,11 @@ def _train_stages(model, stages, train_generator, validation_set, validation_ste
         if val_ds is None or validation_set.shuffle:
             raise refuse("this validation generator", "flow_from_directory(..., shuffle="
                          "False) or a (X, y) tuple")
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=es_patience)]
+    # Keras 2.0.8's counting, as the trainers (`dm_train.make_callbacks`), reset every stage.
+    callbacks = [ResumableEarlyStopping(monitor="val_loss", patience=es_patience, verbose=1)]
     if optim == "sgd":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                           patience=lr_patience, min_lr=1e-7))
+        callbacks.append(ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                    patience=lr_patience, verbose=1))
     if auc_checkpointer is not None:
         callbacks.append(auc_checkpointer)
     elif best_model_out not in (None, "NOSAVE"):

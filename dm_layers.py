@@ -33,3 +33,64 @@ class ImageNetPreprocess(layers.Layer):
 
     def get_config(self):
         return dict(super().get_config(), mode=self.mode)
+
+
+# ------------------------------------------------------------ Keras 2.0.8 starting values
+# Keras 2.0.8's `he_normal` drew from a normal truncated at two standard deviations with
+# stddev sqrt(2 / fan_in) and did not correct for the truncation, so the kernels' actual
+# spread was about 0.88 sqrt(2 / fan_in); Keras 3 divides by this factor. Scaling Keras 3's
+# variance by its square gives back the 2.0.8 draw (docs/fidelity.md, "Starting values").
+TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of a unit normal truncated at +-2
+
+
+def he_normal() -> keras.initializers.Initializer:
+    """Keras 2.0.8's `he_normal`: truncated normal, stddev sqrt(2 / fan_in) before the
+    truncation (a new instance per layer, so layers draw different values)."""
+    return keras.initializers.VarianceScaling(
+        scale=2.0 * TRUNCATED_NORMAL_STD ** 2, mode="fan_in", distribution="truncated_normal")
+
+
+# Keras 2.0.8's ResNet50 built its BatchNormalization layers with the layer default
+# epsilon 1e-3; Keras 3's ResNet50 uses 1.001e-5 (docs/fidelity.md, "Starting values").
+KERAS208_RESNET50_BN_EPSILON = 1e-3
+
+
+# ------------------------------------------------------------ Keras 2.0.8 optimisers
+# RMSprop and Adagrad of Keras 2.0.8 add epsilon after the square root,
+# `p - lr * g / (sqrt(a) + eps)`; Keras 3 adds it inside, `g / sqrt(a + eps)`. With
+# eps 1e-8 the two differ where the accumulator is tiny (early steps, rarely active
+# weights). Registered so last-epoch checkpoints with their optimiser load.
+@keras.saving.register_keras_serializable(package="dm")
+class RMSprop208(keras.optimizers.RMSprop):
+    """RMSprop with Keras 2.0.8's update:
+    `a = rho a + (1 - rho) g^2; p -= lr g / (sqrt(a) + eps)`."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if self.centered or self.momentum:
+            raise InputError("RMSprop208 is Keras 2.0.8's plain RMSprop (no momentum, "
+                             "not centered)")
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        lr = ops.cast(learning_rate, variable.dtype)
+        g = ops.cast(gradient, variable.dtype)
+        a = self._velocities[self._get_variable_index(variable)]
+        self.assign(a, ops.add(ops.multiply(self.rho, a),
+                               ops.multiply(1 - self.rho, ops.square(g))))
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, g),
+                                             ops.add(ops.sqrt(a), self.epsilon)))
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class Adagrad208(keras.optimizers.Adagrad):
+    """Adagrad with Keras 2.0.8's update `a = a + g^2; p -= lr g / (sqrt(a) + eps)`."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        ops = keras.ops
+        lr = ops.cast(learning_rate, variable.dtype)
+        g = ops.cast(gradient, variable.dtype)
+        a = self._accumulators[self._get_variable_index(variable)]
+        self.assign_add(a, ops.square(g))
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, g),
+                                             ops.add(ops.sqrt(a), self.epsilon)))

@@ -14,6 +14,7 @@ from keras import layers
 from keras.regularizers import L1, L2, L1L2
 
 from dm_errors import InputError
+from dm_layers import he_normal  # Keras 2.0.8's he_normal (docs/fidelity.md)
 
 TRUNK_NAME = "patch_trunk"
 CHANNEL_AXIS = -1
@@ -39,7 +40,7 @@ def _conv_bn_relu(nb_filter: int, nb_row: int, nb_col: int, strides=(1, 1),
     """conv -> BN -> relu -> dropout (original ordering); `last_block` stops after BN."""
     def f(x):
         x = layers.Conv2D(nb_filter, (nb_row, nb_col), strides=strides, padding="same",
-                          kernel_initializer="he_normal",
+                          kernel_initializer=he_normal(),
                           kernel_regularizer=_l2(weight_decay))(x)
         x = layers.BatchNormalization(axis=CHANNEL_AXIS)(x)
         if last_block:
@@ -57,7 +58,7 @@ def _bn_relu_conv(nb_filter: int, nb_row: int, nb_col: int, strides=(1, 1),
         x = layers.Activation("relu")(x)
         x = layers.Dropout(dropout)(x)
         return layers.Conv2D(nb_filter, (nb_row, nb_col), strides=strides, padding="same",
-                             kernel_initializer="he_normal",
+                             kernel_initializer=he_normal(),
                              kernel_regularizer=_l2(weight_decay))(x)
     return f
 
@@ -71,7 +72,7 @@ def _shortcut(inp, residual, weight_decay: float = 1e-4, dropout: float = 0.0,
     shortcut = inp
     if not identity:
         shortcut = layers.Conv2D(residual.shape[CHANNEL_AXIS], (1, 1), strides=strides,
-                                 padding="valid", kernel_initializer="he_normal",
+                                 padding="valid", kernel_initializer=he_normal(),
                                  kernel_regularizer=_l2(weight_decay))(inp)
         if with_bn:
             shortcut = layers.BatchNormalization(axis=CHANNEL_AXIS)(shortcut)
@@ -152,7 +153,7 @@ def _vgg_block(nb_filters: int, repetitions: int, dropout: float = 0.0,
     """`repetitions` x (conv3x3-BN-relu-dropout), then 2x2 max pooling."""
     def f(x):
         for _ in range(repetitions):
-            x = layers.Conv2D(nb_filters, (3, 3), padding="same", kernel_initializer="he_normal",
+            x = layers.Conv2D(nb_filters, (3, 3), padding="same", kernel_initializer=he_normal(),
                               kernel_regularizer=_l2(weight_decay))(x)
             x = layers.BatchNormalization(axis=CHANNEL_AXIS)(x)
             x = layers.Activation("relu")(x)
@@ -316,7 +317,7 @@ def _top_layers(model, block, *, nb_class, block_type, depths, repetitions, bloc
         block = layers.Dropout(dropout)(flattened)
         units = fc_init_units
         for _ in range(fc_layers):
-            block = layers.Dense(units, kernel_initializer="he_normal",
+            block = layers.Dense(units, kernel_initializer=he_normal(),
                                  kernel_regularizer=_l2(weight_decay))(block)
             block = layers.BatchNormalization()(block)
             block = layers.Activation("relu")(block)
@@ -324,13 +325,13 @@ def _top_layers(model, block, *, nb_class, block_type, depths, repetitions, bloc
             units = max(1, units // 2)
 
     if add_shortcut and flattened is not None:
-        logits = layers.Dense(nb_class, kernel_initializer="he_normal",
+        logits = layers.Dense(nb_class, kernel_initializer=he_normal(),
                               kernel_regularizer=_l2(weight_decay))(block)
-        short = layers.Dense(nb_class, kernel_initializer="he_normal",
+        short = layers.Dense(nb_class, kernel_initializer=he_normal(),
                              kernel_regularizer=_l2(weight_decay))(flattened)
         out = layers.Activation("softmax", name="clf_softmax")(layers.Add()([logits, short]))
     else:
-        out = layers.Dense(nb_class, kernel_initializer="he_normal", activation="softmax",
+        out = layers.Dense(nb_class, kernel_initializer=he_normal(), activation="softmax",
                            kernel_regularizer=_l2(weight_decay), name="clf_dense")(block)
     return out
 
@@ -440,7 +441,7 @@ class ResNetBuilder:
             init_conv_stride, pool_size, pool_stride, weight_decay, inp_dropout,
             hidden_dropout, shortcut_with_bn)
         act = "softmax" if num_outputs > 1 else "sigmoid"
-        out = layers.Dense(num_outputs, kernel_initializer="he_normal", activation=act,
+        out = layers.Dense(num_outputs, kernel_initializer=he_normal(), activation=act,
                            kernel_regularizer=cls.l1l2_penalty_reg(alpha, l1_ratio))(pooled)
         return keras.Model(inp, out)
 
@@ -460,7 +461,7 @@ class MultiViewResNetBuilder(ResNetBuilder):
         in_mlo, pooled_mlo = ResNetBuilder._shared_conv_layers(*args)
         merged = layers.Concatenate()([pooled_cc, pooled_mlo])
         act = "softmax" if num_outputs > 1 else "sigmoid"
-        out = layers.Dense(num_outputs, kernel_initializer="he_normal", activation=act,
+        out = layers.Dense(num_outputs, kernel_initializer=he_normal(), activation=act,
                            kernel_regularizer=cls.l1l2_penalty_reg(alpha, l1_ratio))(merged)
         return keras.Model([in_cc, in_mlo], out)
 

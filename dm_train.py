@@ -59,8 +59,9 @@ def recipe_from_config(cfg, channels: int, input_bits: int | None = None) -> Rec
 
 def class_weights(nb_class: int, pos_cls_weight: float, neg_cls_weight: float,
                   auto_batch_balance: bool) -> dict[int, float] | None:
-    """The original's class weights {0: 1, 1: pos, 2: neg}; none with batch balancing."""
-    if auto_batch_balance:
+    """The original's class weights {0: 1, 1: pos, 2: neg}; none with batch balancing
+    or more than three classes (as the original, docs/fidelity.md)."""
+    if auto_batch_balance or nb_class > 3:
         return None
     weights = {0: 1.0, 1: pos_cls_weight, 2: neg_cls_weight}
     weights = {k: v for k, v in weights.items() if k < nb_class}
@@ -270,6 +271,9 @@ def useless_flags(cfg, kind: "str | TrainerSpec") -> list[str]:
     spec = _spec(kind)
     changed = {k for k, v in spec.defaults.items() if getattr(cfg, k, v) != v}
     out = spec.extra_useless(cfg, changed)
+    if len(cfg.class_list) > 3:
+        out += [f"--{n.replace('_', '-')} does nothing with more than 3 classes (as in the "
+                "original)" for n in ("pos_cls_weight", "neg_cls_weight") if n in changed]
     if len(cfg.class_list) < 3 and "neg_cls_weight" in changed:
         out.append("--neg-cls-weight does nothing: it weighs class 2 and the model has "
                    f"{len(cfg.class_list)} classes")
@@ -399,7 +403,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         lr_patience=cfg.lr_patience, history_csv=history_path(cfg.history_csv, cfg.best_model),
         tensorboard=cfg.tensorboard)
     guard = dm_keras_ext.NanGuard()
-    stages = make_stages(model)
+    stages = dm_keras_ext.apply_fidelity_flags(cfg, spec.kind, make_stages(model))
     callbacks.insert(0, guard)
     if last:
         callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, fingerprint, stages,

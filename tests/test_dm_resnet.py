@@ -129,7 +129,11 @@ def test_new_layers_have_l2_and_he_normal(patch_models):
     assert kernels
     for l in kernels:
         assert l.kernel_regularizer.get_config()["l2"] == pytest.approx(0.003)
-        assert l.get_config()["kernel_initializer"]["class_name"] == "HeNormal"
+        init = l.get_config()["kernel_initializer"]    # Keras 2.0.8's he_normal (dm_layers)
+        assert init["class_name"] == "VarianceScaling"
+        assert init["config"]["mode"] == "fan_in"
+        assert init["config"]["distribution"] == "truncated_normal"
+        assert init["config"]["scale"] == pytest.approx(2 * 0.87962566 ** 2)
 
 
 def test_unknown_block_type(patch_models):

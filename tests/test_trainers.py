@@ -228,7 +228,8 @@ def test_optimisers_by_name():
     names = ["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"]
     opts = [dm_keras_ext.create_optimizer(n, 0.01) for n in names]
     assert opts[0].nesterov and opts[0].momentum == pytest.approx(0.9)
-    assert [type(o).__name__.lower() for o in opts] == names
+    # rmsprop and adagrad: the Keras 2.0.8 updates (dm_layers.RMSprop208, Adagrad208)
+    assert [type(o).__name__.lower().removesuffix("208") for o in opts] == names
     with pytest.raises(ValueError, match="unknown optimizer"):
         dm_keras_ext.create_optimizer("lion", 0.1)
 
