@@ -69,8 +69,7 @@ class Heatmapper:
     def __init__(self, model_path: str, pos_class: str, unsafe_load: bool = False):
         import dm_inference as inf
         self.loaded = inf.load_models([model_path], safe_mode=not unsafe_load)[0]
-        meta = self.loaded.meta
-        self.kind = meta.kind if meta is not None else "image"
+        self.kind = self.loaded.kind or "image"
         self.classes = list(self.loaded.class_list or [])
         self.recipe = self.loaded.recipe()
         self.cls = (self.classes.index(pos_class) if pos_class in self.classes

@@ -248,7 +248,8 @@ def evaluate(preds: str, **options: Any) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv,
+                           tensorflow=lambda a: bool(a.model))  # heatmaps need the model
 
 
 if __name__ == "__main__":

@@ -277,11 +277,7 @@ def _overlay_channel(probs: np.ndarray, class_list, name: str | None, kind: str
 
 def _looks_whole_image(loaded) -> bool:
     """A whole-image classifier, by its stored kind or (files without one) its layers."""
-    kind = loaded.meta.kind if loaded.meta is not None else None
-    if kind is not None:
-        return kind == "image"
-    names = {l.name for l in loaded.model.layers}
-    return bool(names & {"clf_dense", "clf_softmax", "image_input"})
+    return loaded.kind == "image"
 
 
 def _to_source(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -344,7 +340,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     if args.fprop_mode and args.grad_cam:
         raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
     loaded = inf.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
-    kind = loaded.meta.kind if loaded.meta is not None else None
+    kind = loaded.kind
     mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
     if mode == "sliding" and _looks_whole_image(loaded):
         raise HeatmapError(f"{args.dl_state}: a whole-image model cannot be slid as a patch "
@@ -373,7 +369,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or (1152, 896))
             else:
                 size = tuple(args.img_size or loaded.recipe().img_size)
-            recipe = dataclasses.replace(loaded.recipe(img_size=size), **changes)
+            recipe = dataclasses.replace(loaded.recipe(img_size=size, fixed_input=False),
+                                         **changes)
             patch_model = inf.load_models([args.patch_model], not args.unsafe_load)[0].model \
                 if args.patch_model else None
             fmap = inf.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
@@ -483,7 +480,8 @@ def score(img_folder: str, model: str, **options: Any) -> dict:
 
 def main(argv=None) -> int:
     import dm_cli
-    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv,
+                           tensorflow=True)
 
 
 if __name__ == "__main__":
