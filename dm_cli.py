@@ -219,7 +219,7 @@ def progress(total: int, desc: str, unit: str = "image"):
         except (AttributeError, ValueError):
             off = True
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=off,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True)
 
 
 def namespace(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespace:

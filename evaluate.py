@@ -211,7 +211,7 @@ def write_html(args, summary: dict, df, y, s) -> str:
                                  args.thumb_height, hm)
     neg = [c for c in summary["classes"] if c != summary["pos_class"]]
     names = ("/".join(neg) or "negative", summary["pos_class"])
-    notes = [f"heatmaps: {args.model} ({hm.kind} model)"] if hm else []
+    notes = [f"heatmaps: {os.path.basename(args.model)} ({hm.kind} model)"] if hm else []
     return dm_report.write_report(args.out_dir, summary, paths, y, s, cases, names, notes)
 
 
