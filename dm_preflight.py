@@ -112,7 +112,8 @@ def is_colour(arr: np.ndarray) -> bool:
     more than COLOUR_AREA of the pixels (a grey image saved as RGB, even as JPEG, does not)."""
     if arr.ndim != 3 or arr.shape[2] < 3:
         return False
-    c = arr[..., :3].astype(np.float32)
+    step = max(1, int(np.sqrt(arr.shape[0] * arr.shape[1] / 65536)))   # ~64k pixels suffice
+    c = arr[::step, ::step, :3].astype(np.float32)
     top = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else \
         max(float(np.abs(c).max()), 1e-6)
     spread = c.max(axis=2) - c.min(axis=2)
