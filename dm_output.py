@@ -219,7 +219,8 @@ def check_writable(path: str | None, flag: str = "--out", folder: bool = False) 
         raise OutputRefusedError(f"{path}: is a folder ({flag} takes a file name)")
     if os.path.exists(path) and not os.path.isdir(path) and folder:
         raise OutputRefusedError(f"{path}: is a file ({flag} takes a folder name)")
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.abspath(path) if folder and os.path.isdir(path) else \
+        os.path.dirname(os.path.abspath(path))       # an existing folder is written into
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):

@@ -360,7 +360,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     import dm_output
     dm_output.check_writable(args.out, "--out")
     if args.overlay_dir:
-        dm_output.check_writable(os.path.join(args.overlay_dir, "x.png"), "--overlay-dir")
+        dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
     if args.fprop_mode and args.grad_cam:
         raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
     loaded = inf.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
