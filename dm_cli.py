@@ -1,7 +1,8 @@
 """What every command-line tool shares: help that shows defaults, the --seed flag
-($RANDOM_SEED), TensorFlow imported without its start-up banner, logging, and the guarded
-runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic writes
-are `dm_output`'s.
+($RANDOM_SEED), TensorFlow imported without its start-up banner, logging (each message
+once, no third-party traceback for an input error), a progress bar on stderr, and the
+guarded runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic
+writes are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """

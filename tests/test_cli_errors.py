@@ -231,7 +231,7 @@ _BANNER_WORDS = ("cuInit", "cuda", "oneDNN", "cpu_feature_guard", "absl::Initial
                  "TF-TRT")
 
 
-def _run(argv, cwd, **env):
+def _run_script(argv, cwd, **env):
     return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO),
                                                 **{k: v for k, v in env.items()}))
@@ -260,7 +260,7 @@ def test_no_tensorflow_start_up_lines(tool, tiny_model_and_preds, tmp_path):
                          model, "--n-boot", "50", "--out-dir", str(tmp_path / "rep")],
             "calibrate": [str(REPO / "calibrate.py"), model, str(d / "preds.csv"),
                           "--out", str(tmp_path / "c.keras")]}[tool]
-    r = _run(argv, tmp_path)
+    r = _run_script(argv, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     noise = [l for l in (r.stdout + r.stderr).splitlines()
              if any(w in l for w in _BANNER_WORDS)]
@@ -276,7 +276,7 @@ def test_every_tensorflow_message_once(tmp_path):
             "tf.get_logger().warning('first message')\n"
             "dm_cli.setup_logging()\n"
             "tf.get_logger().warning('second message')\n")
-    r = _run(["-c", code], tmp_path)
+    r = _run_script(["-c", code], tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and out.count("second message") == 1, out
 
@@ -313,7 +313,7 @@ def test_corrupt_jpeg2000_dicom_is_one_line_with_its_reason(tmp_path):
     ds["PixelData"].VR = "OB"
     ds.save_as(str(tmp_path / "bad.dcm"), enforce_file_format=True)
     model = save(tiny_image_model(), tmp_path / "m.keras", "image")
-    r = _run([str(REPO / "predict.py"), str(model), "--images", "bad.dcm", "--out", "p.csv"],
+    r = _run_script([str(REPO / "predict.py"), str(model), "--images", "bad.dcm", "--out", "p.csv"],
              tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out, out
