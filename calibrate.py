@@ -109,7 +109,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     import dm_cli
-    return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv, tensorflow=True)
 
 
 if __name__ == "__main__":

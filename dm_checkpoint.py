@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 import numpy as np
+import dm_errors
 from dm_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def _attr_str(v: Any) -> str | None:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:400]
+    return dm_errors.shorten(str(e), 300)   # cut in the middle: the reason is at the end
 
 
 def _keras_zip_config(p: pathlib.Path) -> dict:

@@ -1,7 +1,8 @@
 """What every command-line tool shares: help that shows defaults, the --seed flag
-($RANDOM_SEED), TensorFlow imported without its start-up banner, logging, and the guarded
-runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic writes
-are `dm_output`'s.
+($RANDOM_SEED), TensorFlow imported without its start-up banner, logging (each message
+once, no third-party traceback for an input error), a progress bar on stderr, and the
+guarded runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic
+writes are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """
@@ -92,6 +93,29 @@ def quiet_tensorflow() -> None:
             kept = [l for l in cap.read().decode(errors="replace").splitlines(keepends=True)
                     if l.strip() and not _BANNER.search(l)]
             sys.stderr.write("".join(kept))
+    _one_tensorflow_handler()
+
+
+def _one_tensorflow_handler() -> None:
+    """Drop the stderr handler TensorFlow gives its own logger when it first logs before the
+    root logger has one: with ours on the root, each TensorFlow message (`Assets written`,
+    retracing warnings) would otherwise print twice."""
+    if not logging.getLogger().handlers:
+        return
+    tf_log = logging.getLogger("tensorflow")
+    for h in list(tf_log.handlers):
+        if type(h) is logging.StreamHandler and \
+                getattr(h.formatter, "_fmt", None) == logging.BASIC_FORMAT:
+            tf_log.removeHandler(h)
+
+
+class _NoThirdPartyTraceback(logging.Filter):
+    """pydicom logs its decoder's traceback before raising; the tool's one-line error already
+    says what failed, so such records are dropped (README: no third-party traceback for an
+    input error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.name.split(".")[0] in ("pydicom",))
 
 
 def actions_without_help(parser: argparse.ArgumentParser) -> list[str]:
@@ -104,6 +128,10 @@ class _LiveHandler(logging.StreamHandler):
     """Writes to whatever `sys.<which>` is at the time (so captured output sees it too)."""
 
     which = "stdout"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(_NoThirdPartyTraceback())
 
     @property
     def stream(self):
@@ -132,6 +160,7 @@ def setup_logging() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    _one_tensorflow_handler()
 
 
 def is_input_error(e: BaseException) -> bool:
@@ -164,14 +193,34 @@ def guarded(tool: str, fn: Callable, *args: Any) -> int:
 
 
 def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
-             tensorflow: bool = False) -> int:
+             tensorflow: bool | Callable[[Any], bool] = False) -> int:
     """A tool's `main`: parse its flags first (so --help answers before anything heavy
-    loads), optionally import TensorFlow quietly, log to stdout, run it guarded."""
+    loads), log to stdout, import TensorFlow quietly when the tool will use it
+    (`tensorflow`: True, or a test of the parsed flags), run it guarded."""
     args = parse(argv)
-    if tensorflow:
-        quiet_tensorflow()
     setup_logging()
+    if tensorflow is True or (callable(tensorflow) and tensorflow(args)):
+        quiet_tensorflow()
     return guarded(tool, run, args)
+
+
+def progress(total: int, desc: str, unit: str = "image"):
+    """A tqdm progress bar on stderr (update it with `.update(n)`; close it or use `with`).
+
+    Shown when stderr is a terminal; DM_PROGRESS=1 forces it on (e.g. into a log file),
+    DM_PROGRESS=0 off.
+    """
+    from tqdm import tqdm
+    forced = os.environ.get("DM_PROGRESS", "").strip()
+    if forced in ("0", "1"):
+        off = forced == "0"
+    else:
+        try:
+            off = not sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            off = True
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=off,
+                dynamic_ncols=True)
 
 
 def namespace(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespace:

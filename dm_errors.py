@@ -52,27 +52,51 @@ def input_error_classes() -> set[str]:
     return seen
 
 
+MAX_LINE = 400   # characters of a one-line error message
+
+
+def shorten(text: str, limit: int = MAX_LINE) -> str:
+    """`text` on one line (whitespace runs collapsed); a longer one is cut in the middle, so
+    its start (usually the file) and its end (usually the reason) both stay."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    tail = (limit - 5) // 2
+    return f"{text[:limit - 5 - tail]} ... {text[-tail:]}"
+
+
+def _message_lines(lines: list[str]) -> str:
+    """The lines of a message up to a traceback TensorFlow (or Python) appended to it."""
+    kept = []
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)") or (kept and not line.strip()):
+            break
+        kept.append(line)
+    return " ".join(kept)
+
+
 def wrapped_input_error(text: str) -> str | None:
     """The message of an InputError that TensorFlow wrapped into its own error text, or None.
 
     Errors raised inside `tf.data` (py_function) reach us as TensorFlow errors whose text
-    contains `ClassName: message`.
+    contains `ClassName: message` (all of the message's lines, then a traceback).
     """
     for name in sorted(input_error_classes(), key=len, reverse=True):
         marker = f"{name}: "
         if marker in text:
-            rest = text.split(marker, 1)[1].splitlines()
-            return rest[0].strip() if rest else name
+            rest = _message_lines(text.split(marker, 1)[1].splitlines())
+            return shorten(rest) if rest.strip() else name
     return None
 
 
 def one_line(e: BaseException) -> str:
-    """The message a user needs: a wrapped InputError's line if there is one, else the first."""
+    """The message a user needs, on one line: a wrapped InputError's message if there is one,
+    else the whole message (a multi-line one joined, a long one cut in the middle, never at
+    the end where the reason is)."""
     text = str(getattr(e, "message", None) or e)
     inner = wrapped_input_error(text)
     if inner is not None:
         return inner
     if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        return f"{e.filename}: {e.strerror}"
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    return lines[0] if lines else type(e).__name__
+        return shorten(f"{e.filename}: {e.strerror}")
+    return shorten(_message_lines(text.splitlines())) or type(e).__name__

@@ -118,6 +118,43 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
 
     Written to a temporary folder beside `out_dir`, then renamed into place.
     """
+    export(model, recipe, class_list, out_dir=out_dir, resize=resize)
+    return out_dir
+
+
+def export(model, recipe: Recipe, class_list: Sequence[str], out_dir: str | None = None,
+           onnx_path: str | None = None, resize: str = "cv2cubic", opset: int = 17) -> None:
+    """The SavedModel (`out_dir`) and/or ONNX file (`onnx_path`), all-or-nothing: both are
+    built and written under temporary names first and renamed into place together, so a
+    failed export (tf2onnx missing, a recipe the graph cannot carry, a full disk) leaves
+    every earlier export as it was."""
+    if onnx_path is not None:
+        _tf2onnx()                                  # refuse before anything is built
+    write_saved = _serving_writer(model, recipe, class_list, resize) if out_dir else None
+    proto = _onnx_proto(model, recipe, resize, opset) if onnx_path else None
+    with dm_output.Staging() as stage:
+        if write_saved is not None:
+            write_saved(stage.folder(os.path.abspath(out_dir)))
+        if proto is not None:
+            with open(stage.file(onnx_path, ".onnx"), "wb") as f:
+                f.write(proto.SerializeToString())
+    if out_dir:
+        log.info("call it with: m = tf.saved_model.load(%r); m.serve_uint16(images)"
+                 "['probabilities'] (images: uint16 (B, H, W); serve_uint8 for 8-bit, serve "
+                 "for float32 %s); column i is class %s", out_dir,
+                 f"{recipe.input_bits}-bit values" if recipe.input_bits else "raw values",
+                 ", ".join(f"{i}={c}" for i, c in enumerate(class_list)))
+
+
+class _NoTempAssetsLine(logging.Filter):
+    """TensorFlow's `Assets written to: <folder>` names our hidden temporary folder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Assets written to")
+
+
+def _serving_writer(model, recipe: Recipe, class_list: Sequence[str], resize: str):
+    """A function filling a folder with the SavedModel (checks the recipe first)."""
     import keras
     import tensorflow as tf
     if int(model.inputs[0].shape[-1]) != recipe.channels:
@@ -141,20 +178,19 @@ def export_serving(model, recipe: Recipe, class_list: Sequence[str], out_dir: st
                          input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
 
     def write(tmp: str) -> None:
-        archive.write_out(tmp, verbose=False)
+        tf_log, quiet = logging.getLogger("tensorflow"), _NoTempAssetsLine()
+        tf_log.addFilter(quiet)
+        try:
+            archive.write_out(tmp, verbose=False)
+        finally:
+            tf_log.removeFilter(quiet)
         os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
         with open(os.path.join(tmp, "assets", META_FILE), "w") as f:
             json.dump({"class_list": list(class_list), "recipe": recipe.to_dict(),
                        "resize": resize, "output": "probabilities",
                        "serve_float_input_bits": recipe.input_bits,
                        "endpoints": ["serve", "serve_uint16", "serve_uint8"]}, f, indent=1)
-    dm_output.write_folder(os.path.abspath(out_dir), write)
-    log.info("call it with: m = tf.saved_model.load(%r); m.serve_uint16(images)"
-             "['probabilities'] (images: uint16 (B, H, W); serve_uint8 for 8-bit, serve for "
-             "float32 %s); column i is class %s", out_dir,
-             f"{recipe.input_bits}-bit values" if recipe.input_bits else "raw values",
-             ", ".join(f"{i}={c}" for i, c in enumerate(class_list)))
-    return out_dir
+    return write
 
 
 def load_serving(path: str):
@@ -176,17 +212,25 @@ def export_onnx(model, recipe: Recipe, out_path: str, resize: str = "cv2cubic",
     this graph under TF 2.21 with outputs equal to TF within 1.2e-7); they are not in
     requirements.txt, so this raises a clear error when they are missing.
     """
-    import tensorflow as tf
+    export(model, recipe, (), onnx_path=out_path, resize=resize, opset=opset)
+    return out_path
+
+
+def _tf2onnx():
     try:
         import tf2onnx
     except ImportError:
         raise ExportError("ONNX export needs the optional package tf2onnx "
-                          "(pip install tf2onnx onnx)") from None
+                          "(pip install tf2onnx onnx); nothing was exported") from None
+    return tf2onnx
+
+
+def _onnx_proto(model, recipe: Recipe, resize: str, opset: int):
+    import tensorflow as tf
+    tf2onnx = _tf2onnx()
     preprocess_graph(tf.zeros([1, 8, 8]), recipe, resize)
     spec = (tf.TensorSpec((None, None, None), tf.float32, name="raw"),)
     fn = tf.function(lambda raw: model(preprocess_graph(raw, recipe, resize), training=False),
                      input_signature=spec)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
-    import dm_inference
-    dm_inference.atomic_write(out_path, lambda f: f.write(proto.SerializeToString()))
-    return out_path
+    return proto

@@ -47,7 +47,7 @@ def flip(x, mode: str):
     return tf.reverse(x, axis=axes) if axes else x
 
 
-def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
+def predict(model, ds, tta: bool = False, verbose: int = 0, progress=None) -> np.ndarray:
     """Class probabilities for every image of a finite dataset, in order.
 
     With `tta`, the mean of the predictions on the image and its horizontal, vertical
@@ -56,7 +56,11 @@ def predict(model, ds, tta: bool = False, verbose: int = 0) -> np.ndarray:
     batch included), so scoring runs at the network's speed (benchmarks/bench_inference.py).
     """
     forward = forward_fn(model, tta)
-    out = [forward(x).numpy() for x in _images_only(ds)]
+    out = []
+    for x in _images_only(ds):
+        out.append(forward(x).numpy())
+        if progress is not None:            # a `dm_cli.progress` bar, counted in images
+            progress.update(len(out[-1]))
     n_out = int(model.outputs[0].shape[-1])
     return np.concatenate(out) if out else np.zeros((0, n_out), np.float32)
 
@@ -105,21 +109,60 @@ class LoadedModel:
         return shape[1], shape[2]
 
     @property
+    def kind(self) -> str | None:
+        """"patch" or "image" as the file records it; files without one are recognised by
+        the layers of this project's whole-image models, else None (unknown)."""
+        if self.meta is not None and self.meta.kind:
+            return self.meta.kind
+        names = {l.name for l in self.model.layers}
+        return "image" if names & {"clf_dense", "clf_softmax", "image_input"} else None
+
+    @property
+    def train_size(self) -> tuple[int, int] | None:
+        """(H, W) the model was trained at: its recipe's size, else its fixed input size."""
+        if self.meta is not None and self.meta.recipe.img_size is not None:
+            return tuple(self.meta.recipe.img_size)
+        h, w = self.input_hw
+        return (int(h), int(w)) if h and w else None
+
+    @property
     def class_list(self) -> tuple[str, ...] | None:
         return tuple(self.meta.class_list) if self.meta is not None else None
 
-    def recipe(self, **overrides) -> Recipe:
-        """The model's own recipe with non-None `overrides` applied (see `apply_overrides`)."""
+    def recipe(self, *, fixed_input: bool = True, **overrides) -> Recipe:
+        """The model's own recipe with non-None `overrides` applied (see `apply_overrides`).
+
+        The size must be one the model takes (`check_size`); `fixed_input=False` for a
+        network rebuilt at another size (fprop heatmaps) checks only that it is positive."""
         base = self.meta.recipe if self.meta is not None else None
         if base is None:
             h, w = self.input_hw
             base = Recipe(img_size=(h, w) if h and w else (1152, 896), channels=self.channels)
             log.warning("%s has no stored recipe: using %s plus flags", self.path, base)
         recipe = apply_overrides(base, **overrides)
+        check_size(recipe, self.input_hw if fixed_input else (None, None), self.path,
+                   given=overrides.get("img_size") is not None)
         if recipe.channels != self.channels:
             raise InferenceError(f"{self.path}: the model takes {self.channels} channel(s) but "
                                  f"the recipe makes {recipe.channels}")
         return recipe
+
+
+def check_size(recipe: Recipe, input_hw, model_path: str, given: bool = True,
+               flag: str = "--img-size") -> None:
+    """Refuse, in one line and before any image is read, a size that is not positive or
+    that a model with a fixed input cannot take (it would fail deep inside TensorFlow)."""
+    size = recipe.img_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise InferenceError(f"{flag} {' '.join(map(str, size))}: sizes must be positive")
+    if recipe.target_height is not None and recipe.target_height < 1:
+        raise InferenceError(f"target height {recipe.target_height}: must be positive")
+    h, w = input_hw
+    if size is not None and h and w and tuple(size) != (int(h), int(w)):
+        what = f"{flag} {size[0]} {size[1]}" if given else f"its recipe's size {size[0]}x{size[1]}"
+        raise InferenceError(f"{model_path}: the model takes {h}x{w} images only (its input "
+                             f"size is fixed), so {what} cannot be used"
+                             + ("; leave it out" if given else ""))
 
 
 def apply_overrides(recipe: Recipe, **overrides) -> Recipe:
@@ -180,16 +223,19 @@ def common_class_list(models: Sequence[LoadedModel], override: Sequence[str] | N
 
 def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size: int = 4,
                 tta: bool = False, overrides: dict | None = None,
-                convert_bits: bool = False) -> np.ndarray:
+                convert_bits: bool = False, depths: Sequence[int | None] | None = None,
+                progress=None) -> np.ndarray:
     """(N, classes) mean probabilities of several models, each with its own recipe.
 
     Images of another bit depth than a model was trained on are refused, or with
-    `convert_bits` scaled to that depth (see `depth_groups`).
+    `convert_bits` scaled to that depth (see `depth_groups`). `depths`: each file's bit
+    depth when already known (`dm_preflight`), else read from the headers. `progress`: a
+    `dm_cli.progress` bar advanced by one per image and model.
     """
     if not models:
         raise InferenceError("no model given")
     paths = list(paths)
-    depths = [file_bit_depth(p) for p in paths]
+    depths = list(depths) if depths is not None else [file_bit_depth(p) for p in paths]
     preds = []
     for m in models:
         recipe = m.recipe(**(overrides or {}))
@@ -204,7 +250,7 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
                                        bs, training=False)
             log.info("scoring %d images with %s (recipe %s%s)", len(sub), m.path,
                      r.to_json(), ", 4-flip TTA" if tta else "")
-            p = predict(m.model, ds, tta=tta)
+            p = predict(m.model, ds, tta=tta, progress=progress)
             if out is None:
                 out = np.empty((len(paths), p.shape[-1]), np.float32)
             out[idx] = p
@@ -236,8 +282,13 @@ def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
     return dataclasses.replace(recipe, rescale_factor=(recipe.rescale_factor or 1.0) * factor)
 
 
+#: How to keep another depth in predict.py; tools without --input-bits pass their own.
+KEEP_DEPTH_HINT = "or give a matching --rescale-factor with --input-bits"
+
+
 def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Recipe,
-                 convert: bool, model_path: str = "the model") -> list[tuple[list[int], Recipe]]:
+                 convert: bool, model_path: str = "the model",
+                 keep_hint: str = KEEP_DEPTH_HINT) -> list[tuple[list[int], Recipe]]:
     """Split images by bit depth into (indices, recipe) groups, refusing what does not fit.
 
     With `img_scale` every image is scaled by its own maximum, so depth does not matter.
@@ -267,18 +318,19 @@ def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Rec
         if d != want and not convert:
             raise InferenceError(
                 f"{paths[idx[0]]}: {d}-bit image, but {model_path} was trained on {want}-bit "
-                f"images; add --convert-bit-depth to scale it to {want} bits (or give a "
-                "matching --rescale-factor with --input-bits)")
+                f"images; add --convert-bit-depth to scale it to {want} bits ({keep_hint})")
     return [(idx, recipe if d == want else bit_conversion(recipe, d))
             for d, idx in sorted(groups.items())]
 
 
 def recipe_for_image(path: str, recipe: Recipe, convert: bool = False,
-                     model_path: str = "the model") -> Recipe:
+                     model_path: str = "the model", depth: int | None = None,
+                     keep_hint: str = KEEP_DEPTH_HINT) -> Recipe:
     """The recipe to apply to one image file after the bit-depth check of `depth_groups`
     (refused, or converted with `convert`), for tools that read images one at a time
-    (heatmaps)."""
-    [(_, r)] = depth_groups([path], [file_bit_depth(path)], recipe, convert, model_path)
+    (heatmaps). `depth`: the file's depth when known, else read from its header."""
+    d = depth if depth is not None else file_bit_depth(path)
+    [(_, r)] = depth_groups([path], [d], recipe, convert, model_path, keep_hint)
     return r
 
 
@@ -295,14 +347,15 @@ class InputList:
 
 
 def list_images(root: str) -> list[str]:
-    """All images under a folder, recursively, sorted (same extensions as training)."""
+    """All images under a folder, recursively, sorted (same extensions as training); hidden
+    files and folders (names starting with '.', e.g. macOS `._scan.png`) are skipped."""
     if not os.path.isdir(root):
         raise InferenceError(f"{root}: image folder not found")
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if f.lower().endswith(dm_image.IMAGE_EXTS))
+                     if f.lower().endswith(dm_image.IMAGE_EXTS) and not f.startswith("."))
     if not found:
         raise InferenceError(f"{root}: no images ({', '.join(e[1:] for e in dm_image.IMAGE_EXTS)})")
     return found

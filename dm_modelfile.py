@@ -29,11 +29,12 @@ META_ATTR = "dm_meta"
 
 @dataclass(frozen=True)
 class ModelMeta:
-    """What a saved model needs to be used correctly: output column order and recipe."""
+    """What a saved model needs to be used correctly: output column order, recipe (whose
+    img_size is the size it was trained at) and kind (patch or whole-image classifier)."""
 
     class_list: tuple[str, ...]
     recipe: Recipe
-    kind: str = "image"            # "patch" or "image"
+    kind: str | None = "image"     # "patch" or "image"; None: a file that records none
     extra: dict = field(default_factory=dict)
     calibration: dict | None = None   # fitted by calibrate.py (dm_calibration); optional
 
@@ -48,7 +49,7 @@ class ModelMeta:
     def from_json(cls, s: str) -> "ModelMeta":
         d = json.loads(s)
         return cls(class_list=tuple(d["class_list"]), recipe=Recipe.from_dict(d["recipe"]),
-                   kind=d.get("kind", "image"), extra=d.get("extra", {}),
+                   kind=d.get("kind"), extra=d.get("extra", {}),
                    calibration=d.get("calibration"))
 
 
@@ -90,7 +91,7 @@ def check_model_kind(path: str | os.PathLike, expected: str, flag: str, other: s
         meta = read_model_meta(path)
     except ModelFileError:  # not a zip / not HDF5: the loader will say what is wrong
         return
-    if meta is not None and meta.kind != expected:
+    if meta is not None and meta.kind is not None and meta.kind != expected:
         raise ModelKindError(f"{path}: this is a {meta.kind} model, but {flag} takes a "
                              f"{expected} model; use {other} for it")
 

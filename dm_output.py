@@ -44,7 +44,7 @@ def is_special(path: str) -> bool:
     """A symlink, device, FIFO or socket: something a rename must not replace."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
 
@@ -108,11 +108,23 @@ def replace(tmp: str, path: str, folder: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def _as_user_error(e: OSError, tmp: str, path: str) -> OSError:
+    """The same OS error naming the user's `path` instead of our hidden temporary name."""
+    names = (e.filename, getattr(e, "filename2", None))
+    if any(n is not None and os.fspath(n).startswith(os.fspath(tmp)) for n in names):
+        return type(e)(e.errno, e.strerror, path)
+    return e
+
+
 def temp_path(path: str, suffix: str = "") -> str:
     """A new empty temporary file beside `path` (for writers that need a file name)."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix,
+                                   dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None
     os.close(fd)
     return tmp
 
@@ -120,26 +132,104 @@ def temp_path(path: str, suffix: str = "") -> str:
 def write_named(path: str, writer: Callable[[str], None], suffix: str = "") -> None:
     """Atomic write for writers that need a file name (`writer(tmp_name)`, e.g. Keras or
     matplotlib saving): a temporary file beside `path` (with `suffix`, for writers that go
-    by the extension), renamed into place; removed if writing fails."""
+    by the extension), renamed into place; removed if writing fails. An OS error names
+    `path`, never the temporary file."""
     tmp = temp_path(path, suffix)
     try:
         writer(tmp)
         replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise _as_user_error(e, tmp, path) from None
         raise
+
+
+def _temp_folder(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None
 
 
 def write_folder(path: str, writer: Callable[[str], None]) -> None:
     """Atomic write of a whole folder: `writer(tmp_folder)` fills a temporary folder beside
     `path`, which then replaces it; removed if writing fails."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", dir=folder)
+    with Staging() as stage:
+        writer(stage.folder(path))
+
+
+class Staging:
+    """Several outputs written under temporary names beside their own, renamed into place
+    together only when all are complete: if any fails, every earlier file stays as it was
+    (e.g. a SavedModel and an ONNX file exported in one command).
+
+        with Staging() as stage:
+            save_folder(stage.folder("exported/"))
+            save_file(stage.file("model.onnx"))
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, str, bool]] = []
+
+    def folder(self, path: str) -> str:
+        """A temporary folder that will become `path`."""
+        tmp = _temp_folder(path)
+        self._items.append((tmp, path, True))
+        return tmp
+
+    def file(self, path: str, suffix: str = "") -> str:
+        """A temporary file name that will become `path`."""
+        tmp = temp_path(path, suffix)
+        self._items.append((tmp, path, False))
+        return tmp
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for tmp, path, folder in self._items:
+                    replace(tmp, path, folder=folder)
+        finally:
+            for tmp, _, _ in self._items:     # what was not renamed into place
+                if os.path.isdir(tmp):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                elif os.path.exists(tmp):
+                    os.remove(tmp)
+        if isinstance(exc, OSError):
+            for tmp, path, _ in self._items:
+                err = _as_user_error(exc, tmp, path)
+                if err is not exc:
+                    raise err from None
+
+
+def check_writable(path: str | None, flag: str = "--out", folder: bool = False) -> None:
+    """Refuse (one line) an output location that cannot be written, before any work: the
+    nearest existing folder on the way to `path` must be a folder where a file can be
+    created (tried, not guessed from the mode bits); `path` itself must not be a folder
+    (or, for `folder`, a file). `-` and devices/FIFOs/symlinks written through pass."""
+    if path is None or is_stdout(path) or is_special(path):
+        return
+    if os.path.isdir(path) and not folder:
+        raise OutputRefusedError(f"{path}: is a folder ({flag} takes a file name)")
+    if os.path.exists(path) and not os.path.isdir(path) and folder:
+        raise OutputRefusedError(f"{path}: is a file ({flag} takes a folder name)")
+    parent = os.path.abspath(path) if folder and os.path.isdir(path) else \
+        os.path.dirname(os.path.abspath(path))       # an existing folder is written into
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputRefusedError(f"{path}: cannot be written ({parent} is a file, not a "
+                                 f"folder) ({flag})")
     try:
-        writer(tmp)
-        replace(tmp, path, folder=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fd, probe = tempfile.mkstemp(prefix=".dm_write_test.", dir=parent)
+    except OSError as e:
+        raise OutputRefusedError(f"{path}: cannot be written ({parent}: "
+                                 f"{e.strerror or e}) ({flag})") from None
+    os.close(fd)
+    os.remove(probe)

@@ -69,8 +69,7 @@ class Heatmapper:
     def __init__(self, model_path: str, pos_class: str, unsafe_load: bool = False):
         import dm_inference as inf
         self.loaded = inf.load_models([model_path], safe_mode=not unsafe_load)[0]
-        meta = self.loaded.meta
-        self.kind = meta.kind if meta is not None else "image"
+        self.kind = self.loaded.kind or "image"
         self.classes = list(self.loaded.class_list or [])
         self.recipe = self.loaded.recipe()
         self.cls = (self.classes.index(pos_class) if pos_class in self.classes
@@ -239,7 +238,9 @@ def write_report(out_dir: str, summary: dict, paths: list[str], y, s, cases: lis
     os.makedirs(out_dir, exist_ok=True)
     for name in ("report.css", "report.js"):
         shutil.copyfile(ASSETS / name, os.path.join(out_dir, name))
-    meta = [f"predictions: {html.escape(summary['predictions'])}",
+    # File names only: the report is meant to be sent, and a full path says nothing to its
+    # reader but where things were on the author's disk.
+    meta = [f"predictions: {html.escape(os.path.basename(summary['predictions']))}",
             f"positive class: <b>{html.escape(summary['pos_class'])}</b>",
             f"breast/exam score: {html.escape(summary['aggregate'])} of the images"]
     meta += [html.escape(n) for n in (notes or [])]

@@ -211,7 +211,7 @@ def write_html(args, summary: dict, df, y, s) -> str:
                                  args.thumb_height, hm)
     neg = [c for c in summary["classes"] if c != summary["pos_class"]]
     names = ("/".join(neg) or "negative", summary["pos_class"])
-    notes = [f"heatmaps: {args.model} ({hm.kind} model)"] if hm else []
+    notes = [f"heatmaps: {os.path.basename(args.model)} ({hm.kind} model)"] if hm else []
     return dm_report.write_report(args.out_dir, summary, paths, y, s, cases, names, notes)
 
 
@@ -248,7 +248,8 @@ def evaluate(preds: str, **options: Any) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv,
+                           tensorflow=lambda a: bool(a.model))  # heatmaps need the model
 
 
 if __name__ == "__main__":

@@ -11,6 +11,12 @@ patient_id, side, view, used by evaluate.py for breast/exam aggregation); a reci
 `--out` for up to 20 images, prints the CSV on standard output (the log goes to stderr).
 Images of another bit depth than the model was trained on are refused unless
 `--convert-bit-depth`. `--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
+
+Checked before anything is scored (one line, exit 2; docs/reliability.md): sizes the model
+cannot take, an output that cannot be written, and likely mistakes, each with the flag that
+forces it: whole mammograms for a patch model (--allow-whole-images), colour images
+(--allow-colour), 12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
+A progress bar goes to stderr when it is a terminal (DM_PROGRESS=1 forces it).
 """
 from __future__ import annotations
 
@@ -46,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convert-bit-depth", action="store_true",
                    help="scale images of another bit depth to the one the model was trained "
                         "on (else they are refused)")
+    p.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
+                   help="bits the 16-bit PNGs really use (e.g. 12; converted like a DICOM with "
+                        "BitsStored N with --convert-bit-depth; 16 scores them as they are)")
+    p.add_argument("--allow-colour", action="store_true",
+                   help="score colour images (as their grey conversion) instead of refusing them")
+    p.add_argument("--allow-whole-images", action="store_true",
+                   help="let a patch model score images over twice its patch size (each is "
+                        "shrunk to one patch) instead of refusing them")
     p.add_argument("--class-list", nargs="+", default=None,
                    help="column names, only for models that store none")
     p.add_argument("--unsafe-load", action="store_true",
@@ -88,42 +102,58 @@ def overrides_from(args) -> dict:
 
 def run(args) -> int:
     import dm_inference as inf
+    import dm_output
+    import dm_preflight
     if args.batch_size < 1:
         raise inf.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.img_size is not None and min(args.img_size) < 1:
+        raise inf.InferenceError(f"--img-size {args.img_size[0]} {args.img_size[1]}: sizes "
+                                 "must be positive")
+    if args.split and not args.csv:
+        raise inf.InferenceError("--split goes with --csv")
+    scoring = bool(args.images or args.image_dir or args.csv)
+    # Every output location first, so a long run cannot fail at its end.
+    if scoring and args.out is not None:
+        dm_output.check_writable(args.out, "--out")
+    if args.export:
+        dm_output.check_writable(args.export, "--export", folder=True)
+    if args.export_onnx:
+        dm_output.check_writable(args.export_onnx, "--export-onnx")
     models = inf.load_models(args.models, safe_mode=not args.unsafe_load)
     class_list = inf.common_class_list(models, args.class_list)
+    recipes = [m.recipe(**overrides_from(args)) for m in models]   # sizes checked here
     if args.export or args.export_onnx:
         import dm_export
         if len(models) != 1:
             raise inf.InferenceError("--export/--export-onnx take exactly one model")
-        recipe = models[0].recipe(**overrides_from(args))
-        if args.export:
-            dm_export.export_serving(models[0].model, recipe, class_list, args.export,
-                                     resize=args.export_resize)
-            log.info("exported %s to %s", args.models[0], args.export)
-        if args.export_onnx:
-            dm_export.export_onnx(models[0].model, recipe, args.export_onnx,
-                                  resize=args.export_resize)
-            log.info("exported %s to %s", args.models[0], args.export_onnx)
-        if not (args.images or args.image_dir or args.csv):
+        dm_export.export(models[0].model, recipes[0], class_list, out_dir=args.export,
+                         onnx_path=args.export_onnx, resize=args.export_resize)
+        for dest in (args.export, args.export_onnx):
+            if dest:
+                log.info("exported %s to %s", args.models[0], dest)
+        if not scoring:
             return 0
-    if args.split and not args.csv:
-        raise inf.InferenceError("--split goes with --csv")
     inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
     out = args.out or "-"
     if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
         raise inf.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
                                  "print the CSV)")
+    allow = dm_preflight.Allow(colour=args.allow_colour, whole_images=args.allow_whole_images,
+                               stored_bits=args.stored_bits)
+    depths = [inf.file_bit_depth(p) for p in inputs.paths]
+    depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
     if args.mixed_precision:  # scoring only: the export above stays float32
         import dm_modelfile
         for m in models:
             dm_modelfile.set_precision(m.model, args.mixed_precision)
     import dm_calibration
-    probs = dm_calibration.score_models(
-        models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size, args.test_augment,
-                                           overrides_from(args),
-                                           convert_bits=args.convert_bit_depth),
-        enabled=not args.no_calibration)
+    with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
+        probs = dm_calibration.score_models(
+            models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size,
+                                               args.test_augment, overrides_from(args),
+                                               convert_bits=args.convert_bit_depth,
+                                               depths=depths, progress=bar),
+            enabled=not args.no_calibration)
     inf.write_predictions_csv(out, inputs, probs, class_list)
     log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list),
              "standard output" if out == "-" else out)
@@ -140,8 +170,8 @@ def predict(models: Sequence[str], **options: Any) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    dm_cli.setup_logging()      # first: TensorFlow then adds no handler of its own
     dm_cli.quiet_tensorflow()
-    dm_cli.setup_logging()
     import dm_output
     if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
         return dm_cli.guarded("predict", run, args)

@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--convert-bit-depth", action="store_true",
                    help="scale images of another bit depth to the one the model was trained "
                         "on (else they are refused, as in predict.py)")
+    g.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
+                   help="bits the 16-bit PNGs really use (e.g. 12: with --convert-bit-depth "
+                        "scaled to the model's depth; 16: used as they are)")
+    g.add_argument("--allow-colour", action="store_true",
+                   help="map colour images (as their grey conversion) instead of refusing them")
     g.add_argument("--segment", dest="segment", action="store_true", default=True,
                    help="sliding window: crop to the breast first")
     g.add_argument("--no-segment", dest="segment", action="store_false", default=argparse.SUPPRESS, help="turn off --segment")
@@ -263,6 +268,15 @@ def recipe_changes(args) -> dict:
     return ch
 
 
+# Another bit depth than the model's: what else keeps it (this tool has no --input-bits).
+KEEP_DEPTH_HINT = "or --img-scale to scale each image by its own maximum"
+
+
+def _name(it: Item) -> str:
+    """The overlay title's image name: patient, side and view, the empty ones left out."""
+    return " ".join(v for v in (it.patient_id, it.side, it.view) if v)
+
+
 def _overlay_channel(probs: np.ndarray, class_list, name: str | None, kind: str
                      ) -> tuple[np.ndarray, str]:
     """The map shown in an overlay and what it shows."""
@@ -277,11 +291,7 @@ def _overlay_channel(probs: np.ndarray, class_list, name: str | None, kind: str
 
 def _looks_whole_image(loaded) -> bool:
     """A whole-image classifier, by its stored kind or (files without one) its layers."""
-    kind = loaded.meta.kind if loaded.meta is not None else None
-    if kind is not None:
-        return kind == "image"
-    names = {l.name for l in loaded.model.layers}
-    return bool(names & {"clf_dense", "clf_softmax", "image_input"})
+    return loaded.kind == "image"
 
 
 def _to_source(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -341,10 +351,20 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     import dm_inference as inf
     if args.stride < 1 or args.batch_size < 1:
         raise HeatmapError("--stride and --batch-size must be >= 1")
+    for flag, v in (("--img-size", args.img_size), ("--img-height", args.img_height),
+                    ("--patch-size", args.patch_size), ("--avg-pool-size", args.avg_pool_size),
+                    ("--hm-strides", args.hm_strides)):
+        vals = list(v) if isinstance(v, (list, tuple)) else [v]
+        if v is not None and min(vals) < 1:
+            raise HeatmapError(f"{flag} {' '.join(map(str, vals))}: must be positive")
+    import dm_output
+    dm_output.check_writable(args.out, "--out")
+    if args.overlay_dir:
+        dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
     if args.fprop_mode and args.grad_cam:
         raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
     loaded = inf.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
-    kind = loaded.meta.kind if loaded.meta is not None else None
+    kind = loaded.kind
     mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
     if mode == "sliding" and _looks_whole_image(loaded):
         raise HeatmapError(f"{args.dl_state}: a whole-image model cannot be slid as a patch "
@@ -373,7 +393,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or (1152, 896))
             else:
                 size = tuple(args.img_size or loaded.recipe().img_size)
-            recipe = dataclasses.replace(loaded.recipe(img_size=size), **changes)
+            recipe = dataclasses.replace(loaded.recipe(img_size=size, fixed_input=False),
+                                         **changes)
             patch_model = inf.load_models([args.patch_model], not args.unsafe_load)[0].model \
                 if args.patch_model else None
             fmap = inf.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
@@ -394,10 +415,20 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
     model_recipe = recipe
+    import dm_preflight
+    paths = [it.path for it in items]
+    allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits)
+    depths = dm_preflight.check_images(paths, [loaded], [model_recipe], allow,
+                                       [inf.file_bit_depth(p) for p in paths],
+                                       check_patches=False)   # mapping mammograms is the point
+    # The model's bit depth: another depth is refused in one line (before any image is
+    # mapped), or converted.
+    recipes = [inf.recipe_for_image(p, model_recipe, args.convert_bit_depth, args.dl_state,
+                                    depth=d, keep_hint=KEEP_DEPTH_HINT)
+               for p, d in zip(paths, depths)]
+    bar = dm_cli.progress(len(items), "heatmaps")
     for i, it in enumerate(items):
-        # The model's bit depth: another depth is refused in one line, or converted.
-        recipe = inf.recipe_for_image(it.path, model_recipe, args.convert_bit_depth,
-                                        args.dl_state)
+        recipe = recipes[i]
         img = dm_image.read_image(it.path)
         vmax, heat = 1.0, None
         if mode == "sliding":
@@ -412,21 +443,21 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 x0, y0 = (hm.bbox[0], hm.bbox[1]) if hm.bbox is not None else (0, 0)
                 heat = np.full(full.shape, np.nan, np.float32)
                 heat[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
-                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) max {np.nanmax(ch):.3f}"
+                title = f"{_name(it)}: p({shown}) max {np.nanmax(ch):.3f}"
         else:
             x = dm_image.preprocess(img, recipe)[None]
             if mode == "fprop":
                 probs = inf.forward_fn(net)(x.astype(np.float32)).numpy()[0]
                 maps.append(probs)
                 ch, shown = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
-                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) max {np.max(ch):.3f}"
+                title = f"{_name(it)}: p({shown}) max {np.max(ch):.3f}"
             else:
                 ch = inf.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
                 p = float(inf.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
                 shown = classes[cls]
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
-                title = f"{it.patient_id} {it.side} {it.view}: p({shown}) = {p:.3f}, Grad-CAM"
+                title = f"{_name(it)}: p({shown}) = {p:.3f}, Grad-CAM"
             if args.overlay_dir:
                 heat = inf.place_heatmap(ch, tuple(recipe.img_size or img.shape))
         if args.overlay_dir:
@@ -434,7 +465,10 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             stem = os.path.splitext(os.path.basename(it.path))[0]
             inf.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
                           overlay_figure(img, _to_source(heat, img.shape), title, 0.0, vmax))
-        log.info("scored %d/%d: %s -> %s", i + 1, len(items), it.path, maps[-1].shape)
+        bar.update(1)
+        if bar.disable:              # no bar (not a terminal): one log line per image
+            log.info("scored %d/%d: %s -> %s", i + 1, len(items), it.path, maps[-1].shape)
+    bar.close()
     save_heatmaps(args.out, items, maps, meta)
     log.info("wrote %d heatmaps in %d patient/side groups to %s", len(maps),
              len(group_items(items)), args.out)
@@ -483,7 +517,8 @@ def score(img_folder: str, model: str, **options: Any) -> dict:
 
 def main(argv=None) -> int:
     import dm_cli
-    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv,
+                           tensorflow=True)
 
 
 if __name__ == "__main__":

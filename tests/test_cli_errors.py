@@ -223,3 +223,115 @@ def test_every_project_error_class_is_an_input_error():
         mod = importlib.import_module(".".join(rel.parts))
         cls = getattr(mod, name)
         assert issubclass(cls, dm_errors.InputError), (rel, name)
+
+
+# ------------------------------------------------------------------ issue 23: noise
+
+_BANNER_WORDS = ("cuInit", "cuda", "oneDNN", "cpu_feature_guard", "absl::InitializeLog",
+                 "TF-TRT")
+
+
+def _run_script(argv, cwd, **env):
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO),
+                                                **{k: v for k, v in env.items()}))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_preds(tmp_path_factory):
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import save, tiny_image_model, write_images
+    d = tmp_path_factory.mktemp("noise")
+    model = save(tiny_image_model(), d / "m.keras", "image")
+    paths = write_images(d / "img", 4)
+    (d / "preds.csv").write_text("path,neg,pos,label\n" + "".join(
+        f"{p},{1 - v},{v},{k}\n" for p, v, k in zip(paths, (.2, .7, .4, .9), (0, 1, 0, 1))))
+    return d, str(model)
+
+
+@pytest.mark.parametrize("tool", ["heatmap", "evaluate", "calibrate"])
+def test_no_tensorflow_start_up_lines(tool, tiny_model_and_preds, tmp_path):
+    """heatmap_score.py, evaluate.py --model and calibrate.py import TensorFlow: none of its
+    start-up lines (`failed call to cuInit`, oneDNN...) reaches the user (issue 23)."""
+    d, model = tiny_model_and_preds
+    argv = {"heatmap": [str(REPO / "ddsm_train" / "heatmap_score.py"), str(d / "img"), model,
+                        "--grad-cam", "--out", str(tmp_path / "h.npz")],
+            "evaluate": [str(REPO / "evaluate.py"), str(d / "preds.csv"), "--html", "--model",
+                         model, "--n-boot", "50", "--out-dir", str(tmp_path / "rep")],
+            "calibrate": [str(REPO / "calibrate.py"), model, str(d / "preds.csv"),
+                          "--out", str(tmp_path / "c.keras")]}[tool]
+    r = _run_script(argv, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    noise = [l for l in (r.stdout + r.stderr).splitlines()
+             if any(w in l for w in _BANNER_WORDS)]
+    assert noise == []
+
+
+def test_every_tensorflow_message_once(tmp_path):
+    """TensorFlow gives its logger a handler of its own when it first logs before ours is
+    installed; with ours too, each message (`Assets written`, retracing) came out twice."""
+    code = ("import dm_cli, logging\n"
+            "dm_cli.quiet_tensorflow()\n"             # TensorFlow first, as convert_checkpoint
+            "import tensorflow as tf\n"
+            "tf.get_logger().warning('first message')\n"
+            "dm_cli.setup_logging()\n"
+            "tf.get_logger().warning('second message')\n")
+    r = _run_script(["-c", code], tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and out.count("second message") == 1, out
+
+
+def test_corrupt_jpeg2000_dicom_is_one_line_with_its_reason(tmp_path):
+    """pydicom logs its decoder's traceback before raising: not shown; the error line keeps
+    the reason at its end (it was cut at the first line of pydicom's message)."""
+    import io
+    PIL = pytest.importorskip("PIL")
+    from PIL import features
+    if not features.check("jpg_2000"):
+        pytest.skip("Pillow without JPEG 2000")
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import save, tiny_image_model
+    arr = np.random.default_rng(0).integers(0, 4095, (64, 48)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG2000", irreversible=False)
+    j2k = buf.getvalue()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEG2000Lossless
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID = meta, SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 64, 48, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = encapsulate([j2k[:len(j2k) // 3] + b"\0" * 50])     # cut short
+    ds["PixelData"].VR = "OB"
+    ds.save_as(str(tmp_path / "bad.dcm"), enforce_file_format=True)
+    model = save(tiny_image_model(), tmp_path / "m.keras", "image")
+    r = _run_script([str(REPO / "predict.py"), str(model), "--images", "bad.dcm", "--out", "p.csv"],
+             tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out, out
+    err = [l for l in out.splitlines() if "error:" in l]
+    assert len(err) == 1 and "bad.dcm: cannot decode DICOM pixel data" in err[0]
+    assert err[0].rstrip().endswith("broken data stream when reading image file)"), err[0]
+
+
+def test_one_line_joins_lines_and_shortens_the_middle():
+    import dm_errors
+    e = dm_errors.InputError("scan.dcm: cannot decode (all plugins failed:\n"
+                             "  pillow: broken data stream)")
+    assert dm_errors.one_line(e) == ("scan.dcm: cannot decode (all plugins failed: pillow: "
+                                     "broken data stream)")
+    long = dm_errors.InputError("scan.dcm: " + "detail " * 200 + "THE REASON")
+    line = dm_errors.one_line(long)
+    assert len(line) <= dm_errors.MAX_LINE and line.startswith("scan.dcm: detail")
+    assert line.endswith("THE REASON") and " ... " in line
+    tf_text = ("{{function_node x}} ImageReadError: a.dcm: cannot decode (failed:\n"
+               "  pillow: broken)\nTraceback (most recent call last):\n  File ...")
+    assert dm_errors.wrapped_input_error(tf_text) == "a.dcm: cannot decode (failed: pillow: broken)"

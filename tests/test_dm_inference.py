@@ -76,8 +76,14 @@ def test_model_average_is_mean_of_outputs(saved, images):
 def test_recipe_read_from_file_and_overridden(saved, images):
     m = inf.load_models([str(saved["image1"])])[0]
     assert m.recipe() == IMAGE_RECIPE and m.class_list == ("neg", "pos")
-    r = m.recipe(featurewise_mean=10.0, img_size=[32, 24])
+    # the model's input is fixed at 64x48: another size is refused (issue 23), unless the
+    # network is rebuilt at that size (fprop heatmaps)
+    with pytest.raises(inf.InferenceError, match="takes 64x48 images only.*--img-size 32 24"):
+        m.recipe(img_size=[32, 24])
+    r = m.recipe(featurewise_mean=10.0, img_size=[32, 24], fixed_input=False)
     assert r.featurewise_mean == 10.0 and r.featurewise_center and r.img_size == (32, 24)
+    with pytest.raises(inf.InferenceError, match="positive"):
+        m.recipe(img_size=[0, 0], fixed_input=False)
     assert r.rescale_factor == IMAGE_RECIPE.rescale_factor
     got = inf.score_paths([m], images[:2], overrides=dict(featurewise_mean=10.0))
     want = m.model.predict(_inputs(images[:2], inf.apply_overrides(IMAGE_RECIPE, featurewise_mean=10.0)),

@@ -78,3 +78,24 @@ def test_trained_in_bfloat16_loads_and_predicts_in_float32(tmp_path):
     assert cfg.mixed_precision is None
     assert dm_flags.parse("patch", ["t", "v", "s", "--mixed-precision"]).mixed_precision \
         == "float16"
+
+
+def test_meta_without_kind_reads_as_unknown_and_passes_kind_checks(tmp_path):
+    """A model file whose stored metadata predates `kind` loads; its kind is then None
+    (unknown), or recognised from the layers of a whole-image model (issue 23)."""
+    import json
+    import zipfile
+    import dm_inference
+    from dm_image import Recipe
+    meta = dm_modelfile.ModelMeta(("neg", "pos"), Recipe(img_size=(64, 48), channels=1))
+    old = json.loads(meta.to_json())
+    del old["kind"]
+    assert dm_modelfile.ModelMeta.from_json(json.dumps(old)).kind is None
+    path = tmp_path / "old.keras"
+    tiny_image_model().save(path)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr(dm_modelfile.META_MEMBER, json.dumps(old))
+    assert dm_modelfile.read_model_meta(path).kind is None
+    dm_modelfile.check_model_kind(path, "patch", "--patch-model", "--image-model")  # passes
+    loaded = dm_inference.load_models([str(path)])[0]
+    assert loaded.kind == "image" and loaded.train_size == (64, 48)

@@ -1,10 +1,13 @@
 """dm_output: temporary file then rename, without losing what was there on a failure."""
+import errno
 import json
 import os
+import pathlib
 
 import pytest
 
 import dm_output
+from dm_errors import OutputRefusedError
 
 
 def test_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -50,3 +53,56 @@ def test_write_json_honours_the_umask_and_writes_through_a_symlink(tmp_path):
 def test_dash_is_standard_output(capsys):
     dm_output.write_json("-", {"a": 1}, indent=None)
     assert capsys.readouterr().out == '{"a": 1}\n'
+
+
+# ------------------------------------------------------------------ issue 23
+
+def test_staging_renames_all_or_nothing(tmp_path):
+    """Two outputs of one command: when the second fails, the first keeps its old content
+    and no temporary file or folder is left."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "old.txt").write_text("old")
+    (tmp_path / "file.bin").write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with dm_output.Staging() as stage:
+            tmp = stage.folder(str(tmp_path / "folder"))
+            (pathlib.Path(tmp) / "new.txt").write_text("new")
+            stage.file(str(tmp_path / "file.bin"))
+            raise RuntimeError("second export failed")
+    assert os.listdir(tmp_path / "folder") == ["old.txt"]
+    assert (tmp_path / "file.bin").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["file.bin", "folder"]
+    with dm_output.Staging() as stage:
+        (pathlib.Path(stage.folder(str(tmp_path / "folder"))) / "new.txt").write_text("new")
+        with open(stage.file(str(tmp_path / "file.bin")), "wb") as f:
+            f.write(b"new")
+    assert os.listdir(tmp_path / "folder") == ["new.txt"]
+    assert (tmp_path / "file.bin").read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["file.bin", "folder"]
+
+
+def test_os_errors_name_the_users_file_not_the_temporary_one(tmp_path):
+    def full_disk(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+    with pytest.raises(OSError) as e:
+        dm_output.write_named(str(tmp_path / "preds.csv"), full_disk)
+    assert e.value.filename == str(tmp_path / "preds.csv") and e.value.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError) as e:                 # the folder cannot even be made
+        dm_output.write_named(str(tmp_path / "file" / "preds.csv"), lambda tmp: None)
+    assert e.value.filename == str(tmp_path / "file" / "preds.csv")
+
+
+def test_check_writable_before_the_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    dm_output.check_writable(str(tmp_path / "new" / "deeper" / "p.csv"))   # made on writing
+    dm_output.check_writable("-")
+    dm_output.check_writable(None)
+    with pytest.raises(OutputRefusedError, match=r"file/p\.csv: cannot be written .*--out"):
+        dm_output.check_writable(str(tmp_path / "file" / "p.csv"))
+    with pytest.raises(OutputRefusedError, match="is a folder"):
+        dm_output.check_writable(str(tmp_path))
+    with pytest.raises(OutputRefusedError, match=r"is a file \(--export takes a folder"):
+        dm_output.check_writable(str(tmp_path / "file"), "--export", folder=True)
+    assert sorted(os.listdir(tmp_path)) == ["file"]          # the probe file is gone

@@ -229,9 +229,65 @@ def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, caps
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 1 and "P1_LEFT_CC.png" in err[0] and "16-bit" in err[0]
     assert "--convert-bit-depth" in err[0]
+    # it names this tool's own flags: heatmap_score.py has no --input-bits (issue 23)
+    assert "--input-bits" not in err[0] and "--img-scale" in err[0]
     assert not (tmp_path / "x.npz").exists()
     assert hs.main([str(d8), str(model8), *args, "--out", str(tmp_path / "a.npz")]) == 0
     assert hs.main([str(d16), str(model8), *args, "--convert-bit-depth",
                     "--out", str(tmp_path / "b.npz")]) == 0
     a, b = hs.load_heatmaps(str(tmp_path / "a.npz")), hs.load_heatmaps(str(tmp_path / "b.npz"))
     np.testing.assert_allclose(b[0]["cc"], a[0]["cc"], atol=1e-5)
+
+
+# ------------------------------------------------------------------ issue 23
+
+def test_overlay_title_leaves_out_an_empty_side_and_view(setup, tmp_path):
+    """Images named without <patient>_<side>_<view> (e.g. mini-MIAS mdb117.png) get the
+    title `mdb117: p(...)`, not `mdb117  : p(...)`."""
+    d = tmp_path / "mias"
+    d.mkdir()
+    cv2.imwrite(str(d / "mdb117.png"), mammogram((50, 40), seed=4))
+    meta = hs.score(str(d), setup["patch"], stride=8, out=str(tmp_path / "h.npz"),
+                    overlay_dir=str(tmp_path / "ov"))
+    assert meta["overlay_titles"][0].startswith("mdb117: p(not background) max ")
+
+
+def test_progress_bar_on_stderr(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DM_PROGRESS", "1")
+    assert hs.main([setup["imgs"], setup["patch"], "--stride", "8",
+                    "--out", str(tmp_path / "h.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "heatmaps" in err and "3/3" in err
+
+
+@pytest.mark.parametrize("argv,flag", [(["--img-size", "0", "0"], "--img-size 0 0"),
+                                       (["--patch-size", "-3"], "--patch-size -3"),
+                                       (["--img-height", "0"], "--img-height 0")])
+def test_sizes_that_are_not_positive_are_one_line(setup, tmp_path, capsys, argv, flag):
+    assert hs.main([setup["imgs"], setup["patch"], *argv, "--out", str(tmp_path / "h.npz")]) == 2
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    assert len(err) == 1 and flag in err[0] and "positive" in err[0]
+
+
+def test_unwritable_out_refused_before_any_heatmap(setup, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(inf, "sliding_window_heatmap",
+                        lambda *a, **k: pytest.fail("mapped before the output was checked"))
+    assert hs.main([setup["imgs"], setup["patch"],
+                    "--out", str(tmp_path / "file" / "h.npz")]) == 2
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    assert len(err) == 1 and "file/h.npz" in err[0] and "--out" in err[0]
+
+
+def test_colour_image_refused_before_any_heatmap(setup, tmp_path, capsys):
+    d = tmp_path / "colour"
+    d.mkdir()
+    cv2.imwrite(str(d / "P1_LEFT_CC.png"), mammogram((50, 40), seed=0))
+    photo = np.random.default_rng(0).integers(0, 256, (50, 40, 3)).astype(np.uint8)
+    cv2.imwrite(str(d / "P9_LEFT_CC.png"), photo)
+    assert hs.main([str(d), setup["patch"], "--out", str(tmp_path / "h.npz")]) == 2
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    assert len(err) == 1 and "P9_LEFT_CC.png: a colour image" in err[0]
+    assert "--allow-colour" in err[0]
+    assert hs.main([str(d), setup["patch"], "--allow-colour",
+                    "--out", str(tmp_path / "h.npz")]) == 0

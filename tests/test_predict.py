@@ -1,5 +1,6 @@
 """predict.py: CSV layout, labels, pass-through columns, TTA flag, errors; serving export."""
 import csv
+import os
 import pathlib
 
 import cv2
@@ -321,3 +322,196 @@ def test_recipe_images_csv_is_accepted_with_split(setup, tmp_path):
     assert [r["label"] for r in got] == ["0", "1", "1"]
     assert [r["patient_id"] for r in got] == ["P0", "P1", "P1"]
     assert got[0]["path"] == str(root / "full_images" / "img0.png")
+
+
+# ------------------------------------------------------------------ issue 23: trust
+
+def _errors(capsys):
+    return [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+
+
+def _no_reading(monkeypatch):
+    """Fail the test if any image is decoded or scored."""
+    def fail(*a, **k):
+        pytest.fail("an image was read before the problem was reported")
+    monkeypatch.setattr(dm_image, "read_image", fail)
+    monkeypatch.setattr(inf, "score_paths", fail)
+
+
+@pytest.mark.parametrize("size,words", [
+    (["32", "32"], ["m1.keras", "takes 64x48 images only", "--img-size 32 32", "leave it out"]),
+    (["0", "0"], ["--img-size 0 0", "positive"]),
+    (["-5", "48"], ["--img-size -5 48", "positive"]),
+])
+def test_size_a_fixed_input_model_cannot_take_is_one_line_before_reading(
+        setup, tmp_path, capsys, monkeypatch, size, words):
+    _no_reading(monkeypatch)
+    rc = predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size", *size,
+                       "--out", str(tmp_path / "p.csv")])
+    err = _errors(capsys)
+    assert rc == 2 and len(err) == 1 and all(w in err[0] for w in words), err
+
+
+@pytest.fixture(scope="module")
+def patch_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("patchm")
+    return str(save(tiny_patch_model(), d / "patch.keras", "patch"))
+
+
+def test_patch_model_on_whole_mammograms_is_refused_naming_the_flag(
+        patch_model, setup, tmp_path, capsys, monkeypatch):
+    """Patch model trained on 16x16 patches, 90x70 'mammograms': refused, with the sizes and
+    --allow-whole-images; patches of the trained size are scored as before."""
+    with monkeypatch.context() as mp:
+        _no_reading(mp)
+        assert predict.main([patch_model, "--images", *setup["neg"],
+                             "--out", str(tmp_path / "p.csv")]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1
+    assert all(w in err[0] for w in (setup["neg"][0], "a 90x70 image", "patch classifier",
+                                     "16x16 patches", "2 of 2 images", "--allow-whole-images"))
+    assert predict.main([patch_model, "--images", *setup["neg"], "--allow-whole-images",
+                         "--out", str(tmp_path / "p.csv")]) == 0
+    patches = write_images(tmp_path / "patches", 2, shape=(20, 16))
+    assert predict.main([patch_model, "--images", *patches, "--out",
+                         str(tmp_path / "q.csv")]) == 0
+
+
+def test_colour_image_refused_grey_saved_as_rgb_accepted(setup, tmp_path, capsys):
+    grey = cv2.imread(setup["neg"][0], cv2.IMREAD_UNCHANGED)
+    grey8 = (grey // 257).astype(np.uint8)
+    as_rgb = tmp_path / "grey_as_rgb.jpg"                 # grey content in a colour JPEG
+    cv2.imwrite(str(as_rgb), cv2.cvtColor(grey8, cv2.COLOR_GRAY2BGR))
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(photo), rng.integers(0, 256, (90, 70, 3)).astype(np.uint8))
+    out = tmp_path / "p.csv"
+    assert predict.main([setup["m1"], "--images", str(as_rgb), "--out", str(out)]) == 0
+    assert predict.main([setup["m1"], "--images", str(as_rgb), str(photo),
+                         "--out", str(out)]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "photo.png: a colour image" in err[0] and "--allow-colour" in err[0]
+    assert predict.main([setup["m1"], "--images", str(photo), "--allow-colour",
+                         "--out", str(out)]) == 0
+
+
+@pytest.fixture(scope="module")
+def twelve_bit(tmp_path_factory):
+    """A model trained on full-range 16-bit images and one breast three ways: 16-bit PNG of
+    12-bit values (the export mistake), DICOM with BitsStored 12, full-range 16-bit PNG."""
+    from recipe_helpers import write_dicom
+    import dm_keras_ext
+    d = tmp_path_factory.mktemp("twelve")
+    recipe = dm_image.Recipe(img_size=IMG, channels=1, rescale_factor=255 / 65535,
+                             featurewise_center=True, featurewise_mean=50.0, input_bits=16)
+    model = d / "m16.keras"
+    dm_keras_ext.save_model(tiny_image_model(), model,
+                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    full = cv2.imread(write_images(d / "src", 1, seed=5)[0], cv2.IMREAD_UNCHANGED)
+    v12 = (full.astype(np.float64) * 4095 / 65535).round().astype(np.uint16)
+    png12 = d / "export12.png"
+    cv2.imwrite(str(png12), v12)
+    dcm12 = write_dicom(d / "b12.dcm", v12, bits_stored=12)
+    return dict(model=str(model), png12=str(png12), dcm12=str(dcm12))
+
+
+def test_12_bit_values_in_a_16_bit_png_refused_like_the_dicom(twelve_bit, tmp_path, capsys):
+    s, out = twelve_bit, tmp_path / "p.csv"
+    assert predict.main([s["model"], "--images", s["png12"], "--out", str(out)]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and all(w in err[0] for w in (
+        "export12.png", "never exceed 4095", "--stored-bits 12 --convert-bit-depth",
+        "--stored-bits 16"))
+    # --stored-bits 12 with conversion: the same answer as the DICOM that says BitsStored 12
+    assert predict.main([s["model"], "--images", s["png12"], s["dcm12"], "--stored-bits", "12",
+                         "--convert-bit-depth", "--out", str(out)]) == 0
+    p = [float(r["pos"]) for r in _read(out)]
+    np.testing.assert_allclose(p[0], p[1], atol=1e-6)
+    # --stored-bits 16: scored as it is (what the tool did silently before)
+    assert predict.main([s["model"], "--images", s["png12"], "--stored-bits", "16",
+                         "--out", str(out)]) == 0
+    m = inf.load_models([s["model"]])
+    np.testing.assert_allclose(float(_read(out)[0]["pos"]),
+                               inf.score_paths(m, [s["png12"]])[0, 1], atol=1e-6)
+
+
+def test_unwritable_out_refused_before_scoring_naming_the_users_file(
+        setup, tmp_path, capsys, monkeypatch):
+    (tmp_path / "notafolder").write_text("x")
+    _no_reading(monkeypatch)
+    for bad, words in ((tmp_path / "notafolder" / "preds.csv", ["notafolder/preds.csv", "--out"]),
+                       (tmp_path, [str(tmp_path), "is a folder"])):
+        assert predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
+                             "--out", str(bad)]) == 2
+        err = _errors(capsys)
+        assert len(err) == 1 and all(w in err[0] for w in words), err
+        assert "/." not in err[0]                     # no hidden temporary name
+
+
+def test_write_failure_names_the_users_file_not_the_temporary_one(setup, tmp_path, capsys,
+                                                                  monkeypatch):
+    import errno
+    real_open = open
+
+    def full_disk(path, *a, **k):
+        if "/.p.csv." in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr("builtins.open", full_disk)
+    out = tmp_path / "p.csv"
+    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and err[0].endswith(f"{out}: No space left on device")
+    assert os.listdir(tmp_path) == []                 # and no temporary file left
+
+
+def test_failed_onnx_export_leaves_the_earlier_export(setup, tmp_path, capsys, monkeypatch):
+    """tf2onnx missing (made so here): the SavedModel written before stays byte for byte."""
+    import builtins
+    exp = tmp_path / "served"
+    assert predict.main([setup["m1"], "--export", str(exp)]) == 0
+    before = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    real_import = builtins.__import__
+
+    def no_tf2onnx(name, *a, **k):
+        if name == "tf2onnx":
+            raise ImportError("No module named 'tf2onnx'")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
+    capsys.readouterr()
+    assert predict.main([setup["m2"], "--export", str(exp), "--export-onnx",
+                         str(tmp_path / "m.onnx")]) == 2
+    err = _errors(capsys)
+    assert len(err) == 1 and "tf2onnx" in err[0] and "nothing was exported" in err[0]
+    after = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(os.listdir(tmp_path)) == ["served"]      # no temporary folder left
+
+
+def test_export_log_does_not_name_the_temporary_folder(setup, tmp_path, capsys):
+    assert predict.main([setup["m1"], "--export", str(tmp_path / "served")]) == 0
+    out = capsys.readouterr()
+    assert "/.served." not in out.out + out.err and "Assets written" not in out.out + out.err
+
+
+def test_progress_bar_counts_images_on_stderr(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DM_PROGRESS", "1")
+    assert predict.main([setup["m1"], setup["m2"], "--image-dir", str(setup["d"] / "data"),
+                         "--out", str(tmp_path / "p.csv")]) == 0
+    cap = capsys.readouterr()
+    assert "scoring" in cap.err and "8/8" in cap.err and "8/8" not in cap.out
+    monkeypatch.setenv("DM_PROGRESS", "0")
+    assert predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
+                         "--out", str(tmp_path / "p.csv")]) == 0
+    assert "%|" not in capsys.readouterr().err
+
+
+def test_hidden_files_in_an_image_folder_are_skipped(setup, tmp_path):
+    d = tmp_path / "imgs"
+    paths = write_images(d, 2)
+    (d / "._img_00.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    (d / ".thumbs").mkdir()
+    write_images(d / ".thumbs", 1)
+    assert inf.list_images(str(d)) == paths
+    assert predict.main([setup["m1"], "--image-dir", str(d), "--out",
+                         str(tmp_path / "p.csv")]) == 0

@@ -62,6 +62,16 @@ def test_report_folder_is_self_contained(report):
     assert linked == set(thumbs)                     # no stale pictures from earlier runs
 
 
+def test_report_names_files_without_the_authors_folders(report):
+    """The report is meant to be sent: the predictions file and the model appear by name,
+    not by their absolute paths on the author's disk (issue 23)."""
+    out, summary, _ = report
+    meta = re.search(r'<p class="meta">(.*?)</p>', (out / "index.html").read_text()).group(1)
+    assert "predictions: preds.csv<br>" in meta and "heatmaps: m.keras (image model)" in meta
+    assert str(out.parent) not in meta
+    assert summary["predictions"] == str(out.parent / "preds.csv")   # the JSON keeps it
+
+
 @pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"),
                     reason="Chromium not installed (apt-get install chromium)")
 def test_report_in_headless_chromium(report):
