@@ -497,8 +497,10 @@ def draw_params(augment: Augment, seed: int, index: int) -> AugParams:
 # --------------------------------------------------------------------------- listing
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTS)
+def is_image_name(name: str) -> bool:
+    """An image file by its extension; hidden names (".x", e.g. macOS "._x.png" resource
+    forks) are not images and are skipped by every lister."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
 
 
 def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
@@ -523,8 +525,8 @@ def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
             raise DatasetError(f"{cdir}: class folder '{cls}' not found")
         found = []
         for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            found.extend(os.path.join(dirpath, f) for f in filenames if _is_image_name(f))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
         found.sort()
         paths.extend(found)
         labels.extend([k] * len(found))
@@ -1279,8 +1281,8 @@ class DMDirectoryIterator:
         if not classes:
             if not os.path.isdir(directory):
                 raise DatasetError(f"{directory}: dataset folder not found")
-            classes = sorted(d for d in os.listdir(directory)
-                             if os.path.isdir(os.path.join(directory, d)))
+            classes = sorted(d for d in os.listdir(directory) if not d.startswith(".")
+                             and os.path.isdir(os.path.join(directory, d)))
         if image_data_generator.augments and not shuffle:
             raise refuse("augmentation with shuffle=False", "shuffle=True for training "
                           "batches, or a generator without augmentation for testing")
