@@ -33,6 +33,7 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 from dm_errors import InputError  # noqa: E402
 from dm_output import write_json, write_named  # noqa: E402
 from dm_recipe_utils import link_or_copy, write_csv  # noqa: E402
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="number of folds (by woman)")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of each fold's training women used for model selection")
-    p.add_argument("--img-size", type=int, default=512, help="square image side (mini-MIAS is 1024)")
-    p.add_argument("--patch-size", type=int, default=64, help="patch side at --img-size")
+    p.add_argument("--img-size", type=dm_flags.pixels, default=512, help="square image side (mini-MIAS is 1024)")
+    p.add_argument("--patch-size", type=dm_flags.pixels, default=64, help="patch side at --img-size")
     p.add_argument("--nb-abn", type=int, default=20, help="patches per lesion")
     p.add_argument("--nb-bkg", type=int, default=20, help="background patches per image")
     p.add_argument("--nb-hns", type=int, default=5, help="of them, hard negatives (blob key points)")
