@@ -233,6 +233,45 @@ def check_same_resume_point(strategy, state: dict | None, chief_last: str | None
                        f"or delete the file to start over")
 
 
+def model_input_size(path: str) -> tuple | None:
+    """(H, W) of a saved model's input (None where a size is free), read from the .keras
+    file's config without building the model; an .h5 file is loaded."""
+    import json
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+        stack = [config]
+        while stack:
+            o = stack.pop(0)
+            if isinstance(o, dict):
+                if o.get("class_name") == "InputLayer":
+                    c = o.get("config", {})
+                    shape = c.get("batch_shape") or c.get("batch_input_shape")
+                    if shape and len(shape) == 4:
+                        return tuple(shape[1:3])
+                stack.extend(o.values())
+            elif isinstance(o, list):
+                stack.extend(o)
+        return None
+    model = dm_keras_ext.load_model(path)
+    return tuple(model.inputs[0].shape[1:3])
+
+
+def check_resume_size(path: str | None, img_size, flag: str = "--resume-from") -> None:
+    """Refuse, before any data is read, an --img-size the model to resume cannot take (a
+    model whose input size is fixed)."""
+    if not path or not os.path.isfile(path):
+        return          # a missing file is reported by the loader, with its name
+    size = model_input_size(path)
+    if size is None or any(v is None for v in size):
+        return
+    if tuple(size) != tuple(img_size):
+        raise RunError(f"{path}: this model takes {size[0]}x{size[1]} images (its input "
+                       f"size is fixed); {flag} cannot continue at --img-size "
+                       f"{img_size[0]} {img_size[1]}: give --img-size {size[0]} {size[1]}")
+
+
 def check_split_folders(folders, class_list, rescale_factor: float | None) -> int | None:
     """List all sets (training first) before any long work, so a bad folder fails at once.
 

@@ -75,6 +75,10 @@ def run(cfg, *dirs, **original_kw) -> dict:
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     top = image_top_layer_nb(cfg)
+    if cfg.resume_from is not None:   # the model's kind, then its size, before any data
+        dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
+                                      "--patch-model-state")
+    dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
                                    lambda model: dm_keras_ext.image_stage_list(
                                        **dm_keras_ext.values_for(dm_keras_ext.image_stage_list,

@@ -55,6 +55,10 @@ def run(cfg, *dirs, **original_kw) -> dict:
     extra = {"net": cfg.net}
     if not cfg.featurewise_center and cfg.net in dm_keras_ext.IMAGENET_PREPROCESS:
         extra["imagenet_preprocess"] = dm_keras_ext.IMAGENET_PREPROCESS[cfg.net]  # in the model
+    if cfg.resume_from is not None:   # the model's kind, then its size, before any data
+        dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
+                                      "image_clf_train.py --resume-from")
+    dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.PATCH, lambda: build_patch_model(cfg), stages, extra)
 
 
