@@ -100,7 +100,7 @@ def test_ctrl_c_one_line_exit_130_then_the_same_command_resumes(tmp_path):
     assert len(lines) == 1, lines
     m = re.search(r"patch_clf_train: interrupted at epoch (\d+); rerun the same command to "
                   r"resume$", lines[0])
-    assert m and int(m.group(1)) >= 3, lines[0]
+    assert m and int(m.group(1)) >= 2, lines[0]     # the epoch in progress (or ending)
     resumed = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, preexec_fn=default_sigint)
     deadline = time.time() + 300
