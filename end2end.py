@@ -228,8 +228,6 @@ def run(args) -> dict:
 def run_seeds(args, out: pathlib.Path) -> dict:
     """The pipeline once per seed in OUT/seed-S/, then OUT/summary.json: the per-seed
     summaries and, for every numeric figure, its mean, sd, min and max over the seeds."""
-    import argparse as _argparse
-
     import keras
 
     seeds = seed_list(args)
@@ -241,7 +239,7 @@ def run_seeds(args, out: pathlib.Path) -> dict:
     per_seed: dict[str, dict] = {}
     for i, seed in enumerate(seeds):
         log.info("=== seed %d (%d of %d) ===", seed, i + 1, len(seeds))
-        one = _argparse.Namespace(**dict(vars(args), seed=seed, seeds=None))
+        one = argparse.Namespace(**dict(vars(args), seed=seed, seeds=None))
         sub = out / f"seed-{seed}"
         claim_folder(sub, "end2end", run_config(one))
         per_seed[str(seed)] = run_one(one, sub)
