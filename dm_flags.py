@@ -49,6 +49,18 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+def pixels(text: str) -> int:
+    """argparse type of image and patch sizes: a positive whole number of pixels (so
+    `--img-size 0 0` stops at flag parsing, before anything loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: sizes must be positive (pixels)")
+    return value
+
+
 def _bool(g, name: str, dest: str, help: str) -> None:
     g.add_argument(f"--{name}", dest=dest, action="store_true", help=help)
     g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=f"turn off --{name}")
@@ -77,7 +89,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("val_dir", help="validation set, same layout")
     p.add_argument("test_dir", help="test set, same layout")
     g = p.add_argument_group("preprocessing recipe (stored with every saved model)")
-    g.add_argument("--img-size", "--target-size", "-is", dest="img_size", nargs=2, type=int,
+    g.add_argument("--img-size", "--target-size", "-is", dest="img_size", nargs=2, type=pixels,
                    metavar=("H", "W"),
                    help="resize every image to H x W (cubic)")
     _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
@@ -316,6 +328,9 @@ def config(kind: str, train_dir: str, val_dir: str, test_dir: str, **values: Any
 
 
 def _frozen(kind: str, args: argparse.Namespace):
+    if args.img_size is None or len(args.img_size) != 2 or min(args.img_size) <= 0:
+        from dm_errors import InputError
+        raise InputError(f"img_size {args.img_size}: give two positive sizes (H, W)")
     if args.seed is None:
         args.seed = dm_cli.default_seed()
     return config_class(kind)(**vars(args))

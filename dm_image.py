@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -290,6 +291,10 @@ def _cast_uint8(x: np.ndarray) -> np.ndarray:
 
 def grey_steps(img: np.ndarray, recipe: Recipe) -> np.ndarray:
     """Recipe steps 3-4 (docs/method.md) on an already resized grey image: float32, img_scale, rescale, equalise."""
+    if recipe.img_scale is None and recipe.rescale_factor is not None:
+        # the same float32 product as copy-then-multiply, in one pass
+        x = np.multiply(img, np.float32(recipe.rescale_factor), dtype=np.float32)
+        return cv2.equalizeHist(_cast_uint8(x)).astype(np.float32) if recipe.equalize_hist else x
     x = np.array(img, dtype=np.float32, copy=True)
     if recipe.img_scale is not None:
         m = float(x.max())
@@ -497,8 +502,10 @@ def draw_params(augment: Augment, seed: int, index: int) -> AugParams:
 # --------------------------------------------------------------------------- listing
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTS)
+def is_image_name(name: str) -> bool:
+    """An image file by its extension; hidden names (".x", e.g. macOS "._x.png" resource
+    forks) are not images and are skipped by every lister."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
 
 
 def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
@@ -523,8 +530,8 @@ def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
             raise DatasetError(f"{cdir}: class folder '{cls}' not found")
         found = []
         for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
-            dirnames.sort()
-            found.extend(os.path.join(dirpath, f) for f in filenames if _is_image_name(f))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
         found.sort()
         paths.extend(found)
         labels.extend([k] * len(found))
@@ -732,11 +739,36 @@ def _fill_one(out: np.ndarray, img: np.ndarray, recipe: Recipe, params: np.ndarr
         raise ImageReadError(f"image size {x.shape} differs from the batch's {out.shape[:2]}; "
                              "set an image size (img_size) to batch images of different sizes")
     if recipe.channels == 3:
-        cv2.merge([x, x, x], dst=out)
-        if p is not None:
-            channel_shifts(out, p.shifts)   # one shift per channel, as Keras 2.0
+        if p is not None and any(p.shifts):
+            _merge_shifted(out, x, p.shifts)   # one shift per channel, as Keras 2.0
+        else:
+            cv2.merge([x, x, x], dst=out)
     else:
         out[:, :, 0] = x
+
+
+def _merge_shifted(out: np.ndarray, x: np.ndarray, shifts: Sequence[float]) -> None:
+    """`channel_shifts` of the 3-channel copy of grey `x`, written into `out` (H, W, 3),
+    bit for bit, at a fraction of its cost: the three channels are equal, so their common
+    min and max are the grey image's, and each shifted channel is computed contiguously
+    before one interleaving merge (instead of strided adds over the 3-channel array)."""
+    lo, hi = np.float32(x.min()), np.float32(x.max())
+    chans = _scratch_planes(x.shape)
+    for c in range(3):
+        np.add(x, np.float32(shifts[c]), out=chans[c])
+        np.clip(chans[c], lo, hi, out=chans[c])
+    cv2.merge(list(chans), dst=out)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_planes(shape: tuple[int, int]) -> np.ndarray:
+    """Three float32 planes reused by this thread (fresh large arrays cost page faults)."""
+    buf = getattr(_SCRATCH, "planes", None)
+    if buf is None or buf.shape[1:] != tuple(shape):
+        buf = _SCRATCH.planes = np.empty((3,) + tuple(shape), np.float32)
+    return buf
 
 
 def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], recipe: Recipe,
@@ -1281,8 +1313,8 @@ class DMDirectoryIterator:
         if not classes:
             if not os.path.isdir(directory):
                 raise DatasetError(f"{directory}: dataset folder not found")
-            classes = sorted(d for d in os.listdir(directory)
-                             if os.path.isdir(os.path.join(directory, d)))
+            classes = sorted(d for d in os.listdir(directory) if not d.startswith(".")
+                             and os.path.isdir(os.path.join(directory, d)))
         if image_data_generator.augments and not shuffle:
             raise refuse("augmentation with shuffle=False", "shuffle=True for training "
                           "batches, or a generator without augmentation for testing")

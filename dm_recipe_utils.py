@@ -11,6 +11,13 @@ Every recipe writes the same layout under its output folder::
     {train,val,test}/{neg,pos}/<image>.png   hard links (or copies) of the full images
     layout.json                      image size, bit depth, rescale factor, training-split mean
     skipped.txt                      every skipped case with its reason (when there are any)
+    .dm_run.json                     which tool wrote the folder, with which configuration
+
+One output folder per configuration (`claim_folder`): every tool that writes a folder (the
+recipes, the synthetic data, the patch sampler, cross-validation, end2end) records what
+wrote it; the same configuration may write there again (a rerun resumes or overwrites its
+own files), another one, or a non-empty folder with no record, is refused in one line
+naming the folder and the earlier configuration, before anything is written.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import json
 
@@ -37,6 +44,7 @@ SPLITS = ("train", "val", "test")
 FULL_DIR = "full_images"
 MASK_DIR = "roi_masks"
 LAYOUT_FILE = "layout.json"
+RUN_STAMP = ".dm_run.json"
 SKIPPED_FILE = "skipped.txt"
 
 
@@ -246,3 +254,61 @@ def setup_cli_logging(verbose: bool = True) -> None:
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stdout,
                         format="%(message)s")
+
+
+# --------------------------------------------------------------------------- run folders
+
+class FolderInUseError(InputError):
+    """The output folder holds another run's files."""
+
+
+def _plain(value: Any) -> Any:
+    """JSON-comparable form (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(_show(v) for v in value)
+    return str(value)
+
+
+def describe_config(config: Mapping[str, Any], keys=None) -> str:
+    """`--key value` pairs, as the flags read (only `keys` if given)."""
+    keys = sorted(config) if keys is None else keys
+    return " ".join(f"--{k.replace('_', '-')} {_show(config.get(k))}" for k in keys)
+
+
+def read_run_stamp(folder: str | os.PathLike) -> dict | None:
+    """The folder's record {tool, config}, or None (no record, or unreadable)."""
+    try:
+        return json.loads((pathlib.Path(folder) / RUN_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def claim_folder(folder: str | os.PathLike, tool: str, config: Mapping[str, Any],
+          what: str = "--out") -> pathlib.Path:
+    """Make `folder` this run's: create it and record `config`, or check that it is already
+    this configuration's. `what` names the flag that chose the folder (for the message)."""
+    folder = pathlib.Path(folder)
+    new = {"tool": tool, "config": _plain(dict(config))}
+    old = read_run_stamp(folder)
+    if old is not None:
+        if old == new:
+            return folder
+        old_cfg, new_cfg = old.get("config", {}), new["config"]
+        diff = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        earlier = f"{old.get('tool')} {describe_config(old_cfg, diff)}".strip()
+        raise FolderInUseError(
+            f"{folder}: holds a run of another configuration ({earlier}); choose another "
+            f"{what} or delete the folder")
+    if folder.is_dir() and any(p.name != RUN_STAMP for p in folder.iterdir()):
+        raise FolderInUseError(
+            f"{folder}: not empty and not a {tool} folder (no {RUN_STAMP} record); choose "
+            f"another {what} or delete the folder")
+    if folder.exists() and not folder.is_dir():
+        raise FolderInUseError(f"{folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    dm_output.write_json(folder / RUN_STAMP, new, indent=1)
+    return folder

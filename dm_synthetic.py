@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 import dm_cli
+import dm_flags
 import dm_output
 from dm_errors import InputError
 from dm_preprocess import write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, setup_cli_logging,
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder, setup_cli_logging,
                              stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,11 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     if n_patients < 1 or not 1 <= views_per_patient <= 4:
         raise InputError(f"need n_patients >= 1 and 1 <= views_per_patient <= 4, got {n_patients}, {views_per_patient}")
     cfg = dataclasses.replace(config or SynthConfig(), img_size=tuple(int(v) for v in img_size))
-    out = pathlib.Path(out_dir)
+    out = claim_folder(out_dir, "dm_synthetic", dict(
+        n_patients=n_patients, img_size=cfg.img_size, seed=seed, lesion_fraction=lesion_fraction,
+        malignant_fraction=malignant_fraction, calc_fraction=calc_fraction,
+        views_per_patient=views_per_patient, val_size=val_size, test_size=test_size,
+        config=dataclasses.asdict(cfg)), what="output folder")
     (out / FULL_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
     plans = {}
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
     ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
-    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=[576, 448], metavar=("H", "W"),
+    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=[576, 448], metavar=("H", "W"),
                     help="image size")
     dm_cli.add_seed_flag(ap, "seeds every image and the splits")
     ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")

@@ -33,6 +33,38 @@ class RunError(InputError):
     """A problem with the run's inputs, reported as one line."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with the epoch it stopped in (None: before the first)."""
+
+    def __init__(self, epoch: int | None):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
+def interrupted_line(e: BaseException, what: str = "") -> str:
+    """The one line a tool prints on Ctrl-C (exit 130): the epoch, and that the same
+    command resumes (each epoch is checkpointed, README "Training")."""
+    epoch = getattr(e, "epoch", None)
+    if not epoch:
+        return f"interrupted{what}; rerun the same command to continue"
+    return f"interrupted{what} at epoch {epoch}; rerun the same command to resume"
+
+
+class _EpochTracker:
+    """Remembers the epoch in progress (1-based, counted over the whole run)."""
+
+    epoch: int | None = None
+
+    def callback(self):
+        import keras
+        tracker = self
+
+        class Track(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                tracker.epoch = epoch + 1
+        return Track()
+
+
 def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None) -> Any:
     """Seed everything, set the precision policy, and choose the distribution strategy.
 
@@ -200,6 +232,45 @@ def check_same_resume_point(strategy, state: dict | None, chief_last: str | None
         raise RunError(f"{chief_last}: the workers do not see the same last checkpoint "
                        f"({seen}); put the output folder on storage every worker reads, "
                        f"or delete the file to start over")
+
+
+def model_input_size(path: str) -> tuple | None:
+    """(H, W) of a saved model's input (None where a size is free), read from the .keras
+    file's config without building the model; an .h5 file is loaded."""
+    import json
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+        stack = [config]
+        while stack:
+            o = stack.pop(0)
+            if isinstance(o, dict):
+                if o.get("class_name") == "InputLayer":
+                    c = o.get("config", {})
+                    shape = c.get("batch_shape") or c.get("batch_input_shape")
+                    if shape and len(shape) == 4:
+                        return tuple(shape[1:3])
+                stack.extend(o.values())
+            elif isinstance(o, list):
+                stack.extend(o)
+        return None
+    model = dm_keras_ext.load_model(path)
+    return tuple(model.inputs[0].shape[1:3])
+
+
+def check_resume_size(path: str | None, img_size, flag: str = "--resume-from") -> None:
+    """Refuse, before any data is read, an --img-size the model to resume cannot take (a
+    model whose input size is fixed)."""
+    if not path or not os.path.isfile(path):
+        return          # a missing file is reported by the loader, with its name
+    size = model_input_size(path)
+    if size is None or any(v is None for v in size):
+        return
+    if tuple(size) != tuple(img_size):
+        raise RunError(f"{path}: this model takes {size[0]}x{size[1]} images (its input "
+                       f"size is fixed); {flag} cannot continue at --img-size "
+                       f"{img_size[0]} {img_size[1]}: give --img-size {size[0]} {size[1]}")
 
 
 def check_split_folders(folders, class_list, rescale_factor: float | None) -> int | None:
@@ -410,11 +481,17 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                                                      checkpoint, stateful))
     resume_at = ((state["stage"], state["epoch"], state.get("inside_stage", True)) if state
                  else (0, 0))
-    with strategy_scope(strategy):
-        history = dm_keras_ext.run_stages(
-            model, stages, train_ds, dm_image.steps_for(len(train_labels), train_bs), val.ds,
-            callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile, resume_at=resume_at,
-            verbose=2, frozen_bn=cfg.frozen_bn)
+    tracker = _EpochTracker()
+    callbacks.insert(0, tracker.callback())
+    try:
+        with strategy_scope(strategy):
+            history = dm_keras_ext.run_stages(
+                model, stages, train_ds, dm_image.steps_for(len(train_labels), train_bs),
+                val.ds, callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile,
+                resume_at=resume_at, verbose=2, frozen_bn=cfg.frozen_bn)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(tracker.epoch or (state["epoch"] + 1 if state else None)
+                                  ) from None
     if guard.abort:
         raise RunError(f"training loss became NaN at epoch {guard.where[0]}, batch "
                        f"{guard.where[1]}: stopped; the last good checkpoint is "
@@ -476,4 +553,14 @@ def cli(kind: str, run: Callable, argv=None) -> int:
     """Parse a trainer's flags and run it guarded (see `dm_cli.guarded`)."""
     import dm_flags
     setup_logging()
-    return dm_cli.guarded(f"{kind}_clf_train", run, dm_flags.parse(kind, argv))
+    try:
+        return dm_cli.guarded(f"{kind}_clf_train", run, dm_flags.parse(kind, argv))
+    except KeyboardInterrupt as e:
+        return on_interrupt(f"{kind}_clf_train", e)
+
+
+def on_interrupt(tool: str, e: BaseException, what: str = "") -> int:
+    """Ctrl-C ends a tool with one line and exit status 130 (the shell's code for SIGINT)
+    instead of a traceback."""
+    logging.getLogger(tool).error("%s", interrupted_line(e, what))
+    return 130

@@ -2,6 +2,11 @@
 
     python end2end.py                       # synthetic mammograms (seeded), ~10 min on 2 CPUs
     python end2end.py --data mias ../shared/data/mias
+    python end2end.py --seeds 5             # seeds S..S+4: one summary with the spread
+
+Each configuration writes its own folder (default: runs/end2end, with the flags that differ
+from the defaults appended, e.g. runs/end2end-mias-320x320); a folder holding another
+configuration's run is refused in one line.
 
 Steps: data -> patches (docs/method.md) -> patch classifier (3 stages) -> whole-image
 classifier (2 stages) -> test AUROC with 4-flip TTA and a bootstrap 95% interval ->
@@ -21,8 +26,10 @@ from typing import Sequence
 import numpy as np
 
 import dm_cli
+import dm_flags
 import dm_output
 from dm_errors import InputError
+from dm_recipe_utils import claim_folder
 
 log = logging.getLogger("end2end")
 
@@ -33,11 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", default=["synthetic"], metavar="KIND [PATH]",
                    help="'synthetic', or 'mias PATH' (the mini-MIAS folder)")
-    g.add_argument("--out", "--out-dir", default="runs/end2end", help="output folder")
+    g.add_argument("--out", "--out-dir", default=None,
+                   help="output folder (default: runs/end2end plus the flags that differ from "
+                        "the defaults, e.g. runs/end2end-mias-320x320)")
     g.add_argument("--n-patients", type=int, default=150, help="synthetic patients (2 views each)")
-    g.add_argument("--img-size", nargs=2, type=int, default=[288, 224], metavar=("H", "W"),
+    g.add_argument("--img-size", nargs=2, type=dm_flags.pixels, default=[288, 224], metavar=("H", "W"),
                    help="whole-image size (the paper: 1152 896)")
-    g.add_argument("--patch-size", type=int, default=64, help="patch size (the paper: 224)")
+    g.add_argument("--patch-size", type=dm_flags.pixels, default=64, help="patch size (the paper: 224)")
     g.add_argument("--nb-abn", type=int, default=10, help="patches per lesion")
     g.add_argument("--nb-bkg", type=int, default=10, help="background patches per image")
     g = p.add_argument_group("models and training")
@@ -52,9 +61,75 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depths of the whole-image top blocks")
     g.add_argument("--batch-size", type=int, default=32, help="batch size of both trainers")
     dm_cli.add_seed_flag(g, "seeds data, sampling and training")
+    g.add_argument("--seeds", nargs="+", type=int, metavar="N | S1 S2",
+                   help="run the whole method once per seed: N seeds from --seed on, or the "
+                        "seeds listed; OUT/seed-S/ each, and OUT/summary.json with every "
+                        "figure's mean, sd, min and max")
     g.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
                    help="train both classifiers in this mixed precision (default float32)")
     return p
+
+
+# Folder-name parts of flags that differ from their defaults (the rest: --flag-value).
+_NAME_PARTS = {
+    "img_size": lambda v: "x".join(map(str, v)),
+    "mixed_precision": str,
+    "seed": lambda v: f"seed{v}",
+    "seeds": lambda v: f"seeds{v[0]}" if len(v) == 1 else "seeds" + "_".join(map(str, v)),
+}
+_NOT_CONFIG = ("out",)
+
+
+def run_config(args) -> dict:
+    """The flags that define a run (everything but the output folder)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG}
+
+
+def default_out(args, parser: argparse.ArgumentParser | None = None) -> str:
+    """runs/end2end, plus one part per flag that differs from its default: each
+    configuration gets its own folder, so the README's rows run in order on one clone."""
+    defaults = vars(dm_cli.namespace(parser or build_parser()))
+    defaults["seed"] = dm_cli.DEFAULT_SEED
+    parts = [] if args.data[0] == "synthetic" else [args.data[0]]
+    for k, v in run_config(args).items():
+        if k == "data" or v == defaults.get(k) or v is None:
+            continue
+        show = _NAME_PARTS.get(k)
+        parts.append(show(v) if show else k.replace("_", "-") + "-" + (
+            "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)))
+    return "-".join(["runs/end2end"] + parts)
+
+
+def seed_list(args) -> list[int]:
+    """--seeds N: N seeds from --seed on; --seeds S1 S2 ...: those."""
+    if len(args.seeds) == 1:
+        if args.seeds[0] < 1:
+            raise InputError(f"--seeds {args.seeds[0]}: give a number of seeds >= 1 or a list")
+        return [args.seed + i for i in range(args.seeds[0])]
+    if len(set(args.seeds)) != len(args.seeds):
+        raise InputError(f"--seeds {' '.join(map(str, args.seeds))}: a seed is repeated")
+    return list(args.seeds)
+
+
+def spread(summaries: Sequence[dict]) -> dict:
+    """Mean, sd, min, max and n of every numeric leaf of the per-seed summaries (nested
+    dicts followed, lists, strings and booleans skipped; NaN and missing values left out)."""
+    out: dict = {}
+    keys = list(dict.fromkeys(k for s in summaries if isinstance(s, dict) for k in s))
+    for k in keys:
+        vals = [s.get(k) for s in summaries if isinstance(s, dict)]
+        if any(isinstance(v, dict) for v in vals):
+            sub = spread([v for v in vals if isinstance(v, dict)])
+            if sub:
+                out[k] = sub
+            continue
+        nums = [float(v) for v in vals if isinstance(v, (int, float, np.number))
+                and not isinstance(v, (bool, np.bool_)) and np.isfinite(v)]
+        if nums:
+            a = np.asarray(nums)
+            out[k] = dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                          min=float(a.min()), max=float(a.max()), n=len(a))
+    return out
 
 
 def _mean_pixel(paths: Sequence[str], recipe, limit: int = 400) -> float:
@@ -140,14 +215,56 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
 
 
 def run(args) -> dict:
-    """The whole pipeline; returns a summary (also written to OUT/summary.json)."""
-    import dm_flags
+    """The whole pipeline, once or once per seed (--seeds); returns the summary (also
+    written to OUT/summary.json). OUT is claimed first: another configuration's folder
+    is refused (dm_recipe_utils.claim_folder)."""
+    out = pathlib.Path(args.out or default_out(args))
+    if args.seeds is None:
+        claim_folder(out, "end2end", run_config(args))
+        return run_one(args, out)
+    return run_seeds(args, out)
+
+
+def run_seeds(args, out: pathlib.Path) -> dict:
+    """The pipeline once per seed in OUT/seed-S/, then OUT/summary.json: the per-seed
+    summaries and, for every numeric figure, its mean, sd, min and max over the seeds."""
+    import keras
+
+    seeds = seed_list(args)
+    config = run_config(args)
+    config.pop("seed")
+    config["seeds"] = seeds
+    claim_folder(out, "end2end", config)
+    t0 = time.time()
+    per_seed: dict[str, dict] = {}
+    for i, seed in enumerate(seeds):
+        log.info("=== seed %d (%d of %d) ===", seed, i + 1, len(seeds))
+        one = argparse.Namespace(**dict(vars(args), seed=seed, seeds=None))
+        sub = out / f"seed-{seed}"
+        claim_folder(sub, "end2end", run_config(one))
+        per_seed[str(seed)] = run_one(one, sub)
+        keras.backend.clear_session()
+    figures = spread(list(per_seed.values()))
+    summary = dict(command=" ".join(["end2end.py"] + sys.argv[1:]) if sys.argv else "",
+                   seeds=seeds, config=config, wall_time_s=round(time.time() - t0, 1),
+                   spread=figures, per_seed=per_seed)
+    dm_output.write_json(out / "summary.json", summary, indent=2)
+    for key in ("patch_test_accuracy", "image_test_auroc", "image_test_auroc_tta", "total_s"):
+        f = figures.get(key)
+        if f:
+            log.info("%-22s mean %.3f  sd %.3f  min %.3f  max %.3f  (%d seeds)", key,
+                     f["mean"], f["sd"], f["min"], f["max"], f["n"])
+    log.info("%d seeds in %.0f s; summary %s", len(seeds), summary["wall_time_s"],
+             out / "summary.json")
+    return summary
+
+
+def run_one(args, out: pathlib.Path) -> dict:
+    """The whole pipeline with one seed into `out` (already claimed)."""
     import dm_image
     import image_clf_train
     import patch_clf_train
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     data, patches = out / "data", out / "patches"
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -243,7 +360,12 @@ def run(args) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True)
+    """Input problems exit 2 with one line; Ctrl-C exits 130 with one line."""
+    try:
+        return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True)
+    except KeyboardInterrupt as e:
+        import dm_train
+        return dm_train.on_interrupt("end2end", e)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ def run(cfg, *dirs, **original_kw) -> dict:
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     top = image_top_layer_nb(cfg)
+    if cfg.resume_from is not None:   # the model's kind, then its size, before any data
+        dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
+                                      "--patch-model-state")
+    dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
                                    lambda model: dm_keras_ext.image_stage_list(
                                        **dm_keras_ext.values_for(dm_keras_ext.image_stage_list,
@@ -82,9 +86,14 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
 
 def main(argv=None) -> int:
-    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
-    return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run, argv,
-                           tensorflow=True)
+    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
+    Ctrl-C exits 130 with one line."""
+    try:
+        return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run,
+                               argv, tensorflow=True)
+    except KeyboardInterrupt as e:   # one line and exit 130, no traceback
+        import dm_train
+        return dm_train.on_interrupt("image_clf_train", e)
 
 
 if __name__ == "__main__":

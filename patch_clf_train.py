@@ -55,13 +55,22 @@ def run(cfg, *dirs, **original_kw) -> dict:
     extra = {"net": cfg.net}
     if not cfg.featurewise_center and cfg.net in dm_keras_ext.IMAGENET_PREPROCESS:
         extra["imagenet_preprocess"] = dm_keras_ext.IMAGENET_PREPROCESS[cfg.net]  # in the model
+    if cfg.resume_from is not None:   # the model's kind, then its size, before any data
+        dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
+                                      "image_clf_train.py --resume-from")
+    dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.PATCH, lambda: build_patch_model(cfg), stages, extra)
 
 
 def main(argv=None) -> int:
-    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2."""
-    return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), run, argv,
-                           tensorflow=True)
+    """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
+    Ctrl-C exits 130 with one line."""
+    try:
+        return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), run,
+                               argv, tensorflow=True)
+    except KeyboardInterrupt as e:   # one line and exit 130, no traceback
+        import dm_train
+        return dm_train.on_interrupt("patch_clf_train", e)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ Writes synthetic 16-bit PNG mammogram-like images to a temp folder and prints im
 (cv2 decode, float32, 3 channels, Keras 2.0 `random_transform`: scipy.ndimage affine
 order 0 per channel, per-channel clipped shift, flips; single process); (c) decode alone
 through the same tf.data parallel map. The last line is one JSON object with the figures
-(medians over interleaved rounds; ratios are medians of per-round ratios).
+(medians over interleaved rounds; ratios are medians of per-round ratios), and the CPU time
+per image of (a') and (b), which a machine loaded by other processes disturbs least.
 
     python benchmarks/bench_pipeline.py [--n 16 --size 1152 896 --epochs 3 --batch-size 4]
 """
@@ -88,7 +89,7 @@ def baseline_batches(paths: list[str], size: tuple[int, int], batch_size: int, n
     rng = np.random.RandomState(seed)
     h, w = size
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while done < n_images:
         bs = min(batch_size, n_images - done)
         batch_x = np.zeros((bs, h, w, 3), dtype="float32")
@@ -106,17 +107,24 @@ def baseline_batches(paths: list[str], size: tuple[int, int], batch_size: int, n
             x = x - MEAN
             batch_x[bi] = x
         done += bs
+    CPU_MS["b"].append((time.process_time() - c0) / n_images * 1e3)
     return n_images / (time.perf_counter() - t0)
 
 
-def time_dataset(ds, n_batches: int, batch_size: int) -> float:
+# CPU time per image (process time of all threads): what a loaded machine disturbs least.
+CPU_MS: dict[str, list[float]] = {"a_ram": [], "b": []}
+
+
+def time_dataset(ds, n_batches: int, batch_size: int, cpu_key: str | None = None) -> float:
     it = iter(ds)
     next(it)                        # build graphs, fill the prefetch buffer
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for _ in range(n_batches):
         b = next(it)
         n += int(b[0].shape[0])
+    if cpu_key:
+        CPU_MS[cpu_key].append((time.process_time() - c0) / n * 1e3)
     return n / (time.perf_counter() - t0)
 
 
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
                 dm_image.read_image(p)
             rec["c1"].append(len(paths) / (time.perf_counter() - t0))
             rec["a"].append(time_dataset(ds, steps, args.batch_size))
-            rec["a_ram"].append(time_dataset(ds_ram, steps, args.batch_size))
+            rec["a_ram"].append(time_dataset(ds_ram, steps, args.batch_size, "a_ram"))
             rec["b"].append(baseline_batches(paths, (h, w), args.batch_size, nb, aug, seed=r))
             log.info("round %d: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rec.items()), r)
         med = {k: float(np.median(v)) for k, v in rec.items()}
@@ -181,11 +189,16 @@ def main(argv: list[str] | None = None) -> dict:
         log.info("(a') dm_image pipeline, RAM cache, augmented, 3 ch: %.1f images/s", a_ram)
         log.info("(b) original per-image path (single process): %.2f images/s", b)
         log.info("(c) decode alone (tf.data parallel map): %.1f images/s; one thread %.1f", c, c1)
+        cpu = {k: float(np.median(v)) for k, v in CPU_MS.items()}
+        log.info("CPU time per image: (a') %.1f ms, (b) %.1f ms: %.1fx less (load-robust)",
+                 cpu["a_ram"], cpu["b"], cpu["b"] / cpu["a_ram"])
 
     res = {"a_pipeline_img_s": round(a, 2), "a_ram_img_s": round(a_ram, 2),
            "b_baseline_img_s": round(b, 2), "c_decode_img_s": round(c, 2), "ratio_a_c": round(r_ac, 2),
            "c_decode_1thread_img_s": round(c1, 2),
            "ratio_a_b": round(r_ab, 2), "ratio_a_ram_b": round(r_ramb, 2),
+           "cpu_ms_per_image": {k: round(v, 2) for k, v in cpu.items()},
+           "cpu_ratio_b_a_ram": round(cpu["b"] / cpu["a_ram"], 2),
            "rounds_img_s": {k: [round(t, 2) for t in v] for k, v in rec.items()},
            "ram_bytes_per_image": int(per_img), "float3_bytes_per_image": h * w * 3 * 4,
            "n": args.n, "size": [h, w], "batch_size": args.batch_size,

@@ -32,10 +32,11 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
 import dm_image  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -262,7 +263,10 @@ def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: 
     abn = abn.merge(images[["patient_id", "side", "view", "full_img_file"]], on=["patient_id", "side", "view"])
     abn["roi_mask_file"] = abn["roi_key"] + ".png"
     tree = DicomTree(dicom_root)
-    out = pathlib.Path(out_dir)
+    out = claim_folder(out_dir, "prepare_cbis_ddsm", dict(
+        source=os.path.abspath(dicom_root), csv_dir=os.path.abspath(csv_dir),
+        img_size=img_size, target_height=target_height, val_size=val_size, seed=seed,
+        limit=limit), what="output folder")
     tasks = []
     for row in images.itertuples(index=False):
         a = abn[(abn["patient_id"] == row.patient_id) & (abn["side"] == row.side) & (abn["view"] == row.view)]
@@ -299,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("dicom_root", help="the downloaded DICOM tree (CBIS-DDSM/...)")
     ap.add_argument("csv_dir", help="folder with the four official case-description CSVs")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
-    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
                     help="resize full images to H x W (e.g. 1152 896)")
     ap.add_argument("--target-height", "--img-height", type=int, default=4096,
                     help="else resize to this height keeping the aspect")

@@ -50,8 +50,9 @@ from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob
                            overlap_patch_roi, patch_roi_overlap,
                            segment_breast, write_png)
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 import dm_image  # noqa: E402
-from dm_recipe_utils import read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
+from dm_recipe_utils import claim_folder, read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 
@@ -344,9 +345,14 @@ def run(args: argparse.Namespace) -> dict:
     name = args.split_name or ("test" if "test" in pathlib.Path(args.pat_train_list_file).name.lower()
                                and not val_pats else "train")
     upscales = []
-    for split, pats, out_dir in ((name, train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)):
-        if not pats:
-            continue
+    outputs = [(split, pats, out_dir) for split, pats, out_dir in
+               ((name, train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)) if pats]
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("nb_workers", "verbose", "train_out_dir", "val_out_dir")}
+    for split, _, out_dir in outputs:      # all claimed before anything is written
+        claim_folder(out_dir, "sample_patches_combined", dict(settings, split=split),
+                     what="output folder")
+    for split, pats, out_dir in outputs:
         out = pathlib.Path(out_dir)
         for d in set(opts["layout"].values()):
             (out / d).mkdir(parents=True, exist_ok=True)
@@ -435,14 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-width", type=int, default=None, help="with --target-height: resize to H x W")
     p.add_argument("--no-target-width", dest="target_width", action="store_const", const=None,
                    help="unset --target-width")
-    p.add_argument("--target-size", "--img-size", dest="target_size", type=int, nargs=2, default=None,
+    p.add_argument("--target-size", "--img-size", dest="target_size", type=dm_flags.pixels, nargs=2, default=None,
                    metavar=("H", "W"), help="resize to H x W (overrides --target-height/--target-width)")
     p.add_argument("--segment-breast", "--segment", dest="segment_breast", action="store_true",
                    help="crop each image to the breast before sampling")
     p.add_argument("--no-segment-breast", "--no-segment", dest="segment_breast", action="store_false",
                    help="sample from the whole image")
     p.set_defaults(segment_breast=True)
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels")
+    p.add_argument("--patch-size", type=dm_flags.pixels, default=256, help="patch side in pixels")
     p.add_argument("--nb-bkg", type=int, default=30, help="background patches per image (hard negatives included)")
     p.add_argument("--nb-abn", type=int, default=30, help="patches per abnormality")
     p.add_argument("--nb-hns", type=int, default=15, help="hard negatives per image (blob key points)")

@@ -27,10 +27,11 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
 import dm_image  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
     stratified_split, summarize, write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -151,7 +152,10 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
     labels = rows.groupby("patient_id")["label"].agg(lambda s: int((s == "pos").any())).to_dict()
     split_of = stratified_split(labels, {"test": test_size, "val": val_size}, seed)
     rows["split"] = rows["patient_id"].map(split_of)
-    out = pathlib.Path(out_dir)
+    out = claim_folder(out_dir, "prepare_inbreast", dict(
+        source=os.path.abspath(dicom_dir), csv=os.path.abspath(csv_path),
+        xml_dir=xml_dir and os.path.abspath(xml_dir), img_size=img_size, val_size=val_size,
+        test_size=test_size, seed=seed), what="output folder")
     ok, roi_rows = [], []
     for r in tqdm(list(rows.itertuples(index=False)), desc="INbreast images", disable=not verbose):
         try:
@@ -192,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("csv", help="INbreast.csv (';'-separated)")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--xml-dir", default=None, help="AllXML folder: ROI outlines -> masks")
-    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
                     help="resize every image to H x W (default: keep the DICOM size)")
     ap.add_argument("--val-size", type=float, default=0.1, help="fraction of patients for validation")
     ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")

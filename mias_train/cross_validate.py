@@ -33,9 +33,11 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 from dm_errors import InputError  # noqa: E402
 from dm_output import write_json, write_named  # noqa: E402
-from dm_recipe_utils import link_or_copy, write_csv  # noqa: E402
+import dm_image  # noqa: E402
+from dm_recipe_utils import claim_folder, link_or_copy, write_csv  # noqa: E402
 
 log = logging.getLogger("cross_validate")
 
@@ -55,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="number of folds (by woman)")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of each fold's training women used for model selection")
-    p.add_argument("--img-size", type=int, default=512, help="square image side (mini-MIAS is 1024)")
-    p.add_argument("--patch-size", type=int, default=64, help="patch side at --img-size")
+    p.add_argument("--img-size", type=dm_flags.pixels, default=512, help="square image side (mini-MIAS is 1024)")
+    p.add_argument("--patch-size", type=dm_flags.pixels, default=64, help="patch side at --img-size")
     p.add_argument("--nb-abn", type=int, default=20, help="patches per lesion")
     p.add_argument("--nb-bkg", type=int, default=20, help="background patches per image")
     p.add_argument("--nb-hns", type=int, default=5, help="of them, hard negatives (blob key points)")
@@ -82,16 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and score only the first N folds (trials; the pooled figures "
                         "then cover those folds only)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests: 12 women, 128 px, 1-2 epochs")
+                   help="tiny run for tests (well under a minute on 2 cores): 12 women, "
+                        "2 folds, 128 px, 1-2 epochs")
     p.add_argument("--report-only", action="store_true",
                    help="only redo the steps after training (overlay, diagnostics, heatmap "
                         "scores) of the finished run in --out")
     return p
 
 
-QUICK = dict(max_women=12, img_size=128, patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=0,
+QUICK = dict(max_women=12, folds=2, img_size=128, patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=0,
              nb_init_filter=8, patch_epochs=1, image_epochs=[1, 1], top_depths=[16, 16],
-             patch_batch=16, image_batch=4, n_boot=200)
+             patch_batch=16, image_batch=4, n_boot=100)
 
 
 # ------------------------------------------------------------------------------ folds
@@ -209,8 +212,7 @@ def oriented(train_y, train_s) -> float:
 
 def grey_mean(path: str, breast_only: bool) -> float:
     """Mean grey level of an image (of its breast region when breast_only)."""
-    import cv2
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED).astype(np.float64)
+    img = dm_image.read_image(path).astype(np.float64)   # the project's one reader
     if breast_only:
         from dm_preprocess import breast_mask
         m = breast_mask(img)[0] > 0
@@ -354,7 +356,7 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
         _MODELS.clear()
         _MODELS[model_path] = dm_inference.load_models([model_path])[0]
     m = _MODELS[model_path]
-    img = cv2.imread(img_path, cv2.IMREAD_UNCHANGED)
+    img = dm_image.read_image(img_path)
     hm = dm_inference.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
                                              segment=False, batch_size=256)
     inside = cv2.erode(breast_mask(img)[0], np.ones((patch_size, patch_size), np.uint8),
@@ -392,13 +394,15 @@ def plot_learning_curves(folds: list[dict], path: pathlib.Path) -> None:
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     for f in folds:
         hp, hi = f["patch_history"], f["image_history"]
-        ax[0].plot(hp["epoch"], hp.get("loss", []), "-", label=f"fold {f['fold']} train")
+        # markers: a run of one epoch is a point, not an invisible line
+        ax[0].plot(hp["epoch"], hp.get("loss", []), "-o", ms=3, label=f"fold {f['fold']} train")
         if hp.get("val_loss"):
-            ax[0].plot(hp["epoch"], hp["val_loss"], "--", color=ax[0].lines[-1].get_color())
-        ax[1].plot(hp["epoch"], hp.get("val_accuracy", []), label=f"fold {f['fold']}")
+            ax[0].plot(hp["epoch"], hp["val_loss"], "--o", ms=3, mfc="none",
+                       color=ax[0].lines[-1].get_color())
+        ax[1].plot(hp["epoch"], hp.get("val_accuracy", []), "-o", ms=3, label=f"fold {f['fold']}")
         key = next((k for k in ("val_auroc", "val_auc") if hi.get(k)), None)
         if key:
-            ax[2].plot(hi["epoch"], hi[key], label=f"fold {f['fold']}")
+            ax[2].plot(hi["epoch"], hi[key], "-o", ms=3, label=f"fold {f['fold']}")
     ax[0].set_title("patch loss (solid train, dashed inner val)")
     ax[1].set_title("patch inner-val accuracy (3 classes)")
     ax[2].set_title("whole-image inner-val AUROC (mean OvR)")
@@ -423,13 +427,14 @@ def run(args) -> dict:
 
     if args.quick:
         for k, v in QUICK.items():
-            if k == "max_women" and args.max_women is not None:
-                continue
+            if (k == "max_women" and args.max_women is not None) or (k == "folds"
+                                                                     and args.folds != 5):
+                continue    # given explicitly
             setattr(args, k, v)
     t0 = time.time()
     info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(args.out, "cross_validate",
+                       {k: v for k, v in vars(args).items() if k not in ("out", "report_only")})
     image_class = {}
     for img, g in info.groupby("image_id"):
         image_class[img] = ("malignant" if (g["severity"] == "M").any() else

@@ -27,10 +27,11 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
 import dm_image  # noqa: E402
 from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, run_cli,  # noqa: E402
+    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
     stratified_split, summarize, write_csv, write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -115,7 +116,9 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
     if ids is not None:
         images = images[images["image_id"].isin(set(ids))].reset_index(drop=True)
     images["full_img_file"] = images["image_id"] + ".png"
-    out = pathlib.Path(out_dir)
+    out = claim_folder(out_dir, "prepare_mias", dict(
+        source=os.path.abspath(d), img_size=img_size, label=label, val_size=val_size,
+        test_size=test_size, seed=seed, bit_depth=bit_depth, ids=ids), what="output folder")
     ok, skipped, roi_rows = [], [], []
     for row in tqdm(list(images.itertuples(index=False)), desc="mini-MIAS images", disable=not verbose):
         src = d / "images" / f"{row.image_id}.png"
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("mias_dir", help="folder with Info.txt and images/mdbNNN.png")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
-    ap.add_argument("--img-size", "--target-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
                     help="resize every image to H x W (default: keep 1024x1024)")
     ap.add_argument("--label", choices=["malignant", "abnormal"], default="malignant",
                     help="pos = malignant (default) or any abnormality")

@@ -167,3 +167,26 @@ def test_null_learner_brackets_chance_and_ranks_the_network():
     assert r["malignant_vs_rest"]["network"] == 0.0
     assert r["malignant_vs_rest"]["share_at_or_below"] == 0.0
     assert cv.null_learner(I, n_rep=30, seed=1) == r                 # seeded
+
+
+def test_learning_curves_of_one_epoch_are_drawn(tmp_path):
+    """After one epoch every panel shows its point (a one-point line alone is invisible)."""
+    import cv2
+    h = {"epoch": [1], "loss": [1.0], "val_loss": [1.1], "val_accuracy": [0.4]}
+    folds = [dict(fold=0, patch_history=h, image_history={"epoch": [1], "val_auroc": [0.6]})]
+    path = tmp_path / "lc.png"
+    cv.plot_learning_curves(folds, path)
+    img = cv2.imread(str(path)).astype(int)
+    coloured = (img.max(-1) - img.min(-1)) > 80          # the curves' colour, not axes or text
+    w = img.shape[1]
+    for panel in (0, 2):                                 # (panel 1 also has the legend)
+        assert coloured[:, panel * w // 3:(panel + 1) * w // 3].sum() > 10, panel
+
+
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path):
+    from dm_errors import InputError
+    bad = tmp_path / "mdb001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(InputError, match="mdb001.png") as e:
+        cv.grey_mean(str(bad), breast_only=True)
+    assert "\n" not in str(e.value)

@@ -262,6 +262,20 @@ def test_list_class_folders_recursive_sorted_labels(tmp_path):
     assert D.class_counts(labels, ["pos", "neg"]) == {"pos": 2, "neg": 3}
 
 
+def test_list_class_folders_skips_hidden_files(tmp_path):
+    """A macOS resource fork (`._name.png`, not an image) or a hidden folder never blocks
+    a dataset: names starting with '.' are skipped."""
+    root = _tree(tmp_path / "d", {"neg": 2, "pos": 1})
+    (root / "neg" / "._im0.png").write_bytes(b"\x00\x05\x16\x07 not a png")
+    (root / "pos" / ".thumbs").mkdir()
+    _png(root / "pos" / ".thumbs" / "t.png", np.zeros((4, 4), np.uint8))
+    paths, labels = D.list_class_folders(root, ["neg", "pos"])
+    assert len(paths) == 3 and not any(os.path.basename(p).startswith(".") or "/." in p
+                                       for p in paths)
+    assert D.check_bit_depths(paths, None) == {16}
+    assert D.is_image_name("a.png") and not D.is_image_name("._a.png")
+
+
 def test_list_class_folders_errors(tmp_path):
     with pytest.raises(D.DatasetError, match="dataset folder not found"):
         D.list_class_folders(tmp_path / "none", ["a"])

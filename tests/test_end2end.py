@@ -3,7 +3,10 @@ runs the same function at its default sizes)."""
 import json
 import pathlib
 
+import pytest
+
 import end2end
+from dm_errors import InputError
 
 
 def test_pipeline_end_to_end_tiny(tmp_path):
@@ -28,3 +31,69 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     assert summary["html_report"] == str(run / "report" / "index.html")
     for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions", "html_report"):
         assert pathlib.Path(summary[k]).stat().st_size > 0, k
+
+
+README_ROWS = ([], ["--mixed-precision", "bfloat16"],
+               ["--data", "mias", "../shared/data/mias", "--img-size", "320", "320"])
+
+
+def test_readme_rows_get_their_own_folders():
+    p = end2end.build_parser()
+    outs = [end2end.default_out(p.parse_args(a)) for a in README_ROWS]
+    assert outs == ["runs/end2end", "runs/end2end-bfloat16", "runs/end2end-mias-320x320"]
+    assert end2end.default_out(p.parse_args(["--seeds", "5"])) == "runs/end2end-seeds5"
+
+
+def test_another_configuration_in_the_same_folder_is_refused_before_any_work(tmp_path,
+                                                                              monkeypatch):
+    """The issue's collision: `end2end.py` then the mini-MIAS row into the same folder."""
+    p = end2end.build_parser()
+    ran = []
+    monkeypatch.setattr(end2end, "run_one", lambda args, out: ran.append(out) or {})
+    out = tmp_path / "run"
+    end2end.run(p.parse_args(["--out", str(out)]))
+    (out / "data").mkdir()
+    end2end.run(p.parse_args(["--out", str(out)]))           # the same command again: fine
+    assert len(ran) == 2
+    with pytest.raises(InputError) as e:
+        end2end.run(p.parse_args(["--out", str(out), *README_ROWS[2][:3], "--img-size", "320",
+                                  "320"]))
+    assert len(ran) == 2 and sorted(x.name for x in out.iterdir()) == [".dm_run.json", "data"]
+    msg = str(e.value)
+    assert "\n" not in msg and str(out) in msg and "--data synthetic" in msg
+    assert "--img-size 288 224" in msg
+
+
+def test_spread_aggregates_every_numeric_leaf():
+    per_seed = [dict(acc=0.5, n=60, name="x", flag=True, ci=[0.1, 0.9], none=None,
+                     localisation={"patch": {"pointing_game": 0.25, "pointing_game_ci": [0, 1]}}),
+                dict(acc=0.7, n=60, name="y", flag=False, ci=[0.2, 0.8], none=None,
+                     localisation={"patch": {"pointing_game": 0.75, "pointing_game_ci": [0, 1]}}),
+                dict(acc=float("nan"), n=64)]
+    s = end2end.spread(per_seed)
+    assert set(s) == {"acc", "n", "localisation"}
+    assert s["acc"] == dict(mean=0.6, sd=pytest.approx(0.1414213562), min=0.5, max=0.7, n=2)
+    assert s["n"]["mean"] == pytest.approx(61.333333) and s["n"]["n"] == 3
+    assert s["localisation"] == {"patch": {"pointing_game": dict(
+        mean=0.5, sd=pytest.approx(0.3535533906), min=0.25, max=0.75, n=2)}}
+
+
+def test_seeds_write_one_summary_with_the_spread(tmp_path, monkeypatch):
+    def fake_run_one(args, out):
+        assert (out / ".dm_run.json").is_file() and out.name == f"seed-{args.seed}"
+        return dict(patch_test_accuracy=args.seed / 100, image_test_auroc=0.5, total_s=1.0,
+                    timings={"data_s": float(args.seed)})
+    monkeypatch.setattr(end2end, "run_one", fake_run_one)
+    p = end2end.build_parser()
+    out = tmp_path / "runs"
+    summary = end2end.run(p.parse_args(["--out", str(out), "--seed", "10", "--seeds", "3"]))
+    assert summary["seeds"] == [10, 11, 12] and list(summary["per_seed"]) == ["10", "11", "12"]
+    acc = summary["spread"]["patch_test_accuracy"]
+    assert (acc["mean"], acc["min"], acc["max"], acc["n"]) == (pytest.approx(0.11), 0.1, 0.12, 3)
+    assert summary["spread"]["timings"]["data_s"]["max"] == 12.0
+    assert summary["wall_time_s"] >= 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    with pytest.raises(InputError, match="another configuration"):
+        end2end.run(p.parse_args(["--out", str(out), "--seeds", "7", "9"]))
+    with pytest.raises(InputError, match="a seed is repeated"):
+        end2end.run(p.parse_args(["--out", str(tmp_path / "b"), "--seeds", "7", "7"]))

@@ -1,6 +1,7 @@
 """Reliability: a killed run resumes; bad input gets one line and changes no output file."""
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,49 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
         for k in ("loss", "val_loss", "accuracy"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a, b)
     assert not (out / "patch.last.keras").exists()                 # completed: cleaned up
+
+
+@pytest.mark.slow
+def test_ctrl_c_one_line_exit_130_then_the_same_command_resumes(tmp_path):
+    """A real SIGINT (Ctrl-C) in the middle of training: no traceback, one line saying
+    where it stopped and how to resume, exit status 130; the same command resumes."""
+    data = write_class_folders(tmp_path / "d", ["background", "malignant", "benign"], 6, (64, 64))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), RANDOM_SEED="99")
+    out = tmp_path / "run"
+    cmd = _patch_cmd(data, out, epochs=("2", "4", "30"))
+    # as from a terminal: SIGINT not inherited as ignored (a background shell job ignores it)
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=default_sigint)
+    csv = out / "patch.history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if csv.exists() and len(csv.read_text().strip().splitlines()) - 1 >= 2:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout[-2000:], stderr[-2000:])
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stdout + stderr
+    lines = [l for l in (stdout + stderr).splitlines() if "interrupted" in l]
+    assert len(lines) == 1, lines
+    m = re.search(r"patch_clf_train: interrupted at epoch (\d+); rerun the same command to "
+                  r"resume$", lines[0])
+    assert m and int(m.group(1)) >= 2, lines[0]     # the epoch in progress (or ending)
+    resumed = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=default_sigint)
+    deadline = time.time() + 300
+    first = ""
+    while time.time() < deadline and "resuming from" not in first:
+        line = resumed.stdout.readline()
+        if not line:
+            break
+        first += line
+    resumed.send_signal(signal.SIGINT)
+    resumed.communicate(timeout=120)
+    assert "resuming from" in first and "continuing at epoch" in first, first[-2000:]
 
 
 # ------------------------------------------------------------------ bad input, table-driven
@@ -179,7 +223,14 @@ def _case_nan_loss(d, data, w):
              "--init-learningrate", "1e30"], "training loss became NaN at epoch 1")
 
 
-CASES = [_case_missing_train, _case_missing_class, _case_empty_set, _case_zero_byte,
+def _case_resume_at_a_size_the_model_cannot_take(d, data, w):
+    # the training folder does not exist: the size is refused before any data is read
+    return ([str(w / "not_read"), str(data["val"]), str(data["test"]), "--resume-from",
+             str(d / "image.keras"), "--img-size", "96", "96"],
+            "this model takes 128x128 images (its input size is fixed)")
+
+
+CASES = [_case_resume_at_a_size_the_model_cannot_take, _case_missing_train, _case_missing_class, _case_empty_set, _case_zero_byte,
          _case_not_an_image, _case_truncated, _case_mixed_bits, _case_dicom_without_pixels,
          _case_img_size_too_small, _case_one_class_val, _case_patch_model_as_whole_image,
          _case_whole_image_as_patch_model, _case_nan_loss]

@@ -248,11 +248,6 @@ def _short_patch_run(d, tag):
         "--nb-epoch", "2", "--augmentation", "--best-model", str(d / f"{tag}.keras")]))
 
 
-def test_two_seeded_runs_give_the_same_history(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANDOM_SEED", "4321")
-    h1 = _short_patch_run(tmp_path, "a")["history"]
-    h2 = _short_patch_run(tmp_path, "b")["history"]
-    assert h1 == h2 and len(h1["loss"]) == 2
 
 
 def test_two_replicas_under_mirrored_strategy(tmp_path):
@@ -344,3 +339,49 @@ def test_original_short_flag_aliases(kind):
     cfg = dm_flags.parse(kind, ["a", "b", "c", *extra, "-ic", "4095", "-nic"])
     assert cfg.img_scale is None
     assert dm_flags.parse(kind, ["a", "b", "c", *extra, "-ic", "4095"]).img_scale == 4095.0
+
+
+def test_two_seeded_runs_are_bit_identical_even_with_the_cpu_loaded(tmp_path, monkeypatch):
+    """One machine, the same seed: the same history and the same predictions to the last
+    bit, whether or not other processes load the CPU (the thread pools and tf.data keep
+    their order whatever the scheduling)."""
+    monkeypatch.setenv("RANDOM_SEED", "4321")
+    quiet = _short_patch_run(tmp_path / "quiet", "m")
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        loaded = _short_patch_run(tmp_path / "loaded", "m")
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert quiet["history"] == loaded["history"] and len(quiet["history"]["loss"]) == 2
+    np.testing.assert_array_equal(quiet["test_probs"], loaded["test_probs"])
+
+
+@pytest.mark.parametrize("tool", ["patch", "image", "end2end", "sampler", "prepare_mias",
+                                  "prepare_inbreast", "prepare_cbis_ddsm", "dm_synthetic",
+                                  "cross_validate"])
+@pytest.mark.parametrize("size", [["0", "0"], ["288", "-1"]])
+def test_non_positive_img_size_is_refused_at_flag_parsing(tool, size, capsys):
+    import end2end
+    from ddsm_train import prepare_cbis_ddsm, sample_patches_combined
+    from inbreast_train import prepare_inbreast
+    from mias_train import cross_validate, prepare_mias
+    import dm_synthetic
+    parse = {
+        "patch": lambda a: dm_flags.parse("patch", ["a", "b", "c", *a]),
+        "image": lambda a: dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m", *a]),
+        "end2end": end2end.build_parser().parse_args,
+        "sampler": lambda a: sample_patches_combined.main(["r", "m", "p", "f", "o", *a]),
+        "prepare_mias": lambda a: prepare_mias.main(["src", "out", *a]),
+        "prepare_inbreast": lambda a: prepare_inbreast.main(["src", "x.csv", "out", *a]),
+        "prepare_cbis_ddsm": lambda a: prepare_cbis_ddsm.main(["src", "csv", "out", *a]),
+        "dm_synthetic": lambda a: dm_synthetic.main(["out", *a]),
+        "cross_validate": lambda a: cross_validate.build_parser().parse_args(a),
+    }[tool]
+    argv = ["--img-size", *size] if tool != "cross_validate" else ["--img-size", size[-1]]
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "sizes must be positive" in err and "argument --" in err, err

@@ -1,0 +1,46 @@
+"""dm_recipe_utils: one output folder per configuration (runs never mix)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import dm_synthetic
+from dm_recipe_utils import RUN_STAMP, FolderInUseError, claim_folder, read_run_stamp
+
+
+def test_claim_new_same_and_other_configuration(tmp_path):
+    out = tmp_path / "runs" / "a"
+    assert claim_folder(out, "tool", {"img_size": (288, 224), "data": "synthetic"}) == out
+    assert read_run_stamp(out) == {"tool": "tool",
+                                   "config": {"img_size": [288, 224], "data": "synthetic"}}
+    (out / "result.txt").write_text("kept")
+    claim_folder(out, "tool", {"data": "synthetic", "img_size": [288, 224]})   # a rerun
+    with pytest.raises(FolderInUseError) as e:
+        claim_folder(out, "tool", {"img_size": (320, 320), "data": "mias x"}, what="--out")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{out}: holds a run of another configuration")
+    assert "--data synthetic" in msg and "--img-size 288 224" in msg and "--out" in msg
+    assert (out / "result.txt").read_text() == "kept"
+    assert json.loads((out / RUN_STAMP).read_text())["config"]["data"] == "synthetic"
+
+
+def test_claim_refuses_a_non_empty_folder_without_a_record(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "x.png").write_bytes(b"")
+    with pytest.raises(FolderInUseError, match="not empty and not a tool folder"):
+        claim_folder(tmp_path / "old", "tool", {})
+    assert not (tmp_path / "old" / RUN_STAMP).exists()
+    (tmp_path / "empty").mkdir()
+    claim_folder(tmp_path / "empty", "tool", {})            # an empty folder is fine
+
+
+def test_synthetic_data_of_another_configuration_is_refused(tmp_path):
+    """The issue's collision at the tool level: a second dataset never lands on the first."""
+    out = tmp_path / "data"
+    dm_synthetic.generate_dataset(out, n_patients=2, img_size=(64, 48), seed=1)
+    before = sorted(p.name for p in (out / "full_images").iterdir())
+    dm_synthetic.generate_dataset(out, n_patients=2, img_size=(64, 48), seed=1)   # same: fine
+    with pytest.raises(FolderInUseError, match="--seed 1"):
+        dm_synthetic.generate_dataset(out, n_patients=3, img_size=(64, 48), seed=2)
+    assert sorted(p.name for p in (out / "full_images").iterdir()) == before
