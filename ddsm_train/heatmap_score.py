@@ -25,7 +25,9 @@ or, without a CSV, every image in IMG_FOLDER, grouped by names <patient>_<side>_
 Output .npz (no pickle): `hm_<i>` per image, arrays `path`, `patient_id`, `side`,
 `view`, `group` (index of the image's patient/side group), group arrays
 `group_patient_id`, `group_side`, `group_cancer`, `group_cc`, `group_mlo` (image index or
--1), and `meta` (JSON). `load_heatmaps` turns it back into the original's list of dicts.
+-1), and `meta` (JSON; for the sliding window each map's first patch centre `centre0` and
+breast crop `bbox`, x y w h on the scored image). `dm_localisation.py` measures the maps
+against lesion masks. `load_heatmaps` turns it back into the original's list of dicts.
 """
 from __future__ import annotations
 
@@ -406,6 +408,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                                             args.batch_size, args.segment, args.pad)
             maps.append(hm.probs)
             meta["centre0"].append(list(hm.centre0))
+            # where the breast crop sits on the scored image (dm_localisation places maps)
+            meta.setdefault("bbox", []).append(list(hm.bbox) if hm.bbox is not None else None)
             if args.overlay_dir:
                 ch, shown = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
                 crop = inf.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
