@@ -634,6 +634,33 @@ def fprop_pool(patch_model: str, patch_size: int) -> list[int]:
     return [int(shape[1]), int(shape[2])]
 
 
+def score_kinds(paths: Sequence[str], out: pathlib.Path, tag: str, patch_model, image_model,
+                patch_size: int, stride: int, img_size: Sequence[int],
+                kinds: Sequence[str] = KINDS, batch_size: int = 128) -> tuple[dict, dict]:
+    """heatmap_score.py on the given images for every map kind: ({kind: .npz}, {kind: s})."""
+    import time
+
+    from ddsm_train.heatmap_score import score
+    opts = dict(sliding=dict(model=patch_model, stride=stride, img_size=list(img_size)),
+                fprop=dict(model=patch_model, fprop_mode=True, img_size=list(img_size),
+                           hm_strides=[1, 1]),
+                gradcam=dict(model=image_model, grad_cam=True))
+    kinds = [k for k in kinds if k != "gradcam" or image_model is not None]
+    if "fprop" in kinds:
+        opts["fprop"]["avg_pool_size"] = fprop_pool(str(patch_model), patch_size)
+    files, seconds = {}, {}
+    write_image_list(out / f"{tag}_images.csv", paths)
+    for k in kinds:
+        t = time.time()
+        o = dict(opts[k])
+        model = o.pop("model")
+        files[k] = str(out / f"{tag}_{k}.npz")
+        score(str(out), str(model), pat_csv=str(out / f"{tag}_images.csv"), out=files[k],
+              batch_size=batch_size, **o)
+        seconds[k] = time.time() - t
+    return files, seconds
+
+
 def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        patch_model: str | os.PathLike, image_model: str | os.PathLike | None,
                        patch_size: int, stride: int, img_size: Sequence[int],
@@ -642,47 +669,45 @@ def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        batch_size: int = 128) -> dict:
     """Heatmaps (heatmap_score.py) of a recipe folder's test images with lesions, and of
     its validation images for the Dice thresholds, for every map kind, then `localise`.
-    Adds the scoring time per kind (`score_s`)."""
-    import time
-
-    from ddsm_train.heatmap_score import score
+    Adds the scoring time per kind (`score_s`); {} when no test image has a lesion."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    opts = dict(sliding=dict(model=patch_model, stride=stride, img_size=list(img_size)),
-                fprop=dict(model=patch_model, fprop_mode=True, img_size=list(img_size),
-                           hm_strides=[1, 1]),
-                gradcam=dict(model=image_model, grad_cam=True))
-    kinds = [k for k in kinds if k != "gradcam" or image_model is not None]
-    if "fprop" in kinds:
-        opts["fprop"]["avg_pool_size"] = fprop_pool(str(patch_model), patch_size)
-    files: dict[str, dict[str, str]] = {}
-    seconds = {k: 0.0 for k in kinds}
-    for split in (s for s in splits if s):
-        paths = lesion_images(data_dir, split)
-        if not paths:
-            continue
-        write_image_list(out / f"{split}_images.csv", paths)
-        for k in kinds:
-            t = time.time()
-            o = dict(opts[k])
-            model = o.pop("model")
-            npz = str(out / f"{split}_{k}.npz")
-            score(str(data_dir), str(model), pat_csv=str(out / f"{split}_images.csv"), out=npz,
-                  batch_size=batch_size, **o)
-            seconds[k] += time.time() - t
-            files.setdefault(split, {})[k] = npz
-    test = files.get(splits[0], {})
-    if not test:
+    test_paths = lesion_images(data_dir, splits[0])
+    if not test_paths:
         log.warning("%s: no %s image has a lesion mask: no localisation figures", data_dir,
                     splits[0])
         return {}
-    val = files.get(splits[1], {}) if splits[1] else {}
-    summary = localise(str(data_dir), [test[k] for k in kinds], [val[k] for k in kinds if k in val],
+    geo = (patch_model, image_model, patch_size, stride, img_size, kinds, batch_size)
+    test, seconds = score_kinds(test_paths, out, splits[0], *geo)
+    val_paths = lesion_images(data_dir, splits[1]) if splits[1] else []
+    val = score_kinds(val_paths, out, splits[1], *geo)[0] if val_paths else {}
+    summary = localise(str(data_dir), list(test.values()), [val[k] for k in test if k in val],
                        n_boot=n_boot, seed=seed, out=str(out))
-    for k in kinds:
-        summary[k]["score_s"] = round(seconds[k], 1)
+    for k, v in seconds.items():
+        summary[k]["score_s"] = round(v, 1)
     dm_output.write_json(out / "localisation.json", summary, indent=2)
     return summary
+
+
+def localise_folds(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   folds: Sequence[tuple[str, str | None, Sequence[str]]], patch_size: int,
+                   stride: int, img_size: Sequence[int], kinds: Sequence[str] = ("sliding", "gradcam"),
+                   n_boot: int = 2000, seed: int = 12345) -> dict:
+    """Out-of-fold localisation: each fold's (patch model, image model, test images) scored
+    by that fold's models, the maps pooled and measured once (no Dice: no validation maps)."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    masks = read_masks(data_dir)
+    files: list[str] = []
+    for i, (pm, im, paths) in enumerate(folds):
+        paths = [p for p in paths if os.path.basename(p) in masks]
+        if paths:
+            files += score_kinds(paths, out, f"fold{i}", pm, im, patch_size, stride, img_size,
+                                 kinds)[0].values()
+    if not files:
+        log.warning("%s: no out-of-fold image has a lesion mask", data_dir)
+        return {}
+    return localise(str(data_dir), files, n_boot=n_boot, seed=seed, out=str(out))
 
 
 def settings_dict(s: Settings, pathology: str) -> dict:
