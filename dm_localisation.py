@@ -559,10 +559,14 @@ def cases_and_maps(npz: str, data_dir: str, pathology: str = "all"
 def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str] = (),
              tolerance_mm: float = TOLERANCE_MM, pixel_size: float | None = None,
              peak_separation_mm: float = PEAK_SEPARATION_MM, pathology: str = "all",
-             n_boot: int = 2000, seed: int = 12345, out: str | None = None) -> dict:
-    """The command as a function: summary per map kind (and the files when `out`)."""
+             n_boot: int = 2000, seed: int = 12345, out: str | None = None,
+             report: str | None = None) -> dict:
+    """The command as a function: summary per map kind (and the files when `out`; a
+    section in the HTML report `report`, an index.html of evaluate.py --html)."""
     if tolerance_mm < 0 or peak_separation_mm < 0:
         raise LocalisationError("--tolerance-mm and --peak-separation-mm must be >= 0")
+    if report is not None and not os.path.isfile(report):
+        raise LocalisationError(f"{report}: HTML report not found")
     loaded: dict = {}
     for npz in heatmaps:            # several files of one kind (e.g. one per fold) add up
         kind, cases, heats, skipped = cases_and_maps(npz, data_dir, pathology)
@@ -605,6 +609,9 @@ def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str]
         write_records(o / "localisation_images.csv", recs_of)
         plot_figure(recs_of, s, str(o / "localisation.png"))
         dm_output.write_json(o / "localisation.json", summary, indent=2)
+        if report is not None:
+            import dm_report
+            dm_report.add_localisation(report, summary)
     return summary
 
 
@@ -666,7 +673,7 @@ def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        patch_size: int, stride: int, img_size: Sequence[int],
                        splits: tuple[str, str | None] = ("test", "val"),
                        kinds: Sequence[str] = KINDS, n_boot: int = 2000, seed: int = 12345,
-                       batch_size: int = 128) -> dict:
+                       batch_size: int = 128, report: str | None = None) -> dict:
     """Heatmaps (heatmap_score.py) of a recipe folder's test images with lesions, and of
     its validation images for the Dice thresholds, for every map kind, then `localise`.
     Adds the scoring time per kind (`score_s`); {} when no test image has a lesion."""
@@ -682,7 +689,7 @@ def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     val_paths = lesion_images(data_dir, splits[1]) if splits[1] else []
     val = score_kinds(val_paths, out, splits[1], *geo)[0] if val_paths else {}
     summary = localise(str(data_dir), list(test.values()), [val[k] for k in test if k in val],
-                       n_boot=n_boot, seed=seed, out=str(out))
+                       n_boot=n_boot, seed=seed, out=str(out), report=report)
     for k, v in seconds.items():
         summary[k]["score_s"] = round(v, 1)
     dm_output.write_json(out / "localisation.json", summary, indent=2)
@@ -816,6 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesions", choices=["all", "malignant"], default="all",
                    help="which lesion masks count (and so which images)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of images")
+    p.add_argument("--html-report", metavar="INDEX",
+                   help="add a localisation section to this report (evaluate.py --html)")
     dm_cli.add_seed_flag(p, "seeds the bootstrap")
     return p
 
@@ -825,7 +834,7 @@ def run(args: argparse.Namespace) -> dict:
         raise LocalisationError(f"--n-boot {args.n_boot}: must be >= 1")
     summary = localise(args.data_dir, args.heatmaps, args.val_heatmaps, args.tolerance_mm,
                        args.pixel_size_mm, args.peak_separation_mm, args.lesions, args.n_boot,
-                       args.seed, args.out)
+                       args.seed, args.out, args.html_report)
     log.info("wrote %s", summary["files"]["summary"])
     return summary
 

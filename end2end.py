@@ -218,7 +218,7 @@ def run(args) -> dict:
     t = time.time()     # heatmaps of the test images with lesions against their masks
     localisation = dm_localisation.brief(dm_localisation.score_and_localise(
         data, out / "localisation", patch_model, image_model, args.patch_size,
-        max(4, args.patch_size // 4), args.img_size, seed=args.seed))
+        max(4, args.patch_size // 4), args.img_size, seed=args.seed, report=report["html"]))
     timings["localisation_s"] = time.time() - t
     summary = dict(
         data=" ".join(args.data), mixed_precision=args.mixed_precision,

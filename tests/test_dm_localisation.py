@@ -221,3 +221,19 @@ def test_bad_input_one_line_exit_2(tiny_folder, tmp_path, bad):
     assert len(err) == 1 and "dm_localisation: error:" in err[0]
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "localisation.json").exists()
+
+
+def test_report_gets_a_localisation_section(tiny_folder, tmp_path):
+    d, n = tiny_folder
+    index = tmp_path / "report" / "index.html"
+    index.parent.mkdir()
+    index.write_text("<html><body><h2>Summary</h2><h2>Cases behind the numbers</h2></body></html>")
+    for _ in range(2):                                      # a second run replaces the section
+        loc.localise(str(d / "data"), [str(d / "gradcam.npz")], n_boot=50,
+                     out=str(tmp_path / "loc"), report=str(index))
+    page = index.read_text()
+    assert page.count("<h2>Localisation</h2>") == 1
+    assert page.index("Localisation") < page.index("Cases behind the numbers")
+    assert "<td>gradcam</td>" in page and "../loc/localisation.png" in page
+    with pytest.raises(loc.LocalisationError, match="report not found"):
+        loc.localise(str(d / "data"), [str(d / "gradcam.npz")], report=str(tmp_path / "no.html"))
