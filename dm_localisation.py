@@ -481,9 +481,10 @@ def map_on_source(m: np.ndarray, meta: dict, i: int, source: np.ndarray) -> np.n
             ty, tx = meta["hm_strides"]
             first = (py / 2 * sy - 0.5, px / 2 * sx - 0.5)
             step = (ty * sy, tx * sx)
-        else:
+        else:   # at what each cell sees (heatmap_score.cell_offset), when measured
             sy, sx = hs / rows, ws / cols
-            first, step = (0.5 * sy - 0.5, 0.5 * sx - 0.5), (sy, sx)
+            dy, dx = meta.get("cell_offset") or (0.0, 0.0)
+            first, step = (0.5 * sy - 0.5 + dy, 0.5 * sx - 0.5 + dx), (sy, sx)
     ky, kx = H / hs, W / ws                 # scored image -> source pixel centres
     first = ((first[0] + 0.5) * ky - 0.5, (first[1] + 0.5) * kx - 0.5)
     step = (step[0] * ky, step[1] * kx)

@@ -145,6 +145,10 @@ def test_maps_are_placed_where_the_cells_looked():
     g = loc.map_on_source(cam, dict(mode="gradcam", recipe=dict(img_size=[H, W])), 0, src)
     r, c = np.unravel_index(np.argmax(g), g.shape)
     assert abs(r - H) <= 1 and abs(c - 2.5 * W / 2) <= 1   # centre of cell (1, 2)
+    meta = dict(mode="gradcam", recipe=dict(img_size=[H, W]), cell_offset=[-8.0, 4.0])
+    g = loc.map_on_source(cam, meta, 0, src)                # measured receptive-field centres
+    r, c = np.unravel_index(np.nanargmax(g), g.shape)
+    assert abs(r - (H - 16)) <= 1 and abs(c - (2.5 * W / 2 + 8)) <= 1
     fp = np.zeros((3, 3, 2), np.float32)
     fp[..., 0] = 1.0
     fp[1, 1, 0] = 0.0
