@@ -357,6 +357,7 @@ def evaluate(cases: Sequence[Case], maps: Sequence[np.ndarray], settings: Settin
                                 "mass_brightest", "dice_chance")}
     if thr is not None:
         cols.update(dice=col("dice"), dice_brightest=col("dice_brightest"))
+    cols["hit_minus_brightest"] = cols["hit"] - cols["hit_brightest"]      # paired
     ci = bootstrap_means(cols, settings.n_boot, settings.seed, settings.level)
     summ = dict(n_images=len(recs), n_lesions=int(sum(r["n_lesions"] for r in recs)))
     for fig, key in (("pointing_game", "hit"), ("mass_fraction", "mass"), ("dice", "dice")):
@@ -368,6 +369,8 @@ def evaluate(cases: Sequence[Case], maps: Sequence[np.ndarray], settings: Settin
             if k in cols:
                 summ[fig + suffix] = _r(cols[k].mean())
                 summ[fig + suffix + "_ci"] = _ci(ci[k])
+    summ["pointing_game_minus_brightest"] = _r(cols["hit_minus_brightest"].mean())
+    summ["pointing_game_minus_brightest_ci"] = _ci(ci["hit_minus_brightest"])
     summ["dice_threshold"] = thr
     summ["dice_threshold_brightest"] = thr_b
     multi = [r for r in recs if "topk" in r]
