@@ -269,3 +269,54 @@ expected calibration error (ECE) and Brier score. Click a column to sort.</p>
     index = os.path.join(out_dir, "index.html")
     dm_inference.atomic_write(index, lambda f: f.write(page), text=True)
     return index
+
+
+# ------------------------------------------------------------------------------ localisation
+
+_LOC_START, _LOC_END = "<!-- localisation -->", "<!-- /localisation -->"
+
+
+def localisation_section(loc: dict, out_dir: str) -> str:
+    """The localisation figures of `dm_localisation` (its summary) as a table per map kind,
+    beside the chance and brightest-pixel baselines, and its per-image figure."""
+    st = loc["settings"]
+    ci = lambda v: f"{v[0]:.3f}-{v[1]:.3f}" if v else "n/a"  # noqa: E731
+    heads = ["map", "images", "pointing game", "95% CI", "chance", "brightest pixel",
+             "mass in lesions", "Dice (threshold)", "top-k found (images)"]
+    rows = []
+    for kind in ("sliding", "fprop", "gradcam"):
+        k = loc.get(kind)
+        if not k:
+            continue
+        dice = (f"{k['dice']:.3f} ({k['dice_threshold']:g})" if k.get("dice") is not None
+                else "n/a")
+        topk = (f"{k['topk_found']:.3f} ({k['n_multi_lesion_images']})"
+                if k.get("topk_found") is not None else "n/a")
+        cells = [html.escape(kind), str(k["n_images"]), _num(k["pointing_game"]),
+                 ci(k.get("pointing_game_ci")), _num(k["pointing_game_chance"]),
+                 _num(k["pointing_game_brightest"]), _num(k["mass_fraction"]), dice, topk]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    fig = loc.get("files", {}).get("figure")
+    img = (f'<div class="plots"><img class="plot" src="{html.escape(_rel(fig, out_dir))}" '
+           f'alt="localisation"></div>' if fig else "")
+    return (f'{_LOC_START}<h2>Localisation</h2><p class="what">Does the map point at the '
+            f'lesion? Pointing game: the map\'s maximum in the breast lies within '
+            f'{st["tolerance_mm"]:g} mm of a lesion mask (pixel {st["pixel_size_mm"][0]:.3g} mm, '
+            f'{html.escape(st["pixel_size_from"])}); chance: a random breast point; '
+            f'{st["ci_level"]:.0%} intervals resample images (docs/localisation.md).</p>'
+            f'<table id="localisation"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{img}{_LOC_END}')
+
+
+def add_localisation(index: str, loc: dict) -> None:
+    """Put (or replace) the localisation section in a written report, before its cases."""
+    import dm_inference
+    page = pathlib.Path(index).read_text()
+    if _LOC_START in page:
+        page = page[:page.index(_LOC_START)] + page[page.index(_LOC_END) + len(_LOC_END):]
+    marker = "<h2>Cases behind the numbers</h2>"
+    section = localisation_section(loc, os.path.dirname(index)) + "\n"
+    page = page.replace(marker, section + marker) if marker in page else \
+        page.replace("</body>", section + "</body>")
+    dm_inference.atomic_write(index, lambda f: f.write(page), text=True)

@@ -262,6 +262,7 @@ def run_seeds(args, out: pathlib.Path) -> dict:
 def run_one(args, out: pathlib.Path) -> dict:
     """The whole pipeline with one seed into `out` (already claimed)."""
     import dm_image
+    import dm_localisation
     import image_clf_train
     import patch_clf_train
 
@@ -331,6 +332,11 @@ def run_one(args, out: pathlib.Path) -> dict:
     t = time.time()
     report = evaluate_and_draw(args, out, data, patch_model, image_model, len(patch_classes))
     timings["evaluation_s"] = time.time() - t
+    t = time.time()     # heatmaps of the test images with lesions against their masks
+    localisation = dm_localisation.brief(dm_localisation.score_and_localise(
+        data, out / "localisation", patch_model, image_model, args.patch_size,
+        max(4, args.patch_size // 4), args.img_size, seed=args.seed, report=report["html"]))
+    timings["localisation_s"] = time.time() - t
     summary = dict(
         data=" ".join(args.data), mixed_precision=args.mixed_precision,
         img_size=list(args.img_size), patch_size=args.patch_size,
@@ -341,7 +347,7 @@ def run_one(args, out: pathlib.Path) -> dict:
         image_test_auroc_tta_ci95=report["ci95"], evaluate_auroc=report["auroc"],
         predictions=report["predictions"], html_report=report["html"],
         roc_curve=report["roc"], heatmap_overlay=report["heatmap"],
-        gradcam_overlay=report["gradcam"],
+        gradcam_overlay=report["gradcam"], localisation=localisation,
         patch_model=str(patch_model), image_model=str(image_model),
         timings={k: round(v, 1) for k, v in timings.items()},
         total_s=round(time.time() - t0, 1))

@@ -25,7 +25,9 @@ or, without a CSV, every image in IMG_FOLDER, grouped by names <patient>_<side>_
 Output .npz (no pickle): `hm_<i>` per image, arrays `path`, `patient_id`, `side`,
 `view`, `group` (index of the image's patient/side group), group arrays
 `group_patient_id`, `group_side`, `group_cancer`, `group_cc`, `group_mlo` (image index or
--1), and `meta` (JSON). `load_heatmaps` turns it back into the original's list of dicts.
+-1), and `meta` (JSON; for the sliding window each map's first patch centre `centre0` and
+breast crop `bbox`, x y w h on the scored image). `dm_localisation.py` measures the maps
+against lesion masks. `load_heatmaps` turns it back into the original's list of dicts.
 """
 from __future__ import annotations
 
@@ -333,6 +335,37 @@ def overlay_figure(grey: np.ndarray, heat: np.ndarray, title: str, vmin: float =
     return canvas
 
 
+def cell_offset(model, x: np.ndarray, n: int = 3) -> list[float]:
+    """(rows, cols) in scored-image pixels from the geometric centre ((j + 0.5) * stride -
+    0.5) of the trunk's feature cells to the centre of what they see: the centroid of
+    |d cell / d input| over n x n interior cells of `x`. Stride-2 1x1 convolutions take the
+    top-left pixel of every 2x2 block, so cells look up-left of their geometric centres
+    (about 13 px at a /32 trunk; docs/localisation.md)."""
+    import tensorflow as tf
+    import dm_inference as inf
+    sub, _ = inf.grad_cam_model(model)
+    xt = tf.convert_to_tensor(np.asarray(x, np.float32))
+    h, w = xt.shape[1:3]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        feat = sub(xt, training=False)[0]
+    fh, fw = feat.shape[1:3]
+    rows = np.unique(np.linspace(1, max(1, fh - 2), n).round().astype(int))
+    cols = np.unique(np.linspace(1, max(1, fw - 2), n).round().astype(int))
+    yy, xx = np.mgrid[:h, :w]
+    offs = []
+    for r in rows:
+        for c in cols:
+            with tape:
+                target = tf.reduce_sum(feat[:, r, c, :])
+            g = np.abs(tape.gradient(target, xt).numpy()[0]).sum(-1)
+            if g.sum() > 0:
+                offs.append(((g * yy).sum() / g.sum() - ((r + 0.5) * h / fh - 0.5),
+                             (g * xx).sum() / g.sum() - ((c + 0.5) * w / fw - 0.5)))
+    del tape
+    return [round(float(v), 2) for v in np.mean(offs, axis=0)] if offs else [0.0, 0.0]
+
+
 def _check_pool(fmap_hw, avg_pool_size, size) -> None:
     if any(int(p) > int(f) for p, f in zip(avg_pool_size, fmap_hw)):
         raise HeatmapError(
@@ -437,6 +470,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                                             args.batch_size, args.segment, args.pad)
             maps.append(hm.probs)
             meta["centre0"].append(list(hm.centre0))
+            # where the breast crop sits on the scored image (dm_localisation places maps)
+            meta.setdefault("bbox", []).append(list(hm.bbox) if hm.bbox is not None else None)
             if args.overlay_dir:
                 ch, shown = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
                 crop = inf.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
@@ -454,6 +489,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             else:
                 ch = inf.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
+                if i == 0:      # where the cells look (dm_localisation places maps by it)
+                    meta["cell_offset"] = cell_offset(net, x)
                 p = float(inf.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
                 shown = classes[cls]
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)

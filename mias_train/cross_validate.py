@@ -14,6 +14,8 @@ images (patches) or whole women (images): patch AUROC (lesion vs background, sco
 1 - p(background)), whole-image AUROC abnormal vs normal (1 - p(normal)) and malignant vs
 rest (p(malignant)), each next to a trivial baseline measured in the same run (mean grey
 level of the patch / of the breast, its sign chosen on the fold's training part).
+Out of fold, the localisation of the abnormal images' lesions (centre and radius) by the
+sliding-window map and Grad-CAM (`localisation`, docs/localisation.md).
 Writes per-fold figures, learning curves, ROC curves, a lesion overlay and summary.json,
 whose content is also the last line printed.
 """
@@ -371,6 +373,20 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
     return img, place(1.0 - hm.probs[..., 0] if column is None else hm.probs[..., column])
 
 
+def chain_localisation(args, out: pathlib.Path, I, n_boot: int, seed: int) -> dict:
+    """Out of fold, on the abnormal images with a centre and radius (their masks): each
+    fold's sliding-window lesion map and Grad-CAM (of p(malignant)) against the masks
+    (docs/localisation.md)."""
+    import dm_localisation
+    folds = [(str(out / f"fold{k}" / "patch_model.keras"), str(out / f"fold{k}" / "image_model.keras"),
+              [str(out / "data" / "full_images" / f"{i}.png")
+               for i in I[(I["fold"] == k) & (I["label"] > 0)]["image_id"]])
+             for k in sorted(I["fold"].unique())]
+    return dm_localisation.brief(dm_localisation.localise_folds(
+        out / "data", out / "localisation", folds, args.patch_size,
+        max(4, args.patch_size // 4), [args.img_size] * 2, n_boot=n_boot, seed=seed))
+
+
 def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
     import cv2
     import dm_inference
@@ -586,6 +602,7 @@ def run(args) -> dict:
     overlay = find_overlay(args, out, I, info, figs / "overlay.png")
     diag = diagnostics(out, info)
     hm_scores = heatmap_max_scores(args, out, I, nb, sd)
+    localisation = chain_localisation(args, out, I, nb, sd)
     null = null_learner(I, 200, sd)
 
     goals = dict(
@@ -596,7 +613,7 @@ def run(args) -> dict:
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
         config={k: v for k, v in vars(args).items()}, n_images=len(ids), n_women=len(women),
         folds=folds, pooled=pooled, goals=goals, diagnostics=diag,
-        image_score_from_patch_heatmap_max=hm_scores,
+        image_score_from_patch_heatmap_max=hm_scores, localisation=localisation,
         null_learner=null,
         patch_confusion=dict(classes=PATCH_CLASSES, rows_true_cols_pred=conf.tolist()),
         image_confusion=dict(classes=IMAGE_CLASSES, rows_true_cols_pred=img_conf.tolist()),
@@ -728,6 +745,7 @@ def report_only(args) -> dict:
     summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
         run_args, out, I, run_args.n_boot, run_args.seed)
     summary["null_learner"] = null_learner(I, 200, run_args.seed)
+    summary["localisation"] = chain_localisation(run_args, out, I, run_args.n_boot, run_args.seed)
     write_json(out / "summary.json", summary)
     return summary
 
