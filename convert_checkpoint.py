@@ -1,7 +1,7 @@
 """Convert a published (Keras 2.0.x) or any other model file to a self-describing `.keras` file.
 
 The output is an ordinary Keras 3 model that carries its class list and preprocessing
-recipe (`dm_keras_ext.ModelMeta`), so inference cannot be run with the wrong recipe.
+recipe (`dm_modelfile.ModelMeta`), so inference cannot be run with the wrong recipe.
 Defaults are those of the published whole-image models: 1152x896, rescale 0.003891
 (16-bit PNG to 0-255), featurewise mean 52.18 (CBIS-DDSM) or 44.33 (INbreast), classes
 `neg pos`.
@@ -16,6 +16,8 @@ import sys
 
 import dm_cli
 from dm_errors import InputError
+import dm_recipe
+import dm_modelfile
 
 DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
 DEFAULT_RESCALE = 0.003891
@@ -57,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
     import dm_checkpoint
-    import dm_image
-    import dm_keras_ext
 
     model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
     out_units = model.outputs[0].shape[-1]
@@ -76,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
         img_size = tuple(args.img_size or DEFAULT_IMG_SIZE)
     channels = args.channels or (model.inputs[0].shape[-1] if model.inputs[0].shape[-1] in (1, 3) else 3)
     mean = args.featurewise_mean if args.featurewise_mean is not None else DATASET_MEANS[args.dataset]
-    recipe = dm_image.Recipe(img_size=img_size, img_scale=args.img_scale, input_bits=args.input_bits,
+    recipe = dm_recipe.Recipe(img_size=img_size, img_scale=args.img_scale, input_bits=args.input_bits,
                              rescale_factor=args.rescale_factor or None, equalize_hist=args.equalize_hist,
                              channels=int(channels), featurewise_center=not args.no_featurewise_center,
                              featurewise_mean=0.0 if args.no_featurewise_center else float(mean))
-    meta = dm_keras_ext.ModelMeta(class_list=tuple(args.class_list), recipe=recipe, kind=args.kind,
+    meta = dm_modelfile.ModelMeta(class_list=tuple(args.class_list), recipe=recipe, kind=args.kind,
                                   extra={"converted_from": str(args.input)})
-    dm_keras_ext.save_model(model, args.output, meta)
+    dm_modelfile.save_model(model, args.output, meta)
     log.info("wrote %s (%s, classes %s, recipe %s)", args.output, type(model).__name__,
              " ".join(args.class_list), recipe.to_json())
     return 0

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import dm_output
 from dm_errors import InputError
-from dm_image import Recipe
+from dm_recipe import Recipe
 
 log = logging.getLogger(__name__)
 

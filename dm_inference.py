@@ -19,9 +19,13 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-import dm_image
-from dm_image import Recipe, prepare_patch, sweep_grid  # noqa: F401 (re-exported)
+from dm_recipe import Recipe  # noqa: F401 (re-exported)
+from dm_sweep import prepare_patch, sweep_grid  # noqa: F401 (re-exported)
 from dm_errors import InputError
+import dm_dataset
+import dm_listing
+import dm_pixels
+import dm_sweep
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +250,7 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
             # TTA sends each batch's four flips through the network as one call: a quarter
             # of the batch keeps that call at the network's usual batch size.
             bs = max(1, batch_size // len(FLIPS)) if tta else batch_size
-            ds = dm_image.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
+            ds = dm_dataset.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
                                        bs, training=False)
             log.info("scoring %d images with %s (recipe %s%s)", len(sub), m.path,
                      r.to_json(), ", 4-flip TTA" if tta else "")
@@ -261,7 +265,7 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
 def file_bit_depth(path: str) -> int | None:
     """Bits per pixel of an image file from its header: 8 or 16 for PNG/JPEG/BMP, the
     stored bits of an integer DICOM; None when unknown (float DICOM values)."""
-    depth = dm_image.header_bit_depth(path)
+    depth = dm_pixels.header_bit_depth(path)
     if depth is not None:
         return depth
     import pydicom
@@ -355,9 +359,9 @@ def list_images(root: str) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if f.lower().endswith(dm_image.IMAGE_EXTS) and not f.startswith("."))
+                     if f.lower().endswith(dm_pixels.IMAGE_EXTS) and not f.startswith("."))
     if not found:
-        raise InferenceError(f"{root}: no images ({', '.join(e[1:] for e in dm_image.IMAGE_EXTS)})")
+        raise InferenceError(f"{root}: no images ({', '.join(e[1:] for e in dm_pixels.IMAGE_EXTS)})")
     return found
 
 
@@ -382,7 +386,7 @@ def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = N
     if image_dir is not None:
         if class_list and os.path.isdir(image_dir) and all(
                 os.path.isdir(os.path.join(image_dir, c)) for c in class_list):
-            paths, labels = dm_image.list_class_folders(image_dir, class_list)
+            paths, labels = dm_listing.list_class_folders(image_dir, class_list)
             return InputList(paths, labels)
         return InputList(list_images(image_dir))
     return read_input_csv(csv_path, class_list, split)
@@ -511,10 +515,10 @@ def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: i
                            stride: int, batch_size: int = 64, segment: bool = True,
                            pad: bool = True, low_int_threshold: float = 0.05) -> PatchHeatmap:
     """Score every patch of a grey image (already resized) with a patch classifier, on the
-    sweep of `dm_image.sweep_image` (optional breast crop, half-patch padding, centred)."""
-    sweep = dm_image.sweep_image(img, patch_size, stride, segment, pad, low_int_threshold)
+    sweep of `dm_sweep.sweep_image` (optional breast crop, half-patch padding, centred)."""
+    sweep = dm_sweep.sweep_image(img, patch_size, stride, segment, pad, low_int_threshold)
     forward = forward_fn(model)                     # one trace, whatever the batch size
-    probs = dm_image.sweep_probs(lambda b: forward(b).numpy(), sweep, recipe, batch_size)
+    probs = dm_sweep.sweep_probs(lambda b: forward(b).numpy(), sweep, recipe, batch_size)
     return PatchHeatmap(probs, sweep.centre0, stride, patch_size, sweep.image, sweep.bbox)
 
 

@@ -30,6 +30,9 @@ import numpy as np
 import dm_cli
 import dm_output
 from dm_errors import InputError
+import dm_pixels
+import dm_recipe
+import dm_sweep
 
 log = logging.getLogger("dm_localisation")
 
@@ -68,10 +71,9 @@ class Case:
 
 
 def breast_region(img: np.ndarray) -> np.ndarray:
-    """The project's breast segmentation (dm_image.breast_mask, as the sliding window's
+    """The project's breast segmentation (dm_sweep.breast_mask, as the sliding window's
     crop uses) as a bool mask."""
-    import dm_image
-    return dm_image.breast_mask(img)[0] > 0
+    return dm_sweep.breast_mask(img)[0] > 0
 
 
 def make_case(name: str, image: np.ndarray, lesions: Sequence[np.ndarray],
@@ -457,19 +459,18 @@ def map_on_source(m: np.ndarray, meta: dict, i: int, source: np.ndarray) -> np.n
     scored from, with each cell at the centre of what it saw: the sliding window's patch
     centres (on the resized, breast-cropped image), fprop's pooling windows on the trunk's
     feature map, Grad-CAM's feature-map cells."""
-    import dm_image
     kind = meta["mode"]
     ch = lesion_channel(m, kind)
     H, W = source.shape[:2]
     if kind == "sliding":
-        size = dm_image.Recipe(img_size=tuple(meta["img_size"]) if meta.get("img_size") else None,
+        size = dm_recipe.Recipe(img_size=tuple(meta["img_size"]) if meta.get("img_size") else None,
                                target_height=meta.get("img_height"))
-        hs, ws = dm_image.target_shape(source.shape[:2], size)
+        hs, ws = dm_recipe.target_shape(source.shape[:2], size)
         boxes = meta.get("bbox")
         if boxes is not None and boxes[i] is not None:
             x0, y0 = boxes[i][:2]
         elif boxes is None and meta.get("segment", True):     # files written before `bbox`
-            x0, y0 = dm_image.segment_breast(dm_image.resize(source, size))[1][:2]
+            x0, y0 = dm_sweep.segment_breast(dm_recipe.resize(source, size))[1][:2]
         else:
             x0, y0 = 0, 0
         c0 = meta["centre0"][i]
@@ -534,12 +535,11 @@ def read_masks(data_dir: str | os.PathLike, pathology: str = "all"
 
 def load_case(image_path: str, masks: list[tuple[str, str]]) -> Case:
     """The image (as scored) and its masks, resized to the image's grid if they differ."""
-    import dm_image
-    img = dm_image.read_image(image_path)
+    img = dm_pixels.read_image(image_path)
     les = []
     for mp, _ in masks:
-        m = dm_image.read_image(mp)
-        les.append(dm_image.resize_mask(m, img.shape[:2]) if m.shape != img.shape[:2] else m)
+        m = dm_pixels.read_image(mp)
+        les.append(dm_recipe.resize_mask(m, img.shape[:2]) if m.shape != img.shape[:2] else m)
     return make_case(os.path.basename(image_path), img, les, [p for _, p in masks])
 
 

@@ -19,7 +19,7 @@ import keras
 
 import dm_output
 from dm_errors import InputError, InputFileNotFoundError
-from dm_image import Recipe
+from dm_recipe import Recipe
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-import dm_image
 from dm_errors import InputError
+import dm_pixels
 
 SAMPLE = 8            # 16-bit PNGs decoded for the 12-bit test
 LARGE = 2.0           # a patch model refuses images more than this many patches high or wide
@@ -76,7 +76,7 @@ def read_header(path: str) -> Header:
                 return Header(abs(h), w, 3 if bpp >= 24 else None, 8, "bmp")
     except OSError:
         return Header()
-    if os.path.splitext(path)[1].lower() in dm_image.DICOM_EXTS or head[128:132] == b"DICM":
+    if os.path.splitext(path)[1].lower() in dm_pixels.DICOM_EXTS or head[128:132] == b"DICM":
         import pydicom
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -122,14 +122,10 @@ def is_colour(arr: np.ndarray) -> bool:
 
 def _decode_colour(path: str, header: Header) -> np.ndarray | None:
     """The file's channels as stored (not converted to grey), or None if unreadable."""
-    if header.format == "dicom":
-        import pydicom
-        try:
-            return pydicom.dcmread(path, force=True).pixel_array
-        except Exception:  # noqa: BLE001 - the reader reports it, later
-            return None
-    import cv2
-    return cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    try:
+        return dm_pixels.read_stored(path)
+    except dm_pixels.ImageReadError:   # the reader reports it, later
+        return None
 
 
 def check_colour(paths: Sequence[str], headers: Sequence[Header], allow: Allow) -> None:
@@ -179,7 +175,7 @@ def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Seque
         return depths
     if model_bits != 16 or not png16:
         return depths
-    read = read or dm_image.read_image
+    read = read or dm_pixels.read_image
     step = max(1, len(png16) // SAMPLE)
     sample = png16[::step][:SAMPLE]
     peaks = [int(np.max(read(paths[i]))) for i in sample]

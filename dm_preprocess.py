@@ -13,16 +13,16 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-import dm_image
 import dm_output
 from dm_errors import InputError
-from dm_image import (Bbox, add_img_margins, breast_mask, crop_img,  # noqa: F401 (re-exported)
-                      segment_breast)
+from dm_sweep import Bbox
+import dm_pixels
+import dm_recipe
 
 # Reading, decoding, resizing and segmentation are dm_image's, for everyone (one image path:
 # what the recipes and the patch sampler see is what training sees). The names here stay
 # for callers.
-ImageReadError = dm_image.ImageReadError
+ImageReadError = dm_pixels.ImageReadError
 
 
 class EmptyMaskError(InputError):
@@ -31,25 +31,25 @@ class EmptyMaskError(InputError):
 
 # ----------------------------------------------------------------------------- I/O
 def read_image_gray(path: str | os.PathLike) -> np.ndarray:
-    """A grey image at its bit depth: `dm_image.read_image` (DICOM with modality rescale and
+    """A grey image at its bit depth: `dm_pixels.read_image` (DICOM with modality rescale and
     MONOCHROME1 inverted)."""
-    return dm_image.read_image(path)
+    return dm_pixels.read_image(path)
 
 
 read_dicom_pixels = read_image_gray
-dicom_shape = dm_image.dicom_shape
+dicom_shape = dm_pixels.dicom_shape
 
 
 def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
                target_height: int | None = None, mask: bool = False) -> np.ndarray:
-    """Resize as the training recipe does (`dm_image.resize_to`); masks onto the same grid
-    (`dm_image.resize_mask`: 0/255)."""
+    """Resize as the training recipe does (`dm_recipe.resize_to`); masks onto the same grid
+    (`dm_recipe.resize_mask`: 0/255)."""
     if mask:
         if target_size is None:
-            target_size = dm_image.target_shape(img.shape[:2], dm_image.Recipe(
+            target_size = dm_recipe.target_shape(img.shape[:2], dm_recipe.Recipe(
                 img_size=None, target_height=target_height))
-        return dm_image.resize_mask(img, target_size)
-    return dm_image.resize_to(img, target_size, target_height)
+        return dm_recipe.resize_mask(img, target_size)
+    return dm_recipe.resize_to(img, target_size, target_height)
 
 
 def write_png(path: str | os.PathLike, img: np.ndarray) -> None:

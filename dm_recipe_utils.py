@@ -35,6 +35,7 @@ import pandas as pd
 import dm_output
 
 from dm_errors import InputError, InputFileNotFoundError
+import dm_dataset
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,9 @@ def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None
     for that depth and the featurewise mean of the training split after it (the values the
     trainers' --rescale-factor / --featurewise-mean take).
     """
-    import dm_image
     train = images[images["split"] == "train"]
     paths = [str(out_dir / FULL_DIR / f) for f in (train if len(train) else images)["full_img_file"]]
-    mean, factor, bits = dm_image.mean_pixel(paths)
+    mean, factor, bits = dm_dataset.mean_pixel(paths)
     info = {"img_size": [int(v) for v in img_size] if img_size else None,
             "target_height": int(target_height) if target_height and not img_size else None,
             "bit_depth": bits, "rescale_factor": round(factor, 6),

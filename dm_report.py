@@ -18,6 +18,8 @@ import shutil
 from dataclasses import dataclass
 
 import numpy as np
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,8 @@ class Heatmapper:
                     else int(self.loaded.model.outputs[0].shape[-1]) - 1)
 
     def overlay(self, path: str) -> np.ndarray:
-        import dm_image
         import dm_inference as inf
-        img = dm_image.read_image(path)
+        img = dm_pixels.read_image(path)
         if self.kind == "patch":
             # the image at its own size (as heatmap_score.py without --img-size)
             ps = int(self.loaded.input_hw[0] or self.recipe.img_size[0])
@@ -87,9 +88,9 @@ class Heatmapper:
             ch = (1 - hm.probs[..., 0]) if self.classes[:1] == ["background"] else hm.probs[..., -1]
             return inf.overlay_heatmap(hm.image, inf.place_heatmap(ch, hm.image.shape,
                                                                    hm.centre0, hm.stride))
-        x = dm_image.preprocess(img, self.recipe)[None]
+        x = dm_recipe.preprocess(img, self.recipe)[None]
         cam = inf.grad_cam(self.loaded.model, x, self.cls)[0]
-        grey = dm_image.resize(img, self.recipe)
+        grey = dm_recipe.resize(img, self.recipe)
         return inf.overlay_heatmap(grey, inf.place_heatmap(cam, grey.shape))
 
 
@@ -97,7 +98,6 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                heatmapper: Heatmapper | None = None) -> list[Case]:
     """Write the thumbnails (and overlays) of the gallery cases; unreadable images are
     listed without a picture and logged."""
-    import dm_image
     import dm_inference as inf
     cases, done = [], {}
     os.makedirs(os.path.join(out_dir, CASES_DIR), exist_ok=True)
@@ -108,7 +108,7 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                 stem = f"{i:05d}_{pathlib.Path(paths[i]).stem}"
                 thumb = overlay = None
                 try:
-                    grey = inf.to_display(dm_image.read_image(paths[i]))
+                    grey = inf.to_display(dm_pixels.read_image(paths[i]))
                 except (OSError, ValueError) as e:
                     log.warning("report: no thumbnail for %s (%s)", paths[i], e)
                     grey = None

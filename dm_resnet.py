@@ -14,7 +14,7 @@ from keras import layers
 from keras.regularizers import L1, L2, L1L2
 
 from dm_errors import InputError
-from dm_layers import he_normal  # Keras 2.0.8's he_normal (docs/fidelity.md)
+from dm_layers import he_normal# Keras 2.0.8's he_normal (docs/fidelity.md)
 
 TRUNK_NAME = "patch_trunk"
 CHANNEL_AXIS = -1

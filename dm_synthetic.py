@@ -30,8 +30,8 @@ import dm_flags
 import dm_output
 from dm_errors import InputError
 from dm_preprocess import write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder, setup_cli_logging,
-                             stratified_split, summarize, write_layout)
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder,
+                             setup_cli_logging, stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,19 @@ import numpy as np
 
 import dm_cli
 import dm_distribute
-import dm_image
 import dm_output
 import dm_inference
 import dm_keras_ext
-from dm_image import Augment, Recipe
+from dm_augment import Augment
+from dm_recipe import Recipe
 from dm_cli import setup_logging  # noqa: F401  (re-exported: the trainers' logging)
 from dm_errors import InputError, one_line  # noqa: F401
-from dm_keras_ext import ModelMeta, Stage
+from dm_modelfile import ModelMeta
+from dm_keras_ext import Stage
+import dm_dataset
+import dm_listing
+import dm_callbacks
+import dm_modelfile
 
 log = logging.getLogger("dm_train")
 
@@ -111,10 +116,10 @@ class Split:
 def load_split(folder: str, class_list, recipe: Recipe, *, batch_size: int, seed: int,
                load_ram: bool = False) -> Split:
     """An evaluation split (finite, in order, never augmented) from class folders."""
-    paths, labels = dm_image.list_class_folders(folder, class_list)
-    ds = dm_image.make_dataset(paths, labels, recipe, len(class_list), batch_size,
+    paths, labels = dm_listing.list_class_folders(folder, class_list)
+    ds = dm_dataset.make_dataset(paths, labels, recipe, len(class_list), batch_size,
                                training=False, seed=seed, load_ram=load_ram)
-    log.info("%s: %d images %s", folder, len(labels), dm_image.class_counts(labels, class_list))
+    log.info("%s: %d images %s", folder, len(labels), dm_listing.class_counts(labels, class_list))
     return Split(ds, np.asarray(labels))
 
 
@@ -173,11 +178,11 @@ def make_callbacks(checkpoint, resume: dict | None, *, es_patience: int, optim: 
     run restores, in the order their states are stored.
     """
     import keras
-    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=es_patience,
+    es = dm_callbacks.ResumableEarlyStopping(monitor="val_loss", patience=es_patience,
                                              verbose=1)
     cbs, stateful = [checkpoint, es], [es]
     if optim == "sgd":
-        rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5,
+        rlr = dm_callbacks.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                       patience=lr_patience, verbose=1)
         cbs.append(rlr)
         stateful.append(rlr)
@@ -205,7 +210,7 @@ def make_callbacks(checkpoint, resume: dict | None, *, es_patience: int, optim: 
 def find_resume_state(last: str | None, fingerprint: str, resume: bool) -> dict | None:
     """The position of an interrupted run of this same command (`fingerprint`), if any;
     `resume` (--resume) makes its absence an error."""
-    state = dm_keras_ext.read_resume_state(last) if last else None
+    state = dm_modelfile.read_resume_state(last) if last else None
     if state and state.get("fingerprint") != fingerprint:
         log.warning("%s belongs to a different command; starting over (it will be replaced)",
                     last)
@@ -255,7 +260,7 @@ def model_input_size(path: str) -> tuple | None:
             elif isinstance(o, list):
                 stack.extend(o)
         return None
-    model = dm_keras_ext.load_model(path)
+    model = dm_modelfile.load_model(path)
     return tuple(model.inputs[0].shape[1:3])
 
 
@@ -281,8 +286,8 @@ def check_split_folders(folders, class_list, rescale_factor: float | None) -> in
     """
     bits = None
     for i, folder in enumerate(folders):
-        paths, _ = dm_image.list_class_folders(folder, class_list)
-        depths = dm_image.check_bit_depths(paths, rescale_factor)
+        paths, _ = dm_listing.list_class_folders(folder, class_list)
+        depths = dm_listing.check_bit_depths(paths, rescale_factor)
         if i == 0 and len(depths) == 1:
             bits = depths.pop()
     return bits
@@ -324,8 +329,8 @@ class TrainerSpec:
     def checkpoint(self, val, path: str, meta: ModelMeta):
         """The callback keeping the best model (by validation AUROC or accuracy)."""
         if self.best_by == "AUROC":
-            return dm_keras_ext.AucCheckpoint(val.ds, val.labels, path, meta)
-        return dm_keras_ext.BestModelCheckpoint(path, "val_accuracy", "max", meta)
+            return dm_callbacks.AucCheckpoint(val.ds, val.labels, path, meta)
+        return dm_callbacks.BestModelCheckpoint(path, "val_accuracy", "max", meta)
 
 
 PATCH = TrainerSpec("patch", "PATCH_DEFAULTS", "accuracy", True, _patch_useless)
@@ -432,11 +437,11 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute)
     check_same_resume_point(strategy, state, chief_last)
     with strategy_scope(strategy):
-        model = (dm_keras_ext.load_model(chief_last, compile=True) if state
+        model = (dm_modelfile.load_model(chief_last, compile=True) if state
                  else build_model())
     if dm_distribute.is_multi_worker():
         dm_distribute.synchronize_batch_norm(model)
-    dm_keras_ext.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
+    dm_modelfile.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
     channels = int(model.inputs[0].shape[-1])
     recipe = recipe_from_config(cfg, channels, input_bits)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)
@@ -450,21 +455,21 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                      load_ram=cfg.load_val_ram)
     if spec.best_by == "AUROC":
         check_validation_classes(val, cfg.val_dir, cfg.class_list)
-    train_paths, train_labels = dm_image.list_class_folders(cfg.train_dir, cfg.class_list)
-    cache = (dm_image.load_images(train_paths, recipe) if cfg.load_train_ram else None)
+    train_paths, train_labels = dm_listing.list_class_folders(cfg.train_dir, cfg.class_list)
+    cache = (dm_dataset.load_images(train_paths, recipe) if cfg.load_train_ram else None)
 
     augment = Augment(interpolation=cfg.interpolation) if cfg.augmentation else None
     weights = class_weights(len(classes), cfg.pos_cls_weight, cfg.neg_cls_weight,
                             cfg.auto_batch_balance)
 
     def train_ds(start_epoch: int):
-        return dm_image.make_dataset(
+        return dm_dataset.make_dataset(
             cache if cache is not None else train_paths, train_labels, recipe, len(classes),
             train_bs, training=True, augment=augment, seed=cfg.seed,
             auto_batch_balance=cfg.auto_batch_balance, class_weight=weights,
             start_epoch=start_epoch)
     log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
-             dm_image.class_counts(train_labels, cfg.class_list))
+             dm_listing.class_counts(train_labels, cfg.class_list))
 
     checkpoint = spec.checkpoint(val, cfg.best_model, meta)
     if state:
@@ -473,11 +478,11 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         checkpoint, state, es_patience=cfg.es_patience, optim=cfg.optim,
         lr_patience=cfg.lr_patience, history_csv=history_path(cfg.history_csv, cfg.best_model),
         tensorboard=cfg.tensorboard)
-    guard = dm_keras_ext.NanGuard()
+    guard = dm_callbacks.NanGuard()
     stages = dm_keras_ext.apply_fidelity_flags(cfg, spec.kind, make_stages(model))
     callbacks.insert(0, guard)
     if last:
-        callbacks.append(dm_keras_ext.LastCheckpoint(last, meta, fingerprint, stages,
+        callbacks.append(dm_callbacks.LastCheckpoint(last, meta, fingerprint, stages,
                                                      checkpoint, stateful))
     resume_at = ((state["stage"], state["epoch"], state.get("inside_stage", True)) if state
                  else (0, 0))
@@ -486,7 +491,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     try:
         with strategy_scope(strategy):
             history = dm_keras_ext.run_stages(
-                model, stages, train_ds, dm_image.steps_for(len(train_labels), train_bs),
+                model, stages, train_ds, dm_dataset.steps_for(len(train_labels), train_bs),
                 val.ds, callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile,
                 resume_at=resume_at, verbose=2, frozen_bn=cfg.frozen_bn)
     except KeyboardInterrupt:
@@ -497,7 +502,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                        f"{guard.where[1]}: stopped; the last good checkpoint is "
                        f"{last or cfg.best_model} (best model: {cfg.best_model})")
     if cfg.final_model and cfg.final_model != "NOSAVE":
-        dm_keras_ext.save_model(model, cfg.final_model, meta)
+        dm_modelfile.save_model(model, cfg.final_model, meta)
         log.info("final model saved: %s", cfg.final_model)
     if history.get("val_loss"):
         i = int(np.argmin(history["val_loss"]))
@@ -508,21 +513,21 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
 
     best = model
     if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
-        best = dm_keras_ext.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
+        best = dm_modelfile.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
     test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed)
     probs = dm_inference.predict(best, test.ds)
     result = dict(history=history, best_model=cfg.best_model, final_model=cfg.final_model,
                   test_labels=test.labels, test_probs=probs,
                   test_accuracy=float(np.mean(probs.argmax(-1) == test.labels)),
-                  test_auroc=dm_keras_ext.mean_auroc(test.labels, probs))
+                  test_auroc=dm_callbacks.mean_auroc(test.labels, probs))
     log.info("%s", accuracy_line(result["test_accuracy"], test.labels, cfg.class_list))
     if len(cfg.class_list) > 2:
         log.info("AUROC on test set (mean one-vs-rest over %d classes): %.4f",
                  len(cfg.class_list), result["test_auroc"])
         if spec.lesion_auroc:
             y = test.labels != 0
-            result["test_auroc_lesion"] = (dm_keras_ext.mean_auroc(y.astype(int), np.stack(
+            result["test_auroc_lesion"] = (dm_callbacks.mean_auroc(y.astype(int), np.stack(
                 [probs[:, 0], 1.0 - probs[:, 0]], axis=1)) if 0 < y.sum() < len(y) else math.nan)
             log.info("lesion-vs-%s AUROC on test set (1 - p(%s)): %.4f", cfg.class_list[0],
                      cfg.class_list[0], result["test_auroc_lesion"])
@@ -530,7 +535,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         log.info("AUROC on test set: %.4f", result["test_auroc"])
     if cfg.test_augment:
         probs_tta = dm_inference.predict(best, test.ds, tta=True)
-        result["test_auroc_tta"] = dm_keras_ext.mean_auroc(test.labels, probs_tta)
+        result["test_auroc_tta"] = dm_callbacks.mean_auroc(test.labels, probs_tta)
         log.info("AUROC on test set with 4-flip TTA: %.4f", result["test_auroc_tta"])
     if last and os.path.exists(last):
         os.remove(last)  # the run is complete: the same command trains afresh next time

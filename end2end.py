@@ -30,6 +30,10 @@ import dm_flags
 import dm_output
 from dm_errors import InputError
 from dm_recipe_utils import claim_folder
+import dm_dataset
+import dm_listing
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger("end2end")
 
@@ -134,17 +138,15 @@ def spread(summaries: Sequence[dict]) -> dict:
 
 def _mean_pixel(paths: Sequence[str], recipe, limit: int = 400) -> float:
     """Featurewise mean (step 2 of the 1-2-3 recipe): mean training pixel after rescaling."""
-    import dm_image
     rng = np.random.default_rng(0)
     pick = [paths[i] for i in sorted(rng.permutation(len(paths))[:limit])]
-    imgs = dm_image.load_images(pick, recipe)
+    imgs = dm_dataset.load_images(pick, recipe)
     return float(imgs.astype(np.float64).mean() * (recipe.rescale_factor or 1.0))
 
 
 def _rescale_for(path: str) -> float:
     """Step 1 of the recipe: 255/65535 for 16-bit images, 1 for 8-bit."""
-    import dm_image
-    return 255.0 / 65535.0 if dm_image.read_image(path).dtype == np.uint16 else 1.0
+    return 255.0 / 65535.0 if dm_pixels.read_image(path).dtype == np.uint16 else 1.0
 
 
 def prepare_data(args, data_dir: pathlib.Path) -> None:
@@ -261,7 +263,6 @@ def run_seeds(args, out: pathlib.Path) -> dict:
 
 def run_one(args, out: pathlib.Path) -> dict:
     """The whole pipeline with one seed into `out` (already claimed)."""
-    import dm_image
     import dm_localisation
     import image_clf_train
     import patch_clf_train
@@ -281,9 +282,9 @@ def run_one(args, out: pathlib.Path) -> dict:
     timings["patches_s"] = time.time() - t
 
     patch_classes = ["background", "malignant", "benign"]
-    ppaths, _ = dm_image.list_class_folders(patches / "train", patch_classes)
+    ppaths, _ = dm_listing.list_class_folders(patches / "train", patch_classes)
     rescale = _rescale_for(ppaths[0])
-    raw = dm_image.Recipe(img_size=(args.patch_size, args.patch_size), rescale_factor=rescale)
+    raw = dm_recipe.Recipe(img_size=(args.patch_size, args.patch_size), rescale_factor=rescale)
     patch_mean = _mean_pixel(ppaths, raw)
     log.info("[3/5] patch classifier %s: rescale %.6f, featurewise mean %.2f", args.net,
              rescale, patch_mean)
@@ -306,8 +307,8 @@ def run_one(args, out: pathlib.Path) -> dict:
         mixed_precision=args.mixed_precision, best_model=str(patch_model)))
     timings["patch_training_s"] = time.time() - t
 
-    ipaths, _ = dm_image.list_class_folders(data / "train", ["neg", "pos"])
-    image_mean = _mean_pixel(ipaths, dm_image.Recipe(img_size=tuple(args.img_size),
+    ipaths, _ = dm_listing.list_class_folders(data / "train", ["neg", "pos"])
+    image_mean = _mean_pixel(ipaths, dm_recipe.Recipe(img_size=tuple(args.img_size),
                                                      rescale_factor=rescale))
     log.info("[4/5] whole-image classifier at %dx%d: featurewise mean %.2f", *args.img_size,
              image_mean)

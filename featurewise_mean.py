@@ -22,7 +22,7 @@ import dm_cli
 
 log = logging.getLogger("featurewise_mean")
 # The computation lives in dm_image (the recipes use it too); re-exported here.
-from dm_image import RESCALE_16, mean_pixel, rescale_for_bits  # noqa: E402,F401
+from dm_dataset import mean_pixel
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import sys
 
 import dm_cli
 import dm_flags
+import dm_modelfile
 
 log = logging.getLogger("image_clf_train")
 
@@ -21,21 +22,20 @@ log = logging.getLogger("image_clf_train")
 def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
     import keras
-    import dm_keras_ext
     import dm_resnet
     import dm_train
     safe = not cfg.unsafe_load
     if cfg.resume_from is not None:
-        dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
+        dm_modelfile.check_model_kind(cfg.resume_from, "image", "--resume-from",
                                       "--patch-model-state")
-        model = dm_keras_ext.load_model(cfg.resume_from, safe_mode=safe)
+        model = dm_modelfile.load_model(cfg.resume_from, safe_mode=safe)
         if not any(isinstance(l, keras.Model) for l in model.layers):
             raise dm_train.RunError(f"{cfg.resume_from}: not a whole-image model (no nested "
                                     "patch trunk); a patch model goes to --patch-model-state")
         return model
-    dm_keras_ext.check_model_kind(cfg.patch_model_state, "patch", "--patch-model-state",
+    dm_modelfile.check_model_kind(cfg.patch_model_state, "patch", "--patch-model-state",
                                   "--resume-from")
-    patch = dm_keras_ext.load_model(cfg.patch_model_state, safe_mode=safe)
+    patch = dm_modelfile.load_model(cfg.patch_model_state, safe_mode=safe)
     model, _ = dm_resnet.add_top_layers(
         patch, cfg.img_size, patch_net=cfg.patch_net, block_type=cfg.block_type,
         depths=cfg.top_depths, repetitions=cfg.top_repetitions,
@@ -76,7 +76,7 @@ def run(cfg, *dirs, **original_kw) -> dict:
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     top = image_top_layer_nb(cfg)
     if cfg.resume_from is not None:   # the model's kind, then its size, before any data
-        dm_keras_ext.check_model_kind(cfg.resume_from, "image", "--resume-from",
+        dm_modelfile.check_model_kind(cfg.resume_from, "image", "--resume-from",
                                       "--patch-model-state")
     dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),

@@ -11,16 +11,19 @@ import sys
 
 import dm_cli
 import dm_flags
+import dm_layers
+import dm_modelfile
+import dm_resnet
 
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
     import dm_keras_ext
     if cfg.resume_from is not None:
-        dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
+        dm_modelfile.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
     kw = {}
-    if cfg.net in dm_keras_ext.dm_resnet.RESNET_CONFIGS:
+    if cfg.net in dm_resnet.RESNET_CONFIGS:
         kw = dict(nb_init_filter=cfg.nb_init_filter, init_filter_size=cfg.init_filter_size,
                   init_conv_stride=cfg.init_conv_stride, pool_size=cfg.pool_size,
                   pool_stride=cfg.pool_stride, inp_dropout=cfg.inp_dropout)
@@ -53,10 +56,10 @@ def run(cfg, *dirs, **original_kw) -> dict:
                                                    dropout=cfg.hidden_dropout > 0)
         return stage_list(**dm_keras_ext.values_for(stage_list, cfg, top_layer_nb=top))
     extra = {"net": cfg.net}
-    if not cfg.featurewise_center and cfg.net in dm_keras_ext.IMAGENET_PREPROCESS:
-        extra["imagenet_preprocess"] = dm_keras_ext.IMAGENET_PREPROCESS[cfg.net]  # in the model
+    if not cfg.featurewise_center and cfg.net in dm_layers.IMAGENET_PREPROCESS:
+        extra["imagenet_preprocess"] = dm_layers.IMAGENET_PREPROCESS[cfg.net]  # in the model
     if cfg.resume_from is not None:   # the model's kind, then its size, before any data
-        dm_keras_ext.check_model_kind(cfg.resume_from, "patch", "--resume-from",
+        dm_modelfile.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
     dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.PATCH, lambda: build_patch_model(cfg), stages, extra)

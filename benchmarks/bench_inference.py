@@ -72,8 +72,8 @@ def main(argv=None) -> dict:
     import dm_keras_ext
     import dm_modelfile
     import dm_resnet
-    from dm_image import Recipe
-    from dm_keras_ext import ModelMeta
+    from dm_recipe import Recipe
+    from dm_modelfile import ModelMeta
     logging.getLogger("dm_inference").setLevel(logging.WARNING)
 
     keras.utils.set_random_seed(1)
@@ -95,7 +95,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         path = tmp / "m.keras"
-        dm_keras_ext.save_model(model, path, ModelMeta(("neg", "pos"), recipe))
+        dm_modelfile.save_model(model, path, ModelMeta(("neg", "pos"), recipe))
         paths = make_images(tmp, a.n, *a.raw_size)
         loaded = inf.load_models([str(path)])
         net = loaded[0].model

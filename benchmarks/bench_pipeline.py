@@ -1,7 +1,7 @@
 """Input-pipeline throughput: dm_image tf.data vs the original Keras 2 per-image path.
 
 Writes synthetic 16-bit PNG mammogram-like images to a temp folder and prints images/s for
-(a) dm_image.make_dataset, training mode from disk, full augmentation, 3 channels;
+(a) dm_dataset.make_dataset, training mode from disk, full augmentation, 3 channels;
 (a') the same from the RAM cache; (b) a baseline reproducing the original per-image path
 (cv2 decode, float32, 3 channels, Keras 2.0 `random_transform`: scipy.ndimage affine
 order 0 per channel, per-channel clipped shift, flips; single process); (c) decode alone
@@ -29,7 +29,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-import dm_image  # noqa: E402
+import dm_augment
+import dm_dataset
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger("bench_pipeline")
 MEAN = 52.18
@@ -54,7 +57,7 @@ def make_images(folder: pathlib.Path, n: int, h: int, w: int, seed: int = 0) -> 
 
 # ---- (b) the original path, written from the Keras 2.0 ImageDataGenerator semantics ----
 
-def _keras2_random_transform(x: np.ndarray, rng: np.random.RandomState, aug: dm_image.Augment
+def _keras2_random_transform(x: np.ndarray, rng: np.random.RandomState, aug: dm_augment.Augment
                              ) -> np.ndarray:
     import scipy.ndimage as ndi
 
@@ -84,7 +87,7 @@ def _keras2_random_transform(x: np.ndarray, rng: np.random.RandomState, aug: dm_
 
 
 def baseline_batches(paths: list[str], size: tuple[int, int], batch_size: int, n_images: int,
-                     aug: dm_image.Augment, seed: int = 12345) -> float:
+                     aug: dm_augment.Augment, seed: int = 12345) -> float:
     """Images/s of the original single-process path; returns the rate."""
     rng = np.random.RandomState(seed)
     h, w = size
@@ -142,29 +145,29 @@ def main(argv: list[str] | None = None) -> dict:
     import tensorflow as tf
 
     h, w = args.size
-    aug = dm_image.Augment(interpolation=args.interpolation)
-    recipe = dm_image.Recipe(img_size=(h, w), rescale_factor=RESCALE, channels=3,
+    aug = dm_augment.Augment(interpolation=args.interpolation)
+    recipe = dm_recipe.Recipe(img_size=(h, w), rescale_factor=RESCALE, channels=3,
                              featurewise_center=True, featurewise_mean=MEAN)
-    workers = dm_image.num_workers_default()
+    workers = dm_dataset.num_workers_default()
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(pathlib.Path(tmp), args.n, h, w)
         mb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1e6
         log.info("%d PNGs %dx%d uint16, %.2f MB each on disk; cpu_count=%s NUM_CPU_CORES=%s",
                  args.n, h, w, mb, os.cpu_count(), os.environ.get("NUM_CPU_CORES"))
         labels = np.arange(args.n) % 2
-        steps = dm_image.steps_for(args.n * args.epochs, args.batch_size)
+        steps = dm_dataset.steps_for(args.n * args.epochs, args.batch_size)
 
         par = workers or tf.data.AUTOTUNE
         dec = (tf.data.Dataset.from_tensor_slices(paths).repeat()
-               .map(lambda p: tf.numpy_function(lambda s: dm_image.read_image(s.decode()), [p], tf.uint16),
+               .map(lambda p: tf.numpy_function(lambda s: dm_pixels.read_image(s.decode()), [p], tf.uint16),
                     num_parallel_calls=par).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
-        ds = dm_image.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
+        ds = dm_dataset.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
                                    augment=aug, seed=1)
-        cache = dm_image.load_images(paths, recipe)
+        cache = dm_dataset.load_images(paths, recipe)
         per_img = cache.nbytes / len(cache)
         log.info("RAM cache: %d bytes per image (%s, shape %s); 3 x float32 would be %d",
                  per_img, cache.dtype, cache.shape[1:], h * w * 3 * 4)
-        ds_ram = dm_image.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
+        ds_ram = dm_dataset.make_dataset(paths, labels, recipe, 2, args.batch_size, training=True,
                                        augment=aug, seed=1, load_ram=True)
         nb = args.baseline_images or args.n
         # The machine is shared and noisy: interleave the measurements, report medians.
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
             rec["c"].append(time_dataset(dec.map(lambda x: (x,)), steps, args.batch_size))
             t0 = time.perf_counter()
             for p in paths:
-                dm_image.read_image(p)
+                dm_pixels.read_image(p)
             rec["c1"].append(len(paths) / (time.perf_counter() - t0))
             rec["a"].append(time_dataset(ds, steps, args.batch_size))
             rec["a_ram"].append(time_dataset(ds_ram, steps, args.batch_size, "a_ram"))

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+import dm_modelfile
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,7 @@ def worker(a) -> dict:
     model, _ = dm_resnet.add_top_layers(patch, a.img_size, block_type=a.block_type,
                                         depths=a.top_depths, repetitions=a.top_repetitions,
                                         bottleneck_enlarge_factor=a.enlarge)
-    dm_keras_ext.set_precision(model, precision)   # as the trainers' --mixed-precision
+    dm_modelfile.set_precision(model, precision)   # as the trainers' --mixed-precision
     model.compile(optimizer=dm_keras_ext.create_optimizer("adam", 1e-4),
                   loss="categorical_crossentropy", jit_compile=bool(a.xla))
     ch = model.inputs[0].shape[-1]

@@ -48,6 +48,8 @@ import numpy as np  # noqa: E402
 
 import dm_cli  # noqa: E402
 from dm_errors import InputError  # noqa: E402
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger("heatmap_score")
 
@@ -380,7 +382,6 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     for the original")."""
     if isinstance(args, (str, os.PathLike)):
         return run(parse_original(args, *legacy_args, **legacy_kw))
-    import dm_image
     import dm_inference as inf
     if args.stride < 1 or args.batch_size < 1:
         raise HeatmapError("--stride and --batch-size must be >= 1")
@@ -416,7 +417,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         if loaded.input_hw[0] not in (None, ps):
             raise HeatmapError(f"--patch-size {ps} differs from the model's input size "
                                f"{loaded.input_hw[0]}")
-        size = dm_image.Recipe(img_size=args.img_size, target_height=img_height)
+        size = dm_recipe.Recipe(img_size=args.img_size, target_height=img_height)
         meta.update(patch_size=ps, stride=args.stride, segment=args.segment, pad=args.pad,
                     img_size=args.img_size, img_height=img_height, recipe=recipe.to_dict(),
                     centre0=[])
@@ -462,10 +463,10 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     bar = dm_cli.progress(len(items), "heatmaps")
     for i, it in enumerate(items):
         recipe = recipes[i]
-        img = dm_image.read_image(it.path)
+        img = dm_pixels.read_image(it.path)
         vmax, heat = 1.0, None
         if mode == "sliding":
-            full = dm_image.resize(img, size) if (args.img_size or img_height) else img
+            full = dm_recipe.resize(img, size) if (args.img_size or img_height) else img
             hm = inf.sliding_window_heatmap(loaded.model, full, recipe, ps, args.stride,
                                             args.batch_size, args.segment, args.pad)
             maps.append(hm.probs)
@@ -480,7 +481,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 heat[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
                 title = f"{_name(it)}: p({shown}) max {np.nanmax(ch):.3f}"
         else:
-            x = dm_image.preprocess(img, recipe)[None]
+            x = dm_recipe.preprocess(img, recipe)[None]
             if mode == "fprop":
                 probs = inf.forward_fn(net)(x.astype(np.float32)).numpy()[0]
                 maps.append(probs)

@@ -34,12 +34,12 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
-import dm_image  # noqa: E402
-from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
-    stratified_split, summarize, write_layout)
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
+                             claim_folder, run_cli, stratified_split, summarize, write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def pick_largest(paths: list[str]) -> tuple[str, tuple[int, int]]:
     """The DICOM with the most pixels (by header) and its shape."""
     if not paths:
         raise ImageReadError("no DICOM file found")
-    shapes = [(dm_image.dicom_shape(p), p) for p in paths]
+    shapes = [(dm_pixels.dicom_shape(p), p) for p in paths]
     (shape, path) = max(shapes, key=lambda t: (t[0][0] * t[0][1], t[1]))
     return path, shape
 
@@ -190,7 +190,7 @@ def pick_mask(paths: list[str], full_shape: tuple[int, int]) -> str:
     """
     if not paths:
         raise ImageReadError("no ROI DICOM file found")
-    shapes = {p: dm_image.dicom_shape(p) for p in paths}
+    shapes = {p: dm_pixels.dicom_shape(p) for p in paths}
     same = [p for p, s in shapes.items() if tuple(s) == tuple(full_shape)]
     if same:
         return same[0]
@@ -219,8 +219,8 @@ def convert_image(task: ConvertTask) -> dict:
     res = {"image_id": task.image_id, "ok": False, "errors": [], "masks_ok": []}
     try:
         path, shape = pick_largest(list(task.full_candidates))
-        img = dm_image.read_image(path)
-        img = to_uint16(dm_image.resize_to(img, task.img_size, task.target_height))
+        img = dm_pixels.read_image(path)
+        img = to_uint16(dm_recipe.resize_to(img, task.img_size, task.target_height))
         write_png(out / FULL_DIR / f"{task.image_id}.png", img)
         res["ok"] = True
     except (ImageReadError, ValueError, OSError) as e:
@@ -229,8 +229,8 @@ def convert_image(task: ConvertTask) -> dict:
     for fname, cands in task.masks:
         try:
             mpath = pick_mask(list(cands), shape)
-            m = dm_image.read_image(mpath)
-            m = dm_image.resize_mask(m, img.shape[:2])
+            m = dm_pixels.read_image(mpath)
+            m = dm_recipe.resize_mask(m, img.shape[:2])
             if not m.any():
                 raise ImageReadError(f"{mpath}: ROI mask is empty")
             write_png(out / MASK_DIR / fname, m)

@@ -45,16 +45,18 @@ import pandas as pd
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dm_preprocess import (EmptyMaskError, ImageReadError, add_img_margins, blob_keypoints,  # noqa: E402
-                           create_blob_detector, crop_img, extract_patch, largest_contour_bbox,
-                           overlap_patch_roi, patch_roi_overlap,
-                           segment_breast, write_png)
+from dm_pixels import ImageReadError
+from dm_preprocess import (EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch,
+                           largest_contour_bbox, overlap_patch_roi, patch_roi_overlap, write_png)
+from dm_sweep import add_img_margins, crop_img, segment_breast
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
-import dm_image  # noqa: E402
-from dm_recipe_utils import claim_folder, read_layout_info, read_lines, run_cli, stratified_split, write_csv, write_lines  # noqa: E402
+from dm_recipe_utils import (claim_folder, read_layout_info, read_lines, run_cli,
+                             stratified_split, write_csv, write_lines)  # noqa: E402
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +145,13 @@ def _detector(patch_size: int):
 def read_resized(path: str, opts: dict) -> tuple[np.ndarray, int]:
     """The full image as the training recipe reads and resizes it (`dm_image`), and its
     original height."""
-    img = dm_image.read_image(path)
-    return dm_image.resize_to(img, opts["target_size"], opts["target_height"]), img.shape[0]
+    img = dm_pixels.read_image(path)
+    return dm_recipe.resize_to(img, opts["target_size"], opts["target_height"]), img.shape[0]
 
 
 def read_resized_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     """An ROI mask on the resized image's grid (0/255)."""
-    return dm_image.resize_mask(dm_image.read_image(path), shape)
+    return dm_recipe.resize_mask(dm_pixels.read_image(path), shape)
 
 
 def process_image(task: ImageTask, opts: dict) -> dict:

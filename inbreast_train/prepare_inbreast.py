@@ -29,12 +29,12 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
-import dm_image  # noqa: E402
-from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
-    stratified_split, summarize, write_layout)
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
+                             claim_folder, run_cli, stratified_split, summarize, write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,12 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
     ok, roi_rows = [], []
     for r in tqdm(list(rows.itertuples(index=False)), desc="INbreast images", disable=not verbose):
         try:
-            img = dm_image.read_image(dicoms[r.file_name][0])
+            img = dm_pixels.read_image(dicoms[r.file_name][0])
         except ImageReadError as e:
             skipped.append(str(e))
             continue
         orig = img.shape[:2]
-        img = to_uint16(dm_image.resize_to(img, img_size))
+        img = to_uint16(dm_recipe.resize_to(img, img_size))
         write_png(out / FULL_DIR / r.full_img_file, img)
         ok.append(r.file_name)
         xml = pathlib.Path(xml_dir) / f"{r.file_name}.xml" if xml_dir else None

@@ -38,8 +38,10 @@ import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
 from dm_errors import InputError  # noqa: E402
 from dm_output import write_json, write_named  # noqa: E402
-import dm_image  # noqa: E402
 from dm_recipe_utils import claim_folder, link_or_copy, write_csv  # noqa: E402
+import dm_dataset
+import dm_listing
+import dm_pixels
 
 log = logging.getLogger("cross_validate")
 
@@ -214,9 +216,9 @@ def oriented(train_y, train_s) -> float:
 
 def grey_mean(path: str, breast_only: bool) -> float:
     """Mean grey level of an image (of its breast region when breast_only)."""
-    img = dm_image.read_image(path).astype(np.float64)   # the project's one reader
+    img = dm_pixels.read_image(path).astype(np.float64)   # the project's one reader
     if breast_only:
-        from dm_preprocess import breast_mask
+        from dm_sweep import breast_mask
         m = breast_mask(img)[0] > 0
         if m.any():
             return float(img[m].mean())
@@ -252,8 +254,7 @@ def chain_sample_patches(data: pathlib.Path, patients: pathlib.Path, out: pathli
 
 def chain_list(root: pathlib.Path, classes: Sequence[str]):
     """Paths and labels in the order the trainers score a folder."""
-    import dm_image
-    return dm_image.list_class_folders(root, classes)
+    return dm_listing.list_class_folders(root, classes)
 
 
 def patch_config(d: pathlib.Path, model: pathlib.Path, args, mean: float):
@@ -324,11 +325,10 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
                          classes: Sequence[str]):
     """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
     whole-image model on its own training images: can it fit them at all?)."""
-    import dm_image
     import dm_inference
     m = dm_inference.load_models([str(model_path)])[0]
-    paths, labels = dm_image.list_class_folders(root, classes)
-    ds = dm_image.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
+    paths, labels = dm_listing.list_class_folders(root, classes)
+    ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
     return np.asarray(labels), dm_inference.predict(m.model, ds)
 
 
@@ -353,12 +353,12 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
     windows take in the padding and the film border)."""
     import cv2
     import dm_inference
-    from dm_preprocess import breast_mask
+    from dm_sweep import breast_mask
     if model_path not in _MODELS:
         _MODELS.clear()
         _MODELS[model_path] = dm_inference.load_models([model_path])[0]
     m = _MODELS[model_path]
-    img = dm_image.read_image(img_path)
+    img = dm_pixels.read_image(img_path)
     hm = dm_inference.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
                                              segment=False, batch_size=256)
     inside = cv2.erode(breast_mask(img)[0], np.ones((patch_size, patch_size), np.uint8),

@@ -29,12 +29,13 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
 from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
-import dm_image  # noqa: E402
-from dm_recipe_utils import (
-    FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted, claim_folder, run_cli,  # noqa: E402
-    stratified_split, summarize, write_csv, write_layout)
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
+                             claim_folder, run_cli, stratified_split, summarize, write_csv,
+                             write_layout)
 
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+import dm_pixels
+import dm_recipe
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +126,12 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
         if not src.is_file() and (d / f"{row.image_id}.pgm").is_file():
             src = d / f"{row.image_id}.pgm"
         try:
-            img = dm_image.read_image(src)
+            img = dm_pixels.read_image(src)
         except ImageReadError as e:
             skipped.append(str(e))
             continue
         orig = img.shape[:2]
-        img = dm_image.resize_to(img, img_size)
+        img = dm_recipe.resize_to(img, img_size)
         img = to_uint16(img) if bit_depth == 16 else img
         write_png(out / FULL_DIR / row.full_img_file, img)
         ok.append(row.image_id)

@@ -11,6 +11,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("ddsm_train", "inbreast_train", "mias_train")
 INFERENCE_TOOLS = ("predict", "evaluate", "calibrate", "ddsm_train.heatmap_score")
 TRAINER = {"dm_train", "patch_clf_train", "image_clf_train", "dm_flags"}
+# The original's image front door holds only the original's names (docs/modules.md); code
+# written for the original imports it, the project's own code imports the rooms behind it.
+IMAGE_FRONT_DOOR = "dm_image"
+IMAGE_ROOMS = ("dm_pixels", "dm_augment", "dm_recipe", "dm_listing", "dm_dataset", "dm_sweep")
+FRONT_DOOR_TESTS = ("test_original_api.py", "test_keras208.py")
 
 
 def project_modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -116,3 +121,91 @@ def test_docs_module_map_names_every_module():
         assert f"`{path.name}`" in section, path.name
     for room in ("dm_modelfile.py", "dm_callbacks.py", "dm_errors.py"):
         assert f"`{room}`" in section
+
+
+def top_level_names(path: pathlib.Path) -> set[str]:
+    """Names a module defines itself (def, class, assignment), not the ones it imports."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return out
+
+
+def reexport_hops(root: pathlib.Path, files: list[pathlib.Path]) -> list[tuple[str, str, str]]:
+    """(file, module, name) for every `from module import name` and `module.name` in `files`
+    where `name` is a project module's import rather than its own definition."""
+    mods = project_modules(root)
+    own = {m: top_level_names(p) for m, p in mods.items()}
+    hops = []
+    for path in files:
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in mods and node.level == 0:
+                hops += [(path.name, node.module, a.name) for a in node.names
+                         if a.name not in own[node.module]
+                         and f"{node.module}.{a.name}" not in mods]
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname or a.name: a.name for a in node.names if a.name in mods})
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases):
+                mod = aliases[node.value.id]
+                if node.attr not in own[mod] and f"{mod}.{node.attr}" not in mods:
+                    hops.append((path.name, mod, node.attr))
+    return hops
+
+
+def _project_files(root: pathlib.Path) -> list[pathlib.Path]:
+    files = [p for p in root.rglob("*.py") if ".venv" not in p.parts and p.name != "__init__.py"]
+    return [p for p in files if p.stem not in (IMAGE_FRONT_DOOR, "dm_keras_ext")
+            and p.name not in FRONT_DOOR_TESTS]
+
+
+def test_every_name_is_imported_from_the_room_that_defines_it():
+    assert reexport_hops(REPO, _project_files(REPO)) == []
+
+
+def test_project_code_never_imports_the_image_front_door():
+    for path in _project_files(REPO):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert IMAGE_FRONT_DOOR not in [a.name for a in node.names], path.name
+            elif isinstance(node, ast.ImportFrom):
+                assert node.module != IMAGE_FRONT_DOOR, path.name
+
+
+def test_the_image_front_door_holds_only_the_original_names():
+    """dm_image defines only the original's API and imports from the rooms (no project code)."""
+    own = top_level_names(REPO / "dm_image.py") - {"log"}
+    for room in IMAGE_ROOMS:
+        assert not own & top_level_names(REPO / f"{room}.py"), room
+    original = {"to_sparse", "index_balancer", "read_resize_img", "read_img_for_pred",
+                "sweep_img_patches", "get_prob_heatmap", "DMImageDataGenerator",
+                "DMDirectoryIterator", "get_roi_patches", "clust_kpts", "DMImgListIterator",
+                "DMNumpyArrayIterator", "DMExamListIterator", "DMCandidROIIterator"}
+    assert {n for n in own if not n.startswith("_")} == original
+
+
+def test_one_decoder():
+    """Image bytes are decoded in one place (dm_pixels); every reader goes through it."""
+    sites = []
+    for path in _project_files(REPO):
+        if path.parent.name in ("tests", "benchmarks"):
+            continue
+        text = path.read_text()
+        sites += [(path.name, call) for call in ("cv2.imdecode(", "cv2.imread(", ".pixel_array")
+                  if call in text]
+    assert {name for name, _ in sites} == {"dm_pixels.py"}, sites
+
+
+def test_the_hop_check_catches_a_hop(tmp_path):
+    (tmp_path / "dm_a.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "dm_b.py").write_text("from dm_a import f\n")
+    (tmp_path / "dm_c.py").write_text("import dm_b\nfrom dm_b import f\nx = dm_b.f()\n")
+    hops = reexport_hops(tmp_path, [tmp_path / "dm_c.py"])
+    assert hops == [("dm_c.py", "dm_b", "f"), ("dm_c.py", "dm_b", "f")]

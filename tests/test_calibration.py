@@ -11,10 +11,10 @@ import pytest
 
 import calibrate
 import dm_calibration as C
-import dm_keras_ext
 import dm_metrics as M
 import predict
 from tiny_models import IMAGE_CLASSES, save, tiny_image_model, tiny_patch_model, write_images
+import dm_modelfile
 
 
 def _overconfident(n, seed, sharpen=3.0, shift=0.0):
@@ -95,8 +95,8 @@ def test_calibrate_cli_stores_map_and_predict_applies_it(model_and_preds, tmp_pa
     out_model = tmp_path / "cal.keras"
     assert calibrate.main([str(model), str(val), "--method", "temperature",
                            "--out", str(out_model)]) == 0
-    assert dm_keras_ext.read_model_meta(model).calibration is None     # source untouched
-    meta = dm_keras_ext.read_model_meta(out_model)
+    assert dm_modelfile.read_model_meta(model).calibration is None     # source untouched
+    meta = dm_modelfile.read_model_meta(out_model)
     assert meta.calibration["method"] == "temperature" and meta.class_list == IMAGE_CLASSES
     assert meta.calibration["temperature"] == pytest.approx(
         C.fit(np.round(probs, 6), y, "temperature")["temperature"], rel=1e-6)
@@ -138,17 +138,16 @@ def test_calibrate_help_shows_defaults_without_tensorflow():
 def test_write_model_meta_keeps_weights_and_other_fields(tmp_path, suffix):
     import dataclasses
 
-    import keras
     model = tiny_image_model(tiny_patch_model(), seed=6)
     path = save(model, tmp_path / f"m{suffix}", "image")
-    before = dm_keras_ext.read_model_meta(path)
+    before = dm_modelfile.read_model_meta(path)
     cal = dict(method="platt", a=1.5, b=-0.25, n=10)
-    dm_keras_ext.write_model_meta(path, dataclasses.replace(before, calibration=cal))
-    after = dm_keras_ext.read_model_meta(path)
+    dm_modelfile.write_model_meta(path, dataclasses.replace(before, calibration=cal))
+    after = dm_modelfile.read_model_meta(path)
     assert after.calibration == cal
     assert dataclasses.replace(after, calibration=None) == before
     x = np.random.default_rng(0).normal(size=(2, 64, 48, 1)).astype("float32")
-    np.testing.assert_allclose(dm_keras_ext.load_model(path).predict(x, verbose=0),
+    np.testing.assert_allclose(dm_modelfile.load_model(path).predict(x, verbose=0),
                                model.predict(x, verbose=0), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == [f"m{suffix}"]     # no temporary left
     assert json.loads(before.to_json()).keys() == {"class_list", "recipe", "kind", "extra"}

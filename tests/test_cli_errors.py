@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import dm_errors
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,12 +59,12 @@ def _preds(t: pathlib.Path) -> str:
 # tool -> (module, bad argv (missing things), where the bug is planted, argv reaching it)
 CASES = {
     "patch_clf_train": ("patch_clf_train", lambda t: [str(t / "no_train"), str(t / "v"), str(t / "t")],
-                        ("dm_image", "list_class_folders"),
+                        ("dm_listing", "list_class_folders"),
                         lambda t: _dirs(t) + ["--net", "dm_resnet_14", "--nb-init-filter", "4"]),
     "image_clf_train": ("image_clf_train",
                         lambda t: [str(t / "no_train"), str(t / "v"), str(t / "t"),
                                    "--patch-model-state", str(t / "no.keras")],
-                        ("dm_image", "list_class_folders"),
+                        ("dm_listing", "list_class_folders"),
                         lambda t: _dirs(t) + ["--patch-model-state", _file(t / "m.keras")]),
     "predict": ("predict", lambda t: [str(t / "no.keras"), "--images", str(t / "x.png")],
                 ("dm_modelfile", "read_model_meta"),
@@ -78,7 +79,7 @@ CASES = {
                            ("dm_checkpoint", "load_model"),
                            lambda t: [_file(t / "m.h5"), str(t / "o.keras")]),
     "featurewise_mean": ("featurewise_mean", lambda t: [str(t / "nodir")],
-                         ("dm_image", "check_bit_depths"),
+                         ("dm_listing", "check_bit_depths"),
                          lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
     "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
                       ("dm_inference", "load_models"),
@@ -196,7 +197,7 @@ def test_input_error_wrapped_by_tensorflow_is_still_one_line():
         None, None, "{{function_node __wrapped__}} ImageReadError: a.png: not an image\n"
                     "Traceback (most recent call last):\n  ...")
     assert dm_cli.is_input_error(wrapped)
-    assert dm_cli.one_line(wrapped) == "a.png: not an image"
+    assert dm_errors.one_line(wrapped) == "a.png: not an image"
     shape_bug = tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2,3] vs. [2,4]")
     assert not dm_cli.is_input_error(shape_bug)
 

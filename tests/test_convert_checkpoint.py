@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import convert_checkpoint
-import dm_keras_ext
-from dm_image import Recipe
+from dm_recipe import Recipe
 from keras2_fixture import small_whole_image_model as whole_image_model
 from keras2_fixture import write_keras2_h5
+import dm_modelfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +31,7 @@ def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image)
     reloaded = keras.saving.load_model(out)  # plain Keras, no project loader
     x = np.random.default_rng(0).normal(50, 20, (2, 64, 48, 3)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=0)
-    meta = dm_keras_ext.read_model_meta(out)
+    meta = dm_modelfile.read_model_meta(out)
     assert meta.class_list == ("neg", "pos") and meta.kind == "image"
     # The model's input is fixed at 64x48: the recipe takes that size (issue 12.10), and
     # records the published models' 16-bit input.
@@ -45,13 +45,13 @@ def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
     out = tmp_path / "inb.keras"
     assert convert_checkpoint.main([str(src), str(out), "--dataset", "inbreast", "--img-size", "64", "48",
                                     "--class-list", "benign", "malignant", "--kind", "image"]) == 0
-    meta = dm_keras_ext.read_model_meta(out)
+    meta = dm_modelfile.read_model_meta(out)
     assert meta.class_list == ("benign", "malignant")
     assert meta.recipe.featurewise_mean == 44.33 and meta.recipe.img_size == (64, 48)
     out2 = tmp_path / "mean.keras"
     assert convert_checkpoint.main([str(src), str(out2), "--featurewise-mean", "60.5",
                                     "--rescale-factor", "0"]) == 0
-    r = dm_keras_ext.read_model_meta(out2).recipe
+    r = dm_modelfile.read_model_meta(out2).recipe
     assert r.featurewise_mean == 60.5 and r.rescale_factor is None
 
 

@@ -21,6 +21,7 @@ import pytest
 import dm_distribute
 import dm_flags
 from synth import write_class_folders
+import dm_modelfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,8 +110,7 @@ def _history(path):
 
 
 def _weights(path):
-    import dm_keras_ext
-    return dm_keras_ext.load_model(path).get_weights()
+    return dm_modelfile.load_model(path).get_weights()
 
 
 PATCH = ["--net", "yaroslav", "--img-size", "64", "64", "--rescale-factor", "0.003891",
@@ -162,12 +162,11 @@ IMAGE = ["--patch-net", "yaroslav", "--kept-layer-idx", "-3", "--img-size", "256
 
 @pytest.mark.slow
 def test_killed_worker_run_resumes_from_the_last_checkpoint(tmp_path):
-    import dm_keras_ext
     import patch_clf_train
     patch = tmp_path / "patch.keras"
     cfg = dm_flags.parse("patch", ["t", "v", "s", "--net", "yaroslav", "--img-size", "64", "64",
                                    "--class-list", "background", "malignant", "benign"])
-    dm_keras_ext.save_model(patch_clf_train.build_patch_model(cfg), patch)
+    dm_modelfile.save_model(patch_clf_train.build_patch_model(cfg), patch)
     d = write_class_folders(tmp_path / "data", ["neg", "pos"], 6, (256, 192), seed=2)
     out = tmp_path / "out"
     argv = [str(d["train"]), str(d["val"]), str(d["test"]), "--patch-model-state", str(patch),
@@ -215,4 +214,4 @@ def test_killed_worker_run_resumes_from_the_last_checkpoint(tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))     # no epoch twice or lost
     assert not (out / ".worker1-scratch").exists()                  # the worker cleaned up
     assert not (out / "best.last.keras").exists()
-    assert dm_keras_ext.load_model(out / "best.keras").output_shape[-1] == 2
+    assert dm_modelfile.load_model(out / "best.keras").output_shape[-1] == 2

@@ -3,10 +3,12 @@ import cv2
 import numpy as np
 import pytest
 
-import dm_image
 import dm_inference as inf
 from tiny_models import (IMG, IMAGE_RECIPE, PATCH, PATCH_RECIPE, mammogram, save,
                          tiny_image_model, tiny_patch_model, write_images)
+import dm_pixels
+import dm_recipe
+import dm_sweep
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def images(tmp_path_factory):
 
 
 def _inputs(paths, recipe):
-    return np.stack([dm_image.preprocess(dm_image.read_image(p), recipe) for p in paths])
+    return np.stack([dm_recipe.preprocess(dm_pixels.read_image(p), recipe) for p in paths])
 
 
 def test_tta_is_mean_of_four_flips(saved, images):
@@ -98,11 +100,11 @@ def test_models_must_agree_on_classes(saved):
 
 
 def test_sweep_grid():
-    assert inf.sweep_grid((40, 36), 16, 4) == (7, 6, 0, 0)
-    assert inf.sweep_grid((43, 38), 16, 4) == (7, 6, 1, 1)     # centred: 3 and 2 spare pixels
-    assert inf.sweep_grid((16, 16), 16, 8) == (1, 1, 0, 0)
-    with pytest.raises(dm_image.SweepError, match="smaller than the patch"):
-        inf.sweep_grid((10, 40), 16, 4)
+    assert dm_sweep.sweep_grid((40, 36), 16, 4) == (7, 6, 0, 0)
+    assert dm_sweep.sweep_grid((43, 38), 16, 4) == (7, 6, 1, 1)     # centred: 3 and 2 spare pixels
+    assert dm_sweep.sweep_grid((16, 16), 16, 8) == (1, 1, 0, 0)
+    with pytest.raises(dm_sweep.SweepError, match="smaller than the patch"):
+        dm_sweep.sweep_grid((10, 40), 16, 4)
 
 
 @pytest.mark.parametrize("segment", [False, True])
@@ -122,7 +124,7 @@ def test_sliding_window_equals_patches_one_by_one(segment):
             cy = hm.centre0[0] + r * stride + PATCH // 2      # centre in padded coordinates
             cx = hm.centre0[1] + c * stride + PATCH // 2
             patch = padded[cy - PATCH // 2:cy + PATCH // 2, cx - PATCH // 2:cx + PATCH // 2]
-            one = model.predict_on_batch(inf.prepare_patch(patch, PATCH_RECIPE)[None])[0]
+            one = model.predict_on_batch(dm_sweep.prepare_patch(patch, PATCH_RECIPE)[None])[0]
             np.testing.assert_allclose(hm.probs[r, c], one, atol=1e-5)
     if segment:
         assert hm.bbox is not None and hm.image.shape == (hm.bbox[3], hm.bbox[2])

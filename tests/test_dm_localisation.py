@@ -11,6 +11,7 @@ import pytest
 import dm_localisation as loc
 import dm_synthetic as syn
 from ddsm_train.heatmap_score import Item, save_heatmaps
+import dm_pixels
 
 H, W = 96, 80
 
@@ -166,14 +167,13 @@ def tiny_folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("loc")
     data = d / "data"
     syn.generate_dataset(data, n_patients=8, img_size=(96, 80), seed=3, lesion_fraction=0.9)
-    import dm_image
     import pandas as pd
     rois = pd.read_csv(data / "roi_mask_path.csv")
     files = sorted(set(rois["full_img_file"]))
     items, maps = [], []
     for i, f in enumerate(files):
         first = rois[rois["full_img_file"] == f]["roi_mask_file"].iloc[0]
-        cy, cx = np.argwhere(dm_image.read_image(data / "roi_masks" / first) > 0).mean(0)
+        cy, cx = np.argwhere(dm_pixels.read_image(data / "roi_masks" / first) > 0).mean(0)
         cam = np.zeros((12, 10), np.float32)
         cam[int(cy // 8), int(cx // 8)] = 1.0
         if i == 0:                                          # one deliberate miss

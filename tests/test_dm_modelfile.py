@@ -86,7 +86,7 @@ def test_meta_without_kind_reads_as_unknown_and_passes_kind_checks(tmp_path):
     import json
     import zipfile
     import dm_inference
-    from dm_image import Recipe
+    from dm_recipe import Recipe
     meta = dm_modelfile.ModelMeta(("neg", "pos"), Recipe(img_size=(64, 48), channels=1))
     old = json.loads(meta.to_json())
     del old["kind"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import dm_preprocess as pp
+import dm_sweep
 from dm_recipe_utils import stratified_split
 
 
@@ -18,14 +19,14 @@ def _phantom():
 
 def test_segment_breast_keeps_largest_object_and_crops():
     img = _phantom()
-    out, bbox = pp.segment_breast(img)
+    out, bbox = dm_sweep.segment_breast(img)
     assert bbox == (0, 10, 71, 101)
     assert out.shape == (101, 71) and out.dtype == np.uint16
-    full, _ = pp.segment_breast(img, crop=False)
+    full, _ = dm_sweep.segment_breast(img, crop=False)
     assert full[5:9, 80:86].max() == 0 and full[60, 10] == 30000   # artefact removed, breast kept
     mask = np.zeros_like(img, np.uint8)
     mask[50:60, 20:30] = 255
-    assert pp.crop_img(mask, bbox)[40:50, 20:30].all()
+    assert dm_sweep.crop_img(mask, bbox)[40:50, 20:30].all()
 
 
 def test_largest_contour_bbox_and_empty_mask():
@@ -55,7 +56,7 @@ def test_overlap_matches_brute_force():
 
 def test_padding_and_patch_extraction():
     img = np.arange(12, dtype=np.uint16).reshape(3, 4) + 1
-    pad = pp.add_img_margins(img, 2)
+    pad = dm_sweep.add_img_margins(img, 2)
     assert pad.shape == (7, 8) and pad[:2].sum() == 0 and pad[2, 2] == 1
     assert pp.extract_patch(pad, (2, 2), 4).shape == (4, 4)
     with pytest.raises(ValueError):

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import dm_synthetic as syn
-from dm_preprocess import segment_breast
+from dm_sweep import segment_breast
 
 CFG = syn.SynthConfig(img_size=(192, 160))
 

@@ -9,6 +9,9 @@ from keras import layers
 import dm_keras_ext
 import dm_resnet
 from dm_keras_ext import Stage
+import dm_callbacks
+import dm_layers
+import dm_modelfile
 
 
 def _bn_patch_model(seed: int = 0) -> keras.Model:
@@ -78,15 +81,15 @@ def test_resume_follows_the_same_numbering():
 
 
 def test_last_checkpoint_moves_to_the_next_stage_at_the_stage_end(tmp_path):
-    from dm_image import Recipe
-    from dm_keras_ext import ModelMeta
+    from dm_recipe import Recipe
+    from dm_modelfile import ModelMeta
     model = _bn_patch_model()
-    best = dm_keras_ext.BestModelCheckpoint(None)
+    best = dm_callbacks.BestModelCheckpoint(None)
     meta = ModelMeta(("a", "b"), Recipe(img_size=(8, 8), channels=1), kind="patch")
     stages = [Stage("a", 2, .01, 0, 0), Stage("b", 3, .01, 0, 0)]
-    last = dm_keras_ext.LastCheckpoint(str(tmp_path / "l.keras"), meta, "f", stages, best, [])
+    last = dm_callbacks.LastCheckpoint(str(tmp_path / "l.keras"), meta, "f", stages, best, [])
     _run(model, [2, 3], callbacks=[best, last])
-    state = dm_keras_ext.read_resume_state(tmp_path / "l.keras")
+    state = dm_modelfile.read_resume_state(tmp_path / "l.keras")
     assert state["stage"] == 2 and state["epoch"] == 3 and not state["inside_stage"]
 
 
@@ -204,7 +207,7 @@ def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
                                         block_type="vgg", depths=[8], repetitions=[1])
     path = tmp_path / "k2.h5"
     write_keras2_h5(model, path, nested_input_shapes={"patch_trunk": (64, 64, 1)})
-    loaded = dm_keras_ext.load_model(path)
+    loaded = dm_modelfile.load_model(path)
     kinds = {type(l.kernel_regularizer).__name__ for l in loaded.layers
              if getattr(l, "kernel_regularizer", None) is not None}
     assert kinds == {"L1L2"}          # how Keras 2.0.8 stored l2()
@@ -243,33 +246,35 @@ def _drive(cb, losses):
 
 
 def test_early_stopping_counts_patience_as_keras_208():
-    es = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=2)
+    es = dm_callbacks.ResumableEarlyStopping(monitor="val_loss", patience=2)
     # Keras 2.0.8: stops at the 3rd epoch without progress (Keras 3 at the 2nd)
     assert _drive(es, [1.0, 2.0, 2.0, 2.0, 2.0])[0] == 4
-    es0 = dm_keras_ext.ResumableEarlyStopping(monitor="val_loss", patience=0)
+    es0 = dm_callbacks.ResumableEarlyStopping(monitor="val_loss", patience=0)
     assert _drive(es0, [1.0, 2.0])[0] == 2
 
 
 def test_lr_plateau_counts_patience_as_keras_208():
-    rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+    rlr = dm_callbacks.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
     # first reduction after patience+1 epochs without progress, then every `patience`
     assert _drive(rlr, [1.0] + [2.0] * 7) == [4, 6, 8]
     # progress smaller than epsilon 1e-4 is no progress
-    rlr = dm_keras_ext.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
+    rlr = dm_callbacks.ResumableReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
     assert _drive(rlr, [1.0, 0.99995, 0.99993, 0.99992]) == [3, 4]
 
 
 # ------------------------------------------------------------------ item 6: channel shift
 def test_channel_shift_is_drawn_per_channel_and_clipped_to_the_image_range():
-    import dm_image as D
-    p = D.draw_params(D.Augment(), seed=3, index=0)
+    import dm_augment as A
+    import dm_dataset
+    import dm_recipe as R
+    p = A.draw_params(A.Augment(), seed=3, index=0)
     assert len(set(p.shifts)) == 3 and all(-20 <= s <= 20 for s in p.shifts)
     img = (np.arange(24 * 20, dtype=np.float64).reshape(24, 20) * 100).astype(np.uint16)
-    recipe = D.Recipe(img_size=(24, 20), rescale_factor=255 / 65535, channels=3,
+    recipe = R.Recipe(img_size=(24, 20), rescale_factor=255 / 65535, channels=3,
                       featurewise_center=True, featurewise_mean=30.0)
-    p = D.AugParams(shift=20.0, shift2=-20.0, shift3=5.0)
-    x = D.preprocess(img, recipe, p)
-    base = D.preprocess(img, recipe)[:, :, 0]
+    p = A.AugParams(shift=20.0, shift2=-20.0, shift3=5.0)
+    x = R.preprocess(img, recipe, p)
+    base = R.preprocess(img, recipe)[:, :, 0]
     lo, hi = base.min(), base.max()
     for c, s in enumerate(p.shifts):
         np.testing.assert_allclose(x[:, :, c], np.clip(base + s, lo, hi), atol=1e-4)
@@ -277,11 +282,11 @@ def test_channel_shift_is_drawn_per_channel_and_clipped_to_the_image_range():
     import tempfile, pathlib, cv2
     d = pathlib.Path(tempfile.mkdtemp())
     cv2.imwrite(str(d / "a.png"), img)
-    aug = D.Augment(horizontal_flip=False, vertical_flip=False, rotation_range=0, shear_range=0,
+    aug = A.Augment(horizontal_flip=False, vertical_flip=False, rotation_range=0, shear_range=0,
                     zoom_range=(1, 1))
-    ds = D.make_dataset([str(d / "a.png")], [0], recipe, 2, 1, training=True, augment=aug, seed=7)
+    ds = dm_dataset.make_dataset([str(d / "a.png")], [0], recipe, 2, 1, training=True, augment=aug, seed=7)
     xb = next(iter(ds))[0].numpy()[0]
-    q = D.draw_params(aug, 7, 0)
+    q = A.draw_params(aug, 7, 0)
     for c, s in enumerate(q.shifts):
         np.testing.assert_allclose(xb[:, :, c], np.clip(base + s, lo, hi), atol=1e-3)
     assert not np.allclose(xb[:, :, 0], xb[:, :, 1])
@@ -384,13 +389,13 @@ def test_no_featurewise_center_applies_the_nets_imagenet_preprocess(tmp_path):
     # saved and reloaded with the model (so prediction and heatmaps repeat it)
     model = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                       img_size=(32, 32), imagenet_preprocess=True)[0]
-    dm_keras_ext.save_model(model, tmp_path / "p.keras")
-    again = dm_keras_ext.load_model(tmp_path / "p.keras")
+    dm_modelfile.save_model(model, tmp_path / "p.keras")
+    again = dm_modelfile.load_model(tmp_path / "p.keras")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     # the whole-image model takes the trunk only, as the original's image trainer did
     image, _ = dm_resnet.add_top_layers(again, (64, 64), block_type="vgg", depths=[8],
                                         repetitions=[1])
-    assert not any(isinstance(l, dm_keras_ext.ImageNetPreprocess) for l in image.layers)
+    assert not any(isinstance(l, dm_layers.ImageNetPreprocess) for l in image.layers)
     assert dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                      img_size=(32, 32))[0].layers[1].name == "patch_trunk"
 

@@ -15,6 +15,7 @@ import dm_resnet
 import image_clf_train
 from keras2_fixture import write_keras2_h5
 from synth import write_class_folders
+import dm_modelfile
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_written_file_has_the_keras_208_layout(keras2_checkpoint):
 
 def test_loads_with_identical_predictions(keras2_checkpoint):
     _, model, path = keras2_checkpoint
-    loaded = dm_keras_ext.load_model(path)
+    loaded = dm_modelfile.load_model(path)
     x = np.random.default_rng(0).normal(size=(2, 128, 128, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
@@ -68,4 +69,4 @@ def test_convert_then_finetune_one_epoch(keras2_checkpoint, tmp_path):
             "--optimizer", "adam", "--init-learningrate", "0.0001", "--best-model", str(best)])
         assert rc == 0
         assert best.is_file()
-        assert dm_keras_ext.read_model_meta(best).class_list == ("neg", "pos")
+        assert dm_modelfile.read_model_meta(best).class_list == ("neg", "pos")

@@ -9,9 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-import dm_image
 import dm_inference as inf
+import dm_sweep
 from tiny_models import PATCH_RECIPE, mammogram, save, tiny_image_model, tiny_patch_model
+import dm_pixels
+import dm_recipe
+import dm_modelfile
 
 _spec = importlib.util.spec_from_file_location(
     "heatmap_score", pathlib.Path(__file__).resolve().parents[1] / "ddsm_train" / "heatmap_score.py")
@@ -42,7 +45,7 @@ def test_sliding_window_groups_npz_and_overlays(setup, tmp_path):
     assert [(g["patient_id"], g["side"]) for g in groups] == [("P1", "LEFT"), ("P2", "RIGHT")]
     assert groups[0]["cc"] is not None and groups[0]["mlo"] is not None
     assert groups[1]["cc"] is None and groups[1]["mlo"].ndim == 3
-    img = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
     want = inf.sliding_window_heatmap(inf.load_models([setup["patch"]])[0].model, img,
                                       PATCH_RECIPE, 16, 8, segment=True, pad=True)
     np.testing.assert_allclose(groups[0]["cc"], want.probs, atol=1e-6)
@@ -128,7 +131,7 @@ def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
     out = tmp_path / "s.npz"
     assert hs.main([setup["imgs"], setup["patch"], "--stride", "4", "--out", str(out),
                     "--overlay-dir", str(tmp_path / "ov")]) == 0
-    src = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    src = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
     ov = cv2.imread(str(tmp_path / "ov" / "P1_LEFT_CC_sliding.png"))
     area = _image_area(ov, src.shape)
     coloured = (np.abs(area[..., 0] - area[..., 2]) > 3) | (np.abs(area[..., 1] - area[..., 2]) > 3)
@@ -136,7 +139,7 @@ def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
     np.testing.assert_array_equal(area[~coloured][:, 0], inf.to_display(src)[~coloured])
     # the heat covers the breast's box of the source image, not a crop moved to the corner
     import dm_preprocess
-    _, (x, y, w, h) = dm_preprocess.segment_breast(src)
+    _, (x, y, w, h) = dm_sweep.segment_breast(src)
     ys, xs = np.nonzero(coloured)
     assert abs(ys.min() - y) <= 2 and abs(xs.min() - x) <= 2
     assert abs(ys.max() - (y + h - 1)) <= 2 and abs(xs.max() - (x + w - 1)) <= 2
@@ -150,8 +153,8 @@ def test_overlay_has_title_with_class_and_probability_and_colour_bar(setup, tmp_
     with np.load(out, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
     loaded = inf.load_models([setup["image"]])[0]
-    img = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
-    p = loaded.model.predict_on_batch(dm_image.preprocess(img, loaded.recipe())[None])[0, 1]
+    img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    p = loaded.model.predict_on_batch(dm_recipe.preprocess(img, loaded.recipe())[None])[0, 1]
     assert meta["overlay_titles"][0] == f"P1 LEFT CC: p(pos) = {p:.3f}, Grad-CAM"
     ov = cv2.imread(str(tmp_path / "ov" / "P1_LEFT_CC_gradcam.png")).astype(int)
     assert (ov[:hs.TITLE_H] < 100).all(axis=2).sum() > 50          # title text drawn
@@ -186,7 +189,7 @@ def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
     out = tmp_path / "o.npz"
     assert hs.main([setup["imgs"], setup["patch"], "--no-featurewise-center",
                     "--no-rescale-factor", "--img-scale", "255", "--out", str(out)]) == 0
-    img = dm_image.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
     recipe = dataclasses.replace(PATCH_RECIPE, featurewise_center=False, rescale_factor=None,
                                  img_scale=255.0)
     want = inf.sliding_window_heatmap(inf.load_models([setup["patch"]])[0].model, img,
@@ -211,11 +214,10 @@ def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, caps
     """A patch model trained on 8-bit images (input_bits 8) and the same breast as a 16-bit
     PNG (x257): refused in one line naming file, depths and flag; converted with
     --convert-bit-depth, giving the 8-bit image's heatmap."""
-    import dm_keras_ext
     recipe8 = dataclasses.replace(PATCH_RECIPE, rescale_factor=None, input_bits=8)
     model8 = tmp_path / "patch8.keras"
-    dm_keras_ext.save_model(inf.load_models([setup["patch"]])[0].model, model8,
-                            dm_keras_ext.ModelMeta(("background", "malignant", "benign"),
+    dm_modelfile.save_model(inf.load_models([setup["patch"]])[0].model, model8,
+                            dm_modelfile.ModelMeta(("background", "malignant", "benign"),
                                                    recipe8, kind="patch"))
     img8 = (mammogram((50, 40), seed=0) // 257).astype(np.uint8)
     d8, d16 = tmp_path / "eight", tmp_path / "sixteen"

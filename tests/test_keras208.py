@@ -3,7 +3,6 @@ the original's data stream, the stage flags' no-op (--keep-regularization), save
 `trainable` flags (--saved-trainable), the original-API adapters, class weights and the
 Xception/InceptionV3 layer lists, each against a reference computed from Keras 2.0.8's or
 the original's code."""
-from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -17,6 +16,8 @@ import dm_resnet
 import dm_train
 from keras208_replay import distinct, original_steps, round_robin_epoch
 from tiny_models import save, tiny_image_model, tiny_patch_model
+import dm_dataset
+import dm_recipe
 
 
 # ------------------------------------------------------------------ starting values
@@ -128,12 +129,11 @@ def test_the_originals_forked_workers_repeat_batches():
 
 
 def test_this_projects_epoch_sees_every_image_once():
-    import dm_image
     n = 600
     images = np.arange(n, dtype=np.uint16).reshape(n, 1, 1) * np.ones((1, 2, 2), np.uint16)
-    recipe = dm_image.Recipe(img_size=(2, 2), channels=1, featurewise_center=False)
-    ds = dm_image.make_dataset(images, np.arange(n) % 2, recipe, 2, 4, training=True, seed=7)
-    steps = dm_image.steps_for(n, 4)
+    recipe = dm_recipe.Recipe(img_size=(2, 2), channels=1, featurewise_center=False)
+    ds = dm_dataset.make_dataset(images, np.arange(n) % 2, recipe, 2, 4, training=True, seed=7)
+    steps = dm_dataset.steps_for(n, 4)
     seen = [int(round(v)) for x, _ in ds.take(steps) for v in np.asarray(x)[:, 0, 0, 0]]
     assert steps == 150 and len(seen) == n and len(set(seen)) == n
 

@@ -72,12 +72,11 @@ def test_mias_few_images_masks_centred(shared_data, tmp_path, size):
     assert images["side"].isna().all()                 # a side or nothing, never the image id
     # layout.json: the size, depth and the training split's mean after rescaling (12.3, 12.5)
     import json
-    import featurewise_mean
     layout = json.loads((out / "layout.json").read_text())
     assert layout["img_size"] == (list(size) if size else None)
     assert layout["bit_depth"] == 8 and layout["rescale_factor"] == 1.0
     train = [str(out / "full_images" / f) for f in images[images.split == "train"].full_img_file]
-    assert layout["featurewise_mean"] == round(featurewise_mean.mean_pixel(train)[0], 2)
+    assert layout["featurewise_mean"] == round(dm_dataset.mean_pixel(train)[0], 2)
     assert layout["mean_of"] == "train"
 
 
@@ -145,6 +144,7 @@ def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
 # ----------------------------------------------------------------------------- INbreast
 from inbreast_train import prepare_inbreast as inb  # noqa: E402
 from recipe_helpers import write_dicom  # noqa: E402
+import dm_dataset
 
 
 def test_inbreast_sheet_counts(shared_data):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import dm_image
 import dm_preprocess
 from ddsm_train import sample_patches_combined as sampler
 from recipe_helpers import write_dicom
+import dm_dataset
+import dm_pixels
+import dm_recipe
 
 # 151x101 at height 97: width 64.88, which the old sampler rounded to 65 where training's
 # resize truncates to 64.
@@ -45,29 +47,29 @@ def files(request, tmp_path):
                                   dict(target_size=None, target_height=None)])
 def test_sampler_image_and_mask_equal_the_training_recipe(files, size):
     full, mask = files
-    recipe = dm_image.Recipe(img_size=size["target_size"],
+    recipe = dm_recipe.Recipe(img_size=size["target_size"],
                              target_height=size["target_height"])
-    trained = dm_image.load_images([full], recipe, num_workers=1)[0]     # what training caches
+    trained = dm_dataset.load_images([full], recipe, num_workers=1)[0]     # what training caches
     sampled, orig_h = sampler.read_resized(full, size)
     assert orig_h == SHAPE[0]
     assert sampled.dtype == trained.dtype and sampled.shape == trained.shape
     np.testing.assert_array_equal(sampled, trained)
     if size["target_height"] == 97:
         assert sampled.shape == (97, 64)        # truncated, as training does
-    raw = dm_image.read_image(full)
+    raw = dm_pixels.read_image(full)
     if full.endswith(".dcm"):                   # the rescale and the inversion were applied
         hi = 4095 * 2 - 100
         np.testing.assert_array_equal(raw, (hi - 100) - (_image(np.random.default_rng(3)) * 2 - 100))
     m = sampler.read_resized_mask(mask, sampled.shape)
     assert m.shape == sampled.shape and set(np.unique(m)) == {0, 255}
-    np.testing.assert_array_equal(m, dm_image.resize_mask(dm_image.read_image(mask),
-                                                          dm_image.target_shape(SHAPE, recipe)))
+    np.testing.assert_array_equal(m, dm_recipe.resize_mask(dm_pixels.read_image(mask),
+                                                          dm_recipe.target_shape(SHAPE, recipe)))
 
 
 def test_old_preprocess_names_forward_to_dm_image(files):
     full, mask = files
-    np.testing.assert_array_equal(dm_preprocess.read_image_gray(full), dm_image.read_image(full))
-    img = dm_image.read_image(full)
+    np.testing.assert_array_equal(dm_preprocess.read_image_gray(full), dm_pixels.read_image(full))
+    img = dm_pixels.read_image(full)
     np.testing.assert_array_equal(dm_preprocess.resize_img(img, target_height=97),
-                                  dm_image.resize_to(img, None, 97))
-    assert dm_preprocess.ImageReadError is dm_image.ImageReadError
+                                  dm_recipe.resize_to(img, None, 97))
+    assert dm_preprocess.ImageReadError is dm_pixels.ImageReadError

@@ -18,6 +18,9 @@ import predict
 from keras2_fixture import randomise_weights, write_keras2_h5
 from synth import write_class_folders
 from tiny_models import mammogram, save, tiny_image_model, tiny_patch_model
+import dm_pixels
+import dm_recipe
+import dm_sweep
 
 L = keras.layers
 
@@ -206,9 +209,9 @@ def test_flow_from_directory_yields_the_recipe_in_order(folders):
                                  shuffle=False)
     assert it.nb_sample == 10 and it.filenames[0] == os.path.join("neg", "img_000.png")
     assert it.labels.tolist() == [0] * 5 + [1] * 5 and it.class_indices == {"neg": 0, "pos": 1}
-    recipe = dm_image.Recipe(img_size=(32, 24), rescale_factor=0.01, channels=1,
+    recipe = dm_recipe.Recipe(img_size=(32, 24), rescale_factor=0.01, channels=1,
                              featurewise_center=True, featurewise_mean=20.0)
-    want = np.stack([dm_image.preprocess(dm_image.read_image(str(folders["test"] / f)), recipe)
+    want = np.stack([dm_recipe.preprocess(dm_pixels.read_image(str(folders["test"] / f)), recipe)
                      for f in it.filenames])
     got, ys = [], []
     for _ in range(3):
@@ -228,11 +231,11 @@ def test_flow_from_directory_yields_the_recipe_in_order(folders):
 
 def test_read_functions_equal_the_recipe(folders):
     path = str(folders["val"] / "pos" / "img_001.png")
-    img = dm_image.read_image(path)
-    r = dm_image.Recipe(img_size=(20, 16), img_scale=255.0, equalize_hist=True)
+    img = dm_pixels.read_image(path)
+    r = dm_recipe.Recipe(img_size=(20, 16), img_scale=255.0, equalize_hist=True)
     np.testing.assert_allclose(
         dm_image.read_img_for_pred(path, equalize_hist=True, target_size=(20, 16),
-                                   target_scale=255.0), dm_image.preprocess(img, r))
+                                   target_scale=255.0), dm_recipe.preprocess(img, r))
     x = dm_image.read_resize_img(path, target_height=20, rescale_factor=0.5)
     assert x.shape == (20, 15) and x.dtype == np.float32
     with pytest.raises(ValueError, match="target_size, target_height"):
@@ -243,12 +246,12 @@ def test_sweep_and_prob_heatmap_equal_sliding_window(tmp_path):
     p = tmp_path / "m.png"
     cv2.imwrite(str(p), mammogram((50, 40), seed=3))
     model = tiny_patch_model()
-    img = dm_image.read_image(str(p))
+    img = dm_pixels.read_image(str(p))
     hm = dm_image.get_prob_heatmap(str(p), 60, None, 16, 8, model, 32,
                                    featurewise_center=True, featurewise_mean=40.0)
-    recipe = dm_image.Recipe(img_size=None, channels=1, featurewise_center=True,
+    recipe = dm_recipe.Recipe(img_size=None, channels=1, featurewise_center=True,
                              featurewise_mean=40.0)
-    want = inf.sliding_window_heatmap(model, dm_image.resize(img, dm_image.Recipe(
+    want = inf.sliding_window_heatmap(model, dm_recipe.resize(img, dm_recipe.Recipe(
         img_size=None, target_height=60)), recipe, 16, 8, 32)
     np.testing.assert_allclose(hm, want.probs, atol=1e-6)
     patches, rows, cols = dm_image.sweep_img_patches(img.astype(np.float32), 16, 8)
@@ -261,8 +264,8 @@ def test_small_helpers():
     with pytest.raises(ValueError):
         dm_image.to_sparse(np.array([[1, 1, 0]]))
     img = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    assert dm_image.crop_img(img, (1, 1, 2, 2)).tolist() == [[5, 6], [9, 10]]
-    big = dm_image.add_img_margins(img, 2)
+    assert dm_sweep.crop_img(img, (1, 1, 2, 2)).tolist() == [[5, 6], [9, 10]]
+    big = dm_sweep.add_img_margins(img, 2)
     assert big.shape == (7, 8) and big[2:5, 2:6].tolist() == img.tolist() and big[0].sum() == 0
     rng = np.random.RandomState(0)
     idx = dm_image.index_balancer(np.arange(100), np.array([1] * 5 + [0] * 95), 1.0, rng)
@@ -400,8 +403,8 @@ def test_flow_from_img_list_and_flow(folders):
                                 batch_size=2, shuffle=False)
     x, y = it.next()
     assert it.filenames == paths and y.tolist() == [[0, 1], [1, 0]]
-    np.testing.assert_allclose(x[0], dm_image.preprocess(dm_image.read_image(paths[0]),
-                                                         dm_image.Recipe(img_size=(32, 24),
+    np.testing.assert_allclose(x[0], dm_recipe.preprocess(dm_pixels.read_image(paths[0]),
+                                                         dm_recipe.Recipe(img_size=(32, 24),
                                                                          channels=1)))
     raw = np.random.default_rng(0).integers(0, 255, (3, 8, 6)).astype(np.uint8)
     xb, yb = gen.flow(raw, np.eye(2)[[0, 1, 1]], batch_size=3, shuffle=False).next()

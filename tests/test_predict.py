@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 import dm_export
-import dm_image
+import dm_dataset
 import dm_inference as inf
 import predict
 from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
+import dm_pixels
+import dm_recipe
+import dm_modelfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,11 +109,11 @@ def test_export_matches_predict_from_raw_image(setup, tmp_path):
     # a float32 image (e.g. a DICOM with a modality rescale).
     model = inf.load_models([setup["m1"]])[0].model
     rawf = raw.astype(np.float32)
-    wantf = model.predict(np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in rawf]), verbose=0)
+    wantf = model.predict(np.stack([dm_recipe.preprocess(r, IMAGE_RECIPE) for r in rawf]), verbose=0)
     np.testing.assert_allclose(served.serve(rawf)["probabilities"].numpy(), wantf, atol=1e-4)
     # The network inputs themselves: within 1 grey level of 16 bits (cv2 rounding), scaled.
     x_tf = dm_export.preprocess_graph(raw, IMAGE_RECIPE, int_max=65535.0).numpy()
-    x_np = np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in raw])
+    x_np = np.stack([dm_recipe.preprocess(r, IMAGE_RECIPE) for r in raw])
     assert np.abs(x_tf - x_np).max() <= 255 / 65535 * 1.001
 
 
@@ -130,7 +133,7 @@ def test_onnx_export_matches_tf(tmp_path):
     path = dm_export.export_onnx(model, IMAGE_RECIPE, str(tmp_path / "m.onnx"))
     raw = np.random.default_rng(1).integers(0, 65535, (2, 90, 70)).astype(np.float32)
     got = ReferenceEvaluator(onnx.load(path)).run(None, {"raw": raw})[0]
-    want = model.predict(np.stack([dm_image.preprocess(r, IMAGE_RECIPE) for r in raw]), verbose=0)
+    want = model.predict(np.stack([dm_recipe.preprocess(r, IMAGE_RECIPE) for r in raw]), verbose=0)
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 
@@ -142,12 +145,11 @@ def depth_setup(tmp_path_factory):
     16-bit MONOCHROME2 DICOM and a 16-bit PNG (pixels x257)."""
     from recipe_helpers import write_dicom
     d = tmp_path_factory.mktemp("depth")
-    recipe = dm_image.Recipe(img_size=IMG, channels=1, featurewise_center=True,
+    recipe = dm_recipe.Recipe(img_size=IMG, channels=1, featurewise_center=True,
                              featurewise_mean=100.0, input_bits=8)
     path = d / "m8.keras"
-    import dm_keras_ext
-    dm_keras_ext.save_model(tiny_image_model(), path,
-                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    dm_modelfile.save_model(tiny_image_model(), path,
+                            dm_modelfile.ModelMeta(("neg", "pos"), recipe, kind="image"))
     img8 = (np.random.default_rng(3).integers(0, 256, (90, 70))).astype(np.uint8)
     png8 = d / "b8.png"
     cv2.imwrite(str(png8), img8)
@@ -192,8 +194,8 @@ def test_one_image_check_for_heatmap_tools(depth_setup):
     with pytest.raises(inf.InferenceError, match="16-bit image.*--convert-bit-depth"):
         inf.recipe_for_image(s["dcm"], r8)
     conv = inf.recipe_for_image(s["dcm"], r8, convert=True)
-    x8 = dm_image.preprocess(dm_image.read_image(s["png8"]), r8)
-    x16 = dm_image.preprocess(dm_image.read_image(s["dcm"]), conv)
+    x8 = dm_recipe.preprocess(dm_pixels.read_image(s["png8"]), r8)
+    x16 = dm_recipe.preprocess(dm_pixels.read_image(s["dcm"]), conv)
     # equal within the 8-bit image's rounding after its (uint8) cubic resize: half a grey level
     np.testing.assert_allclose(x16, x8, atol=0.5 + 1e-3)
 
@@ -290,9 +292,8 @@ def test_outputs_honour_the_umask(setup, tmp_path, mask):
         out = tmp_path / "p.csv"
         assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 0
         assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
-        import dm_keras_ext
         m = tmp_path / "m.keras"
-        dm_keras_ext.save_model(tiny_patch_model(), m)
+        dm_modelfile.save_model(tiny_patch_model(), m)
         assert os.stat(m).st_mode & 0o777 == 0o666 & ~mask
         exp = tmp_path / "served"
         assert predict.main([setup["m1"], "--export", str(exp)]) == 0
@@ -334,7 +335,8 @@ def _no_reading(monkeypatch):
     """Fail the test if any image is decoded or scored."""
     def fail(*a, **k):
         pytest.fail("an image was read before the problem was reported")
-    monkeypatch.setattr(dm_image, "read_image", fail)
+    monkeypatch.setattr(dm_dataset, "read_image", fail)
+    monkeypatch.setattr(dm_pixels, "read_image", fail)
     monkeypatch.setattr(inf, "score_paths", fail)
 
 
@@ -400,13 +402,12 @@ def twelve_bit(tmp_path_factory):
     """A model trained on full-range 16-bit images and one breast three ways: 16-bit PNG of
     12-bit values (the export mistake), DICOM with BitsStored 12, full-range 16-bit PNG."""
     from recipe_helpers import write_dicom
-    import dm_keras_ext
     d = tmp_path_factory.mktemp("twelve")
-    recipe = dm_image.Recipe(img_size=IMG, channels=1, rescale_factor=255 / 65535,
+    recipe = dm_recipe.Recipe(img_size=IMG, channels=1, rescale_factor=255 / 65535,
                              featurewise_center=True, featurewise_mean=50.0, input_bits=16)
     model = d / "m16.keras"
-    dm_keras_ext.save_model(tiny_image_model(), model,
-                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    dm_modelfile.save_model(tiny_image_model(), model,
+                            dm_modelfile.ModelMeta(("neg", "pos"), recipe, kind="image"))
     full = cv2.imread(write_images(d / "src", 1, seed=5)[0], cv2.IMREAD_UNCHANGED)
     v12 = (full.astype(np.float64) * 4095 / 65535).round().astype(np.uint16)
     png12 = d / "export12.png"

@@ -12,6 +12,7 @@ import pytest
 
 import dm_keras_ext
 from synth import write_class_folders
+import dm_modelfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
             kills += 1
         proc.wait()
         # after every kill the best model file is complete and loadable
-        dm_keras_ext.load_model(out / "patch.keras")
+        dm_modelfile.load_model(out / "patch.keras")
     assert kills >= 2
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
@@ -130,13 +131,13 @@ def good(tmp_path_factory):
     data = write_class_folders(d / "img", ["neg", "pos"], 3, (128, 128))
     patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=2, use_pretrained=False,
                                       img_size=(64, 64))[0]
-    recipe = __import__("dm_image").Recipe(img_size=(64, 64), channels=1)
-    dm_keras_ext.save_model(patch, d / "patch.keras",
-                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="patch"))
+    recipe = __import__("dm_recipe").Recipe(img_size=(64, 64), channels=1)
+    dm_modelfile.save_model(patch, d / "patch.keras",
+                            dm_modelfile.ModelMeta(("neg", "pos"), recipe, kind="patch"))
     image, _ = dm_resnet.add_top_layers(patch, (128, 128), block_type="vgg", depths=[8],
                                         repetitions=[1])
-    dm_keras_ext.save_model(image, d / "image.keras",
-                            dm_keras_ext.ModelMeta(("neg", "pos"), recipe, kind="image"))
+    dm_modelfile.save_model(image, d / "image.keras",
+                            dm_modelfile.ModelMeta(("neg", "pos"), recipe, kind="image"))
     return d, data
 
 

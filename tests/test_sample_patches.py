@@ -13,7 +13,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_synthetic as syn  # noqa: E402
 from ddsm_train import sample_patches_combined as spc  # noqa: E402
-from dm_preprocess import add_img_margins, crop_img, patch_roi_overlap, resize_img, segment_breast  # noqa: E402
+from dm_preprocess import patch_roi_overlap, resize_img  # noqa: E402
+from dm_sweep import add_img_margins, crop_img, segment_breast  # noqa: E402
+import dm_pixels
 
 PS = 32
 
@@ -233,11 +235,10 @@ def test_aliases_and_help():
 def test_a_broken_image_is_skipped_but_a_bug_is_raised(monkeypatch):
     """One unreadable image is listed and the run goes on; an internal error is not hidden
     as a skipped image."""
-    import dm_image
     task = spc.ImageTask("P1", "P1_LEFT_CC", "/nowhere/P1_LEFT_CC.png", (), "/tmp/out")
 
     def unreadable(task, opts):
-        raise dm_image.ImageReadError(f"{task.full_path}: not an image")
+        raise dm_pixels.ImageReadError(f"{task.full_path}: not an image")
     monkeypatch.setattr(spc, "process_image", unreadable)
     res = spc._worker((task, {}))
     assert res["records"] == [] and res["errors"] == [

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 
 import dm_flags
-import dm_image
 import dm_keras_ext
 import image_clf_train
 import patch_clf_train
 from synth import write_class_folders
+import dm_dataset
+import dm_listing
+import dm_callbacks
+import dm_modelfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(REPO.glob("ddsm_train/*.sh")) + sorted(REPO.glob("inbreast_train/*.sh"))
@@ -114,7 +117,7 @@ def test_patch_training_runs_three_stages(trained):
     h = trained["patch_res"]["history"]
     assert h["stage"] == [1, 2, 3] and h["epoch"] == [1, 2, 3]
     assert trained["patch_model"].is_file()
-    meta = dm_keras_ext.read_model_meta(trained["patch_model"])
+    meta = dm_modelfile.read_model_meta(trained["patch_model"])
     assert meta.kind == "patch" and meta.class_list == ("background", "malignant", "benign")
     assert meta.recipe.channels == 1 and meta.recipe.img_size == (64, 64)
     assert meta.recipe.input_bits == 16      # the training PNGs' depth, checked at prediction
@@ -136,14 +139,14 @@ def test_image_training_best_model_reproduces_predictions_and_auroc(trained):
     assert res["history"]["stage"] == [1, 2]
     assert "val_auroc" in res["history"]
     path = trained["image_model"]
-    meta = dm_keras_ext.read_model_meta(path)
+    meta = dm_modelfile.read_model_meta(path)
     assert meta.kind == "image" and meta.class_list == ("neg", "pos")
-    model = dm_keras_ext.load_model(path)
-    paths, labels = dm_image.list_class_folders(trained["images"]["test"], meta.class_list)
-    ds = dm_image.make_dataset(paths, labels, meta.recipe, 2, 4, training=False)
+    model = dm_modelfile.load_model(path)
+    paths, labels = dm_listing.list_class_folders(trained["images"]["test"], meta.class_list)
+    ds = dm_dataset.make_dataset(paths, labels, meta.recipe, 2, 4, training=False)
     probs = model.predict(ds.map(lambda x, y: x), verbose=0)
     np.testing.assert_array_equal(probs, res["test_probs"])
-    assert res["test_auroc"] == dm_keras_ext.mean_auroc(labels, probs)
+    assert res["test_auroc"] == dm_callbacks.mean_auroc(labels, probs)
     assert 0.0 <= res["test_auroc_tta"] <= 1.0
     assert (trained["dir"] / "final.keras").is_file()
 
@@ -235,9 +238,9 @@ def test_optimisers_by_name():
 
 
 def test_auroc_one_class_is_nan_not_zero(caplog):
-    assert np.isnan(dm_keras_ext.mean_auroc([1, 1, 1], np.full((3, 2), 0.5)))
+    assert np.isnan(dm_callbacks.mean_auroc([1, 1, 1], np.full((3, 2), 0.5)))
     assert "undefined" in caplog.text
-    assert dm_keras_ext.mean_auroc([0, 1], [[0.9, 0.1], [0.2, 0.8]]) == 1.0
+    assert dm_callbacks.mean_auroc([0, 1], [[0.9, 0.1], [0.2, 0.8]]) == 1.0
 
 
 # ------------------------------------------------------------------ reproducibility, scale

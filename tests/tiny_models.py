@@ -8,10 +8,10 @@ import keras
 import numpy as np
 from keras import layers
 
-import dm_keras_ext
 import dm_resnet
-from dm_image import Recipe
-from dm_keras_ext import ModelMeta
+from dm_recipe import Recipe
+from dm_modelfile import ModelMeta
+import dm_modelfile
 
 PATCH = 16           # patch size of the tiny patch model
 IMG = (64, 48)       # whole-image size of the tiny image model
@@ -53,7 +53,7 @@ IMAGE_RECIPE = Recipe(img_size=IMG, rescale_factor=255 / 65535, channels=1,
 def save(model, path, kind: str) -> pathlib.Path:
     meta = ModelMeta(PATCH_CLASSES if kind == "patch" else IMAGE_CLASSES,
                      PATCH_RECIPE if kind == "patch" else IMAGE_RECIPE, kind=kind)
-    dm_keras_ext.save_model(model, path, meta)
+    dm_modelfile.save_model(model, path, meta)
     return pathlib.Path(path)
 
 
