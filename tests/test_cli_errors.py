@@ -79,7 +79,7 @@ CASES = {
                            ("dm_checkpoint", "load_model"),
                            lambda t: [_file(t / "m.h5"), str(t / "o.keras")]),
     "featurewise_mean": ("featurewise_mean", lambda t: [str(t / "nodir")],
-                         ("dm_listing", "check_bit_depths"),
+                         ("dm_dataset", "check_bit_depths"),
                          lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
     "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
                       ("dm_inference", "load_models"),
