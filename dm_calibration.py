@@ -4,7 +4,7 @@ predictions, stored in the model's metadata, applied by predict.py.
 Both maps are monotone in the positive-class score of a 2-class model, so they change
 what "0.8" means but not the ranking: AUROC, ROC and PR curves are unchanged. The
 method is chosen by cross-validated log-loss on the validation predictions (Platt has
-two parameters and would always win in-sample). See the README, "Calibration".
+two parameters and would always win in-sample). See docs/prediction.md, "Calibration".
 """
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ class LastCheckpoint(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------ the original's callbacks
-# (README, "Code written for the original"; `dm_keras_ext` re-exports them.)
+# (docs/original.md, "Code written for the original"; `dm_keras_ext` re-exports them.)
 
 
 def _flips(X):

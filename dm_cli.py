@@ -111,8 +111,8 @@ def _one_tensorflow_handler() -> None:
 
 class _NoThirdPartyTraceback(logging.Filter):
     """pydicom logs its decoder's traceback before raising; the tool's one-line error already
-    says what failed, so such records are dropped (README: no third-party traceback for an
-    input error)."""
+    says what failed, so such records are dropped (docs/reliability.md: no third-party
+    traceback for an input error)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and record.name.split(".")[0] in ("pydicom",))

@@ -1,6 +1,6 @@
 """Data-parallel training: several local devices (`MirroredStrategy`) or several machines
 (`MultiWorkerMirroredStrategy`, chosen by a `TF_CONFIG` environment), both driven by
-Keras' own `fit` (README "Training on several machines").
+Keras' own `fit` (docs/distributed.md).
 
 Keras 3's `fit` does not run under `MultiWorkerMirroredStrategy` as released
 (keras-team/keras#20585): two reductions in its TensorFlow trainer fail across workers.
@@ -8,8 +8,7 @@ Keras 3's `fit` does not run under `MultiWorkerMirroredStrategy` as released
 train step, the optimiser, callbacks, checkpoints) is Keras' and TensorFlow's own.
 Only the chief writes what the user sees; other workers write to a hidden scratch folder
 that a completed run removes. A restarted run resumes every worker from the chief's last
-checkpoint, as TensorFlow's own BackupAndRestore does (README "Training on several
-machines").
+checkpoint, as TensorFlow's own BackupAndRestore does (docs/distributed.md).
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Every problem with what a user gave (a file, a flag, a table, a model) is raised as an
 `InputError` (or a subclass); the command-line runner (`dm_cli.guarded`) prints it as one line
 naming the tool and exits 2. Any other exception is a bug: it keeps its traceback (exit 1).
-`InputError` is a ValueError, so code that catches ValueError keeps working. See README
-"Reliability".
+`InputError` is a ValueError, so code that catches ValueError keeps working. See
+docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class OutputRefusedError(InputError, OSError):
 
 class OriginalAPIError(InputError):
     """A name of the original project's API used in a way this project cannot reproduce;
-    the message names the replacement (README, "Code written for the original")."""
+    the message names the replacement (docs/original.md, "Code written for the original")."""
 
 
 def refuse(what: str, instead: str) -> OriginalAPIError:

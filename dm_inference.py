@@ -397,7 +397,7 @@ def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None,
     """A CSV of images: `path` required, `label` optional, other columns kept as text.
 
     A recipe's own `images.csv` works too: without a `path` column, `full_img_file` names a
-    file in the `full_images/` folder beside the CSV (README "Data recipes"). `split` keeps
+    file in the `full_images/` folder beside the CSV (docs/data.md). `split` keeps
     the rows whose `split` column has that value.
     """
     if not os.path.isfile(csv_path):

@@ -2,8 +2,7 @@
 
 The model-file format lives in `dm_modelfile`, the callbacks in `dm_callbacks`, the
 ImageNet preprocessing layer in `dm_layers`; their names are re-exported here, so
-`dm_keras_ext.save_model`, `dm_keras_ext.AucCheckpoint`, ... keep working (README,
-"Module map").
+`dm_keras_ext.save_model`, `dm_keras_ext.AucCheckpoint`, ... keep working (docs/modules.md).
 """
 from __future__ import annotations
 
@@ -647,7 +646,7 @@ def run_stages(model: keras.Model, stages: list[Stage], train_ds, steps_per_epoc
 
 
 # ------------------------------------------------------------------ the original's API
-# The original's `dm_keras_ext` names, as thin adapters over the code above (README, "Code
+# The original's `dm_keras_ext` names, as thin adapters over the code above (docs/original.md, "Code
 # written for the original"): one loader, one stage loop. Its callbacks are in `dm_callbacks`.
 
 make_parallel = retired("dm_keras_ext.make_parallel",

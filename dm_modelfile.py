@@ -3,8 +3,8 @@
 Saved models carry their class list and preprocessing recipe (`ModelMeta`): inside the
 `.keras` zip as an extra member `dm_meta.json` (Keras ignores it on load), and as the root
 attribute `dm_meta` of an `.h5` file. A last-epoch checkpoint also carries the run's resume
-position in `ModelMeta.extra["resume"]`. Every write is atomic (`dm_output`). See README
-"Models" and "Reliability".
+position in `ModelMeta.extra["resume"]`. Every write is atomic (`dm_output`). See
+docs/training.md and docs/reliability.md.
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ class Recipe:
     channels: 3 (grey duplicated) or 1 (YaroslavNet).
     featurewise_center / featurewise_mean: subtract one scalar mean.
     input_bits: bit depth of the training images (8 or 16; None: unknown or not relevant), so
-    prediction can refuse or convert images of another depth (README "Prediction").
+    prediction can refuse or convert images of another depth (docs/prediction.md).
     """
 
     img_size: tuple[int, int] | None = (1152, 896)

@@ -1,6 +1,6 @@
 """Residual/VGG building blocks, the custom ResNet builders and `add_top_layers`.
 
-`add_top_layers` turns a patch classifier into a whole-image classifier (README "Models"): the
+`add_top_layers` turns a patch classifier into a whole-image classifier (docs/training.md, "Models"): the
 patch model is cut at its last convolutional feature map, wrapped as a nested
 sub-model named `patch_trunk` (so training stages can freeze it by name), called on a
 whole-image input, and new convolutional "top" layers are stacked on its output.
@@ -348,7 +348,7 @@ def add_top_layers(model: keras.Model, image_size: Sequence[int], patch_net: str
                    fc_init_units: int = 64, fc_layers: int = 2,
                    kept_layer_idx: int | None = None, kept_layer_name: str | None = None,
                    ) -> tuple[keras.Model, int] | keras.Model:
-    """Convert a patch classifier into a whole-image classifier (README "Models").
+    """Convert a patch classifier into a whole-image classifier (docs/training.md, "Models").
 
     Returns `(image_model, top_layer_nb)` as the original did (with `return_heatmap`,
     the heatmap model alone, as the original's code returned it); `image_model.layers

@@ -48,7 +48,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def interrupted_line(e: BaseException, what: str = "") -> str:
     """The one line a tool prints on Ctrl-C (exit 130): the epoch, and that the same
-    command resumes (each epoch is checkpointed, README "Training")."""
+    command resumes (each epoch is checkpointed, docs/training.md)."""
     epoch = getattr(e, "epoch", None)
     if not epoch:
         return f"interrupted{what}; rerun the same command to continue"
@@ -311,7 +311,7 @@ def _image_useless(cfg, changed: set[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class TrainerSpec:
-    """What differs between the two trainers, in one place (README "Training"):
+    """What differs between the two trainers, in one place (docs/training.md):
     the model kind stored in its file, the flag defaults, how the best model is chosen,
     whether a lesion-vs-background AUROC is reported, and flag combinations that do nothing."""
 

@@ -1,4 +1,4 @@
-"""Train a whole-image classifier in two stages (README "Training"), from a patch classifier
+"""Train a whole-image classifier in two stages (docs/training.md), from a patch classifier
 (--patch-model-state) or a saved whole-image model (--resume-from, e.g. to finetune a
 published checkpoint with --nb-epoch 0).
 

@@ -1,4 +1,4 @@
-"""Train a patch classifier in three stages (README "Training", docs/fidelity.md).
+"""Train a patch classifier in three stages (docs/training.md, docs/fidelity.md).
 
     python patch_clf_train.py TRAIN_DIR VAL_DIR TEST_DIR --net resnet50 ...
 

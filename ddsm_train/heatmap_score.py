@@ -378,7 +378,7 @@ def _check_pool(fmap_hw, avg_pool_size, size) -> None:
 
 def run(args, *legacy_args, **legacy_kw) -> dict:
     """Score the images. `args` is the parsed flags; the original's call
-    `run(img_folder, dl_state, fprop_mode=..., ...)` also works (see README, "Code written
+    `run(img_folder, dl_state, fprop_mode=..., ...)` also works (see docs/original.md, "Code written
     for the original")."""
     if isinstance(args, (str, os.PathLike)):
         return run(parse_original(args, *legacy_args, **legacy_kw))

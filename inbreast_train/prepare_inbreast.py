@@ -2,7 +2,7 @@
 
     python inbreast_train/prepare_inbreast.py DICOM_DIR INBREAST_CSV OUT_DIR [--xml-dir AllXML] [--img-size H W]
 
-Labels (README "Data recipes"): BI-RADS 1-2 `neg`, 4 (4a/4b/4c), 5, 6 `pos`, 3 excluded. The sheet's
+Labels (docs/data.md): BI-RADS 1-2 `neg`, 4 (4a/4b/4c), 5, 6 `pos`, 3 excluded. The sheet's
 "Patient ID" column is anonymised ("removed"), so patients come from the DICOM file names
 (`<File Name>_<patient hash>_MG_<L|R>_<view>_ANON.dcm`); the split (train/val/test) is by
 patient, stratified by "any positive image", seeded. Optional XML annotations (the

@@ -1,5 +1,4 @@
-"""Patient-level k-fold cross-validation of the whole chain on mini-MIAS (README section
-"Evidence on real mammograms: mini-MIAS cross-validation").
+"""Patient-level k-fold cross-validation of the whole chain on mini-MIAS (docs/mias.md).
 
     python mias_train/cross_validate.py MIAS_DIR --out runs/mias_cv [--folds 5] [--quick]
 

@@ -1,5 +1,5 @@
 """The house rules of the module graph: no import cycle among the project's modules, and the
-inference tools never load the trainer (README, "Module map")."""
+inference tools never load the trainer (docs/modules.md)."""
 from __future__ import annotations
 
 import ast

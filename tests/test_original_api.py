@@ -1,4 +1,4 @@
-"""The original's Python API (README, "Code written for the original"): the notebook
+"""The original's Python API (docs/original.md, "Code written for the original"): the notebook
 `ddsm_train/Example_model_test.ipynb` replayed on Keras 2.0.8-layout checkpoints, and
 each adapter checked against today's code it wraps."""
 import csv

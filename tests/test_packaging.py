@@ -1,4 +1,4 @@
-"""pyproject.toml installs every flat module and every command (README, "Install")."""
+"""pyproject.toml installs every flat module and every command (docs/modules.md, "Install")."""
 from __future__ import annotations
 
 import importlib
