@@ -23,7 +23,7 @@ import dm_recipe
 
 log = logging.getLogger(__name__)
 
-ASSETS = pathlib.Path(__file__).resolve().parent / "report_assets"
+ASSETS = pathlib.Path(__file__).resolve().parent / "dm_report_assets"
 CASES_DIR = "cases"
 GALLERIES = (
     ("fp", "Highest-scored negatives", "negatives the model scores highest (false-positive candidates)"),

@@ -14,13 +14,13 @@ import sys
 
 import dm_cli
 import dm_flags
-import dm_modelfile
 
 log = logging.getLogger("image_clf_train")
 
 
 def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
+    import dm_modelfile
     import keras
     import dm_resnet
     import dm_train
@@ -68,6 +68,7 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
+    import dm_modelfile
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
     import dm_keras_ext

@@ -11,13 +11,12 @@ import sys
 
 import dm_cli
 import dm_flags
-import dm_layers
-import dm_modelfile
-import dm_resnet
 
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
+    import dm_modelfile
+    import dm_resnet
     import dm_keras_ext
     if cfg.resume_from is not None:
         dm_modelfile.check_model_kind(cfg.resume_from, "patch", "--resume-from",
@@ -40,6 +39,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
+    import dm_layers
+    import dm_modelfile
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
     import dm_keras_ext

@@ -9,7 +9,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("ddsm_train", "inbreast_train", "mias_train")
-INFERENCE_TOOLS = ("predict", "evaluate", "calibrate", "ddsm_train.heatmap_score")
+INFERENCE_TOOLS = ("dm_predict", "dm_evaluate", "dm_calibrate", "ddsm_train.heatmap_score")
 TRAINER = {"dm_train", "patch_clf_train", "image_clf_train", "dm_flags"}
 # The original's image front door holds only the original's names (docs/modules.md); code
 # written for the original imports it, the project's own code imports the rooms behind it.
@@ -97,7 +97,7 @@ def test_the_checks_catch_a_cycle_and_a_trainer_import(tmp_path):
     """The checks above can fail: a small tree with both faults."""
     (tmp_path / "dm_a.py").write_text("import dm_b\n")
     (tmp_path / "dm_b.py").write_text("def f():\n    from dm_a import x\n")   # lazy: still a cycle
-    (tmp_path / "predict.py").write_text("def main():\n    import dm_train\n")
+    (tmp_path / "dm_predict.py").write_text("def main():\n    import dm_train\n")
     (tmp_path / "dm_train.py").write_text("")
     (tmp_path / "dm_c.py").write_text("def __getattr__(name):\n    import dm_d\n")
     (tmp_path / "dm_d.py").write_text("import dm_c\n")   # a lazy facade import is an edge too
@@ -106,7 +106,7 @@ def test_the_checks_catch_a_cycle_and_a_trainer_import(tmp_path):
     graph = import_graph(tmp_path)
     assert find_cycle(graph) in (["dm_a", "dm_b", "dm_a"], ["dm_b", "dm_a", "dm_b"])
     assert graph["dm_c"] == {"dm_d"} and graph["dm_d"] == {"dm_c"}
-    assert "dm_train" in reachable(graph, "predict")
+    assert "dm_train" in reachable(graph, "dm_predict")
 
 
 def test_no_sys_path_edits_in_library_code():

@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-import calibrate
+import dm_calibrate
 import dm_calibration as C
 import dm_metrics as M
-import predict
+import dm_predict
 from tiny_models import IMAGE_CLASSES, save, tiny_image_model, tiny_patch_model, write_images
 import dm_modelfile
 
@@ -93,7 +93,7 @@ def test_calibrate_cli_stores_map_and_predict_applies_it(model_and_preds, tmp_pa
         f.writelines(f"v{i}.png,{p[0]:.6f},{p[1]:.6f},{IMAGE_CLASSES[k]}\n"
                      for i, (p, k) in enumerate(zip(probs, y)))
     out_model = tmp_path / "cal.keras"
-    assert calibrate.main([str(model), str(val), "--method", "temperature",
+    assert dm_calibrate.main([str(model), str(val), "--method", "temperature",
                            "--out", str(out_model)]) == 0
     assert dm_modelfile.read_model_meta(model).calibration is None     # source untouched
     meta = dm_modelfile.read_model_meta(out_model)
@@ -102,10 +102,10 @@ def test_calibrate_cli_stores_map_and_predict_applies_it(model_and_preds, tmp_pa
         C.fit(np.round(probs, 6), y, "temperature")["temperature"], rel=1e-6)
     assert meta.calibration["fitted_on"] == str(val) and meta.calibration["n"] == 400
     raw, calp = tmp_path / "raw.csv", tmp_path / "cal.csv"
-    assert predict.main([str(out_model), "--images", *paths, "--out", str(raw),
+    assert dm_predict.main([str(out_model), "--images", *paths, "--out", str(raw),
                          "--no-calibration"]) == 0
-    assert predict.main([str(out_model), "--images", *paths, "--out", str(calp)]) == 0
-    assert predict.main([str(model), "--images", *paths, "--out", str(tmp_path / "u.csv")]) == 0
+    assert dm_predict.main([str(out_model), "--images", *paths, "--out", str(calp)]) == 0
+    assert dm_predict.main([str(model), "--images", *paths, "--out", str(tmp_path / "u.csv")]) == 0
     rp = np.array([[float(r["neg"]), float(r["pos"])] for r in _read(raw)])
     cp = np.array([[float(r["neg"]), float(r["pos"])] for r in _read(calp)])
     up = np.array([[float(r["neg"]), float(r["pos"])] for r in _read(tmp_path / "u.csv")])
@@ -119,15 +119,15 @@ def test_calibrate_bad_input_one_line(model_and_preds, tmp_path, capsys):
     d, model, _ = model_and_preds
     (tmp_path / "p.csv").write_text("path,neg,pos\na.png,0.2,0.8\n")
     (tmp_path / "q.csv").write_text("path,a,b,label\na.png,0.2,0.8,1\n")
-    assert calibrate.main([str(model), str(tmp_path / "p.csv")]) == 2
-    assert calibrate.main([str(model), str(tmp_path / "q.csv")]) == 2
+    assert dm_calibrate.main([str(model), str(tmp_path / "p.csv")]) == 2
+    assert dm_calibrate.main([str(model), str(tmp_path / "q.csv")]) == 2
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "no column for class" in err[1]
 
 
 def test_calibrate_help_shows_defaults_without_tensorflow():
     code = ("import sys, calibrate\n"
-            "try:\n    calibrate.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "try:\n    dm_calibrate.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TF' if 'tensorflow' in sys.modules else 'noTF')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=pathlib.Path(__file__).resolve().parents[1]).stdout

@@ -39,18 +39,18 @@ def test_help_is_fast_and_shows_defaults(tool):
 
 
 def _parsers():
-    import convert_checkpoint
+    import dm_convert_checkpoint
     import dm_flags
     import dm_synthetic  # noqa: F401
-    import end2end
-    import featurewise_mean
-    import predict
+    import dm_end2end
+    import dm_featurewise_mean
+    import dm_predict
     sys.path.insert(0, str(REPO))
     from ddsm_train import sample_patches_combined
     from mias_train import cross_validate
-    return {"cross_validate": cross_validate.build_parser(), "predict": predict.build_parser(), "convert": convert_checkpoint.build_parser(),
+    return {"cross_validate": cross_validate.build_parser(), "predict": dm_predict.build_parser(), "convert": dm_convert_checkpoint.build_parser(),
             "patch": dm_flags.build_parser("patch"), "image": dm_flags.build_parser("image"),
-            "mean": featurewise_mean.build_parser(), "end2end": end2end.build_parser(),
+            "mean": dm_featurewise_mean.build_parser(), "end2end": dm_end2end.build_parser(),
             "sampler": sample_patches_combined.build_parser()}
 
 

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-import convert_checkpoint
+import dm_convert_checkpoint
 from dm_recipe import Recipe
 from keras2_fixture import small_whole_image_model as whole_image_model
 from keras2_fixture import write_keras2_h5
@@ -27,7 +27,7 @@ def keras208_whole_image(tmp_path):
 def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image):
     model, src = keras208_whole_image
     out = tmp_path / "out" / "ddsm_whole.keras"
-    assert convert_checkpoint.main([str(src), str(out)]) == 0
+    assert dm_convert_checkpoint.main([str(src), str(out)]) == 0
     reloaded = keras.saving.load_model(out)  # plain Keras, no project loader
     x = np.random.default_rng(0).normal(50, 20, (2, 64, 48, 3)).astype("float32")
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5, rtol=0)
@@ -43,13 +43,13 @@ def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image)
 def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
     _, src = keras208_whole_image
     out = tmp_path / "inb.keras"
-    assert convert_checkpoint.main([str(src), str(out), "--dataset", "inbreast", "--img-size", "64", "48",
+    assert dm_convert_checkpoint.main([str(src), str(out), "--dataset", "inbreast", "--img-size", "64", "48",
                                     "--class-list", "benign", "malignant", "--kind", "image"]) == 0
     meta = dm_modelfile.read_model_meta(out)
     assert meta.class_list == ("benign", "malignant")
     assert meta.recipe.featurewise_mean == 44.33 and meta.recipe.img_size == (64, 48)
     out2 = tmp_path / "mean.keras"
-    assert convert_checkpoint.main([str(src), str(out2), "--featurewise-mean", "60.5",
+    assert dm_convert_checkpoint.main([str(src), str(out2), "--featurewise-mean", "60.5",
                                     "--rescale-factor", "0"]) == 0
     r = dm_modelfile.read_model_meta(out2).recipe
     assert r.featurewise_mean == 60.5 and r.rescale_factor is None
@@ -58,16 +58,16 @@ def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
 def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image, capsys):
     _, src = keras208_whole_image
     out = tmp_path / "x.keras"
-    assert convert_checkpoint.main([str(tmp_path / "missing.h5"), str(out)]) == 2
+    assert dm_convert_checkpoint.main([str(tmp_path / "missing.h5"), str(out)]) == 2
     err = [l for l in capsys.readouterr().out.splitlines() if "convert_checkpoint: error: " in l]
     assert len(err) == 1 and "missing.h5" in err[0] and "not found" in err[0]
     notes = tmp_path / "notes.h5"
     notes.write_text("not a model")
-    assert convert_checkpoint.main([str(notes), str(out)]) == 2
+    assert dm_convert_checkpoint.main([str(notes), str(out)]) == 2
     assert "notes.h5: not a model file" in capsys.readouterr().out
-    assert convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
+    assert dm_convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
     assert "2 outputs" in capsys.readouterr().out
-    assert convert_checkpoint.main([str(src), str(out), "--img-size", "1152", "896"]) == 2
+    assert dm_convert_checkpoint.main([str(src), str(out), "--img-size", "1152", "896"]) == 2
     err = capsys.readouterr().out
     assert "fixed at 64x48" in err and "--img-size says 1152x896" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddsm_whole.h5", "notes.h5"]
@@ -89,10 +89,10 @@ def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
 def test_converted_fixed_size_model_predicts(tmp_path, keras208_whole_image):
     """Before: a 1152x896 recipe for a 64x48 model, and prediction failed with a Keras error."""
     import cv2
-    import predict
+    import dm_predict
     _, src = keras208_whole_image
     out = tmp_path / "m.keras"
-    assert convert_checkpoint.main([str(src), str(out)]) == 0
+    assert dm_convert_checkpoint.main([str(src), str(out)]) == 0
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 65535, (90, 70)).astype(np.uint16))
-    assert predict.main([str(out), "--images", str(img), "--out", str(tmp_path / "p.csv")]) == 0
+    assert dm_predict.main([str(out), "--images", str(img), "--out", str(tmp_path / "p.csv")]) == 0

@@ -5,17 +5,17 @@ import pathlib
 
 import pytest
 
-import end2end
+import dm_end2end
 from dm_errors import InputError
 
 
 def test_pipeline_end_to_end_tiny(tmp_path):
-    args = end2end.build_parser().parse_args([
+    args = dm_end2end.build_parser().parse_args([
         "--out", str(tmp_path / "run"), "--n-patients", "24", "--img-size", "128", "96",
         "--patch-size", "32", "--nb-abn", "3", "--nb-bkg", "3", "--nb-init-filter", "4",
         "--patch-epochs", "1", "1", "1", "--image-epochs", "1", "1", "--top-depths", "8", "8",
         "--batch-size", "8"])
-    summary = end2end.run(args)
+    summary = dm_end2end.run(args)
     run = tmp_path / "run"
     for f in ("patch_model.keras", "image_model.keras", "summary.json",
               "data/roi_mask_path.csv", "patches/train/background"):
@@ -38,25 +38,25 @@ README_ROWS = ([], ["--mixed-precision", "bfloat16"],
 
 
 def test_readme_rows_get_their_own_folders():
-    p = end2end.build_parser()
-    outs = [end2end.default_out(p.parse_args(a)) for a in README_ROWS]
+    p = dm_end2end.build_parser()
+    outs = [dm_end2end.default_out(p.parse_args(a)) for a in README_ROWS]
     assert outs == ["runs/end2end", "runs/end2end-bfloat16", "runs/end2end-mias-320x320"]
-    assert end2end.default_out(p.parse_args(["--seeds", "5"])) == "runs/end2end-seeds5"
+    assert dm_end2end.default_out(p.parse_args(["--seeds", "5"])) == "runs/end2end-seeds5"
 
 
 def test_another_configuration_in_the_same_folder_is_refused_before_any_work(tmp_path,
                                                                               monkeypatch):
     """The issue's collision: `end2end.py` then the mini-MIAS row into the same folder."""
-    p = end2end.build_parser()
+    p = dm_end2end.build_parser()
     ran = []
-    monkeypatch.setattr(end2end, "run_one", lambda args, out: ran.append(out) or {})
+    monkeypatch.setattr(dm_end2end, "run_one", lambda args, out: ran.append(out) or {})
     out = tmp_path / "run"
-    end2end.run(p.parse_args(["--out", str(out)]))
+    dm_end2end.run(p.parse_args(["--out", str(out)]))
     (out / "data").mkdir()
-    end2end.run(p.parse_args(["--out", str(out)]))           # the same command again: fine
+    dm_end2end.run(p.parse_args(["--out", str(out)]))           # the same command again: fine
     assert len(ran) == 2
     with pytest.raises(InputError) as e:
-        end2end.run(p.parse_args(["--out", str(out), *README_ROWS[2][:3], "--img-size", "320",
+        dm_end2end.run(p.parse_args(["--out", str(out), *README_ROWS[2][:3], "--img-size", "320",
                                   "320"]))
     assert len(ran) == 2 and sorted(x.name for x in out.iterdir()) == [".dm_run.json", "data"]
     msg = str(e.value)
@@ -70,7 +70,7 @@ def test_spread_aggregates_every_numeric_leaf():
                 dict(acc=0.7, n=60, name="y", flag=False, ci=[0.2, 0.8], none=None,
                      localisation={"patch": {"pointing_game": 0.75, "pointing_game_ci": [0, 1]}}),
                 dict(acc=float("nan"), n=64)]
-    s = end2end.spread(per_seed)
+    s = dm_end2end.spread(per_seed)
     assert set(s) == {"acc", "n", "localisation"}
     assert s["acc"] == dict(mean=0.6, sd=pytest.approx(0.1414213562), min=0.5, max=0.7, n=2)
     assert s["n"]["mean"] == pytest.approx(61.333333) and s["n"]["n"] == 3
@@ -83,10 +83,10 @@ def test_seeds_write_one_summary_with_the_spread(tmp_path, monkeypatch):
         assert (out / ".dm_run.json").is_file() and out.name == f"seed-{args.seed}"
         return dict(patch_test_accuracy=args.seed / 100, image_test_auroc=0.5, total_s=1.0,
                     timings={"data_s": float(args.seed)})
-    monkeypatch.setattr(end2end, "run_one", fake_run_one)
-    p = end2end.build_parser()
+    monkeypatch.setattr(dm_end2end, "run_one", fake_run_one)
+    p = dm_end2end.build_parser()
     out = tmp_path / "runs"
-    summary = end2end.run(p.parse_args(["--out", str(out), "--seed", "10", "--seeds", "3"]))
+    summary = dm_end2end.run(p.parse_args(["--out", str(out), "--seed", "10", "--seeds", "3"]))
     assert summary["seeds"] == [10, 11, 12] and list(summary["per_seed"]) == ["10", "11", "12"]
     acc = summary["spread"]["patch_test_accuracy"]
     assert (acc["mean"], acc["min"], acc["max"], acc["n"]) == (pytest.approx(0.11), 0.1, 0.12, 3)
@@ -94,6 +94,6 @@ def test_seeds_write_one_summary_with_the_spread(tmp_path, monkeypatch):
     assert summary["wall_time_s"] >= 0
     assert json.loads((out / "summary.json").read_text()) == summary
     with pytest.raises(InputError, match="another configuration"):
-        end2end.run(p.parse_args(["--out", str(out), "--seeds", "7", "9"]))
+        dm_end2end.run(p.parse_args(["--out", str(out), "--seeds", "7", "9"]))
     with pytest.raises(InputError, match="a seed is repeated"):
-        end2end.run(p.parse_args(["--out", str(tmp_path / "b"), "--seeds", "7", "7"]))
+        dm_end2end.run(p.parse_args(["--out", str(tmp_path / "b"), "--seeds", "7", "7"]))

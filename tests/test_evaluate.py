@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import dm_metrics as M
-import evaluate
+import dm_evaluate
 
 
 def _data(n, seed=0):
@@ -76,7 +76,7 @@ def _write_preds(path, n=60, seed=1, with_label=True):
 def test_evaluate_cli_levels_json_and_plots(tmp_path, capsys):
     y, s = _write_preds(tmp_path / "preds.csv")
     out = tmp_path / "rep"
-    rc = evaluate.main([str(tmp_path / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
+    rc = dm_evaluate.main([str(tmp_path / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
                         "--thresholds", "0.4", "0.6", "--target-sensitivity", "0.9"])
     assert rc == 0
     summ = json.loads((out / "summary.json").read_text())
@@ -118,7 +118,7 @@ def test_help_is_complete_shows_defaults_and_needs_no_tensorflow():
     import subprocess
     import sys
     code = ("import sys, evaluate\n"
-            "try:\n    evaluate.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "try:\n    dm_evaluate.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TF' if 'tensorflow' in sys.modules else 'noTF')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout
@@ -127,7 +127,7 @@ def test_help_is_complete_shows_defaults_and_needs_no_tensorflow():
     assert desc.endswith("breast-/exam-level aggregation."), desc   # a whole sentence
     flat = " ".join(out.split())
     assert "(default: 2000)" in flat and "(default: max)" in flat
-    assert all(a.help for a in evaluate.build_parser()._actions), "every flag has a help line"
+    assert all(a.help for a in dm_evaluate.build_parser()._actions), "every flag has a help line"
 
 
 def test_evaluate_labels_from_separate_csv_and_pos_class(tmp_path):
@@ -135,7 +135,7 @@ def test_evaluate_labels_from_separate_csv_and_pos_class(tmp_path):
     with open(tmp_path / "labels.csv", "w") as f:
         f.write("path,label\n" + "".join(f"img{i},{'pos' if y[i] else 'neg'}\n"
                                          .replace(f"img{i},", f"img{i}.png,") for i in range(len(y))))
-    rc = evaluate.main([str(tmp_path / "preds.csv"), "--labels", str(tmp_path / "labels.csv"),
+    rc = dm_evaluate.main([str(tmp_path / "preds.csv"), "--labels", str(tmp_path / "labels.csv"),
                         "--pos-class", "neg", "--out-dir", str(tmp_path / "r"), "--n-boot", "50",
                         "--no-plots"])
     assert rc == 0
@@ -145,8 +145,8 @@ def test_evaluate_labels_from_separate_csv_and_pos_class(tmp_path):
 
 def test_evaluate_bad_input_one_line(tmp_path, capsys):
     (tmp_path / "p.csv").write_text("path,neg,pos\na.png,0.2,0.8\n")
-    assert evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path)]) == 2
-    assert evaluate.main([str(tmp_path / "nope.csv")]) == 2
+    assert dm_evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path)]) == 2
+    assert dm_evaluate.main([str(tmp_path / "nope.csv")]) == 2
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "not found" in err[1]
 

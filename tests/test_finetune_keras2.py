@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import convert_checkpoint
+import dm_convert_checkpoint
 import dm_keras_ext
 import dm_resnet
 import image_clf_train
@@ -53,7 +53,7 @@ def test_loads_with_identical_predictions(keras2_checkpoint):
 def test_convert_then_finetune_one_epoch(keras2_checkpoint, tmp_path):
     d, model, path = keras2_checkpoint
     converted = tmp_path / "converted.keras"
-    assert convert_checkpoint.main([str(path), str(converted), "--img-size", "128", "128",
+    assert dm_convert_checkpoint.main([str(path), str(converted), "--img-size", "128", "128",
                                     "--channels", "1", "--featurewise-mean", "40"]) == 0
     plain = keras.saving.load_model(converted)   # no project loader needed
     x = np.random.default_rng(1).normal(size=(1, 128, 128, 1)).astype("float32")

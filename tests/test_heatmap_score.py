@@ -138,7 +138,6 @@ def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
     # where there is no heat, the figure shows the source image itself, pixel for pixel
     np.testing.assert_array_equal(area[~coloured][:, 0], inf.to_display(src)[~coloured])
     # the heat covers the breast's box of the source image, not a crop moved to the corner
-    import dm_preprocess
     _, (x, y, w, h) = dm_sweep.segment_breast(src)
     ys, xs = np.nonzero(coloured)
     assert abs(ys.min() - y) <= 2 and abs(xs.min() - x) <= 2

@@ -121,7 +121,7 @@ def test_recipe_that_converts_nothing_fails_and_lists_the_skipped(shared_data, t
 
 
 def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
-    import featurewise_mean as fm
+    import dm_featurewise_mean as fm
     d = tmp_path / "set" / "neg"
     d.mkdir(parents=True)
     a = np.full((20, 10), 100, np.uint16) * 257

@@ -14,7 +14,7 @@ import dm_image
 import dm_inference as inf
 import dm_keras_ext
 from dm_errors import OriginalAPIError
-import predict
+import dm_predict
 from keras2_fixture import randomise_weights, write_keras2_h5
 from synth import write_class_folders
 from tiny_models import mammogram, save, tiny_image_model, tiny_patch_model
@@ -156,7 +156,7 @@ def _predict_py(d, tmp, tta: bool) -> dict:
         "--image-dir", str(d / "full_test_1152x896"), "--out", str(out), "--batch-size", "4",
         "--img-size", "1152", "896", "--rescale-factor", "0.003891",
         "--featurewise-mean", "52.18", "--no-equalize-hist", "--class-list", "neg", "pos"]
-    assert predict.main(argv + (["--test-augment"] if tta else [])) == 0
+    assert dm_predict.main(argv + (["--test-augment"] if tta else [])) == 0
     with open(out) as f:
         return {os.path.relpath(r["path"], d / "full_test_1152x896"): float(r["pos"])
                 for r in csv.DictReader(f)}

@@ -10,7 +10,7 @@ import pytest
 import dm_export
 import dm_dataset
 import dm_inference as inf
-import predict
+import dm_predict
 from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
 import dm_pixels
 import dm_recipe
@@ -37,7 +37,7 @@ def _read(path):
 
 def test_csv_columns_are_class_names_with_labels(setup, tmp_path):
     out = tmp_path / "preds.csv"
-    rc = predict.main([setup["m1"], setup["m2"], "--image-dir", str(setup["d"] / "data"),
+    rc = dm_predict.main([setup["m1"], setup["m2"], "--image-dir", str(setup["d"] / "data"),
                        "--out", str(out), "--batch-size", "3"])
     assert rc == 0
     rows = _read(out)
@@ -58,7 +58,7 @@ def test_csv_input_passes_columns_and_tta(setup, tmp_path):
         for i, p in enumerate(paths):
             f.write(f"{p},{'pos' if i >= 2 else 'neg'},P{i // 2},L\n")
     out = tmp_path / "p.csv"
-    assert predict.main([setup["m1"], "--csv", str(lst), "--out", str(out), "--test-augment"]) == 0
+    assert dm_predict.main([setup["m1"], "--csv", str(lst), "--out", str(out), "--test-augment"]) == 0
     rows = _read(out)
     assert list(rows[0]) == ["path", "neg", "pos", "label", "patient_id", "side"]
     assert [r["patient_id"] for r in rows] == ["P0", "P0", "P1", "P1"]
@@ -69,7 +69,7 @@ def test_csv_input_passes_columns_and_tta(setup, tmp_path):
 
 def test_images_without_labels_and_overrides(setup, tmp_path):
     out = tmp_path / "p.csv"
-    assert predict.main([setup["m1"], "--images", *setup["pos"], "--out", str(out),
+    assert dm_predict.main([setup["m1"], "--images", *setup["pos"], "--out", str(out),
                          "--featurewise-mean", "0"]) == 0
     rows = _read(out)
     assert list(rows[0]) == ["path", "neg", "pos"]
@@ -84,22 +84,22 @@ def test_images_without_labels_and_overrides(setup, tmp_path):
     (["--images", "a.png", "--csv", "b.csv"], "exactly one"),
 ])
 def test_bad_input_is_one_line_exit_2(setup, tmp_path, capsys, argv, msg):
-    rc = predict.main([setup["m1"], *argv, "--out", str(tmp_path / "x.csv")])
+    rc = dm_predict.main([setup["m1"], *argv, "--out", str(tmp_path / "x.csv")])
     assert rc == 2
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 1 and msg in err[0]
-    assert predict.main(["missing.keras", "--images", setup["neg"][0], "--out", "x.csv"]) == 2
+    assert dm_predict.main(["missing.keras", "--images", setup["neg"][0], "--out", "x.csv"]) == 2
 
 
 def test_export_matches_predict_from_raw_image(setup, tmp_path):
     """The SavedModel, fed the raw 16-bit image (90x70), gives predict.py's probabilities."""
     exp = tmp_path / "served"
-    assert predict.main([setup["m1"], "--export", str(exp)]) == 0
+    assert dm_predict.main([setup["m1"], "--export", str(exp)]) == 0
     served, meta = dm_export.load_serving(str(exp))
     assert meta["class_list"] == ["neg", "pos"] and meta["recipe"]["img_size"] == list(IMG)
     out = tmp_path / "p.csv"
     paths = setup["neg"] + setup["pos"]
-    assert predict.main([setup["m1"], "--images", *paths, "--out", str(out)]) == 0
+    assert dm_predict.main([setup["m1"], "--images", *paths, "--out", str(out)]) == 0
     want = np.array([[float(r["neg"]), float(r["pos"])] for r in _read(out)])
     raw = np.stack([cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in paths])
     assert raw.dtype == np.uint16 and raw.shape[1:] == (90, 70)
@@ -164,7 +164,7 @@ def depth_setup(tmp_path_factory):
 def test_other_bit_depth_is_refused_naming_file_depth_and_flag(depth_setup, tmp_path, capsys):
     s = depth_setup
     for src in (s["dcm"], s["png16"]):
-        rc = predict.main([s["model"], "--images", src, "--out", str(tmp_path / "p.csv")])
+        rc = dm_predict.main([s["model"], "--images", src, "--out", str(tmp_path / "p.csv")])
         assert rc == 2
         err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
         assert len(err) == 1
@@ -172,14 +172,14 @@ def test_other_bit_depth_is_refused_naming_file_depth_and_flag(depth_setup, tmp_
         assert "--convert-bit-depth" in err[0]
     assert not (tmp_path / "p.csv").exists()
     # A mix of depths in one call is refused too.
-    assert predict.main([s["model"], "--images", s["png8"], s["dcm"], "--out",
+    assert dm_predict.main([s["model"], "--images", s["png8"], s["dcm"], "--out",
                          str(tmp_path / "p.csv")]) == 2
 
 
 def test_convert_bit_depth_gives_the_8bit_answer(depth_setup, tmp_path):
     s = depth_setup
     out = tmp_path / "p.csv"
-    assert predict.main([s["model"], "--images", s["png8"], s["dcm"], s["png16"], "--out",
+    assert dm_predict.main([s["model"], "--images", s["png8"], s["dcm"], s["png16"], "--out",
                          str(out), "--convert-bit-depth"]) == 0
     p = np.array([float(r["pos"]) for r in _read(out)])
     # the 8- and 16-bit paths round differently; the tiny model (Keras 2.0.8 initialisation)
@@ -214,12 +214,12 @@ def test_export_endpoints_convert_to_the_trained_depth(depth_setup, tmp_path, ca
     s = depth_setup
     exp = tmp_path / "served"
     with caplog.at_level(logging.INFO):
-        assert predict.main([s["model"], "--export", str(exp)]) == 0
+        assert dm_predict.main([s["model"], "--export", str(exp)]) == 0
     assert any("serve_uint16(images)['probabilities']" in r.getMessage() for r in caplog.records)
     served, meta = dm_export.load_serving(str(exp))
     assert meta["output"] == "probabilities" and meta["recipe"]["input_bits"] == 8
     out = tmp_path / "p.csv"
-    assert predict.main([s["model"], "--images", s["png8"], "--out", str(out)]) == 0
+    assert dm_predict.main([s["model"], "--images", s["png8"], "--out", str(out)]) == 0
     want = float(_read(out)[0]["pos"])
     got8 = served.serve_uint8(s["img8"][None])["probabilities"].numpy()[0, 1]
     got16 = served.serve_uint16(s["img16"][None])["probabilities"].numpy()[0, 1]
@@ -233,7 +233,7 @@ def test_out_onto_a_symlink_writes_through_it(setup, tmp_path):
     target.write_text("old\n")
     link = tmp_path / "link.csv"
     link.symlink_to(target)
-    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(link)]) == 0
+    assert dm_predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(link)]) == 0
     assert link.is_symlink() and link.resolve() == target.resolve()
     assert _read(target)[0]["path"] == setup["neg"][0]
 
@@ -246,7 +246,7 @@ def test_out_onto_a_fifo_writes_through_it(setup, tmp_path):
     got = []
     t = threading.Thread(target=lambda: got.append(open(fifo).read()))
     t.start()
-    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(fifo)]) == 0
+    assert dm_predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(fifo)]) == 0
     t.join(30)
     import stat
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
@@ -255,7 +255,7 @@ def test_out_onto_a_fifo_writes_through_it(setup, tmp_path):
 
 @pytest.mark.parametrize("out_args", [["--out", "-"], []])
 def test_csv_on_standard_output(setup, capsys, out_args):
-    assert predict.main([setup["m1"], "--images", *setup["neg"], *out_args]) == 0
+    assert dm_predict.main([setup["m1"], "--images", *setup["neg"], *out_args]) == 0
     cap = capsys.readouterr()
     rows = list(csv.DictReader(cap.out.splitlines()))
     assert [r["path"] for r in rows] == setup["neg"]
@@ -279,8 +279,8 @@ def test_out_dev_stdout_redirected_to_a_file(setup, tmp_path):
 
 
 def test_many_images_need_out(setup, tmp_path, capsys):
-    many = [setup["neg"][0]] * (predict.STDOUT_MAX_IMAGES + 1)
-    assert predict.main([setup["m1"], "--images", *many]) == 2
+    many = [setup["neg"][0]] * (dm_predict.STDOUT_MAX_IMAGES + 1)
+    assert dm_predict.main([setup["m1"], "--images", *many]) == 2
     assert "give --out FILE" in capsys.readouterr().err
 
 
@@ -290,13 +290,13 @@ def test_outputs_honour_the_umask(setup, tmp_path, mask):
     old = os.umask(mask)
     try:
         out = tmp_path / "p.csv"
-        assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 0
+        assert dm_predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 0
         assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
         m = tmp_path / "m.keras"
         dm_modelfile.save_model(tiny_patch_model(), m)
         assert os.stat(m).st_mode & 0o777 == 0o666 & ~mask
         exp = tmp_path / "served"
-        assert predict.main([setup["m1"], "--export", str(exp)]) == 0
+        assert dm_predict.main([setup["m1"], "--export", str(exp)]) == 0
         assert os.stat(exp).st_mode & 0o777 == 0o777 & ~mask
     finally:
         os.umask(old)
@@ -317,7 +317,7 @@ def test_recipe_images_csv_is_accepted_with_split(setup, tmp_path):
     (root / "images.csv").write_text(
         "patient_id,side,view,image_id,label,split,full_img_file\n" + "\n".join(rows) + "\n")
     out = tmp_path / "p.csv"
-    assert predict.main([setup["m1"], "--csv", str(root / "images.csv"), "--split", "test",
+    assert dm_predict.main([setup["m1"], "--csv", str(root / "images.csv"), "--split", "test",
                          "--out", str(out)]) == 0
     got = _read(out)
     assert [r["label"] for r in got] == ["0", "1", "1"]
@@ -348,7 +348,7 @@ def _no_reading(monkeypatch):
 def test_size_a_fixed_input_model_cannot_take_is_one_line_before_reading(
         setup, tmp_path, capsys, monkeypatch, size, words):
     _no_reading(monkeypatch)
-    rc = predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size", *size,
+    rc = dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size", *size,
                        "--out", str(tmp_path / "p.csv")])
     err = _errors(capsys)
     assert rc == 2 and len(err) == 1 and all(w in err[0] for w in words), err
@@ -366,16 +366,16 @@ def test_patch_model_on_whole_mammograms_is_refused_naming_the_flag(
     --allow-whole-images; patches of the trained size are scored as before."""
     with monkeypatch.context() as mp:
         _no_reading(mp)
-        assert predict.main([patch_model, "--images", *setup["neg"],
+        assert dm_predict.main([patch_model, "--images", *setup["neg"],
                              "--out", str(tmp_path / "p.csv")]) == 2
     err = _errors(capsys)
     assert len(err) == 1
     assert all(w in err[0] for w in (setup["neg"][0], "a 90x70 image", "patch classifier",
                                      "16x16 patches", "2 of 2 images", "--allow-whole-images"))
-    assert predict.main([patch_model, "--images", *setup["neg"], "--allow-whole-images",
+    assert dm_predict.main([patch_model, "--images", *setup["neg"], "--allow-whole-images",
                          "--out", str(tmp_path / "p.csv")]) == 0
     patches = write_images(tmp_path / "patches", 2, shape=(20, 16))
-    assert predict.main([patch_model, "--images", *patches, "--out",
+    assert dm_predict.main([patch_model, "--images", *patches, "--out",
                          str(tmp_path / "q.csv")]) == 0
 
 
@@ -388,12 +388,12 @@ def test_colour_image_refused_grey_saved_as_rgb_accepted(setup, tmp_path, capsys
     rng = np.random.default_rng(0)
     cv2.imwrite(str(photo), rng.integers(0, 256, (90, 70, 3)).astype(np.uint8))
     out = tmp_path / "p.csv"
-    assert predict.main([setup["m1"], "--images", str(as_rgb), "--out", str(out)]) == 0
-    assert predict.main([setup["m1"], "--images", str(as_rgb), str(photo),
+    assert dm_predict.main([setup["m1"], "--images", str(as_rgb), "--out", str(out)]) == 0
+    assert dm_predict.main([setup["m1"], "--images", str(as_rgb), str(photo),
                          "--out", str(out)]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "photo.png: a colour image" in err[0] and "--allow-colour" in err[0]
-    assert predict.main([setup["m1"], "--images", str(photo), "--allow-colour",
+    assert dm_predict.main([setup["m1"], "--images", str(photo), "--allow-colour",
                          "--out", str(out)]) == 0
 
 
@@ -418,18 +418,18 @@ def twelve_bit(tmp_path_factory):
 
 def test_12_bit_values_in_a_16_bit_png_refused_like_the_dicom(twelve_bit, tmp_path, capsys):
     s, out = twelve_bit, tmp_path / "p.csv"
-    assert predict.main([s["model"], "--images", s["png12"], "--out", str(out)]) == 2
+    assert dm_predict.main([s["model"], "--images", s["png12"], "--out", str(out)]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and all(w in err[0] for w in (
         "export12.png", "never exceed 4095", "--stored-bits 12 --convert-bit-depth",
         "--stored-bits 16"))
     # --stored-bits 12 with conversion: the same answer as the DICOM that says BitsStored 12
-    assert predict.main([s["model"], "--images", s["png12"], s["dcm12"], "--stored-bits", "12",
+    assert dm_predict.main([s["model"], "--images", s["png12"], s["dcm12"], "--stored-bits", "12",
                          "--convert-bit-depth", "--out", str(out)]) == 0
     p = [float(r["pos"]) for r in _read(out)]
     np.testing.assert_allclose(p[0], p[1], atol=1e-6)
     # --stored-bits 16: scored as it is (what the tool did silently before)
-    assert predict.main([s["model"], "--images", s["png12"], "--stored-bits", "16",
+    assert dm_predict.main([s["model"], "--images", s["png12"], "--stored-bits", "16",
                          "--out", str(out)]) == 0
     m = inf.load_models([s["model"]])
     np.testing.assert_allclose(float(_read(out)[0]["pos"]),
@@ -442,7 +442,7 @@ def test_unwritable_out_refused_before_scoring_naming_the_users_file(
     _no_reading(monkeypatch)
     for bad, words in ((tmp_path / "notafolder" / "preds.csv", ["notafolder/preds.csv", "--out"]),
                        (tmp_path, [str(tmp_path), "is a folder"])):
-        assert predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
+        assert dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
                              "--out", str(bad)]) == 2
         err = _errors(capsys)
         assert len(err) == 1 and all(w in err[0] for w in words), err
@@ -460,7 +460,7 @@ def test_write_failure_names_the_users_file_not_the_temporary_one(setup, tmp_pat
         return real_open(path, *a, **k)
     monkeypatch.setattr("builtins.open", full_disk)
     out = tmp_path / "p.csv"
-    assert predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 2
+    assert dm_predict.main([setup["m1"], "--images", setup["neg"][0], "--out", str(out)]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and err[0].endswith(f"{out}: No space left on device")
     assert os.listdir(tmp_path) == []                 # and no temporary file left
@@ -470,7 +470,7 @@ def test_failed_onnx_export_leaves_the_earlier_export(setup, tmp_path, capsys, m
     """tf2onnx missing (made so here): the SavedModel written before stays byte for byte."""
     import builtins
     exp = tmp_path / "served"
-    assert predict.main([setup["m1"], "--export", str(exp)]) == 0
+    assert dm_predict.main([setup["m1"], "--export", str(exp)]) == 0
     before = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file()}
     real_import = builtins.__import__
 
@@ -480,7 +480,7 @@ def test_failed_onnx_export_leaves_the_earlier_export(setup, tmp_path, capsys, m
         return real_import(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
     capsys.readouterr()
-    assert predict.main([setup["m2"], "--export", str(exp), "--export-onnx",
+    assert dm_predict.main([setup["m2"], "--export", str(exp), "--export-onnx",
                          str(tmp_path / "m.onnx")]) == 2
     err = _errors(capsys)
     assert len(err) == 1 and "tf2onnx" in err[0] and "nothing was exported" in err[0]
@@ -490,19 +490,19 @@ def test_failed_onnx_export_leaves_the_earlier_export(setup, tmp_path, capsys, m
 
 
 def test_export_log_does_not_name_the_temporary_folder(setup, tmp_path, capsys):
-    assert predict.main([setup["m1"], "--export", str(tmp_path / "served")]) == 0
+    assert dm_predict.main([setup["m1"], "--export", str(tmp_path / "served")]) == 0
     out = capsys.readouterr()
     assert "/.served." not in out.out + out.err and "Assets written" not in out.out + out.err
 
 
 def test_progress_bar_counts_images_on_stderr(setup, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DM_PROGRESS", "1")
-    assert predict.main([setup["m1"], setup["m2"], "--image-dir", str(setup["d"] / "data"),
+    assert dm_predict.main([setup["m1"], setup["m2"], "--image-dir", str(setup["d"] / "data"),
                          "--out", str(tmp_path / "p.csv")]) == 0
     cap = capsys.readouterr()
     assert "scoring" in cap.err and "8/8" in cap.err and "8/8" not in cap.out
     monkeypatch.setenv("DM_PROGRESS", "0")
-    assert predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
+    assert dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"),
                          "--out", str(tmp_path / "p.csv")]) == 0
     assert "%|" not in capsys.readouterr().err
 
@@ -514,5 +514,5 @@ def test_hidden_files_in_an_image_folder_are_skipped(setup, tmp_path):
     (d / ".thumbs").mkdir()
     write_images(d / ".thumbs", 1)
     assert inf.list_images(str(d)) == paths
-    assert predict.main([setup["m1"], "--image-dir", str(d), "--out",
+    assert dm_predict.main([setup["m1"], "--image-dir", str(d), "--out",
                          str(tmp_path / "p.csv")]) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dm_report
-import evaluate
+import dm_evaluate
 from tiny_models import save, tiny_image_model, tiny_patch_model, write_images
 
 
@@ -39,7 +39,7 @@ def report(tmp_path_factory):
     out = d / "rep"
     (out / "cases").mkdir(parents=True)
     (out / "cases" / "stale.png").write_bytes(b"left by an earlier report")
-    rc = evaluate.main([str(d / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
+    rc = dm_evaluate.main([str(d / "preds.csv"), "--out-dir", str(out), "--n-boot", "200",
                         "--thresholds", "0.4", "0.6", "--html", "--model", str(model),
                         "--gallery-size", "3", "--thumb-height", "48"])
     assert rc == 0
@@ -151,6 +151,6 @@ def test_patch_model_heatmap_overlay(tmp_path):
 def test_model_without_html_is_refused(tmp_path, capsys):
     (tmp_path / "p.csv").write_text("path,neg,pos,label\na.png,0.2,0.8,1\nb.png,0.7,0.3,0\n")
     (tmp_path / "m.keras").write_text("x")
-    assert evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path / "r"),
+    assert dm_evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path / "r"),
                           "--model", str(tmp_path / "m.keras")]) == 2
     assert "add --html" in capsys.readouterr().out

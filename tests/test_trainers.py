@@ -366,7 +366,7 @@ def test_two_seeded_runs_are_bit_identical_even_with_the_cpu_loaded(tmp_path, mo
                                   "cross_validate"])
 @pytest.mark.parametrize("size", [["0", "0"], ["288", "-1"]])
 def test_non_positive_img_size_is_refused_at_flag_parsing(tool, size, capsys):
-    import end2end
+    import dm_end2end
     from ddsm_train import prepare_cbis_ddsm, sample_patches_combined
     from inbreast_train import prepare_inbreast
     from mias_train import cross_validate, prepare_mias
@@ -374,7 +374,7 @@ def test_non_positive_img_size_is_refused_at_flag_parsing(tool, size, capsys):
     parse = {
         "patch": lambda a: dm_flags.parse("patch", ["a", "b", "c", *a]),
         "image": lambda a: dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m", *a]),
-        "end2end": end2end.build_parser().parse_args,
+        "end2end": dm_end2end.build_parser().parse_args,
         "sampler": lambda a: sample_patches_combined.main(["r", "m", "p", "f", "o", *a]),
         "prepare_mias": lambda a: prepare_mias.main(["src", "out", *a]),
         "prepare_inbreast": lambda a: prepare_inbreast.main(["src", "x.csv", "out", *a]),

@@ -31,9 +31,9 @@ def test_trainer_config_from_values_equals_the_parsed_command_line():
 
 
 @pytest.mark.parametrize("module,argv,values", [
-    ("predict", ["m.keras", "--image-dir", "d", "--test-augment", "--batch-size", "3"],
+    ("dm_predict", ["m.keras", "--image-dir", "d", "--test-augment", "--batch-size", "3"],
      dict(models=["m.keras"], image_dir="d", test_augment=True, batch_size=3)),
-    ("evaluate", ["p.csv", "--out-dir", "r", "--pos-class", "pos", "--html", "--seed", "5"],
+    ("dm_evaluate", ["p.csv", "--out-dir", "r", "--pos-class", "pos", "--html", "--seed", "5"],
      dict(preds="p.csv", out_dir="r", pos_class="pos", html=True, seed=5)),
     ("ddsm_train.heatmap_score", ["imgs", "m.keras", "--stride", "8", "--img-size", "64", "48",
                                   "--grad-cam"],

@@ -1,0 +1,195 @@
+"""Score mammograms with one or more saved models (averaged), optionally with 4-flip TTA.
+
+    python predict.py MODEL [MODEL ...] (--images P ... | --image-dir DIR | --csv FILE) \
+        [--out preds.csv | --out -] [--test-augment] [--batch-size N] [recipe overrides]
+
+Each model's class list and preprocessing recipe are read from its file; the flags
+below only override them. The CSV has `path`, one probability column per class name,
+`label` when the source has labels, and any extra columns of an input CSV (e.g.
+patient_id, side, view, used by evaluate.py for breast/exam aggregation); a recipe's own
+`images.csv` works as `--csv` (with `--split test` to score one split). `--out -`, or no
+`--out` for up to 20 images, prints the CSV on standard output (the log goes to stderr).
+Images of another bit depth than the model was trained on are refused unless
+`--convert-bit-depth`. `--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
+
+Checked before anything is scored (one line, exit 2; docs/reliability.md): sizes the model
+cannot take, an output that cannot be written, and likely mistakes, each with the flag that
+forces it: whole mammograms for a patch model (--allow-whole-images), colour images
+(--allow-colour), 12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
+A progress bar goes to stderr when it is a terminal (DM_PROGRESS=1 forces it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+import dm_cli
+
+log = logging.getLogger("predict")
+STDOUT_MAX_IMAGES = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=dm_cli.HelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".keras or .h5 model file(s)")
+    src = p.add_argument_group("input (exactly one)")
+    src.add_argument("--images", nargs="+", metavar="PATH", help="image or DICOM files")
+    src.add_argument("--image-dir", metavar="DIR",
+                     help="folder, searched recursively (class sub-folders give labels)")
+    src.add_argument("--csv", metavar="FILE",
+                     help="CSV with a path column (label optional), or a recipe's images.csv")
+    src.add_argument("--split", metavar="NAME",
+                     help="with --csv: only rows whose split column is NAME (e.g. test)")
+    p.add_argument("--out", metavar="CSV",
+                   help=f"predictions CSV to write; '-' prints it (the default for up to "
+                        f"{STDOUT_MAX_IMAGES} images)")
+    p.add_argument("--test-augment", action="store_true",
+                   help="average the image and its horizontal, vertical and double flips")
+    p.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    p.add_argument("--convert-bit-depth", action="store_true",
+                   help="scale images of another bit depth to the one the model was trained "
+                        "on (else they are refused)")
+    p.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
+                   help="bits the 16-bit PNGs really use (e.g. 12; converted like a DICOM with "
+                        "BitsStored N with --convert-bit-depth; 16 scores them as they are)")
+    p.add_argument("--allow-colour", action="store_true",
+                   help="score colour images (as their grey conversion) instead of refusing them")
+    p.add_argument("--allow-whole-images", action="store_true",
+                   help="let a patch model score images over twice its patch size (each is "
+                        "shrunk to one patch) instead of refusing them")
+    p.add_argument("--class-list", nargs="+", default=None,
+                   help="column names, only for models that store none")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="allow Lambda layers in model files (runs code from the file)")
+    p.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
+                   help="compute in this precision (the softmax stays float32); default float32")
+    p.add_argument("--no-calibration", action="store_true",
+                   help="raw probabilities: ignore the calibration stored by calibrate.py")
+    r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
+    r.add_argument("--img-size", "--target-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="resize every image to H x W")
+    r.add_argument("--img-scale", type=float, help="scale each image so its maximum is this")
+    r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
+    r.add_argument("--input-bits", type=int, choices=(8, 16),
+                   help="bit depth the model expects (for models that record none)")
+    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
+                   help="histogram-equalise each image")
+    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", const=False,
+                   help="do not histogram-equalise")
+    r.add_argument("--featurewise-mean", type=float, help="subtract this mean (turns centring on)")
+    r.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
+                   const=False, help="do not subtract a mean")
+    e = p.add_argument_group("export")
+    e.add_argument("--export", metavar="DIR",
+                   help="write a serving SavedModel of the (single) model with its recipe built in")
+    e.add_argument("--export-onnx", metavar="FILE",
+                   help="also write an ONNX model (needs the optional tf2onnx package)")
+    e.add_argument("--export-resize", default="cv2cubic", choices=["cv2cubic", "bicubic", "bilinear"],
+                   help="resize in the exported graph (cv2cubic matches the cv2 path)")
+    return p
+
+
+def overrides_from(args) -> dict:
+    return dict(img_size=args.img_size, img_scale=args.img_scale,
+                rescale_factor=args.rescale_factor, equalize_hist=args.equalize_hist,
+                featurewise_mean=args.featurewise_mean,
+                featurewise_center=getattr(args, "featurewise_center", None),
+                input_bits=getattr(args, "input_bits", None))
+
+
+def run(args) -> int:
+    import dm_inference as inf
+    import dm_output
+    import dm_preflight
+    if args.batch_size < 1:
+        raise inf.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.img_size is not None and min(args.img_size) < 1:
+        raise inf.InferenceError(f"--img-size {args.img_size[0]} {args.img_size[1]}: sizes "
+                                 "must be positive")
+    if args.split and not args.csv:
+        raise inf.InferenceError("--split goes with --csv")
+    scoring = bool(args.images or args.image_dir or args.csv)
+    # Every output location first, so a long run cannot fail at its end.
+    if scoring and args.out is not None:
+        dm_output.check_writable(args.out, "--out")
+    if args.export:
+        dm_output.check_writable(args.export, "--export", folder=True)
+    if args.export_onnx:
+        dm_output.check_writable(args.export_onnx, "--export-onnx")
+    models = inf.load_models(args.models, safe_mode=not args.unsafe_load)
+    class_list = inf.common_class_list(models, args.class_list)
+    recipes = [m.recipe(**overrides_from(args)) for m in models]   # sizes checked here
+    if args.export or args.export_onnx:
+        import dm_export
+        if len(models) != 1:
+            raise inf.InferenceError("--export/--export-onnx take exactly one model")
+        dm_export.export(models[0].model, recipes[0], class_list, out_dir=args.export,
+                         onnx_path=args.export_onnx, resize=args.export_resize)
+        for dest in (args.export, args.export_onnx):
+            if dest:
+                log.info("exported %s to %s", args.models[0], dest)
+        if not scoring:
+            return 0
+    inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
+    out = args.out or "-"
+    if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
+        raise inf.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
+                                 "print the CSV)")
+    allow = dm_preflight.Allow(colour=args.allow_colour, whole_images=args.allow_whole_images,
+                               stored_bits=args.stored_bits)
+    depths = [inf.file_bit_depth(p) for p in inputs.paths]
+    depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
+    if args.mixed_precision:  # scoring only: the export above stays float32
+        import dm_modelfile
+        for m in models:
+            dm_modelfile.set_precision(m.model, args.mixed_precision)
+    import dm_calibration
+    with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
+        probs = dm_calibration.score_models(
+            models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size,
+                                               args.test_augment, overrides_from(args),
+                                               convert_bits=args.convert_bit_depth,
+                                               depths=depths, progress=bar),
+            enabled=not args.no_calibration)
+    inf.write_predictions_csv(out, inputs, probs, class_list)
+    log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list),
+             "standard output" if out == "-" else out)
+    return 0
+
+
+def predict(models: Sequence[str], **options: Any) -> int:
+    """The command as a function: `options` are its flags by destination name (`image_dir`,
+    `images`, `csv`, `out`, `test_augment`, `batch_size`, ...), defaults as the command's.
+    Bad input raises an InputError with the command's message."""
+    import dm_cli
+    return run(dm_cli.namespace(build_parser(), models=[str(m) for m in models], **options))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    dm_cli.setup_logging()      # first: TensorFlow then adds no handler of its own
+    dm_cli.quiet_tensorflow()
+    import dm_output
+    if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
+        return dm_cli.guarded("predict", run, args)
+    # The CSV goes to standard output: move the log to stderr for this run.
+    root = logging.getLogger()
+    moved = [h for h in root.handlers if isinstance(h, dm_cli._StdoutHandler)]
+    err = dm_cli.StderrHandler()   # the CSV goes to standard output
+    err.setFormatter(moved[0].formatter if moved else None)
+    for h in moved:
+        root.removeHandler(h)
+    root.addHandler(err)
+    try:
+        return dm_cli.guarded("predict", run, args)
+    finally:
+        root.removeHandler(err)
+        for h in moved:
+            root.addHandler(h)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
