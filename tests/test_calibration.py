@@ -126,7 +126,7 @@ def test_calibrate_bad_input_one_line(model_and_preds, tmp_path, capsys):
 
 
 def test_calibrate_help_shows_defaults_without_tensorflow():
-    code = ("import sys, calibrate\n"
+    code = ("import sys, dm_calibrate\n"
             "try:\n    dm_calibrate.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TF' if 'tensorflow' in sys.modules else 'noTF')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -117,7 +117,7 @@ def test_roc_legend_shows_interval_and_pr_steps_have_no_spikes(tmp_path):
 def test_help_is_complete_shows_defaults_and_needs_no_tensorflow():
     import subprocess
     import sys
-    code = ("import sys, evaluate\n"
+    code = ("import sys, dm_evaluate\n"
             "try:\n    dm_evaluate.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('TF' if 'tensorflow' in sys.modules else 'noTF')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
