@@ -193,15 +193,47 @@ def guarded(tool: str, fn: Callable, *args: Any) -> int:
 
 
 def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
-             tensorflow: bool | Callable[[Any], bool] = False) -> int:
+             tensorflow: bool | Callable[[Any], bool] = False, resumable: bool = False) -> int:
     """A tool's `main`: parse its flags first (so --help answers before anything heavy
     loads), log to stdout, import TensorFlow quietly when the tool will use it
-    (`tensorflow`: True, or a test of the parsed flags), run it guarded."""
+    (`tensorflow`: True, or a test of the parsed flags), run it guarded. A `resumable` tool
+    (the trainers, end2end) answers Ctrl-C with one line and exit status 130."""
     args = parse(argv)
     setup_logging()
     if tensorflow is True or (callable(tensorflow) and tensorflow(args)):
         quiet_tensorflow()
-    return guarded(tool, run, args)
+    try:
+        return guarded(tool, run, args)
+    except KeyboardInterrupt as e:
+        if not resumable:
+            raise
+        logging.getLogger(tool).error("%s", interrupted_line(e))
+        return 130
+
+
+def add_image_check_flags(parser, verb: str) -> None:
+    """The flags that force images the model was not trained on (dm_preflight), declared
+    once for every tool that scores images (`verb`: what the tool does with them)."""
+    parser.add_argument("--convert-bit-depth", action="store_true",
+                        help="scale images of another bit depth to the one the model was "
+                             "trained on (else they are refused)")
+    parser.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
+                        help="bits the 16-bit PNGs really use (e.g. 12: with "
+                             "--convert-bit-depth scaled like a DICOM with BitsStored N; "
+                             "16: used as they are)")
+    parser.add_argument("--allow-colour", action="store_true",
+                        help=f"{verb} colour images (as their grey conversion) instead of "
+                             "refusing them")
+
+
+def interrupted_line(e: BaseException) -> str:
+    """The one line a resumable tool prints on Ctrl-C (exit 130, the shell's code for
+    SIGINT): the epoch, if the trainer set it on the exception, and that the same command
+    resumes (each epoch is checkpointed, docs/reliability.md)."""
+    epoch = getattr(e, "epoch", None)
+    if not epoch:
+        return "interrupted; rerun the same command to continue"
+    return f"interrupted at epoch {epoch}; rerun the same command to resume"
 
 
 def progress(total: int, desc: str, unit: str = "image"):

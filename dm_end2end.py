@@ -368,11 +368,8 @@ def run_one(args, out: pathlib.Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Input problems exit 2 with one line; Ctrl-C exits 130 with one line."""
-    try:
-        return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True)
-    except KeyboardInterrupt as e:
-        import dm_train
-        return dm_train.on_interrupt("end2end", e)
+    return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True,
+                           resumable=True)
 
 
 if __name__ == "__main__":

@@ -49,14 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-augment", action="store_true",
                    help="average the image and its horizontal, vertical and double flips")
     p.add_argument("--batch-size", type=int, default=4, help="images per model call")
-    p.add_argument("--convert-bit-depth", action="store_true",
-                   help="scale images of another bit depth to the one the model was trained "
-                        "on (else they are refused)")
-    p.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
-                   help="bits the 16-bit PNGs really use (e.g. 12; converted like a DICOM with "
-                        "BitsStored N with --convert-bit-depth; 16 scores them as they are)")
-    p.add_argument("--allow-colour", action="store_true",
-                   help="score colour images (as their grey conversion) instead of refusing them")
+    dm_cli.add_image_check_flags(p, "score")
     p.add_argument("--allow-whole-images", action="store_true",
                    help="let a patch model score images over twice its patch size (each is "
                         "shrunk to one patch) instead of refusing them")

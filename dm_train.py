@@ -15,14 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-import dm_cli
 import dm_distribute
 import dm_output
 import dm_inference
 import dm_keras_ext
 from dm_augment import Augment
 from dm_recipe import Recipe
-from dm_cli import setup_logging  # noqa: F401  (re-exported: the trainers' logging)
 from dm_errors import InputError, one_line  # noqa: F401
 from dm_modelfile import ModelMeta
 from dm_keras_ext import Stage
@@ -44,15 +42,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, epoch: int | None):
         super().__init__(epoch)
         self.epoch = epoch
-
-
-def interrupted_line(e: BaseException, what: str = "") -> str:
-    """The one line a tool prints on Ctrl-C (exit 130): the epoch, and that the same
-    command resumes (each epoch is checkpointed, docs/training.md)."""
-    epoch = getattr(e, "epoch", None)
-    if not epoch:
-        return f"interrupted{what}; rerun the same command to continue"
-    return f"interrupted{what} at epoch {epoch}; rerun the same command to resume"
 
 
 class _EpochTracker:
@@ -552,20 +541,3 @@ def accuracy_line(accuracy: float, labels, class_list) -> str:
             "may be predicting one class for everything)" if abs(accuracy - majority) < 1e-9
             else "")
     return f"accuracy on test set: {accuracy:.4f}{note}"
-
-
-def cli(kind: str, run: Callable, argv=None) -> int:
-    """Parse a trainer's flags and run it guarded (see `dm_cli.guarded`)."""
-    import dm_flags
-    setup_logging()
-    try:
-        return dm_cli.guarded(f"{kind}_clf_train", run, dm_flags.parse(kind, argv))
-    except KeyboardInterrupt as e:
-        return on_interrupt(f"{kind}_clf_train", e)
-
-
-def on_interrupt(tool: str, e: BaseException, what: str = "") -> int:
-    """Ctrl-C ends a tool with one line and exit status 130 (the shell's code for SIGINT)
-    instead of a traceback."""
-    logging.getLogger(tool).error("%s", interrupted_line(e, what))
-    return 130

@@ -89,12 +89,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
 def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
     Ctrl-C exits 130 with one line."""
-    try:
-        return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run,
-                               argv, tensorflow=True)
-    except KeyboardInterrupt as e:   # one line and exit 130, no traceback
-        import dm_train
-        return dm_train.on_interrupt("image_clf_train", e)
+    return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run, argv, tensorflow=True,
+                           resumable=True)
 
 
 if __name__ == "__main__":

@@ -203,14 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-size", type=int, help="default: the patch model's input size")
     g.add_argument("--stride", type=int, default=8, help="sliding-window step in pixels")
     g.add_argument("--batch-size", type=int, default=128, help="patches per batch")
-    g.add_argument("--convert-bit-depth", action="store_true",
-                   help="scale images of another bit depth to the one the model was trained "
-                        "on (else they are refused, as in predict.py)")
-    g.add_argument("--stored-bits", type=int, choices=range(1, 17), metavar="N",
-                   help="bits the 16-bit PNGs really use (e.g. 12: with --convert-bit-depth "
-                        "scaled to the model's depth; 16: used as they are)")
-    g.add_argument("--allow-colour", action="store_true",
-                   help="map colour images (as their grey conversion) instead of refusing them")
+    dm_cli.add_image_check_flags(g, "map")
     g.add_argument("--segment", dest="segment", action="store_true", default=True,
                    help="sliding window: crop to the breast first")
     g.add_argument("--no-segment", dest="segment", action="store_false", default=argparse.SUPPRESS, help="turn off --segment")
