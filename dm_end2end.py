@@ -229,7 +229,8 @@ def run(args) -> dict:
 
 def run_seeds(args, out: pathlib.Path) -> dict:
     """The pipeline once per seed in OUT/seed-S/, then OUT/summary.json: the per-seed
-    summaries and, for every numeric figure, its mean, sd, min and max over the seeds."""
+    summaries and, for every numeric figure, its mean, sd, min and max over the seeds.
+    Rerun after an interruption, seeds that finished keep their summaries."""
     import keras
 
     seeds = seed_list(args)
@@ -244,6 +245,10 @@ def run_seeds(args, out: pathlib.Path) -> dict:
         one = argparse.Namespace(**dict(vars(args), seed=seed, seeds=None))
         sub = out / f"seed-{seed}"
         claim_folder(sub, "end2end", run_config(one))
+        if (sub / "summary.json").is_file():    # finished before an interruption: kept
+            log.info("seed %d finished earlier: its summary %s is kept", seed, sub / "summary.json")
+            per_seed[str(seed)] = json.loads((sub / "summary.json").read_text())
+            continue
         per_seed[str(seed)] = run_one(one, sub)
         keras.backend.clear_session()
     figures = spread(list(per_seed.values()))

@@ -97,3 +97,25 @@ def test_seeds_write_one_summary_with_the_spread(tmp_path, monkeypatch):
         dm_end2end.run(p.parse_args(["--out", str(out), "--seeds", "7", "9"]))
     with pytest.raises(InputError, match="a seed is repeated"):
         dm_end2end.run(p.parse_args(["--out", str(tmp_path / "b"), "--seeds", "7", "7"]))
+
+
+def test_a_rerun_of_seeds_keeps_the_seeds_that_finished(tmp_path, monkeypatch):
+    """Interrupted at the third seed: the same command again runs only the seeds left."""
+    ran = []
+
+    def fake_run_one(args, out):
+        if args.seed == 12 and not ran.count(12):
+            ran.append(12)
+            raise KeyboardInterrupt
+        ran.append(args.seed)
+        summary = dict(image_test_auroc=args.seed / 100)
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+    monkeypatch.setattr(dm_end2end, "run_one", fake_run_one)
+    argv = ["--out", str(tmp_path / "runs"), "--seed", "10", "--seeds", "3"]
+    with pytest.raises(KeyboardInterrupt):
+        dm_end2end.run(dm_end2end.build_parser().parse_args(argv))
+    summary = dm_end2end.run(dm_end2end.build_parser().parse_args(argv))
+    assert ran == [10, 11, 12, 12]
+    assert summary["spread"]["image_test_auroc"]["max"] == 0.12
+    assert summary["spread"]["image_test_auroc"]["n"] == 3
