@@ -34,6 +34,7 @@ import dm_dataset
 import dm_listing
 import dm_pixels
 import dm_recipe
+import dm_localisation_metrics
 
 log = logging.getLogger("end2end")
 
@@ -339,7 +340,7 @@ def run_one(args, out: pathlib.Path) -> dict:
     report = evaluate_and_draw(args, out, data, patch_model, image_model, len(patch_classes))
     timings["evaluation_s"] = time.time() - t
     t = time.time()     # heatmaps of the test images with lesions against their masks
-    localisation = dm_localisation.brief(dm_localisation.score_and_localise(
+    localisation = dm_localisation_metrics.brief(dm_localisation.score_and_localise(
         data, out / "localisation", patch_model, image_model, args.patch_size,
         max(4, args.patch_size // 4), args.img_size, seed=args.seed, report=report["html"]))
     timings["localisation_s"] = time.time() - t

@@ -41,6 +41,7 @@ from dm_recipe_utils import claim_folder, link_or_copy, write_csv  # noqa: E402
 import dm_dataset
 import dm_listing
 import dm_pixels
+import dm_localisation_metrics
 
 log = logging.getLogger("cross_validate")
 
@@ -381,7 +382,7 @@ def chain_localisation(args, out: pathlib.Path, I, n_boot: int, seed: int) -> di
               [str(out / "data" / "full_images" / f"{i}.png")
                for i in I[(I["fold"] == k) & (I["label"] > 0)]["image_id"]])
              for k in sorted(I["fold"].unique())]
-    return dm_localisation.brief(dm_localisation.localise_folds(
+    return dm_localisation_metrics.brief(dm_localisation.localise_folds(
         out / "data", out / "localisation", folds, args.patch_size,
         max(4, args.patch_size // 4), [args.img_size] * 2, n_boot=n_boot, seed=seed))
 

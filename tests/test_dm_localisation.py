@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import dm_localisation as loc
+import dm_localisation_metrics as metrics
 import dm_synthetic as syn
 from ddsm_train.heatmap_score import Item, save_heatmaps
 import dm_pixels
@@ -29,7 +30,7 @@ def toy_case(lesions=((40, 30, 6),)):
     masks = [disc((H, W), *les) for les in lesions]
     for m in masks:
         img[m] = 30000
-    return loc.make_case("toy.png", img, [m.astype(np.uint8) * 255 for m in masks])
+    return metrics.make_case("toy.png", img, [m.astype(np.uint8) * 255 for m in masks])
 
 
 def bump(cy, cx, sigma=4.0):
@@ -37,13 +38,13 @@ def bump(cy, cx, sigma=4.0):
     return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2))
 
 
-SET = loc.Settings(pixel_mm=(1.0, 1.0), tolerance_mm=0.0, n_boot=500, seed=1)
+SET = metrics.Settings(pixel_mm=(1.0, 1.0), tolerance_mm=0.0, n_boot=500, seed=1)
 
 
 def test_map_peaked_on_lesion_scores_1_and_away_scores_0():
     c = toy_case()
-    on, _ = loc.evaluate([c], [bump(40, 30)], SET)
-    off, _ = loc.evaluate([c], [bump(70, 20)], SET)
+    on, _ = metrics.evaluate([c], [bump(40, 30)], SET)
+    off, _ = metrics.evaluate([c], [bump(70, 20)], SET)
     assert on["pointing_game"] == 1.0 and off["pointing_game"] == 0.0
     assert on["mass_fraction"] > off["mass_fraction"]
     # the brightest-pixel baseline finds the bright lesion; chance is small
@@ -52,27 +53,27 @@ def test_map_peaked_on_lesion_scores_1_and_away_scores_0():
 
 def test_chance_equals_area_ratio():
     c = toy_case(((40, 30, 6), (20, 20, 3)))
-    summ, recs = loc.evaluate([c], [bump(40, 30)], SET)
+    summ, recs = metrics.evaluate([c], [bump(40, 30)], SET)
     ratio = (c.union & c.breast).sum() / c.breast.sum()
     assert summ["pointing_game_chance"] == pytest.approx(ratio, abs=1e-4)
     assert recs[0]["hit_chance"] == pytest.approx(ratio)
     assert summ["mass_fraction_chance"] == pytest.approx(ratio, abs=1e-4)
     # a uniform map puts the area ratio of its mass in the lesions
-    assert loc.mass_fraction(np.ones((H, W), np.float32), c.union, c.breast) == pytest.approx(ratio)
+    assert metrics.mass_fraction(np.ones((H, W), np.float32), c.union, c.breast) == pytest.approx(ratio)
 
 
 def test_tolerance_dilation():
     c = toy_case(((40, 30, 5),))
     heat = bump(40, 39)                                     # peak 4 px beyond the edge
     for tol, hit in ((0.0, 0.0), (3.0, 0.0), (4.0, 1.0), (6.0, 1.0)):
-        s = loc.Settings(pixel_mm=(1.0, 1.0), tolerance_mm=tol, n_boot=10)
-        assert loc.evaluate([c], [heat], s)[0]["pointing_game"] == hit, tol
+        s = metrics.Settings(pixel_mm=(1.0, 1.0), tolerance_mm=tol, n_boot=10)
+        assert metrics.evaluate([c], [heat], s)[0]["pointing_game"] == hit, tol
     # the same in mm at 0.5 mm pixels: 2 mm is 4 px
-    s = loc.Settings(pixel_mm=(0.5, 0.5), tolerance_mm=2.0, n_boot=10)
-    assert loc.evaluate([c], [heat], s)[0]["pointing_game"] == 1.0
-    d = loc.dilate(c.lesions[0], (3, 3))
+    s = metrics.Settings(pixel_mm=(0.5, 0.5), tolerance_mm=2.0, n_boot=10)
+    assert metrics.evaluate([c], [heat], s)[0]["pointing_game"] == 1.0
+    d = metrics.dilate(c.lesions[0], (3, 3))
     assert d.sum() > c.lesions[0].sum() and (d >= c.lesions[0]).all()
-    assert loc.dilate(c.lesions[0], (0, 0)).sum() == c.lesions[0].sum()
+    assert metrics.dilate(c.lesions[0], (0, 0)).sum() == c.lesions[0].sum()
 
 
 def test_ties_count_as_a_random_pick_and_outside_breast_is_ignored():
@@ -80,9 +81,9 @@ def test_ties_count_as_a_random_pick_and_outside_breast_is_ignored():
     heat = np.zeros((H, W), np.float32)
     heat[40, 30] = heat[70, 30] = 1.0                       # two equal maxima, one inside
     heat[2, 78] = 5.0                                       # outside the breast: ignored
-    assert loc.pointing_hit(heat, c.union, c.breast) == 0.5
+    assert metrics.pointing_hit(heat, c.union, c.breast) == 0.5
     heat[40, 30] = np.nan                                   # no value there: the other wins
-    assert loc.pointing_hit(heat, c.union, c.breast) == 0.0
+    assert metrics.pointing_hit(heat, c.union, c.breast) == 0.0
 
 
 def test_bootstrap_interval_contains_point_estimate():
@@ -92,13 +93,13 @@ def test_bootstrap_interval_contains_point_estimate():
         cy, cx = 30 + int(rng.integers(0, 30)), 20 + int(rng.integers(0, 25))
         cases.append(toy_case(((cy, cx, 5),)))
         maps.append(bump(cy, cx) if i % 4 else bump(80, 10))
-    summ, _ = loc.evaluate(cases, maps, SET)
+    summ, _ = metrics.evaluate(cases, maps, SET)
     lo, hi = summ["pointing_game_ci"]
     assert summ["pointing_game"] == 0.75 and lo <= 0.75 <= hi and lo < hi
     for k in ("mass_fraction", "pointing_game_chance", "pointing_game_brightest"):
         assert summ[f"{k}_ci"][0] <= summ[k] <= summ[f"{k}_ci"][1]
-    ci = loc.bootstrap_means({"a": np.r_[np.ones(5), np.zeros(5)]}, 300, seed=3)
-    assert ci == loc.bootstrap_means({"a": np.r_[np.ones(5), np.zeros(5)]}, 300, seed=3)
+    ci = metrics.bootstrap_means({"a": np.r_[np.ones(5), np.zeros(5)]}, 300, seed=3)
+    assert ci == metrics.bootstrap_means({"a": np.r_[np.ones(5), np.zeros(5)]}, 300, seed=3)
 
 
 def test_topk_and_dice():
@@ -107,25 +108,25 @@ def test_topk_and_dice():
     one = bump(30, 25) + 0.9 * bump(33, 28)
     sep = (10.0, 10.0)
     targets = c.lesions
-    assert loc.topk_found(both, targets, c.breast, sep) == 1.0
-    assert loc.topk_found(one, targets, c.breast, sep) == 0.5
-    assert 0 < loc.topk_chance(targets, c.breast) < 0.2
-    summ, _ = loc.evaluate([c], [both], SET, val_cases=[c], val_maps=[both])
+    assert metrics.topk_found(both, targets, c.breast, sep) == 1.0
+    assert metrics.topk_found(one, targets, c.breast, sep) == 0.5
+    assert 0 < metrics.topk_chance(targets, c.breast) < 0.2
+    summ, _ = metrics.evaluate([c], [both], SET, val_cases=[c], val_maps=[both])
     assert summ["topk_found"] == 1.0 and summ["n_multi_lesion_images"] == 1
     assert summ["dice"] > 0.5 and 0 < summ["dice_threshold"] < 1
     assert summ["dice_chance"] < 0.2
     # without validation maps Dice is not reported
-    assert loc.evaluate([c], [both], SET)[0]["dice"] is None
+    assert metrics.evaluate([c], [both], SET)[0]["dice"] is None
 
 
 def test_pixel_size_sources(tmp_path):
-    assert loc.pixel_size_mm(None, (288, 224))[0] == (240 / 288, 240 / 288)
-    assert loc.pixel_size_mm(None, (288, 224), 0.1) == ((0.1, 0.1), "given")
+    assert metrics.pixel_size_mm(None, (288, 224))[0] == (240 / 288, 240 / 288)
+    assert metrics.pixel_size_mm(None, (288, 224), 0.1) == ((0.1, 0.1), "given")
     (tmp_path / "mias_info.csv").write_text("x\n")
-    (px, src) = loc.pixel_size_mm(tmp_path, (512, 256))
+    (px, src) = metrics.pixel_size_mm(tmp_path, (512, 256))
     assert px == (0.4, 0.8) and src == "mini-MIAS"
-    with pytest.raises(loc.LocalisationError):
-        loc.pixel_size_mm(None, (10, 10), -1.0)
+    with pytest.raises(metrics.LocalisationError):
+        metrics.pixel_size_mm(None, (10, 10), -1.0)
 
 
 def test_maps_are_placed_where_the_cells_looked():
@@ -239,5 +240,5 @@ def test_report_gets_a_localisation_section(tiny_folder, tmp_path):
     assert page.count("<h2>Localisation</h2>") == 1
     assert page.index("Localisation") < page.index("Cases behind the numbers")
     assert "<td>gradcam</td>" in page and "../loc/localisation.png" in page
-    with pytest.raises(loc.LocalisationError, match="report not found"):
+    with pytest.raises(metrics.LocalisationError, match="report not found"):
         loc.localise(str(d / "data"), [str(d / "gradcam.npz")], report=str(tmp_path / "no.html"))
