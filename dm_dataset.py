@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Sequence
 
@@ -115,25 +114,14 @@ def _fill_one(out: np.ndarray, img: np.ndarray, recipe: Recipe, params: np.ndarr
 def _merge_shifted(out: np.ndarray, x: np.ndarray, shifts: Sequence[float]) -> None:
     """`channel_shifts` of the 3-channel copy of grey `x`, written into `out` (H, W, 3),
     bit for bit, at a fraction of its cost: the three channels are equal, so their common
-    min and max are the grey image's, and each shifted channel is computed contiguously
-    before one interleaving merge (instead of strided adds over the 3-channel array)."""
-    lo, hi = np.float32(x.min()), np.float32(x.max())
-    chans = _scratch_planes(x.shape)
-    for c in range(3):
-        np.add(x, np.float32(shifts[c]), out=chans[c])
-        np.clip(chans[c], lo, hi, out=chans[c])
-    cv2.merge(list(chans), dst=out)
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch_planes(shape: tuple[int, int]) -> np.ndarray:
-    """Three float32 planes reused by this thread (fresh large arrays cost page faults)."""
-    buf = getattr(_SCRATCH, "planes", None)
-    if buf is None or buf.shape[1:] != tuple(shape):
-        buf = _SCRATCH.planes = np.empty((3,) + tuple(shape), np.float32)
-    return buf
+    min and max are the grey image's; one merge, then one per-channel add and one clip pass
+    each way over the interleaved array (cv2 scalars act per channel)."""
+    lo, hi = (float(np.float32(v)) for v in cv2.minMaxLoc(x)[:2])
+    s = tuple(float(np.float32(v)) for v in shifts[:3])
+    cv2.merge([x, x, x], dst=out)
+    cv2.add(out, s + (0.0,), dst=out)
+    cv2.max(out, (lo, lo, lo, 0.0), dst=out)
+    cv2.min(out, (hi, hi, hi, 0.0), dst=out)
 
 
 def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], recipe: Recipe,

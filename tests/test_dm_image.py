@@ -217,6 +217,17 @@ def test_channel_shift_clips_to_image_range():
                                   [[0, 30], [70, 80]])
 
 
+@pytest.mark.parametrize("shifts", [(13.07, -5.86, 5.58), (-17.5, -13.9, 0.0), (0.0, 19.99, -0.25)])
+def test_pipeline_channel_shift_is_bit_identical_to_the_reference(shifts):
+    """The pipeline's fused merge+shift+clip equals `channel_shifts` of the 3-channel copy."""
+    x = (RNG.random((37, 29)) * 300 - 60).astype(np.float32)
+    ref = dm_augment.channel_shifts(np.repeat(x[:, :, None], 3, axis=2), shifts)
+    out = np.empty((37, 29, 3), np.float32)
+    dm_dataset._merge_shifted(out, x, shifts)
+    np.testing.assert_array_equal(out, ref)
+    assert out.min() == x.min() and out.max() == x.max()
+
+
 def test_fast_augment_agrees_with_scipy_reference():
     x = cv2.GaussianBlur(RNG.random((64, 48)).astype(np.float32) * 255, (0, 0), 2)
     for k in range(5):
