@@ -16,6 +16,7 @@ command-line tools; sizes, epochs and nets are flags with small defaults.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import pathlib
@@ -86,8 +87,12 @@ _NOT_CONFIG = ("out",)
 
 
 def run_config(args) -> dict:
-    """The flags that define a run (everything but the output folder)."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG}
+    """The flags that define a run (everything but the output folder); a --data path is
+    recorded absolute, so a rerun from another working directory is the same run."""
+    cfg = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG}
+    if len(cfg.get("data") or ()) > 1:
+        cfg["data"] = [cfg["data"][0]] + [os.path.abspath(d) for d in cfg["data"][1:]]
+    return cfg
 
 
 def default_out(args, parser: argparse.ArgumentParser | None = None) -> str:

@@ -287,12 +287,26 @@ def read_run_stamp(folder: str | os.PathLike) -> dict | None:
         return None
 
 
+def absolute_paths(config: Mapping[str, Any], keys: Iterable[str]) -> dict:
+    """`config` with the values of `keys` (a path or a list of paths) made absolute, so a
+    rerun from another working directory records the same configuration."""
+    out = dict(config)
+    for k in keys:
+        v = out.get(k)
+        if isinstance(v, (list, tuple)):
+            out[k] = [os.path.abspath(x) for x in v]
+        elif v is not None:
+            out[k] = os.path.abspath(v)
+    return out
+
+
 def claim_folder(folder: str | os.PathLike, tool: str, config: Mapping[str, Any],
-          what: str = "--out") -> pathlib.Path:
+          what: str = "--out", paths: Iterable[str] = ()) -> pathlib.Path:
     """Make `folder` this run's: create it and record `config`, or check that it is already
-    this configuration's. `what` names the flag that chose the folder (for the message)."""
+    this configuration's. `what` names the flag that chose the folder (for the message);
+    the values of `paths` are input files or folders, recorded absolute."""
     folder = pathlib.Path(folder)
-    new = {"tool": tool, "config": _plain(dict(config))}
+    new = {"tool": tool, "config": _plain(absolute_paths(config, paths))}
     old = read_run_stamp(folder)
     if old is not None:
         if old == new:

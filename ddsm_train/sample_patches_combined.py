@@ -314,6 +314,10 @@ def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed
     return sorted(p for p in patients if split[p] == "train"), sorted(p for p in patients if split[p] == "val")
 
 
+_INPUT_PATHS = (   # the flags naming inputs: recorded absolute
+    "roi_mask_path_file", "roi_mask_dir", "pat_train_list_file", "full_img_dir", "val_list", "images_csv")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Sample patches for the train and validation patients; returns {split: {class: count}, 'skipped': [...]}."""
     df = read_roi_table(args.roi_mask_path_file)
@@ -353,7 +357,7 @@ def run(args: argparse.Namespace) -> dict:
                 if k not in ("nb_workers", "verbose", "train_out_dir", "val_out_dir")}
     for split, _, out_dir in outputs:      # all claimed before anything is written
         claim_folder(out_dir, "sample_patches_combined", dict(settings, split=split),
-                     what="output folder")
+                     what="output folder", paths=_INPUT_PATHS)
     for split, pats, out_dir in outputs:
         out = pathlib.Path(out_dir)
         for d in set(opts["layout"].values()):

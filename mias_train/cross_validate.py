@@ -450,7 +450,8 @@ def run(args) -> dict:
     t0 = time.time()
     info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
     out = claim_folder(args.out, "cross_validate",
-                       {k: v for k, v in vars(args).items() if k not in ("out", "report_only")})
+                       {k: v for k, v in vars(args).items() if k not in ("out", "report_only")},
+                       paths=("mias_dir",))
     image_class = {}
     for img, g in info.groupby("image_id"):
         image_class[img] = ("malignant" if (g["severity"] == "M").any() else

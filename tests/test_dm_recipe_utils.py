@@ -44,3 +44,16 @@ def test_synthetic_data_of_another_configuration_is_refused(tmp_path):
     with pytest.raises(FolderInUseError, match="--seed 1"):
         dm_synthetic.generate_dataset(out, n_patients=3, img_size=(64, 48), seed=2)
     assert sorted(p.name for p in (out / "full_images").iterdir()) == before
+
+
+def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    (tmp_path / "x" / "imgs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "x")
+    claim_folder(tmp_path / "out", "tool", {"src": "imgs", "lists": ["imgs/a.txt"], "n": 3},
+                 paths=("src", "lists"))
+    assert read_run_stamp(tmp_path / "out")["config"] == {
+        "src": str(tmp_path / "x" / "imgs"), "lists": [str(tmp_path / "x" / "imgs" / "a.txt")],
+        "n": 3}
+    monkeypatch.chdir(tmp_path)
+    claim_folder(tmp_path / "out", "tool", {"src": "x/imgs", "lists": ["x/imgs/a.txt"], "n": 3},
+                 paths=("src", "lists"))                      # the same run, from elsewhere

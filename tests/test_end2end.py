@@ -119,3 +119,22 @@ def test_a_rerun_of_seeds_keeps_the_seeds_that_finished(tmp_path, monkeypatch):
     assert ran == [10, 11, 12, 12]
     assert summary["spread"]["image_test_auroc"]["max"] == 0.12
     assert summary["spread"]["image_test_auroc"]["n"] == 3
+
+
+def test_a_rerun_from_another_working_directory_is_the_same_run(tmp_path, monkeypatch):
+    """--data's path is recorded absolute: `cd` elsewhere, same folder, same run."""
+    p = dm_end2end.build_parser()
+    ran = []
+    monkeypatch.setattr(dm_end2end, "run_one", lambda args, out: ran.append(out) or {})
+    (tmp_path / "a" / "mias").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    dm_end2end.run(p.parse_args(["--out", str(out), "--data", "mias", "mias"]))
+    monkeypatch.chdir(tmp_path / "b")
+    dm_end2end.run(p.parse_args(["--out", str(out), "--data", "mias", "../a/mias"]))
+    assert len(ran) == 2
+    stamp = json.loads((out / ".dm_run.json").read_text())
+    assert stamp["config"]["data"] == ["mias", str(tmp_path / "a" / "mias")]
+    with pytest.raises(InputError, match="another configuration"):     # another folder is not
+        dm_end2end.run(p.parse_args(["--out", str(out), "--data", "mias", "mias"]))
