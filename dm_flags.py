@@ -256,7 +256,7 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _fidelity_flags(p: argparse.ArgumentParser, kind: str) -> None:
     """Switches to the original's Keras 2.0.8 behaviour where results depend on it
-    (docs/fidelity.md); applied by `dm_keras_ext.apply_fidelity_flags`."""
+    (docs/fidelity.md); applied by `dm_stages.apply_fidelity_flags`."""
     g = p.add_argument_group("the original's Keras 2.0.8 behaviour (docs/fidelity.md)")
     _bool(g, "keep-regularization", "keep_regularization",
           "the stages leave the L2 factors and dropout rates the model was built or saved "

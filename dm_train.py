@@ -18,16 +18,16 @@ import numpy as np
 import dm_distribute
 import dm_output
 import dm_inference
-import dm_keras_ext
 from dm_augment import Augment
 from dm_recipe import Recipe
 from dm_errors import InputError, one_line  # noqa: F401
 from dm_modelfile import ModelMeta
-from dm_keras_ext import Stage
+from dm_stages import Stage
 import dm_dataset
 import dm_listing
 import dm_callbacks
 import dm_modelfile
+import dm_stages
 
 log = logging.getLogger("dm_train")
 
@@ -468,7 +468,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         lr_patience=cfg.lr_patience, history_csv=history_path(cfg.history_csv, cfg.best_model),
         tensorboard=cfg.tensorboard)
     guard = dm_callbacks.NanGuard()
-    stages = dm_keras_ext.apply_fidelity_flags(cfg, spec.kind, make_stages(model))
+    stages = dm_stages.apply_fidelity_flags(cfg, spec.kind, make_stages(model))
     callbacks.insert(0, guard)
     if last:
         callbacks.append(dm_callbacks.LastCheckpoint(last, meta, fingerprint, stages,
@@ -479,7 +479,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     callbacks.insert(0, tracker.callback())
     try:
         with strategy_scope(strategy):
-            history = dm_keras_ext.run_stages(
+            history = dm_stages.run_stages(
                 model, stages, train_ds, dm_dataset.steps_for(len(train_labels), train_bs),
                 val.ds, callbacks, optim=cfg.optim, jit_compile=cfg.jit_compile,
                 resume_at=resume_at, verbose=2, frozen_bn=cfg.frozen_bn)

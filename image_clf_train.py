@@ -71,7 +71,7 @@ def run(cfg, *dirs, **original_kw) -> dict:
     import dm_modelfile
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
-    import dm_keras_ext
+    import dm_stages
     import dm_train
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
@@ -81,8 +81,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
                                       "--patch-model-state")
     dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
-                                   lambda model: dm_keras_ext.image_stage_list(
-                                       **dm_keras_ext.values_for(dm_keras_ext.image_stage_list,
+                                   lambda model: dm_stages.image_stage_list(
+                                       **dm_stages.values_for(dm_stages.image_stage_list,
                                                                  cfg, top_layer_nb=top)), extra)
 
 

@@ -16,8 +16,8 @@ import dm_flags
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
     import dm_modelfile
+    import dm_patch_nets
     import dm_resnet
-    import dm_keras_ext
     if cfg.resume_from is not None:
         dm_modelfile.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
@@ -26,7 +26,7 @@ def build_patch_model(cfg):
         kw = dict(nb_init_filter=cfg.nb_init_filter, init_filter_size=cfg.init_filter_size,
                   init_conv_stride=cfg.init_conv_stride, pool_size=cfg.pool_size,
                   pool_stride=cfg.pool_stride, inp_dropout=cfg.inp_dropout)
-    model, _, _ = dm_keras_ext.get_dl_model(
+    model, _, _ = dm_patch_nets.get_dl_model(
         cfg.net, nb_class=len(cfg.class_list), use_pretrained=cfg.use_pretrained,
         resume_from=cfg.resume_from, img_size=cfg.img_size, weight_decay=cfg.weight_decay,
         hidden_dropout=cfg.hidden_dropout, weights_file=cfg.pretrained_weights,
@@ -43,19 +43,21 @@ def run(cfg, *dirs, **original_kw) -> dict:
     import dm_modelfile
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
-    import dm_keras_ext
+    import dm_patch_nets
+    import dm_stages
     import dm_train
+
     def stages(model):
-        stage_list = dm_keras_ext.patch_stage_list
+        stage_list = dm_stages.patch_stage_list
         if not cfg.use_pretrained:
-            return stage_list(**dm_keras_ext.values_for(stage_list, cfg))
-        trunk = dm_keras_ext.find_trunk_layer(model)
+            return stage_list(**dm_stages.values_for(stage_list, cfg))
+        trunk = dm_patch_nets.find_trunk_layer(model)
         if cfg.top_layer_nb is None:
-            top = dm_keras_ext.default_top_layer_nb(trunk, cfg.net)
+            top = dm_patch_nets.default_top_layer_nb(trunk, cfg.net)
         else:   # the original's index, into its Keras 2.0.8 layer list
-            top = dm_keras_ext.legacy_top_layer_nb(trunk, cfg.net, cfg.top_layer_nb,
+            top = dm_patch_nets.legacy_top_layer_nb(trunk, cfg.net, cfg.top_layer_nb,
                                                    dropout=cfg.hidden_dropout > 0)
-        return stage_list(**dm_keras_ext.values_for(stage_list, cfg, top_layer_nb=top))
+        return stage_list(**dm_stages.values_for(stage_list, cfg, top_layer_nb=top))
     extra = {"net": cfg.net}
     if not cfg.featurewise_center and cfg.net in dm_layers.IMAGENET_PREPROCESS:
         extra["imagenet_preprocess"] = dm_layers.IMAGENET_PREPROCESS[cfg.net]  # in the model

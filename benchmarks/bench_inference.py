@@ -33,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import dm_patch_nets
 
 log = logging.getLogger("bench_inference")
 
@@ -69,7 +70,6 @@ def main(argv=None) -> dict:
     import keras
     import dm_export
     import dm_inference as inf
-    import dm_keras_ext
     import dm_modelfile
     import dm_resnet
     from dm_recipe import Recipe
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
     logging.getLogger("dm_inference").setLevel(logging.WARNING)
 
     keras.utils.set_random_seed(1)
-    patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
+    patch, _, _ = dm_patch_nets.get_dl_model(a.net, nb_class=3, use_pretrained=False)
     top = (dict(block_type="vgg", depths=[512, 512], repetitions=[1, 1]) if a.top == "512x1"
            else dict(block_type="resnet", depths=[512, 512], repetitions=[2, 2],
                      bottleneck_enlarge_factor=2))

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import dm_modelfile
+import dm_patch_nets
+import dm_stages
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,16 +30,15 @@ def worker(a) -> dict:
     import keras
     import tensorflow as tf
     sys.path.insert(0, HERE)
-    import dm_keras_ext
     import dm_resnet
     precision = {"none": None, "fp16": "float16", "bf16": "bfloat16"}[a.precision]
     keras.utils.set_random_seed(0)
-    patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
+    patch, _, _ = dm_patch_nets.get_dl_model(a.net, nb_class=3, use_pretrained=False)
     model, _ = dm_resnet.add_top_layers(patch, a.img_size, block_type=a.block_type,
                                         depths=a.top_depths, repetitions=a.top_repetitions,
                                         bottleneck_enlarge_factor=a.enlarge)
     dm_modelfile.set_precision(model, precision)   # as the trainers' --mixed-precision
-    model.compile(optimizer=dm_keras_ext.create_optimizer("adam", 1e-4),
+    model.compile(optimizer=dm_stages.create_optimizer("adam", 1e-4),
                   loss="categorical_crossentropy", jit_compile=bool(a.xla))
     ch = model.inputs[0].shape[-1]
     x = np.random.default_rng(0).normal(size=(a.batch_size, *a.img_size, ch)).astype("float32")

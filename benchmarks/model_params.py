@@ -7,16 +7,16 @@
 from __future__ import annotations
 
 from typing import Sequence
+import dm_patch_nets
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the layer summary and parameter counts of a whole-image model."""
     import argparse
     import logging
-    import dm_keras_ext
     from dm_resnet import TRUNK_NAME, add_top_layers
     p = argparse.ArgumentParser(description="Build a patch net and its whole-image model.")
-    p.add_argument("--net", default="resnet50", choices=dm_keras_ext.PATCH_NETS)
+    p.add_argument("--net", default="resnet50", choices=dm_patch_nets.PATCH_NETS)
     p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
     p.add_argument("--block-type", default="resnet", choices=["resnet", "vgg"])
     p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--bottleneck-enlarge-factor", type=int, default=2)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    patch, _, _ = dm_keras_ext.get_dl_model(a.net, nb_class=3, use_pretrained=False)
+    patch, _, _ = dm_patch_nets.get_dl_model(a.net, nb_class=3, use_pretrained=False)
     model, nb = add_top_layers(patch, a.img_size, block_type=a.block_type, depths=a.top_depths,
                                repetitions=a.top_repetitions,
                                bottleneck_enlarge_factor=a.bottleneck_enlarge_factor)

@@ -3,9 +3,9 @@ import numpy as np
 import keras
 import pytest
 
-import dm_keras_ext
 import dm_resnet
 from dm_resnet import add_top_layers, find_trunk_output, ResNetBuilder
+import dm_patch_nets
 
 # The original's model names (its README: "Top Layers (two blocks)"; its INbreast script
 # builds "512-512-1024x2" with --top-repetitions 2 2): two blocks each.
@@ -49,7 +49,7 @@ PINNED = {  # (net, config): (total params of the whole-image model, top-layer p
 
 @pytest.fixture(scope="module")
 def patch_models():
-    return {net: dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False)[0]
+    return {net: dm_patch_nets.get_dl_model(net, nb_class=3, use_pretrained=False)[0]
             for net in ("resnet50", "vgg16")}
 
 
@@ -97,7 +97,7 @@ def test_heatmap_branch_copies_patch_classifier(patch_models):
 
 def test_return_heatmap_equals_patch_classifier_on_pooled_features():
     """fprop heatmap cell = the patch classifier applied to the average-pooled trunk features."""
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     x = np.random.default_rng(1).normal(size=(1, 256, 128, 1)).astype("float32")
     hm_model = add_top_layers(patch, (256, 128), return_heatmap=True, avg_pool_size=(2, 2),
@@ -215,7 +215,7 @@ def test_block_orderings_differ():
 @pytest.mark.parametrize("net,idx", [("resnet50", -5), ("vgg16", -4), ("yaroslav", -3)])
 def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
     size = 64
-    patch = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model(net, nb_class=3, use_pretrained=False,
                                       img_size=(size, size))[0]
     trunk = patch.get_layer("patch_trunk")
     assert dm_resnet.legacy_kept_layer(patch, idx, net) is trunk.layers[-1]
@@ -229,7 +229,7 @@ def test_original_kept_layer_idx_names_the_trunk_end(net, idx):
 
 
 def test_image_too_small_for_top_layers_is_a_clear_error():
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     with pytest.raises(ValueError, match=r"image size \(128, 96\) is too small.*\(2, 1\)"):
         add_top_layers(patch, (128, 96), block_type="vgg", depths=[16], repetitions=[1])

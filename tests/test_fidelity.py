@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from keras import layers
 
-import dm_keras_ext
 import dm_resnet
-from dm_keras_ext import Stage
+from dm_stages import Stage
 import dm_callbacks
 import dm_layers
 import dm_modelfile
+import dm_patch_nets
+import dm_stages
 
 
 def _bn_patch_model(seed: int = 0) -> keras.Model:
@@ -42,7 +43,7 @@ def _run(model, epochs, callbacks=(), resume_at=(0, 0)):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
     val = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     stages = [Stage(f"s{i}", e, 0.01, 0.0, 0.0, "all") for i, e in enumerate(epochs)]
-    return dm_keras_ext.run_stages(model, stages, ds, 2, val, list(callbacks), optim="adam",
+    return dm_stages.run_stages(model, stages, ds, 2, val, list(callbacks), optim="adam",
                                    resume_at=resume_at, verbose=0)
 
 
@@ -102,10 +103,10 @@ def test_last_checkpoint_moves_to_the_next_stage_at_the_stage_end(tmp_path):
     ("inception", 75, None, 194),
 ])
 def test_stage2_trains_what_the_original_trained(net, size, first_trained, original_index):
-    model, _, top = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+    model, _, top = dm_patch_nets.get_dl_model(net, nb_class=3, use_pretrained=False,
                                               img_size=(size, size))
-    trunk = dm_keras_ext.find_trunk_layer(model)
-    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
+    trunk = dm_patch_nets.find_trunk_layer(model)
+    dm_stages.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
     trained = [l.name for l in trunk.layers if l.trainable_weights]
     if net == "resnet50":   # only the last residual unit, res5c
         assert trained and all(n.startswith("conv5_block3_") for n in trained)
@@ -120,13 +121,13 @@ def test_stage2_trains_what_the_original_trained(net, size, first_trained, origi
         assert len(trained) == len([l for l in trunk.layers[names.index(first_trained):]
                                     if l.weights])
     # the original's index, given as --top-layer-nb, trains the same layers
-    legacy = dm_keras_ext.legacy_top_layer_nb(trunk, net, original_index)
-    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", legacy))
+    legacy = dm_patch_nets.legacy_top_layer_nb(trunk, net, original_index)
+    dm_stages.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", legacy))
     assert [l.name for l in trunk.layers if l.trainable_weights] == trained
 
 
 def test_resnet50_keras208_layout_has_173_trunk_layers_and_162_is_res5b_out():
-    names = dm_keras_ext._resnet50_keras208_names()
+    names = dm_patch_nets._resnet50_keras208_names()
     assert len(names) == 173 and names[162] == "conv5_block2_out"
     assert names[141:153] == ["conv5_block1_1_conv", "conv5_block1_1_bn", "conv5_block1_1_relu",
                               "conv5_block1_2_conv", "conv5_block1_2_bn", "conv5_block1_2_relu",
@@ -135,17 +136,17 @@ def test_resnet50_keras208_layout_has_173_trunk_layers_and_162_is_res5b_out():
 
 
 def test_yaroslav_stage2_trains_all_layers():
-    model, _, top = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    model, _, top = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                               img_size=(64, 64))
     assert top == 0
-    dm_keras_ext.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
+    dm_stages.set_trainable(model, Stage("top", 1, .1, 0, 0, "top", top))
     assert len(model.trainable_weights) == len(model.weights) - 24   # all but BN moving stats
 
 
 def test_top_layer_nb_into_the_head_trains_no_trunk_layer():
-    model, _, top = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+    model, _, top = dm_patch_nets.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                               img_size=(32, 32), top_layer_nb=-1)
-    assert top == len(dm_keras_ext.find_trunk_layer(model).layers)
+    assert top == len(dm_patch_nets.find_trunk_layer(model).layers)
 
 
 # ------------------------------------------------------------------ item 4: frozen BN
@@ -154,7 +155,7 @@ def test_frozen_trunk_batchnorm_in_stage_one(mode):
     model = _bn_patch_model()
     bn = model.get_layer(dm_resnet.TRUNK_NAME).get_layer("bn1")
     conv = model.get_layer(dm_resnet.TRUNK_NAME).get_layer("c1")
-    dm_keras_ext.compile_for_stage(model, Stage("dense", 1, 0.1, 0, 0, "head"), "sgd",
+    dm_stages.compile_for_stage(model, Stage("dense", 1, 0.1, 0, 0, "head"), "sgd",
                                    frozen_bn=mode)
     before = {w.path: np.array(w) for w in bn.weights + conv.weights}
     x, y = _data()
@@ -187,10 +188,10 @@ def test_add_heatmap_freezes_the_heatmap_branch_in_stage_one():
                                          repetitions=[1, 1], add_heatmap=True,
                                          avg_pool_size=(2, 2), hm_pool_size=(2, 2))
     assert nb == 8
-    stage1 = dm_keras_ext.image_stage_list(
+    stage1 = dm_stages.image_stage_list(
         nb_epoch=1, all_layer_epochs=2, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
         weight_decay2=0, hidden_dropout=0, hidden_dropout2=0, top_layer_nb=nb)[0]
-    dm_keras_ext.set_trainable(model, stage1)
+    dm_stages.set_trainable(model, stage1)
     assert not model.get_layer("hm_dense").trainable
     trained = {w.path for w in model.trainable_weights}
     assert not any(p.startswith("hm_dense") for p in trained)
@@ -201,7 +202,7 @@ def test_add_heatmap_freezes_the_heatmap_branch_in_stage_one():
 # ------------------------------------------------------------------ item 5: regularisers
 def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
     from keras2_fixture import write_keras2_h5
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     model, _ = dm_resnet.add_top_layers(patch, (128, 128), patch_net="yaroslav",
                                         block_type="vgg", depths=[8], repetitions=[1])
@@ -211,18 +212,18 @@ def test_weight_decay_reaches_kernels_of_a_keras208_checkpoint(tmp_path):
     kinds = {type(l.kernel_regularizer).__name__ for l in loaded.layers
              if getattr(l, "kernel_regularizer", None) is not None}
     assert kinds == {"L1L2"}          # how Keras 2.0.8 stored l2()
-    stages = dm_keras_ext.image_stage_list(
+    stages = dm_stages.image_stage_list(
         nb_epoch=0, all_layer_epochs=1, init_lr=.01, all_layer_multiplier=.1, weight_decay=0.0,
         weight_decay2=0.05, hidden_dropout=0, hidden_dropout2=0.0)
-    dm_keras_ext.compile_for_stage(loaded, stages[1], "adam")
+    dm_stages.compile_for_stage(loaded, stages[1], "adam")
     kernels = [l.kernel for l in loaded.layers if getattr(l, "kernel_regularizer", None)
                is not None]
     expected = 0.05 * sum(float(np.sum(np.square(k))) for k in kernels)
     assert len(kernels) == 2
-    assert dm_keras_ext.regularization_loss(loaded) == pytest.approx(expected, rel=1e-4)
+    assert dm_stages.regularization_loss(loaded) == pytest.approx(expected, rel=1e-4)
     l1 = keras.layers.Dense(2, kernel_regularizer=keras.regularizers.L1L2(l1=0.3, l2=0.0))
     m = keras.Sequential([keras.Input((3,)), l1])
-    assert dm_keras_ext.set_weight_decay(m, 0.2) == 1
+    assert dm_stages.set_weight_decay(m, 0.2) == 1
     assert l1.kernel_regularizer.l1 == pytest.approx(0.3) and l1.kernel_regularizer.l2 == pytest.approx(0.2)
 
 
@@ -316,8 +317,8 @@ def test_patch_resume_from_a_flat_original_style_model(tmp_path):
     flat = _flat_patch_model()
     path = tmp_path / "orig_patch.h5"
     write_keras2_h5(flat, path)
-    model, _, top = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, resume_from=str(path))
-    assert dm_keras_ext.find_trunk_layer(model).name == dm_resnet.TRUNK_NAME and top == 0
+    model, _, top = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, resume_from=str(path))
+    assert dm_patch_nets.find_trunk_layer(model).name == dm_resnet.TRUNK_NAME and top == 0
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(model.predict(x, verbose=0), flat.predict(x, verbose=0), atol=1e-5)
     data = write_class_folders(tmp_path / "d", ["background", "malignant", "benign"], 3, (32, 32))
@@ -332,9 +333,9 @@ def test_patch_resume_from_a_flat_original_style_model(tmp_path):
 
 # ------------------------------------------------------------------ item 10: the rest
 def test_yaroslav_has_the_original_initialisers_and_head():
-    model = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    model = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64), hidden_dropout=0.5, weight_decay=0.1)[0]
-    trunk = dm_keras_ext.find_trunk_layer(model)
+    trunk = dm_patch_nets.find_trunk_layer(model)
     convs = [l for l in trunk.layers if isinstance(l, layers.Conv2D)]
     assert len(convs) == 12
     assert all(l.get_config()["kernel_initializer"]["class_name"] == "GlorotUniform" for l in convs)
@@ -371,8 +372,8 @@ def test_inbreast_script_also_at_the_original_path(tmp_path):
 
 def test_optimisers_have_keras_208_defaults():
     for name in ("rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"):
-        assert dm_keras_ext.create_optimizer(name, 0.01).epsilon == pytest.approx(1e-8)
-    assert dm_keras_ext.create_optimizer("adagrad", 0.01).initial_accumulator_value == 0.0
+        assert dm_stages.create_optimizer(name, 0.01).epsilon == pytest.approx(1e-8)
+    assert dm_stages.create_optimizer("adagrad", 0.01).initial_accumulator_value == 0.0
 
 
 # ------------------------------------------------------------------ item 9: preprocess_input
@@ -380,14 +381,14 @@ def test_no_featurewise_center_applies_the_nets_imagenet_preprocess(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
     for net, expect in (("vgg16", x[..., ::-1] - np.array([103.939, 116.779, 123.68])),
                         ("xception", x / 255.0 * 2 - 1)):
-        model = dm_keras_ext.get_dl_model(net, nb_class=3, use_pretrained=False,
+        model = dm_patch_nets.get_dl_model(net, nb_class=3, use_pretrained=False,
                                           img_size=(32 if net == "vgg16" else 71,) * 2,
                                           imagenet_preprocess=True)[0]
         pre = model.get_layer("imagenet_preprocess")
         np.testing.assert_allclose(keras.ops.convert_to_numpy(pre(x)), expect, rtol=1e-5,
                                    atol=1e-4)
     # saved and reloaded with the model (so prediction and heatmaps repeat it)
-    model = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+    model = dm_patch_nets.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                       img_size=(32, 32), imagenet_preprocess=True)[0]
     dm_modelfile.save_model(model, tmp_path / "p.keras")
     again = dm_modelfile.load_model(tmp_path / "p.keras")
@@ -396,7 +397,7 @@ def test_no_featurewise_center_applies_the_nets_imagenet_preprocess(tmp_path):
     image, _ = dm_resnet.add_top_layers(again, (64, 64), block_type="vgg", depths=[8],
                                         repetitions=[1])
     assert not any(isinstance(l, dm_layers.ImageNetPreprocess) for l in image.layers)
-    assert dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+    assert dm_patch_nets.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                      img_size=(32, 32))[0].layers[1].name == "patch_trunk"
 
 
@@ -411,9 +412,9 @@ def test_image_trainer_honours_top_layer_nb_with_resume_from():
     assert image_clf_train.image_top_layer_nb(dm_flags.parse("image", built + ["--add-heatmap"])) == 8
     from tiny_models import tiny_image_model
     model = tiny_image_model()
-    stage1 = dm_keras_ext.image_stage_list(
+    stage1 = dm_stages.image_stage_list(
         nb_epoch=3, all_layer_epochs=4, init_lr=.01, all_layer_multiplier=.1, weight_decay=0,
         weight_decay2=0, hidden_dropout=0, hidden_dropout2=0, top_layer_nb=5)[0]
-    dm_keras_ext.set_trainable(model, stage1)
+    dm_stages.set_trainable(model, stage1)
     assert [l.trainable for l in model.layers[:5]] == [False] * 5
     assert all(l.trainable for l in model.layers[5:])

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 import dm_convert_checkpoint
-import dm_keras_ext
 import dm_resnet
 import image_clf_train
 from keras2_fixture import write_keras2_h5
 from synth import write_class_folders
 import dm_modelfile
+import dm_patch_nets
 
 
 @pytest.fixture(scope="module")
 def keras2_checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("k2")
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     model, _ = dm_resnet.add_top_layers(patch, (128, 128), patch_net="yaroslav",
                                         block_type="vgg", depths=[8], repetitions=[1])
@@ -47,7 +47,7 @@ def test_loads_with_identical_predictions(keras2_checkpoint):
     x = np.random.default_rng(0).normal(size=(2, 128, 128, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
-    assert dm_keras_ext.find_trunk_layer(loaded).name == "patch_trunk"
+    assert dm_patch_nets.find_trunk_layer(loaded).name == "patch_trunk"
 
 
 def test_convert_then_finetune_one_epoch(keras2_checkpoint, tmp_path):

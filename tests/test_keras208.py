@@ -11,13 +11,17 @@ from keras import layers
 
 import dm_flags
 import dm_keras_ext
+import dm_callbacks
 import dm_layers
+import dm_modelfile
 import dm_resnet
 import dm_train
 from keras208_replay import distinct, original_steps, round_robin_epoch
 from tiny_models import save, tiny_image_model, tiny_patch_model
 import dm_dataset
 import dm_recipe
+import dm_patch_nets
+import dm_stages
 
 
 # ------------------------------------------------------------------ starting values
@@ -45,7 +49,7 @@ def test_he_normal_draws_as_keras_208():
 
 def test_fresh_builders_use_the_keras_208_he_normal():
     keras.utils.set_random_seed(0)
-    model = dm_keras_ext.get_dl_model("dm_resnet_14", nb_class=3, use_pretrained=False,
+    model = dm_patch_nets.get_dl_model("dm_resnet_14", nb_class=3, use_pretrained=False,
                                       img_size=(32, 32))[0]
     convs = [l for l in model.get_layer("patch_trunk").layers if isinstance(l, layers.Conv2D)]
     for conv in convs:
@@ -67,10 +71,10 @@ def test_fresh_imagenet_nets_have_keras_208_batchnorm_epsilon():
     """2.0.8's ResNet50, Xception and InceptionV3 used the BatchNormalization default
     epsilon 1e-3 (keras/layers/normalization.py); Keras 3's ResNet50 uses 1.001e-5."""
     for net, size in (("resnet50", 64), ("xception", 71), ("inception", 75)):
-        trunk = dm_keras_ext.build_trunk(net, (size, size, 3))
+        trunk = dm_patch_nets.build_trunk(net, (size, size, 3))
         eps = {l.epsilon for l in trunk.layers if isinstance(l, layers.BatchNormalization)}
         assert eps == {1e-3}, net
-    assert dm_keras_ext.build_trunk("resnet50", (64, 64, 3)).get_layer(
+    assert dm_patch_nets.build_trunk("resnet50", (64, 64, 3)).get_layer(
         "conv1_bn").get_config()["epsilon"] == 1e-3          # saved with the model
 
 
@@ -87,7 +91,7 @@ def test_rmsprop_and_adagrad_put_epsilon_outside_the_sqrt(name):
     for g in grads:
         a = rho * a + (1 - rho) * g * g if name == "rmsprop" else a + g * g
         p = p - lr * g / (np.sqrt(a) + eps)
-    opt = dm_keras_ext.create_optimizer(name, lr)
+    opt = dm_stages.create_optimizer(name, lr)
     v = keras.Variable(p0.astype("float32"))
     for g in grads:
         opt.apply_gradients([(keras.ops.convert_to_tensor(g.astype("float32")), v)])
@@ -103,10 +107,10 @@ def test_rmsprop_and_adagrad_put_epsilon_outside_the_sqrt(name):
 
 def test_keras_208_optimisers_survive_a_save_and_load(tmp_path):
     model = tiny_patch_model()
-    model.compile(dm_keras_ext.create_optimizer("rmsprop", 0.01), "categorical_crossentropy")
+    model.compile(dm_stages.create_optimizer("rmsprop", 0.01), "categorical_crossentropy")
     model.fit(np.zeros((2, 16, 16, 1)), np.eye(3)[[0, 1]], verbose=0)
     model.save(tmp_path / "m.keras")
-    again = dm_keras_ext.load_model(tmp_path / "m.keras", compile=True)
+    again = dm_modelfile.load_model(tmp_path / "m.keras", compile=True)
     assert isinstance(again.optimizer, dm_layers.RMSprop208)
 
 
@@ -145,25 +149,25 @@ def _image_cfg(**kw):
 
 
 def _stages(cfg):
-    return dm_keras_ext.image_stage_list(**dm_keras_ext.values_for(
-        dm_keras_ext.image_stage_list, cfg, top_layer_nb=2))
+    return dm_stages.image_stage_list(**dm_stages.values_for(
+        dm_stages.image_stage_list, cfg, top_layer_nb=2))
 
 
 def test_keep_regularization_defaults_on_for_a_resumed_whole_image_model():
     resumed = _image_cfg(**{"--resume-from": "m.keras", "--weight-decay2": "0.01"})
     assert resumed.keep_regularization is None          # unset: decided by the model source
-    st = dm_keras_ext.apply_fidelity_flags(resumed, "image", _stages(resumed))
+    st = dm_stages.apply_fidelity_flags(resumed, "image", _stages(resumed))
     assert [(s.weight_decay, s.dropout) for s in st] == [(None, None)] * 2
     built = _image_cfg(**{"--patch-model-state": "p.keras", "--weight-decay2": "0.01"})
-    st = dm_keras_ext.apply_fidelity_flags(built, "image", _stages(built))
+    st = dm_stages.apply_fidelity_flags(built, "image", _stages(built))
     assert [s.weight_decay for s in st] == [1e-4, 0.01]
     forced = dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m.keras",
                                       "--no-keep-regularization", "-wd2", "0.01"])
-    assert [s.weight_decay for s in dm_keras_ext.apply_fidelity_flags(
+    assert [s.weight_decay for s in dm_stages.apply_fidelity_flags(
         forced, "image", _stages(forced))] == [1e-4, 0.01]
     kept = dm_flags.parse("patch", ["a", "b", "c", "--keep-regularization"])
-    st = dm_keras_ext.apply_fidelity_flags(kept, "patch", dm_keras_ext.patch_stage_list(
-        **dm_keras_ext.values_for(dm_keras_ext.patch_stage_list, kept, top_layer_nb=3)))
+    st = dm_stages.apply_fidelity_flags(kept, "patch", dm_stages.patch_stage_list(
+        **dm_stages.values_for(dm_stages.patch_stage_list, kept, top_layer_nb=3)))
     assert all(s.weight_decay is None and s.dropout is None for s in st)
     assert dm_flags.parse("patch", ["a", "b", "c"]).keep_regularization is None
 
@@ -174,21 +178,21 @@ def test_kept_regularization_is_what_trains():
                           if getattr(l, "kernel_regularizer", None) is not None})
     rates = lambda: {l.rate for l in model.layers if isinstance(l, layers.Dropout)}
     assert l2s() == [0.5]
-    stages = dm_keras_ext.image_stage_list(
+    stages = dm_stages.image_stage_list(
         nb_epoch=1, all_layer_epochs=2, init_lr=.01, all_layer_multiplier=.1,
         weight_decay=1e-4, weight_decay2=0.01, hidden_dropout=0.0, hidden_dropout2=0.1)
-    before = dm_keras_ext.regularization_loss(model)
-    for s in dm_keras_ext.original_behaviour(stages, keep_regularization=True):
-        dm_keras_ext.compile_for_stage(model, s, "sgd")
+    before = dm_stages.regularization_loss(model)
+    for s in dm_stages.original_behaviour(stages, keep_regularization=True):
+        dm_stages.compile_for_stage(model, s, "sgd")
         assert l2s() == [0.5] and rates() <= {0.3}
-    assert dm_keras_ext.regularization_loss(model) == pytest.approx(before)
-    dm_keras_ext.compile_for_stage(model, stages[1], "sgd")
+    assert dm_stages.regularization_loss(model) == pytest.approx(before)
+    dm_stages.compile_for_stage(model, stages[1], "sgd")
     assert l2s() == [0.01]
 
 
 # ------------------------------------------------------------------ --saved-trainable
 def _trunk_trainable(model):
-    trunk = dm_keras_ext.find_trunk_layer(model)
+    trunk = dm_patch_nets.find_trunk_layer(model)
     return {w.path for w in model.trainable_weights} & {w.path for w in trunk.weights}
 
 
@@ -199,28 +203,28 @@ def test_saved_trainable_keeps_a_patch_checkpoints_frozen_layers(tmp_path, saved
     2.0.8 trained, the trunk layers whose saved flag is true."""
     patch = tiny_patch_model()
     spec = {"stage 1": Stage_("head"), "stage 2": Stage_("top", 2), "stage 3": Stage_("all")}
-    dm_keras_ext.set_trainable(patch, spec[saved_in])
+    dm_stages.set_trainable(patch, spec[saved_in])
     path = save(patch, tmp_path / "patch.keras", "patch")
     cfg = dm_flags.parse("image", ["a", "b", "c", "--patch-model-state", str(path),
                                    "--saved-trainable"])
-    stages = dm_keras_ext.apply_fidelity_flags(cfg, "image", _stages(cfg))
+    stages = dm_stages.apply_fidelity_flags(cfg, "image", _stages(cfg))
     expect = {"stage 1": {"c1", "c2"}, "stage 2": {"c1"}, "stage 3": set()}[saved_in]
     assert set(stages[1].keep_frozen) == expect
-    model = tiny_image_model(dm_keras_ext.load_model(path))
-    dm_keras_ext.set_trainable(model, stages[1])
+    model = tiny_image_model(dm_modelfile.load_model(path))
+    dm_stages.set_trainable(model, stages[1])
     trained = {p.split("/")[-2] for p in _trunk_trainable(model)}
     assert trained == {"c1", "c2"} - expect
     assert any(w.path.endswith("kernel") for w in model.trainable_weights)  # the top trains
     # without the flag every layer trains in stage 2
-    plain = dm_keras_ext.apply_fidelity_flags(
+    plain = dm_stages.apply_fidelity_flags(
         dm_flags.parse("image", ["a", "b", "c", "--patch-model-state", str(path)]),
         "image", _stages(cfg))
-    dm_keras_ext.set_trainable(model, plain[1])
+    dm_stages.set_trainable(model, plain[1])
     assert {p.split("/")[-2] for p in _trunk_trainable(model)} == {"c1", "c2"}
 
 
 def Stage_(trainable, trunk_from=None):
-    return dm_keras_ext.Stage("s", 1, 0.01, 0.0, 0.0, trainable, trunk_from)
+    return dm_stages.Stage("s", 1, 0.01, 0.0, 0.0, trainable, trunk_from)
 
 
 # ------------------------------------------------------------------ original-API adapters
@@ -234,8 +238,8 @@ def test_adapters_count_patience_as_keras_208(monkeypatch):
     dm_keras_ext.do_2stage_training(tiny_image_model(), None, gen, (np.zeros((2, 8, 8, 1)),
                                     np.eye(2)[[0, 1]]), 1, "NOSAVE", 2, nb_epoch=1)
     kinds = [type(c) for c in seen["cbs"]]
-    assert dm_keras_ext.ResumableEarlyStopping in kinds
-    assert dm_keras_ext.ResumableReduceLROnPlateau in kinds
+    assert dm_callbacks.ResumableEarlyStopping in kinds
+    assert dm_callbacks.ResumableReduceLROnPlateau in kinds
     assert keras.callbacks.EarlyStopping not in kinds
 
 
@@ -304,7 +308,7 @@ def keras208_layer_order(model: keras.Model) -> list[str]:
     ("xception", 71, 126, "block14_sepconv1"), ("inception", 75, 194, None),
     ("vgg16", 32, 15, "block5_conv1"), ("vgg19", 32, 17, "block5_conv1")])
 def test_layer_lists_equal_keras_208s(net, size, index, name):
-    trunk = dm_keras_ext.build_trunk(net, (size, size, 3))
+    trunk = dm_patch_nets.build_trunk(net, (size, size, 3))
     listed = [l.name for l in trunk.layers]
     assert keras208_layer_order(trunk) == listed
     if name:
@@ -318,7 +322,7 @@ def test_the_originals_cut_without_a_dropout_layer():
     """`add_top_layers` cut the flat patch model at layers[-5] (ResNet50) / [-4] (VGG16),
     right only when the patch model had a Dropout layer (--hidden-dropout > 0)."""
     head = lambda dropout: ["avg_pool", "pool"] + (["dropout"] if dropout else []) + ["dense"]
-    names = dm_keras_ext._resnet50_keras208_names()
+    names = dm_patch_nets._resnet50_keras208_names()
     assert (names + head(True))[-5] == "conv5_block3_out"          # the last ReLU
     assert (names + head(False))[-5] == "conv5_block3_add"         # before it
     vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
@@ -340,9 +344,9 @@ def test_the_loss_counts_the_penalties_of_trainable_layers_only():
     frozen layer's penalty is a constant while it is frozen: no gradient, and the
     monitored val_loss is shifted by the same amount at every epoch of a stage."""
     model = tiny_image_model(weight_decay=0.5)
-    full = dm_keras_ext.regularization_loss(model)
+    full = dm_stages.regularization_loss(model)
     dense = [l for l in model.layers if isinstance(l, layers.Dense)][-1]
     dense.trainable = False
-    part = dm_keras_ext.regularization_loss(model)
+    part = dm_stages.regularization_loss(model)
     w = keras.ops.convert_to_numpy(dense.kernel)
     assert full - part == pytest.approx(0.5 * float((w ** 2).sum()), rel=1e-4)

@@ -3,7 +3,7 @@ import numpy as np
 import keras
 import pytest
 
-from dm_keras_ext import get_dl_model, PretrainedWeightsError
+from dm_patch_nets import get_dl_model, PretrainedWeightsError
 from dm_resnet import find_trunk_output
 
 NETS = [  # net, patch size, trunk channels, first layer of stage 2

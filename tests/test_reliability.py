@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-import dm_keras_ext
 from synth import write_class_folders
 import dm_modelfile
+import dm_patch_nets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def good(tmp_path_factory):
     import dm_resnet
     d = tmp_path_factory.mktemp("good")
     data = write_class_folders(d / "img", ["neg", "pos"], 3, (128, 128))
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=2, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=2, use_pretrained=False,
                                       img_size=(64, 64))[0]
     recipe = __import__("dm_recipe").Recipe(img_size=(64, 64), channels=1)
     dm_modelfile.save_model(patch, d / "patch.keras",

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import dm_flags
-import dm_keras_ext
 import image_clf_train
 import patch_clf_train
 from synth import write_class_folders
@@ -20,6 +19,8 @@ import dm_dataset
 import dm_listing
 import dm_callbacks
 import dm_modelfile
+import dm_patch_nets
+import dm_stages
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(REPO.glob("ddsm_train/*.sh")) + sorted(REPO.glob("inbreast_train/*.sh"))
@@ -185,18 +186,18 @@ def test_one_class_validation_set_is_refused(trained, tmp_path, caplog):
 # ------------------------------------------------------------------ stages
 def test_stage2_weight_decay_and_dropout_take_effect():
     import dm_resnet
-    patch = dm_keras_ext.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("yaroslav", nb_class=3, use_pretrained=False,
                                       img_size=(64, 64))[0]
     model, _ = dm_resnet.add_top_layers(patch, (128, 128), block_type="vgg", depths=[8],
                                         repetitions=[1], weight_decay=0.01, dropout=0.1)
     cfg = dict(nb_epoch=1, all_layer_epochs=1, init_lr=0.01, all_layer_multiplier=0.1,
                weight_decay=0.01, weight_decay2=0.04, hidden_dropout=0.1, hidden_dropout2=0.6)
-    s1, s2 = dm_keras_ext.image_stage_list(**cfg)
-    dm_keras_ext.compile_for_stage(model, s1, "sgd")
-    reg1 = dm_keras_ext.regularization_loss(model)
+    s1, s2 = dm_stages.image_stage_list(**cfg)
+    dm_stages.compile_for_stage(model, s1, "sgd")
+    reg1 = dm_stages.regularization_loss(model)
     dropout1 = [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"]
-    dm_keras_ext.compile_for_stage(model, s2, "sgd")
-    reg2 = dm_keras_ext.regularization_loss(model)
+    dm_stages.compile_for_stage(model, s2, "sgd")
+    reg2 = dm_stages.regularization_loss(model)
     dropout2 = [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"]
     assert reg2 / reg1 == pytest.approx(0.04 / 0.01, rel=1e-5)
     assert set(dropout1) == {0.1} and set(dropout2) == {0.6}
@@ -206,22 +207,22 @@ def test_stage2_weight_decay_and_dropout_take_effect():
     y = np.eye(2)[[0, 1, 0, 1]].astype("float32")
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
-    assert dm_keras_ext.regularization_loss(model) > reg1   # the stage-2 factor, after a step
+    assert dm_stages.regularization_loss(model) > reg1   # the stage-2 factor, after a step
     cfg_after = model.get_layer(index=-1).get_config()["kernel_regularizer"]["config"]["l2"]
     assert cfg_after == pytest.approx(0.04)
 
 
 def test_trunk_is_frozen_by_name_in_stage_one():
-    patch = dm_keras_ext.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
+    patch = dm_patch_nets.get_dl_model("vgg16", nb_class=3, use_pretrained=False,
                                       img_size=(32, 32))[0]
     trunk = patch.get_layer("patch_trunk")
-    top = dm_keras_ext.default_top_layer_nb(trunk, "vgg16")
-    stages = [dm_keras_ext.Stage("a", 1, .1, 0, 0, "head"),
-              dm_keras_ext.Stage("b", 1, .1, 0, 0, "top", top),
-              dm_keras_ext.Stage("c", 1, .1, 0, 0, "all")]
+    top = dm_patch_nets.default_top_layer_nb(trunk, "vgg16")
+    stages = [dm_stages.Stage("a", 1, .1, 0, 0, "head"),
+              dm_stages.Stage("b", 1, .1, 0, 0, "top", top),
+              dm_stages.Stage("c", 1, .1, 0, 0, "all")]
     counts = []
     for s in stages:
-        dm_keras_ext.set_trainable(patch, s)
+        dm_stages.set_trainable(patch, s)
         counts.append(sum(l.trainable for l in trunk.layers))
     assert counts == [0, len(trunk.layers) - top, len(trunk.layers)]
     assert trunk.layers[top].name == "block5_conv1"
@@ -229,12 +230,12 @@ def test_trunk_is_frozen_by_name_in_stage_one():
 
 def test_optimisers_by_name():
     names = ["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"]
-    opts = [dm_keras_ext.create_optimizer(n, 0.01) for n in names]
+    opts = [dm_stages.create_optimizer(n, 0.01) for n in names]
     assert opts[0].nesterov and opts[0].momentum == pytest.approx(0.9)
     # rmsprop and adagrad: the Keras 2.0.8 updates (dm_layers.RMSprop208, Adagrad208)
     assert [type(o).__name__.lower().removesuffix("208") for o in opts] == names
     with pytest.raises(ValueError, match="unknown optimizer"):
-        dm_keras_ext.create_optimizer("lion", 0.1)
+        dm_stages.create_optimizer("lion", 0.1)
 
 
 def test_auroc_one_class_is_nan_not_zero(caplog):

@@ -8,6 +8,7 @@ import pytest
 
 import dm_cli
 import dm_flags
+import dm_stages
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,15 +67,14 @@ def test_the_trainers_differ_by_spec_not_by_kind_branches():
 
 
 def test_stage_lists_take_explicit_values():
-    import dm_keras_ext
     cfg = dm_flags.parse("patch", ["a", "b", "c", "--init-learningrate", "0.5"])
-    explicit = dm_keras_ext.patch_stage_list(
+    explicit = dm_stages.patch_stage_list(
         use_pretrained=True, nb_epoch=cfg.nb_epoch, init_lr=0.5, weight_decay=cfg.weight_decay,
         hidden_dropout=cfg.hidden_dropout, top_layer_epochs=cfg.top_layer_epochs,
         top_layer_multiplier=cfg.top_layer_multiplier, top_layer_nb=None,
         all_layer_epochs=cfg.all_layer_epochs, all_layer_multiplier=cfg.all_layer_multiplier,
         weight_decay2=cfg.weight_decay2, hidden_dropout2=cfg.hidden_dropout2)
-    stage_list = dm_keras_ext.patch_stage_list   # the CLI's one-line adapter gives the same
-    assert explicit == stage_list(**dm_keras_ext.values_for(stage_list, cfg, use_pretrained=True,
+    stage_list = dm_stages.patch_stage_list   # the CLI's one-line adapter gives the same
+    assert explicit == stage_list(**dm_stages.values_for(stage_list, cfg, use_pretrained=True,
                                                             top_layer_nb=None))
     assert [s.lr for s in explicit] == pytest.approx([0.5, 0.05, 0.005])
