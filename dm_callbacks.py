@@ -10,6 +10,7 @@ import keras
 
 from dm_errors import OriginalAPIError
 from dm_modelfile import ModelMeta, save_model
+import dm_scoring
 
 log = logging.getLogger("dm_keras_ext")
 
@@ -236,18 +237,17 @@ class LastCheckpoint(keras.callbacks.Callback):
 
 
 def _flips(X):
-    """[X and its three flips] (`dm_inference.FLIPS`), as numpy arrays."""
+    """[X and its three flips] (`dm_scoring.FLIPS`), as numpy arrays."""
     import numpy as np
 
-    import dm_inference
-    return [np.asarray(dm_inference.flip(X, m)) for m in dm_inference.FLIPS]
+    return [np.asarray(dm_scoring.flip(X, m)) for m in dm_scoring.FLIPS]
 
 
 def calc_test_auc(test_set, model, batch_size=None, test_samples=None, return_y_res=False,
                   test_augment=False):
     """AUROC per class (`roc_auc_score(..., average=None)`) of a model on a RAM set
     (X, y[, w]) or a generator; with `return_y_res`, also (one-hot y_true, y_pred).
-    `test_augment`: the mean over the 4 flips (`dm_inference.FLIPS`)."""
+    `test_augment`: the mean over the 4 flips (`dm_scoring.FLIPS`)."""
     import numpy as np
 
     import dm_metrics

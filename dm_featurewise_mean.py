@@ -23,6 +23,7 @@ import dm_cli
 log = logging.getLogger("featurewise_mean")
 # The computation lives in dm_image (the recipes use it too); re-exported here.
 from dm_dataset import mean_pixel
+import dm_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import dm_inference
-    paths = dm_inference.list_images(args.image_dir)  # InferenceError: missing or empty folder
+    paths = dm_inputs.list_images(args.image_dir)  # InferenceError: missing or empty folder
     mean, factor, bits = mean_pixel(paths, args.rescale_factor, args.img_size)
     if args.what != "flags":
         print(f"{mean:.2f}" if args.what == "mean" else f"{factor:.6g}")

@@ -12,12 +12,12 @@ from typing import Callable
 import numpy as np
 
 from dm_errors import OriginalAPIError, refuse, retired
-from dm_augment import Augment, augment_numpy, draw_params  # noqa: F401
-from dm_dataset import make_dataset, steps_for  # noqa: F401
-from dm_listing import DatasetError, list_class_folders  # noqa: F401
-from dm_pixels import read_image  # noqa: F401
-from dm_recipe import Recipe, finish_channels, grey_steps, preprocess, resize  # noqa: F401
-from dm_sweep import add_img_margins, crop_img, sweep_grid, sweep_image, sweep_probs  # noqa: F401
+from dm_augment import Augment, augment_numpy, draw_params
+from dm_dataset import make_dataset, steps_for
+from dm_listing import DatasetError, list_class_folders
+from dm_pixels import read_image
+from dm_recipe import Recipe, finish_channels, grey_steps, resize
+from dm_sweep import sweep_image, sweep_probs
 
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def sweep_img_patches(img: np.ndarray, patch_size: int, stride: int, target_scal
 def get_prob_heatmap(img_list, target_height, target_scale, patch_size, stride, model,
                      batch_size, featurewise_center=False, featurewise_mean=91.6,
                      preprocess=None, parallelized=False, equalize_hist=False):
-    """Sliding-window probability maps, as `dm_inference.sliding_window_heatmap`: resize to
+    """Sliding-window probability maps, as `dm_heatmaps.sliding_window_heatmap`: resize to
     `target_height`, breast segmentation, half-patch margins, centred sweep."""
     if img_list is None:
         return [None]

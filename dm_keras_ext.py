@@ -28,9 +28,9 @@ make_parallel = retired("dm_keras_ext.make_parallel",
 
 
 def flip_all_img(X: np.ndarray) -> list[np.ndarray]:
-    """[X, left-right, up-down, both] flips of a (B, H, W, C) batch (`dm_inference.FLIPS`)."""
-    import dm_inference as inf
-    return [np.asarray(inf.flip(X, m)) for m in inf.FLIPS]
+    """[X, left-right, up-down, both] flips of a (B, H, W, C) batch (`dm_scoring.FLIPS`)."""
+    import dm_scoring
+    return [np.asarray(dm_scoring.flip(X, m)) for m in dm_scoring.FLIPS]
 
 
 def robust_load_model(filepath, custom_objects: dict | None = None, compile: bool = False):

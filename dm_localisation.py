@@ -36,6 +36,8 @@ import dm_sweep
 from dm_localisation_metrics import (KINDS, NOMINAL_HEIGHT_MM, PEAK_SEPARATION_MM, TOLERANCE_MM, Case,
                                      LocalisationError, Settings, _r, compare, evaluate,
                                      make_case, malignant_only, pixel_size_mm)
+import dm_heatmaps
+import dm_scoring
 
 
 log = logging.getLogger("dm_localisation")
@@ -253,9 +255,8 @@ def write_image_list(path: pathlib.Path, paths: Sequence[str]) -> None:
 
 def fprop_pool(patch_model: str, patch_size: int) -> list[int]:
     """The fprop pooling window that matches one patch: the patch trunk's feature map."""
-    import dm_inference
-    m = dm_inference.load_models([str(patch_model)])[0].model
-    shape = dm_inference.fprop_model(m, (patch_size, patch_size), (1, 1), (1, 1)).outputs[0].shape
+    m = dm_scoring.load_models([str(patch_model)])[0].model
+    shape = dm_heatmaps.fprop_model(m, (patch_size, patch_size), (1, 1), (1, 1)).outputs[0].shape
     return [int(shape[1]), int(shape[2])]
 
 
@@ -359,11 +360,10 @@ def draw_overlay(image: np.ndarray, heat: np.ndarray, lesions: Sequence[np.ndarr
     """BGR overlay: the map on the image, every lesion's outline in white, the map's peak
     as a cross (green inside a lesion's outline, else red)."""
     import cv2
-    import dm_inference
     hv = np.asarray(heat, np.float32)
     ok = np.isfinite(hv)
     lo, hi = (float(hv[ok].min()), float(hv[ok].max())) if ok.any() else (0.0, 1.0)
-    out = dm_inference.overlay_heatmap(image, hv, alpha=0.35, vmin=lo, vmax=max(hi, lo + 1e-6))
+    out = dm_heatmaps.overlay_heatmap(image, hv, alpha=0.35, vmin=lo, vmax=max(hi, lo + 1e-6))
     for m in lesions:
         cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, cs, -1, (255, 255, 255), 1)

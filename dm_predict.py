@@ -94,16 +94,17 @@ def overrides_from(args) -> dict:
 
 
 def run(args) -> int:
-    import dm_inference as inf
+    import dm_inputs
+    import dm_scoring
     import dm_output
     import dm_preflight
     if args.batch_size < 1:
-        raise inf.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.img_size is not None and min(args.img_size) < 1:
-        raise inf.InferenceError(f"--img-size {args.img_size[0]} {args.img_size[1]}: sizes "
+        raise dm_inputs.InferenceError(f"--img-size {args.img_size[0]} {args.img_size[1]}: sizes "
                                  "must be positive")
     if args.split and not args.csv:
-        raise inf.InferenceError("--split goes with --csv")
+        raise dm_inputs.InferenceError("--split goes with --csv")
     scoring = bool(args.images or args.image_dir or args.csv)
     # Every output location first, so a long run cannot fail at its end.
     if scoring and args.out is not None:
@@ -112,13 +113,13 @@ def run(args) -> int:
         dm_output.check_writable(args.export, "--export", folder=True)
     if args.export_onnx:
         dm_output.check_writable(args.export_onnx, "--export-onnx")
-    models = inf.load_models(args.models, safe_mode=not args.unsafe_load)
-    class_list = inf.common_class_list(models, args.class_list)
+    models = dm_scoring.load_models(args.models, safe_mode=not args.unsafe_load)
+    class_list = dm_scoring.common_class_list(models, args.class_list)
     recipes = [m.recipe(**overrides_from(args)) for m in models]   # sizes checked here
     if args.export or args.export_onnx:
         import dm_export
         if len(models) != 1:
-            raise inf.InferenceError("--export/--export-onnx take exactly one model")
+            raise dm_inputs.InferenceError("--export/--export-onnx take exactly one model")
         dm_export.export(models[0].model, recipes[0], class_list, out_dir=args.export,
                          onnx_path=args.export_onnx, resize=args.export_resize)
         for dest in (args.export, args.export_onnx):
@@ -126,14 +127,14 @@ def run(args) -> int:
                 log.info("exported %s to %s", args.models[0], dest)
         if not scoring:
             return 0
-    inputs = inf.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
+    inputs = dm_inputs.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
     out = args.out or "-"
     if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
-        raise inf.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
+        raise dm_inputs.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
                                  "print the CSV)")
     allow = dm_preflight.Allow(colour=args.allow_colour, whole_images=args.allow_whole_images,
                                stored_bits=args.stored_bits)
-    depths = [inf.file_bit_depth(p) for p in inputs.paths]
+    depths = [dm_scoring.file_bit_depth(p) for p in inputs.paths]
     depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
     if args.mixed_precision:  # scoring only: the export above stays float32
         import dm_modelfile
@@ -142,12 +143,12 @@ def run(args) -> int:
     import dm_calibration
     with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
         probs = dm_calibration.score_models(
-            models, lambda ms: inf.score_paths(ms, inputs.paths, args.batch_size,
+            models, lambda ms: dm_scoring.score_paths(ms, inputs.paths, args.batch_size,
                                                args.test_augment, overrides_from(args),
                                                convert_bits=args.convert_bit_depth,
                                                depths=depths, progress=bar),
             enabled=not args.no_calibration)
-    inf.write_predictions_csv(out, inputs, probs, class_list)
+    dm_inputs.write_predictions_csv(out, inputs, probs, class_list)
     log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list),
              "standard output" if out == "-" else out)
     return 0

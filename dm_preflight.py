@@ -163,7 +163,7 @@ def check_patch_sizes(paths: Sequence[str], headers: Sequence[Header], model_pat
 def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Sequence[int | None],
                   model_path: str, model_bits: int | None, allow: Allow,
                   read=None) -> list[int | None]:
-    """Each file's bit depth for the depth check (`dm_inference.depth_groups`): the header's,
+    """Each file's bit depth for the depth check (`dm_scoring.depth_groups`): the header's,
     with 16-bit PNGs taken as `--stored-bits` bits when given. Without it, and for a model
     trained on 16-bit images, a sample of the 16-bit PNGs is decoded: if none exceeds 4095,
     refuse (12-bit data in 16-bit files would score as a nearly black image)."""
@@ -192,7 +192,7 @@ def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Seque
 
 def check_images(paths: Sequence[str], models: Sequence, recipes: Sequence, allow: Allow,
                  depths: Sequence[int | None], check_patches: bool = True) -> list[int | None]:
-    """All three checks for `models` (`dm_inference.LoadedModel`) with their `recipes`;
+    """All three checks for `models` (`dm_scoring.LoadedModel`) with their `recipes`;
     returns the bit depths to score with (see `stored_depths`)."""
     paths = list(paths)
     headers = [read_header(p) for p in paths]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import dm_pixels
 import dm_recipe
+import dm_output
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ class Heatmapper:
     scores (1 - p(background), or the last class) for a patch model."""
 
     def __init__(self, model_path: str, pos_class: str, unsafe_load: bool = False):
-        import dm_inference as inf
-        self.loaded = inf.load_models([model_path], safe_mode=not unsafe_load)[0]
+        import dm_scoring
+        self.loaded = dm_scoring.load_models([model_path], safe_mode=not unsafe_load)[0]
         self.kind = self.loaded.kind or "image"
         self.classes = list(self.loaded.class_list or [])
         self.recipe = self.loaded.recipe()
@@ -78,27 +79,27 @@ class Heatmapper:
                     else int(self.loaded.model.outputs[0].shape[-1]) - 1)
 
     def overlay(self, path: str) -> np.ndarray:
-        import dm_inference as inf
+        import dm_heatmaps
         img = dm_pixels.read_image(path)
         if self.kind == "patch":
             # the image at its own size (as heatmap_score.py without --img-size)
             ps = int(self.loaded.input_hw[0] or self.recipe.img_size[0])
-            hm = inf.sliding_window_heatmap(self.loaded.model, img, self.recipe, ps,
+            hm = dm_heatmaps.sliding_window_heatmap(self.loaded.model, img, self.recipe, ps,
                                             max(1, ps // 2))
             ch = (1 - hm.probs[..., 0]) if self.classes[:1] == ["background"] else hm.probs[..., -1]
-            return inf.overlay_heatmap(hm.image, inf.place_heatmap(ch, hm.image.shape,
+            return dm_heatmaps.overlay_heatmap(hm.image, dm_heatmaps.place_heatmap(ch, hm.image.shape,
                                                                    hm.centre0, hm.stride))
         x = dm_recipe.preprocess(img, self.recipe)[None]
-        cam = inf.grad_cam(self.loaded.model, x, self.cls)[0]
+        cam = dm_heatmaps.grad_cam(self.loaded.model, x, self.cls)[0]
         grey = dm_recipe.resize(img, self.recipe)
-        return inf.overlay_heatmap(grey, inf.place_heatmap(cam, grey.shape))
+        return dm_heatmaps.overlay_heatmap(grey, dm_heatmaps.place_heatmap(cam, grey.shape))
 
 
 def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int = 256,
                heatmapper: Heatmapper | None = None) -> list[Case]:
     """Write the thumbnails (and overlays) of the gallery cases; unreadable images are
     listed without a picture and logged."""
-    import dm_inference as inf
+    import dm_heatmaps
     cases, done = [], {}
     os.makedirs(os.path.join(out_dir, CASES_DIR), exist_ok=True)
     for gallery, rows in pick_cases(y, s, k).items():
@@ -108,16 +109,16 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                 stem = f"{i:05d}_{pathlib.Path(paths[i]).stem}"
                 thumb = overlay = None
                 try:
-                    grey = inf.to_display(dm_pixels.read_image(paths[i]))
+                    grey = dm_heatmaps.to_display(dm_pixels.read_image(paths[i]))
                 except (OSError, ValueError) as e:
                     log.warning("report: no thumbnail for %s (%s)", paths[i], e)
                     grey = None
                 if grey is not None:
                     thumb = f"{CASES_DIR}/{stem}.png"
-                    inf.write_png(os.path.join(out_dir, thumb), _thumb(grey, thumb_height))
+                    dm_heatmaps.write_png(os.path.join(out_dir, thumb), _thumb(grey, thumb_height))
                     if heatmapper is not None:
                         overlay = f"{CASES_DIR}/{stem}_heatmap.png"
-                        inf.write_png(os.path.join(out_dir, overlay),
+                        dm_heatmaps.write_png(os.path.join(out_dir, overlay),
                                       _thumb(heatmapper.overlay(paths[i]), thumb_height))
                 done[i] = (thumb, overlay)
             c.thumb, c.overlay = done[i]
@@ -234,7 +235,6 @@ def write_report(out_dir: str, summary: dict, paths: list[str], y, s, cases: lis
                  label_names: tuple[str, str] = ("negative", "positive"),
                  notes: list[str] | None = None) -> str:
     """Write index.html and its assets into `out_dir`; returns the index.html path."""
-    import dm_inference
     os.makedirs(out_dir, exist_ok=True)
     for name in ("report.css", "report.js"):
         shutil.copyfile(ASSETS / name, os.path.join(out_dir, name))
@@ -267,7 +267,7 @@ expected calibration error (ECE) and Brier score. Click a column to sort.</p>
 </body></html>
 """
     index = os.path.join(out_dir, "index.html")
-    dm_inference.atomic_write(index, lambda f: f.write(page), text=True)
+    dm_output.atomic_write(index, lambda f: f.write(page), text=True)
     return index
 
 
@@ -311,7 +311,6 @@ def localisation_section(loc: dict, out_dir: str) -> str:
 
 def add_localisation(index: str, loc: dict) -> None:
     """Put (or replace) the localisation section in a written report, before its cases."""
-    import dm_inference
     page = pathlib.Path(index).read_text()
     if _LOC_START in page:
         page = page[:page.index(_LOC_START)] + page[page.index(_LOC_END) + len(_LOC_END):]
@@ -319,4 +318,4 @@ def add_localisation(index: str, loc: dict) -> None:
     section = localisation_section(loc, os.path.dirname(index)) + "\n"
     page = page.replace(marker, section + marker) if marker in page else \
         page.replace("</body>", section + "</body>")
-    dm_inference.atomic_write(index, lambda f: f.write(page), text=True)
+    dm_output.atomic_write(index, lambda f: f.write(page), text=True)

@@ -17,7 +17,6 @@ import numpy as np
 
 import dm_distribute
 import dm_output
-import dm_inference
 from dm_augment import Augment
 from dm_recipe import Recipe
 from dm_errors import InputError, one_line  # noqa: F401
@@ -28,6 +27,7 @@ import dm_listing
 import dm_callbacks
 import dm_modelfile
 import dm_stages
+import dm_scoring
 
 log = logging.getLogger("dm_train")
 
@@ -505,7 +505,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         best = dm_modelfile.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
     test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed)
-    probs = dm_inference.predict(best, test.ds)
+    probs = dm_scoring.predict(best, test.ds)
     result = dict(history=history, best_model=cfg.best_model, final_model=cfg.final_model,
                   test_labels=test.labels, test_probs=probs,
                   test_accuracy=float(np.mean(probs.argmax(-1) == test.labels)),
@@ -523,7 +523,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     else:
         log.info("AUROC on test set: %.4f", result["test_auroc"])
     if cfg.test_augment:
-        probs_tta = dm_inference.predict(best, test.ds, tta=True)
+        probs_tta = dm_scoring.predict(best, test.ds, tta=True)
         result["test_auroc_tta"] = dm_callbacks.mean_auroc(test.labels, probs_tta)
         log.info("AUROC on test set with 4-flip TTA: %.4f", result["test_auroc_tta"])
     if last and os.path.exists(last):

@@ -5,7 +5,7 @@ A random-init patch net (ResNet50 by default, or VGG16) with the paper's "512x1"
 scores synthetic 16-bit PNGs (raw size --raw-size):
   bare     the network alone on a preprocessed batch of --batch-size (the ceiling);
   predict  the predict.py path from files: read + cubic resize + recipe + network
-           (`dm_inference.score_paths`);
+           (`dm_scoring.score_paths`);
   tta      the same with 4-flip test-time augmentation (one batched call per batch);
   export   the serving SavedModel (dm_export), raw uint16 batches in;
   bare_bf16  the bare network computing in bfloat16 (`--mixed-precision bfloat16`).
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     import keras
     import dm_export
-    import dm_inference as inf
+    import dm_scoring
     import dm_modelfile
     import dm_resnet
     from dm_recipe import Recipe
@@ -97,16 +97,16 @@ def main(argv=None) -> dict:
         path = tmp / "m.keras"
         dm_modelfile.save_model(model, path, ModelMeta(("neg", "pos"), recipe))
         paths = make_images(tmp, a.n, *a.raw_size)
-        loaded = inf.load_models([str(path)])
+        loaded = dm_scoring.load_models([str(path)])
         net = loaded[0].model
         x = np.random.default_rng(0).normal(
             size=(a.batch_size, *a.img_size, net.inputs[0].shape[-1])).astype(np.float32)
-        bare = inf.forward_fn(net, tta=False)              # the network, nothing else
+        bare = dm_scoring.forward_fn(net, tta=False)              # the network, nothing else
         steps = -(-a.n // a.batch_size)
         measure("bare_img_s", lambda: [bare(x[:min(a.batch_size, a.n - i * a.batch_size)])
                                        .numpy() for i in range(steps)])
-        measure("predict_img_s", lambda: inf.score_paths(loaded, paths, a.batch_size))
-        measure("tta_img_s", lambda: inf.score_paths(loaded, paths, a.batch_size, tta=True))
+        measure("predict_img_s", lambda: dm_scoring.score_paths(loaded, paths, a.batch_size))
+        measure("tta_img_s", lambda: dm_scoring.score_paths(loaded, paths, a.batch_size, tta=True))
         dm_export.export_serving(net, recipe, ["neg", "pos"], str(tmp / "served"))
         served, _ = dm_export.load_serving(str(tmp / "served"))
         raw = np.stack([cv2.imread(q, cv2.IMREAD_UNCHANGED) for q in paths])
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
             served.serve_uint16(raw[i:i + a.batch_size])["probabilities"].numpy()
             for i in range(0, a.n, a.batch_size)])
         dm_modelfile.set_precision(net, "bfloat16")
-        bare16 = inf.forward_fn(net, tta=False)
+        bare16 = dm_scoring.forward_fn(net, tta=False)
         measure("bare_bf16_img_s", lambda: [bare16(x[:min(a.batch_size, a.n - i * a.batch_size)])
                                             .numpy() for i in range(steps)])
     res["predict_vs_bare"] = res["predict_img_s"] / res["bare_img_s"]

@@ -50,6 +50,8 @@ import dm_cli  # noqa: E402
 from dm_errors import InputError  # noqa: E402
 import dm_pixels
 import dm_recipe
+import dm_inputs
+import dm_output
 
 log = logging.getLogger("heatmap_score")
 
@@ -73,10 +75,9 @@ _NAME = re.compile(r"^(?P<pat>.+)_(?P<side>LEFT|RIGHT|L|R)_(?P<view>CC|MLO|ML|LM
 def list_items(img_folder: str, pat_csv: str | None, pat_list: str | None) -> list[Item]:
     """Images to score with their patient, side and view (see module doc)."""
     import pandas as pd
-    import dm_inference
     if pat_csv is None:
         items = []
-        for p in dm_inference.list_images(img_folder):
+        for p in dm_inputs.list_images(img_folder):
             stem = os.path.splitext(os.path.basename(p))[0]
             m = _NAME.match(stem)
             items.append(Item(p, m["pat"], m["side"].upper(), m["view"].upper()) if m
@@ -130,7 +131,6 @@ def group_items(items: list[Item]) -> list[tuple[str, str, list[int]]]:
 
 def save_heatmaps(path: str, items: list[Item], maps: list[np.ndarray], meta: dict) -> None:
     """Write the .npz (see module doc) atomically."""
-    import dm_inference
     groups = group_items(items)
     group_of = np.full(len(items), -1, np.int64)
     cc, mlo = [], []
@@ -151,7 +151,7 @@ def save_heatmaps(path: str, items: list[Item], maps: list[np.ndarray], meta: di
 
     def write(f):
         np.savez_compressed(f, **arrays)
-    dm_inference.atomic_write(path, write)
+    dm_output.atomic_write(path, write)
 
 
 def load_heatmaps(path: str) -> list[dict]:
@@ -311,8 +311,8 @@ def overlay_figure(grey: np.ndarray, heat: np.ndarray, title: str, vmin: float =
     """A readable overlay: the colour-mapped heat on the whole source image (pixel for pixel
     at rows TITLE_H.., columns 0..W-1), a title strip and a labelled colour bar."""
     import cv2
-    import dm_inference as inf
-    img = inf.overlay_heatmap(grey, heat, vmin=vmin, vmax=vmax)
+    import dm_heatmaps
+    img = dm_heatmaps.overlay_heatmap(grey, heat, vmin=vmin, vmax=vmax)
     h, w = grey.shape
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
     (tw, _), _ = cv2.getTextSize(title, font, scale, 1)
@@ -337,8 +337,8 @@ def cell_offset(model, x: np.ndarray, n: int = 3) -> list[float]:
     top-left pixel of every 2x2 block, so cells look up-left of their geometric centres
     (about 13 px at a /32 trunk; docs/localisation.md)."""
     import tensorflow as tf
-    import dm_inference as inf
-    sub, _ = inf.grad_cam_model(model)
+    import dm_heatmaps
+    sub, _ = dm_heatmaps.grad_cam_model(model)
     xt = tf.convert_to_tensor(np.asarray(x, np.float32))
     h, w = xt.shape[1:3]
     with tf.GradientTape(persistent=True) as tape:
@@ -375,7 +375,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     for the original")."""
     if isinstance(args, (str, os.PathLike)):
         return run(parse_original(args, *legacy_args, **legacy_kw))
-    import dm_inference as inf
+    import dm_heatmaps
+    import dm_scoring
     if args.stride < 1 or args.batch_size < 1:
         raise HeatmapError("--stride and --batch-size must be >= 1")
     for flag, v in (("--img-size", args.img_size), ("--img-height", args.img_height),
@@ -390,13 +391,13 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
     if args.fprop_mode and args.grad_cam:
         raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
-    loaded = inf.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
+    loaded = dm_scoring.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
     kind = loaded.kind
     mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
     if mode == "sliding" and _looks_whole_image(loaded):
         raise HeatmapError(f"{args.dl_state}: a whole-image model cannot be slid as a patch "
                            "classifier: use --grad-cam (or --fprop-mode --patch-model PATCH)")
-    classes = inf.common_class_list([loaded])
+    classes = dm_scoring.common_class_list([loaded])
     items = list_items(args.img_folder, args.pat_csv, args.pat_list)
     changes = recipe_changes(args)
     meta = dict(mode=mode, model=os.path.abspath(args.dl_state), class_list=list(classes))
@@ -422,15 +423,15 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or loaded.recipe().img_size)
             recipe = dataclasses.replace(loaded.recipe(img_size=size, fixed_input=False),
                                          **changes)
-            patch_model = inf.load_models([args.patch_model], not args.unsafe_load)[0].model \
+            patch_model = dm_scoring.load_models([args.patch_model], not args.unsafe_load)[0].model \
                 if args.patch_model else None
-            fmap = inf.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
+            fmap = dm_heatmaps.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
                                    kind=kind).outputs[0].shape[1:3]
             _check_pool(fmap, args.avg_pool_size, size)
-            net = inf.fprop_model(loaded.model, size, args.avg_pool_size, args.hm_strides,
+            net = dm_heatmaps.fprop_model(loaded.model, size, args.avg_pool_size, args.hm_strides,
                                   patch_model=patch_model, kind=kind)
             if patch_model is not None:
-                classes = inf.common_class_list(inf.load_models([args.patch_model],
+                classes = dm_scoring.common_class_list(dm_scoring.load_models([args.patch_model],
                                                                 not args.unsafe_load))
                 meta["class_list"] = list(classes)
             meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides,
@@ -446,11 +447,11 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     paths = [it.path for it in items]
     allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits)
     depths = dm_preflight.check_images(paths, [loaded], [model_recipe], allow,
-                                       [inf.file_bit_depth(p) for p in paths],
+                                       [dm_scoring.file_bit_depth(p) for p in paths],
                                        check_patches=False)   # mapping mammograms is the point
     # The model's bit depth: another depth is refused in one line (before any image is
     # mapped), or converted.
-    recipes = [inf.recipe_for_image(p, model_recipe, args.convert_bit_depth, args.dl_state,
+    recipes = [dm_scoring.recipe_for_image(p, model_recipe, args.convert_bit_depth, args.dl_state,
                                     depth=d, keep_hint=KEEP_DEPTH_HINT)
                for p, d in zip(paths, depths)]
     bar = dm_cli.progress(len(items), "heatmaps")
@@ -460,7 +461,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         vmax, heat = 1.0, None
         if mode == "sliding":
             full = dm_recipe.resize(img, size) if (args.img_size or img_height) else img
-            hm = inf.sliding_window_heatmap(loaded.model, full, recipe, ps, args.stride,
+            hm = dm_heatmaps.sliding_window_heatmap(loaded.model, full, recipe, ps, args.stride,
                                             args.batch_size, args.segment, args.pad)
             maps.append(hm.probs)
             meta["centre0"].append(list(hm.centre0))
@@ -468,7 +469,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.setdefault("bbox", []).append(list(hm.bbox) if hm.bbox is not None else None)
             if args.overlay_dir:
                 ch, shown = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
-                crop = inf.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
+                crop = dm_heatmaps.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
                 x0, y0 = (hm.bbox[0], hm.bbox[1]) if hm.bbox is not None else (0, 0)
                 heat = np.full(full.shape, np.nan, np.float32)
                 heat[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
@@ -476,25 +477,25 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         else:
             x = dm_recipe.preprocess(img, recipe)[None]
             if mode == "fprop":
-                probs = inf.forward_fn(net)(x.astype(np.float32)).numpy()[0]
+                probs = dm_scoring.forward_fn(net)(x.astype(np.float32)).numpy()[0]
                 maps.append(probs)
                 ch, shown = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
                 title = f"{_name(it)}: p({shown}) max {np.max(ch):.3f}"
             else:
-                ch = inf.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
+                ch = dm_heatmaps.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
                 if i == 0:      # where the cells look (dm_localisation places maps by it)
                     meta["cell_offset"] = cell_offset(net, x)
-                p = float(inf.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
+                p = float(dm_scoring.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
                 shown = classes[cls]
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
                 title = f"{_name(it)}: p({shown}) = {p:.3f}, Grad-CAM"
             if args.overlay_dir:
-                heat = inf.place_heatmap(ch, tuple(recipe.img_size or img.shape))
+                heat = dm_heatmaps.place_heatmap(ch, tuple(recipe.img_size or img.shape))
         if args.overlay_dir:
             meta.setdefault("overlay_titles", []).append(title)
             stem = os.path.splitext(os.path.basename(it.path))[0]
-            inf.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
+            dm_heatmaps.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
                           overlay_figure(img, _to_source(heat, img.shape), title, 0.0, vmax))
         bar.update(1)
         if bar.disable:              # no bar (not a terminal): one log line per image

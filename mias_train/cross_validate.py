@@ -42,6 +42,8 @@ import dm_dataset
 import dm_listing
 import dm_pixels
 import dm_localisation_metrics
+import dm_heatmaps
+import dm_scoring
 
 log = logging.getLogger("cross_validate")
 
@@ -325,11 +327,10 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
                          classes: Sequence[str]):
     """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
     whole-image model on its own training images: can it fit them at all?)."""
-    import dm_inference
-    m = dm_inference.load_models([str(model_path)])[0]
+    m = dm_scoring.load_models([str(model_path)])[0]
     paths, labels = dm_listing.list_class_folders(root, classes)
     ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
-    return np.asarray(labels), dm_inference.predict(m.model, ds)
+    return np.asarray(labels), dm_scoring.predict(m.model, ds)
 
 
 def chain_auroc(y, s) -> float:
@@ -352,20 +353,19 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
     shrunk by half a patch (training patches came from inside the breast; at its edge the
     windows take in the padding and the film border)."""
     import cv2
-    import dm_inference
     from dm_sweep import breast_mask
     if model_path not in _MODELS:
         _MODELS.clear()
-        _MODELS[model_path] = dm_inference.load_models([model_path])[0]
+        _MODELS[model_path] = dm_scoring.load_models([model_path])[0]
     m = _MODELS[model_path]
     img = dm_pixels.read_image(img_path)
-    hm = dm_inference.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
+    hm = dm_heatmaps.sliding_window_heatmap(m.model, img, m.recipe(), patch_size, stride,
                                              segment=False, batch_size=256)
     inside = cv2.erode(breast_mask(img)[0], np.ones((patch_size, patch_size), np.uint8),
                        borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
     def place(score):
-        heat = dm_inference.place_heatmap(score, img.shape, hm.centre0, stride)
+        heat = dm_heatmaps.place_heatmap(score, img.shape, hm.centre0, stride)
         heat[inside == 0] = np.nan
         return heat
     if column == -1:
@@ -389,11 +389,10 @@ def chain_localisation(args, out: pathlib.Path, I, n_boot: int, seed: int) -> di
 
 def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
     import cv2
-    import dm_inference
-    out = dm_inference.overlay_heatmap(img, heat, alpha=0.35)
+    out = dm_heatmaps.overlay_heatmap(img, heat, alpha=0.35)
     for cx, cy, r in circles:
         cv2.circle(out, (int(round(cx)), int(round(cy))), int(round(r)), (255, 255, 255), 1)
-    dm_inference.write_png(str(path), out)
+    dm_heatmaps.write_png(str(path), out)
 # ============================================================================== end of chain
 
 

@@ -9,6 +9,7 @@ import dm_modelfile
 import patch_clf_train
 from synth import write_class_folders
 from tiny_models import tiny_image_model
+import dm_scoring
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +86,6 @@ def test_meta_without_kind_reads_as_unknown_and_passes_kind_checks(tmp_path):
     (unknown), or recognised from the layers of a whole-image model (issue 23)."""
     import json
     import zipfile
-    import dm_inference
     from dm_recipe import Recipe
     meta = dm_modelfile.ModelMeta(("neg", "pos"), Recipe(img_size=(64, 48), channels=1))
     old = json.loads(meta.to_json())
@@ -97,5 +97,5 @@ def test_meta_without_kind_reads_as_unknown_and_passes_kind_checks(tmp_path):
         z.writestr(dm_modelfile.META_MEMBER, json.dumps(old))
     assert dm_modelfile.read_model_meta(path).kind is None
     dm_modelfile.check_model_kind(path, "patch", "--patch-model", "--image-model")  # passes
-    loaded = dm_inference.load_models([str(path)])[0]
+    loaded = dm_scoring.load_models([str(path)])[0]
     assert loaded.kind == "image" and loaded.train_size == (64, 48)

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-import dm_inference as inf
+import dm_heatmaps
+
+import dm_scoring
 import dm_sweep
 from tiny_models import PATCH_RECIPE, mammogram, save, tiny_image_model, tiny_patch_model
 import dm_pixels
@@ -46,7 +48,7 @@ def test_sliding_window_groups_npz_and_overlays(setup, tmp_path):
     assert groups[0]["cc"] is not None and groups[0]["mlo"] is not None
     assert groups[1]["cc"] is None and groups[1]["mlo"].ndim == 3
     img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
-    want = inf.sliding_window_heatmap(inf.load_models([setup["patch"]])[0].model, img,
+    want = dm_heatmaps.sliding_window_heatmap(dm_scoring.load_models([setup["patch"]])[0].model, img,
                                       PATCH_RECIPE, 16, 8, segment=True, pad=True)
     np.testing.assert_allclose(groups[0]["cc"], want.probs, atol=1e-6)
     pngs = sorted((tmp_path / "ov").glob("*.png"))
@@ -136,7 +138,7 @@ def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
     area = _image_area(ov, src.shape)
     coloured = (np.abs(area[..., 0] - area[..., 2]) > 3) | (np.abs(area[..., 1] - area[..., 2]) > 3)
     # where there is no heat, the figure shows the source image itself, pixel for pixel
-    np.testing.assert_array_equal(area[~coloured][:, 0], inf.to_display(src)[~coloured])
+    np.testing.assert_array_equal(area[~coloured][:, 0], dm_heatmaps.to_display(src)[~coloured])
     # the heat covers the breast's box of the source image, not a crop moved to the corner
     _, (x, y, w, h) = dm_sweep.segment_breast(src)
     ys, xs = np.nonzero(coloured)
@@ -151,7 +153,7 @@ def test_overlay_has_title_with_class_and_probability_and_colour_bar(setup, tmp_
                     "--overlay-dir", str(tmp_path / "ov")]) == 0
     with np.load(out, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-    loaded = inf.load_models([setup["image"]])[0]
+    loaded = dm_scoring.load_models([setup["image"]])[0]
     img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
     p = loaded.model.predict_on_batch(dm_recipe.preprocess(img, loaded.recipe())[None])[0, 1]
     assert meta["overlay_titles"][0] == f"P1 LEFT CC: p(pos) = {p:.3f}, Grad-CAM"
@@ -191,7 +193,7 @@ def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
     img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
     recipe = dataclasses.replace(PATCH_RECIPE, featurewise_center=False, rescale_factor=None,
                                  img_scale=255.0)
-    want = inf.sliding_window_heatmap(inf.load_models([setup["patch"]])[0].model, img,
+    want = dm_heatmaps.sliding_window_heatmap(dm_scoring.load_models([setup["patch"]])[0].model, img,
                                       recipe, 16, 8, segment=True, pad=True)
     np.testing.assert_allclose(hs.load_heatmaps(str(out))[0]["cc"], want.probs, atol=1e-6)
 
@@ -215,7 +217,7 @@ def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, caps
     --convert-bit-depth, giving the 8-bit image's heatmap."""
     recipe8 = dataclasses.replace(PATCH_RECIPE, rescale_factor=None, input_bits=8)
     model8 = tmp_path / "patch8.keras"
-    dm_modelfile.save_model(inf.load_models([setup["patch"]])[0].model, model8,
+    dm_modelfile.save_model(dm_scoring.load_models([setup["patch"]])[0].model, model8,
                             dm_modelfile.ModelMeta(("background", "malignant", "benign"),
                                                    recipe8, kind="patch"))
     img8 = (mammogram((50, 40), seed=0) // 257).astype(np.uint8)
@@ -272,7 +274,7 @@ def test_sizes_that_are_not_positive_are_one_line(setup, tmp_path, capsys, argv,
 
 def test_unwritable_out_refused_before_any_heatmap(setup, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(inf, "sliding_window_heatmap",
+    monkeypatch.setattr(dm_heatmaps, "sliding_window_heatmap",
                         lambda *a, **k: pytest.fail("mapped before the output was checked"))
     assert hs.main([setup["imgs"], setup["patch"],
                     "--out", str(tmp_path / "file" / "h.npz")]) == 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dm_image
-import dm_inference as inf
+import dm_heatmaps
 import dm_keras_ext
 from dm_errors import OriginalAPIError
 import dm_predict
@@ -251,7 +251,7 @@ def test_sweep_and_prob_heatmap_equal_sliding_window(tmp_path):
                                    featurewise_center=True, featurewise_mean=40.0)
     recipe = dm_recipe.Recipe(img_size=None, channels=1, featurewise_center=True,
                              featurewise_mean=40.0)
-    want = inf.sliding_window_heatmap(model, dm_recipe.resize(img, dm_recipe.Recipe(
+    want = dm_heatmaps.sliding_window_heatmap(model, dm_recipe.resize(img, dm_recipe.Recipe(
         img_size=None, target_height=60)), recipe, 16, 8, 32)
     np.testing.assert_allclose(hm, want.probs, atol=1e-6)
     patches, rows, cols = dm_image.sweep_img_patches(img.astype(np.float32), 16, 8)

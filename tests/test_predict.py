@@ -9,7 +9,8 @@ import pytest
 
 import dm_export
 import dm_dataset
-import dm_inference as inf
+import dm_inputs
+import dm_scoring
 import dm_predict
 from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
 import dm_pixels
@@ -44,8 +45,8 @@ def test_csv_columns_are_class_names_with_labels(setup, tmp_path):
     assert list(rows[0].keys()) == ["path", "neg", "pos", "label"]
     assert [r["label"] for r in rows] == ["0", "0", "1", "1"]
     probs = np.array([[float(r["neg"]), float(r["pos"])] for r in rows])
-    ms = inf.load_models([setup["m1"], setup["m2"]])
-    want = inf.score_paths(ms, [r["path"] for r in rows])
+    ms = dm_scoring.load_models([setup["m1"], setup["m2"]])
+    want = dm_scoring.score_paths(ms, [r["path"] for r in rows])
     np.testing.assert_allclose(probs, want, atol=1e-6)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
@@ -62,9 +63,9 @@ def test_csv_input_passes_columns_and_tta(setup, tmp_path):
     rows = _read(out)
     assert list(rows[0]) == ["path", "neg", "pos", "label", "patient_id", "side"]
     assert [r["patient_id"] for r in rows] == ["P0", "P0", "P1", "P1"]
-    m = inf.load_models([setup["m1"]])
+    m = dm_scoring.load_models([setup["m1"]])
     np.testing.assert_allclose([float(r["pos"]) for r in rows],
-                               inf.score_paths(m, paths, tta=True)[:, 1], atol=1e-6)
+                               dm_scoring.score_paths(m, paths, tta=True)[:, 1], atol=1e-6)
 
 
 def test_images_without_labels_and_overrides(setup, tmp_path):
@@ -73,8 +74,8 @@ def test_images_without_labels_and_overrides(setup, tmp_path):
                          "--featurewise-mean", "0"]) == 0
     rows = _read(out)
     assert list(rows[0]) == ["path", "neg", "pos"]
-    m = inf.load_models([setup["m1"]])
-    want = inf.score_paths(m, setup["pos"], overrides=dict(featurewise_mean=0.0))
+    m = dm_scoring.load_models([setup["m1"]])
+    want = dm_scoring.score_paths(m, setup["pos"], overrides=dict(featurewise_mean=0.0))
     np.testing.assert_allclose([float(r["pos"]) for r in rows], want[:, 1], atol=1e-6)
 
 
@@ -107,7 +108,7 @@ def test_export_matches_predict_from_raw_image(setup, tmp_path):
     np.testing.assert_allclose(got16, want, atol=1e-4)
     # float32 in: no rounding/clipping after the resize (cubic overshoot stays), like cv2 on
     # a float32 image (e.g. a DICOM with a modality rescale).
-    model = inf.load_models([setup["m1"]])[0].model
+    model = dm_scoring.load_models([setup["m1"]])[0].model
     rawf = raw.astype(np.float32)
     wantf = model.predict(np.stack([dm_recipe.preprocess(r, IMAGE_RECIPE) for r in rawf]), verbose=0)
     np.testing.assert_allclose(served.serve(rawf)["probabilities"].numpy(), wantf, atol=1e-4)
@@ -119,7 +120,7 @@ def test_export_matches_predict_from_raw_image(setup, tmp_path):
 
 def test_export_refuses_equalize_hist(tmp_path):
     model = tiny_image_model()
-    recipe = inf.apply_overrides(IMAGE_RECIPE, equalize_hist=True)
+    recipe = dm_scoring.apply_overrides(IMAGE_RECIPE, equalize_hist=True)
     with pytest.raises(dm_export.ExportError, match="equalize_hist"):
         dm_export.export_serving(model, recipe, ["neg", "pos"], str(tmp_path / "e"))
 
@@ -189,11 +190,11 @@ def test_convert_bit_depth_gives_the_8bit_answer(depth_setup, tmp_path):
 
 def test_one_image_check_for_heatmap_tools(depth_setup):
     s = depth_setup
-    r8 = inf.load_models([s["model"]])[0].recipe()
-    assert inf.recipe_for_image(s["png8"], r8) == r8
-    with pytest.raises(inf.InferenceError, match="16-bit image.*--convert-bit-depth"):
-        inf.recipe_for_image(s["dcm"], r8)
-    conv = inf.recipe_for_image(s["dcm"], r8, convert=True)
+    r8 = dm_scoring.load_models([s["model"]])[0].recipe()
+    assert dm_scoring.recipe_for_image(s["png8"], r8) == r8
+    with pytest.raises(dm_inputs.InferenceError, match="16-bit image.*--convert-bit-depth"):
+        dm_scoring.recipe_for_image(s["dcm"], r8)
+    conv = dm_scoring.recipe_for_image(s["dcm"], r8, convert=True)
     x8 = dm_recipe.preprocess(dm_pixels.read_image(s["png8"]), r8)
     x16 = dm_recipe.preprocess(dm_pixels.read_image(s["dcm"]), conv)
     # equal within the 8-bit image's rounding after its (uint8) cubic resize: half a grey level
@@ -202,11 +203,11 @@ def test_one_image_check_for_heatmap_tools(depth_setup):
 
 def test_model_without_recorded_depth_refuses_mixed_depths():
     paths, depths = ["a.png", "b.png"], [8, 16]
-    with pytest.raises(inf.InferenceError, match="b.png: 16-bit image among 8-bit"):
-        inf.depth_groups(paths, depths, IMAGE_RECIPE, convert=False)
+    with pytest.raises(dm_inputs.InferenceError, match="b.png: 16-bit image among 8-bit"):
+        dm_scoring.depth_groups(paths, depths, IMAGE_RECIPE, convert=False)
     # img_scale normalises each image by its maximum: depth does not matter.
-    r = inf.apply_overrides(IMAGE_RECIPE, img_scale=255.0, input_bits=8)
-    assert inf.depth_groups(paths, depths, r, convert=False) == [([0, 1], r)]
+    r = dm_scoring.apply_overrides(IMAGE_RECIPE, img_scale=255.0, input_bits=8)
+    assert dm_scoring.depth_groups(paths, depths, r, convert=False) == [([0, 1], r)]
 
 
 def test_export_endpoints_convert_to_the_trained_depth(depth_setup, tmp_path, caplog):
@@ -337,7 +338,7 @@ def _no_reading(monkeypatch):
         pytest.fail("an image was read before the problem was reported")
     monkeypatch.setattr(dm_dataset, "read_image", fail)
     monkeypatch.setattr(dm_pixels, "read_image", fail)
-    monkeypatch.setattr(inf, "score_paths", fail)
+    monkeypatch.setattr(dm_scoring, "score_paths", fail)
 
 
 @pytest.mark.parametrize("size,words", [
@@ -431,9 +432,9 @@ def test_12_bit_values_in_a_16_bit_png_refused_like_the_dicom(twelve_bit, tmp_pa
     # --stored-bits 16: scored as it is (what the tool did silently before)
     assert dm_predict.main([s["model"], "--images", s["png12"], "--stored-bits", "16",
                          "--out", str(out)]) == 0
-    m = inf.load_models([s["model"]])
+    m = dm_scoring.load_models([s["model"]])
     np.testing.assert_allclose(float(_read(out)[0]["pos"]),
-                               inf.score_paths(m, [s["png12"]])[0, 1], atol=1e-6)
+                               dm_scoring.score_paths(m, [s["png12"]])[0, 1], atol=1e-6)
 
 
 def test_unwritable_out_refused_before_scoring_naming_the_users_file(
@@ -513,6 +514,6 @@ def test_hidden_files_in_an_image_folder_are_skipped(setup, tmp_path):
     (d / "._img_00.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     (d / ".thumbs").mkdir()
     write_images(d / ".thumbs", 1)
-    assert inf.list_images(str(d)) == paths
+    assert dm_inputs.list_images(str(d)) == paths
     assert dm_predict.main([setup["m1"], "--image-dir", str(d), "--out",
                          str(tmp_path / "p.csv")]) == 0
