@@ -11,7 +11,6 @@ from dm_recipe import Recipe
 import dm_sweep
 from dm_inputs import InferenceError
 from dm_scoring import forward_fn
-import dm_output
 
 
 
@@ -219,11 +218,3 @@ def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
     colour = cv2.applyColorMap(np.round(h * 255).astype(np.uint8), colormap)
     blend = cv2.addWeighted(colour, alpha, base, 1.0 - alpha, 0.0)
     return np.where(valid[..., None], blend, base)
-
-
-def write_png(path: str, img: np.ndarray) -> None:
-    """Write a PNG atomically (temporary file, then rename)."""
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise InferenceError(f"{path}: cannot encode image of shape {img.shape} as PNG")
-    dm_output.atomic_write(path, lambda f: f.write(buf.tobytes()))

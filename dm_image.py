@@ -17,7 +17,7 @@ from dm_dataset import make_dataset, steps_for
 from dm_listing import DatasetError, list_class_folders
 from dm_pixels import read_image
 from dm_recipe import Recipe, finish_channels, grey_steps, resize
-from dm_sweep import sweep_image, sweep_probs
+from dm_sweep import add_img_margins, crop_img, sweep_image, sweep_probs  # noqa: F401 (the original names crop_img, add_img_margins)
 
 
 log = logging.getLogger(__name__)

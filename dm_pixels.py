@@ -9,6 +9,7 @@ import os
 import cv2
 import numpy as np
 
+import dm_output
 from dm_errors import InputError
 
 
@@ -186,3 +187,21 @@ def _tail(path: str, n: int) -> bytes:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - n))
         return f.read()
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    """Write an 8- or 16-bit PNG (grey, or BGR for overlays) atomically: the one PNG writer
+    (`dm_output.atomic_write`: temporary file, then rename)."""
+    if img.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise InputError(f"{path}: cannot encode an image of shape {img.shape} as PNG")
+    dm_output.atomic_write(os.fspath(path), lambda f: f.write(buf.tobytes()))
+
+
+def to_uint16(img: np.ndarray) -> np.ndarray:
+    """Cast to uint16 without rescaling (values clipped to 0..65535), for 16-bit PNGs."""
+    if img.dtype == np.uint16:
+        return img
+    return np.clip(np.rint(img) if img.dtype.kind == "f" else img, 0, 65535).astype(np.uint16)

@@ -1,154 +1,66 @@
-"""Image-level preprocessing for the dataset recipes and the patch sampler.
-
-ROI geometry (largest-contour bounding box, patch/ROI overlap), blob-detector key points for
-hard negatives, and the atomic PNG write. Reading, resizing, breast segmentation and padding
-are `dm_image`'s (one image path); the names here forward to it.
+"""The original's `dm_preprocess` name (docs/original.md): `DMImagePreprocessor`, as an
+adapter over the project's breast segmentation (`dm_sweep`). The project's preprocessing
+lives in `dm_pixels`, `dm_recipe`, `dm_sweep` and `dm_roi`; project code imports from those
+rooms, never from here; code written for the original keeps importing this.
 """
 from __future__ import annotations
-
-import os
-import pathlib
-from typing import Sequence
 
 import cv2
 import numpy as np
 
-import dm_output
-from dm_errors import InputError
-from dm_sweep import Bbox
-import dm_pixels
-import dm_recipe
-
-# Reading, decoding, resizing and segmentation are dm_image's, for everyone (one image path:
-# what the recipes and the patch sampler see is what training sees). The names here stay
-# for callers.
-ImageReadError = dm_pixels.ImageReadError
+from dm_errors import retired
+from dm_sweep import segment_breast
 
 
-class EmptyMaskError(InputError):
-    """An ROI mask has no foreground pixel."""
+class DMImagePreprocessor:
+    """The original's preprocessor: breast segmentation and artefact suppression."""
 
+    segment_breast = staticmethod(segment_breast)
 
-# ----------------------------------------------------------------------------- I/O
-def read_image_gray(path: str | os.PathLike) -> np.ndarray:
-    """A grey image at its bit depth: `dm_pixels.read_image` (DICOM with modality rescale and
-    MONOCHROME1 inverted)."""
-    return dm_pixels.read_image(path)
+    @staticmethod
+    def max_pix_val(dtype) -> int:
+        """The largest value of an 8- or 16-bit image type."""
+        if np.dtype(dtype) not in (np.uint8, np.uint16):
+            raise ValueError(f"max_pix_val: 8- or 16-bit images only, got {np.dtype(dtype)}")
+        return int(np.iinfo(dtype).max)
 
+    def select_largest_obj(self, img_bin: np.ndarray, lab_val: int = 255,
+                           fill_holes: bool = False, smooth_boundary: bool = False,
+                           kernel_size: int = 15) -> np.ndarray:
+        """A mask (values `lab_val`) of the largest 8-connected object of a binary image,
+        its holes filled and its boundary opened on request."""
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            (img_bin > 0).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        if len(stats) < 2:
+            return np.zeros(img_bin.shape, img_bin.dtype)
+        keep = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        if fill_holes:   # background pixels not reachable from outside the object
+            _, outside = cv2.connectedComponents((~keep).astype(np.uint8), connectivity=4)
+            border = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0],
+                                               outside[:, -1]]))
+            keep |= ~np.isin(outside, border[border > 0]) & ~keep
+        mask = keep.astype(img_bin.dtype) * img_bin.dtype.type(lab_val)
+        if smooth_boundary:
+            kernel = np.ones((kernel_size, kernel_size), np.uint8)
+            mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+        return mask
 
-read_dicom_pixels = read_image_gray
-dicom_shape = dm_pixels.dicom_shape
+    def suppress_artifacts(self, img: np.ndarray, global_threshold: float = .05,
+                           fill_holes: bool = False, smooth_boundary: bool = True,
+                           kernel_size: int = 15) -> tuple[np.ndarray, np.ndarray]:
+        """(image with everything but the largest bright object zeroed, its mask); the
+        threshold is a fraction of the image maximum below 1, else a grey level."""
+        maxval = self.max_pix_val(img.dtype)
+        low = int(img.max() * global_threshold) if global_threshold < 1 else int(global_threshold)
+        binary = np.where(img > low, maxval, 0).astype(img.dtype)
+        mask = self.select_largest_obj(binary, lab_val=maxval, fill_holes=True,
+                                       smooth_boundary=smooth_boundary, kernel_size=kernel_size)
+        return cv2.bitwise_and(img, mask), mask
 
-
-def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
-               target_height: int | None = None, mask: bool = False) -> np.ndarray:
-    """Resize as the training recipe does (`dm_recipe.resize_to`); masks onto the same grid
-    (`dm_recipe.resize_mask`: 0/255)."""
-    if mask:
-        if target_size is None:
-            target_size = dm_recipe.target_shape(img.shape[:2], dm_recipe.Recipe(
-                img_size=None, target_height=target_height))
-        return dm_recipe.resize_mask(img, target_size)
-    return dm_recipe.resize_to(img, target_size, target_height)
-
-
-def write_png(path: str | os.PathLike, img: np.ndarray) -> None:
-    """Write an 8- or 16-bit grey PNG atomically (`dm_output.atomic_write`)."""
-    p = pathlib.Path(path)
-    if img.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"{p}: PNG needs uint8 or uint16 pixels, got {img.dtype}")
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
-    if not ok:
-        raise InputError(f"{p}: PNG encoding failed")
-    dm_output.atomic_write(str(p), lambda f: f.write(buf.tobytes()))
-
-
-def to_uint16(img: np.ndarray) -> np.ndarray:
-    """Cast to uint16 without rescaling (values clipped to 0..65535)."""
-    if img.dtype == np.uint16:
-        return img
-    return np.clip(np.rint(img) if img.dtype.kind == "f" else img, 0, 65535).astype(np.uint16)
-
-
-# ----------------------------------------------------------------------------- ROI geometry
-def largest_contour_bbox(mask: np.ndarray) -> Bbox:
-    """Bounding box (x, y, w, h) of the largest external contour of a mask."""
-    m = (mask > 0).astype(np.uint8)
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        raise EmptyMaskError("ROI mask is empty")
-    areas = [cv2.contourArea(c) for c in contours]
-    idx = int(np.argmax(areas))
-    if areas[idx] == 0:  # single pixels / lines: fall back to the largest pixel count
-        idx = int(np.argmax([len(c) for c in contours]))
-    x, y, w, h = cv2.boundingRect(contours[idx])
-    return int(x), int(y), int(w), int(h)
-
-
-def patch_box(center: tuple[int, int], patch_size: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(x1, y1, x2, y2) of a square patch centred at (x, y), clipped to an image of `shape`."""
-    x, y = int(center[0]), int(center[1])
-    half = patch_size // 2
-    x1, y1 = max(0, x - half), max(0, y - half)
-    x2, y2 = min(shape[1], x - half + patch_size), min(shape[0], y - half + patch_size)
-    return x1, y1, x2, y2
-
-
-def patch_roi_overlap(center: tuple[int, int], patch_size: int, roi_mask: np.ndarray,
-                      roi_area: int | None = None) -> tuple[float, float]:
-    """(intersection / ROI area, intersection / patch area) of a patch and an ROI mask."""
-    x1, y1, x2, y2 = patch_box(center, patch_size, roi_mask.shape[:2])
-    if roi_area is None:
-        roi_area = int(np.count_nonzero(roi_mask))
-    patch_area = max(0, x2 - x1) * max(0, y2 - y1)
-    if roi_area == 0 or patch_area == 0:
-        return 0.0, 0.0
-    inter = int(np.count_nonzero(roi_mask[y1:y2, x1:x2]))
-    return inter / roi_area, inter / patch_area
-
-
-def overlap_patch_roi(center: tuple[int, int], patch_size: int, roi_mask: np.ndarray,
-                      cutoff: float = 0.5, roi_area: int | None = None) -> bool:
-    """True if the patch covers more than `cutoff` of the ROI or the ROI more than `cutoff` of the patch."""
-    fr, fp = patch_roi_overlap(center, patch_size, roi_mask, roi_area)
-    return fr > cutoff or fp > cutoff
-
-
-def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> np.ndarray:
-    """The patch_size x patch_size patch centred at (x, y); the centre must keep it inside the image."""
-    x, y = int(center[0]), int(center[1])
-    half = patch_size // 2
-    y1, x1 = y - half, x - half
-    if y1 < 0 or x1 < 0 or y1 + patch_size > img.shape[0] or x1 + patch_size > img.shape[1]:
-        raise InputError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
-    return img[y1:y1 + patch_size, x1:x1 + patch_size]
-
-
-# ----------------------------------------------------------------------------- blobs
-def create_blob_detector(roi_size: tuple[int, int] = (128, 128), blob_min_area: float = 3,
-                         blob_min_int: float = 0.5, blob_max_int: float = 0.95,
-                         blob_th_step: float = 10) -> cv2.SimpleBlobDetector:
-    """A SimpleBlobDetector filtering by area only, thresholds as fractions of 255."""
-    params = cv2.SimpleBlobDetector_Params()
-    params.filterByArea = True
-    params.minArea = float(blob_min_area)
-    params.maxArea = float(roi_size[0] * roi_size[1])
-    params.filterByCircularity = False
-    params.filterByColor = False
-    params.filterByConvexity = False
-    params.filterByInertia = False
-    params.minThreshold = float(int(blob_min_int * 255))
-    params.maxThreshold = float(int(blob_max_int * 255))
-    params.thresholdStep = float(blob_th_step)
-    return cv2.SimpleBlobDetector_create(params)
-
-
-def blob_keypoints(img: np.ndarray, detector: cv2.SimpleBlobDetector | None = None) -> list[tuple[int, int]]:
-    """(x, y) integer key points of blobs in the image scaled to 8 bits by its maximum."""
-    if detector is None:
-        detector = create_blob_detector()
-    mx = float(img.max())
-    if mx <= 0:
-        return []
-    img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
-    return [(int(k.pt[0]), int(k.pt[1])) for k in detector.detect(img8)]
+    remove_pectoral = staticmethod(retired(
+        "DMImagePreprocessor.remove_pectoral",
+        "segment_breast; pectoral removal is not part of this project's recipe "
+        "(docs/original.md)"))
+    process = staticmethod(retired(
+        "DMImagePreprocessor.process",
+        "segment_breast, then the training recipe (dm_recipe.preprocess)"))

@@ -165,3 +165,15 @@ RESCALE_16 = 255.0 / 65535.0
 def rescale_for_bits(bits: int | None) -> float:
     """The factor that maps pixels of this bit depth to 0-255 (16 -> 0.003891, else 1)."""
     return RESCALE_16 if bits == 16 else 1.0
+
+
+def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
+               target_height: int | None = None, mask: bool = False) -> np.ndarray:
+    """Resize as the training recipe does (`resize_to`), for the recipes and the sampler;
+    masks onto the same grid (`resize_mask`: 0/255)."""
+    if mask:
+        if target_size is None:
+            target_size = target_shape(img.shape[:2], Recipe(img_size=None,
+                                                             target_height=target_height))
+        return resize_mask(img, target_size)
+    return resize_to(img, target_size, target_height)

@@ -115,10 +115,10 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                     grey = None
                 if grey is not None:
                     thumb = f"{CASES_DIR}/{stem}.png"
-                    dm_heatmaps.write_png(os.path.join(out_dir, thumb), _thumb(grey, thumb_height))
+                    dm_pixels.write_png(os.path.join(out_dir, thumb), _thumb(grey, thumb_height))
                     if heatmapper is not None:
                         overlay = f"{CASES_DIR}/{stem}_heatmap.png"
-                        dm_heatmaps.write_png(os.path.join(out_dir, overlay),
+                        dm_pixels.write_png(os.path.join(out_dir, overlay),
                                       _thumb(heatmapper.overlay(paths[i]), thumb_height))
                 done[i] = (thumb, overlay)
             c.thumb, c.overlay = done[i]

@@ -29,7 +29,7 @@ import dm_cli
 import dm_flags
 import dm_output
 from dm_errors import InputError
-from dm_preprocess import write_png
+from dm_pixels import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder,
                              setup_cli_logging, stratified_split, summarize, write_layout)
 

@@ -495,7 +495,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         if args.overlay_dir:
             meta.setdefault("overlay_titles", []).append(title)
             stem = os.path.splitext(os.path.basename(it.path))[0]
-            dm_heatmaps.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
+            dm_pixels.write_png(os.path.join(args.overlay_dir, f"{stem}_{mode}.png"),
                           overlay_figure(img, _to_source(heat, img.shape), title, 0.0, vmax))
         bar.update(1)
         if bar.disable:              # no bar (not a terminal): one log line per image

@@ -46,8 +46,8 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dm_pixels import ImageReadError
-from dm_preprocess import (EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch,
-                           largest_contour_bbox, overlap_patch_roi, patch_roi_overlap, write_png)
+from dm_roi import EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch, largest_contour_bbox, overlap_patch_roi, patch_roi_overlap
+from dm_pixels import write_png
 from dm_sweep import add_img_margins, crop_img, segment_breast
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402

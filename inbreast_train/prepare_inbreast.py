@@ -28,7 +28,8 @@ if not __package__:  # run as a script from its folder: put the repo root on the
 
 import dm_cli  # noqa: E402
 import dm_flags  # noqa: E402
-from dm_preprocess import ImageReadError, to_uint16, write_png  # noqa: E402
+from dm_pixels import ImageReadError
+from dm_pixels import to_uint16, write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
                              claim_folder, run_cli, stratified_split, summarize, write_layout)
 

@@ -392,7 +392,7 @@ def chain_overlay(img, heat, path: pathlib.Path, circles) -> None:
     out = dm_heatmaps.overlay_heatmap(img, heat, alpha=0.35)
     for cx, cy, r in circles:
         cv2.circle(out, (int(round(cx)), int(round(cy))), int(round(r)), (255, 255, 255), 1)
-    dm_heatmaps.write_png(str(path), out)
+    dm_pixels.write_png(str(path), out)
 # ============================================================================== end of chain
 
 

@@ -11,10 +11,24 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("ddsm_train", "inbreast_train", "mias_train")
 INFERENCE_TOOLS = ("dm_predict", "dm_evaluate", "dm_calibrate", "ddsm_train.heatmap_score")
 TRAINER = {"dm_train", "patch_clf_train", "image_clf_train", "dm_flags"}
-# The original's image front door holds only the original's names (docs/modules.md); code
-# written for the original imports it, the project's own code imports the rooms behind it.
-IMAGE_FRONT_DOOR = "dm_image"
+# The modules carrying the original's names are front doors holding only those names
+# (docs/modules.md); code written for the original imports them, the project's own code
+# imports the rooms behind them.
+FRONT_DOORS = {
+    "dm_image": {"crop_img", "add_img_margins", "to_sparse", "index_balancer", "read_resize_img", "read_img_for_pred",
+                 "sweep_img_patches", "get_prob_heatmap", "DMImageDataGenerator",
+                 "DMDirectoryIterator", "get_roi_patches", "clust_kpts", "DMImgListIterator",
+                 "DMNumpyArrayIterator", "DMExamListIterator", "DMCandidROIIterator"},
+    "dm_keras_ext": {"data_format", "flip_all_img", "robust_load_model", "load_dat_ram",
+                     "Yaroslav", "get_dl_model", "create_optimizer", "do_3stage_training",
+                     "do_2stage_training", "DMMetrics", "DMAucModelCheckpoint", "DMFlush",
+                     "make_parallel"},
+    "dm_inference": {"INFER_HEADER_VAL", "INFER_HEADER", "pred_2view_img_list",
+                     "make_pred_case"},
+    "dm_preprocess": {"DMImagePreprocessor"},
+}
 IMAGE_ROOMS = ("dm_pixels", "dm_augment", "dm_recipe", "dm_listing", "dm_dataset", "dm_sweep")
+TRAINING_ROOMS = {"dm_keras_ext", "dm_stages", "dm_callbacks", "dm_distribute"}
 FRONT_DOOR_TESTS = ("test_original_api.py", "test_keras208.py")
 
 
@@ -93,6 +107,13 @@ def test_inference_tools_never_import_the_trainer(tool):
     assert not reachable(graph, tool) & TRAINER, sorted(reachable(graph, tool) & TRAINER)
 
 
+@pytest.mark.parametrize("tool", INFERENCE_TOOLS)
+def test_inference_never_reaches_a_training_room(tool):
+    graph = import_graph(REPO)
+    found = reachable(graph, tool) & TRAINING_ROOMS
+    assert not found, sorted(found)
+
+
 def test_the_checks_catch_a_cycle_and_a_trainer_import(tmp_path):
     """The checks above can fail: a small tree with both faults."""
     (tmp_path / "dm_a.py").write_text("import dm_b\n")
@@ -162,33 +183,42 @@ def reexport_hops(root: pathlib.Path, files: list[pathlib.Path]) -> list[tuple[s
 
 def _project_files(root: pathlib.Path) -> list[pathlib.Path]:
     files = [p for p in root.rglob("*.py") if ".venv" not in p.parts and p.name != "__init__.py"]
-    return [p for p in files if p.stem not in (IMAGE_FRONT_DOOR, "dm_keras_ext")
-            and p.name not in FRONT_DOOR_TESTS]
+    return [p for p in files if p.stem not in FRONT_DOORS and p.name not in FRONT_DOOR_TESTS]
 
 
 def test_every_name_is_imported_from_the_room_that_defines_it():
     assert reexport_hops(REPO, _project_files(REPO)) == []
 
 
-def test_project_code_never_imports_the_image_front_door():
+def test_project_code_never_imports_a_front_door():
     for path in _project_files(REPO):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                assert IMAGE_FRONT_DOOR not in [a.name for a in node.names], path.name
+                assert not {a.name for a in node.names} & set(FRONT_DOORS), path.name
             elif isinstance(node, ast.ImportFrom):
-                assert node.module != IMAGE_FRONT_DOOR, path.name
+                assert node.module not in FRONT_DOORS, path.name
 
 
-def test_the_image_front_door_holds_only_the_original_names():
-    """dm_image defines only the original's API and imports from the rooms (no project code)."""
-    own = top_level_names(REPO / "dm_image.py") - {"log"}
-    for room in IMAGE_ROOMS:
-        assert not own & top_level_names(REPO / f"{room}.py"), room
-    original = {"to_sparse", "index_balancer", "read_resize_img", "read_img_for_pred",
-                "sweep_img_patches", "get_prob_heatmap", "DMImageDataGenerator",
-                "DMDirectoryIterator", "get_roi_patches", "clust_kpts", "DMImgListIterator",
-                "DMNumpyArrayIterator", "DMExamListIterator", "DMCandidROIIterator"}
-    assert {n for n in own if not n.startswith("_")} == original
+def _used_names(tree: ast.Module) -> set[str]:
+    """Names a module's own code uses (its import statements excluded)."""
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+@pytest.mark.parametrize("door", sorted(FRONT_DOORS))
+def test_a_front_door_holds_only_the_original_names(door):
+    """A front door defines exactly the original's public names, and imports from the rooms
+    only what its adapters use or the original's names it hands on."""
+    path = REPO / f"{door}.py"
+    tree = ast.parse(path.read_text())
+    own = {n for n in top_level_names(path) if not n.startswith("_")} - {"log"}
+    imported = {a.asname or a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                and node.module in project_modules(REPO) for a in node.names}
+    assert own | (imported & FRONT_DOORS[door]) == FRONT_DOORS[door], door
+    assert imported <= _used_names(tree) | FRONT_DOORS[door], sorted(
+        imported - _used_names(tree) - FRONT_DOORS[door])
+    if door == "dm_image":
+        for room in IMAGE_ROOMS:
+            assert not own & top_level_names(REPO / f"{room}.py"), room
 
 
 def test_one_decoder():

@@ -183,7 +183,7 @@ def test_overlay_png_written(tmp_path):
     heat[1, 1] = 1.0
     ov = dm_heatmaps.overlay_heatmap(grey, dm_heatmaps.place_heatmap(heat, grey.shape))
     out = tmp_path / "o" / "overlay.png"
-    dm_heatmaps.write_png(str(out), ov)
+    dm_pixels.write_png(str(out), ov)
     back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert back.shape == (90, 70, 3) and out.stat().st_size > 1000
     assert not np.array_equal(back[..., 0], back[..., 2])     # coloured, not grey

@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-import dm_preprocess as pp
+import dm_pixels
+import dm_recipe
+import dm_roi
 import dm_sweep
 from dm_recipe_utils import stratified_split
 
@@ -33,9 +35,9 @@ def test_largest_contour_bbox_and_empty_mask():
     m = np.zeros((50, 50), np.uint8)
     m[5:8, 5:8] = 1
     m[20:40, 10:25] = 1
-    assert pp.largest_contour_bbox(m) == (10, 20, 15, 20)
-    with pytest.raises(pp.EmptyMaskError):
-        pp.largest_contour_bbox(np.zeros((5, 5), np.uint8))
+    assert dm_roi.largest_contour_bbox(m) == (10, 20, 15, 20)
+    with pytest.raises(dm_roi.EmptyMaskError):
+        dm_roi.largest_contour_bbox(np.zeros((5, 5), np.uint8))
 
 
 def test_overlap_matches_brute_force():
@@ -48,49 +50,49 @@ def test_overlap_matches_brute_force():
         box = np.zeros_like(m)
         box[max(0, y - ps // 2):max(0, y - ps // 2 + ps), max(0, x - ps // 2):max(0, x - ps // 2 + ps)] = 1
         inter = int((box & m).sum())
-        fr, fp = pp.patch_roi_overlap((x, y), ps, m)
+        fr, fp = dm_roi.patch_roi_overlap((x, y), ps, m)
         assert fr == pytest.approx(inter / area)
         assert fp == pytest.approx(inter / box.sum())
-        assert pp.overlap_patch_roi((x, y), ps, m, 0.5) == (inter / area > .5 or inter / box.sum() > .5)
+        assert dm_roi.overlap_patch_roi((x, y), ps, m, 0.5) == (inter / area > .5 or inter / box.sum() > .5)
 
 
 def test_padding_and_patch_extraction():
     img = np.arange(12, dtype=np.uint16).reshape(3, 4) + 1
     pad = dm_sweep.add_img_margins(img, 2)
     assert pad.shape == (7, 8) and pad[:2].sum() == 0 and pad[2, 2] == 1
-    assert pp.extract_patch(pad, (2, 2), 4).shape == (4, 4)
+    assert dm_roi.extract_patch(pad, (2, 2), 4).shape == (4, 4)
     with pytest.raises(ValueError):
-        pp.extract_patch(pad, (1, 1), 4)
+        dm_roi.extract_patch(pad, (1, 1), 4)
 
 
 def test_blob_keypoints_find_bright_spots():
     img = np.full((100, 100), 1000, np.uint16)
     for x, y in [(20, 30), (70, 60)]:
         cv2.circle(img, (x, y), 4, 50000, -1)
-    pts = pp.blob_keypoints(img, pp.create_blob_detector((32, 32)))
+    pts = dm_roi.blob_keypoints(img, dm_roi.create_blob_detector((32, 32)))
     assert len(pts) == 2
     assert sorted(pts) == [(20, 30), (70, 60)]
 
 
 def test_png_roundtrip_resize_and_errors(tmp_path):
     img = (np.arange(64 * 48, dtype=np.uint32).reshape(64, 48) * 20).astype(np.uint16)
-    pp.write_png(tmp_path / "a.png", img)
-    back = pp.read_image_gray(tmp_path / "a.png")
+    dm_pixels.write_png(tmp_path / "a.png", img)
+    back = dm_pixels.read_image(tmp_path / "a.png")
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, img)
-    assert pp.resize_img(img, target_height=32).shape == (32, 24)
+    assert dm_recipe.resize_img(img, target_height=32).shape == (32, 24)
     m = np.zeros((64, 48), np.uint8)
     m[10:40, 10:30] = 255
-    r = pp.resize_img(m, (16, 12), mask=True)
+    r = dm_recipe.resize_img(m, (16, 12), mask=True)
     assert set(np.unique(r)) == {0, 255}
     assert not list(tmp_path.glob(".tmp_*"))
-    with pytest.raises(pp.ImageReadError, match="not found"):
-        pp.read_image_gray(tmp_path / "missing.png")
+    with pytest.raises(dm_pixels.ImageReadError, match="not found"):
+        dm_pixels.read_image(tmp_path / "missing.png")
     (tmp_path / "bad.png").write_bytes(b"nope")
-    with pytest.raises(pp.ImageReadError, match="cannot decode"):
-        pp.read_image_gray(tmp_path / "bad.png")
+    with pytest.raises(dm_pixels.ImageReadError, match="cannot decode"):
+        dm_pixels.read_image(tmp_path / "bad.png")
     with pytest.raises(ValueError):
-        pp.write_png(tmp_path / "f.png", img.astype(np.float32))
+        dm_pixels.write_png(tmp_path / "f.png", img.astype(np.float32))
 
 
 def test_dicom_read_and_monochrome1(tmp_path):
@@ -99,12 +101,12 @@ def test_dicom_read_and_monochrome1(tmp_path):
 
     arr = (np.arange(20 * 10, dtype=np.uint16).reshape(20, 10) * 100)
     write_dicom(tmp_path / "x.dcm", arr)
-    np.testing.assert_array_equal(pp.read_image_gray(tmp_path / "x.dcm"), arr)
-    assert pp.dicom_shape(tmp_path / "x.dcm") == (20, 10)
+    np.testing.assert_array_equal(dm_pixels.read_image(tmp_path / "x.dcm"), arr)
+    assert dm_pixels.dicom_shape(tmp_path / "x.dcm") == (20, 10)
     ds = pydicom.dcmread(tmp_path / "x.dcm")
     ds.PhotometricInterpretation = "MONOCHROME1"
     ds.save_as(tmp_path / "y.dcm")
-    np.testing.assert_array_equal(pp.read_dicom_pixels(tmp_path / "y.dcm"), 65535 - arr)
+    np.testing.assert_array_equal(dm_pixels.read_image(tmp_path / "y.dcm"), 65535 - arr)
 
 
 def test_stratified_split_is_seeded_and_proportional():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import dm_preprocess
 from ddsm_train import sample_patches_combined as sampler
 from recipe_helpers import write_dicom
 import dm_dataset
@@ -32,13 +31,13 @@ def files(request, tmp_path):
     rng = np.random.default_rng(3)
     img, mask = _image(rng), _mask()
     if request.param == "png16":
-        dm_preprocess.write_png(tmp_path / "full.png", img)
+        dm_pixels.write_png(tmp_path / "full.png", img)
         full = tmp_path / "full.png"
     else:   # a modality rescale and MONOCHROME1: both were ignored by the old sampler reader
         full = tmp_path / "full.dcm"
         write_dicom(full, img, photometric="MONOCHROME1", slope=2, intercept=-100,
                     bits_stored=12)
-    dm_preprocess.write_png(tmp_path / "mask.png", mask)
+    dm_pixels.write_png(tmp_path / "mask.png", mask)
     return str(full), str(tmp_path / "mask.png")
 
 
@@ -66,10 +65,8 @@ def test_sampler_image_and_mask_equal_the_training_recipe(files, size):
                                                           dm_recipe.target_shape(SHAPE, recipe)))
 
 
-def test_old_preprocess_names_forward_to_dm_image(files):
+def test_the_recipes_resize_is_the_training_resize(files):
     full, mask = files
-    np.testing.assert_array_equal(dm_preprocess.read_image_gray(full), dm_pixels.read_image(full))
     img = dm_pixels.read_image(full)
-    np.testing.assert_array_equal(dm_preprocess.resize_img(img, target_height=97),
+    np.testing.assert_array_equal(dm_recipe.resize_img(img, target_height=97),
                                   dm_recipe.resize_to(img, None, 97))
-    assert dm_preprocess.ImageReadError is dm_pixels.ImageReadError

@@ -264,8 +264,8 @@ def test_small_helpers():
     with pytest.raises(ValueError):
         dm_image.to_sparse(np.array([[1, 1, 0]]))
     img = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    assert dm_sweep.crop_img(img, (1, 1, 2, 2)).tolist() == [[5, 6], [9, 10]]
-    big = dm_sweep.add_img_margins(img, 2)
+    assert dm_image.crop_img(img, (1, 1, 2, 2)).tolist() == [[5, 6], [9, 10]]
+    big = dm_image.add_img_margins(img, 2)
     assert big.shape == (7, 8) and big[2:5, 2:6].tolist() == img.tolist() and big[0].sum() == 0
     rng = np.random.RandomState(0)
     idx = dm_image.index_balancer(np.arange(100), np.array([1] * 5 + [0] * 95), 1.0, rng)
@@ -443,3 +443,38 @@ def test_every_name_the_readme_lists_is_importable_from_the_original_module():
     for name in [n for n in IMAGE_NAMES + KERAS_EXT_NAMES
                  if n != "DMDirectoryIterator"]:
         assert f"`{name}`" in section, name
+
+
+def test_dm_inference_two_view_scoring_as_the_original():
+    """pred_2view_img_list: every CC x MLO pair scored in one batch; max (or mean) of them."""
+    import dm_inference
+    cc_in, mlo_in = keras.Input((4, 4, 1)), keras.Input((4, 4, 1))
+    score = keras.layers.Lambda(lambda t: keras.ops.mean(t[0], axis=(1, 2, 3)) * 0.1
+                                + keras.ops.mean(t[1], axis=(1, 2, 3)))([cc_in, mlo_in])
+    model = keras.Model([cc_in, mlo_in], score)
+    ccs = [np.full((4, 4, 1), v, np.float32) for v in (1.0, 2.0)]
+    mlos = [np.full((4, 4, 1), v, np.float32) for v in (0.0, 3.0, 5.0)]
+    pairs = [0.1 * c + m for c in (1.0, 2.0) for m in (0.0, 3.0, 5.0)]
+    assert dm_inference.pred_2view_img_list(ccs, mlos, model) == pytest.approx(max(pairs))
+    assert dm_inference.pred_2view_img_list(ccs, mlos, model, use_mean=True) == pytest.approx(
+        np.mean(pairs))
+    assert dm_inference.INFER_HEADER == "subjectId\tlaterality\tconfidence\n"
+    with pytest.raises(OriginalAPIError, match="heatmap_score"):
+        dm_inference.make_pred_case([], [], None, [], [])
+
+
+def test_dm_preprocess_segments_and_suppresses_artefacts_as_the_original():
+    from dm_preprocess import DMImagePreprocessor as prep
+    img = np.zeros((60, 40), np.uint16)
+    img[10:50, 0:25] = 30000                  # the breast, against the left edge
+    img[20:25, 5:10] = 0                      # a dark hole inside it
+    img[2:5, 33:37] = 60000                   # a bright label
+    seg, (x, y, w, h) = prep.segment_breast(img)
+    assert (x, y, w, h) == (0, 10, 25, 40) and seg.shape == (40, 25)
+    out, mask = prep().suppress_artifacts(img, smooth_boundary=False)
+    assert mask.dtype == np.uint16 and mask.max() == 65535
+    assert out[2:5, 33:37].max() == 0 and out[30, 10] == 30000       # label gone, breast kept
+    assert mask[22, 7] == 65535                                     # the hole is filled
+    assert prep.max_pix_val(np.uint8) == 255 and prep.max_pix_val(np.uint16) == 65535
+    with pytest.raises(OriginalAPIError, match="segment_breast"):
+        prep().remove_pectoral(img, mask)

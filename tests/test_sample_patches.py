@@ -13,9 +13,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_synthetic as syn  # noqa: E402
 from ddsm_train import sample_patches_combined as spc  # noqa: E402
-from dm_preprocess import patch_roi_overlap, resize_img  # noqa: E402
+from dm_roi import patch_roi_overlap  # noqa: E402
+from dm_recipe import resize_img  # noqa: E402
 from dm_sweep import add_img_margins, crop_img, segment_breast  # noqa: E402
-import dm_pixels
+import dm_pixels  # noqa: E402
 
 PS = 32
 
