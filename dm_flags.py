@@ -25,7 +25,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     top_layer_nb=None, bias_multiplier=None, distribute=False,
     mixed_precision=None, jit_compile=False, tensorboard=None, history_csv=None,
     test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
-    frozen_bn="batch",
+    frozen_bn="batch", deterministic=True,
 )
 
 PATCH_DEFAULTS: dict[str, Any] = dict(
@@ -184,6 +184,9 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const",
                    const=None, help="turn off --mixed-precision")
     _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA")
+    _bool(g, "deterministic", "deterministic",
+          "deterministic ops: a seed gives the same model bit for bit even on a loaded "
+          "machine (about 2%% slower on this CPU; docs/training.md)")
     _bool(g, "unsafe-load", "unsafe_load", "allow Lambda layers in loaded model files")
 
 

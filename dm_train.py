@@ -59,13 +59,22 @@ class _EpochTracker:
         return Track()
 
 
-def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None) -> Any:
-    """Seed everything, set the precision policy, and choose the distribution strategy.
+def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None,
+                  deterministic: bool = True) -> Any:
+    """Seed everything, choose deterministic ops, set the precision policy, and choose the
+    distribution strategy.
 
+    Seeding alone is not enough on a CPU shared with other jobs: some multithreaded kernels
+    of the whole-image stage sum in an order that depends on timing (docs/training.md).
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
     import keras
+    from tensorflow.python.framework import config as tf_config
     keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf_config.enable_op_determinism()
+    else:
+        tf_config.disable_op_determinism()
     keras.mixed_precision.set_global_policy(
         f"mixed_{mixed_precision}" if mixed_precision else "float32")
     return dm_distribute.choose_strategy(distribute)
@@ -423,7 +432,8 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                                      cfg.rescale_factor)
     last = last_checkpoint_path(cfg.best_model, cfg.final_model, cfg.history_csv)
     state = find_resume_state(chief_last, fingerprint, cfg.resume)
-    strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute)
+    strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute,
+                             cfg.deterministic)
     check_same_resume_point(strategy, state, chief_last)
     with strategy_scope(strategy):
         model = (dm_modelfile.load_model(chief_last, compile=True) if state

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import dm_flags
+import dm_train
 import image_clf_train
 import patch_clf_train
 from synth import write_class_folders
@@ -360,6 +361,23 @@ def test_two_seeded_runs_are_bit_identical_even_with_the_cpu_loaded(tmp_path, mo
             p.wait()
     assert quiet["history"] == loaded["history"] and len(quiet["history"]["loss"]) == 2
     np.testing.assert_array_equal(quiet["test_probs"], loaded["test_probs"])
+
+
+@pytest.mark.parametrize("kind", ["patch", "image"])
+def test_deterministic_ops_are_on_by_default_and_can_be_turned_off(kind):
+    """Seeding alone left the full-size whole-image stage timing-dependent on a loaded CPU
+    (docs/training.md); the trainers turn TensorFlow's deterministic ops on unless told."""
+    from tensorflow.python.framework import config as tf_config
+    extra = ["--patch-model-state", "p"] if kind == "image" else []
+    assert dm_flags.parse(kind, ["a", "b", "c", *extra]).deterministic is True
+    assert dm_flags.parse(kind, ["a", "b", "c", *extra, "--no-deterministic"]).deterministic is False
+    try:
+        dm_train.setup_runtime(1, None, None, deterministic=False)
+        assert not tf_config.is_op_determinism_enabled()
+        dm_train.setup_runtime(1, None, None)
+        assert tf_config.is_op_determinism_enabled()
+    finally:
+        dm_train.setup_runtime(1, None, None)
 
 
 @pytest.mark.parametrize("tool", ["patch", "image", "end2end", "sampler", "prepare_mias",
