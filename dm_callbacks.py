@@ -41,14 +41,14 @@ class AucCheckpoint(keras.callbacks.Callback):
 
     The value is added to the epoch logs as `val_auroc` (so CSVLogger records it). The
     best model (highest AUROC) is saved atomically with its class list and recipe;
-    `path` None or "NOSAVE" disables saving but the best value is still tracked.
+    `path` None disables saving but the best value is still tracked.
     """
 
     def __init__(self, val_ds, val_labels, path: str | None, meta: ModelMeta | None = None,
                  best: float = float("-inf")):
         super().__init__()
         self.val_ds, self.val_labels = val_ds, val_labels
-        self.path = None if path in (None, "NOSAVE") else path
+        self.path = path
         self.meta, self.best = meta, best
 
     def on_epoch_end(self, epoch, logs=None):
@@ -74,7 +74,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def __init__(self, path: str | None, monitor: str = "val_accuracy", mode: str = "max",
                  meta: ModelMeta | None = None, best: float | None = None):
         super().__init__()
-        self.path = None if path in (None, "NOSAVE") else path
+        self.path = path
         self.monitor, self.mode, self.meta = monitor, mode, meta
         self.best = best if best is not None else (float("-inf") if mode == "max" else float("inf"))
 

@@ -211,6 +211,30 @@ def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
         return 130
 
 
+def pixels(text: str) -> int:
+    """argparse type of image and patch sizes: a positive whole number of pixels (so
+    `--img-size 0 0` stops at flag parsing, before anything loads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: sizes must be positive (pixels)")
+    return value
+
+
+IMG_SIZE_HELP = "resize every image to H x W (cubic), as training does"
+
+
+def add_img_size(parser, help: str = IMG_SIZE_HELP, default: list[int] | None = None,
+                 dest: str = "img_size", short: bool = False) -> None:
+    """The one `--img-size H W` (alias `--target-size`; `-is` for the original's scripts):
+    in every tool, the height and width images are resized to by the recipe."""
+    names = ["--img-size", "--target-size"] + (["-is"] if short else [])
+    parser.add_argument(*names, dest=dest, nargs=2, type=pixels, default=default,
+                        metavar=("H", "W"), help=help)
+
+
 def add_image_check_flags(parser, verb: str) -> None:
     """The flags that force images the model was not trained on (dm_preflight), declared
     once for every tool that scores images (`verb`: what the tool does with them)."""

@@ -32,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="where to write the converted model (.keras; .h5 also accepted)")
     p.add_argument("--class-list", nargs="+", default=["neg", "pos"],
                    help="output column names, in order")
-    p.add_argument("--img-size", "--target-size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="image size of the recipe (default: the model's fixed input size, else "
+    dm_cli.add_img_size(p, help="image size of the recipe (default: the model's fixed input size, else "
                         f"{DEFAULT_IMG_SIZE[0]} {DEFAULT_IMG_SIZE[1]}); must agree with a fixed input")
     p.add_argument("--rescale-factor", type=float, default=DEFAULT_RESCALE,
                    help="multiply pixels by this (255/65535 for 16-bit PNGs); 0 disables")

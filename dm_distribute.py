@@ -127,7 +127,7 @@ OUTPUT_FIELDS = ("best_model", "final_model", "history_csv", "tensorboard")
 def scratch_dir(cfg) -> pathlib.Path:
     """Where a non-chief worker writes: a hidden folder next to the chief's best model."""
     anchor = next((getattr(cfg, f) for f in OUTPUT_FIELDS
-                   if getattr(cfg, f, None) not in (None, "NOSAVE")), "modelState/x")
+                   if getattr(cfg, f, None) is not None), "modelState/x")
     kind, index = task()
     return pathlib.Path(anchor).resolve().parent / f".{kind}{index}-scratch"
 
@@ -140,7 +140,7 @@ def worker_config(cfg):
     scratch = scratch_dir(cfg)
     scratch.mkdir(parents=True, exist_ok=True)
     moved = {f: str(scratch / pathlib.Path(getattr(cfg, f)).name) for f in OUTPUT_FIELDS
-             if getattr(cfg, f, None) not in (None, "NOSAVE")}
+             if getattr(cfg, f, None) is not None}
     if "tensorboard" in moved:
         moved["tensorboard"] = None
     return dataclasses.replace(cfg, **moved)

@@ -50,9 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: runs/end2end plus the flags that differ from "
                         "the defaults, e.g. runs/end2end-mias-320x320)")
     g.add_argument("--n-patients", type=int, default=150, help="synthetic patients (2 views each)")
-    g.add_argument("--img-size", nargs=2, type=dm_flags.pixels, default=[288, 224], metavar=("H", "W"),
-                   help="whole-image size (the paper: 1152 896)")
-    g.add_argument("--patch-size", type=dm_flags.pixels, default=64, help="patch size (the paper: 224)")
+    dm_cli.add_img_size(g, help="whole-image size (the paper: 1152 896)", default=[288, 224])
+    g.add_argument("--patch-size", type=dm_cli.pixels, default=64, help="patch size (the paper: 224)")
     g.add_argument("--nb-abn", type=int, default=10, help="patches per lesion")
     g.add_argument("--nb-bkg", type=int, default=10, help="background patches per image")
     g = p.add_argument_group("models and training")

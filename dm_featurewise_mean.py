@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale-factor", type=float,
                    help="multiply pixels by this first (default: 0.003891 for 16-bit "
                         "images, 1 for 8-bit)")
-    p.add_argument("--img-size", "--target-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="resize each image to H x W first, as training does (default: as is)")
+    dm_cli.add_img_size(p, help="resize each image to H x W first, as training does (default: as is)")
     p.add_argument("--print", dest="what", choices=("flags", "mean", "rescale"), default="flags",
                    help="print the trainer flags, or only the mean or the rescale factor (for "
                         "shell variables)")

@@ -21,7 +21,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     train_bs_multiplier=0.5, nb_epoch=5, all_layer_epochs=20, load_val_ram=False,
     load_train_ram=False, weight_decay=1e-4, weight_decay2=1e-4, hidden_dropout=0.0,
     hidden_dropout2=0.0, optim="sgd", init_lr=0.01, lr_patience=10, es_patience=25,
-    pos_cls_weight=1.0, neg_cls_weight=1.0, final_model="NOSAVE", resume_from=None,
+    pos_cls_weight=1.0, neg_cls_weight=1.0, final_model=None, resume_from=None,
     top_layer_nb=None, bias_multiplier=None, distribute=False,
     mixed_precision=None, jit_compile=False, tensorboard=None, history_csv=None,
     test_augment=False, unsafe_load=False, interpolation="bilinear", resume=False,
@@ -47,18 +47,6 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
     kept_layer_idx=None, all_layer_multiplier=0.1, auto_batch_balance=True,
     best_model="./modelState/image_clf.keras",
 )
-
-
-def pixels(text: str) -> int:
-    """argparse type of image and patch sizes: a positive whole number of pixels (so
-    `--img-size 0 0` stops at flag parsing, before anything loads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value}: sizes must be positive (pixels)")
-    return value
 
 
 def _bool(g, name: str, dest: str, help: str) -> None:
@@ -89,9 +77,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("val_dir", help="validation set, same layout")
     p.add_argument("test_dir", help="test set, same layout")
     g = p.add_argument_group("preprocessing recipe (stored with every saved model)")
-    g.add_argument("--img-size", "--target-size", "-is", dest="img_size", nargs=2, type=pixels,
-                   metavar=("H", "W"),
-                   help="resize every image to H x W (cubic)")
+    dm_cli.add_img_size(g, short=True)
     _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
               short="-ic", no_short="-nic")
     _optional(g, "rescale-factor", "rescale_factor", float,
@@ -330,12 +316,19 @@ def config(kind: str, train_dir: str, val_dir: str, test_dir: str, **values: Any
     return _frozen(kind, args)
 
 
+NOSAVE = "NOSAVE"
+NO_SAVE_FLAGS = ("best_model", "final_model")
+
+
 def _frozen(kind: str, args: argparse.Namespace):
     if args.img_size is None or len(args.img_size) != 2 or min(args.img_size) <= 0:
         from dm_errors import InputError
         raise InputError(f"img_size {args.img_size}: give two positive sizes (H, W)")
     if args.seed is None:
         args.seed = dm_cli.default_seed()
+    for name in NO_SAVE_FLAGS:         # the original's "NOSAVE" means: no file
+        if getattr(args, name) == NOSAVE:
+            setattr(args, name, None)
     return config_class(kind)(**vars(args))
 
 

@@ -62,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", action="store_true",
                    help="raw probabilities: ignore the calibration stored by calibrate.py")
     r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
-    r.add_argument("--img-size", "--target-size", nargs=2, type=int, metavar=("H", "W"),
-                   help="resize every image to H x W")
+    dm_cli.add_img_size(r, help="resize every image to H x W")
     r.add_argument("--img-scale", type=float, help="scale each image so its maximum is this")
     r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
     r.add_argument("--input-bits", type=int, choices=(8, 16),

@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 import dm_cli
-import dm_flags
 import dm_output
 from dm_errors import InputError
 from dm_pixels import write_png
@@ -337,8 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
     ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
-    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=[576, 448], metavar=("H", "W"),
-                    help="image size")
+    dm_cli.add_img_size(ap, help="image size", default=[576, 448])
     dm_cli.add_seed_flag(ap, "seeds every image and the splits")
     ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")
     ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")

@@ -134,7 +134,7 @@ def history_path(history_csv: str | None, best_model: str | None) -> str:
     """--history-csv, else `<best model>.history.csv`."""
     if history_csv:
         return history_csv
-    if best_model and best_model != "NOSAVE":
+    if best_model:
         return str(pathlib.Path(best_model).with_suffix("")) + ".history.csv"
     return "history.csv"
 
@@ -143,7 +143,7 @@ def last_checkpoint_path(best_model: str | None, final_model: str | None,
                          history_csv: str | None) -> str | None:
     """`<best model>.last.keras`: the model, optimiser and run position after each epoch."""
     for p in (best_model, final_model, history_csv):
-        if p and p != "NOSAVE":
+        if p:
             return str(pathlib.Path(p).with_suffix("")) + ".last.keras"
     return None
 
@@ -368,7 +368,7 @@ class RunLock:
     after kill -9, so a stale file never blocks a new run."""
 
     def __init__(self, target: str | None):
-        self.path = None if not target or target == "NOSAVE" else target + ".lock"
+        self.path = None if not target else target + ".lock"
         self.fd = None
 
     def __enter__(self):
@@ -500,7 +500,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         raise RunError(f"training loss became NaN at epoch {guard.where[0]}, batch "
                        f"{guard.where[1]}: stopped; the last good checkpoint is "
                        f"{last or cfg.best_model} (best model: {cfg.best_model})")
-    if cfg.final_model and cfg.final_model != "NOSAVE":
+    if cfg.final_model:
         dm_modelfile.save_model(model, cfg.final_model, meta)
         log.info("final model saved: %s", cfg.final_model)
     if history.get("val_loss"):
@@ -511,7 +511,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
                  spec.best_by)
 
     best = model
-    if cfg.best_model != "NOSAVE" and os.path.exists(cfg.best_model):
+    if cfg.best_model and os.path.exists(cfg.best_model):
         best = dm_modelfile.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
     test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed)

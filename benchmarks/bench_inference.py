@@ -34,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import dm_patch_nets
+import dm_cli
 
 log = logging.getLogger("bench_inference")
 
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
     p.add_argument("--top", default="512x1", choices=["512x1", "512-512-1024x2"])
     p.add_argument("--n", type=int, default=16, help="images per measurement")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
+    dm_cli.add_img_size(p, default=[1152, 896])
     p.add_argument("--raw-size", nargs=2, type=int, default=[1400, 1100])
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

@@ -16,11 +16,14 @@ import os
 import subprocess
 import sys
 import time
-import dm_modelfile
-import dm_patch_nets
-import dm_stages
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+
+import dm_cli  # noqa: E402
+import dm_modelfile  # noqa: E402
+import dm_patch_nets  # noqa: E402
+import dm_stages  # noqa: E402
 
 
 def worker(a) -> dict:
@@ -29,7 +32,6 @@ def worker(a) -> dict:
     import numpy as np
     import keras
     import tensorflow as tf
-    sys.path.insert(0, HERE)
     import dm_resnet
     precision = {"none": None, "fp16": "float16", "bf16": "bfloat16"}[a.precision]
     keras.utils.set_random_seed(0)
@@ -62,7 +64,7 @@ def worker(a) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--net", default="vgg16")
-    p.add_argument("--img-size", nargs=2, type=int, default=[576, 448])
+    dm_cli.add_img_size(p, default=[576, 448])
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--block-type", default="vgg")

@@ -7,7 +7,13 @@
 from __future__ import annotations
 
 from typing import Sequence
-import dm_patch_nets
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import dm_cli  # noqa: E402
+import dm_patch_nets  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -17,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from dm_resnet import TRUNK_NAME, add_top_layers
     p = argparse.ArgumentParser(description="Build a patch net and its whole-image model.")
     p.add_argument("--net", default="resnet50", choices=dm_patch_nets.PATCH_NETS)
-    p.add_argument("--img-size", nargs=2, type=int, default=[1152, 896])
+    dm_cli.add_img_size(p, default=[1152, 896])
     p.add_argument("--block-type", default="resnet", choices=["resnet", "vgg"])
     p.add_argument("--top-depths", nargs="+", type=int, default=[512, 512])
     p.add_argument("--top-repetitions", nargs="+", type=int, default=[2, 2])

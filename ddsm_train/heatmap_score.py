@@ -193,9 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--net", help="accepted so the original's scripts run; the net is read "
                    "from the model file")
     g = p.add_argument_group("geometry")
-    g.add_argument("--img-size", "-is", nargs=2, type=int, metavar=("H", "W"),
-                   help="resize (fprop: 1152 896 for patch models, else the model's recipe; "
-                        "sliding window: no resize)")
+    dm_cli.add_img_size(g, help="resize (fprop: 1152 896 for patch models, else the model's recipe; "
+                        "sliding window: no resize)", short=True)
     g.add_argument("--img-height", "-ih", type=int,
                    help="sliding window: resize to this height, aspect kept")
     g.add_argument("--no-img-height", dest="img_height", action="store_const", default=argparse.SUPPRESS, const=None,

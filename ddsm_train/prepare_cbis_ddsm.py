@@ -32,7 +32,6 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-import dm_flags  # noqa: E402
 from dm_pixels import ImageReadError
 from dm_pixels import to_uint16, write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
@@ -304,8 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("dicom_root", help="the downloaded DICOM tree (CBIS-DDSM/...)")
     ap.add_argument("csv_dir", help="folder with the four official case-description CSVs")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
-    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
-                    help="resize full images to H x W (e.g. 1152 896)")
+    dm_cli.add_img_size(ap, help="resize full images to H x W (e.g. 1152 896)")
     ap.add_argument("--target-height", "--img-height", type=int, default=4096,
                     help="else resize to this height keeping the aspect")
     ap.add_argument("--native-size", action="store_true", help="keep the DICOM size")

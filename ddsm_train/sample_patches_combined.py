@@ -50,7 +50,6 @@ from dm_roi import EmptyMaskError, blob_keypoints, create_blob_detector, extract
 from dm_pixels import write_png
 from dm_sweep import add_img_margins, crop_img, segment_breast
 import dm_cli  # noqa: E402
-import dm_flags  # noqa: E402
 from dm_recipe_utils import (claim_folder, read_layout_info, read_lines, run_cli,
                              stratified_split, write_csv, write_lines)  # noqa: E402
 
@@ -447,14 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-width", type=int, default=None, help="with --target-height: resize to H x W")
     p.add_argument("--no-target-width", dest="target_width", action="store_const", const=None,
                    help="unset --target-width")
-    p.add_argument("--target-size", "--img-size", dest="target_size", type=dm_flags.pixels, nargs=2, default=None,
-                   metavar=("H", "W"), help="resize to H x W (overrides --target-height/--target-width)")
+    dm_cli.add_img_size(p, help="resize to H x W (overrides --target-height/--target-width)", dest="target_size")
     p.add_argument("--segment-breast", "--segment", dest="segment_breast", action="store_true",
                    help="crop each image to the breast before sampling")
     p.add_argument("--no-segment-breast", "--no-segment", dest="segment_breast", action="store_false",
                    help="sample from the whole image")
     p.set_defaults(segment_breast=True)
-    p.add_argument("--patch-size", type=dm_flags.pixels, default=256, help="patch side in pixels")
+    p.add_argument("--patch-size", type=dm_cli.pixels, default=256, help="patch side in pixels")
     p.add_argument("--nb-bkg", type=int, default=30, help="background patches per image (hard negatives included)")
     p.add_argument("--nb-abn", type=int, default=30, help="patches per abnormality")
     p.add_argument("--nb-hns", type=int, default=15, help="hard negatives per image (blob key points)")

@@ -27,7 +27,6 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-import dm_flags  # noqa: E402
 from dm_pixels import ImageReadError
 from dm_pixels import to_uint16, write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
@@ -197,8 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("csv", help="INbreast.csv (';'-separated)")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--xml-dir", default=None, help="AllXML folder: ROI outlines -> masks")
-    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
-                    help="resize every image to H x W (default: keep the DICOM size)")
+    dm_cli.add_img_size(ap, help="resize every image to H x W (default: keep the DICOM size)")
     ap.add_argument("--val-size", type=float, default=0.1, help="fraction of patients for validation")
     ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
     dm_cli.add_seed_flag(ap, "split seed")

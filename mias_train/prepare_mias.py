@@ -27,7 +27,6 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-import dm_flags  # noqa: E402
 from dm_pixels import ImageReadError
 from dm_pixels import to_uint16, write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
@@ -158,8 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("mias_dir", help="folder with Info.txt and images/mdbNNN.png")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
-    ap.add_argument("--img-size", "--target-size", type=dm_flags.pixels, nargs=2, default=None, metavar=("H", "W"),
-                    help="resize every image to H x W (default: keep 1024x1024)")
+    dm_cli.add_img_size(ap, help="resize every image to H x W (default: keep 1024x1024)")
     ap.add_argument("--label", choices=["malignant", "abnormal"], default="malignant",
                     help="pos = malignant (default) or any abnormality")
     ap.add_argument("--bit-depth", type=int, choices=[8, 16], default=8,

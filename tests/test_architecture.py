@@ -239,3 +239,25 @@ def test_the_hop_check_catches_a_hop(tmp_path):
     (tmp_path / "dm_c.py").write_text("import dm_b\nfrom dm_b import f\nx = dm_b.f()\n")
     hops = reexport_hops(tmp_path, [tmp_path / "dm_c.py"])
     assert hops == [("dm_c.py", "dm_b", "f"), ("dm_c.py", "dm_b", "f")]
+
+
+def test_one_declaration_of_img_size():
+    """`--img-size` is declared once (dm_cli.add_img_size) and means the same everywhere: the
+    height and width the recipe resizes images to."""
+    sites = []
+    for path in _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument"
+                    and any(isinstance(a, ast.Constant) and a.value in ("--img-size", "--target-size")
+                            for a in node.args)):
+                sites.append(path.name)
+    assert sites == ["dm_cli.py"], sites
+
+
+def test_nosave_is_compared_only_where_flags_are_parsed():
+    """The original's "NOSAVE" becomes None in dm_flags; the rest of the project sees None
+    (the original's own adapters, which take it as an argument, excepted)."""
+    where = sorted(p.name for p in _project_files(REPO)
+                   if p.parent == REPO and '"NOSAVE"' in p.read_text())
+    assert where == ["dm_callbacks.py", "dm_flags.py"], where

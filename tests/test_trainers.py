@@ -407,3 +407,13 @@ def test_non_positive_img_size_is_refused_at_flag_parsing(tool, size, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "sizes must be positive" in err and "argument --" in err, err
+
+
+@pytest.mark.parametrize("kind", ["patch", "image"])
+def test_nosave_becomes_none_where_flags_are_parsed(kind):
+    extra = ["--patch-model-state", "p"] if kind == "image" else []
+    cfg = dm_flags.parse(kind, ["a", "b", "c", *extra, "--best-model", "NOSAVE"])
+    assert cfg.best_model is None and cfg.final_model is None
+    cfg = dm_flags.config(kind, "a", "b", "c", best_model="NOSAVE", final_model="f.keras",
+                          **({"patch_model_state": "p"} if kind == "image" else {}))
+    assert cfg.best_model is None and cfg.final_model == "f.keras"
