@@ -235,6 +235,39 @@ def add_img_size(parser, help: str = IMG_SIZE_HELP, default: list[int] | None = 
                         metavar=("H", "W"), help=help)
 
 
+def add_recipe_flags(g, trainer: bool = False) -> None:
+    """The preprocessing recipe's flags, declared once for every tool that takes them:
+    a trainer sets the recipe a model is trained with (its defaults come from `dm_flags`,
+    plus the original's `-is`, `-ic`/`-nic` aliases and `--no-X` to unset a value); a
+    prediction tool overrides a model's stored recipe (default None: keep it). Parsed
+    values become a `Recipe` in one place, `dm_recipe.recipe_from_flags`."""
+    add_img_size(g, short=trainer)
+    scale = ["--img-scale"] + (["-ic"] if trainer else [])
+    g.add_argument(*scale, dest="img_scale", type=float,
+                   help="scale each image so its maximum equals this")
+    g.add_argument("--rescale-factor", dest="rescale_factor", type=float,
+                   help="multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
+    if trainer:
+        g.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const",
+                       const=None, help="unset --img-scale")
+        g.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const",
+                       const=None, help="unset --rescale-factor")
+    g.add_argument("--featurewise-center", dest="featurewise_center", action="store_const",
+                   const=True, help="subtract --featurewise-mean")
+    g.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
+                   const=False, help="do not subtract a mean")
+    g.add_argument("--featurewise-mean", dest="featurewise_mean", type=float,
+                   help="the scalar mean to subtract (train-set pixel mean after rescaling)"
+                   + ("" if trainer else "; turns centring on"))
+    g.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
+                   help="histogram-equalise each image (as 8 bits)")
+    g.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const",
+                   const=False, help="do not histogram-equalise")
+    if not trainer:   # trainers record the depth of their training images themselves
+        g.add_argument("--input-bits", dest="input_bits", type=int, choices=(8, 16),
+                       help="bit depth the model expects (for models that record none)")
+
+
 def add_image_check_flags(parser, verb: str) -> None:
     """The flags that force images the model was not trained on (dm_preflight), declared
     once for every tool that scores images (`verb`: what the tool does with them)."""

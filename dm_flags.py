@@ -77,15 +77,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("val_dir", help="validation set, same layout")
     p.add_argument("test_dir", help="test set, same layout")
     g = p.add_argument_group("preprocessing recipe (stored with every saved model)")
-    dm_cli.add_img_size(g, short=True)
-    _optional(g, "img-scale", "img_scale", float, "scale each image so its maximum equals this",
-              short="-ic", no_short="-nic")
-    _optional(g, "rescale-factor", "rescale_factor", float,
-              "multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
-    _bool(g, "featurewise-center", "featurewise_center", "subtract --featurewise-mean")
-    g.add_argument("--featurewise-mean", dest="featurewise_mean", type=float,
-                   help="the scalar mean to subtract (train-set pixel mean after rescaling)")
-    _bool(g, "equalize-hist", "equalize_hist", "histogram-equalise each image (as 8 bits)")
+    dm_cli.add_recipe_flags(g, trainer=True)
     _bool(g, "augmentation", "augmentation",
           "random flips, rotation 25 deg, shear 0.2, zoom 0.8-1.2, intensity shift 20")
     g.add_argument("--interpolation", dest="interpolation", choices=["bilinear", "nearest"],

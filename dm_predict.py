@@ -62,18 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", action="store_true",
                    help="raw probabilities: ignore the calibration stored by calibrate.py")
     r = p.add_argument_group("recipe overrides (default: each model's stored recipe)")
-    dm_cli.add_img_size(r, help="resize every image to H x W")
-    r.add_argument("--img-scale", type=float, help="scale each image so its maximum is this")
-    r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
-    r.add_argument("--input-bits", type=int, choices=(8, 16),
-                   help="bit depth the model expects (for models that record none)")
-    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
-                   help="histogram-equalise each image")
-    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", const=False,
-                   help="do not histogram-equalise")
-    r.add_argument("--featurewise-mean", type=float, help="subtract this mean (turns centring on)")
-    r.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
-                   const=False, help="do not subtract a mean")
+    dm_cli.add_recipe_flags(r)
     e = p.add_argument_group("export")
     e.add_argument("--export", metavar="DIR",
                    help="write a serving SavedModel of the (single) model with its recipe built in")
@@ -84,24 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def overrides_from(args) -> dict:
-    return dict(img_size=args.img_size, img_scale=args.img_scale,
-                rescale_factor=args.rescale_factor, equalize_hist=args.equalize_hist,
-                featurewise_mean=args.featurewise_mean,
-                featurewise_center=getattr(args, "featurewise_center", None),
-                input_bits=getattr(args, "input_bits", None))
-
-
 def run(args) -> int:
     import dm_inputs
-    import dm_scoring
     import dm_output
     import dm_preflight
+    import dm_recipe
+    import dm_scoring
     if args.batch_size < 1:
         raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.img_size is not None and min(args.img_size) < 1:
-        raise dm_inputs.InferenceError(f"--img-size {args.img_size[0]} {args.img_size[1]}: sizes "
-                                 "must be positive")
     if args.split and not args.csv:
         raise dm_inputs.InferenceError("--split goes with --csv")
     scoring = bool(args.images or args.image_dir or args.csv)
@@ -114,7 +93,7 @@ def run(args) -> int:
         dm_output.check_writable(args.export_onnx, "--export-onnx")
     models = dm_scoring.load_models(args.models, safe_mode=not args.unsafe_load)
     class_list = dm_scoring.common_class_list(models, args.class_list)
-    recipes = [m.recipe(**overrides_from(args)) for m in models]   # sizes checked here
+    recipes = [m.recipe(**dm_recipe.flag_values(args)) for m in models]   # sizes checked here
     if args.export or args.export_onnx:
         import dm_export
         if len(models) != 1:
@@ -143,7 +122,7 @@ def run(args) -> int:
     with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
         probs = dm_calibration.score_models(
             models, lambda ms: dm_scoring.score_paths(ms, inputs.paths, args.batch_size,
-                                               args.test_augment, overrides_from(args),
+                                               args.test_augment, dm_recipe.flag_values(args),
                                                convert_bits=args.convert_bit_depth,
                                                depths=depths, progress=bar),
             enabled=not args.no_calibration)

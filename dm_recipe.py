@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -177,3 +177,49 @@ def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
                                                              target_height=target_height))
         return resize_mask(img, target_size)
     return resize_to(img, target_size, target_height)
+
+
+#: The recipe's flags (`dm_cli.add_recipe_flags`), by their Recipe field names.
+RECIPE_FLAGS = ("img_size", "img_scale", "rescale_factor", "equalize_hist",
+                "featurewise_center", "featurewise_mean", "input_bits")
+
+
+def flag_values(flags: Any) -> dict[str, Any]:
+    """The recipe flags of parsed arguments or a trainer's config (missing ones None)."""
+    return {k: getattr(flags, k, None) for k in RECIPE_FLAGS}
+
+
+def apply_overrides(recipe: Recipe, **overrides: Any) -> Recipe:
+    """`recipe` with the fields given as non-None keyword arguments replaced.
+
+    `featurewise_mean` given alone also turns centring on; `img_size` given turns
+    `target_height` off, and vice versa.
+    """
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown recipe fields: {sorted(unknown)}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "featurewise_mean" in changes and "featurewise_center" not in changes:
+        changes["featurewise_center"] = True
+    if "img_size" in changes:
+        changes["img_size"] = tuple(int(v) for v in changes["img_size"])
+        changes.setdefault("target_height", None)
+    elif "target_height" in changes:
+        changes["img_size"] = None
+    return dataclasses.replace(recipe, **changes)
+
+
+def recipe_from_flags(flags: Any, base: Recipe | None = None, **fields: Any) -> Recipe:
+    """The one mapping of the recipe flags to a `Recipe`: a new recipe, every flag's value
+    taken as is (trainers: None means off), or `base` with the flags that were given (not
+    None) replacing its values (prediction tools). `fields` sets what no flag carries
+    (channels, the training images' bit depth)."""
+    values = flag_values(flags)
+    if base is not None:
+        return apply_overrides(base, **values, **fields)
+    values["img_size"] = tuple(values["img_size"]) if values["img_size"] is not None else None
+    values.update(fields)
+    return Recipe(**{k: v for k, v in values.items() if v is not None or k in
+                     ("img_size", "img_scale", "rescale_factor", "featurewise_mean",
+                      "input_bits")})

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 import numpy as np
-from dm_recipe import Recipe
+from dm_recipe import Recipe, apply_overrides
 import dm_dataset
 import dm_pixels
 from dm_inputs import InferenceError
@@ -149,27 +149,6 @@ def check_size(recipe: Recipe, input_hw, model_path: str, given: bool = True,
         raise InferenceError(f"{model_path}: the model takes {h}x{w} images only (its input "
                              f"size is fixed), so {what} cannot be used"
                              + ("; leave it out" if given else ""))
-
-
-def apply_overrides(recipe: Recipe, **overrides) -> Recipe:
-    """`recipe` with the fields given as non-None keyword arguments replaced.
-
-    `featurewise_mean` given alone also turns centring on; `img_size` given turns
-    `target_height` off, and vice versa.
-    """
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise TypeError(f"unknown recipe fields: {sorted(unknown)}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    if "featurewise_mean" in changes and "featurewise_center" not in changes:
-        changes["featurewise_center"] = True
-    if "img_size" in changes:
-        changes["img_size"] = tuple(int(v) for v in changes["img_size"])
-        changes.setdefault("target_height", None)
-    elif "target_height" in changes:
-        changes["img_size"] = None
-    return dataclasses.replace(recipe, **changes)
 
 
 def load_models(paths: Sequence[str], safe_mode: bool = True) -> list[LoadedModel]:

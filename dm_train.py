@@ -23,6 +23,7 @@ from dm_errors import InputError, one_line  # noqa: F401
 from dm_modelfile import ModelMeta
 from dm_stages import Stage
 import dm_dataset
+import dm_recipe
 import dm_listing
 import dm_callbacks
 import dm_modelfile
@@ -82,14 +83,6 @@ def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None
 
 def strategy_scope(strategy):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-
-def recipe_from_config(cfg, channels: int, input_bits: int | None = None) -> Recipe:
-    """The trainer's flags -> the recipe saved with the model (the one adapter)."""
-    return Recipe(img_size=tuple(cfg.img_size), img_scale=cfg.img_scale,
-                  rescale_factor=cfg.rescale_factor, equalize_hist=cfg.equalize_hist,
-                  channels=channels, featurewise_center=cfg.featurewise_center,
-                  featurewise_mean=cfg.featurewise_mean, input_bits=input_bits)
 
 
 def class_weights(nb_class: int, pos_cls_weight: float, neg_cls_weight: float,
@@ -442,7 +435,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         dm_distribute.synchronize_batch_norm(model)
     dm_modelfile.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
     channels = int(model.inputs[0].shape[-1])
-    recipe = recipe_from_config(cfg, channels, input_bits)
+    recipe = dm_recipe.recipe_from_flags(cfg, channels=channels, input_bits=input_bits)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(cfg.class_list):

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="number of folds (by woman)")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of each fold's training women used for model selection")
-    p.add_argument("--img-size", type=dm_flags.pixels, default=512, help="square image side (mini-MIAS is 1024)")
-    p.add_argument("--patch-size", type=dm_flags.pixels, default=64, help="patch side at --img-size")
+    p.add_argument("--img-size", type=dm_cli.pixels, default=512, help="square image side (mini-MIAS is 1024)")
+    p.add_argument("--patch-size", type=dm_cli.pixels, default=64, help="patch side at --img-size")
     p.add_argument("--nb-abn", type=int, default=20, help="patches per lesion")
     p.add_argument("--nb-bkg", type=int, default=20, help="background patches per image")
     p.add_argument("--nb-hns", type=int, default=5, help="of them, hard negatives (blob key points)")

@@ -92,7 +92,7 @@ def test_recipe_read_from_file_and_overridden(saved, images):
         m.recipe(img_size=[0, 0], fixed_input=False)
     assert r.rescale_factor == IMAGE_RECIPE.rescale_factor
     got = dm_scoring.score_paths([m], images[:2], overrides=dict(featurewise_mean=10.0))
-    want = m.model.predict(_inputs(images[:2], dm_scoring.apply_overrides(IMAGE_RECIPE, featurewise_mean=10.0)),
+    want = m.model.predict(_inputs(images[:2], dm_recipe.apply_overrides(IMAGE_RECIPE, featurewise_mean=10.0)),
                            verbose=0)
     np.testing.assert_allclose(got, want, atol=1e-5)
 

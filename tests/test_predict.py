@@ -120,7 +120,7 @@ def test_export_matches_predict_from_raw_image(setup, tmp_path):
 
 def test_export_refuses_equalize_hist(tmp_path):
     model = tiny_image_model()
-    recipe = dm_scoring.apply_overrides(IMAGE_RECIPE, equalize_hist=True)
+    recipe = dm_recipe.apply_overrides(IMAGE_RECIPE, equalize_hist=True)
     with pytest.raises(dm_export.ExportError, match="equalize_hist"):
         dm_export.export_serving(model, recipe, ["neg", "pos"], str(tmp_path / "e"))
 
@@ -206,7 +206,7 @@ def test_model_without_recorded_depth_refuses_mixed_depths():
     with pytest.raises(dm_inputs.InferenceError, match="b.png: 16-bit image among 8-bit"):
         dm_scoring.depth_groups(paths, depths, IMAGE_RECIPE, convert=False)
     # img_scale normalises each image by its maximum: depth does not matter.
-    r = dm_scoring.apply_overrides(IMAGE_RECIPE, img_scale=255.0, input_bits=8)
+    r = dm_recipe.apply_overrides(IMAGE_RECIPE, img_scale=255.0, input_bits=8)
     assert dm_scoring.depth_groups(paths, depths, r, convert=False) == [([0, 1], r)]
 
 
@@ -341,18 +341,25 @@ def _no_reading(monkeypatch):
     monkeypatch.setattr(dm_scoring, "score_paths", fail)
 
 
-@pytest.mark.parametrize("size,words", [
-    (["32", "32"], ["m1.keras", "takes 64x48 images only", "--img-size 32 32", "leave it out"]),
-    (["0", "0"], ["--img-size 0 0", "positive"]),
-    (["-5", "48"], ["--img-size -5 48", "positive"]),
-])
 def test_size_a_fixed_input_model_cannot_take_is_one_line_before_reading(
-        setup, tmp_path, capsys, monkeypatch, size, words):
+        setup, tmp_path, capsys, monkeypatch):
     _no_reading(monkeypatch)
-    rc = dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size", *size,
-                       "--out", str(tmp_path / "p.csv")])
+    rc = dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size",
+                          "32", "32", "--out", str(tmp_path / "p.csv")])
     err = _errors(capsys)
+    words = ["m1.keras", "takes 64x48 images only", "--img-size 32 32", "leave it out"]
     assert rc == 2 and len(err) == 1 and all(w in err[0] for w in words), err
+
+
+@pytest.mark.parametrize("size", [["0", "0"], ["-5", "48"]])
+def test_non_positive_size_is_refused_at_flag_parsing(setup, capsys, monkeypatch, size):
+    """The one --img-size declaration (dm_cli.add_img_size) refuses it as the trainers do."""
+    _no_reading(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        dm_predict.main([setup["m1"], "--image-dir", str(setup["d"] / "data"), "--img-size", *size])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --img-size" in err and "sizes must be positive" in err, err
 
 
 @pytest.fixture(scope="module")
