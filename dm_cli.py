@@ -9,6 +9,7 @@ Kept free of TensorFlow (and of the modules that import it) so `--help` answers 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -152,15 +153,38 @@ class StderrHandler(_LiveHandler):
     which = "stderr"
 
 
+_LOG_FORMAT = ("%(asctime)s %(name)s: %(message)s", "%H:%M:%S")
+
+
 def setup_logging() -> None:
-    """INFO messages with a time stamp on stdout, once per process (other handlers kept)."""
+    """The one logging setup of every command: INFO messages with a time stamp on stdout,
+    once per process (other handlers kept)."""
     root = logging.getLogger()
     if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
         handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(*_LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     _one_tensorflow_handler()
+
+
+@contextlib.contextmanager
+def log_to_stderr():
+    """The log on stderr for a while: the tool's result goes to standard output."""
+    setup_logging()
+    root = logging.getLogger()
+    moved = [h for h in root.handlers if isinstance(h, _StdoutHandler)]
+    err = StderrHandler()
+    err.setFormatter(logging.Formatter(*_LOG_FORMAT))
+    for h in moved:
+        root.removeHandler(h)
+    root.addHandler(err)
+    try:
+        yield
+    finally:
+        root.removeHandler(err)
+        for h in moved:
+            root.addHandler(h)
 
 
 def is_input_error(e: BaseException) -> bool:

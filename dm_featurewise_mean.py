@@ -55,8 +55,8 @@ def run(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The log goes to stderr, the result to stdout; bad input is one line and exit 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-    return dm_cli.guarded("featurewise_mean", run, args)
+    with dm_cli.log_to_stderr():
+        return dm_cli.guarded("featurewise_mean", run, args)
 
 
 if __name__ == "__main__":

@@ -147,20 +147,8 @@ def main(argv=None) -> int:
     import dm_output
     if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
         return dm_cli.guarded("predict", run, args)
-    # The CSV goes to standard output: move the log to stderr for this run.
-    root = logging.getLogger()
-    moved = [h for h in root.handlers if isinstance(h, dm_cli._StdoutHandler)]
-    err = dm_cli.StderrHandler()   # the CSV goes to standard output
-    err.setFormatter(moved[0].formatter if moved else None)
-    for h in moved:
-        root.removeHandler(h)
-    root.addHandler(err)
-    try:
+    with dm_cli.log_to_stderr():      # the CSV goes to standard output
         return dm_cli.guarded("predict", run, args)
-    finally:
-        root.removeHandler(err)
-        for h in moved:
-            root.addHandler(h)
 
 
 if __name__ == "__main__":

@@ -248,14 +248,6 @@ def run_cli(main, tool: str | None = None) -> None:
     sys.exit(dm_cli.guarded(tool, main, sys.argv[1:]))
 
 
-def setup_cli_logging(verbose: bool = True) -> None:
-    """Log to stdout for command-line use."""
-    import sys
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stdout,
-                        format="%(message)s")
-
-
 # --------------------------------------------------------------------------- run folders
 
 class FolderInUseError(InputError):

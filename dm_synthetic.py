@@ -30,7 +30,7 @@ import dm_output
 from dm_errors import InputError
 from dm_pixels import write_png
 from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder,
-                             setup_cli_logging, stratified_split, summarize, write_layout)
+                             stratified_split, summarize, write_layout)
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--calc-radius", type=float, default=SynthConfig.calc_radius,
                     help="calcification radius, as a fraction of the image width (at least 1 px)")
     a = ap.parse_args(argv)
-    setup_cli_logging()
+    dm_cli.setup_logging()
     cfg = SynthConfig(mass_contrast=a.mass_contrast, calc_contrast=a.calc_contrast,
                       mass_radius=tuple(a.mass_radius), calc_radius=a.calc_radius)
     return generate_dataset(a.out_dir, a.n_patients, tuple(a.img_size), a.seed, a.lesion_fraction,

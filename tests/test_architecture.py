@@ -262,3 +262,14 @@ def test_nosave_is_compared_only_where_flags_are_parsed():
     where = sorted(p.name for p in _project_files(REPO)
                    if p.parent == REPO and '"NOSAVE"' in p.read_text())
     assert where == ["dm_callbacks.py", "dm_flags.py"], where
+
+
+def test_one_logging_setup():
+    """Commands log through dm_cli.setup_logging (or log_to_stderr when their result goes to
+    standard output); nothing else configures the root logger or reaches its handlers."""
+    for path in _project_files(REPO):
+        if path.parent.name in ("tests", "benchmarks") or path.name == "dm_cli.py":
+            continue
+        text = path.read_text()
+        assert "basicConfig(" not in text and "addHandler(" not in text, path.name
+        assert "dm_cli._" not in text, path.name
