@@ -21,6 +21,11 @@ from dm_recipe_utils import write_csv
 from mias_train.cv_chain import chain_auroc, chain_lesion_map, chain_overlay, chain_plot_roc
 
 
+# Not dm_metrics.bootstrap_auroc: that one resamples single cases, this one whole groups
+# (all patches of an image, both images of a woman), whose items are correlated, and with
+# several items per group the two intervals differ. With one item per group it gives
+# dm_metrics' interval to the 4 digits it keeps (test_cross_validate checks both), so it is
+# that bootstrap generalised to clusters, not a second copy of it.
 def cluster_bootstrap(y, s, groups, n_boot: int, seed: int, level: float = 0.95) -> dict:
     """AUROC with a percentile interval from resampling whole groups (images or women) with
     replacement, since items of one group are correlated."""

@@ -54,6 +54,30 @@ def test_cluster_bootstrap_resamples_groups():
     assert rep["ci_high"] - rep["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
 
 
+def test_cluster_bootstrap_is_dm_metrics_bootstrap_for_single_items_only():
+    """Why the clustered bootstrap is not replaced by dm_metrics.bootstrap_auroc: with one
+    item per group the two give the same interval; with groups of correlated items the
+    case bootstrap is too narrow, so they do not compute the same thing."""
+    import dm_metrics
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60).astype(bool)
+    s = y + rng.normal(0, 1.2, 60)
+    one = cv_report.cluster_bootstrap(y, s, np.arange(60), n_boot=500, seed=7)
+    ref = dm_metrics.bootstrap_auroc(y, s, n_boot=500, seed=7)
+    assert (one["auroc"], one["ci_low"], one["ci_high"]) == tuple(
+        round(ref[k], 4) for k in ("auroc", "ci_low", "ci_high"))
+    assert one["n_valid"] == ref["n_boot"] - ref["n_skipped"]
+
+    groups = np.repeat(np.arange(60), 8)         # 8 identical patches per image
+    clustered = cv_report.cluster_bootstrap(np.repeat(y, 8), np.repeat(s, 8), groups,
+                                            n_boot=500, seed=7)
+    cases = dm_metrics.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7)
+    assert clustered["auroc"] == pytest.approx(cases["auroc"], abs=1e-4)
+    width = clustered["ci_high"] - clustered["ci_low"]
+    assert width == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.03)
+    assert cases["ci_high"] - cases["ci_low"] < 0.6 * width
+
+
 def test_baseline_direction_is_chosen_on_training_data():
     y = np.array([0, 0, 1, 1])
     assert cv_baselines.oriented(y, [1.0, 2.0, 3.0, 4.0]) == 1.0
