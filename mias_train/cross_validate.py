@@ -87,17 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and score only the first N folds (trials; the pooled figures "
                         "then cover those folds only)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests (well under a minute on 2 cores): 12 women, "
-                        "2 folds, 128 px, 1-2 epochs")
+                   help="tiny run for tests (under a minute on a busy 2-core machine): 12 "
+                        "women, 2 folds, 128 px, one-batch epochs (2 per classifier), 100 "
+                        "bootstrap resamples, training run eagerly")
     p.add_argument("--report-only", action="store_true",
                    help="only redo the steps after training (overlay, diagnostics, heatmap "
                         "scores) of the finished run in --out")
     return p
 
 
-QUICK = dict(max_women=12, folds=2, img_size=128, patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=0,
-             nb_init_filter=8, patch_epochs=1, image_epochs=[1, 1], top_depths=[16, 16],
-             patch_batch=16, image_batch=4, n_boot=100)
+# --quick: every stage and output of a run, as small as they still work. 12 women are the
+# fewest whose 2 folds each have every class among their inner validation women; 128 px
+# with 32 px patches, since with 32 px patches at 96 px some breast had no window inside it
+# and at 64 px with 16 px patches no lesion map peaked in a lesion (no overlay); two epochs
+# per classifier so learning curves are lines; batches as large as a fold's training part
+# (one step per epoch); one hard negative per image so the blob sampler runs. Its training
+# runs eagerly (cv_chain.functions_eagerly).
+QUICK = dict(max_women=12, folds=2, img_size=128, patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=1,
+             nb_init_filter=8, patch_epochs=2, image_epochs=[1, 1], top_depths=[16, 16],
+             patch_batch=32, image_batch=8, n_boot=100)
+# noise refits of the null learner: 200 in a run, few in --quick (its figures only need to exist)
+NULL_REPS, QUICK_NULL_REPS = 200, 5
+
+
+def null_reps(args: argparse.Namespace) -> int:
+    """How many noise refits the null learner makes for this run."""
+    return QUICK_NULL_REPS if args.quick else NULL_REPS
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -160,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
     diag = diagnostics(out, info)
     hm_scores = heatmap_max_scores(args, out, I, nb, sd)
     localisation = chain_localisation(args, out, I, nb, sd)
-    null = null_learner(I, 200, sd)
+    null = null_learner(I, null_reps(args), sd)
 
     summary = dict(
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
@@ -194,7 +209,7 @@ def report_only(args: argparse.Namespace) -> dict:
     summary["diagnostics"] = diagnostics(out, info)
     summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
         run_args, out, I, run_args.n_boot, run_args.seed)
-    summary["null_learner"] = null_learner(I, 200, run_args.seed)
+    summary["null_learner"] = null_learner(I, null_reps(run_args), run_args.seed)
     summary["localisation"] = chain_localisation(run_args, out, I, run_args.n_boot, run_args.seed)
     write_json(out / "summary.json", summary)
     return summary

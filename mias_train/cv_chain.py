@@ -8,8 +8,10 @@ end2end.py does), with no private copy of any stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +29,27 @@ from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+@contextlib.contextmanager
+def functions_eagerly(eager: bool) -> Iterator[None]:
+    """TensorFlow functions run eagerly inside when `eager` (--quick's training), as they were
+    set after. A quick fold trains for a couple of steps per stage, for which tracing and
+    optimising each train and test graph takes most of the time; the full run keeps its
+    graphs, and so does all scoring after training (maps, localisation), where a graph traced
+    once is faster than eager calls."""
+    if not eager:
+        yield
+        return
+    import tensorflow as tf
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(True)
+    try:
+        with warnings.catch_warnings():     # tf.data's own functions stay graphs: known
+            warnings.filterwarnings("ignore", "Even though the `tf.config.experimental_run")
+            yield
+    finally:
+        tf.config.run_functions_eagerly(before)
 
 
 def chain_prepare(mias_dir: str, out: pathlib.Path, img_size: int, ids: Sequence[str],

@@ -132,7 +132,10 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     for f in folds:
         assert not set(f["test_women"]) & set(f["train_women"])
         assert set(f["val_women"]) < set(f["train_women"])
-        assert f["patch_history"]["epoch"] and f["image_history"]["epoch"]
+        # two epochs per learning curve (patch; whole image over its two stages): lines
+        hp, hi = f["patch_history"], f["image_history"]
+        assert hp["epoch"] == [1, 2] and len(hp["loss"]) == len(hp["val_accuracy"]) == 2
+        assert hi["epoch"] == [1, 2] and hi["stage"] == [1, 2] and len(hi["val_auroc"]) == 2
         # the whole-image stage centres with the trunk's own mean (a patch mean), not the
         # whole images' far darker one
         import dm_modelfile
@@ -164,7 +167,25 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
                                      "image_abnormal_ci_low_gt_0_6"}
     for key in ("roc_abnormal", "roc_malignant", "roc_patches", "learning_curves"):
         assert (out / "figures" / f"{key}.png").stat().st_size > 1000
+        assert summary["files"][key] == str(out / "figures" / f"{key}.png")
+    # every output of a full run, the lesion overlay and the localisation included
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    for name in ("oof_images_heatmap.csv", "women_all.txt", "figures/overlay.png",
+                 "figures/roc_abnormal_pr.png", "figures/roc_malignant_pr.png",
+                 "figures/roc_patches_pr.png", "localisation/localisation.json",
+                 "localisation/localisation.png", "fold0/patch_model.keras",
+                 "fold0/image_model.keras", "fold1/patch_model.keras", "fold1/image_model.keras",
+                 "fold1/patch_model.history.csv", "fold1/image_model.history.csv"):
+        assert name in written, name
+    assert summary["files"]["overlay"]["path"] == str(out / "figures" / "overlay.png")
+    import cv2
+    curves = cv2.imread(str(out / "figures" / "learning_curves.png")).astype(int)
+    coloured = (curves.max(-1) - curves.min(-1)) > 80
+    w = curves.shape[1]
+    for panel in range(3):                          # no empty panel
+        assert coloured[:, panel * w // 3:(panel + 1) * w // 3].sum() > 100, panel
     d = summary["diagnostics"]
+    assert d["patch_lesion_vs_hard_negatives"]["n_lesion_patches"] > 0    # hns sampled
     n_lesion = int((patches["label"] > 0).sum())
     assert d["patch_lesion_vs_random_background"]["n_lesion_patches"] == n_lesion
     assert sum(v["n_lesion_patches"] for v in d["patch_by_class"].values()) == n_lesion
