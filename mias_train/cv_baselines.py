@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 import dm_pixels
 from dm_sweep import breast_mask
@@ -51,7 +52,7 @@ def null_learner(I: pd.DataFrame, n_rep: int, seed: int, n_features: int = 20) -
     return out
 
 
-def oriented(train_y, train_s) -> float:
+def oriented(train_y: ArrayLike, train_s: ArrayLike) -> float:
     """+1 or -1: the direction in which a baseline feature ranks positives higher on the
     training part (never chosen on test data)."""
     y = np.asarray(train_y).astype(bool)

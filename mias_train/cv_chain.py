@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 import dm_dataset
 import dm_flags
@@ -157,12 +158,12 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
     return np.asarray(labels), dm_inference.predict(m.model, ds)
 
 
-def chain_auroc(y, s) -> float:
+def chain_auroc(y: ArrayLike, s: ArrayLike) -> float:
     """The project's one AUROC (dm_metrics)."""
     return dm_metrics.auroc(y, s)
 
 
-def chain_plot_roc(y, s, roc: pathlib.Path, title: str) -> None:
+def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:
     """ROC curve at `roc`, its precision-recall curve beside it (`*_pr.png`)."""
     dm_metrics.plot_curves(y, s, str(roc), str(roc.with_name(roc.stem + "_pr.png")), title=title)
 

@@ -14,6 +14,7 @@ import time
 from typing import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 from mias_train.cv_baselines import oriented
@@ -31,7 +32,7 @@ def jsonable_history(h: dict) -> dict:
             if isinstance(v, (list, tuple)) and all(np.isscalar(x) for x in v)}
 
 
-def fold_auc(y, s) -> float | None:
+def fold_auc(y: ArrayLike, s: ArrayLike) -> float | None:
     """AUROC rounded for the fold record, None when the fold's part has one class only."""
     y = np.asarray(y).astype(bool)
     return round(chain_auroc(y, s), 4) if 0 < y.sum() < len(y) else None

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import pandas as pd
 
 from dm_output import write_named
@@ -26,7 +27,8 @@ from mias_train.cv_chain import chain_auroc, chain_lesion_map, chain_overlay, ch
 # several items per group the two intervals differ. With one item per group it gives
 # dm_metrics' interval to the 4 digits it keeps (test_cross_validate checks both), so it is
 # that bootstrap generalised to clusters, not a second copy of it.
-def cluster_bootstrap(y, s, groups, n_boot: int, seed: int, level: float = 0.95) -> dict:
+def cluster_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, seed: int,
+                      level: float = 0.95) -> dict:
     """AUROC with a percentile interval from resampling whole groups (images or women) with
     replacement, since items of one group are correlated."""
     y, s, groups = np.asarray(y).astype(bool), np.asarray(s, float), np.asarray(groups)
