@@ -134,14 +134,23 @@ def read_stored(path: str | os.PathLike) -> np.ndarray:
     return img
 
 
-def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(rows, cols) from a DICOM header without decoding its pixels."""
+def read_dicom_header(path: str | os.PathLike):
+    """The one DICOM header read: the dataset with large values (the pixels) deferred.
+    Raises ImageReadError naming the file when it cannot be parsed."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        return pydicom.dcmread(str(path), defer_size=1024, force=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure is an unreadable file
+        raise ImageReadError(f"{path}: unreadable DICOM ({type(e).__name__})") from None
+
+
+def dicom_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(rows, cols) from a DICOM header without decoding its pixels."""
+    ds = read_dicom_header(path)
+    try:
         return int(ds.Rows), int(ds.Columns)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a read error
+    except (AttributeError, TypeError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot read DICOM header ({type(e).__name__}: {e})") from None
 
 
@@ -171,11 +180,7 @@ def header_bit_depth(path: str) -> int | None:
     if head[:2] == b"BM":
         return 8
     if ext in (".dcm", ".dicom") or head[128:132] == b"DICM":
-        import pydicom
-        try:
-            ds = pydicom.dcmread(path, defer_size=1024, force=True)
-        except Exception as e:  # noqa: BLE001 - any parse failure is an unreadable file
-            raise ImageReadError(f"{path}: unreadable DICOM ({type(e).__name__})") from None
+        ds = read_dicom_header(path)
         if "PixelData" not in ds:
             raise ImageReadError(f"{path}: DICOM without pixel data")
         return None
@@ -205,3 +210,16 @@ def to_uint16(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         return img
     return np.clip(np.rint(img) if img.dtype.kind == "f" else img, 0, 65535).astype(np.uint16)
+
+
+def file_bit_depth(path: str) -> int | None:
+    """Bits per pixel of an image file from its header: 8 or 16 for PNG/JPEG/BMP, the
+    stored bits of an integer DICOM; None when unknown (float DICOM values)."""
+    depth = header_bit_depth(path)
+    if depth is not None:
+        return depth
+    ds = read_dicom_header(path)
+    if float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0:
+        return None
+    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0)
+    return bits if 1 <= bits <= 16 else None

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     import dm_inputs
     import dm_output
+    import dm_pixels
     import dm_preflight
     import dm_recipe
     import dm_scoring
@@ -112,7 +113,7 @@ def run(args) -> int:
                                  "print the CSV)")
     allow = dm_preflight.Allow(colour=args.allow_colour, whole_images=args.allow_whole_images,
                                stored_bits=args.stored_bits)
-    depths = [dm_scoring.file_bit_depth(p) for p in inputs.paths]
+    depths = [dm_pixels.file_bit_depth(p) for p in inputs.paths]
     depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
     if args.mixed_precision:  # scoring only: the export above stays float32
         import dm_modelfile

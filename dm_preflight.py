@@ -77,9 +77,8 @@ def read_header(path: str) -> Header:
     except OSError:
         return Header()
     if os.path.splitext(path)[1].lower() in dm_pixels.DICOM_EXTS or head[128:132] == b"DICM":
-        import pydicom
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            ds = dm_pixels.read_dicom_header(path)
             return Header(int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)),
                           int(ds.get("BitsStored", 0) or 0) or None, "dicom")
         except Exception:  # noqa: BLE001 - unreadable: the reader says why, later

@@ -200,7 +200,7 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
     if not models:
         raise InferenceError("no model given")
     paths = list(paths)
-    depths = list(depths) if depths is not None else [file_bit_depth(p) for p in paths]
+    depths = list(depths) if depths is not None else [dm_pixels.file_bit_depth(p) for p in paths]
     preds = []
     for m in models:
         recipe = m.recipe(**(overrides or {}))
@@ -221,23 +221,6 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
             out[idx] = p
         preds.append(out)
     return np.mean(preds, axis=0)
-
-
-def file_bit_depth(path: str) -> int | None:
-    """Bits per pixel of an image file from its header: 8 or 16 for PNG/JPEG/BMP, the
-    stored bits of an integer DICOM; None when unknown (float DICOM values)."""
-    depth = dm_pixels.header_bit_depth(path)
-    if depth is not None:
-        return depth
-    import pydicom
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001 - header_bit_depth already read it once
-        return None
-    if float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0:
-        return None
-    bits = int(ds.get("BitsStored", 0) or ds.get("BitsAllocated", 0) or 0)
-    return bits if 1 <= bits <= 16 else None
 
 
 def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
@@ -294,6 +277,6 @@ def recipe_for_image(path: str, recipe: Recipe, convert: bool = False,
     """The recipe to apply to one image file after the bit-depth check of `depth_groups`
     (refused, or converted with `convert`), for tools that read images one at a time
     (heatmaps). `depth`: the file's depth when known, else read from its header."""
-    d = depth if depth is not None else file_bit_depth(path)
+    d = depth if depth is not None else dm_pixels.file_bit_depth(path)
     [(_, r)] = depth_groups([path], [d], recipe, convert, model_path, keep_hint)
     return r

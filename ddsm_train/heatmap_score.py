@@ -446,7 +446,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     paths = [it.path for it in items]
     allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits)
     depths = dm_preflight.check_images(paths, [loaded], [model_recipe], allow,
-                                       [dm_scoring.file_bit_depth(p) for p in paths],
+                                       [dm_pixels.file_bit_depth(p) for p in paths],
                                        check_patches=False)   # mapping mammograms is the point
     # The model's bit depth: another depth is refused in one line (before any image is
     # mapped), or converted.

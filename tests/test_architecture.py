@@ -273,3 +273,13 @@ def test_one_logging_setup():
         text = path.read_text()
         assert "basicConfig(" not in text and "addHandler(" not in text, path.name
         assert "dm_cli._" not in text, path.name
+
+
+def test_one_dicom_header_reader_and_one_png_writer():
+    """DICOM files are parsed in one room (dm_pixels: the decoder and `read_dicom_header`),
+    PNGs encoded by one writer (`dm_pixels.write_png`)."""
+    for path in _project_files(REPO):
+        if path.parent.name in ("tests", "benchmarks") or path.name == "dm_pixels.py":
+            continue
+        text = path.read_text()
+        assert "dcmread(" not in text and 'imencode(".png"' not in text, path.name

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from mias_train import cross_validate as cv
+from mias_train import cv_baselines, cv_chain, cv_report, cv_split
 
 
 def _strata(n0=20, n1=12, n2=9):
@@ -18,21 +19,21 @@ def _strata(n0=20, n1=12, n2=9):
 
 def test_folds_partition_women_stratified_and_seeded():
     s = _strata()
-    f = cv.assign_folds(s, 5, seed=3)
+    f = cv_split.assign_folds(s, 5, seed=3)
     assert set(f) == set(s) and set(f.values()) == set(range(5))
     sizes = np.bincount(list(f.values()))
     assert sizes.max() - sizes.min() <= 1
     for stratum in (0, 1, 2):       # every stratum is spread over the folds
         per = np.bincount([f[w] for w in s if s[w] == stratum], minlength=5)
         assert per.max() - per.min() <= 1
-    assert cv.assign_folds(s, 5, seed=3) == f
-    assert cv.assign_folds(s, 5, seed=4) != f
+    assert cv_split.assign_folds(s, 5, seed=3) == f
+    assert cv_split.assign_folds(s, 5, seed=4) != f
 
 
 def test_inner_validation_takes_every_class_from_training_women_only():
     s = _strata()
     train = [w for w in sorted(s) if int(w[1:]) % 3]      # some subset
-    val = cv.inner_validation(s, train, 0.2, seed=1)
+    val = cv_split.inner_validation(s, train, 0.2, seed=1)
     assert val < set(train)
     assert {s[w] for w in val} == {0, 1, 2}
     assert len(val) == sum(max(1, round(0.2 * sum(s[w] == k for w in train))) for k in (0, 1, 2))
@@ -43,20 +44,44 @@ def test_cluster_bootstrap_resamples_groups():
     groups = np.repeat(np.arange(40), 10)
     y = np.repeat(np.arange(40) % 2, 10).astype(bool)
     s = y + rng.normal(0, 1.0, len(y))
-    r = cv.cluster_bootstrap(y, s, groups, n_boot=300, seed=1)
+    r = cv_report.cluster_bootstrap(y, s, groups, n_boot=300, seed=1)
     assert r["ci_low"] < r["auroc"] < r["ci_high"]
     assert r["n_groups"] == 40 and r["n"] == 400 and r["n_pos"] == 200
     # identical patches within a group: the interval is as wide as with one item per group
-    one = cv.cluster_bootstrap(y[::10], s[::10], groups[::10], n_boot=300, seed=1)
-    rep = cv.cluster_bootstrap(y, np.repeat(s[::10], 10), groups, n_boot=300, seed=1)
+    one = cv_report.cluster_bootstrap(y[::10], s[::10], groups[::10], n_boot=300, seed=1)
+    rep = cv_report.cluster_bootstrap(y, np.repeat(s[::10], 10), groups, n_boot=300, seed=1)
     assert rep["auroc"] == pytest.approx(one["auroc"])
     assert rep["ci_high"] - rep["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
 
 
+def test_cluster_bootstrap_is_dm_metrics_bootstrap_for_single_items_only():
+    """Why the clustered bootstrap is not replaced by dm_metrics.bootstrap_auroc: with one
+    item per group the two give the same interval; with groups of correlated items the
+    case bootstrap is too narrow, so they do not compute the same thing."""
+    import dm_metrics
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60).astype(bool)
+    s = y + rng.normal(0, 1.2, 60)
+    one = cv_report.cluster_bootstrap(y, s, np.arange(60), n_boot=500, seed=7)
+    ref = dm_metrics.bootstrap_auroc(y, s, n_boot=500, seed=7)
+    assert (one["auroc"], one["ci_low"], one["ci_high"]) == tuple(
+        round(ref[k], 4) for k in ("auroc", "ci_low", "ci_high"))
+    assert one["n_valid"] == ref["n_boot"] - ref["n_skipped"]
+
+    groups = np.repeat(np.arange(60), 8)         # 8 identical patches per image
+    clustered = cv_report.cluster_bootstrap(np.repeat(y, 8), np.repeat(s, 8), groups,
+                                            n_boot=500, seed=7)
+    cases = dm_metrics.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7)
+    assert clustered["auroc"] == pytest.approx(cases["auroc"], abs=1e-4)
+    width = clustered["ci_high"] - clustered["ci_low"]
+    assert width == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.03)
+    assert cases["ci_high"] - cases["ci_low"] < 0.6 * width
+
+
 def test_baseline_direction_is_chosen_on_training_data():
     y = np.array([0, 0, 1, 1])
-    assert cv.oriented(y, [1.0, 2.0, 3.0, 4.0]) == 1.0
-    assert cv.oriented(y, [4.0, 3.0, 2.0, 1.0]) == -1.0
+    assert cv_baselines.oriented(y, [1.0, 2.0, 3.0, 4.0]) == 1.0
+    assert cv_baselines.oriented(y, [4.0, 3.0, 2.0, 1.0]) == -1.0
 
 
 @pytest.mark.parametrize("argv, problem", [
@@ -76,16 +101,16 @@ def test_unusable_flags_are_one_line_and_write_nothing(argv, problem, tmp_path, 
 def test_trainer_configs_are_built_from_values_not_argv(tmp_path):
     """The fold's trainer configs: the run's flags, the chain's fixed settings."""
     args = cv.build_parser().parse_args(["m", "--image-balance", "--top-depths", "8", "16", "4"])
-    p = cv.patch_config(tmp_path, tmp_path / "p.keras", args, 118.81234)
+    p = cv_chain.patch_config(tmp_path, tmp_path / "p.keras", args, 118.81234)
     assert (p.train_dir, p.use_pretrained, p.nb_epoch, p.es_patience) == (
         str(tmp_path / "train"), False, args.patch_epochs, args.patch_epochs)
-    assert p.featurewise_mean == 118.8123 and p.class_list == cv.PATCH_CLASSES
+    assert p.featurewise_mean == 118.8123 and p.class_list == cv_split.PATCH_CLASSES
     assert p.img_size == [64, 64] and p.batch_size == 128 and p.best_model == str(tmp_path / "p.keras")
-    i = cv.image_config(tmp_path, tmp_path / "p.keras", tmp_path / "i.keras", args, 54.63)
+    i = cv_chain.image_config(tmp_path, tmp_path / "p.keras", tmp_path / "i.keras", args, 54.63)
     assert (i.nb_epoch, i.all_layer_epochs, i.es_patience) == (2, 14, 14)
     assert i.top_depths == [8, 16, 4] and i.top_repetitions == [1, 1, 1]
     assert i.auto_batch_balance is True and i.augmentation is False
-    assert i.patch_model_state == str(tmp_path / "p.keras") and i.class_list == cv.IMAGE_CLASSES
+    assert i.patch_model_state == str(tmp_path / "p.keras") and i.class_list == cv_split.IMAGE_CLASSES
 
 
 def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
@@ -107,7 +132,10 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     for f in folds:
         assert not set(f["test_women"]) & set(f["train_women"])
         assert set(f["val_women"]) < set(f["train_women"])
-        assert f["patch_history"]["epoch"] and f["image_history"]["epoch"]
+        # two epochs per learning curve (patch; whole image over its two stages): lines
+        hp, hi = f["patch_history"], f["image_history"]
+        assert hp["epoch"] == [1, 2] and len(hp["loss"]) == len(hp["val_accuracy"]) == 2
+        assert hi["epoch"] == [1, 2] and hi["stage"] == [1, 2] and len(hi["val_auroc"]) == 2
         # the whole-image stage centres with the trunk's own mean (a patch mean), not the
         # whole images' far darker one
         import dm_modelfile
@@ -139,7 +167,25 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
                                      "image_abnormal_ci_low_gt_0_6"}
     for key in ("roc_abnormal", "roc_malignant", "roc_patches", "learning_curves"):
         assert (out / "figures" / f"{key}.png").stat().st_size > 1000
+        assert summary["files"][key] == str(out / "figures" / f"{key}.png")
+    # every output of a full run, the lesion overlay and the localisation included
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    for name in ("oof_images_heatmap.csv", "women_all.txt", "figures/overlay.png",
+                 "figures/roc_abnormal_pr.png", "figures/roc_malignant_pr.png",
+                 "figures/roc_patches_pr.png", "localisation/localisation.json",
+                 "localisation/localisation.png", "fold0/patch_model.keras",
+                 "fold0/image_model.keras", "fold1/patch_model.keras", "fold1/image_model.keras",
+                 "fold1/patch_model.history.csv", "fold1/image_model.history.csv"):
+        assert name in written, name
+    assert summary["files"]["overlay"]["path"] == str(out / "figures" / "overlay.png")
+    import cv2
+    curves = cv2.imread(str(out / "figures" / "learning_curves.png")).astype(int)
+    coloured = (curves.max(-1) - curves.min(-1)) > 80
+    w = curves.shape[1]
+    for panel in range(3):                          # no empty panel
+        assert coloured[:, panel * w // 3:(panel + 1) * w // 3].sum() > 100, panel
     d = summary["diagnostics"]
+    assert d["patch_lesion_vs_hard_negatives"]["n_lesion_patches"] > 0    # hns sampled
     n_lesion = int((patches["label"] > 0).sum())
     assert d["patch_lesion_vs_random_background"]["n_lesion_patches"] == n_lesion
     assert sum(v["n_lesion_patches"] for v in d["patch_by_class"].values()) == n_lesion
@@ -159,14 +205,14 @@ def test_null_learner_brackets_chance_and_ranks_the_network():
     I = pd.DataFrame(dict(fold=np.arange(200) % 5, label=label))
     I["p_normal"] = np.where(label > 0, 0.1, 0.9)          # a perfect abnormal score
     I["p_malignant"] = np.where(label == 2, 0.0, 1.0)      # a perfectly inverted one
-    r = cv.null_learner(I, n_rep=30, seed=1)
+    r = cv_baselines.null_learner(I, n_rep=30, seed=1)
     for task in ("abnormal_vs_normal", "malignant_vs_rest"):
         assert 0.3 < r[task]["q05"] < 0.5 < r[task]["q95"] < 0.7 and r[task]["n_rep"] == 30
     assert r["abnormal_vs_normal"]["network"] == 1.0
     assert r["abnormal_vs_normal"]["share_at_or_below"] == 1.0
     assert r["malignant_vs_rest"]["network"] == 0.0
     assert r["malignant_vs_rest"]["share_at_or_below"] == 0.0
-    assert cv.null_learner(I, n_rep=30, seed=1) == r                 # seeded
+    assert cv_baselines.null_learner(I, n_rep=30, seed=1) == r                 # seeded
 
 
 def test_learning_curves_of_one_epoch_are_drawn(tmp_path):
@@ -175,7 +221,7 @@ def test_learning_curves_of_one_epoch_are_drawn(tmp_path):
     h = {"epoch": [1], "loss": [1.0], "val_loss": [1.1], "val_accuracy": [0.4]}
     folds = [dict(fold=0, patch_history=h, image_history={"epoch": [1], "val_auroc": [0.6]})]
     path = tmp_path / "lc.png"
-    cv.plot_learning_curves(folds, path)
+    cv_report.plot_learning_curves(folds, path)
     img = cv2.imread(str(path)).astype(int)
     coloured = (img.max(-1) - img.min(-1)) > 80          # the curves' colour, not axes or text
     w = img.shape[1]
@@ -188,5 +234,5 @@ def test_an_unreadable_image_is_one_line_naming_it(tmp_path):
     bad = tmp_path / "mdb001.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(InputError, match="mdb001.png") as e:
-        cv.grey_mean(str(bad), breast_only=True)
+        cv_baselines.grey_mean(str(bad), breast_only=True)
     assert "\n" not in str(e.value)

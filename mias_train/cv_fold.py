@@ -1,0 +1,112 @@
+"""One fold of the mini-MIAS cross-validation (mias_train/cross_validate.py): lay out its
+folders, train the patch and whole-image classifiers on its training women (model selection
+on its inner validation women), and score its test women once.
+
+Separate from the command so what one fold sees, and what it hands to the pooled figures
+(its out-of-fold tables and its record), is in one place.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import time
+from typing import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+import pandas as pd
+
+from mias_train.cv_baselines import oriented
+from mias_train.cv_chain import (chain_auroc, chain_list, chain_predict_folder,
+                                 chain_train_image, chain_train_patch, chain_trunk_mean,
+                                 functions_eagerly)
+from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES, Cohort, lay_out_fold
+
+log = logging.getLogger("cross_validate")
+
+
+def jsonable_history(h: dict) -> dict:
+    """A training history's per-epoch lists as rounded floats (for summary.json)."""
+    return {k: [round(float(x), 5) for x in v] for k, v in h.items()
+            if isinstance(v, (list, tuple)) and all(np.isscalar(x) for x in v)}
+
+
+def fold_auc(y: ArrayLike, s: ArrayLike) -> float | None:
+    """AUROC rounded for the fold record, None when the fold's part has one class only."""
+    y = np.asarray(y).astype(bool)
+    return round(chain_auroc(y, s), 4) if 0 < y.sum() < len(y) else None
+
+
+def train_fold(k: int, fd: pathlib.Path, args: argparse.Namespace, cohort: Cohort,
+               img_path: Mapping[str, pathlib.Path], img_grey: Mapping[str, float],
+               pidx: pd.DataFrame) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Fold k in folder fd: (its record for summary.json, its test patches' out-of-fold
+    scores, its test images' out-of-fold scores). `pidx` is the patch index of all women
+    with each patch's path, file name and mean grey level."""
+    tf0 = time.time()
+    ids, woman_of, image_class = cohort.ids, cohort.woman_of, cohort.image_class
+    test_w, val_w, train_w, split_of = cohort.fold_split(k, args.val_frac, args.seed)
+    lay_out_fold(fd, split_of, img_path, image_class, woman_of, pidx)
+    tr = pidx[[split_of[p] == "train" for p in pidx["patient_id"]]]
+    patch_mean = float(tr["grey"].mean())
+    with functions_eagerly(args.quick):
+        pres = chain_train_patch(fd / "patches", fd / "patch_model.keras", args, patch_mean)
+    t_patch = time.time() - tf0
+    train_imgs = [i for i in ids if split_of[woman_of[i]] == "train"]
+    image_mean = chain_trunk_mean(fd / "patch_model.keras")
+    with functions_eagerly(args.quick):
+        ires = chain_train_image(fd / "images", fd / "patch_model.keras",
+                                 fd / "image_model.keras", args, image_mean)
+    t_image = time.time() - tf0 - t_patch
+
+    # patch-level out-of-fold scores, in the order the trainer scored the test folder
+    ppaths, plabels = chain_list(fd / "patches" / "test", PATCH_CLASSES)
+    by_name = pidx.set_index("name")
+    names = [pathlib.Path(p).name for p in ppaths]
+    sign_p = oriented(tr["class"] != "background", tr["grey"])
+    pt = pd.DataFrame(dict(fold=k, name=names, label=np.asarray(plabels),
+                           img_id=by_name.loc[names, "img_id"].values,
+                           score=1.0 - pres["test_probs"][:, 0],
+                           pred=pres["test_probs"].argmax(-1),
+                           baseline=sign_p * by_name.loc[names, "grey"].values))
+    # image-level out-of-fold scores
+    ipaths, ilabels = chain_list(fd / "images" / "test", IMAGE_CLASSES)
+    iid = [pathlib.Path(p).stem for p in ipaths]
+    probs = ires["test_probs"]
+    ytr = np.array([IMAGE_CLASSES.index(image_class[i]) for i in train_imgs])
+    gtr = np.array([img_grey[i] for i in train_imgs])
+    it = pd.DataFrame(dict(fold=k, image_id=iid, woman=[woman_of[i] for i in iid],
+                           label=np.asarray(ilabels), p_normal=probs[:, 0],
+                           p_benign=probs[:, 1], p_malignant=probs[:, 2],
+                           grey=[img_grey[i] for i in iid]))
+    it["baseline_abnormal"] = oriented(ytr > 0, gtr) * it["grey"]
+    it["baseline_malignant"] = oriented(ytr == 2, gtr) * it["grey"]
+
+    with functions_eagerly(args.quick):     # one batch: an eager call beats a trace
+        ytr_i, ptr_i = chain_predict_folder(fd / "image_model.keras", fd / "images" / "train",
+                                            IMAGE_CLASSES)
+    rec = dict(fold=k, test_women=test_w, val_women=sorted(val_w), train_women=train_w,
+               n_test_images=len(iid), n_test_patches=len(pt),
+               patch_auroc=fold_auc(pt["label"] > 0, pt["score"]),
+               patch_auroc_baseline=fold_auc(pt["label"] > 0, pt["baseline"]),
+               image_auroc_abnormal=fold_auc(it["label"] > 0, 1 - it["p_normal"]),
+               image_auroc_malignant=fold_auc(it["label"] == 2, it["p_malignant"]),
+               image_train_auroc_abnormal=fold_auc(ytr_i > 0, 1 - ptr_i[:, 0]),
+               image_train_auroc_malignant=fold_auc(ytr_i == 2, ptr_i[:, 2]),
+               image_mean=round(image_mean, 4),
+               image_auroc_abnormal_baseline=fold_auc(it["label"] > 0, it["baseline_abnormal"]),
+               image_auroc_malignant_baseline=fold_auc(it["label"] == 2,
+                                                       it["baseline_malignant"]),
+               patch_best_val_accuracy=(round(max(pres["history"].get("val_accuracy", [0])), 4)),
+               patch_epochs_run=len(pres["history"].get("epoch", [])),
+               image_epochs_run=len(ires["history"].get("epoch", [])),
+               patch_train_s=round(t_patch, 1), image_train_s=round(t_image, 1),
+               fold_s=round(time.time() - tf0, 1),
+               patch_history=jsonable_history(pres["history"]),
+               image_history=jsonable_history(ires["history"]))
+    log.info("fold %d: patch AUROC %s (baseline %s), image abnormal %s (baseline %s), "
+             "malignant %s; %.0f s", k, rec["patch_auroc"], rec["patch_auroc_baseline"],
+             rec["image_auroc_abnormal"], rec["image_auroc_abnormal_baseline"],
+             rec["image_auroc_malignant"], rec["fold_s"])
+    return rec, pt, it
