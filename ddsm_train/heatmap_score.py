@@ -368,6 +368,24 @@ def _check_pool(fmap_hw, avg_pool_size, size) -> None:
             "use a smaller window or a larger --img-size")
 
 
+def _fprop_net(model, size, args, patch_model, kind):
+    """The fprop heatmap network, built once, and the trunk's feature map (rows, cols) it
+    pools; a pooling window larger than that map is refused in one line."""
+    import dm_heatmaps
+    try:
+        net = dm_heatmaps.fprop_model(model, size, args.avg_pool_size, args.hm_strides,
+                                      patch_model=patch_model, kind=kind)
+    except ValueError:      # a window larger than the map leaves no output: say which
+        probe = dm_heatmaps.fprop_model(model, size, (1, 1), (1, 1), patch_model=patch_model,
+                                        kind=kind)
+        _check_pool(probe.outputs[0].shape[1:3], args.avg_pool_size, size)
+        raise
+    pools = [l for l in net.layers if l.__class__.__name__ == "AveragePooling2D"]
+    fmap = pools[-1].input.shape[1:3] if pools else net.outputs[0].shape[1:3]
+    _check_pool(fmap, args.avg_pool_size, size)
+    return net, fmap
+
+
 def run(args, *legacy_args, **legacy_kw) -> dict:
     """Score the images. `args` is the parsed flags; the original's call
     `run(img_folder, dl_state, fprop_mode=..., ...)` also works (see docs/original.md, "Code written
@@ -422,16 +440,12 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or loaded.recipe().img_size)
             recipe = dataclasses.replace(loaded.recipe(img_size=size, fixed_input=False),
                                          **changes)
-            patch_model = dm_scoring.load_models([args.patch_model], not args.unsafe_load)[0].model \
-                if args.patch_model else None
-            fmap = dm_heatmaps.fprop_model(loaded.model, size, (1, 1), (1, 1), patch_model=patch_model,
-                                   kind=kind).outputs[0].shape[1:3]
-            _check_pool(fmap, args.avg_pool_size, size)
-            net = dm_heatmaps.fprop_model(loaded.model, size, args.avg_pool_size, args.hm_strides,
-                                  patch_model=patch_model, kind=kind)
-            if patch_model is not None:
-                classes = dm_scoring.common_class_list(dm_scoring.load_models([args.patch_model],
-                                                                not args.unsafe_load))
+            patch = (dm_scoring.load_models([args.patch_model], not args.unsafe_load)[0]
+                     if args.patch_model else None)            # loaded once
+            patch_model = patch.model if patch is not None else None
+            net, fmap = _fprop_net(loaded.model, size, args, patch_model, kind)
+            if patch is not None:
+                classes = dm_scoring.common_class_list([patch])
                 meta["class_list"] = list(classes)
             meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides,
                         feature_map=[int(v) for v in fmap])

@@ -82,7 +82,7 @@ CASES = {
                          ("dm_dataset", "check_bit_depths"),
                          lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
     "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
-                      ("dm_inference", "load_models"),
+                      ("dm_scoring", "load_models"),
                       lambda t: [str(t), _file(t / "m.keras"), "--out", str(t / "h.npz")]),
     "sample_patches_combined": ("ddsm_train.sample_patches_combined",
                                 lambda t: [str(t / "no.csv"), str(t / "m"), str(t / "p.txt"),

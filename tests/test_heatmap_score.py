@@ -263,8 +263,15 @@ def test_progress_bar_on_stderr(setup, tmp_path, capsys, monkeypatch):
     assert "heatmaps" in err and "3/3" in err
 
 
-@pytest.mark.parametrize("argv,flag", [(["--img-size", "0", "0"], "--img-size 0 0"),
-                                       (["--patch-size", "-3"], "--patch-size -3"),
+def test_a_non_positive_img_size_is_refused_at_flag_parsing(setup, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        hs.main([setup["imgs"], setup["patch"], "--img-size", "0", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --img-size" in err and "sizes must be positive" in err, err
+
+
+@pytest.mark.parametrize("argv,flag", [(["--patch-size", "-3"], "--patch-size -3"),
                                        (["--img-height", "0"], "--img-height 0")])
 def test_sizes_that_are_not_positive_are_one_line(setup, tmp_path, capsys, argv, flag):
     assert hs.main([setup["imgs"], setup["patch"], *argv, "--out", str(tmp_path / "h.npz")]) == 2

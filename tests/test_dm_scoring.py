@@ -1,4 +1,4 @@
-"""dm_inference: TTA, model averaging, recipes from files, heatmaps, Grad-CAM, overlays."""
+"""dm_scoring, dm_inputs, dm_heatmaps: TTA, model averaging, recipes from files, heatmaps, Grad-CAM, overlays."""
 import cv2
 import numpy as np
 import pytest
