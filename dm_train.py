@@ -65,8 +65,8 @@ def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None
     """Seed everything, choose deterministic ops, set the precision policy, and choose the
     distribution strategy.
 
-    Seeding alone is not enough on a CPU shared with other jobs: some multithreaded kernels
-    of the whole-image stage sum in an order that depends on timing (docs/training.md).
+    Deterministic ops narrow, but do not yet close, the run-to-run differences of the
+    whole-image stage on a CPU shared with other jobs (docs/training.md).
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
     import keras

@@ -365,8 +365,7 @@ def test_two_seeded_runs_are_bit_identical_even_with_the_cpu_loaded(tmp_path, mo
 
 @pytest.mark.parametrize("kind", ["patch", "image"])
 def test_deterministic_ops_are_on_by_default_and_can_be_turned_off(kind):
-    """Seeding alone left the full-size whole-image stage timing-dependent on a loaded CPU
-    (docs/training.md); the trainers turn TensorFlow's deterministic ops on unless told."""
+    """The trainers turn TensorFlow's deterministic ops on unless told (docs/training.md)."""
     from tensorflow.python.framework import config as tf_config
     extra = ["--patch-model-state", "p"] if kind == "image" else []
     assert dm_flags.parse(kind, ["a", "b", "c", *extra]).deterministic is True
