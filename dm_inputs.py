@@ -34,11 +34,7 @@ def list_images(root: str) -> list[str]:
     files and folders (names starting with '.', e.g. macOS `._scan.png`) are skipped."""
     if not os.path.isdir(root):
         raise InferenceError(f"{root}: image folder not found")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if f.lower().endswith(dm_pixels.IMAGE_EXTS) and not f.startswith("."))
+    found = dm_listing.image_files(root)
     if not found:
         raise InferenceError(f"{root}: no images ({', '.join(e[1:] for e in dm_pixels.IMAGE_EXTS)})")
     return found

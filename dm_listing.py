@@ -23,6 +23,16 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTS)
 
 
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every image under `folder`, recursively and sorted, hidden files and folders skipped:
+    the one image lister (class folders, prediction folders)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(os.fspath(folder), followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
+    return sorted(found)
+
+
 def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
                        ) -> tuple[list[str], np.ndarray]:
     """All images under ROOT/<class>/** (recursive, whitelisted extensions, sorted).
@@ -43,11 +53,7 @@ def list_class_folders(root: str | os.PathLike, class_list: Sequence[str]
         cdir = os.path.join(root, cls)
         if not os.path.isdir(cdir):
             raise DatasetError(f"{cdir}: class folder '{cls}' not found")
-        found = []
-        for dirpath, dirnames, filenames in os.walk(cdir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(os.path.join(dirpath, f) for f in filenames if is_image_name(f))
-        found.sort()
+        found = image_files(cdir)
         paths.extend(found)
         labels.extend([k] * len(found))
     if not paths:

@@ -478,3 +478,18 @@ def test_shared_mias_image_reads_as_8_bit(shared_data):
     x = dm_recipe.preprocess(img, dm_recipe.Recipe(img_size=(128, 128), featurewise_center=True,
                                    featurewise_mean=44.33))
     assert x.shape == (128, 128, 3) and np.isfinite(x).all()
+
+
+def test_the_one_image_lister_is_shared_by_training_and_prediction(tmp_path):
+    """dm_listing.image_files: recursive, sorted, hidden files and folders skipped; class
+    folders and prediction folders list through it."""
+    import dm_inputs
+    for rel in ["neg/b.png", "neg/a/z.dcm", "neg/._b.png", "neg/.cache/c.png", "neg/notes.txt",
+                "pos/c.PNG"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    want = [str(tmp_path / "neg/a/z.dcm"), str(tmp_path / "neg/b.png")]
+    assert dm_listing.image_files(tmp_path / "neg") == want
+    paths, labels = dm_listing.list_class_folders(tmp_path, ["neg", "pos"])
+    assert paths == want + [str(tmp_path / "pos/c.PNG")] and labels.tolist() == [0, 0, 1]
+    assert dm_inputs.list_images(str(tmp_path)) == paths
