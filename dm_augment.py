@@ -13,6 +13,12 @@ import cv2
 import numpy as np
 
 from dm_errors import InputError
+
+# OpenCV splits a warp among its own threads in stripes whose layout depends on how busy the
+# machine is, and its fixed-point interpolation rounds differently per stripe layout: on a
+# loaded CPU the same augmentation gave different pixels from run to run. The input pipeline
+# already runs batches in parallel (dm_dataset), so OpenCV's own threads are turned off.
+cv2.setNumThreads(0)
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 

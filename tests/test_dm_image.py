@@ -493,3 +493,40 @@ def test_the_one_image_lister_is_shared_by_training_and_prediction(tmp_path):
     paths, labels = dm_listing.list_class_folders(tmp_path, ["neg", "pos"])
     assert paths == want + [str(tmp_path / "pos/c.PNG")] and labels.tolist() == [0, 0, 1]
     assert dm_inputs.list_images(str(tmp_path)) == paths
+
+
+def test_augmented_batches_are_bit_identical_with_the_cpu_loaded(tmp_path):
+    """Whole-image size, RAM cache, full augmentation: the same batches to the last bit
+    whether or not other processes load the CPU (OpenCV's stripe layout used to depend on
+    the load; dm_augment turns its threads off)."""
+    import hashlib
+    import subprocess
+    import sys
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"{i}.png"
+        cv2.imwrite(str(p), cv2.GaussianBlur(rng.integers(0, 60000, (288, 224)).astype(np.uint16),
+                                             (0, 0), 3))
+        paths.append(str(p))
+    recipe = dm_recipe.Recipe(img_size=(288, 224), rescale_factor=255 / 65535, channels=1,
+                              featurewise_center=True, featurewise_mean=40.0)
+
+    def digest():
+        ds = dm_dataset.make_dataset(paths, np.arange(12) % 2, recipe, 2, 4, training=True,
+                                     augment=dm_augment.Augment(), seed=5, load_ram=True)
+        h = hashlib.sha256()
+        for x, _ in ds.take(9):
+            h.update(np.asarray(x).tobytes())
+        return h.hexdigest()
+
+    quiet = digest()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        loaded = [digest() for _ in range(2)]
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert loaded == [quiet, quiet]
+    assert cv2.getNumThreads() == 1
