@@ -163,7 +163,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    const=None, help="turn off --mixed-precision")
     _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA")
     _bool(g, "deterministic", "deterministic",
-          "TensorFlow's deterministic ops: fewer run-to-run differences of one seed on a "
+          "TensorFlow's deterministic ops: a seed repeats to the last digit, also on a "
           "loaded machine (about 2%% slower on this CPU; docs/training.md)")
     _bool(g, "unsafe-load", "unsafe_load", "allow Lambda layers in loaded model files")
 

@@ -65,8 +65,8 @@ def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None
     """Seed everything, choose deterministic ops, set the precision policy, and choose the
     distribution strategy.
 
-    Deterministic ops narrow, but do not yet close, the run-to-run differences of the
-    whole-image stage on a CPU shared with other jobs (docs/training.md).
+    With deterministic ops (and OpenCV's threads off, `dm_augment`) a seed repeats to the
+    last digit on a CPU shared with other jobs (docs/training.md).
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
     import keras
