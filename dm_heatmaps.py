@@ -3,15 +3,17 @@ all-convolutional patch classifier ("fprop"), Grad-CAM on a whole-image model's 
 any of them rendered on the mammogram.
 """
 from __future__ import annotations
+
 from dataclasses import dataclass
 from typing import Sequence
+
 import cv2
 import numpy as np
-from dm_recipe import Recipe
+
 import dm_sweep
 from dm_inputs import InferenceError
+from dm_recipe import Recipe
 from dm_scoring import forward_fn
-
 
 
 @dataclass
@@ -64,6 +66,7 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     Dense was trained on).
     """
     import keras
+
     import dm_resnet
     names = [l.name for l in model.layers]
     if kind is None:
@@ -125,6 +128,7 @@ def _outer_output(model, layer):
 def grad_cam_model(model):
     """(model -> [trunk feature map, logits input]) and the final Dense, for `grad_cam`."""
     import keras
+
     import dm_resnet
     names = [l.name for l in model.layers]
     if dm_resnet.TRUNK_NAME in names:

@@ -2,18 +2,19 @@
 CSV (labels when known, other columns passed through), and the predictions CSV.
 """
 from __future__ import annotations
+
 import csv
 import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Sequence
+
 import numpy as np
-from dm_errors import InputError
+
 import dm_listing
-import dm_pixels
 import dm_output
-
-
+import dm_pixels
+from dm_errors import InputError
 
 
 class InferenceError(InputError):

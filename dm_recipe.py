@@ -218,8 +218,9 @@ def recipe_from_flags(flags: Any, base: Recipe | None = None, **fields: Any) -> 
     values = flag_values(flags)
     if base is not None:
         return apply_overrides(base, **values, **fields)
-    values["img_size"] = tuple(values["img_size"]) if values["img_size"] is not None else None
-    values.update(fields)
-    return Recipe(**{k: v for k, v in values.items() if v is not None or k in
-                     ("img_size", "img_scale", "rescale_factor", "featurewise_mean",
-                      "input_bits")})
+    if values["img_size"] is not None:
+        values["img_size"] = tuple(values["img_size"])
+    for switch in ("equalize_hist", "featurewise_center"):   # unset: the Recipe default
+        if values[switch] is None:
+            del values[switch]
+    return Recipe(**{**values, **fields})

@@ -2,12 +2,12 @@
 mask, patch/ROI overlap, patch extraction, and blob-detector key points (hard negatives).
 """
 from __future__ import annotations
+
 import cv2
 import numpy as np
+
 from dm_errors import InputError
 from dm_sweep import Bbox
-
-
 
 
 class EmptyMaskError(InputError):

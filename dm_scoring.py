@@ -4,16 +4,19 @@ Every model file carries its class list and recipe (`dm_modelfile.ModelMeta`), s
 needs no flags; flags only override.
 """
 from __future__ import annotations
+
 import dataclasses
 import logging
 import os
 from dataclasses import dataclass
 from typing import Sequence
+
 import numpy as np
-from dm_recipe import Recipe, apply_overrides
+
 import dm_dataset
 import dm_pixels
 from dm_inputs import InferenceError
+from dm_recipe import Recipe, apply_overrides
 
 log = logging.getLogger(__name__)
 

@@ -380,8 +380,8 @@ def _fprop_net(model, size, args, patch_model, kind):
                                         kind=kind)
         _check_pool(probe.outputs[0].shape[1:3], args.avg_pool_size, size)
         raise
-    pools = [l for l in net.layers if l.__class__.__name__ == "AveragePooling2D"]
-    fmap = pools[-1].input.shape[1:3] if pools else net.outputs[0].shape[1:3]
+    pool = [l for l in net.layers if l.__class__.__name__ == "AveragePooling2D"][-1]
+    fmap = pool.input.shape[1:3]
     _check_pool(fmap, args.avg_pool_size, size)
     return net, fmap
 
