@@ -12,13 +12,17 @@ calibrate.py again replaces the stored map (give it raw predictions).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
 import numpy as np
 
+import dm_calibration
 import dm_cli
+import dm_evaluate
+import dm_metrics
 from dm_errors import InputError
 
 log = logging.getLogger("calibrate")
@@ -39,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _labels(df, classes: list[str], args) -> np.ndarray:
-    import dm_evaluate
     if args.labels:
         lab = dm_evaluate._read(args.labels)
         if not {"path", "label"} <= set(lab.columns) or "path" not in df.columns:
@@ -66,10 +69,7 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
 
 
 def run(args) -> int:
-    import dm_calibration
     import dm_modelfile
-    import dm_metrics
-    import dm_evaluate
     if not os.path.isfile(args.model):
         raise InputError(f"{args.model}: model file not found")
     meta = dm_modelfile.read_model_meta(args.model)
@@ -90,7 +90,6 @@ def run(args) -> int:
     cal = dm_calibration.fit(probs, y, args.method, args.folds, args.seed)
     cal["fitted_on"] = os.path.abspath(args.preds)
     out = args.out or args.model
-    import dataclasses
     dm_modelfile.write_model_meta(args.model, dataclasses.replace(meta, calibration=cal), out)
     cv = cal.get("cv_log_loss")
     if cv:
@@ -108,7 +107,6 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    import dm_cli
     return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv, tensorflow=True)
 
 

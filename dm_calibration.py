@@ -13,6 +13,8 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+
 from dm_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,6 @@ def log_loss(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def _fit_one(method: str, probs: np.ndarray, y: np.ndarray) -> dict:
-    from scipy.optimize import minimize, minimize_scalar
     if method == "temperature":
         res = minimize_scalar(lambda lt: log_loss(apply(dict(method=method, temperature=math.exp(lt)),
                                                         probs), y),

@@ -5,12 +5,16 @@ resume pieces; docs/fidelity.md says how they count as Keras 2.0.8 counted).
 from __future__ import annotations
 
 import logging
+import math
 
 import keras
+import numpy as np
 
-from dm_errors import OriginalAPIError
-from dm_modelfile import ModelMeta, save_model
+import dm_metrics
 import dm_scoring
+from dm_errors import OriginalAPIError
+from dm_metrics import auroc
+from dm_modelfile import ModelMeta, save_model
 
 log = logging.getLogger("dm_keras_ext")
 
@@ -20,9 +24,7 @@ def mean_auroc(labels, probs) -> float:
     Two classes: the AUROC of column 1. NaN (with a warning), never 0, when the set has
     a single class.
     """
-    import numpy as np
 
-    from dm_metrics import auroc
     labels = np.asarray(labels)
     probs = np.asarray(probs)
     if labels.ndim == 2:
@@ -52,7 +54,6 @@ class AucCheckpoint(keras.callbacks.Callback):
         self.meta, self.best = meta, best
 
     def on_epoch_end(self, epoch, logs=None):
-        import math
         if not _finite(logs):
             return
         probs = self.model.predict(self.val_ds, verbose=0)
@@ -91,7 +92,6 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def _finite(logs) -> bool:
-    import math
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
 
@@ -238,7 +238,6 @@ class LastCheckpoint(keras.callbacks.Callback):
 
 def _flips(X):
     """[X and its three flips] (`dm_scoring.FLIPS`), as numpy arrays."""
-    import numpy as np
 
     return [np.asarray(dm_scoring.flip(X, m)) for m in dm_scoring.FLIPS]
 
@@ -248,9 +247,7 @@ def calc_test_auc(test_set, model, batch_size=None, test_samples=None, return_y_
     """AUROC per class (`roc_auc_score(..., average=None)`) of a model on a RAM set
     (X, y[, w]) or a generator; with `return_y_res`, also (one-hot y_true, y_pred).
     `test_augment`: the mean over the 4 flips (`dm_scoring.FLIPS`)."""
-    import numpy as np
 
-    import dm_metrics
 
     def per_class(y, p, w):
         """`roc_auc_score(y, p, average=None, sample_weight=w)` through dm_metrics.auroc."""
@@ -310,7 +307,6 @@ class DMAucModelCheckpoint(keras.callbacks.Callback):
         self.best_epoch, self.best_auc, self.best_all_auc = 0, -1.0, None
 
     def on_epoch_end(self, epoch, logs=None):
-        import numpy as np
         auc = self.calc_test_auc(self.test_data, self.model, self.batch_size,
                                  self.test_samples)
         mean = float(np.mean(auc))

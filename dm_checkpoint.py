@@ -26,9 +26,13 @@ import struct
 import zipfile
 from typing import Any
 
+import h5py
 import keras
 import numpy as np
+from keras.src.legacy.saving import legacy_h5_format  # suffix-independent .h5 loader
+
 import dm_errors
+import dm_layers  # noqa: F401  registers the project's own layers (ImageNetPreprocess)
 from dm_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -72,7 +76,6 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
         raise CheckpointNotFoundError(f"{p}: model file not found")
     if not p.is_file():
         raise CheckpointError(f"{p}: not a file")
-    import dm_layers  # noqa: F401  registers the project's own layers (ImageNetPreprocess)
     if zipfile.is_zipfile(p):
         cfg = _keras_zip_config(p)
         if safe_mode:
@@ -81,7 +84,6 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
             return keras.saving.load_model(p, compile=compile, safe_mode=safe_mode)
         except Exception as e:  # noqa: BLE001 - turn any Keras failure into one clear line
             raise CheckpointError(f"{p}: Keras could not load this .keras file: {_one_line(e)}") from e
-    import h5py
     if not h5py.is_hdf5(p):
         raise CheckpointError(f"{p}: not a model file (neither a .keras zip nor HDF5)")
     with h5py.File(p, "r") as f:
@@ -122,7 +124,6 @@ def model_from_keras2_config(config: dict | str, safe_mode: bool = True,
 
 def read_keras2_info(path: str | os.PathLike) -> dict:
     """keras_version, backend and top-level class of an HDF5 model file (for messages/CLIs)."""
-    import h5py
     with h5py.File(path, "r") as f:
         cfg = f.attrs.get("model_config")
         return {"keras_version": _attr_str(f.attrs.get("keras_version")),
@@ -166,7 +167,6 @@ def _load_keras3_h5(p: pathlib.Path, compile: bool, safe_mode: bool) -> keras.Mo
     try:
         if p.suffix.lower() in _H5_SUFFIXES:
             return keras.saving.load_model(p, compile=compile, safe_mode=safe_mode)
-        from keras.src.legacy.saving import legacy_h5_format  # suffix-independent loader
         return legacy_h5_format.load_model_from_hdf5(str(p), compile=compile, safe_mode=safe_mode)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{p}: Keras could not load this Keras 3 .h5 file: {_one_line(e)}") from e

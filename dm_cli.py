@@ -17,6 +17,8 @@ import sys
 import tempfile
 from typing import Any, Callable
 
+from tqdm import tqdm
+
 from dm_errors import InputError, one_line, wrapped_input_error  # noqa: F401  (re-exported)
 
 # Start-up lines TensorFlow/XLA print on a machine without a GPU; they are not our messages.
@@ -323,7 +325,6 @@ def progress(total: int, desc: str, unit: str = "image"):
     Shown when stderr is a terminal; DM_PROGRESS=1 forces it on (e.g. into a log file),
     DM_PROGRESS=0 off.
     """
-    from tqdm import tqdm
     forced = os.environ.get("DM_PROGRESS", "").strip()
     if forced in ("0", "1"):
         off = forced == "0"

@@ -20,6 +20,10 @@ import pathlib
 import shutil
 from typing import Any
 
+import keras
+import tensorflow as tf
+from keras.src.backend.tensorflow import trainer as tf_trainer
+
 log = logging.getLogger("dm_distribute")
 
 
@@ -53,7 +57,6 @@ def is_chief() -> bool:
 def choose_strategy(distribute: bool) -> Any:
     """MultiWorkerMirroredStrategy under a multi-task `TF_CONFIG`; MirroredStrategy over the
     local GPUs (or CPUs) with `distribute` or NUM_GPU_DEVICES > 1; else None (one device)."""
-    import tensorflow as tf
     if is_multi_worker():
         enable_multi_worker_fit()
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -88,8 +91,6 @@ def enable_multi_worker_fit() -> None:
     global _PATCHED
     if _PATCHED:
         return
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer as tf_trainer
 
     def _local(x):
         if isinstance(x, tf.distribute.DistributedValues):
@@ -156,7 +157,6 @@ def synchronize_batch_norm(model) -> int:
     """Batch statistics over the global batch (all replicas of all workers), so every
     worker's moving averages stay equal and a step sees what a one-worker step with the
     same global batch sees. Returns the number of BatchNormalization layers changed."""
-    import keras
     n = 0
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
@@ -176,7 +176,6 @@ def barrier(strategy) -> None:
     so no worker's coordination service sees a peer vanish while it still works."""
     if strategy is None or not is_multi_worker():
         return
-    import tensorflow as tf
     strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
@@ -187,7 +186,6 @@ def resume_epochs(strategy, epoch: int) -> list[int]:
     first."""
     if strategy is None or not is_multi_worker():
         return [epoch]
-    import tensorflow as tf
     mine = strategy.run(lambda: tf.constant([float(epoch)]))
     per_replica = [int(v) for v in strategy.gather(mine, axis=0).numpy()]
     n_tasks = sum(len(v) for v in tf_config().get("cluster", {}).values())

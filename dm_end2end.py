@@ -16,26 +16,37 @@ command-line tools; sizes, epochs and nets are flags with small defaults.
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import logging
+import os
 import pathlib
+import shutil
 import sys
 import time
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 import dm_cli
-import dm_flags
-import dm_output
-from dm_errors import InputError
-from dm_recipe_utils import claim_folder
 import dm_dataset
+import dm_flags
 import dm_listing
+import dm_localisation
+import dm_localisation_metrics
+import dm_output
 import dm_pixels
 import dm_recipe
-import dm_localisation_metrics
+import dm_synthetic
+import image_clf_train
+import patch_clf_train
+from ddsm_train.heatmap_score import score
+from ddsm_train.sample_patches_combined import sample_patches as sample
+from dm_errors import InputError
+from dm_evaluate import evaluate
+from dm_predict import predict
+from dm_recipe_utils import claim_folder
+from mias_train import prepare_mias
 
 log = logging.getLogger("end2end")
 
@@ -157,13 +168,11 @@ def _rescale_for(path: str) -> float:
 def prepare_data(args, data_dir: pathlib.Path) -> None:
     kind = args.data[0]
     if kind == "synthetic":
-        import dm_synthetic
         dm_synthetic.generate_dataset(data_dir, n_patients=args.n_patients,
                                       img_size=tuple(args.img_size), seed=args.seed)
     elif kind == "mias":
         if len(args.data) != 2:
             raise InputError("--data mias needs the mini-MIAS folder: --data mias PATH")
-        from mias_train import prepare_mias
         prepare_mias.prepare(args.data[1], data_dir, img_size=tuple(args.img_size),
                              seed=args.seed)
     else:
@@ -171,7 +180,6 @@ def prepare_data(args, data_dir: pathlib.Path) -> None:
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
-    from ddsm_train.sample_patches_combined import sample_patches as sample
     common = dict(target_size=list(args.img_size), patch_size=args.patch_size,
                   nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, class_layout="3class",
                   images_csv=str(data / "images.csv"), seed=args.seed, verbose=False)
@@ -187,13 +195,8 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
     """predict.py (4-flip TTA) and evaluate.py on the test split, then a sliding-window
     heatmap of the patch classifier and a Grad-CAM overlay of the whole-image classifier
     on the test image the model finds most suspicious."""
-    import shutil
 
-    import pandas as pd
 
-    from ddsm_train.heatmap_score import score
-    from dm_evaluate import evaluate
-    from dm_predict import predict
 
     preds = out / "test_predictions.csv"
     predict([image_model], image_dir=str(data / "test"), test_augment=True,
@@ -273,9 +276,6 @@ def run_seeds(args, out: pathlib.Path) -> dict:
 
 def run_one(args, out: pathlib.Path) -> dict:
     """The whole pipeline with one seed into `out` (already claimed)."""
-    import dm_localisation
-    import image_clf_train
-    import patch_clf_train
 
     data, patches = out / "data", out / "patches"
     timings: dict[str, float] = {}

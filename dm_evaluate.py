@@ -21,8 +21,10 @@ import sys
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 import dm_cli
+import dm_metrics as M
 import dm_output
 from dm_errors import InputError
 
@@ -70,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read(path: str):
-    import pandas as pd
     if not os.path.isfile(path):
         raise EvalError(f"{path}: file not found")
     try:
@@ -147,7 +148,6 @@ def _binary(v: str, classes: list[str], pos: str, where: str) -> bool:
 
 
 def evaluate_level(name: str, y, s, args) -> dict:
-    import dm_metrics as M
     res = dict(level=name, n=int(len(y)), n_pos=int(np.sum(y)))
     if res["n_pos"] in (0, res["n"]):
         res["error"] = "one class only: AUROC undefined"
@@ -169,7 +169,6 @@ def evaluate_level(name: str, y, s, args) -> dict:
 
 
 def run(args) -> dict:
-    import dm_metrics as M
     if args.n_boot < 1:
         raise EvalError(f"--n-boot must be >= 1, got {args.n_boot}")
     if args.n_bins < 1:

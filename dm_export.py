@@ -18,6 +18,9 @@ import logging
 import os
 from typing import Sequence
 
+import keras
+import tensorflow as tf
+
 import dm_output
 from dm_errors import InputError
 from dm_recipe import Recipe
@@ -34,7 +37,6 @@ class ExportError(InputError):
 
 def _cubic_taps(in_size, out_size: int, a: float = -0.75):
     """Source indices (out, 4) and weights (out, 4) of cv2's cubic resize along one axis."""
-    import tensorflow as tf
     in_f = tf.cast(in_size, tf.float32)
     scale = in_f / float(out_size)
     src = (tf.range(out_size, dtype=tf.float32) + 0.5) * scale - 0.5
@@ -53,7 +55,6 @@ def _cubic_taps(in_size, out_size: int, a: float = -0.75):
 
 def cv2_cubic_resize(x, out_hw: Sequence[int]):
     """Resize a (B, H, W) float32 batch like cv2.resize(..., INTER_CUBIC) on float32 input."""
-    import tensorflow as tf
     oh, ow = int(out_hw[0]), int(out_hw[1])
     shape = tf.shape(x)
     ridx, rw = _cubic_taps(shape[1], oh)
@@ -81,7 +82,6 @@ def preprocess_graph(raw, recipe: Recipe, resize: str = "cv2cubic", int_max: flo
     the recipe's `input_bits` (as `predict.py --convert-bit-depth` does), so `serve_uint8`
     and `serve_uint16` both give the right answer whatever depth the model was trained on.
     """
-    import tensorflow as tf
     if recipe.equalize_hist:
         raise ExportError("equalize_hist is not supported in the exported graph "
                           "(cv2.equalizeHist has no exact TF equivalent); score with predict.py")
@@ -155,8 +155,6 @@ class _NoTempAssetsLine(logging.Filter):
 
 def _serving_writer(model, recipe: Recipe, class_list: Sequence[str], resize: str):
     """A function filling a folder with the SavedModel (checks the recipe first)."""
-    import keras
-    import tensorflow as tf
     if int(model.inputs[0].shape[-1]) != recipe.channels:
         raise ExportError(f"the model takes {model.inputs[0].shape[-1]} channels, the recipe "
                           f"makes {recipe.channels}")
@@ -195,7 +193,6 @@ def _serving_writer(model, recipe: Recipe, class_list: Sequence[str], resize: st
 
 def load_serving(path: str):
     """(loaded SavedModel, its meta dict) for calling `.serve(raw)` etc."""
-    import tensorflow as tf
     meta_path = os.path.join(path, "assets", META_FILE)
     if not os.path.isfile(meta_path):
         raise ExportError(f"{path}: not an exported model ({META_FILE} missing)")
@@ -226,7 +223,6 @@ def _tf2onnx():
 
 
 def _onnx_proto(model, recipe: Recipe, resize: str, opset: int):
-    import tensorflow as tf
     tf2onnx = _tf2onnx()
     preprocess_graph(tf.zeros([1, 8, 8]), recipe, resize)
     spec = (tf.TensorSpec((None, None, None), tf.float32, name="raw"),)

@@ -17,13 +17,11 @@ import logging
 import sys
 from typing import Sequence
 
-
 import dm_cli
+import dm_inputs
+from dm_dataset import mean_pixel
 
 log = logging.getLogger("featurewise_mean")
-# The computation lives in dm_image (the recipes use it too); re-exported here.
-from dm_dataset import mean_pixel
-import dm_inputs
 
 
 def build_parser() -> argparse.ArgumentParser:

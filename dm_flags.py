@@ -13,7 +13,7 @@ import os
 from typing import Any, Sequence
 
 import dm_cli
-from dm_errors import OriginalAPIError
+from dm_errors import InputError, OriginalAPIError
 
 # Defaults shared by both trainers (--seed: `dm_cli.default_seed`, as in every tool).
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -303,7 +303,6 @@ def config(kind: str, train_dir: str, val_dir: str, test_dir: str, **values: Any
         raise TypeError(f"{kind} trainer: unknown option(s) {unknown}")
     vars(args).update(values)
     if kind == "image" and (args.patch_model_state is None) == (args.resume_from is None):
-        from dm_errors import InputError
         raise InputError(_ONE_SOURCE)
     return _frozen(kind, args)
 
@@ -314,7 +313,6 @@ NO_SAVE_FLAGS = ("best_model", "final_model")
 
 def _frozen(kind: str, args: argparse.Namespace):
     if args.img_size is None or len(args.img_size) != 2 or min(args.img_size) <= 0:
-        from dm_errors import InputError
         raise InputError(f"img_size {args.img_size}: give two positive sizes (H, W)")
     if args.seed is None:
         args.seed = dm_cli.default_seed()

@@ -1,15 +1,17 @@
-"""Heatmaps and their overlays: sliding-window patch scores, one forward pass of the
-all-convolutional patch classifier ("fprop"), Grad-CAM on a whole-image model's trunk, and
-any of them rendered on the mammogram.
+"""Model heatmaps: sliding-window patch scores, one forward pass of the all-convolutional patch
+classifier ("fprop"), and Grad-CAM on a whole-image model's trunk (drawing them is
+`dm_overlay`'s job).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-import cv2
+import keras
 import numpy as np
+import tensorflow as tf
 
+import dm_resnet
 import dm_sweep
 from dm_inputs import InferenceError
 from dm_recipe import Recipe
@@ -46,7 +48,6 @@ def sliding_window_heatmap(model, img: np.ndarray, recipe: Recipe, patch_size: i
 
 def _classifier_dense(model):
     """The last Dense layer of a model (a patch classifier's head)."""
-    import keras
     for layer in reversed(model.layers):
         if isinstance(layer, keras.layers.Dense):
             return layer
@@ -65,9 +66,7 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     features (an approximation: end-to-end training moved the trunk away from what that
     Dense was trained on).
     """
-    import keras
 
-    import dm_resnet
     names = [l.name for l in model.layers]
     if kind is None:
         is_image = "clf_dense" in names or "hm_dense" in names or "image_input" in names
@@ -114,7 +113,6 @@ def fprop_grid(feature_hw: Sequence[int], avg_pool_size: Sequence[int],
 def _outer_output(model, layer):
     """The symbolic output of `layer`'s call inside `model`'s graph (a layer may have been
     called elsewhere too, e.g. a trunk first called on the patch input)."""
-    import keras
     for node in reversed(layer._inbound_nodes):
         t = node.output_tensors[0]
         try:
@@ -127,9 +125,7 @@ def _outer_output(model, layer):
 
 def grad_cam_model(model):
     """(model -> [trunk feature map, logits input]) and the final Dense, for `grad_cam`."""
-    import keras
 
-    import dm_resnet
     names = [l.name for l in model.layers]
     if dm_resnet.TRUNK_NAME in names:
         feat = _outer_output(model, model.get_layer(dm_resnet.TRUNK_NAME))
@@ -160,7 +156,6 @@ def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None,
     gradients; the map is ReLU(sum_k w_k A_k), divided by its maximum (0 if all <= 0).
     `normalise=False` keeps ReLU(sum_k w_k A_k) in the score's own units (absolute scale).
     """
-    import tensorflow as tf
     sub, dense = grad_cam_model(model)
     x = tf.convert_to_tensor(np.asarray(x, np.float32))
     with tf.GradientTape() as tape:
@@ -176,49 +171,3 @@ def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None,
         return cam.astype(np.float32)
     mx = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(mx > 0, cam / np.where(mx > 0, mx, 1), 0.0).astype(np.float32)
-
-
-def to_display(grey: np.ndarray) -> np.ndarray:
-    """A grey image as uint8 for display: min-max stretched (flat images become 0)."""
-    g = np.asarray(grey, np.float32)
-    lo, hi = float(g.min()), float(g.max())
-    if hi <= lo:
-        return np.zeros(g.shape, np.uint8)
-    return np.round((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def place_heatmap(heat: np.ndarray, shape: tuple[int, int], centre0: tuple[int, int] | None = None,
-                  step: int | None = None) -> np.ndarray:
-    """A (rows, cols) map as an image of `shape`, bilinear, NaN where it has no value.
-
-    Without `centre0`/`step` the grid is stretched over the whole image (fprop, Grad-CAM);
-    with them cell (r, c) is centred at centre0 + (r, c)*step (sliding window).
-    """
-    heat = np.asarray(heat, np.float32)
-    h, w = shape
-    if centre0 is None:
-        return cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
-    rows, cols = heat.shape
-    out = np.full((h, w), np.nan, np.float32)
-    y1, x1 = centre0[0] - step // 2, centre0[1] - step // 2
-    big = cv2.resize(heat, (cols * step, rows * step), interpolation=cv2.INTER_LINEAR)
-    ys, xs = max(0, y1), max(0, x1)
-    ye, xe = min(h, y1 + rows * step), min(w, x1 + cols * step)
-    if ye > ys and xe > xs:
-        out[ys:ye, xs:xe] = big[ys - y1:ye - y1, xs - x1:xe - x1]
-    return out
-
-
-def overlay_heatmap(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
-                    colormap: int = cv2.COLORMAP_JET, vmin: float = 0.0, vmax: float = 1.0
-                    ) -> np.ndarray:
-    """A BGR uint8 image: the colour-mapped heat (same size as `grey`) blended on the grey
-    mammogram with weight `alpha`; NaN heat (no value) leaves the grey image."""
-    if heat.shape != grey.shape:
-        raise InferenceError(f"heatmap {heat.shape} and image {grey.shape} differ in size")
-    base = cv2.cvtColor(to_display(grey), cv2.COLOR_GRAY2BGR)
-    valid = np.isfinite(heat)
-    h = np.clip((np.nan_to_num(heat, nan=vmin) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    colour = cv2.applyColorMap(np.round(h * 255).astype(np.uint8), colormap)
-    blend = cv2.addWeighted(colour, alpha, base, 1.0 - alpha, 0.0)
-    return np.where(valid[..., None], blend, base)

@@ -10,12 +10,24 @@ import logging
 
 import keras
 import numpy as np
+from keras import ops
 
-from dm_callbacks import (DMAucModelCheckpoint, DMFlush,  # noqa: F401 (the original's names)
-                          BestModelCheckpoint, ResumableEarlyStopping, ResumableReduceLROnPlateau)
+import dm_scoring
+from dm_callbacks import (  # noqa: F401 (the original's names)
+    BestModelCheckpoint,
+    DMAucModelCheckpoint,
+    DMFlush,
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+)
 from dm_errors import OriginalAPIError, refuse, retired
 from dm_modelfile import load_model
-from dm_patch_nets import default_top_layer_nb, find_trunk_layer, get_dl_model, has_layer  # noqa: F401
+from dm_patch_nets import (  # noqa: F401
+    default_top_layer_nb,
+    find_trunk_layer,
+    get_dl_model,
+    has_layer,
+)
 from dm_stages import create_optimizer, image_stage_list, patch_stage_list, run_stages  # noqa: F401
 
 data_format = keras.backend.image_data_format()
@@ -29,7 +41,6 @@ make_parallel = retired("dm_keras_ext.make_parallel",
 
 def flip_all_img(X: np.ndarray) -> list[np.ndarray]:
     """[X, left-right, up-down, both] flips of a (B, H, W, C) batch (`dm_scoring.FLIPS`)."""
-    import dm_scoring
     return [np.asarray(dm_scoring.flip(X, m)) for m in dm_scoring.FLIPS]
 
 
@@ -71,14 +82,12 @@ class DMMetrics:
 
     @staticmethod
     def sensitivity(y_true, y_pred):
-        from keras import ops
         pred = ops.round(ops.clip(y_pred, 0, 1))
         pos = ops.round(ops.clip(y_true, 0, 1))
         return ops.sum(pos * pred) / (ops.sum(pos) + 1e-7)
 
     @staticmethod
     def specificity(y_true, y_pred):
-        from keras import ops
         pred = 1 - ops.round(ops.clip(y_pred, 0, 1))
         neg = 1 - ops.round(ops.clip(y_true, 0, 1))
         return ops.sum(neg * pred) / (ops.sum(neg) + 1e-7)

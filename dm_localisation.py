@@ -24,21 +24,39 @@ import logging
 import os
 import pathlib
 import sys
+import time
 from typing import Sequence
 
+import cv2
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from scipy.ndimage import map_coordinates
 
 import dm_cli
 import dm_output
+import dm_overlay
 import dm_pixels
 import dm_recipe
 import dm_sweep
-from dm_localisation_metrics import (KINDS, NOMINAL_HEIGHT_MM, PEAK_SEPARATION_MM, TOLERANCE_MM, Case,
-                                     LocalisationError, Settings, _r, compare, evaluate,
-                                     make_case, malignant_only, pixel_size_mm)
-import dm_heatmaps
-import dm_scoring
-
+from ddsm_train.heatmap_score import score
+from dm_localisation_metrics import (
+    KINDS,
+    NOMINAL_HEIGHT_MM,
+    PEAK_SEPARATION_MM,
+    TOLERANCE_MM,
+    Case,
+    LocalisationError,
+    Settings,
+    _r,
+    compare,
+    evaluate,
+    make_case,
+    malignant_only,
+    pixel_size_mm,
+)
+from dm_recipe_utils import write_csv
 
 log = logging.getLogger("dm_localisation")
 
@@ -48,7 +66,6 @@ def grid_to_image(values: np.ndarray, first: tuple[float, float], step: tuple[fl
     """A (rows, cols) grid whose cell (r, c) is centred at first + (r, c) * step (pixel
     coordinates of an image of `shape`) as a bilinear map on that image, NaN farther than
     half a step beyond the outer cells."""
-    from scipy.ndimage import map_coordinates
     values = np.asarray(values, np.float64)
     h, w = int(shape[0]), int(shape[1])
     fy = (np.arange(h) - first[0]) / step[0]
@@ -131,7 +148,6 @@ def read_heatmaps(path: str | os.PathLike) -> tuple[dict, list[str], list[np.nda
 def read_masks(data_dir: str | os.PathLike, pathology: str = "all"
                ) -> dict[str, list[tuple[str, str]]]:
     """full image file name -> [(mask path, pathology)] from the recipe's roi_mask_path.csv."""
-    import pandas as pd
     d = pathlib.Path(data_dir)
     csv = d / "roi_mask_path.csv"
     if not csv.is_file():
@@ -237,7 +253,6 @@ def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str]
 
 def lesion_images(data_dir: str | os.PathLike, split: str) -> list[str]:
     """Full-image paths of a recipe split's images that have a lesion mask."""
-    import pandas as pd
     d = pathlib.Path(data_dir)
     images = pd.read_csv(d / "images.csv", dtype=str, keep_default_na=False)
     with_mask = set(read_masks(d))
@@ -247,14 +262,14 @@ def lesion_images(data_dir: str | os.PathLike, split: str) -> list[str]:
 
 def write_image_list(path: pathlib.Path, paths: Sequence[str]) -> None:
     """A heatmap_score --pat-csv naming the images by path."""
-    import pandas as pd
-    from dm_recipe_utils import write_csv
     write_csv(pd.DataFrame(dict(patient_id=[pathlib.Path(p).stem for p in paths], side="",
                                 view="", path=[os.path.abspath(p) for p in paths])), path)
 
 
 def fprop_pool(patch_model: str, patch_size: int) -> list[int]:
     """The fprop pooling window that matches one patch: the patch trunk's feature map."""
+    import dm_heatmaps  # TensorFlow: deferred so that --help stays light (docs/modules.md)
+    import dm_scoring
     m = dm_scoring.load_models([str(patch_model)])[0].model
     shape = dm_heatmaps.fprop_model(m, (patch_size, patch_size), (1, 1), (1, 1)).outputs[0].shape
     return [int(shape[1]), int(shape[2])]
@@ -264,9 +279,7 @@ def score_kinds(paths: Sequence[str], out: pathlib.Path, tag: str, patch_model, 
                 patch_size: int, stride: int, img_size: Sequence[int],
                 kinds: Sequence[str] = KINDS, batch_size: int = 128) -> tuple[dict, dict]:
     """heatmap_score.py on the given images for every map kind: ({kind: .npz}, {kind: s})."""
-    import time
 
-    from ddsm_train.heatmap_score import score
     opts = dict(sliding=dict(model=patch_model, stride=stride, img_size=list(img_size)),
                 fprop=dict(model=patch_model, fprop_mode=True, img_size=list(img_size),
                            hm_strides=[1, 1]),
@@ -346,8 +359,6 @@ def settings_dict(s: Settings, pathology: str) -> dict:
 
 def write_records(path: pathlib.Path, recs_of: dict) -> None:
     """One row per (map kind, image): every per-image figure."""
-    import pandas as pd
-    from dm_recipe_utils import write_csv
     rows = []
     for kind, (recs, _, _) in recs_of.items():
         for r in recs:
@@ -359,11 +370,10 @@ def draw_overlay(image: np.ndarray, heat: np.ndarray, lesions: Sequence[np.ndarr
                  peak: tuple[int, int] | None = None) -> np.ndarray:
     """BGR overlay: the map on the image, every lesion's outline in white, the map's peak
     as a cross (green inside a lesion's outline, else red)."""
-    import cv2
     hv = np.asarray(heat, np.float32)
     ok = np.isfinite(hv)
     lo, hi = (float(hv[ok].min()), float(hv[ok].max())) if ok.any() else (0.0, 1.0)
-    out = dm_heatmaps.overlay_heatmap(image, hv, alpha=0.35, vmin=lo, vmax=max(hi, lo + 1e-6))
+    out = dm_overlay.overlay_heatmap(image, hv, alpha=0.35, vmin=lo, vmax=max(hi, lo + 1e-6))
     for m in lesions:
         cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, cs, -1, (255, 255, 255), 1)
@@ -379,9 +389,7 @@ def plot_figure(recs_of: dict, s: Settings, path: str, n_worst: int = 6) -> None
     """Per-image hits and misses of every map kind and of the brightest-pixel baseline
     (rows; images in one order), over thumbnails of the worst misses (peak farthest from
     any lesion), with lesion outlines."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     kinds = list(recs_of)
     names = [r["name"] for r in recs_of[kinds[0]][0]]
     rows = [(k, {r["name"]: r["hit"] for r in recs_of[k][0]}) for k in kinds]

@@ -3,16 +3,18 @@ game with a mm tolerance, mass inside lesions, Dice at a validation threshold, t
 bootstrap intervals over images, and the chance and brightest-pixel baselines.
 """
 from __future__ import annotations
+
 import os
 import pathlib
 from dataclasses import dataclass, field
 from typing import Sequence
+
+import cv2
 import numpy as np
-from dm_errors import InputError
+
+import dm_recipe_utils
 import dm_sweep
-
-
-
+from dm_errors import InputError
 
 TOLERANCE_MM = 5.0
 
@@ -88,7 +90,6 @@ def pixel_size_mm(data_dir: str | os.PathLike | None, shape: Sequence[int],
             raise LocalisationError(f"--pixel-size-mm {given}: must be > 0")
         return (float(given), float(given)), "given"
     if data_dir is not None:
-        import dm_recipe_utils
         info = dm_recipe_utils.read_layout_info(data_dir) or {}
         if info.get("pixel_size_mm"):
             v = float(info["pixel_size_mm"])
@@ -102,7 +103,6 @@ def pixel_size_mm(data_dir: str | os.PathLike | None, shape: Sequence[int],
 def dilate(mask: np.ndarray, radius_px: tuple[float, float]) -> np.ndarray:
     """A bool mask grown by an elliptical disc of (row, column) radii in pixels (the
     tolerance); radius 0 leaves it unchanged."""
-    import cv2
     ry, rx = (int(round(r)) for r in radius_px)
     if ry <= 0 and rx <= 0:
         return mask.astype(bool)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+import dm_output
 from dm_errors import InputError
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,6 @@ def auroc(y, s, sample_weight=None) -> float:
         pos_w = w * y
         num = float(np.sum(pos_w * (below[idx] + 0.5 * neg_w[idx])))
         return num / float(pos_w.sum() * neg_w.sum())
-    from scipy.stats import rankdata
     r = rankdata(s)
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -58,7 +63,6 @@ def bootstrap_auroc(y, s, n_boot: int = 2000, seed: int = 12345, level: float = 
     Resamples with a single class are skipped and counted (`n_skipped`). Seeded:
     the same inputs and seed give the same interval.
     """
-    from scipy.stats import rankdata
     y, s = _check(y, s)
     point = auroc(y, s)
     rng = np.random.default_rng(seed)
@@ -124,14 +128,12 @@ def aggregate(groups: Sequence[tuple], y, s, how: str = "max") -> tuple[list[tup
 
 
 def _save_fig(fig, path: str) -> None:
-    import dm_output
     dm_output.write_named(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), ".png")
 
 
 def pr_points(y, s) -> tuple[np.ndarray, np.ndarray]:
     """Precision-recall as the average precision counts it: one point per recall value
     (its highest precision), recall ascending, starting at recall 0."""
-    from sklearn.metrics import precision_recall_curve
     y, s = _check(y, s)
     prec, rec, _ = precision_recall_curve(y, s)
     best: dict[float, float] = {}
@@ -145,9 +147,7 @@ def pr_points(y, s) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _plt():
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     return plt
 
 
@@ -156,7 +156,6 @@ def plot_curves(y, s, roc_path: str, pr_path: str, title: str = "",
     """ROC (with the AUROC's interval `ci` in its legend when given) and precision-recall
     curves as two PNGs (written atomically); returns the two legend labels."""
     plt = _plt()
-    from sklearn.metrics import average_precision_score, roc_curve
     y, s = _check(y, s)
     fpr, tpr, _ = roc_curve(y, s)
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -12,11 +12,14 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import zipfile
 from dataclasses import dataclass, field
 
+import h5py
 import keras
 
+import dm_checkpoint
 import dm_output
 from dm_errors import InputError, InputFileNotFoundError
 from dm_recipe import Recipe
@@ -66,7 +69,6 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
         if meta is None:
             return
         if is_h5:
-            import h5py
             with h5py.File(tmp, "a") as f:
                 f.attrs[META_ATTR] = meta.to_json()
         else:
@@ -109,7 +111,6 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
                 return None
             raw = z.read(META_MEMBER).decode()
     else:
-        import h5py
         if not h5py.is_hdf5(path):
             raise ModelFileError(f"{path}: not a model file (neither a .keras zip nor HDF5)")
         with h5py.File(path, "r") as f:
@@ -129,7 +130,6 @@ def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
                      out: str | os.PathLike | None = None) -> None:
     """Replace the metadata of a saved model file (the weights are copied unchanged), into
     `out` or in place; atomic (temporary file in the same folder, then rename)."""
-    import shutil
     path = pathlib.Path(path)
     out = pathlib.Path(out) if out is not None else path
 
@@ -141,7 +141,6 @@ def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
                         dst.writestr(info, src.read(info.filename))
                 dst.writestr(META_MEMBER, meta.to_json())
         else:
-            import h5py
             shutil.copyfile(path, tmp)
             with h5py.File(tmp, "a") as f:
                 f.attrs[META_ATTR] = meta.to_json()
@@ -153,7 +152,6 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
 
     Lambda layers are refused unless `safe_mode=False` (`--unsafe-load`).
     """
-    import dm_checkpoint
     model = dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
     if not compile:
         set_precision(model, None)   # a model trained in mixed precision predicts in float32

@@ -8,10 +8,10 @@ import os
 
 import cv2
 import numpy as np
+import pydicom
 
 import dm_output
 from dm_errors import InputError
-
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".dcm", ".dicom")
 
@@ -52,7 +52,6 @@ def _dicom_value_range(ds) -> tuple[float, float] | None:
 
 def _read_dicom(path: str, data: bytes) -> np.ndarray:
     """DICOM pixel data with modality rescale applied and MONOCHROME1 inverted (bright = dense)."""
-    import pydicom
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -137,7 +136,6 @@ def read_stored(path: str | os.PathLike) -> np.ndarray:
 def read_dicom_header(path: str | os.PathLike):
     """The one DICOM header read: the dataset with large values (the pixels) deferred.
     Raises ImageReadError naming the file when it cannot be parsed."""
-    import pydicom
 
     try:
         return pydicom.dcmread(str(path), defer_size=1024, force=True)

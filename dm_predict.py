@@ -25,7 +25,13 @@ import logging
 import sys
 from typing import Any, Sequence
 
+import dm_calibration
 import dm_cli
+import dm_inputs
+import dm_output
+import dm_pixels
+import dm_preflight
+import dm_recipe
 
 log = logging.getLogger("predict")
 STDOUT_MAX_IMAGES = 20
@@ -74,11 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import dm_inputs
-    import dm_output
-    import dm_pixels
-    import dm_preflight
-    import dm_recipe
     import dm_scoring
     if args.batch_size < 1:
         raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -119,7 +120,6 @@ def run(args) -> int:
         import dm_modelfile
         for m in models:
             dm_modelfile.set_precision(m.model, args.mixed_precision)
-    import dm_calibration
     with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
         probs = dm_calibration.score_models(
             models, lambda ms: dm_scoring.score_paths(ms, inputs.paths, args.batch_size,
@@ -137,7 +137,6 @@ def predict(models: Sequence[str], **options: Any) -> int:
     """The command as a function: `options` are its flags by destination name (`image_dir`,
     `images`, `csv`, `out`, `test_augment`, `batch_size`, ...), defaults as the command's.
     Bad input raises an InputError with the command's message."""
-    import dm_cli
     return run(dm_cli.namespace(build_parser(), models=[str(m) for m in models], **options))
 
 
@@ -145,7 +144,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     dm_cli.setup_logging()      # first: TensorFlow then adds no handler of its own
     dm_cli.quiet_tensorflow()
-    import dm_output
     if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
         return dm_cli.guarded("predict", run, args)
     with dm_cli.log_to_stderr():      # the CSV goes to standard output

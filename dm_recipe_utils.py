@@ -21,21 +21,21 @@ naming the folder and the earlier configuration, before anything is written.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
 import shutil
+import sys
 from typing import Any, Iterable, Mapping
-
-import json
 
 import numpy as np
 import pandas as pd
 
-import dm_output
-
-from dm_errors import InputError, InputFileNotFoundError
+import dm_cli
 import dm_dataset
+import dm_output
+from dm_errors import InputError, InputFileNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +240,7 @@ def summarize(images: pd.DataFrame, abnormalities: pd.DataFrame | None = None,
 def run_cli(main, tool: str | None = None) -> None:
     """Run a recipe's `main(argv)` as a command (`dm_cli.guarded`): input problems one line
     naming the tool, exit 2; bugs keep their traceback."""
-    import sys
 
-    import dm_cli
     tool = tool or pathlib.Path(main.__globals__.get("__file__", "recipe")).stem
     dm_cli.setup_logging()
     sys.exit(dm_cli.guarded(tool, main, sys.argv[1:]))

@@ -17,10 +17,15 @@ import pathlib
 import shutil
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+
+import dm_heatmaps
+import dm_output
+import dm_overlay
 import dm_pixels
 import dm_recipe
-import dm_output
+import dm_scoring
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,6 @@ def pick_cases(y: np.ndarray, s: np.ndarray, k: int) -> dict[str, list[int]]:
 
 
 def _thumb(img: np.ndarray, height: int) -> np.ndarray:
-    import cv2
     h, w = img.shape[:2]
     if h <= height:
         return img
@@ -70,7 +74,6 @@ class Heatmapper:
     scores (1 - p(background), or the last class) for a patch model."""
 
     def __init__(self, model_path: str, pos_class: str, unsafe_load: bool = False):
-        import dm_scoring
         self.loaded = dm_scoring.load_models([model_path], safe_mode=not unsafe_load)[0]
         self.kind = self.loaded.kind or "image"
         self.classes = list(self.loaded.class_list or [])
@@ -79,7 +82,6 @@ class Heatmapper:
                     else int(self.loaded.model.outputs[0].shape[-1]) - 1)
 
     def overlay(self, path: str) -> np.ndarray:
-        import dm_heatmaps
         img = dm_pixels.read_image(path)
         if self.kind == "patch":
             # the image at its own size (as heatmap_score.py without --img-size)
@@ -87,19 +89,18 @@ class Heatmapper:
             hm = dm_heatmaps.sliding_window_heatmap(self.loaded.model, img, self.recipe, ps,
                                             max(1, ps // 2))
             ch = (1 - hm.probs[..., 0]) if self.classes[:1] == ["background"] else hm.probs[..., -1]
-            return dm_heatmaps.overlay_heatmap(hm.image, dm_heatmaps.place_heatmap(ch, hm.image.shape,
+            return dm_overlay.overlay_heatmap(hm.image, dm_overlay.place_heatmap(ch, hm.image.shape,
                                                                    hm.centre0, hm.stride))
         x = dm_recipe.preprocess(img, self.recipe)[None]
         cam = dm_heatmaps.grad_cam(self.loaded.model, x, self.cls)[0]
         grey = dm_recipe.resize(img, self.recipe)
-        return dm_heatmaps.overlay_heatmap(grey, dm_heatmaps.place_heatmap(cam, grey.shape))
+        return dm_overlay.overlay_heatmap(grey, dm_overlay.place_heatmap(cam, grey.shape))
 
 
 def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int = 256,
                heatmapper: Heatmapper | None = None) -> list[Case]:
     """Write the thumbnails (and overlays) of the gallery cases; unreadable images are
     listed without a picture and logged."""
-    import dm_heatmaps
     cases, done = [], {}
     os.makedirs(os.path.join(out_dir, CASES_DIR), exist_ok=True)
     for gallery, rows in pick_cases(y, s, k).items():
@@ -109,7 +110,7 @@ def draw_cases(out_dir: str, paths: list[str], y, s, k: int, thumb_height: int =
                 stem = f"{i:05d}_{pathlib.Path(paths[i]).stem}"
                 thumb = overlay = None
                 try:
-                    grey = dm_heatmaps.to_display(dm_pixels.read_image(paths[i]))
+                    grey = dm_overlay.to_display(dm_pixels.read_image(paths[i]))
                 except (OSError, ValueError) as e:
                     log.warning("report: no thumbnail for %s (%s)", paths[i], e)
                     grey = None

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 import dm_dataset
+import dm_modelfile
 import dm_pixels
 from dm_inputs import InferenceError
 from dm_recipe import Recipe, apply_overrides
@@ -31,7 +33,6 @@ def _images_only(ds):
 
 def flip(x, mode: str):
     """Flip a (B, H, W, C) batch: horizontal = left-right, vertical = up-down."""
-    import tensorflow as tf
     axes = {"none": [], "horizontal": [2], "vertical": [1], "both": [1, 2]}[mode]
     return tf.reverse(x, axis=axes) if axes else x
 
@@ -57,7 +58,6 @@ def predict(model, ds, tta: bool = False, verbose: int = 0, progress=None) -> np
 def forward_fn(model, tta: bool = False):
     """The model's inference call as a `tf.function` with a batch-free signature, cached on
     the model; with `tta` the four flips go through the network as one batch."""
-    import tensorflow as tf
     cache = model.__dict__.setdefault("_dm_forward", {})
     key = (tta, tuple(l.dtype_policy.name for l in model.layers))  # a new trace per precision
     if key not in cache:
@@ -156,7 +156,6 @@ def check_size(recipe: Recipe, input_hw, model_path: str, given: bool = True,
 
 def load_models(paths: Sequence[str], safe_mode: bool = True) -> list[LoadedModel]:
     """Load model files with their stored class lists and recipes."""
-    import dm_modelfile
     out = []
     for p in paths:
         if not os.path.isfile(p):

@@ -4,6 +4,8 @@ and the one loop that runs the stages (docs/training.md).
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,7 +101,6 @@ def image_stage_list(*, nb_epoch: int, init_lr: float, weight_decay: float,
 def values_for(fn: Callable, cfg: Any, **override: Any) -> dict:
     """The fields of a config object that `fn` takes as keywords (the one-line adapter
     from a CLI config to a library function with explicit values)."""
-    import inspect
     names = [n for n, p in inspect.signature(fn).parameters.items()
              if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in override]
     return dict({n: getattr(cfg, n) for n in names if hasattr(cfg, n)}, **override)
@@ -277,7 +278,6 @@ def original_behaviour(stages: list[Stage], *, keep_regularization: bool = False
     each inner layer of a nested model was saved with; the original's stage loops
     toggled only the whole-image model's top-level layers).
     """
-    import dataclasses
     return [dataclasses.replace(
         s, weight_decay=None if keep_regularization else s.weight_decay,
         dropout=None if keep_regularization else s.dropout,

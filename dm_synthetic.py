@@ -24,13 +24,23 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 import dm_cli
 import dm_output
 from dm_errors import InputError
 from dm_pixels import write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, claim_folder,
-                             stratified_split, summarize, write_layout)
+from dm_recipe_utils import (
+    FULL_DIR,
+    IMAGE_COLUMNS,
+    MASK_DIR,
+    ROI_COLUMNS,
+    claim_folder,
+    run_cli,
+    stratified_split,
+    summarize,
+    write_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +310,6 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
             pat_label[pid] = 1
     split_of = stratified_split(pat_label, {"test": test_size, "val": val_size}, seed)
     img_rows, roi_rows = [], []
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = lambda x, **k: x  # noqa: E731
     for (pid, v), les in tqdm(plans.items(), desc="synthetic images", disable=len(plans) < 50, leave=False):
         p = int(pid[2:]) - 1
         side, view = VIEWS[v]
@@ -363,7 +369,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli() -> None:
     """The command (`python dm_synthetic.py` or, installed, `dm_synthetic`)."""
-    from dm_recipe_utils import run_cli
     run_cli(main, "dm_synthetic")
 
 

@@ -6,29 +6,37 @@ and which stages they run; everything else is here, once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
 import logging
 import math
 import os
 import pathlib
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import keras
 import numpy as np
+from tensorflow.python.framework import config as tf_config
 
+import dm_callbacks
+import dm_dataset
 import dm_distribute
+import dm_flags
+import dm_listing
+import dm_modelfile
 import dm_output
+import dm_recipe
+import dm_scoring
+import dm_stages
 from dm_augment import Augment
-from dm_recipe import Recipe
 from dm_errors import InputError, one_line  # noqa: F401
 from dm_modelfile import ModelMeta
+from dm_recipe import Recipe
 from dm_stages import Stage
-import dm_dataset
-import dm_recipe
-import dm_listing
-import dm_callbacks
-import dm_modelfile
-import dm_stages
-import dm_scoring
 
 log = logging.getLogger("dm_train")
 
@@ -51,7 +59,6 @@ class _EpochTracker:
     epoch: int | None = None
 
     def callback(self):
-        import keras
         tracker = self
 
         class Track(keras.callbacks.Callback):
@@ -69,8 +76,6 @@ def setup_runtime(seed: int, mixed_precision: str | None, distribute: str | None
     last digit on a CPU shared with other jobs (docs/training.md).
     Returns a `tf.distribute.Strategy` or None (the default, single device).
     """
-    import keras
-    from tensorflow.python.framework import config as tf_config
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf_config.enable_op_determinism()
@@ -143,9 +148,6 @@ def last_checkpoint_path(best_model: str | None, final_model: str | None,
 
 def config_fingerprint(cfg) -> str:
     """Identifies the command: a checkpoint is resumed only by the run that wrote it."""
-    import dataclasses
-    import hashlib
-    import json
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("resume", "test_augment")}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -168,7 +170,6 @@ def make_callbacks(checkpoint, resume: dict | None, *, es_patience: int, optim: 
     Returns (callbacks, stateful) where `stateful` are those whose counters a resumed
     run restores, in the order their states are stored.
     """
-    import keras
     es = dm_callbacks.ResumableEarlyStopping(monitor="val_loss", patience=es_patience,
                                              verbose=1)
     cbs, stateful = [checkpoint, es], [es]
@@ -233,8 +234,6 @@ def check_same_resume_point(strategy, state: dict | None, chief_last: str | None
 def model_input_size(path: str) -> tuple | None:
     """(H, W) of a saved model's input (None where a size is free), read from the .keras
     file's config without building the model; an .h5 file is loaded."""
-    import json
-    import zipfile
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             config = json.loads(z.read("config.json"))
@@ -314,7 +313,6 @@ class TrainerSpec:
 
     @property
     def defaults(self) -> dict:
-        import dm_flags
         return getattr(dm_flags, self.defaults_name)
 
     def checkpoint(self, val, path: str, meta: ModelMeta):
@@ -367,7 +365,6 @@ class RunLock:
     def __enter__(self):
         if self.path is None:
             return self
-        import fcntl
         pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

@@ -32,9 +32,17 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import keras
 import numpy as np  # noqa: E402
-import dm_patch_nets
+
 import dm_cli
+import dm_export
+import dm_modelfile
+import dm_patch_nets
+import dm_resnet
+import dm_scoring
+from dm_modelfile import ModelMeta
+from dm_recipe import Recipe
 
 log = logging.getLogger("bench_inference")
 
@@ -68,13 +76,6 @@ def main(argv=None) -> dict:
     p.add_argument("--raw-size", nargs=2, type=int, default=[1400, 1100])
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    import keras
-    import dm_export
-    import dm_scoring
-    import dm_modelfile
-    import dm_resnet
-    from dm_recipe import Recipe
-    from dm_modelfile import ModelMeta
     logging.getLogger("dm_inference").setLevel(logging.WARNING)
 
     keras.utils.set_random_seed(1)

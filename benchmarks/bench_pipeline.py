@@ -28,6 +28,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.ndimage as ndi
+import tensorflow as tf
 
 import dm_augment
 import dm_dataset
@@ -59,7 +61,6 @@ def make_images(folder: pathlib.Path, n: int, h: int, w: int, seed: int = 0) -> 
 
 def _keras2_random_transform(x: np.ndarray, rng: np.random.RandomState, aug: dm_augment.Augment
                              ) -> np.ndarray:
-    import scipy.ndimage as ndi
 
     theta = np.pi / 180 * rng.uniform(-aug.rotation_range, aug.rotation_range)
     shear = rng.uniform(-aug.shear_range, aug.shear_range)
@@ -142,7 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--interpolation", choices=("bilinear", "nearest"), default="bilinear")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    import tensorflow as tf
 
     h, w = args.size
     aug = dm_augment.Augment(interpolation=args.interpolation)

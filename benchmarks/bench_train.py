@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+
+import keras
+import numpy as np
+import tensorflow as tf
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
@@ -23,16 +28,12 @@ sys.path.insert(0, HERE)
 import dm_cli  # noqa: E402
 import dm_modelfile  # noqa: E402
 import dm_patch_nets  # noqa: E402
+import dm_resnet  # noqa: E402
 import dm_stages  # noqa: E402
 
 
 def worker(a) -> dict:
-    import resource
 
-    import numpy as np
-    import keras
-    import tensorflow as tf
-    import dm_resnet
     precision = {"none": None, "fp16": "float16", "bf16": "bfloat16"}[a.precision]
     keras.utils.set_random_seed(0)
     patch, _, _ = dm_patch_nets.get_dl_model(a.net, nb_class=3, use_pretrained=False)

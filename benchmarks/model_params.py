@@ -6,21 +6,21 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+import argparse
+import logging
 import pathlib
 import sys
+from typing import Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
 import dm_patch_nets  # noqa: E402
+from dm_resnet import TRUNK_NAME, add_top_layers
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the layer summary and parameter counts of a whole-image model."""
-    import argparse
-    import logging
-    from dm_resnet import TRUNK_NAME, add_top_layers
     p = argparse.ArgumentParser(description="Build a patch net and its whole-image model.")
     p.add_argument("--net", default="resnet50", choices=dm_patch_nets.PATCH_NETS)
     dm_cli.add_img_size(p, default=[1152, 896])

@@ -38,20 +38,24 @@ import logging
 import os
 import re
 import sys
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cv2
 import numpy as np  # noqa: E402
+import pandas as pd
 
 import dm_cli  # noqa: E402
-from dm_errors import InputError  # noqa: E402
-import dm_pixels
-import dm_recipe
 import dm_inputs
 import dm_output
+import dm_overlay
+import dm_pixels
+import dm_preflight
+import dm_recipe
+from dm_errors import InputError  # noqa: E402
 
 log = logging.getLogger("heatmap_score")
 
@@ -74,7 +78,6 @@ _NAME = re.compile(r"^(?P<pat>.+)_(?P<side>LEFT|RIGHT|L|R)_(?P<view>CC|MLO|ML|LM
 
 def list_items(img_folder: str, pat_csv: str | None, pat_list: str | None) -> list[Item]:
     """Images to score with their patient, side and view (see module doc)."""
-    import pandas as pd
     if pat_csv is None:
         items = []
         for p in dm_inputs.list_images(img_folder):
@@ -292,7 +295,6 @@ def _looks_whole_image(loaded) -> bool:
 
 def _to_source(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A map at the scored image's size resized to the source image's size (NaN kept)."""
-    import cv2
     if heat.shape == tuple(shape):
         return heat
     h, w = shape
@@ -309,9 +311,7 @@ def overlay_figure(grey: np.ndarray, heat: np.ndarray, title: str, vmin: float =
                    vmax: float = 1.0) -> np.ndarray:
     """A readable overlay: the colour-mapped heat on the whole source image (pixel for pixel
     at rows TITLE_H.., columns 0..W-1), a title strip and a labelled colour bar."""
-    import cv2
-    import dm_heatmaps
-    img = dm_heatmaps.overlay_heatmap(grey, heat, vmin=vmin, vmax=vmax)
+    img = dm_overlay.overlay_heatmap(grey, heat, vmin=vmin, vmax=vmax)
     h, w = grey.shape
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
     (tw, _), _ = cv2.getTextSize(title, font, scale, 1)
@@ -336,6 +336,7 @@ def cell_offset(model, x: np.ndarray, n: int = 3) -> list[float]:
     top-left pixel of every 2x2 block, so cells look up-left of their geometric centres
     (about 13 px at a /32 trunk; docs/localisation.md)."""
     import tensorflow as tf
+
     import dm_heatmaps
     sub, _ = dm_heatmaps.grad_cam_model(model)
     xt = tf.convert_to_tensor(np.asarray(x, np.float32))
@@ -402,7 +403,6 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
         vals = list(v) if isinstance(v, (list, tuple)) else [v]
         if v is not None and min(vals) < 1:
             raise HeatmapError(f"{flag} {' '.join(map(str, vals))}: must be positive")
-    import dm_output
     dm_output.check_writable(args.out, "--out")
     if args.overlay_dir:
         dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
@@ -456,7 +456,6 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
     model_recipe = recipe
-    import dm_preflight
     paths = [it.path for it in items]
     allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits)
     depths = dm_preflight.check_images(paths, [loaded], [model_recipe], allow,
@@ -482,7 +481,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.setdefault("bbox", []).append(list(hm.bbox) if hm.bbox is not None else None)
             if args.overlay_dir:
                 ch, shown = _overlay_channel(hm.probs, classes, args.overlay_class, "patch")
-                crop = dm_heatmaps.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
+                crop = dm_overlay.place_heatmap(ch, hm.image.shape, hm.centre0, hm.stride)
                 x0, y0 = (hm.bbox[0], hm.bbox[1]) if hm.bbox is not None else (0, 0)
                 heat = np.full(full.shape, np.nan, np.float32)
                 heat[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
@@ -504,7 +503,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
                 title = f"{_name(it)}: p({shown}) = {p:.3f}, Grad-CAM"
             if args.overlay_dir:
-                heat = dm_heatmaps.place_heatmap(ch, tuple(recipe.img_size or img.shape))
+                heat = dm_overlay.place_heatmap(ch, tuple(recipe.img_size or img.shape))
         if args.overlay_dir:
             meta.setdefault("overlay_titles", []).append(title)
             stem = os.path.splitext(os.path.basename(it.path))[0]
@@ -555,13 +554,11 @@ def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
 def score(img_folder: str, model: str, **options: Any) -> dict:
     """The command as a function: `options` are its flags by destination name (`stride`,
     `img_size`, `out`, `overlay_dir`, `grad_cam`, ...), defaults as the command's."""
-    import dm_cli
     return run(dm_cli.namespace(build_parser(), img_folder=str(img_folder), dl_state=str(model),
                                 **options))
 
 
 def main(argv=None) -> int:
-    import dm_cli
     return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv,
                            tensorflow=True)
 

@@ -27,19 +27,28 @@ import sys
 from dataclasses import dataclass
 
 import pandas as pd
+from tqdm import tqdm
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_pixels import ImageReadError
-from dm_pixels import to_uint16, write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
-                             claim_folder, run_cli, stratified_split, summarize, write_layout)
-
-from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 import dm_pixels
 import dm_recipe
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+from dm_pixels import ImageReadError, to_uint16, write_png
+from dm_recipe_utils import (
+    FULL_DIR,
+    IMAGE_COLUMNS,
+    MASK_DIR,
+    ROI_COLUMNS,
+    check_converted,
+    claim_folder,
+    run_cli,
+    stratified_split,
+    summarize,
+    write_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +261,6 @@ def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: 
             img_size: tuple[int, int] | None = None, target_height: int | None = 4096, val_size: float = 0.1,
             seed: int = 12345, nb_workers: int = 1, limit: int | None = None, verbose: bool = True) -> dict:
     """Convert the download and write the layout; returns the summary (counts per split and class)."""
-    from tqdm import tqdm
 
     abn = load_case_tables(csv_dir)
     images = image_table(abn)

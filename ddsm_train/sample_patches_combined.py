@@ -35,27 +35,41 @@ import multiprocessing
 import os
 import pathlib
 import sys
-from typing import Any
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dm_pixels import ImageReadError
-from dm_roi import EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch, largest_contour_bbox, overlap_patch_roi, patch_roi_overlap
-from dm_pixels import write_png
-from dm_sweep import add_img_margins, crop_img, segment_breast
 import dm_cli  # noqa: E402
-from dm_recipe_utils import (claim_folder, read_layout_info, read_lines, run_cli,
-                             stratified_split, write_csv, write_lines)  # noqa: E402
-
-from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 import dm_pixels
 import dm_recipe
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+from dm_pixels import ImageReadError, write_png
+from dm_recipe_utils import (
+    claim_folder,
+    read_layout_info,
+    read_lines,
+    run_cli,
+    stratified_split,  # noqa: E402
+    write_csv,
+    write_lines,
+)
+from dm_roi import (
+    EmptyMaskError,
+    blob_keypoints,
+    create_blob_detector,
+    extract_patch,
+    largest_contour_bbox,
+    overlap_patch_roi,
+    patch_roi_overlap,
+)
+from dm_sweep import add_img_margins, crop_img, segment_breast
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +422,6 @@ def resolve_size(args: argparse.Namespace) -> tuple[tuple[int, int] | None, int 
 
 
 def _map(tasks: list[ImageTask], opts: dict, nb_workers: int, desc: str, verbose: bool) -> list[dict]:
-    from tqdm import tqdm
 
     items = [(t, opts) for t in tasks]
     bar = dict(total=len(tasks), desc=desc, disable=not verbose)
@@ -490,7 +503,6 @@ def sample_patches(roi_mask_path_file: str, roi_mask_dir: str, pat_train_list_fi
     """The command as a function: `options` are its flags by destination name
     (`target_size=(H, W)`, `patch_size=64`, `class_layout="3class"`, ...), defaults as the
     command's. Returns the summary `run` returns; bad input raises an InputError."""
-    import dm_cli
     args = dm_cli.namespace(build_parser(), roi_mask_path_file=str(roi_mask_path_file),
                             roi_mask_dir=str(roi_mask_dir),
                             pat_train_list_file=str(pat_train_list_file),

@@ -22,19 +22,28 @@ import sys
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_pixels import ImageReadError
-from dm_pixels import to_uint16, write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
-                             claim_folder, run_cli, stratified_split, summarize, write_layout)
-
-from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 import dm_pixels
 import dm_recipe
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+from dm_pixels import ImageReadError, to_uint16, write_png
+from dm_recipe_utils import (
+    FULL_DIR,
+    IMAGE_COLUMNS,
+    MASK_DIR,
+    ROI_COLUMNS,
+    check_converted,
+    claim_folder,
+    run_cli,
+    stratified_split,
+    summarize,
+    write_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +145,6 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
             xml_dir: str | os.PathLike | None = None, img_size: tuple[int, int] | None = None,
             val_size: float = 0.1, test_size: float = 0.2, seed: int = 12345, verbose: bool = True) -> dict:
     """Convert; returns the summary (counts per split and class, skipped cases)."""
-    from tqdm import tqdm
 
     sheet = read_inbreast_csv(csv_path)
     dicoms = index_dicoms(dicom_dir)

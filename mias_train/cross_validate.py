@@ -28,6 +28,9 @@ import sys
 import time
 from typing import Sequence
 
+import pandas as pd
+from tqdm import tqdm
+
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -36,11 +39,22 @@ from dm_errors import InputError  # noqa: E402
 from dm_output import write_json  # noqa: E402
 from dm_recipe_utils import claim_folder, write_csv  # noqa: E402
 from mias_train.cv_baselines import grey_mean, null_learner  # noqa: E402
-from mias_train.cv_chain import (chain_info, chain_localisation, chain_prepare,  # noqa: E402
-                                 chain_sample_patches)
+from mias_train.cv_chain import (  # noqa: E402
+    chain_info,
+    chain_localisation,
+    chain_prepare,
+    chain_sample_patches,
+)
 from mias_train.cv_fold import train_fold  # noqa: E402
-from mias_train.cv_report import (confusion, diagnostics, find_overlay, goals,  # noqa: E402
-                                  heatmap_max_scores, plot_figures, pooled_aurocs)
+from mias_train.cv_report import (  # noqa: E402
+    confusion,
+    diagnostics,
+    find_overlay,
+    goals,
+    heatmap_max_scores,
+    plot_figures,
+    pooled_aurocs,
+)
 from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES, cohort  # noqa: E402
 
 log = logging.getLogger("cross_validate")
@@ -117,8 +131,6 @@ def null_reps(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> dict:
     """Prepare the data and patches of the chosen women once, run every fold, and write the
     pooled out-of-fold report (summary.json and figures) into --out."""
-    import pandas as pd
-    from tqdm import tqdm
 
     if args.quick:
         for k, v in QUICK.items():
@@ -194,7 +206,6 @@ def run(args: argparse.Namespace) -> dict:
 def report_only(args: argparse.Namespace) -> dict:
     """Redo the report steps that need no training on a finished run (the overlay and the
     diagnostics) from its saved out-of-fold tables and models; updates summary.json."""
-    import pandas as pd
     out = pathlib.Path(args.out)
     if not (out / "summary.json").is_file():
         raise CrossValidationError(f"{out}: no summary.json of a finished run "

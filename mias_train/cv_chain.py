@@ -20,9 +20,13 @@ from numpy.typing import ArrayLike
 import dm_dataset
 import dm_flags
 import dm_listing
+import dm_localisation
 import dm_localisation_metrics
 import dm_metrics
+import dm_overlay
 import dm_pixels
+import image_clf_train
+import patch_clf_train
 from ddsm_train.sample_patches_combined import sample_patches
 from dm_sweep import breast_mask
 from mias_train import prepare_mias
@@ -104,7 +108,6 @@ def patch_config(d: pathlib.Path, model: pathlib.Path, args: argparse.Namespace,
 def chain_train_patch(d: pathlib.Path, model: pathlib.Path, args: argparse.Namespace,
                       mean: float) -> dict:
     """Train the fold's patch classifier (its result: history, test probabilities)."""
-    import patch_clf_train
     return patch_clf_train.run(patch_config(d, model, args, mean))
 
 
@@ -143,7 +146,6 @@ def image_config(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path
 def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path,
                       args: argparse.Namespace, mean: float) -> dict:
     """Train the fold's whole-image classifier on its patch model (two stages)."""
-    import image_clf_train
     return image_clf_train.run(image_config(d, patch_model, model, args, mean))
 
 
@@ -190,7 +192,7 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
                        borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
     def place(score):
-        heat = dm_heatmaps.place_heatmap(score, img.shape, hm.centre0, stride)
+        heat = dm_overlay.place_heatmap(score, img.shape, hm.centre0, stride)
         heat[inside == 0] = np.nan
         return heat
     if column == -1:
@@ -203,7 +205,6 @@ def chain_localisation(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     """Out of fold, on the abnormal images with a centre and radius (their masks): each
     fold's sliding-window lesion map and Grad-CAM (of p(malignant)) against the masks
     (docs/localisation.md)."""
-    import dm_localisation
     folds = [(str(out / f"fold{k}" / "patch_model.keras"), str(out / f"fold{k}" / "image_model.keras"),
               [str(out / "data" / "full_images" / f"{i}.png")
                for i in I[(I["fold"] == k) & (I["label"] > 0)]["image_id"]])
@@ -216,8 +217,7 @@ def chain_localisation(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
 def chain_overlay(img: np.ndarray, heat: np.ndarray, path: pathlib.Path,
                   circles: Sequence[tuple[float, float, float]]) -> None:
     """The lesion map over the image, the marked lesions as white circles."""
-    import dm_heatmaps
-    out = dm_heatmaps.overlay_heatmap(img, heat, alpha=0.35)
+    out = dm_overlay.overlay_heatmap(img, heat, alpha=0.35)
     for cx, cy, r in circles:
         cv2.circle(out, (int(round(cx)), int(round(cy))), int(round(r)), (255, 255, 255), 1)
     dm_pixels.write_png(str(path), out)

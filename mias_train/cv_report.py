@@ -13,9 +13,12 @@ import pathlib
 import sys
 from typing import Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+from tqdm import tqdm
 
 from dm_output import write_named
 from dm_recipe_utils import write_csv
@@ -109,9 +112,7 @@ def plot_figures(P: pd.DataFrame, I: pd.DataFrame, folds: list[dict], figs: path
 def plot_learning_curves(folds: list[dict], path: pathlib.Path) -> None:
     """Per fold: patch loss (train and inner validation), patch inner-validation accuracy and
     whole-image inner-validation AUROC by epoch, in three panels."""
-    import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     for f in folds:
         hp, hi = f["patch_history"], f["image_history"]
@@ -217,7 +218,6 @@ def heatmap_max_scores(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     whole-image classifier: the maximum of the sliding-window lesion map (1 - p(background))
     inside the breast, and of the p(malignant) map. Tells whether the patch classifier's
     signal reaches the image level when the trained whole-image model does not."""
-    from tqdm import tqdm
     stride = max(4, args.patch_size // 4)
     rows = []
     for r in tqdm(sorted(I.itertuples(index=False), key=lambda r: r.fold), desc="heatmaps",

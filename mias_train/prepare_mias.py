@@ -22,20 +22,29 @@ import sys
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 if not __package__:  # run as a script from its folder: put the repo root on the path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
-from dm_pixels import ImageReadError
-from dm_pixels import to_uint16, write_png
-from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
-                             claim_folder, run_cli, stratified_split, summarize, write_csv,
-                             write_layout)
-
-from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 import dm_pixels
 import dm_recipe
+from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
+from dm_pixels import ImageReadError, to_uint16, write_png
+from dm_recipe_utils import (
+    FULL_DIR,
+    IMAGE_COLUMNS,
+    MASK_DIR,
+    ROI_COLUMNS,
+    check_converted,
+    claim_folder,
+    run_cli,
+    stratified_split,
+    summarize,
+    write_csv,
+    write_layout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +115,6 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
             label: str = "malignant", val_size: float = 0.15, test_size: float = 0.2, seed: int = 12345,
             bit_depth: int = 8, ids: list[str] | None = None, verbose: bool = True) -> dict:
     """Convert; returns the summary. `ids` restricts to some images (trial runs, tests)."""
-    from tqdm import tqdm
 
     d = pathlib.Path(mias_dir)
     info = parse_info(d / "Info.txt")

@@ -2,16 +2,24 @@
 import cv2
 import numpy as np
 import pytest
+from tiny_models import (
+    IMAGE_RECIPE,
+    IMG,
+    PATCH,
+    PATCH_RECIPE,
+    mammogram,
+    save,
+    tiny_image_model,
+    tiny_patch_model,
+    write_images,
+)
 
 import dm_heatmaps
-
 import dm_inputs
-
-import dm_scoring
-from tiny_models import (IMG, IMAGE_RECIPE, PATCH, PATCH_RECIPE, mammogram, save,
-                         tiny_image_model, tiny_patch_model, write_images)
+import dm_overlay
 import dm_pixels
 import dm_recipe
+import dm_scoring
 import dm_sweep
 
 
@@ -181,11 +189,11 @@ def test_overlay_png_written(tmp_path):
     grey = mammogram((90, 70))
     heat = np.zeros((6, 5), np.float32)
     heat[1, 1] = 1.0
-    ov = dm_heatmaps.overlay_heatmap(grey, dm_heatmaps.place_heatmap(heat, grey.shape))
+    ov = dm_overlay.overlay_heatmap(grey, dm_overlay.place_heatmap(heat, grey.shape))
     out = tmp_path / "o" / "overlay.png"
     dm_pixels.write_png(str(out), ov)
     back = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert back.shape == (90, 70, 3) and out.stat().st_size > 1000
     assert not np.array_equal(back[..., 0], back[..., 2])     # coloured, not grey
-    placed = dm_heatmaps.place_heatmap(np.ones((3, 2)), (40, 30), centre0=(10, 8), step=5)
+    placed = dm_overlay.place_heatmap(np.ones((3, 2)), (40, 30), centre0=(10, 8), step=5)
     assert np.isnan(placed[0, 0]) and placed[10, 8] == 1.0 and np.isfinite(placed).sum() == 15 * 10

@@ -8,15 +8,21 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from tiny_models import (
+    PATCH_RECIPE,
+    mammogram,
+    save,
+    tiny_image_model,
+    tiny_patch_model,
+)
 
 import dm_heatmaps
-
-import dm_scoring
-import dm_sweep
-from tiny_models import PATCH_RECIPE, mammogram, save, tiny_image_model, tiny_patch_model
+import dm_modelfile
+import dm_overlay
 import dm_pixels
 import dm_recipe
-import dm_modelfile
+import dm_scoring
+import dm_sweep
 
 _spec = importlib.util.spec_from_file_location(
     "heatmap_score", pathlib.Path(__file__).resolve().parents[1] / "ddsm_train" / "heatmap_score.py")
@@ -138,7 +144,7 @@ def test_sliding_overlay_aligned_with_whole_source_image(setup, tmp_path):
     area = _image_area(ov, src.shape)
     coloured = (np.abs(area[..., 0] - area[..., 2]) > 3) | (np.abs(area[..., 1] - area[..., 2]) > 3)
     # where there is no heat, the figure shows the source image itself, pixel for pixel
-    np.testing.assert_array_equal(area[~coloured][:, 0], dm_heatmaps.to_display(src)[~coloured])
+    np.testing.assert_array_equal(area[~coloured][:, 0], dm_overlay.to_display(src)[~coloured])
     # the heat covers the breast's box of the source image, not a crop moved to the corner
     _, (x, y, w, h) = dm_sweep.segment_breast(src)
     ys, xs = np.nonzero(coloured)
