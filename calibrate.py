@@ -1,5 +1,9 @@
-"""`python calibrate.py ...` in a checkout, as before; the tool is `dm_calibrate.py`, installed
-as the command `dm-calibrate` (docs/prediction.md, docs/modules.md)."""
+"""Checkout door: `python calibrate.py` runs `dm_calibrate` (installed as `dm-calibrate`).
+
+Kept so that `python calibrate.py ...` works in a checkout; the wheel installs the tool as
+`dm-calibrate` instead, because `calibrate` is another package's name on PyPI
+(docs/prediction.md, docs/modules.md).
+"""
 from dm_calibrate import build_parser, main, run  # noqa: F401
 
 if __name__ == "__main__":

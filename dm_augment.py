@@ -1,4 +1,6 @@
-"""Training augmentation with the paper's parameters: the `Augment` settings, one explicit
+"""Training augmentation: the paper's parameters, seeded draws, the reference warp.
+
+Training augmentation with the paper's parameters: the `Augment` settings, one explicit
 draw (`AugParams`), its seeded draws in NumPy and TensorFlow, and the NumPy reference warp
 (docs/method.md, section 2, step 5).
 """

@@ -1,4 +1,6 @@
-"""Calibrate a model's probabilities on validation predictions and store the map in the
+"""Fit a probability calibration on validation predictions and store it in the model.
+
+Calibrate a model's probabilities on validation predictions and store the map in the
 model file, so that predict.py gives calibrated probabilities for it.
 
     python predict.py MODEL --image-dir VAL_DIR --no-calibration --out val_preds.csv

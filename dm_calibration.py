@@ -1,4 +1,6 @@
-"""Probability calibration: temperature scaling or Platt scaling fitted on validation
+"""Probability calibration maps: fitted on validation predictions, stored, applied.
+
+Probability calibration: temperature scaling or Platt scaling fitted on validation
 predictions, stored in the model's metadata, applied by predict.py.
 
 Both maps are monotone in the positive-class score of a 2-class model, so they change

@@ -1,4 +1,6 @@
-"""Training callbacks: validation AUROC and the best model, NaN guard, and early stopping,
+"""Training callbacks: validation AUROC, best and last checkpoints, restart-proof schedules.
+
+Validation AUROC and the best model, NaN guard, and early stopping,
 lr scheduling and the last-epoch checkpoint with counters that survive a restart (the
 resume pieces; docs/fidelity.md says how they count as Keras 2.0.8 counted).
 """

@@ -1,4 +1,6 @@
-"""What every command-line tool shares: help that shows defaults, the --seed flag
+"""What every command-line tool shares: help, seed, quiet TensorFlow, logging, the runner.
+
+Help that shows defaults, the --seed flag
 ($RANDOM_SEED), TensorFlow imported without its start-up banner, logging (each message
 once, no third-party traceback for an input error), a progress bar on stderr, and the
 guarded runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic

@@ -1,4 +1,6 @@
-"""Images to batches: the RAM cache and the `tf.data` pipeline (parallel read and resize,
+"""Images to batches: the RAM cache, the `tf.data` pipeline and the featurewise mean.
+
+The RAM cache and the `tf.data` pipeline (parallel read and resize,
 seeded augmentation, prefetch), and the featurewise mean of a training set.
 """
 from __future__ import annotations
@@ -13,9 +15,10 @@ import cv2
 import numpy as np
 
 from dm_errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
-from dm_augment import AugParams, Augment, augment_numpy, draw_params_tf, element_seed
+from dm_augment import Augment, AugParams, augment_numpy, draw_params_tf, element_seed
 from dm_listing import DatasetError, check_bit_depths
 from dm_pixels import ImageReadError, read_image
 from dm_recipe import Recipe, grey_steps, rescale_for_bits, resize, target_shape

@@ -1,4 +1,6 @@
-"""Data-parallel training: several local devices (`MirroredStrategy`) or several machines
+"""Data-parallel training on several devices or machines through `tf.distribute`.
+
+Data-parallel training: several local devices (`MirroredStrategy`) or several machines
 (`MultiWorkerMirroredStrategy`, chosen by a `TF_CONFIG` environment), both driven by
 Keras' own `fit` (docs/distributed.md).
 

@@ -1,4 +1,6 @@
-"""Evaluate predictions: AUROC with a 95% bootstrap interval, ROC/PR curves, operating points,
+"""Evaluate a predictions file against its labels.
+
+Evaluate predictions: AUROC with a 95% bootstrap interval, ROC/PR curves, operating points,
 calibration (reliability curve, ECE, Brier score) and breast-/exam-level aggregation.
 
     python evaluate.py preds.csv [--labels labels.csv] [--pos-class pos] \

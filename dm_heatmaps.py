@@ -1,4 +1,6 @@
-"""Model heatmaps: sliding-window patch scores, one forward pass of the all-convolutional patch
+"""Model heatmaps: sliding-window patch scores, fprop and Grad-CAM.
+
+Sliding-window patch scores, one forward pass of the all-convolutional patch
 classifier ("fprop"), and Grad-CAM on a whole-image model's trunk (drawing them is
 `dm_overlay`'s job).
 """

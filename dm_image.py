@@ -1,4 +1,6 @@
-"""The original's `dm_image` names (docs/original.md), as thin adapters over the project's
+"""Front door: the original's `dm_image` names, as adapters over the image rooms.
+
+The original's `dm_image` names (docs/original.md), as thin adapters over the project's
 rooms: pixels (`dm_pixels`), the recipe (`dm_recipe`), augmentation (`dm_augment`), listing
 (`dm_listing`), datasets (`dm_dataset`) and the sweep (`dm_sweep`). Project code imports
 from those rooms, never from here; code written for the original keeps importing this.
@@ -11,14 +13,13 @@ from typing import Callable
 
 import numpy as np
 
-from dm_errors import OriginalAPIError, refuse, retired
 from dm_augment import Augment, augment_numpy, draw_params
 from dm_dataset import make_dataset, steps_for
+from dm_errors import OriginalAPIError, refuse, retired
 from dm_listing import DatasetError, list_class_folders
 from dm_pixels import read_image
 from dm_recipe import Recipe, finish_channels, grey_steps, resize
 from dm_sweep import add_img_margins, crop_img, sweep_image, sweep_probs  # noqa: F401 (the original names crop_img, add_img_margins)
-
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The original's `dm_inference` names (docs/original.md): the DREAM challenge's two-view
+"""Front door: the original's `dm_inference` names (two-view scoring).
+
+The original's `dm_inference` names (docs/original.md): the DREAM challenge's two-view
 scoring. The project's prediction code is in `dm_scoring` (whole images), `dm_inputs`
 (input lists, the predictions file) and `dm_heatmaps`; project code imports from those
 rooms, never from here; code written for the original keeps importing this.

@@ -1,4 +1,6 @@
-"""The images a prediction tool scores and the file it writes: paths from files, a folder or a
+"""The images a prediction tool scores and the predictions file it writes.
+
+The images a prediction tool scores and the file it writes: paths from files, a folder or a
 CSV (labels when known, other columns passed through), and the predictions CSV.
 """
 from __future__ import annotations

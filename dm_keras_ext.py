@@ -1,4 +1,6 @@
-"""The original's `dm_keras_ext` names (docs/original.md), as thin adapters over the project's
+"""Front door: the original's `dm_keras_ext` names, as adapters over the training rooms.
+
+The original's `dm_keras_ext` names (docs/original.md), as thin adapters over the project's
 rooms: patch nets (`dm_patch_nets`), staged training (`dm_stages`), callbacks
 (`dm_callbacks`) and model files (`dm_modelfile`). Project code imports from those rooms,
 never from here; code written for the original keeps importing this.

@@ -1,5 +1,8 @@
-"""The project's own Keras layers, registered for loading (so any module that loads a model
-file can import this without the trainers' code)."""
+"""The project's own Keras layers, registered for loading.
+
+The project's own Keras layers, registered for loading (so any module that loads a model
+file can import this without the trainers' code).
+"""
 from __future__ import annotations
 
 import keras

@@ -1,6 +1,4 @@
-"""Finding labelled images: class folders, image CSV lists, the training set's bit depths
-and class counts.
-"""
+"""Finding labelled images: class folders, image CSV lists, bit depths, class counts."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,6 @@
-"""The localisation command (docs/localisation.md): reads heatmap files and lesion masks,
+"""The localisation command: how well heatmaps point at the lesions of a recipe's masks.
+
+The localisation command (docs/localisation.md): reads heatmap files and lesion masks,
 places each map on its source image, computes the figures of `dm_localisation_metrics`,
 and writes the summary, the per-image table and the figure.
 

@@ -1,4 +1,6 @@
-"""Localisation figures of heatmaps against lesion masks (docs/localisation.md): the pointing
+"""Localisation figures of heatmaps against lesion masks.
+
+Localisation figures of heatmaps against lesion masks (docs/localisation.md): the pointing
 game with a mm tolerance, mass inside lesions, Dice at a validation threshold, top-k peaks,
 bootstrap intervals over images, and the chance and brightest-pixel baselines.
 """

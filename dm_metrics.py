@@ -1,5 +1,8 @@
-"""Evaluation metrics: AUROC with a seeded bootstrap interval, operating points, curves,
-and breast-/exam-level aggregation of image scores."""
+"""Evaluation metrics: AUROC with bootstrap intervals, operating points, curves.
+
+AUROC with a seeded bootstrap interval, operating points, curves,
+and breast-/exam-level aggregation of image scores.
+"""
 from __future__ import annotations
 
 import logging

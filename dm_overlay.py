@@ -1,5 +1,8 @@
-"""Drawing heatmaps onto mammograms: a grey image in display range, a heatmap grid placed on
-its image, the colour overlay. No TensorFlow here, so the tools that only draw stay light."""
+"""Drawing heatmaps onto mammograms.
+
+Drawing heatmaps onto mammograms: a grey image in display range, a heatmap grid placed on
+its image, the colour overlay. No TensorFlow here, so the tools that only draw stay light.
+"""
 from __future__ import annotations
 
 import cv2

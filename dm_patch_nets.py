@@ -1,4 +1,6 @@
-"""The patch classifiers' networks: the trunks (ResNet50, VGG16/19, Xception, InceptionV3
+"""The patch classifiers' networks: trunks, classifier, the `patch_trunk` sub-model.
+
+The trunks (ResNet50, VGG16/19, Xception, InceptionV3
 from keras.applications, YaroslavNet, the project's small ResNets), the classifier built on
 a trunk, and where stage 2 of patch training starts inside each trunk (docs/fidelity.md).
 """

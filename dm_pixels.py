@@ -1,4 +1,6 @@
-"""Reading image files into grey arrays: PNG/JPEG/BMP and DICOM (modality rescale,
+"""Reading image files into grey arrays (PNG, JPEG, BMP, DICOM) and writing PNGs.
+
+Reading image files into grey arrays: PNG/JPEG/BMP and DICOM (modality rescale,
 MONOCHROME1), the one decoder; header-only reads of a file's bit depth and size.
 """
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Checks of the images a tool is about to score against what the model was trained on,
+"""Checks of the images to score against what the model was trained on.
+
+Checks of the images a tool is about to score against what the model was trained on,
 made before any scoring: likely mistakes are refused in one line naming the flag that
 forces them (docs/reliability.md, bad-input table).
 
@@ -24,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dm_errors import InputError
 import dm_pixels
+from dm_errors import InputError
 
 SAMPLE = 8            # 16-bit PNGs decoded for the 12-bit test
 LARGE = 2.0           # a patch model refuses images more than this many patches high or wide

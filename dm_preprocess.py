@@ -1,4 +1,6 @@
-"""The original's `dm_preprocess` name (docs/original.md): `DMImagePreprocessor`, as an
+"""Front door: the original's `DMImagePreprocessor`, over the breast segmentation.
+
+The original's `dm_preprocess` name (docs/original.md): `DMImagePreprocessor`, as an
 adapter over the project's breast segmentation (`dm_sweep`). The project's preprocessing
 lives in `dm_pixels`, `dm_recipe`, `dm_sweep` and `dm_roi`; project code imports from those
 rooms, never from here; code written for the original keeps importing this.

@@ -1,4 +1,6 @@
-"""The preprocessing recipe: `Recipe`, the one frozen description of how a raw grey image
+"""The preprocessing recipe: `Recipe` and its steps from raw grey image to network input.
+
+`Recipe`, the one frozen description of how a raw grey image
 becomes network input (docs/method.md, section 2), and its steps (resize, scale, rescale,
 equalise, channels, centring), with `preprocess` as the reference chain.
 """
@@ -12,8 +14,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from dm_errors import InputError
 from dm_augment import AugParams, augment_numpy, channel_shifts
+from dm_errors import InputError
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""Pieces shared by the dataset recipes: the ROI table format, seeded patient-level splits,
+"""What the dataset recipes share: table formats, splits, class folders, summaries.
+
+Pieces shared by the dataset recipes: the ROI table format, seeded patient-level splits,
 class folders for the whole-image trainer, atomic table writes and the end summary.
 
 Every recipe writes the same layout under its output folder::

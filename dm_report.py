@@ -1,4 +1,6 @@
-"""The HTML evaluation report: one self-contained folder (index.html, report.css,
+"""The HTML evaluation report: one self-contained folder.
+
+One self-contained folder (index.html, report.css,
 report.js, the curve PNGs and a cases/ folder of thumbnails and heatmap overlays) that
 opens from the file system, without a server or the internet.
 

@@ -1,4 +1,6 @@
-"""Lesion geometry for the patch sampler and the recipes: the largest-contour box of an ROI
+"""Lesion geometry for the patch sampler and the recipes.
+
+Lesion geometry for the patch sampler and the recipes: the largest-contour box of an ROI
 mask, patch/ROI overlap, patch extraction, and blob-detector key points (hard negatives).
 """
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Scoring whole images: batched forward passes, 4-flip test-time augmentation, model
+"""Scoring whole images: batched forward passes, flip TTA, model averaging.
+
+Batched forward passes, 4-flip test-time augmentation, model
 averaging, and each model's recipe matched to the files (size overrides, bit depths).
 Every model file carries its class list and recipe (`dm_modelfile.ModelMeta`), so scoring
 needs no flags; flags only override.

@@ -1,4 +1,6 @@
-"""Staged training: the optimisers, the stage plans of the 3-stage patch and 2-stage image
+"""Staged training: optimisers, stage plans, freezing by sub-model, the one stage loop.
+
+The optimisers, the stage plans of the 3-stage patch and 2-stage image
 training, freezing by named sub-model (`patch_trunk`), weight decay and dropout per stage,
 and the one loop that runs the stages (docs/training.md).
 """

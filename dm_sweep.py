@@ -1,4 +1,6 @@
-"""Breast segmentation and the sliding-window sweep over a whole image: shared by the patch
+"""Breast segmentation and the sliding-window sweep over a whole image.
+
+Breast segmentation and the sliding-window sweep over a whole image: shared by the patch
 sampler, the heatmaps and inference (docs/method.md).
 """
 from __future__ import annotations
@@ -11,8 +13,6 @@ import numpy as np
 
 from dm_errors import InputError
 from dm_recipe import Recipe, finish_channels, grey_steps
-
-
 
 Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
 

@@ -1,4 +1,6 @@
-"""Train a whole-image classifier in two stages (docs/training.md), from a patch classifier
+"""Train a whole-image classifier in two stages, from a patch classifier or a saved model.
+
+Train a whole-image classifier in two stages (docs/training.md), from a patch classifier
 (--patch-model-state) or a saved whole-image model (--resume-from, e.g. to finetune a
 published checkpoint with --nb-epoch 0).
 
@@ -20,8 +22,9 @@ log = logging.getLogger("image_clf_train")
 
 def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
-    import dm_modelfile
     import keras
+
+    import dm_modelfile
     import dm_resnet
     import dm_train
     safe = not cfg.unsafe_load

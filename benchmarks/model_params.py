@@ -1,4 +1,6 @@
-"""Build a patch net and its whole-image model; print the layer summary and parameter counts.
+"""Print a whole-image model's layers and parameter counts.
+
+Build a patch net and its whole-image model; print the layer summary and parameter counts.
 
     python benchmarks/model_params.py --net vgg16 --block-type vgg --top-repetitions 1 1
 

@@ -1,4 +1,6 @@
-"""The trivial baselines the mini-MIAS cross-validation (mias_train/cross_validate.py) puts
+"""The trivial baselines the mini-MIAS cross-validation sets beside the network.
+
+The trivial baselines the mini-MIAS cross-validation (mias_train/cross_validate.py) puts
 next to the network: the mean grey level of a patch or breast (its sign chosen on training
 data only) and a null learner trained on noise.
 

@@ -1,4 +1,6 @@
-"""Every call of the mini-MIAS cross-validation (mias_train/cross_validate.py) into this
+"""The mini-MIAS cross-validation's calls into the project's pipeline.
+
+Every call of the mini-MIAS cross-validation (mias_train/cross_validate.py) into this
 project's pipeline: the mini-MIAS recipe, the patch sampler, the trainers' configs built
 from values, prediction, sliding-window maps, localisation and overlays.
 

@@ -1,4 +1,6 @@
-"""One fold of the mini-MIAS cross-validation (mias_train/cross_validate.py): lay out its
+"""One fold of the mini-MIAS cross-validation: train on its women, score its test women.
+
+One fold of the mini-MIAS cross-validation (mias_train/cross_validate.py): lay out its
 folders, train the patch and whole-image classifiers on its training women (model selection
 on its inner validation women), and score its test women once.
 

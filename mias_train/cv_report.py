@@ -1,4 +1,6 @@
-"""The report of a mini-MIAS cross-validation (mias_train/cross_validate.py) from its
+"""The report of a mini-MIAS cross-validation from its out-of-fold predictions.
+
+The report of a mini-MIAS cross-validation (mias_train/cross_validate.py) from its
 out-of-fold predictions: pooled AUROCs with clustered bootstrap intervals, confusion
 matrices, goals, ROC and learning-curve figures, the lesion overlay, the failure
 diagnostics and the heatmap-maximum image score.

@@ -1,4 +1,6 @@
-"""The data split of the mini-MIAS cross-validation (mias_train/cross_validate.py): image and
+"""The data split of the mini-MIAS cross-validation: folds by woman.
+
+The data split of the mini-MIAS cross-validation (mias_train/cross_validate.py): image and
 woman classes, folds by woman, the inner validation women, and each fold's class folders.
 
 Kept apart from the training so the rule "both breasts of one woman stay in one fold, and a

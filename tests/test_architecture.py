@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -135,13 +136,151 @@ def test_no_sys_path_edits_in_library_code():
         assert "sys.path" not in path.read_text(), path.name
 
 
-def test_docs_module_map_names_every_module():
+def _map_rows() -> list[tuple[str, str, str]]:
+    """(layer, module path, job) of each row of docs/modules.md's module map, top to bottom."""
     page = (REPO / "docs" / "modules.md").read_text()
     section = page.split("## Module map", 1)[1].split("\n## ", 1)[0]
-    for path in REPO.glob("*.py"):
-        assert f"`{path.name}`" in section, path.name
-    for room in ("dm_modelfile.py", "dm_callbacks.py", "dm_errors.py"):
-        assert f"`{room}`" in section
+    rows = []
+    for line in section.splitlines():
+        m = re.match(r"\| ([^|]+) \| `([^`]+\.py)` \| (.+) \|$", line)
+        if m:
+            rows.append((m[1], m[2], m[3]))
+    return rows
+
+
+def _summary(path: pathlib.Path) -> str:
+    return (ast.get_docstring(ast.parse(path.read_text())) or "").split("\n")[0]
+
+
+def test_docs_module_map_is_one_line_per_module_in_layer_order():
+    """The map lists every module once, front doors on top, each above every module it
+    imports, with the first line of its docstring as its job."""
+    mods = project_modules(REPO)
+    graph = import_graph(REPO)
+    rows = _map_rows()
+    by_path = {str(p.relative_to(REPO)): m for m, p in mods.items()}
+    listed = [by_path.get(path, path) for _, path, _ in rows]
+    assert sorted(listed) == sorted(mods), set(listed) ^ set(mods)
+    assert [m for m in listed[:len(FRONT_DOORS)]] == sorted(FRONT_DOORS)
+    row_of = {m: i for i, m in enumerate(listed)}
+    for m in mods:
+        below = [d for d in graph[m] if row_of[d] < row_of[m]]
+        assert not below, f"{m} imports {below}, listed above it"
+    for (_, path, job), m in zip(rows, listed):
+        assert job == _summary(mods[m]), path
+
+
+def test_each_module_docstring_names_one_job():
+    """A module's docstring opens with one line naming its job (a sentence of its own, short
+    enough for the module map); details follow after a blank line."""
+    paths = list(project_modules(REPO).values()) + sorted((REPO / "benchmarks").glob("*.py"))
+    for path in paths:
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc, f"{path.name}: no docstring"
+        first, *rest = doc.split("\n")
+        assert first.endswith(".") and len(first) <= 100, f"{path.name}: {first!r}"
+        assert not rest or rest[0] == "", f"{path.name}: the job line runs on"
+
+
+HEAVY = {"tensorflow", "keras"}
+OPTIONAL_EXTRAS = {"tf2onnx"}   # not in requirements.txt; imported where used
+
+
+def _imports(tree: ast.Module) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """(imports run when the module loads, imports inside functions); imports under
+    `if TYPE_CHECKING:` are for type checkers only and count as neither."""
+    top, inner = [], []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                    and child.test.id == "TYPE_CHECKING"):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                (inner if in_function else top).append(child)
+            walk(child, in_function or isinstance(child, (ast.FunctionDef,
+                                                          ast.AsyncFunctionDef, ast.Lambda)))
+    walk(tree, False)
+    return top, inner
+
+
+def _targets(node: ast.stmt, mods: dict) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if node.level:
+        return set()
+    return {node.module} | {f"{node.module}.{a.name}" for a in node.names
+                            if f"{node.module}.{a.name}" in mods}
+
+
+def _load_graph() -> tuple[dict, dict, dict]:
+    mods = project_modules(REPO)
+    top, inner = {}, {}
+    for m, p in mods.items():
+        t, i = _imports(ast.parse(p.read_text()))
+        top[m] = set().union(*(_targets(n, mods) for n in t)) if t else set()
+        inner[m] = i
+    return mods, top, inner
+
+
+def _loads_tensorflow(m: str, top: dict, mods: dict) -> bool:
+    """Whether importing `m` imports TensorFlow (directly or through project modules)."""
+    seen, stack = set(), [m]
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        for t in top.get(x, ()):
+            if t.split(".")[0] in HEAVY:
+                return True
+            if t in mods:
+                stack.append(t)
+    return False
+
+
+def _defer_list() -> set[str]:
+    page = (REPO / "docs" / "modules.md").read_text()
+    text = page.split("defer-for-help:", 1)[1].split(".\n", 1)[0]
+    names = re.findall(r"`([^`]+)`", text)
+    return {n[:-3].replace("/", ".") if n.endswith(".py") else n for n in names}
+
+
+def _is_command(path: pathlib.Path) -> bool:
+    return 'if __name__ == "__main__":' in path.read_text()
+
+
+def test_imports_at_the_top_except_tensorflow_for_help():
+    """An import inside a function is TensorFlow, Keras or a room that imports them, in a
+    module listed in docs/modules.md as loaded by a command's --help (or an optional extra)."""
+    assert not OPTIONAL_EXTRAS & set((REPO / "requirements.txt").read_text().split())
+    mods, top, inner = _load_graph()
+    defer = _defer_list()
+    assert defer <= set(mods), defer - set(mods)
+    for m, nodes in inner.items():
+        for node in nodes:
+            for t in _targets(node, mods):
+                if t.split(".")[0] in OPTIONAL_EXTRAS:
+                    continue
+                where = f"{mods[m].name}:{node.lineno} imports {t} inside a function"
+                assert m in defer, where + " (not a module that defers for --help)"
+                assert t.split(".")[0] in HEAVY or (t in mods and _loads_tensorflow(t, top, mods)), \
+                    where + " (it does not load TensorFlow: import it at the top)"
+    for m in defer:
+        assert inner[m], f"{m} is listed as deferring but imports everything at the top"
+
+
+def test_commands_load_no_tensorflow_before_their_flags():
+    """Every command's module and the modules it loads import no TensorFlow at the top, so
+    --help answers without it; and each module that defers is loaded by some command."""
+    mods, top, inner = _load_graph()
+    commands = [m for m, p in mods.items() if _is_command(p)]
+    assert len(commands) >= 20
+    loaded = set()
+    for c in commands:
+        assert not _loads_tensorflow(c, top, mods), f"{c} imports TensorFlow before --help"
+        loaded |= reachable({m: {t for t in top[m] if t in mods} for m in mods}, c)
+    assert _defer_list() <= loaded | set(commands)
 
 
 def top_level_names(path: pathlib.Path) -> set[str]:
