@@ -6,9 +6,7 @@ CSV (labels when known, other columns passed through), and the predictions CSV.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -21,15 +19,6 @@ from dm_errors import InputError
 
 class InferenceError(InputError):
     """Unusable inference input (models that disagree, bad list, bad sizes); one line."""
-
-
-@dataclass
-class InputList:
-    """Images to score: paths, optional integer labels, and pass-through columns."""
-
-    paths: list[str]
-    labels: np.ndarray | None = None
-    extra: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def list_images(root: str) -> list[str]:
@@ -45,13 +34,13 @@ def list_images(root: str) -> list[str]:
 
 def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = None,
                   csv_path: str | None = None, class_list: Sequence[str] | None = None,
-                  split: str | None = None) -> InputList:
+                  split: str | None = None) -> dm_listing.ImageList:
     """Image paths (and labels when known) from exactly one of the three sources.
 
     A folder whose sub-folders are exactly the class names gives labels (training
-    layout); any other folder is listed recursively without labels. A CSV needs a
-    `path` column; `label` (index or class name) is optional; other columns (e.g.
-    patient_id, side, view) are passed through to the predictions.
+    layout); any other folder is listed recursively without labels. A CSV is read by
+    `dm_listing.read_image_csv` (label optional, `split` keeps one split); its other
+    columns (e.g. patient_id, side, view) are passed through to the predictions.
     """
     given = [s is not None and s != [] for s in (images, image_dir, csv_path)]
     if sum(given) != 1:
@@ -60,83 +49,17 @@ def gather_inputs(images: Sequence[str] | None = None, image_dir: str | None = N
         bad = [p for p in images if not os.path.isfile(p)]
         if bad:
             raise InferenceError(f"{bad[0]}: image file not found")
-        return InputList(list(images))
+        return dm_listing.ImageList(list(images))
     if image_dir is not None:
         if class_list and os.path.isdir(image_dir) and all(
                 os.path.isdir(os.path.join(image_dir, c)) for c in class_list):
             paths, labels = dm_listing.list_class_folders(image_dir, class_list)
-            return InputList(paths, labels)
-        return InputList(list_images(image_dir))
-    return read_input_csv(csv_path, class_list, split)
+            return dm_listing.ImageList(paths, labels)
+        return dm_listing.ImageList(list_images(image_dir))
+    return dm_listing.read_image_csv(csv_path, class_list, split=split)
 
 
-def read_input_csv(csv_path: str, class_list: Sequence[str] | None = None,
-                   split: str | None = None) -> InputList:
-    """A CSV of images: `path` required, `label` optional, other columns kept as text.
-
-    A recipe's own `images.csv` works too: without a `path` column, `full_img_file` names a
-    file in the `full_images/` folder beside the CSV (docs/data.md). `split` keeps
-    the rows whose `split` column has that value.
-    """
-    if not os.path.isfile(csv_path):
-        raise InferenceError(f"{csv_path}: CSV file not found")
-    base = os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        lower = [c.lower() for c in fields]
-        rows = list(reader)
-    lines = list(range(2, len(rows) + 2))
-    if "path" in lower:
-        pcol = fields[lower.index("path")]
-    elif "full_img_file" in lower:
-        pcol = fields[lower.index("full_img_file")]
-        base = os.path.join(base, "full_images")
-    else:
-        raise InferenceError(f"{csv_path}: no 'path' (or recipe 'full_img_file') column "
-                             f"(columns: {fields})")
-    if split is not None:
-        if "split" not in lower:
-            raise InferenceError(f"{csv_path}: --split given but the CSV has no 'split' column")
-        scol = fields[lower.index("split")]
-        keep = [k for k, r in enumerate(rows) if (r.get(scol) or "").strip() == split]
-        rows, lines = [rows[k] for k in keep], [lines[k] for k in keep]
-        if not rows:
-            raise InferenceError(f"{csv_path}: no rows with split {split!r}")
-    if not rows:
-        raise InferenceError(f"{csv_path}: no rows")
-    lcol = fields[lower.index("label")] if "label" in lower else None
-    others = [c for c in fields if c not in (pcol, lcol)]
-    paths, labels = [], []
-    for line, row in zip(lines, rows):
-        p = (row.get(pcol) or "").strip()
-        if not p:
-            raise InferenceError(f"{csv_path}: line {line}: empty path")
-        p = p if os.path.isabs(p) else os.path.join(base, p)
-        if not os.path.isfile(p):
-            raise InferenceError(f"{csv_path}: line {line}: image not found: {p}")
-        paths.append(p)
-        if lcol is not None:
-            labels.append(_parse_label((row.get(lcol) or "").strip(), class_list,
-                                       f"{csv_path}: line {line}"))
-    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in others}
-    return InputList(paths, np.asarray(labels, np.int64) if lcol else None, extra)
-
-
-def _parse_label(text: str, class_list: Sequence[str] | None, where: str) -> int:
-    try:
-        k = int(text)
-    except ValueError:
-        if class_list is None or text not in class_list:
-            raise InferenceError(f"{where}: unknown label {text!r}"
-                                 + (f" (classes {list(class_list)})" if class_list else "")) from None
-        return list(class_list).index(text)
-    if k < 0 or (class_list is not None and k >= len(class_list)):
-        raise InferenceError(f"{where}: label {k} out of range")
-    return k
-
-
-def write_predictions_csv(path: str, inputs: InputList, probs: np.ndarray,
+def write_predictions_csv(path: str, inputs: dm_listing.ImageList, probs: np.ndarray,
                           class_list: Sequence[str]) -> None:
     """`path`, one probability column per class name, `label` if known, pass-through columns."""
     if len(set(class_list)) != len(class_list) or {"path", "label"} & set(class_list):

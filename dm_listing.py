@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -89,11 +90,26 @@ def empty_classes(labels: Sequence[int], class_list: Sequence[str]) -> list[str]
     return [c for c, n in class_counts(labels, class_list).items() if n == 0]
 
 
-def read_csv_list(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None
-                  ) -> tuple[list[str], np.ndarray]:
-    """Read a CSV with columns path,label; labels are indices or class names (needs class_list).
+@dataclass
+class ImageList:
+    """Images with their labels when known and any other columns of their list, as text
+    (passed through to a predictions CSV)."""
 
-    Relative paths are taken relative to the CSV file's folder.
+    paths: list[str]
+    labels: np.ndarray | None = None
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None, *,
+                   split: str | None = None, label_required: bool = False) -> ImageList:
+    """The one reader of a CSV listing images, for training and prediction alike.
+
+    Column names are matched without case or surrounding blanks (a BOM is ignored). The
+    image is `path` (relative to the CSV's folder) or, in a recipe's `images.csv`,
+    `full_img_file` (a file in `full_images/` beside the CSV). `label` is an index or a
+    class name of `class_list`; it may be absent unless `label_required` (training). `split`
+    keeps the rows whose `split` column has that value. Every other column is kept as text
+    in `extra`. Each image must exist, so a bad row fails here with its line, not mid-run.
     """
     csv_path = os.fspath(csv_path)
     if not os.path.isfile(csv_path):
@@ -101,28 +117,66 @@ def read_csv_list(csv_path: str | os.PathLike, class_list: Sequence[str] | None 
     base = os.path.dirname(os.path.abspath(csv_path))
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "path" not in fields or "label" not in fields:
-            raise DatasetError(f"{csv_path}: expected columns 'path,label', got {reader.fieldnames}")
+        fields = [(c or "").strip() for c in (reader.fieldnames or [])]
         reader.fieldnames = fields
-        paths: list[str] = []
-        labels: list[int] = []
-        for line, row in enumerate(reader, start=2):
-            p, lab = (row["path"] or "").strip(), (row["label"] or "").strip()
-            if not p:
-                raise DatasetError(f"{csv_path}: line {line}: empty path")
-            try:
-                k = int(lab)
-            except ValueError:
-                if class_list is None or lab not in class_list:
-                    raise DatasetError(f"{csv_path}: line {line}: unknown label {lab!r}"
-                                       + ("" if class_list is None else f" (classes {list(class_list)})")
-                                       ) from None
-                k = list(class_list).index(lab)
-            if k < 0 or (class_list is not None and k >= len(class_list)):
-                raise DatasetError(f"{csv_path}: line {line}: label {k} out of range")
-            paths.append(p if os.path.isabs(p) else os.path.join(base, p))
-            labels.append(k)
-    if not paths:
+        rows, lines = [], []
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)   # the file line the row ends on (quoted newlines)
+    lower = [c.lower() for c in fields]
+    expected = "'path,label' (or a recipe's 'full_img_file,label')" if label_required else \
+        "'path' (or a recipe's 'full_img_file')"
+    if "path" in lower:
+        pcol = fields[lower.index("path")]
+    elif "full_img_file" in lower:
+        pcol = fields[lower.index("full_img_file")]
+        base = os.path.join(base, "full_images")
+    else:
+        raise DatasetError(f"{csv_path}: expected columns {expected}, got {fields}")
+    lcol = fields[lower.index("label")] if "label" in lower else None
+    if label_required and lcol is None:
+        raise DatasetError(f"{csv_path}: expected columns {expected}, got {fields}")
+    if split is not None:
+        if "split" not in lower:
+            raise DatasetError(f"{csv_path}: --split given but the CSV has no 'split' column")
+        scol = fields[lower.index("split")]
+        keep = [k for k, r in enumerate(rows) if (r.get(scol) or "").strip() == split]
+        rows, lines = [rows[k] for k in keep], [lines[k] for k in keep]
+        if not rows:
+            raise DatasetError(f"{csv_path}: no rows with split {split!r}")
+    if not rows:
         raise DatasetError(f"{csv_path}: no rows")
-    return paths, np.asarray(labels, dtype=np.int64)
+    paths: list[str] = []
+    labels: list[int] = []
+    for line, row in zip(lines, rows):
+        where = f"{csv_path}: line {line}"
+        p = (row.get(pcol) or "").strip()
+        if not p:
+            raise DatasetError(f"{where}: empty path")
+        p = p if os.path.isabs(p) else os.path.join(base, p)
+        if not os.path.isfile(p):
+            raise DatasetError(f"{where}: image not found: {p}")
+        paths.append(p)
+        if lcol is not None:
+            labels.append(_label_index((row.get(lcol) or "").strip(), class_list, where))
+    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in fields if c not in (pcol, lcol)}
+    return ImageList(paths, None if lcol is None else np.asarray(labels, np.int64), extra)
+
+
+def _label_index(text: str, class_list: Sequence[str] | None, where: str) -> int:
+    """A label cell as a class index: an integer (checked against the class list when there
+    is one) or a class name."""
+    if not text:
+        raise DatasetError(f"{where}: empty label")
+    try:
+        k = int(text)
+    except ValueError:
+        if class_list is None or text not in class_list:
+            raise DatasetError(f"{where}: unknown label {text!r}"
+                               + (f" (classes {list(class_list)})" if class_list else
+                                  " (class names need the class list; use indices)")) from None
+        return list(class_list).index(text)
+    if k < 0 or (class_list is not None and k >= len(class_list)):
+        raise DatasetError(f"{where}: label {k} out of range"
+                           + (f" (classes {list(class_list)})" if class_list else ""))
+    return k

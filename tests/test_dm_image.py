@@ -307,19 +307,6 @@ def test_list_class_folders_errors(tmp_path):
         dm_listing.list_class_folders(tmp_path / "e", ["a", "b"])
 
 
-def test_read_csv_list(tmp_path):
-    (tmp_path / "imgs").mkdir()
-    (tmp_path / "list.csv").write_text("path,label\nimgs/a.png,1\nimgs/b.png,neg\n/abs/c.png,0\n")
-    paths, labels = dm_listing.read_csv_list(tmp_path / "list.csv", ["neg", "pos"])
-    assert paths == [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png"), "/abs/c.png"]
-    assert labels.tolist() == [1, 0, 0]
-    with pytest.raises(dm_listing.DatasetError, match="line 3: unknown label 'neg'"):
-        dm_listing.read_csv_list(tmp_path / "list.csv")
-    (tmp_path / "bad.csv").write_text("file,y\na,1\n")
-    with pytest.raises(dm_listing.DatasetError, match="expected columns"):
-        dm_listing.read_csv_list(tmp_path / "bad.csv")
-
-
 # ------------------------------------------------------------------ datasets
 
 REC = dm_recipe.Recipe(img_size=(32, 24), rescale_factor=255 / 65535, featurewise_center=True,

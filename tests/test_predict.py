@@ -326,6 +326,23 @@ def test_recipe_images_csv_is_accepted_with_split(setup, tmp_path):
     assert got[0]["path"] == str(root / "full_images" / "img0.png")
 
 
+@pytest.mark.parametrize("rows,msg", [
+    ("{a},neg\nmissing.png,pos\n", "list.csv: line 3: image not found: "),
+    ("{a},neg\n,pos\n", "list.csv: line 3: empty path"),
+    ("{a},benign\n", "list.csv: line 2: unknown label 'benign' (classes ['neg', 'pos'])"),
+    ("{a},2\n", "list.csv: line 2: label 2 out of range"),
+    ("", "list.csv: no rows"),
+])
+def test_a_bad_csv_is_one_line_naming_file_and_line(setup, tmp_path, capsys, rows, msg):
+    """predict.py reads --csv with dm_listing.read_image_csv: its errors print as one line."""
+    lst = tmp_path / "list.csv"
+    lst.write_text("path,label\n" + rows.format(a=setup["neg"][0]))
+    rc = dm_predict.main([setup["m1"], "--csv", str(lst), "--out", str(tmp_path / "p.csv")])
+    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    assert rc == 2 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "p.csv").exists()
+
+
 # ------------------------------------------------------------------ issue 23: trust
 
 def _errors(capsys):
