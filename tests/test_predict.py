@@ -1,5 +1,6 @@
 """predict.py: CSV layout, labels, pass-through columns, TTA flag, errors; serving export."""
 import csv
+import dataclasses
 import os
 import pathlib
 
@@ -7,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dm_cli
 import dm_export
 import dm_dataset
 import dm_inputs
@@ -77,6 +79,36 @@ def test_images_without_labels_and_overrides(setup, tmp_path):
     m = dm_scoring.load_models([setup["m1"]])
     want = dm_scoring.score_paths(m, setup["pos"], overrides=dict(featurewise_mean=0.0))
     np.testing.assert_allclose([float(r["pos"]) for r in rows], want[:, 1], atol=1e-6)
+
+
+def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
+    """--no-img-scale (-nic) and --no-rescale-factor store dm_cli.OFF, which
+    dm_recipe.apply_overrides turns into None: the model's stored item is switched off and
+    the rest of its recipe kept."""
+    stored = dataclasses.replace(IMAGE_RECIPE, img_scale=100.0)
+    model = tmp_path / "scaled.keras"
+    net = dm_scoring.load_models([setup["m1"]])[0].model
+    dm_modelfile.save_model(net, model, dm_modelfile.ModelMeta(("neg", "pos"), stored, kind="image"))
+    p = dm_predict.build_parser()
+    args = p.parse_args([str(model), "--no-img-scale", "--no-rescale-factor"])
+    assert args.img_scale is dm_cli.OFF and args.rescale_factor is dm_cli.OFF
+    assert p.parse_args([str(model), "-nic"]).img_scale is dm_cli.OFF
+    assert p.parse_args([str(model), "-ic", "4"]).img_scale == 4.0
+    assert dm_scoring.load_models([str(model)])[0].recipe(**dm_recipe.flag_values(args)) == \
+        dataclasses.replace(IMAGE_RECIPE, rescale_factor=None)
+    raw = [dm_pixels.read_image(q) for q in setup["pos"]]
+    probs = {}
+    for name, flags, recipe in (
+            ("stored", [], stored),
+            ("no_scale", ["--no-img-scale"], IMAGE_RECIPE),
+            ("no_rescale", ["--no-rescale-factor"], dataclasses.replace(stored, rescale_factor=None))):
+        out = tmp_path / f"{name}.csv"
+        assert dm_predict.main([str(model), "--images", *setup["pos"], "--out", str(out), *flags]) == 0
+        probs[name] = np.array([float(r["pos"]) for r in _read(out)])
+        want = net.predict(np.stack([dm_recipe.preprocess(x, recipe) for x in raw]), verbose=0)
+        np.testing.assert_allclose(probs[name], want[:, 1], atol=1e-6)
+    assert np.abs(probs["no_scale"] - probs["stored"]).max() > 1e-4
+    assert np.abs(probs["no_rescale"] - probs["stored"]).max() > 1e-4
 
 
 @pytest.mark.parametrize("argv,msg", [
