@@ -256,6 +256,36 @@ def test_one_declaration_of_img_size():
     assert "def add_img_size" in (REPO / "dm_cli.py").read_text()
 
 
+RECIPE_FLAGS = ("--img-scale", "--no-img-scale", "--rescale-factor", "--no-rescale-factor",
+                "--featurewise-mean", "--equalize-hist", "--no-equalize-hist",
+                "--featurewise-center", "--no-featurewise-center", "--input-bits")
+
+
+def _declared_flags(path: pathlib.Path, names) -> set[str]:
+    """The flags of `names` a file declares as string literals of an add_argument call."""
+    return {a.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+            for a in node.args if isinstance(a, ast.Constant) and a.value in names}
+
+
+def test_one_declaration_of_the_recipe_flags():
+    """The recipe's flags are declared once (dm_cli.add_recipe_flags) for the trainers,
+    predict, heatmap_score, convert_checkpoint and featurewise_mean, and become a Recipe
+    in one place (dm_recipe.recipe_from_flags)."""
+    sites = {path.name: found for path in _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]
+             if (found := _declared_flags(path, RECIPE_FLAGS))}
+    assert set(sites) == {"dm_cli.py"}, sites
+    assert sites["dm_cli.py"] == set(RECIPE_FLAGS)
+
+
+def test_the_recipe_flag_check_catches_a_declaration(tmp_path):
+    (tmp_path / "tool.py").write_text('p.add_argument("--rescale-factor", type=float)\n'
+                                      'p.add_argument("--other", "--input-bits")\n')
+    assert _declared_flags(tmp_path / "tool.py", RECIPE_FLAGS) == {"--rescale-factor",
+                                                                   "--input-bits"}
+
+
 def test_nosave_is_compared_only_where_flags_are_parsed():
     """The original's "NOSAVE" becomes None in dm_flags; the rest of the project sees None
     (the original's own adapters, which take it as an argument, excepted)."""

@@ -70,7 +70,7 @@ def test_fields_take_precedence_over_flags():
 def test_img_size_can_be_left_to_the_tool():
     p = _parser(trainer=False, img_size=False)
     assert "--img-size" not in p.format_help() and "--no-img-scale" in p.format_help()
-    p.add_argument("--img-size", nargs=2, type=int)       # the tool's own meaning of it
+    dm_cli.add_img_size(p, help="the tool's own meaning of it", short=True)
     assert p.parse_args(["--img-size", "5", "6"]).img_size == [5, 6]
 
 
