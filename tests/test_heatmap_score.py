@@ -239,6 +239,21 @@ def test_no_flags_are_the_shared_override_flags(setup, tmp_path):
     assert np.abs(maps["off"] - maps["stored"]).max() > 1e-4   # the flag made a difference
 
 
+def test_original_run_keywords_switch_stored_items_off_as_the_original_did():
+    """`run(img_folder, dl_state, **keywords)`: the original's img_scale=None and
+    rescale_factor=None become dm_cli.OFF (switch the stored item off), featurewise_center
+    False drops the mean; given values replace the stored ones."""
+    stored = dataclasses.replace(PATCH_RECIPE, img_scale=200.0, equalize_hist=True)
+    args = hs.parse_original("imgs", "m.keras")
+    assert args.img_scale is dm_cli.OFF and args.rescale_factor is dm_cli.OFF
+    assert dm_recipe.recipe_from_flags(args, base=stored, img_size=None) == dataclasses.replace(
+        PATCH_RECIPE, rescale_factor=None, featurewise_center=False)
+    args = hs.parse_original("imgs", "m.keras", img_scale=4095.0, featurewise_center=True,
+                             featurewise_mean=60.0)
+    assert dm_recipe.recipe_from_flags(args, base=stored, img_size=None) == dataclasses.replace(
+        PATCH_RECIPE, img_scale=4095.0, rescale_factor=None, featurewise_mean=60.0)
+
+
 def test_help_shows_defaults_without_tensorflow():
     import subprocess
     code = ("import runpy, sys; sys.argv = ['heatmap_score.py', '--help']\n"
