@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import logging
 import os
 import re
@@ -263,23 +264,46 @@ def add_img_size(parser, help: str = IMG_SIZE_HELP, default: list[int] | None = 
                         metavar=("H", "W"), help=help)
 
 
-def add_recipe_flags(g, trainer: bool = False) -> None:
-    """The preprocessing recipe's flags, declared once for every tool that takes them:
-    a trainer sets the recipe a model is trained with (its defaults come from `dm_flags`,
-    plus the original's `-is`, `-ic`/`-nic` aliases and `--no-X` to unset a value); a
-    prediction tool overrides a model's stored recipe (default None: keep it). Parsed
-    values become a `Recipe` in one place, `dm_recipe.recipe_from_flags`."""
-    add_img_size(g, short=trainer)
-    scale = ["--img-scale"] + (["-ic"] if trainer else [])
-    g.add_argument(*scale, dest="img_scale", type=float,
+class _Off(enum.Enum):
+    """The type of `OFF` (an enum member keeps its identity through copies and pickles)."""
+
+    OFF = "off"
+
+    def __repr__(self) -> str:
+        return "OFF"
+
+    __str__ = __repr__
+
+
+#: What a prediction tool's `--no-X` recipe flag stores: switch the model's stored item off.
+#: (None means "not given: keep it"; `dm_recipe.apply_overrides` turns OFF into None.)
+OFF = _Off.OFF
+
+
+def add_recipe_flags(g, trainer: bool = False, img_size: bool = True) -> None:
+    """The preprocessing recipe's flags, declared once for every tool that takes them.
+
+    A trainer (`trainer=True`) sets the recipe a model is trained with: its defaults come
+    from `dm_flags`, `--no-X` unsets a value (None). Otherwise the flags override a stored
+    recipe (default None: keep it): `--no-img-scale`/`--no-rescale-factor` store `OFF` to
+    switch the stored item off, and `--input-bits` supplies the depth of a model that
+    records none. The original's aliases `-ic`/`-nic` are offered in both modes, `-is` with
+    a trainer's size. `img_size=False` leaves `--img-size` to a tool that gives it another
+    meaning (heatmap_score: the sliding window's resize). Parsed values become a `Recipe`
+    in one place, `dm_recipe.recipe_from_flags`."""
+    off = None if trainer else OFF
+    if img_size:
+        add_img_size(g, short=trainer)
+    g.add_argument("--img-scale", "-ic", dest="img_scale", type=float,
                    help="scale each image so its maximum equals this")
+    g.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const",
+                   const=off, help="unset --img-scale" if trainer
+                   else "switch --img-scale off (no maximum scaling)")
     g.add_argument("--rescale-factor", dest="rescale_factor", type=float,
                    help="multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
-    if trainer:
-        g.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const",
-                       const=None, help="unset --img-scale")
-        g.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const",
-                       const=None, help="unset --rescale-factor")
+    g.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const",
+                   const=off, help="unset --rescale-factor" if trainer
+                   else "switch --rescale-factor off (no rescaling)")
     g.add_argument("--featurewise-center", dest="featurewise_center", action="store_const",
                    const=True, help="subtract --featurewise-mean")
     g.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
@@ -293,7 +317,8 @@ def add_recipe_flags(g, trainer: bool = False) -> None:
                    const=False, help="do not histogram-equalise")
     if not trainer:   # trainers record the depth of their training images themselves
         g.add_argument("--input-bits", dest="input_bits", type=int, choices=(8, 16),
-                       help="bit depth the model expects (for models that record none)")
+                       help="bit depth of the images the model expects (replaces the "
+                            "recorded one; needed for models that record none)")
 
 
 def add_image_check_flags(parser, verb: str) -> None:

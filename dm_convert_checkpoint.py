@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Sequence
 
 import dm_cli
-from dm_errors import InputError
 import dm_recipe
+from dm_errors import InputError
 
 DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
 DEFAULT_RESCALE = 0.003891
 DEFAULT_IMG_SIZE = (1152, 896)
+PUBLISHED_BITS = 16
 
 log = logging.getLogger("convert_checkpoint")
 
@@ -32,39 +34,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="where to write the converted model (.keras; .h5 also accepted)")
     p.add_argument("--class-list", nargs="+", default=["neg", "pos"],
                    help="output column names, in order")
-    dm_cli.add_img_size(p, help="image size of the recipe (default: the model's fixed input size, else "
-                        f"{DEFAULT_IMG_SIZE[0]} {DEFAULT_IMG_SIZE[1]}); must agree with a fixed input")
-    p.add_argument("--rescale-factor", type=float, default=DEFAULT_RESCALE,
-                   help="multiply pixels by this (255/65535 for 16-bit PNGs); 0 disables")
-    p.add_argument("--input-bits", type=int, choices=(8, 16), default=16,
-                   help="bit depth of the images the model expects (the published models: 16-bit "
-                        "PNGs); prediction refuses or converts other depths")
-    p.add_argument("--img-scale", type=float, default=None, help="scale so the image maximum is this")
-    p.add_argument("--equalize-hist", action="store_true", help="histogram-equalise each image")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="input channels (default: from the model)")
-    p.add_argument("--dataset", choices=sorted(DATASET_MEANS), default="ddsm",
-                   help="chooses the default featurewise mean (ddsm 52.18, inbreast 44.33)")
-    p.add_argument("--featurewise-mean", type=float, default=None, help="overrides the dataset mean")
-    p.add_argument("--no-featurewise-center", action="store_true", help="do not subtract a mean")
     p.add_argument("--kind", choices=("image", "patch"), default="image",
                    help="whole-image or patch classifier")
     p.add_argument("--unsafe-load", action="store_true",
                    help="allow Lambda layers (runs code stored in the file; trusted files only)")
+    r = p.add_argument_group(
+        "recipe stored in the file",
+        "Default (a flag not given): the published models' recipe: the model's fixed input "
+        f"size, else {DEFAULT_IMG_SIZE[0]}x{DEFAULT_IMG_SIZE[1]} (--img-size must agree with a "
+        f"fixed input); --rescale-factor {DEFAULT_RESCALE} (0 also switches it off); "
+        f"{PUBLISHED_BITS}-bit input; featurewise centring with the --dataset mean "
+        "(--no-featurewise-center also sets the mean to 0); channels from the model.")
+    dm_cli.add_recipe_flags(r)
+    r.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="input channels (default: from the model)")
+    r.add_argument("--dataset", choices=sorted(DATASET_MEANS), default="ddsm",
+                   help="chooses the default featurewise mean (ddsm 52.18, inbreast 44.33)")
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
-    import dm_modelfile
-    import dm_checkpoint
+def published_recipe(img_size: Sequence[int], channels: int, dataset: str) -> dm_recipe.Recipe:
+    """The recipe the published whole-image models were trained with (16-bit PNGs rescaled
+    to 0-255, centred on the data set's mean), at the given size and channels."""
+    return dm_recipe.Recipe(img_size=tuple(img_size), rescale_factor=DEFAULT_RESCALE,
+                            input_bits=PUBLISHED_BITS, channels=int(channels),
+                            featurewise_center=True, featurewise_mean=DATASET_MEANS[dataset])
 
-    model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
-    out_units = model.outputs[0].shape[-1]
-    if out_units is not None and out_units != len(args.class_list):
-        raise InputError(f"{args.input}: the model has {out_units} outputs but --class-list names "
-                         f"{len(args.class_list)} classes")
-    fixed = tuple(model.inputs[0].shape[1:3])
+
+def recipe_for(args: argparse.Namespace, input_shape: Sequence[int | None]) -> dm_recipe.Recipe:
+    """The recipe to store for a model whose input has `input_shape` (batch, H, W, C): the
+    published one with the recipe flags given replacing its items. A size a fixed input
+    cannot take is refused in one line."""
+    fixed = tuple(input_shape[1:3])
     if all(isinstance(v, int) for v in fixed):
         if args.img_size is not None and tuple(args.img_size) != fixed:
             raise InputError(f"{args.input}: the model's input is fixed at {fixed[0]}x{fixed[1]} "
@@ -73,12 +74,27 @@ def run(args: argparse.Namespace) -> int:
         img_size = fixed
     else:
         img_size = tuple(args.img_size or DEFAULT_IMG_SIZE)
-    channels = args.channels or (model.inputs[0].shape[-1] if model.inputs[0].shape[-1] in (1, 3) else 3)
-    mean = args.featurewise_mean if args.featurewise_mean is not None else DATASET_MEANS[args.dataset]
-    recipe = dm_recipe.Recipe(img_size=img_size, img_scale=args.img_scale, input_bits=args.input_bits,
-                             rescale_factor=args.rescale_factor or None, equalize_hist=args.equalize_hist,
-                             channels=int(channels), featurewise_center=not args.no_featurewise_center,
-                             featurewise_mean=0.0 if args.no_featurewise_center else float(mean))
+    channels = args.channels or (input_shape[-1] if input_shape[-1] in (1, 3) else 3)
+    fields: dict = {}
+    if args.rescale_factor == 0:              # the tool's older spelling of --no-rescale-factor
+        fields["rescale_factor"] = dm_cli.OFF
+    if args.featurewise_center is False:      # no centring: no mean recorded either
+        fields["featurewise_mean"] = 0.0
+    return dm_recipe.recipe_from_flags(args, base=published_recipe(img_size, channels, args.dataset),
+                                       **fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
+    import dm_checkpoint
+    import dm_modelfile
+
+    model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
+    out_units = model.outputs[0].shape[-1]
+    if out_units is not None and out_units != len(args.class_list):
+        raise InputError(f"{args.input}: the model has {out_units} outputs but --class-list names "
+                         f"{len(args.class_list)} classes")
+    recipe = recipe_for(args, tuple(model.inputs[0].shape))
     meta = dm_modelfile.ModelMeta(class_list=tuple(args.class_list), recipe=recipe, kind=args.kind,
                                   extra={"converted_from": str(args.input)})
     dm_modelfile.save_model(model, args.output, meta)

@@ -5,6 +5,7 @@ seeded augmentation, prefetch), and the featurewise mean of a training set.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -14,14 +15,14 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
-from dm_errors import InputError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import tensorflow as tf
 from dm_augment import Augment, AugParams, augment_numpy, draw_params_tf, element_seed
+from dm_errors import InputError
 from dm_listing import DatasetError, check_bit_depths
 from dm_pixels import ImageReadError, read_image
 from dm_recipe import Recipe, grey_steps, rescale_for_bits, resize, target_shape
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -244,25 +245,33 @@ def dataset_size(source: Sequence[str] | np.ndarray) -> int:
     return len(source)
 
 
-def mean_pixel(paths: Sequence[str], rescale_factor: float | None = None,
-               img_size: Sequence[int] | None = None) -> tuple[float, float, int | None]:
-    """(mean, rescale factor used, bit depth) over every pixel of every image.
+def mean_pixel(paths: Sequence[str], recipe: Recipe | None = None
+               ) -> tuple[float, float, int | None]:
+    """(mean, rescale factor used, bit depth) over every pixel of every image after the
+    recipe's steps before centring (resize, img_scale, rescale, equalise; default: none),
+    in the float32 the trainers subtract it from: the trainers' `--featurewise-mean`.
 
-    Raises `DatasetError` for no images or mixed 8/16-bit images.
+    The recipe's rescale None means "by bit depth" (0.003891 for 16-bit, 1 for 8-bit), or 1
+    with img_scale (the images are then on its scale already). Raises `DatasetError` for no
+    images, or for mixed 8/16-bit images unless img_scale scales each by its own maximum.
     """
     if not paths:
         raise DatasetError("no images to average")
-    depths = check_bit_depths(paths, 1.0)   # refuses a mix of 8 and 16 bits
+    recipe = recipe if recipe is not None else Recipe(img_size=None)
+    depths = check_bit_depths(paths, None if recipe.img_scale is not None else 1.0)
     bits = next(iter(depths)) if len(depths) == 1 else None
-    if rescale_factor is None:
+    factor = recipe.rescale_factor
+    if factor is None and recipe.img_scale is not None:
+        factor = 1.0
+    elif factor is None:
         if bits is None:
             sample = read_image(paths[0])
             bits = 16 if sample.dtype == np.uint16 else 8 if sample.dtype == np.uint8 else None
-        rescale_factor = rescale_for_bits(bits)
-    recipe = Recipe(img_size=tuple(img_size) if img_size else None)
+        factor = rescale_for_bits(bits)
+    steps = dataclasses.replace(recipe, rescale_factor=float(factor), featurewise_center=False)
     total, count = 0.0, 0
     for p in paths:
-        img = resize(read_image(p), recipe).astype(np.float64)
-        total += float(img.sum())
-        count += img.size
-    return total / count * float(rescale_factor), float(rescale_factor), bits
+        x = grey_steps(resize(read_image(p), steps), steps)
+        total += float(x.sum(dtype=np.float64))
+        count += x.size
+    return total / count, float(factor), bits

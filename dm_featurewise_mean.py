@@ -1,14 +1,16 @@
 """Compute the featurewise mean (and the rescale factor) of a set of training images.
 
-    python featurewise_mean.py TRAIN_DIR [--rescale-factor F] [--img-size H W] [--print WHAT]
+    python featurewise_mean.py TRAIN_DIR [recipe flags, as the trainer's] [--print WHAT]
 
 The trainers subtract one scalar, `--featurewise-mean`: the mean pixel of the training
-images after `--rescale-factor`. Without `--rescale-factor` the factor follows the images'
-bit depth (255/65535 = 0.003891 for 16-bit, 1 for 8-bit), so the mean is on the 0-255
-scale the published models use. Images are found recursively (class folders or any
-folder); a mix of 8- and 16-bit images is refused, as in training. `--print mean` or
-`--print rescale` prints just that number, for `MEAN=$(python featurewise_mean.py DIR
---print mean)` (README "Transfer to your data").
+images after every recipe step before centring (size, `--img-scale`, `--rescale-factor`,
+equalisation), so this tool takes the trainer's recipe flags (centring flags are accepted
+and ignored). Without `--rescale-factor` the factor follows the images' bit depth
+(255/65535 = 0.003891 for 16-bit, 1 for 8-bit), so the mean is on the 0-255 scale the
+published models use. Images are found recursively (class folders or any folder); a mix of
+8- and 16-bit images is refused, as in training. `--print mean` or `--print rescale`
+prints just that number, for `MEAN=$(python featurewise_mean.py DIR --print mean)`
+(README "Transfer to your data").
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Sequence
 
 import dm_cli
 import dm_inputs
+import dm_recipe
 from dm_dataset import mean_pixel
 
 log = logging.getLogger("featurewise_mean")
@@ -28,25 +31,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=dm_cli.HelpFormatter)
     p.add_argument("image_dir", help="training images (searched recursively, e.g. TRAIN_DIR)")
-    p.add_argument("--rescale-factor", type=float,
-                   help="multiply pixels by this first (default: 0.003891 for 16-bit "
-                        "images, 1 for 8-bit)")
-    dm_cli.add_img_size(p, help="resize each image to H x W first, as training does (default: as is)")
     p.add_argument("--print", dest="what", choices=("flags", "mean", "rescale"), default="flags",
                    help="print the trainer flags, or only the mean or the rescale factor (for "
                         "shell variables)")
+    g = p.add_argument_group(
+        "recipe (the trainer's)",
+        "The mean is taken after every step before centring, so give the trainer's own recipe "
+        "flags (default: the image as is). Without --rescale-factor the factor follows the "
+        "bit depth (0.003891 for 16-bit, 1 for 8-bit), or is 1 with --img-scale. The "
+        "centring flags are accepted (a trainer's flags can be pasted) and ignored.")
+    dm_cli.add_recipe_flags(g, trainer=True)
     return p
 
 
-def run(args) -> int:
+def recipe_for(args: argparse.Namespace) -> dm_recipe.Recipe:
+    """The recipe steps the mean is taken after: the trainer's flags, no centring (the mean
+    is what centring subtracts); rescale None is filled in by `mean_pixel`."""
+    return dm_recipe.recipe_from_flags(args, featurewise_center=False, featurewise_mean=0.0)
+
+
+def trainer_flags(args: argparse.Namespace, factor: float, mean: float) -> str:
+    """The trainer flags that reproduce the mean: the recipe flags given that it depends
+    on, then the rescale factor and the mean."""
+    given = []
+    if args.img_size is not None:
+        given.append(f"--img-size {args.img_size[0]} {args.img_size[1]}")
+    if args.img_scale is not None:
+        given.append(f"--img-scale {args.img_scale:g}")
+    if args.equalize_hist is not None:
+        given.append("--equalize-hist" if args.equalize_hist else "--no-equalize-hist")
+    return " ".join(given + [f"--rescale-factor {factor:.6g} --featurewise-mean {mean:.2f}"])
+
+
+def run(args: argparse.Namespace) -> int:
     paths = dm_inputs.list_images(args.image_dir)  # InferenceError: missing or empty folder
-    mean, factor, bits = mean_pixel(paths, args.rescale_factor, args.img_size)
+    mean, factor, bits = mean_pixel(paths, recipe_for(args))
     if args.what != "flags":
         print(f"{mean:.2f}" if args.what == "mean" else f"{factor:.6g}")
         return 0
     log.info("%d images in %s%s: featurewise mean %.2f after rescale factor %.6g", len(paths),
              args.image_dir, f" ({bits}-bit)" if bits else "", mean, factor)
-    print(f"--rescale-factor {factor:.6g} --featurewise-mean {mean:.2f}")
+    print(trainer_flags(args, factor, mean))
     return 0
 
 

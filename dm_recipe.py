@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from dm_augment import AugParams, augment_numpy, channel_shifts
+from dm_cli import OFF
 from dm_errors import InputError
 
 
@@ -191,8 +192,13 @@ def flag_values(flags: Any) -> dict[str, Any]:
     return {k: getattr(flags, k, None) for k in RECIPE_FLAGS}
 
 
+#: The fields an override can switch off (`OFF`, from a `--no-X` flag): the optional ones.
+SWITCHABLE = ("img_size", "target_height", "img_scale", "rescale_factor", "input_bits")
+
+
 def apply_overrides(recipe: Recipe, **overrides: Any) -> Recipe:
-    """`recipe` with the fields given as non-None keyword arguments replaced.
+    """`recipe` with the fields given as non-None keyword arguments replaced; `OFF` (a
+    `--no-X` flag) switches an optional field off (None).
 
     `featurewise_mean` given alone also turns centring on; `img_size` given turns
     `target_height` off, and vice versa.
@@ -201,13 +207,16 @@ def apply_overrides(recipe: Recipe, **overrides: Any) -> Recipe:
     unknown = set(overrides) - fields
     if unknown:
         raise TypeError(f"unknown recipe fields: {sorted(unknown)}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
+    fixed = sorted(k for k, v in overrides.items() if v is OFF and k not in SWITCHABLE)
+    if fixed:
+        raise TypeError(f"recipe fields that cannot be switched off: {fixed}")
+    changes = {k: None if v is OFF else v for k, v in overrides.items() if v is not None}
     if "featurewise_mean" in changes and "featurewise_center" not in changes:
         changes["featurewise_center"] = True
-    if "img_size" in changes:
+    if changes.get("img_size") is not None:
         changes["img_size"] = tuple(int(v) for v in changes["img_size"])
         changes.setdefault("target_height", None)
-    elif "target_height" in changes:
+    elif changes.get("target_height") is not None:
         changes["img_size"] = None
     return dataclasses.replace(recipe, **changes)
 
@@ -215,14 +224,17 @@ def apply_overrides(recipe: Recipe, **overrides: Any) -> Recipe:
 def recipe_from_flags(flags: Any, base: Recipe | None = None, **fields: Any) -> Recipe:
     """The one mapping of the recipe flags to a `Recipe`: a new recipe, every flag's value
     taken as is (trainers: None means off), or `base` with the flags that were given (not
-    None) replacing its values (prediction tools). `fields` sets what no flag carries
-    (channels, the training images' bit depth)."""
-    values = flag_values(flags)
+    None) replacing its values and `OFF` switching them off (prediction tools). `fields`
+    sets what no flag carries (channels, the training images' bit depth), or what a tool
+    decides instead of a flag (taking precedence over it; with `base`, None keeps the
+    base's value)."""
+    values = {**flag_values(flags), **fields}
     if base is not None:
-        return apply_overrides(base, **values, **fields)
+        return apply_overrides(base, **values)
+    values = {k: None if v is OFF else v for k, v in values.items()}
     if values["img_size"] is not None:
         values["img_size"] = tuple(values["img_size"])
     for switch in ("equalize_hist", "featurewise_center"):   # unset: the Recipe default
         if values[switch] is None:
             del values[switch]
-    return Recipe(**{**values, **fields})
+    return Recipe(**values)

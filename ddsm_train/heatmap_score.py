@@ -32,7 +32,6 @@ against lesion masks. `load_heatmaps` turns it back into the original's list of 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -167,9 +166,6 @@ def load_heatmaps(path: str) -> list[dict]:
                                          z["group_cc"], z["group_mlo"])]
 
 
-OFF = "off"  # a `--no-X` flag: switch the stored recipe's item off (None means "not given")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Heatmap scoring of mammograms (sliding window, fprop, Grad-CAM), grouped "
@@ -231,43 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "model files (runs code from the file)")
     r = p.add_argument_group("recipe overrides (default None: the model's stored recipe; "
                              "--no-X switches an item off)")
-    r.add_argument("--img-scale", "-ic", type=float, help="scale so the image maximum is this")
-    r.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const", default=argparse.SUPPRESS, const=OFF,
-                   help="no maximum scaling")
-    r.add_argument("--rescale-factor", type=float, help="multiply pixels by this")
-    r.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const", default=argparse.SUPPRESS,
-                   const=OFF, help="no rescaling")
-    r.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
-                   help="histogram equalisation on")
-    r.add_argument("--no-equalize-hist", dest="equalize_hist", action="store_const", default=argparse.SUPPRESS,
-                   const=False, help="histogram equalisation off")
-    r.add_argument("--featurewise-center", dest="featurewise_center", action="store_const",
-                   const=True, help="subtract the featurewise mean")
-    r.add_argument("--no-featurewise-center", dest="featurewise_center",
-                   action="store_const", default=argparse.SUPPRESS, const=False, help="no mean subtraction")
-    r.add_argument("--featurewise-mean", type=float, help="the mean to subtract (given "
-                   "alone, turns centring on)")
+    dm_cli.add_recipe_flags(r, img_size=False)   # --img-size: the geometry above
     return p
 
 
-def recipe_changes(args) -> dict:
-    """The recipe items the flags set: values, or None for an item switched off."""
-    ch = {}
-    for name in ("img_scale", "rescale_factor"):
-        v = getattr(args, name)
-        if v is not None:
-            ch[name] = None if v == OFF else float(v)
-    if args.equalize_hist is not None:
-        ch["equalize_hist"] = bool(args.equalize_hist)
-    if args.featurewise_mean is not None:
-        ch["featurewise_mean"] = float(args.featurewise_mean)
-        ch["featurewise_center"] = True
-    if args.featurewise_center is not None:
-        ch["featurewise_center"] = bool(args.featurewise_center)
-    return ch
-
-
-# Another bit depth than the model's: what else keeps it (this tool has no --input-bits).
+# Another bit depth than the model's: what else keeps it, in this tool's own flags.
 KEEP_DEPTH_HINT = "or --img-scale to scale each image by its own maximum"
 
 
@@ -416,12 +380,12 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                            "classifier: use --grad-cam (or --fprop-mode --patch-model PATCH)")
     classes = dm_scoring.common_class_list([loaded])
     items = list_items(args.img_folder, args.pat_csv, args.pat_list)
-    changes = recipe_changes(args)
     meta = dict(mode=mode, model=os.path.abspath(args.dl_state), class_list=list(classes))
     maps = []
     img_height = args.img_height
     if mode == "sliding":
-        recipe = dataclasses.replace(loaded.recipe(), **changes)
+        # the recipe's size is the patch size; --img-size resizes the whole image first
+        recipe = dm_recipe.recipe_from_flags(args, base=loaded.recipe(), img_size=None)
         ps = args.patch_size or loaded.input_hw[0]
         if ps is None:
             raise HeatmapError("give --patch-size (the model's input size is not fixed)")
@@ -438,8 +402,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or (1152, 896))
             else:
                 size = tuple(args.img_size or loaded.recipe().img_size)
-            recipe = dataclasses.replace(loaded.recipe(img_size=size, fixed_input=False),
-                                         **changes)
+            recipe = dm_recipe.recipe_from_flags(
+                args, base=loaded.recipe(img_size=size, fixed_input=False), img_size=None)
             patch = (dm_scoring.load_models([args.patch_model], not args.unsafe_load)[0]
                      if args.patch_model else None)            # loaded once
             patch_model = patch.model if patch is not None else None
@@ -450,7 +414,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides,
                         feature_map=[int(v) for v in fmap])
         else:
-            recipe = dataclasses.replace(loaded.recipe(img_size=args.img_size), **changes)
+            recipe = dm_recipe.recipe_from_flags(args, base=loaded.recipe(img_size=args.img_size),
+                                                 img_size=None)
             net = loaded.model
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
@@ -543,7 +508,7 @@ def parse_original(img_folder, dl_state, **kw) -> argparse.Namespace:
         setattr(args, k, v)
     for k in ("img_scale", "rescale_factor"):
         if getattr(args, k) is None:
-            setattr(args, k, OFF)
+            setattr(args, k, dm_cli.OFF)
     if not args.featurewise_center:
         args.featurewise_mean = None
     if not args.fprop_mode:

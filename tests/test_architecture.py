@@ -166,8 +166,15 @@ def test_docs_module_map_is_one_line_per_module_in_layer_order():
     for m in mods:
         below = [d for d in graph[m] if row_of[d] < row_of[m]]
         assert not below, f"{m} imports {below}, listed above it"
-    for (_, path, job), m in zip(rows, listed):
+    layer: dict[str, int] = {}
+
+    def depth(m: str) -> int:   # longest import chain below m
+        if m not in layer:
+            layer[m] = 1 + max((depth(d) for d in graph[m]), default=-1)
+        return layer[m]
+    for (shown, path, job), m in zip(rows, listed):
         assert job == _summary(mods[m]), path
+        assert shown == ("front door" if m in FRONT_DOORS else str(depth(m))), path
 
 
 def test_each_module_docstring_names_one_job():
@@ -393,6 +400,36 @@ def test_one_declaration_of_img_size():
                 sites.append(path.name)
     assert sites == [], sites
     assert "def add_img_size" in (REPO / "dm_cli.py").read_text()
+
+
+RECIPE_FLAGS = ("--img-scale", "--no-img-scale", "--rescale-factor", "--no-rescale-factor",
+                "--featurewise-mean", "--equalize-hist", "--no-equalize-hist",
+                "--featurewise-center", "--no-featurewise-center", "--input-bits")
+
+
+def _declared_flags(path: pathlib.Path, names) -> set[str]:
+    """The flags of `names` a file declares as string literals of an add_argument call."""
+    return {a.value for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+            for a in node.args if isinstance(a, ast.Constant) and a.value in names}
+
+
+def test_one_declaration_of_the_recipe_flags():
+    """The recipe's flags are declared once (dm_cli.add_recipe_flags) for the trainers,
+    predict, heatmap_score, convert_checkpoint and featurewise_mean, and become a Recipe
+    in one place (dm_recipe.recipe_from_flags)."""
+    sites = {path.name: found for path in _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]
+             if (found := _declared_flags(path, RECIPE_FLAGS))}
+    assert set(sites) == {"dm_cli.py"}, sites
+    assert sites["dm_cli.py"] == set(RECIPE_FLAGS)
+
+
+def test_the_recipe_flag_check_catches_a_declaration(tmp_path):
+    (tmp_path / "tool.py").write_text('p.add_argument("--rescale-factor", type=float)\n'
+                                      'p.add_argument("--other", "--input-bits")\n')
+    assert _declared_flags(tmp_path / "tool.py", RECIPE_FLAGS) == {"--rescale-factor",
+                                                                   "--input-bits"}
 
 
 def test_nosave_is_compared_only_where_flags_are_parsed():

@@ -1,4 +1,5 @@
 """convert_checkpoint.py: Keras 2.0.8 checkpoint -> self-describing .keras file."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -6,12 +7,13 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import dm_convert_checkpoint
-from dm_recipe import Recipe
 from keras2_fixture import small_whole_image_model as whole_image_model
 from keras2_fixture import write_keras2_h5
+
+import dm_convert_checkpoint
 import dm_modelfile
+from dm_errors import InputError
+from dm_recipe import Recipe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,6 +57,58 @@ def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
     assert r.featurewise_mean == 60.5 and r.rescale_factor is None
 
 
+PUBLISHED = Recipe(img_size=(64, 48), rescale_factor=0.003891, input_bits=16, channels=3,
+                  featurewise_center=True, featurewise_mean=52.18)
+
+
+@pytest.mark.parametrize("flags,shape,changes", [
+    ([], (None, 64, 48, 3), {}),
+    (["--img-size", "64", "48"], (None, 64, 48, 3), {}),
+    ([], (None, None, None, 3), dict(img_size=(1152, 896))),
+    (["--target-size", "32", "24"], (None, None, None, 3), dict(img_size=(32, 24))),
+    ([], (None, 64, 48, 1), dict(channels=1)),
+    (["--channels", "1"], (None, 64, 48, 7), dict(channels=1)),
+    ([], (None, 64, 48, 7), {}),                                  # odd channels: 3
+    (["--dataset", "inbreast"], (None, 64, 48, 3), dict(featurewise_mean=44.33)),
+    (["--featurewise-mean", "60.5"], (None, 64, 48, 3), dict(featurewise_mean=60.5)),
+    (["--featurewise-center"], (None, 64, 48, 3), {}),
+    (["--no-featurewise-center"], (None, 64, 48, 3),
+     dict(featurewise_center=False, featurewise_mean=0.0)),
+    (["--no-featurewise-center", "--featurewise-mean", "60"], (None, 64, 48, 3),
+     dict(featurewise_center=False, featurewise_mean=0.0)),
+    (["--rescale-factor", "1"], (None, 64, 48, 3), dict(rescale_factor=1.0)),
+    (["--rescale-factor", "0"], (None, 64, 48, 3), dict(rescale_factor=None)),
+    (["--no-rescale-factor"], (None, 64, 48, 3), dict(rescale_factor=None)),
+    (["--input-bits", "8"], (None, 64, 48, 3), dict(input_bits=8)),
+    (["--img-scale", "255"], (None, 64, 48, 3), dict(img_scale=255.0)),
+    (["-ic", "255", "-nic"], (None, 64, 48, 3), {}),
+    (["--equalize-hist"], (None, 64, 48, 3), dict(equalize_hist=True)),
+    (["--no-equalize-hist"], (None, 64, 48, 3), {}),
+])
+def test_recipe_is_the_published_one_with_the_flags_given(flags, shape, changes):
+    """The recipe stored is the published models' (the model's fixed size or 1152x896,
+    rescale 0.003891, 16 bits, centring on the --dataset mean, the model's channels), each
+    recipe flag given (dm_cli.add_recipe_flags, override mode) replacing its item."""
+    args = dm_convert_checkpoint.build_parser().parse_args(["in.h5", "out.keras", *flags])
+    got = dm_convert_checkpoint.recipe_for(args, shape)
+    assert got == dataclasses.replace(PUBLISHED, **changes)
+    assert dm_convert_checkpoint.published_recipe((64, 48), 3, "ddsm") == PUBLISHED
+
+
+def test_a_size_a_fixed_input_cannot_take_is_refused():
+    args = dm_convert_checkpoint.build_parser().parse_args(["in.h5", "o", "--img-size", "32", "24"])
+    with pytest.raises(InputError, match="in.h5: the model's input is fixed at 64x48 but "
+                                         "--img-size says 32x24"):
+        dm_convert_checkpoint.recipe_for(args, (None, 64, 48, 3))
+
+
+def test_help_says_the_defaults_are_the_published_recipe():
+    text = " ".join(dm_convert_checkpoint.build_parser().format_help().split())
+    assert "the published models' recipe" in text and "0.003891" in text and "16-bit" in text
+    for flag in ("--no-rescale-factor", "--no-img-scale", "--input-bits", "--dataset"):
+        assert flag in text
+
+
 def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image, capsys):
     _, src = keras208_whole_image
     out = tmp_path / "x.keras"
@@ -89,6 +143,7 @@ def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
 def test_converted_fixed_size_model_predicts(tmp_path, keras208_whole_image):
     """Before: a 1152x896 recipe for a 64x48 model, and prediction failed with a Keras error."""
     import cv2
+
     import dm_predict
     _, src = keras208_whole_image
     out = tmp_path / "m.keras"

@@ -16,6 +16,7 @@ from tiny_models import (
     tiny_patch_model,
 )
 
+import dm_cli
 import dm_heatmaps
 import dm_modelfile
 import dm_overlay
@@ -204,6 +205,55 @@ def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
     np.testing.assert_allclose(hs.load_heatmaps(str(out))[0]["cc"], want.probs, atol=1e-6)
 
 
+def test_no_flags_are_the_shared_override_flags(setup, tmp_path):
+    """heatmap_score takes predict's recipe flags (dm_cli.add_recipe_flags): -nic and
+    --no-rescale-factor store dm_cli.OFF, which switches a stored item off; the original's
+    -ic alias and --input-bits are accepted; --img-size stays the sliding window's resize."""
+    p = hs.build_parser()
+    args = p.parse_args(["imgs", "m.keras", "-nic", "--no-rescale-factor", "--input-bits", "16"])
+    assert args.img_scale is dm_cli.OFF and args.rescale_factor is dm_cli.OFF
+    assert p.parse_args(["imgs", "m.keras", "-ic", "255"]).img_scale == 255.0
+    assert p.parse_args(["imgs", "m.keras", "-is", "60", "50"]).img_size == [60, 50]
+    stored = dataclasses.replace(PATCH_RECIPE, img_scale=200.0)
+    assert dm_recipe.recipe_from_flags(args, base=stored, img_size=None) == dataclasses.replace(
+        PATCH_RECIPE, img_scale=None, rescale_factor=None, input_bits=16)
+    # Through the command: a patch model storing --img-scale 200, mapped with -nic.
+    model = tmp_path / "scaled.keras"
+    dm_modelfile.save_model(dm_scoring.load_models([setup["patch"]])[0].model, model,
+                            dm_modelfile.ModelMeta(("background", "malignant", "benign"),
+                                                   stored, kind="patch"))
+    img = dm_pixels.read_image(f"{setup['imgs']}/P1_LEFT_CC.png")
+    net = dm_scoring.load_models([str(model)])[0].model
+    maps = {}
+    for name, flags in (("stored", []), ("off", ["-nic", "--input-bits", "16"])):
+        out = tmp_path / f"{name}.npz"
+        assert hs.main([setup["imgs"], str(model), *flags, "--out", str(out)]) == 0
+        maps[name] = hs.load_heatmaps(str(out))[0]["cc"]
+        with np.load(out, allow_pickle=False) as z:
+            maps[name + "_recipe"] = json.loads(str(z["meta"]))["recipe"]
+    want = dm_heatmaps.sliding_window_heatmap(net, img, PATCH_RECIPE, 16, 8, segment=True,
+                                              pad=True)
+    np.testing.assert_allclose(maps["off"], want.probs, atol=1e-6)
+    assert maps["stored_recipe"]["img_scale"] == 200.0 and maps["off_recipe"]["img_scale"] is None
+    assert maps["off_recipe"]["input_bits"] == 16
+    assert np.abs(maps["off"] - maps["stored"]).max() > 1e-4   # the flag made a difference
+
+
+def test_original_run_keywords_switch_stored_items_off_as_the_original_did():
+    """`run(img_folder, dl_state, **keywords)`: the original's img_scale=None and
+    rescale_factor=None become dm_cli.OFF (switch the stored item off), featurewise_center
+    False drops the mean; given values replace the stored ones."""
+    stored = dataclasses.replace(PATCH_RECIPE, img_scale=200.0, equalize_hist=True)
+    args = hs.parse_original("imgs", "m.keras")
+    assert args.img_scale is dm_cli.OFF and args.rescale_factor is dm_cli.OFF
+    assert dm_recipe.recipe_from_flags(args, base=stored, img_size=None) == dataclasses.replace(
+        PATCH_RECIPE, rescale_factor=None, featurewise_center=False)
+    args = hs.parse_original("imgs", "m.keras", img_scale=4095.0, featurewise_center=True,
+                             featurewise_mean=60.0)
+    assert dm_recipe.recipe_from_flags(args, base=stored, img_size=None) == dataclasses.replace(
+        PATCH_RECIPE, img_scale=4095.0, rescale_factor=None, featurewise_mean=60.0)
+
+
 def test_help_shows_defaults_without_tensorflow():
     import subprocess
     code = ("import runpy, sys; sys.argv = ['heatmap_score.py', '--help']\n"
@@ -238,7 +288,7 @@ def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, caps
     err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
     assert len(err) == 1 and "P1_LEFT_CC.png" in err[0] and "16-bit" in err[0]
     assert "--convert-bit-depth" in err[0]
-    # it names this tool's own flags: heatmap_score.py has no --input-bits (issue 23)
+    # it names the flag that keeps the depth in this tool (issue 23)
     assert "--input-bits" not in err[0] and "--img-scale" in err[0]
     assert not (tmp_path / "x.npz").exists()
     assert hs.main([str(d8), str(model8), *args, "--out", str(tmp_path / "a.npz")]) == 0

@@ -1,21 +1,30 @@
 """predict.py: CSV layout, labels, pass-through columns, TTA flag, errors; serving export."""
 import csv
+import dataclasses
 import os
 import pathlib
 
 import cv2
 import numpy as np
 import pytest
+from tiny_models import (
+    IMAGE_RECIPE,
+    IMG,
+    save,
+    tiny_image_model,
+    tiny_patch_model,
+    write_images,
+)
 
-import dm_export
+import dm_cli
 import dm_dataset
+import dm_export
 import dm_inputs
-import dm_scoring
-import dm_predict
-from tiny_models import IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images
-import dm_pixels
-import dm_recipe
 import dm_modelfile
+import dm_pixels
+import dm_predict
+import dm_recipe
+import dm_scoring
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -79,6 +88,36 @@ def test_images_without_labels_and_overrides(setup, tmp_path):
     np.testing.assert_allclose([float(r["pos"]) for r in rows], want[:, 1], atol=1e-6)
 
 
+def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
+    """--no-img-scale (-nic) and --no-rescale-factor store dm_cli.OFF, which
+    dm_recipe.apply_overrides turns into None: the model's stored item is switched off and
+    the rest of its recipe kept."""
+    stored = dataclasses.replace(IMAGE_RECIPE, img_scale=100.0)
+    model = tmp_path / "scaled.keras"
+    net = dm_scoring.load_models([setup["m1"]])[0].model
+    dm_modelfile.save_model(net, model, dm_modelfile.ModelMeta(("neg", "pos"), stored, kind="image"))
+    p = dm_predict.build_parser()
+    args = p.parse_args([str(model), "--no-img-scale", "--no-rescale-factor"])
+    assert args.img_scale is dm_cli.OFF and args.rescale_factor is dm_cli.OFF
+    assert p.parse_args([str(model), "-nic"]).img_scale is dm_cli.OFF
+    assert p.parse_args([str(model), "-ic", "4"]).img_scale == 4.0
+    assert dm_scoring.load_models([str(model)])[0].recipe(**dm_recipe.flag_values(args)) == \
+        dataclasses.replace(IMAGE_RECIPE, rescale_factor=None)
+    raw = [dm_pixels.read_image(q) for q in setup["pos"]]
+    probs = {}
+    for name, flags, recipe in (
+            ("stored", [], stored),
+            ("no_scale", ["--no-img-scale"], IMAGE_RECIPE),
+            ("no_rescale", ["--no-rescale-factor"], dataclasses.replace(stored, rescale_factor=None))):
+        out = tmp_path / f"{name}.csv"
+        assert dm_predict.main([str(model), "--images", *setup["pos"], "--out", str(out), *flags]) == 0
+        probs[name] = np.array([float(r["pos"]) for r in _read(out)])
+        want = net.predict(np.stack([dm_recipe.preprocess(x, recipe) for x in raw]), verbose=0)
+        np.testing.assert_allclose(probs[name], want[:, 1], atol=1e-6)
+    assert np.abs(probs["no_scale"] - probs["stored"]).max() > 1e-4
+    assert np.abs(probs["no_rescale"] - probs["stored"]).max() > 1e-4
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--images", "nope.png"], "nope.png: image file not found"),
     (["--image-dir", "nodir"], "nodir: image folder not found"),
@@ -128,8 +167,8 @@ def test_export_refuses_equalize_hist(tmp_path):
 def test_onnx_export_matches_tf(tmp_path):
     """Optional: only where tf2onnx and onnx are installed (not in requirements.txt)."""
     pytest.importorskip("tf2onnx")
-    from onnx.reference import ReferenceEvaluator
     import onnx
+    from onnx.reference import ReferenceEvaluator
     model = tiny_image_model()
     path = dm_export.export_onnx(model, IMAGE_RECIPE, str(tmp_path / "m.onnx"))
     raw = np.random.default_rng(1).integers(0, 65535, (2, 90, 70)).astype(np.float32)

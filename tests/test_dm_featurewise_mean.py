@@ -1,0 +1,101 @@
+"""featurewise_mean.py: the mean a trainer subtracts, taken after the trainer's own recipe
+steps (the shared recipe flags, trainer mode); expected values worked out by hand on tiny
+synthetic PNGs."""
+import cv2
+import numpy as np
+import pytest
+
+import dm_dataset
+import dm_featurewise_mean as fm
+import dm_flags
+import dm_recipe
+from dm_recipe import Recipe
+
+# 4x4 8-bit images. HALF: 8 pixels of 10, 8 of 20. THIRDS: 4 of 0, 8 of 100, 4 of 200.
+HALF = np.repeat(np.array([[10, 10, 20, 20]], np.uint8), 4, axis=0)
+THIRDS = np.array([[0, 0, 0, 0], [100] * 4, [100] * 4, [200] * 4], np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "train" / "neg"
+    d.mkdir(parents=True)
+    cv2.imwrite(str(d / "half.png"), HALF)
+    cv2.imwrite(str(d / "thirds.png"), THIRDS)
+    return tmp_path / "train"
+
+
+def _paths(folder) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*.png"))
+
+
+def _run(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert fm.main([*map(str, argv)]) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_plain_mean_is_the_pixel_mean(folder, capsys):
+    # (8*10 + 8*20 + 8*100 + 4*200) / 32 = 57.5; 8-bit: rescale 1
+    assert _run(capsys, folder) == "--rescale-factor 1 --featurewise-mean 57.50"
+    assert _run(capsys, folder, "--rescale-factor", "0.5", "--print", "mean") == "28.75"
+
+
+def test_equalize_hist_gives_the_mean_of_the_equalised_images(folder, capsys):
+    """OpenCV's equalisation maps the lowest level to 0 and level v to
+    round(255 * (pixels <= v minus the lowest level's) / (pixels minus the lowest level's)):
+    HALF -> 0, 255 (mean 127.5); THIRDS -> 0, round(255 * 8/12) = 170, 255 (mean 148.75)."""
+    want = (8 * 255 + 8 * 170 + 4 * 255) / 32            # 138.125
+    mean, factor, bits = dm_dataset.mean_pixel(
+        _paths(folder), Recipe(img_size=None, equalize_hist=True))
+    assert (mean, factor, bits) == (want, 1.0, 8)
+    assert _run(capsys, folder, "--equalize-hist", "--print", "mean") == f"{want:.2f}"
+    assert _run(capsys, folder, "--equalize-hist") == \
+        f"--equalize-hist --rescale-factor 1 --featurewise-mean {want:.2f}"
+
+
+def test_img_scale_gives_the_mean_of_the_scaled_images(folder, capsys):
+    """--img-scale 100: HALF x 100/20 -> 50, 100 (mean 75); THIRDS x 100/200 -> 0, 50, 100
+    (mean 50); the rescale factor is then 1, whatever the bit depth."""
+    want = (16 * 75 + 16 * 50) / 32                       # 62.5
+    assert _run(capsys, folder, "--img-scale", "100", "--print", "mean") == "62.50"
+    assert _run(capsys, folder, "-ic", "100", "--print", "rescale") == "1"
+    # 16-bit copies scale to the same values (each image by its own maximum)
+    cv2.imwrite(str(folder / "neg" / "half.png"), HALF.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "neg" / "thirds.png"), THIRDS.astype(np.uint16) * 257)
+    mean, factor, bits = dm_dataset.mean_pixel(_paths(folder), Recipe(img_size=None,
+                                                                               img_scale=100.0))
+    assert mean == pytest.approx(want, abs=1e-4) and factor == 1.0 and bits == 16
+
+
+def test_img_scale_accepts_mixed_depths_which_one_rescale_cannot_fit(folder, capsys):
+    cv2.imwrite(str(folder / "neg" / "half.png"), HALF.astype(np.uint16) * 257)
+    assert fm.main([str(folder)]) == 2
+    assert _run(capsys, folder, "--img-scale", "100", "--print", "mean") == "62.50"
+
+
+def test_img_size_weighs_every_image_alike(tmp_path, capsys):
+    """A 2x2 image of 10 and an 8x8 image of 40 (constant images stay constant under the
+    cubic resize): as they are (4*10 + 64*40) / 68; at 4x4, (10 + 40) / 2."""
+    d = tmp_path / "set"
+    d.mkdir()
+    cv2.imwrite(str(d / "small.png"), np.full((2, 2), 10, np.uint8))
+    cv2.imwrite(str(d / "large.png"), np.full((8, 8), 40, np.uint8))
+    assert _run(capsys, d, "--print", "mean") == f"{(4 * 10 + 64 * 40) / 68:.2f}"
+    assert _run(capsys, d, "--img-size", "4", "4", "--print", "mean") == "25.00"
+
+
+def test_centring_flags_are_accepted_and_ignored(folder, capsys):
+    assert _run(capsys, folder, "--featurewise-mean", "99", "--featurewise-center",
+                "--print", "mean") == "57.50"
+
+
+def test_the_printed_flags_centre_the_trainer_s_images(folder, capsys):
+    """Pasted into a trainer, the printed line gives a recipe whose network inputs average 0
+    over the training images (to the printed 2 decimals)."""
+    line = _run(capsys, folder, "--equalize-hist", "--img-size", "4", "4")
+    cfg = dm_flags.parse("patch", ["a", "b", "c", *line.split()])
+    recipe = dm_recipe.recipe_from_flags(cfg, channels=1)
+    assert recipe.equalize_hist and recipe.featurewise_center and recipe.img_size == (4, 4)
+    x = np.stack([dm_recipe.preprocess(img, recipe) for img in (HALF, THIRDS)])
+    assert abs(float(x.mean())) <= 0.005 + 1e-5     # 138.125 printed as 138.12
