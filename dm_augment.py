@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
-import scipy.ndimage as ndi
 
 from dm_errors import InputError
 
@@ -144,6 +143,7 @@ def _shift_clip(x: np.ndarray, shift: float) -> np.ndarray:
 
 def augment_reference(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") -> np.ndarray:
     """Slow, plain reference of one augmentation: scipy.ndimage like Keras 2.0 (nearest fill)."""
+    import scipy.ndimage as ndi  # deferred: keeps --help fast (docs/modules.md)
 
     x = np.asarray(x, dtype=np.float32)
     a, o = affine_matrix(p, *x.shape)

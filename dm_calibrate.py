@@ -21,10 +21,8 @@ import sys
 
 import numpy as np
 
-import dm_calibration
 import dm_cli
 import dm_evaluate
-import dm_metrics
 from dm_errors import InputError
 
 log = logging.getLogger("calibrate")
@@ -71,6 +69,8 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
 
 
 def run(args) -> int:
+    import dm_calibration  # deferred: keeps --help fast (docs/modules.md)
+    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
     import dm_modelfile
     if not os.path.isfile(args.model):
         raise InputError(f"{args.model}: model file not found")

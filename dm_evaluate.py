@@ -1,7 +1,7 @@
 """Evaluate a predictions file against its labels.
 
-Evaluate predictions: AUROC with a 95% bootstrap interval, ROC/PR curves, operating points,
-calibration (reliability curve, ECE, Brier score) and breast-/exam-level aggregation.
+AUROC with a 95% bootstrap interval, ROC/PR curves, operating points, calibration
+(reliability curve, ECE, Brier score) and breast-/exam-level aggregation.
 
     python evaluate.py preds.csv [--labels labels.csv] [--pos-class pos] \
         [--thresholds 0.5 ...] [--target-sensitivity 0.9] [--aggregate max] \
@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 import dm_cli
-import dm_metrics as M
 import dm_output
 from dm_errors import InputError
 
@@ -38,7 +37,7 @@ class EvalError(InputError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[:2]),
                                 formatter_class=dm_cli.HelpFormatter)
     p.add_argument("preds", help="predictions CSV")
     p.add_argument("--labels", help="CSV with path,label (when the predictions have none)")
@@ -150,6 +149,7 @@ def _binary(v: str, classes: list[str], pos: str, where: str) -> bool:
 
 
 def evaluate_level(name: str, y, s, args) -> dict:
+    import dm_metrics as M  # deferred: keeps --help fast (docs/modules.md)
     res = dict(level=name, n=int(len(y)), n_pos=int(np.sum(y)))
     if res["n_pos"] in (0, res["n"]):
         res["error"] = "one class only: AUROC undefined"
@@ -171,6 +171,7 @@ def evaluate_level(name: str, y, s, args) -> dict:
 
 
 def run(args) -> dict:
+    import dm_metrics as M  # deferred: keeps --help fast (docs/modules.md)
     if args.n_boot < 1:
         raise EvalError(f"--n-boot must be >= 1, got {args.n_boot}")
     if args.n_bins < 1:

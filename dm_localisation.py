@@ -30,11 +30,8 @@ import time
 from typing import Sequence
 
 import cv2
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy.ndimage import map_coordinates
 
 import dm_cli
 import dm_output
@@ -68,6 +65,9 @@ def grid_to_image(values: np.ndarray, first: tuple[float, float], step: tuple[fl
     """A (rows, cols) grid whose cell (r, c) is centred at first + (r, c) * step (pixel
     coordinates of an image of `shape`) as a bilinear map on that image, NaN farther than
     half a step beyond the outer cells."""
+    from scipy.ndimage import (
+        map_coordinates,  # deferred: keeps --help fast (docs/modules.md)
+    )
     values = np.asarray(values, np.float64)
     h, w = int(shape[0]), int(shape[1])
     fy = (np.arange(h) - first[0]) / step[0]
@@ -391,7 +391,9 @@ def plot_figure(recs_of: dict, s: Settings, path: str, n_worst: int = 6) -> None
     """Per-image hits and misses of every map kind and of the brightest-pixel baseline
     (rows; images in one order), over thumbnails of the worst misses (peak farthest from
     any lesion), with lesion outlines."""
+    import matplotlib  # deferred: keeps --help fast (docs/modules.md)
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     kinds = list(recs_of)
     names = [r["name"] for r in recs_of[kinds[0]][0]]
     rows = [(k, {r["name"]: r["hit"] for r in recs_of[k][0]}) for k in kinds]

@@ -25,7 +25,6 @@ import logging
 import sys
 from typing import Any, Sequence
 
-import dm_calibration
 import dm_cli
 import dm_inputs
 import dm_output
@@ -80,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    import dm_calibration  # deferred: keeps --help fast (docs/modules.md)
     import dm_scoring
     if args.batch_size < 1:
         raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")

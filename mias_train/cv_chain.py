@@ -24,7 +24,6 @@ import dm_flags
 import dm_listing
 import dm_localisation
 import dm_localisation_metrics
-import dm_metrics
 import dm_overlay
 import dm_pixels
 import image_clf_train
@@ -164,11 +163,13 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
 
 def chain_auroc(y: ArrayLike, s: ArrayLike) -> float:
     """The project's one AUROC (dm_metrics)."""
+    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
     return dm_metrics.auroc(y, s)
 
 
 def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:
     """ROC curve at `roc`, its precision-recall curve beside it (`*_pr.png`)."""
+    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
     dm_metrics.plot_curves(y, s, str(roc), str(roc.with_name(roc.stem + "_pr.png")), title=title)
 
 

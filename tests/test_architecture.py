@@ -189,7 +189,9 @@ def test_each_module_docstring_names_one_job():
         assert not rest or rest[0] == "", f"{path.name}: the job line runs on"
 
 
-HEAVY = {"tensorflow", "keras"}
+# What a command's --help must not load: TensorFlow, and the libraries that take a second
+# or more to import on a loaded machine (docs/modules.md, the house rules).
+HEAVY = {"tensorflow", "keras", "scipy", "sklearn", "matplotlib", "pydicom"}
 OPTIONAL_EXTRAS = {"tf2onnx"}   # not in requirements.txt; imported where used
 
 
@@ -230,8 +232,8 @@ def _load_graph() -> tuple[dict, dict, dict]:
     return mods, top, inner
 
 
-def _loads_tensorflow(m: str, top: dict, mods: dict) -> bool:
-    """Whether importing `m` imports TensorFlow (directly or through project modules)."""
+def _loads_heavy(m: str, top: dict, mods: dict) -> bool:
+    """Whether importing `m` imports a HEAVY library (directly or through project modules)."""
     seen, stack = set(), [m]
     while stack:
         x = stack.pop()
@@ -258,8 +260,9 @@ def _is_command(path: pathlib.Path) -> bool:
 
 
 def test_imports_at_the_top_except_tensorflow_for_help():
-    """An import inside a function is TensorFlow, Keras or a room that imports them, in a
-    module listed in docs/modules.md as loaded by a command's --help (or an optional extra)."""
+    """An import inside a function is a heavy library (TensorFlow, Keras, SciPy,
+    scikit-learn, Matplotlib, pydicom) or a room that imports one, in a module listed in
+    docs/modules.md as loaded by a command's --help (or an optional extra)."""
     assert not OPTIONAL_EXTRAS & set((REPO / "requirements.txt").read_text().split())
     mods, top, inner = _load_graph()
     defer = _defer_list()
@@ -271,21 +274,21 @@ def test_imports_at_the_top_except_tensorflow_for_help():
                     continue
                 where = f"{mods[m].name}:{node.lineno} imports {t} inside a function"
                 assert m in defer, where + " (not a module that defers for --help)"
-                assert t.split(".")[0] in HEAVY or (t in mods and _loads_tensorflow(t, top, mods)), \
-                    where + " (it does not load TensorFlow: import it at the top)"
+                assert t.split(".")[0] in HEAVY or (t in mods and _loads_heavy(t, top, mods)), \
+                    where + " (it is not heavy: import it at the top)"
     for m in defer:
         assert inner[m], f"{m} is listed as deferring but imports everything at the top"
 
 
 def test_commands_load_no_tensorflow_before_their_flags():
-    """Every command's module and the modules it loads import no TensorFlow at the top, so
-    --help answers without it; and each module that defers is loaded by some command."""
+    """Every command's module and the modules it loads import nothing heavy at the top, so
+    --help answers at once; and each module that defers is loaded by some command."""
     mods, top, inner = _load_graph()
     commands = [m for m, p in mods.items() if _is_command(p)]
     assert len(commands) >= 20
     loaded = set()
     for c in commands:
-        assert not _loads_tensorflow(c, top, mods), f"{c} imports TensorFlow before --help"
+        assert not _loads_heavy(c, top, mods), f"{c} loads a heavy library before --help"
         loaded |= reachable({m: {t for t in top[m] if t in mods} for m in mods}, c)
     assert _defer_list() <= loaded | set(commands)
 
