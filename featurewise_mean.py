@@ -1,9 +1,6 @@
 """Checkout door: `python featurewise_mean.py` runs `dm_featurewise_mean`.
 
-Kept so that `python featurewise_mean.py ...` works in a checkout; the wheel installs the tool as
-`dm-featurewise-mean` instead, because `featurewise_mean` is another package's name on PyPI
-(docs/training.md, docs/modules.md).
-"""
+The wheel installs no `featurewise_mean`: that name is another package's on PyPI (docs/modules.md)."""
 from dm_featurewise_mean import build_parser, main, run  # noqa: F401
 
 if __name__ == "__main__":
