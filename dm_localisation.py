@@ -40,21 +40,9 @@ import dm_pixels
 import dm_recipe
 import dm_sweep
 from ddsm_train.heatmap_score import score
-from dm_localisation_metrics import (
-    KINDS,
-    NOMINAL_HEIGHT_MM,
-    PEAK_SEPARATION_MM,
-    TOLERANCE_MM,
-    Case,
-    LocalisationError,
-    Settings,
-    _r,
-    compare,
-    evaluate,
-    make_case,
-    malignant_only,
-    pixel_size_mm,
-)
+from dm_localisation_metrics import (KINDS, NOMINAL_HEIGHT_MM, PEAK_SEPARATION_MM, TOLERANCE_MM,
+                                     Case, LocalisationError, Settings, _r, compare, evaluate,
+                                     make_case, malignant_only, pixel_size_mm)
 from dm_recipe_utils import write_csv
 
 log = logging.getLogger("dm_localisation")

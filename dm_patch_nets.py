@@ -16,11 +16,7 @@ from keras.regularizers import L2
 
 import dm_resnet
 from dm_errors import InputError
-from dm_layers import (
-    IMAGENET_PREPROCESS,
-    KERAS208_RESNET50_BN_EPSILON,
-    ImageNetPreprocess,
-)
+from dm_layers import (IMAGENET_PREPROCESS, KERAS208_RESNET50_BN_EPSILON, ImageNetPreprocess)
 from dm_modelfile import load_model
 
 log = logging.getLogger(__name__)

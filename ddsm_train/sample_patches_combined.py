@@ -60,15 +60,8 @@ from dm_recipe_utils import (
     write_csv,
     write_lines,
 )
-from dm_roi import (
-    EmptyMaskError,
-    blob_keypoints,
-    create_blob_detector,
-    extract_patch,
-    largest_contour_bbox,
-    overlap_patch_roi,
-    patch_roi_overlap,
-)
+from dm_roi import (EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch,
+                    largest_contour_bbox, overlap_patch_roi, patch_roi_overlap)
 from dm_sweep import add_img_margins, crop_img, segment_breast
 
 log = logging.getLogger(__name__)

@@ -20,15 +20,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from mias_train.cv_baselines import oriented
-from mias_train.cv_chain import (
-    chain_auroc,
-    chain_list,
-    chain_predict_folder,
-    chain_train_image,
-    chain_train_patch,
-    chain_trunk_mean,
-    functions_eagerly,
-)
+from mias_train.cv_chain import (chain_auroc, chain_list, chain_predict_folder, chain_train_image,
+                                 chain_train_patch, chain_trunk_mean, functions_eagerly)
 from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES, Cohort, lay_out_fold
 
 log = logging.getLogger("cross_validate")

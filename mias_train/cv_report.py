@@ -22,12 +22,7 @@ from tqdm import tqdm
 
 from dm_output import write_named
 from dm_recipe_utils import write_csv
-from mias_train.cv_chain import (
-    chain_auroc,
-    chain_lesion_map,
-    chain_overlay,
-    chain_plot_roc,
-)
+from mias_train.cv_chain import (chain_auroc, chain_lesion_map, chain_overlay, chain_plot_roc)
 
 
 # Not dm_metrics.bootstrap_auroc: that one resamples single cases, this one whole groups

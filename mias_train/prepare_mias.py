@@ -32,19 +32,9 @@ import dm_pixels
 import dm_recipe
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
 from dm_pixels import ImageReadError, to_uint16, write_png
-from dm_recipe_utils import (
-    FULL_DIR,
-    IMAGE_COLUMNS,
-    MASK_DIR,
-    ROI_COLUMNS,
-    check_converted,
-    claim_folder,
-    run_cli,
-    stratified_split,
-    summarize,
-    write_csv,
-    write_layout,
-)
+from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, check_converted,
+                             claim_folder, run_cli, stratified_split, summarize, write_csv,
+                             write_layout)
 
 log = logging.getLogger(__name__)
 

@@ -2,17 +2,8 @@
 import cv2
 import numpy as np
 import pytest
-from tiny_models import (
-    IMAGE_RECIPE,
-    IMG,
-    PATCH,
-    PATCH_RECIPE,
-    mammogram,
-    save,
-    tiny_image_model,
-    tiny_patch_model,
-    write_images,
-)
+from tiny_models import (IMAGE_RECIPE, IMG, PATCH, PATCH_RECIPE, mammogram, save, tiny_image_model,
+                         tiny_patch_model, write_images)
 
 import dm_heatmaps
 import dm_inputs

@@ -8,13 +8,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from tiny_models import (
-    PATCH_RECIPE,
-    mammogram,
-    save,
-    tiny_image_model,
-    tiny_patch_model,
-)
+from tiny_models import (PATCH_RECIPE, mammogram, save, tiny_image_model, tiny_patch_model)
 
 import dm_cli
 import dm_heatmaps

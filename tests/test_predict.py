@@ -7,14 +7,7 @@ import pathlib
 import cv2
 import numpy as np
 import pytest
-from tiny_models import (
-    IMAGE_RECIPE,
-    IMG,
-    save,
-    tiny_image_model,
-    tiny_patch_model,
-    write_images,
-)
+from tiny_models import (IMAGE_RECIPE, IMG, save, tiny_image_model, tiny_patch_model, write_images)
 
 import dm_cli
 import dm_dataset
