@@ -470,3 +470,14 @@ def test_no_module_over_600_lines():
     for m, path in project_modules(REPO).items():
         n = len(path.read_text().splitlines())
         assert m == "dm_checkpoint" or n <= 600, f"{path.name}: {n} lines"
+
+
+def test_one_image_csv_reader():
+    """Lists of images in a CSV are parsed in one place, `dm_listing.read_image_csv`: no
+    other project module parses CSV rows itself (pandas tables of other kinds excepted)."""
+    for path in _project_files(REPO):
+        if path.parent.name in ("tests", "benchmarks") or path.name == "dm_listing.py":
+            continue
+        text = path.read_text()
+        assert "DictReader(" not in text and "csv.reader(" not in text, path.name
+    assert "def read_image_csv" in (REPO / "dm_listing.py").read_text()
