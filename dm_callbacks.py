@@ -18,7 +18,7 @@ from dm_errors import OriginalAPIError
 from dm_metrics import auroc
 from dm_modelfile import ModelMeta, save_model
 
-log = logging.getLogger("dm_keras_ext")
+log = logging.getLogger("dm_callbacks")
 
 def mean_auroc(labels, probs) -> float:
     """Mean one-vs-rest AUROC over the classes that have both positives and negatives.

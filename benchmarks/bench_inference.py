@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     p.add_argument("--raw-size", nargs=2, type=int, default=[1400, 1100])
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("dm_inference").setLevel(logging.WARNING)
+    logging.getLogger("dm_scoring").setLevel(logging.WARNING)
 
     keras.utils.set_random_seed(1)
     patch, _, _ = dm_patch_nets.get_dl_model(a.net, nb_class=3, use_pretrained=False)
