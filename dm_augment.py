@@ -143,7 +143,7 @@ def _shift_clip(x: np.ndarray, shift: float) -> np.ndarray:
 
 def augment_reference(x: np.ndarray, p: AugParams, interpolation: str = "bilinear") -> np.ndarray:
     """Slow, plain reference of one augmentation: scipy.ndimage like Keras 2.0 (nearest fill)."""
-    import scipy.ndimage as ndi  # deferred: keeps --help fast (docs/modules.md)
+    import scipy.ndimage as ndi  # deferred for --help (docs/modules.md)
 
     x = np.asarray(x, dtype=np.float32)
     a, o = affine_matrix(p, *x.shape)
@@ -187,7 +187,7 @@ def augment_numpy(x: np.ndarray, p: AugParams, interpolation: str = "bilinear",
 
 def draw_params_tf(augment: Augment, seed: "tf.Tensor") -> "tf.Tensor":
     """Draw one AugParams vector (float32[7]) from a stateless seed (int[2])."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred for --help (docs/modules.md)
 
     u = tf.random.stateless_uniform([AugParams.VECTOR_LEN], seed=seed, dtype=tf.float32)
     z0, z1 = augment.zoom_range
@@ -210,7 +210,7 @@ def draw_params_tf(augment: Augment, seed: "tf.Tensor") -> "tf.Tensor":
 
 def element_seed(seed: int, index) -> "tf.Tensor":
     """Stateless seed of the index-th element drawn by a training pipeline."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred for --help (docs/modules.md)
 
     return tf.random.experimental.stateless_fold_in(
         tf.constant([int(seed), 0x5EED], dtype=tf.int64), tf.cast(index, tf.int64))

@@ -69,9 +69,9 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
 
 
 def run(args) -> int:
-    import dm_calibration  # deferred: keeps --help fast (docs/modules.md)
-    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
-    import dm_modelfile
+    import dm_calibration  # deferred for --help (docs/modules.md)
+    import dm_metrics  # deferred for --help (docs/modules.md)
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     if not os.path.isfile(args.model):
         raise InputError(f"{args.model}: model file not found")
     meta = dm_modelfile.read_model_meta(args.model)

@@ -1,10 +1,11 @@
-"""What every command-line tool shares: help, seed, quiet TensorFlow, logging, the runner.
+"""What every command-line tool shares: help, shared flags, quiet TensorFlow, logging, the runner.
 
-Help that shows defaults, the --seed flag
-($RANDOM_SEED), TensorFlow imported without its start-up banner, logging (each message
-once, no third-party traceback for an input error), a progress bar on stderr, and the
-guarded runner (input errors one line, exit 2; bugs keep their traceback, exit 1). Atomic
-writes are `dm_output`'s.
+Help that shows defaults; the flags several tools share, declared once: --seed
+($RANDOM_SEED), --img-size and the recipe flags (`add_recipe_flags`, with `OFF` for a
+`--no-X` that switches a stored value off); TensorFlow imported without its start-up
+banner; logging (each message once, no third-party traceback for an input error); a
+progress bar on stderr; and the guarded runner (input errors one line, exit 2; bugs keep
+their traceback, exit 1). Atomic writes are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """
@@ -88,9 +89,9 @@ def quiet_tensorflow() -> None:
     with tempfile.TemporaryFile() as cap:
         os.dup2(cap.fileno(), 2)
         try:
-            import tensorflow as tf
+            import tensorflow as tf  # deferred for --help (docs/modules.md)
             tf.config.list_physical_devices()
-            import keras  # noqa: F401
+            import keras  # noqa: F401  deferred for --help (docs/modules.md)
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

@@ -86,8 +86,8 @@ def recipe_for(args: argparse.Namespace, input_shape: Sequence[int | None]) -> d
 
 def run(args: argparse.Namespace) -> int:
     """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
-    import dm_checkpoint
-    import dm_modelfile
+    import dm_checkpoint  # deferred for --help (docs/modules.md)
+    import dm_modelfile  # deferred for --help (docs/modules.md)
 
     model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
     out_units = model.outputs[0].shape[-1]

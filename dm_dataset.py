@@ -146,7 +146,7 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
     classes present). class_weight: w = class_weight[label] (missing classes weigh 1).
     Per-element randomness comes from stateless ops seeded by (seed, element position).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred for --help (docs/modules.md)
 
     if auto_batch_balance and class_weight:
         raise InputError("use either auto_batch_balance or class_weight, not both")

@@ -239,7 +239,7 @@ def run_seeds(args, out: pathlib.Path) -> dict:
     """The pipeline once per seed in OUT/seed-S/, then OUT/summary.json: the per-seed
     summaries and, for every numeric figure, its mean, sd, min and max over the seeds.
     Rerun after an interruption, seeds that finished keep their summaries."""
-    import keras
+    import keras  # deferred for --help (docs/modules.md)
 
     seeds = seed_list(args)
     config = run_config(args)

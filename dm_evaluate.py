@@ -149,7 +149,7 @@ def _binary(v: str, classes: list[str], pos: str, where: str) -> bool:
 
 
 def evaluate_level(name: str, y, s, args) -> dict:
-    import dm_metrics as M  # deferred: keeps --help fast (docs/modules.md)
+    import dm_metrics as M  # deferred for --help (docs/modules.md)
     res = dict(level=name, n=int(len(y)), n_pos=int(np.sum(y)))
     if res["n_pos"] in (0, res["n"]):
         res["error"] = "one class only: AUROC undefined"
@@ -171,7 +171,7 @@ def evaluate_level(name: str, y, s, args) -> dict:
 
 
 def run(args) -> dict:
-    import dm_metrics as M  # deferred: keeps --help fast (docs/modules.md)
+    import dm_metrics as M  # deferred for --help (docs/modules.md)
     if args.n_boot < 1:
         raise EvalError(f"--n-boot must be >= 1, got {args.n_boot}")
     if args.n_bins < 1:
@@ -203,7 +203,7 @@ def run(args) -> dict:
 
 def write_html(args, summary: dict, df, y, s) -> str:
     """The HTML report of this evaluation (dm_report.py) in OUT_DIR; returns its path."""
-    import dm_report
+    import dm_report  # deferred for --help (docs/modules.md)
     if "path" not in df.columns:
         raise EvalError(f"{args.preds}: no 'path' column: the HTML report shows the images")
     paths = df["path"].astype(str).tolist()

@@ -60,16 +60,11 @@ def _values(g, *rows: tuple) -> None:
         g.add_argument(*names.split(), dest=dest, type=type_, help=help_)
 
 
-def _optional(g, name: str, dest: str, type, help: str, short: str | None = None,
-              no_short: str | None = None, **kw) -> None:
-    """A value flag with a `--no-NAME` twin that sets it to None, as the original had.
-
-    `short` and `no_short` are the original's one-dash aliases of the two (e.g. -ic, -nic).
-    """
-    names = [f"--{name}"] + ([short] if short else [])
-    g.add_argument(*names, dest=dest, type=type, help=help, **kw)
-    g.add_argument(f"--no-{name}", *([no_short] if no_short else []), dest=dest,
-                   action="store_const", const=None, help=f"unset --{name}")
+def _optional(g, name: str, dest: str, type, help: str, **kw) -> None:
+    """A value flag with a `--no-NAME` twin that sets it to None, as the original had."""
+    g.add_argument(f"--{name}", dest=dest, type=type, help=help, **kw)
+    g.add_argument(f"--no-{name}", dest=dest, action="store_const", const=None,
+                   help=f"unset --{name}")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:

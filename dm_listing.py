@@ -102,7 +102,8 @@ class ImageList:
 
 def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None, *,
                    split: str | None = None, label_required: bool = False) -> ImageList:
-    """The one reader of a CSV listing images, for training and prediction alike.
+    """The one reader of a CSV listing images (prediction's `--csv`; `label_required` is the
+    rule for a labelled training list).
 
     Column names are matched without case or surrounding blanks (a BOM is ignored). The
     image is `path` (relative to the CSV's folder) or, in a recipe's `images.csv`,

@@ -53,9 +53,7 @@ def grid_to_image(values: np.ndarray, first: tuple[float, float], step: tuple[fl
     """A (rows, cols) grid whose cell (r, c) is centred at first + (r, c) * step (pixel
     coordinates of an image of `shape`) as a bilinear map on that image, NaN farther than
     half a step beyond the outer cells."""
-    from scipy.ndimage import (
-        map_coordinates,  # deferred: keeps --help fast (docs/modules.md)
-    )
+    from scipy.ndimage import map_coordinates  # deferred for --help (docs/modules.md)
     values = np.asarray(values, np.float64)
     h, w = int(shape[0]), int(shape[1])
     fy = (np.arange(h) - first[0]) / step[0]
@@ -236,7 +234,7 @@ def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str]
         plot_figure(recs_of, s, str(o / "localisation.png"))
         dm_output.write_json(o / "localisation.json", summary, indent=2)
         if report is not None:
-            import dm_report
+            import dm_report  # deferred for --help (docs/modules.md)
             dm_report.add_localisation(report, summary)
     return summary
 
@@ -258,8 +256,8 @@ def write_image_list(path: pathlib.Path, paths: Sequence[str]) -> None:
 
 def fprop_pool(patch_model: str, patch_size: int) -> list[int]:
     """The fprop pooling window that matches one patch: the patch trunk's feature map."""
-    import dm_heatmaps  # TensorFlow: deferred so that --help stays light (docs/modules.md)
-    import dm_scoring
+    import dm_heatmaps  # deferred for --help (docs/modules.md)
+    import dm_scoring  # deferred for --help (docs/modules.md)
     m = dm_scoring.load_models([str(patch_model)])[0].model
     shape = dm_heatmaps.fprop_model(m, (patch_size, patch_size), (1, 1), (1, 1)).outputs[0].shape
     return [int(shape[1]), int(shape[2])]
@@ -379,9 +377,9 @@ def plot_figure(recs_of: dict, s: Settings, path: str, n_worst: int = 6) -> None
     """Per-image hits and misses of every map kind and of the brightest-pixel baseline
     (rows; images in one order), over thumbnails of the worst misses (peak farthest from
     any lesion), with lesion outlines."""
-    import matplotlib  # deferred: keeps --help fast (docs/modules.md)
+    import matplotlib  # deferred for --help (docs/modules.md)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred for --help (docs/modules.md)
     kinds = list(recs_of)
     names = [r["name"] for r in recs_of[kinds[0]][0]]
     rows = [(k, {r["name"]: r["hit"] for r in recs_of[k][0]}) for k in kinds]

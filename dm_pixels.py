@@ -53,7 +53,7 @@ def _dicom_value_range(ds) -> tuple[float, float] | None:
 
 def _read_dicom(path: str, data: bytes) -> np.ndarray:
     """DICOM pixel data with modality rescale applied and MONOCHROME1 inverted (bright = dense)."""
-    import pydicom  # deferred: keeps --help fast (docs/modules.md)
+    import pydicom  # deferred for --help (docs/modules.md)
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -138,7 +138,7 @@ def read_stored(path: str | os.PathLike) -> np.ndarray:
 def read_dicom_header(path: str | os.PathLike):
     """The one DICOM header read: the dataset with large values (the pixels) deferred.
     Raises ImageReadError naming the file when it cannot be parsed."""
-    import pydicom  # deferred: keeps --help fast (docs/modules.md)
+    import pydicom  # deferred for --help (docs/modules.md)
 
     try:
         return pydicom.dcmread(str(path), defer_size=1024, force=True)

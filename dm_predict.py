@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    import dm_calibration  # deferred: keeps --help fast (docs/modules.md)
-    import dm_scoring
+    import dm_calibration  # deferred for --help (docs/modules.md)
+    import dm_scoring  # deferred for --help (docs/modules.md)
     if args.batch_size < 1:
         raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.split and not args.csv:
@@ -97,7 +97,7 @@ def run(args) -> int:
     class_list = dm_scoring.common_class_list(models, args.class_list)
     recipes = [m.recipe(**dm_recipe.flag_values(args)) for m in models]   # sizes checked here
     if args.export or args.export_onnx:
-        import dm_export
+        import dm_export  # deferred for --help (docs/modules.md)
         if len(models) != 1:
             raise dm_inputs.InferenceError("--export/--export-onnx take exactly one model")
         dm_export.export(models[0].model, recipes[0], class_list, out_dir=args.export,
@@ -117,7 +117,7 @@ def run(args) -> int:
     depths = [dm_pixels.file_bit_depth(p) for p in inputs.paths]
     depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
     if args.mixed_precision:  # scoring only: the export above stays float32
-        import dm_modelfile
+        import dm_modelfile  # deferred for --help (docs/modules.md)
         for m in models:
             dm_modelfile.set_precision(m.model, args.mixed_precision)
     with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:

@@ -172,8 +172,8 @@ def rescale_for_bits(bits: int | None) -> float:
 
 def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
                target_height: int | None = None, mask: bool = False) -> np.ndarray:
-    """Resize as the training recipe does (`resize_to`), for the recipes and the sampler;
-    masks onto the same grid (`resize_mask`: 0/255)."""
+    """Resize as the training recipe does (`resize_to`), or a mask onto the same grid
+    (`resize_mask`: 0/255), in one call (the tests use it; the sampler calls the two)."""
     if mask:
         if target_size is None:
             target_size = target_shape(img.shape[:2], Recipe(img_size=None,

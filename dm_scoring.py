@@ -234,7 +234,7 @@ def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
     return dataclasses.replace(recipe, rescale_factor=(recipe.rescale_factor or 1.0) * factor)
 
 
-#: How to keep another depth in predict.py; tools without --input-bits pass their own.
+#: How to keep another depth in predict.py; heatmap_score passes its own (--img-scale).
 KEEP_DEPTH_HINT = "or give a matching --rescale-factor with --input-bits"
 
 

@@ -33,7 +33,7 @@ import dm_recipe
 import dm_scoring
 import dm_stages
 from dm_augment import Augment
-from dm_errors import InputError, one_line  # noqa: F401
+from dm_errors import InputError
 from dm_modelfile import ModelMeta
 from dm_recipe import Recipe
 from dm_stages import Stage

@@ -22,11 +22,11 @@ log = logging.getLogger("image_clf_train")
 
 def build_image_model(cfg):
     """add_top_layers on the patch model, or the whole-image model to resume from."""
-    import keras
+    import keras  # deferred for --help (docs/modules.md)
 
-    import dm_modelfile
-    import dm_resnet
-    import dm_train
+    import dm_modelfile  # deferred for --help (docs/modules.md)
+    import dm_resnet  # deferred for --help (docs/modules.md)
+    import dm_train  # deferred for --help (docs/modules.md)
     safe = not cfg.unsafe_load
     if cfg.resume_from is not None:
         dm_modelfile.check_model_kind(cfg.resume_from, "image", "--resume-from",
@@ -71,11 +71,11 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
-    import dm_modelfile
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
-    import dm_stages
-    import dm_train
+    import dm_stages  # deferred for --help (docs/modules.md)
+    import dm_train  # deferred for --help (docs/modules.md)
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
              "top_depths": list(cfg.top_depths), "top_repetitions": list(cfg.top_repetitions)}
     top = image_top_layer_nb(cfg)

@@ -15,9 +15,9 @@ import dm_flags
 
 def build_patch_model(cfg):
     """A new patch net, or the model given by --resume-from."""
-    import dm_modelfile
-    import dm_patch_nets
-    import dm_resnet
+    import dm_modelfile  # deferred for --help (docs/modules.md)
+    import dm_patch_nets  # deferred for --help (docs/modules.md)
+    import dm_resnet  # deferred for --help (docs/modules.md)
     if cfg.resume_from is not None:
         dm_modelfile.check_model_kind(cfg.resume_from, "patch", "--resume-from",
                                       "image_clf_train.py --resume-from")
@@ -39,13 +39,13 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
-    import dm_layers
-    import dm_modelfile
+    import dm_layers  # deferred for --help (docs/modules.md)
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
-    import dm_patch_nets
-    import dm_stages
-    import dm_train
+    import dm_patch_nets  # deferred for --help (docs/modules.md)
+    import dm_stages  # deferred for --help (docs/modules.md)
+    import dm_train  # deferred for --help (docs/modules.md)
 
     def stages(model):
         stage_list = dm_stages.patch_stage_list

@@ -1,4 +1,4 @@
-"""Input-pipeline throughput: dm_image tf.data vs the original Keras 2 per-image path.
+"""Input-pipeline throughput: dm_dataset tf.data vs the original Keras 2 per-image path.
 
 Writes synthetic 16-bit PNG mammogram-like images to a temp folder and prints images/s for
 (a) dm_dataset.make_dataset, training mode from disk, full augmentation, 3 channels;
@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         r_ramb = float(np.median(np.array(rec["a_ram"]) / np.array(rec["b"])))
         r_ac = float(np.median(np.array(rec["a"]) / np.array(rec["c"])))
         a, a_ram, b, c, c1 = med["a"], med["a_ram"], med["b"], med["c"], med["c1"]
-        log.info("(a) dm_image pipeline, disk, augmented, 3 ch: %.1f images/s", a)
-        log.info("(a') dm_image pipeline, RAM cache, augmented, 3 ch: %.1f images/s", a_ram)
+        log.info("(a) dm_dataset pipeline, disk, augmented, 3 ch: %.1f images/s", a)
+        log.info("(a') dm_dataset pipeline, RAM cache, augmented, 3 ch: %.1f images/s", a_ram)
         log.info("(b) original per-image path (single process): %.2f images/s", b)
         log.info("(c) decode alone (tf.data parallel map): %.1f images/s; one thread %.1f", c, c1)
         cpu = {k: float(np.median(v)) for k, v in CPU_MS.items()}

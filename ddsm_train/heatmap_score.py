@@ -299,9 +299,9 @@ def cell_offset(model, x: np.ndarray, n: int = 3) -> list[float]:
     |d cell / d input| over n x n interior cells of `x`. Stride-2 1x1 convolutions take the
     top-left pixel of every 2x2 block, so cells look up-left of their geometric centres
     (about 13 px at a /32 trunk; docs/localisation.md)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred for --help (docs/modules.md)
 
-    import dm_heatmaps
+    import dm_heatmaps  # deferred for --help (docs/modules.md)
     sub, _ = dm_heatmaps.grad_cam_model(model)
     xt = tf.convert_to_tensor(np.asarray(x, np.float32))
     h, w = xt.shape[1:3]
@@ -336,7 +336,7 @@ def _check_pool(fmap_hw, avg_pool_size, size) -> None:
 def _fprop_net(model, size, args, patch_model, kind):
     """The fprop heatmap network, built once, and the trunk's feature map (rows, cols) it
     pools; a pooling window larger than that map is refused in one line."""
-    import dm_heatmaps
+    import dm_heatmaps  # deferred for --help (docs/modules.md)
     try:
         net = dm_heatmaps.fprop_model(model, size, args.avg_pool_size, args.hm_strides,
                                       patch_model=patch_model, kind=kind)
@@ -357,8 +357,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
     for the original")."""
     if isinstance(args, (str, os.PathLike)):
         return run(parse_original(args, *legacy_args, **legacy_kw))
-    import dm_heatmaps
-    import dm_scoring
+    import dm_heatmaps  # deferred for --help (docs/modules.md)
+    import dm_scoring  # deferred for --help (docs/modules.md)
     if args.stride < 1 or args.batch_size < 1:
         raise HeatmapError("--stride and --batch-size must be >= 1")
     for flag, v in (("--img-size", args.img_size), ("--img-height", args.img_height),

@@ -149,7 +149,7 @@ def _detector(patch_size: int):
 
 
 def read_resized(path: str, opts: dict) -> tuple[np.ndarray, int]:
-    """The full image as the training recipe reads and resizes it (`dm_image`), and its
+    """The full image as the training recipe reads and resizes it (`dm_pixels`, `dm_recipe`), and its
     original height."""
     img = dm_pixels.read_image(path)
     return dm_recipe.resize_to(img, opts["target_size"], opts["target_height"]), img.shape[0]

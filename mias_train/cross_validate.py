@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bootstrap resamples, training run eagerly")
     p.add_argument("--report-only", action="store_true",
                    help="only redo the steps after training (overlay, diagnostics, heatmap "
-                        "scores) of the finished run in --out")
+                        "scores, null learner, localisation) of the finished run in --out")
     return p
 
 
@@ -204,14 +204,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def report_only(args: argparse.Namespace) -> dict:
-    """Redo the report steps that need no training on a finished run (the overlay and the
-    diagnostics) from its saved out-of-fold tables and models; updates summary.json."""
+    """Redo the report steps that need no training on a finished run (the overlay, the
+    diagnostics, the heatmap-max scores, the null learner and the localisation) from its
+    saved out-of-fold tables and models; updates summary.json."""
     out = pathlib.Path(args.out)
     if not (out / "summary.json").is_file():
         raise CrossValidationError(f"{out}: no summary.json of a finished run "
                                         "(--report-only redoes the steps after training)")
     summary = json.loads((out / "summary.json").read_text())
     run_args = argparse.Namespace(**summary["config"])
+    if isinstance(run_args.img_size, int):   # runs before --img-size took H W recorded one side
+        run_args.img_size = [run_args.img_size, run_args.img_size]
     info, _ = chain_info(run_args.mias_dir)
     I = pd.read_csv(out / "oof_images.csv")
     summary["files"]["overlay"] = find_overlay(run_args, out, I, info,

@@ -28,9 +28,7 @@ def null_learner(I: pd.DataFrame, n_rep: int, seed: int, n_features: int = 20) -
     fold like the network. Its spread says how far from 0.5 chance alone moves a pooled
     AUROC here; `share_at_or_below` is the one-sided p-value of the network's figure
     against "no signal" (README: below-chance figures)."""
-    from sklearn.linear_model import (
-        LogisticRegression,  # deferred: keeps --help fast (docs/modules.md)
-    )
+    from sklearn.linear_model import LogisticRegression  # deferred for --help (docs/modules.md)
     rng = np.random.default_rng(seed)
     folds = I["fold"].to_numpy()
     out = {}

@@ -1,8 +1,9 @@
 """The mini-MIAS cross-validation's calls into the project's pipeline.
 
-Every call of the mini-MIAS cross-validation (mias_train/cross_validate.py) into this
-project's pipeline: the mini-MIAS recipe, the patch sampler, the trainers' configs built
-from values, prediction, sliding-window maps, localisation and overlays.
+The cross-validation's calls into the pipeline's stages: the mini-MIAS recipe, the patch
+sampler, the trainers' configs built from values, prediction, sliding-window maps,
+localisation and overlays. (Image reading, segmentation and output writing in the other
+cv_* modules use the shared rooms directly.)
 
 In one module so the cross-validation is seen to run the project's own chain (as
 end2end.py does), with no private copy of any stage.
@@ -47,7 +48,7 @@ def functions_eagerly(eager: bool) -> Iterator[None]:
     if not eager:
         yield
         return
-    import tensorflow as tf
+    import tensorflow as tf  # deferred for --help (docs/modules.md)
     before = tf.config.functions_run_eagerly()
     tf.config.run_functions_eagerly(True)
     try:
@@ -116,7 +117,7 @@ def chain_trunk_mean(patch_model: pathlib.Path) -> float:
     """The featurewise mean the patch trunk was trained with (its saved recipe): the
     whole-image stage must centre images with it, since the trunk's weights and batch-norm
     statistics assume it (the mean of whole images, mostly dark background, is far lower)."""
-    import dm_modelfile
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     meta = dm_modelfile.read_model_meta(patch_model)
     if meta is None or not meta.recipe.featurewise_center:
         raise RuntimeError(f"{patch_model}: no featurewise-centred recipe stored")
@@ -154,7 +155,7 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
                          classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
     whole-image model on its own training images: can it fit them at all?)."""
-    import dm_scoring
+    import dm_scoring  # deferred for --help (docs/modules.md)
     m = dm_scoring.load_models([str(model_path)])[0]
     paths, labels = dm_listing.list_class_folders(root, classes)
     ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
@@ -163,13 +164,13 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
 
 def chain_auroc(y: ArrayLike, s: ArrayLike) -> float:
     """The project's one AUROC (dm_metrics)."""
-    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
+    import dm_metrics  # deferred for --help (docs/modules.md)
     return dm_metrics.auroc(y, s)
 
 
 def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:
     """ROC curve at `roc`, its precision-recall curve beside it (`*_pr.png`)."""
-    import dm_metrics  # deferred: keeps --help fast (docs/modules.md)
+    import dm_metrics  # deferred for --help (docs/modules.md)
     dm_metrics.plot_curves(y, s, str(roc), str(roc.with_name(roc.stem + "_pr.png")), title=title)
 
 
@@ -182,8 +183,8 @@ def chain_lesion_map(model_path: str, img_path: str, patch_size: int, stride: in
     column=-1 both as a pair) of a patch model on the image's grid, NaN outside the breast
     shrunk by half a patch (training patches came from inside the breast; at its edge the
     windows take in the padding and the film border)."""
-    import dm_heatmaps
-    import dm_scoring
+    import dm_heatmaps  # deferred for --help (docs/modules.md)
+    import dm_scoring  # deferred for --help (docs/modules.md)
     if model_path not in _MODELS:
         _MODELS.clear()
         _MODELS[model_path] = dm_scoring.load_models([model_path])[0]

@@ -107,9 +107,9 @@ def plot_figures(P: pd.DataFrame, I: pd.DataFrame, folds: list[dict], figs: path
 def plot_learning_curves(folds: list[dict], path: pathlib.Path) -> None:
     """Per fold: patch loss (train and inner validation), patch inner-validation accuracy and
     whole-image inner-validation AUROC by epoch, in three panels."""
-    import matplotlib  # deferred: keeps --help fast (docs/modules.md)
+    import matplotlib  # deferred for --help (docs/modules.md)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred for --help (docs/modules.md)
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     for f in folds:
         hp, hi = f["patch_history"], f["image_history"]

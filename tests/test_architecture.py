@@ -41,22 +41,50 @@ def project_modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
     return mods
 
 
+def _imports(tree: ast.Module) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """(imports run when the module loads, imports inside functions); imports under
+    `if TYPE_CHECKING:` are for type checkers only and count as neither."""
+    top, inner = [], []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                    and child.test.id == "TYPE_CHECKING"):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                (inner if in_function else top).append(child)
+            walk(child, in_function or isinstance(child, (ast.FunctionDef,
+                                                          ast.AsyncFunctionDef, ast.Lambda)))
+    walk(tree, False)
+    return top, inner
+
+
+def _targets(node: ast.stmt, mods: dict) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if node.level:
+        return set()
+    return {node.module} | {f"{node.module}.{a.name}" for a in node.names
+                            if f"{node.module}.{a.name}" in mods}
+
+
+def _load_graph(root: pathlib.Path = REPO) -> tuple[dict, dict, dict]:
+    """(modules, module -> what it imports when it loads, module -> its imports inside
+    functions)."""
+    mods = project_modules(root)
+    top, inner = {}, {}
+    for m, p in mods.items():
+        t, i = _imports(ast.parse(p.read_text()))
+        top[m] = set().union(*(_targets(n, mods) for n in t)) if t else set()
+        inner[m] = i
+    return mods, top, inner
+
+
 def import_graph(root: pathlib.Path) -> dict[str, set[str]]:
     """Module -> project modules it imports, at the top or inside functions alike."""
-    mods = project_modules(root)
-    graph = {}
-    for name, path in mods.items():
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name in mods)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                if node.module in mods:
-                    deps.add(node.module)
-                deps.update(f"{node.module}.{a.name}" for a in node.names
-                            if f"{node.module}.{a.name}" in mods)
-        graph[name] = deps - {name}
-    return graph
+    mods, top, inner = _load_graph(root)
+    return {m: {t for t in top[m].union(*(_targets(n, mods) for n in inner[m])) if t in mods}
+            - {m} for m in mods}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -161,7 +189,7 @@ def test_docs_module_map_is_one_line_per_module_in_layer_order():
     by_path = {str(p.relative_to(REPO)): m for m, p in mods.items()}
     listed = [by_path.get(path, path) for _, path, _ in rows]
     assert sorted(listed) == sorted(mods), set(listed) ^ set(mods)
-    assert [m for m in listed[:len(FRONT_DOORS)]] == sorted(FRONT_DOORS)
+    assert listed[:len(FRONT_DOORS)] == sorted(FRONT_DOORS)
     row_of = {m: i for i, m in enumerate(listed)}
     for m in mods:
         below = [d for d in graph[m] if row_of[d] < row_of[m]]
@@ -195,43 +223,6 @@ HEAVY = {"tensorflow", "keras", "scipy", "sklearn", "matplotlib", "pydicom"}
 OPTIONAL_EXTRAS = {"tf2onnx"}   # not in requirements.txt; imported where used
 
 
-def _imports(tree: ast.Module) -> tuple[list[ast.stmt], list[ast.stmt]]:
-    """(imports run when the module loads, imports inside functions); imports under
-    `if TYPE_CHECKING:` are for type checkers only and count as neither."""
-    top, inner = [], []
-
-    def walk(node, in_function):
-        for child in ast.iter_child_nodes(node):
-            if (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
-                    and child.test.id == "TYPE_CHECKING"):
-                continue
-            if isinstance(child, (ast.Import, ast.ImportFrom)):
-                (inner if in_function else top).append(child)
-            walk(child, in_function or isinstance(child, (ast.FunctionDef,
-                                                          ast.AsyncFunctionDef, ast.Lambda)))
-    walk(tree, False)
-    return top, inner
-
-
-def _targets(node: ast.stmt, mods: dict) -> set[str]:
-    if isinstance(node, ast.Import):
-        return {a.name for a in node.names}
-    if node.level:
-        return set()
-    return {node.module} | {f"{node.module}.{a.name}" for a in node.names
-                            if f"{node.module}.{a.name}" in mods}
-
-
-def _load_graph() -> tuple[dict, dict, dict]:
-    mods = project_modules(REPO)
-    top, inner = {}, {}
-    for m, p in mods.items():
-        t, i = _imports(ast.parse(p.read_text()))
-        top[m] = set().union(*(_targets(n, mods) for n in t)) if t else set()
-        inner[m] = i
-    return mods, top, inner
-
-
 def _loads_heavy(m: str, top: dict, mods: dict) -> bool:
     """Whether importing `m` imports a HEAVY library (directly or through project modules)."""
     seen, stack = set(), [m]
@@ -259,7 +250,7 @@ def _is_command(path: pathlib.Path) -> bool:
     return 'if __name__ == "__main__":' in path.read_text()
 
 
-def test_imports_at_the_top_except_tensorflow_for_help():
+def test_imports_at_the_top_except_heavy_ones_for_help():
     """An import inside a function is a heavy library (TensorFlow, Keras, SciPy,
     scikit-learn, Matplotlib, pydicom) or a room that imports one, in a module listed in
     docs/modules.md as loaded by a command's --help (or an optional extra)."""
@@ -280,7 +271,7 @@ def test_imports_at_the_top_except_tensorflow_for_help():
         assert inner[m], f"{m} is listed as deferring but imports everything at the top"
 
 
-def test_commands_load_no_tensorflow_before_their_flags():
+def test_commands_load_nothing_heavy_before_their_flags():
     """Every command's module and the modules it loads import nothing heavy at the top, so
     --help answers at once; and each module that defers is loaded by some command."""
     mods, top, inner = _load_graph()
@@ -392,7 +383,7 @@ def test_the_hop_check_catches_a_hop(tmp_path):
 
 def test_one_declaration_of_img_size():
     """`--img-size` is declared once (dm_cli.add_img_size) and means the same everywhere: the
-    height and width the recipe resizes images to."""
+    height and width (H W) images are resized to."""
     sites = []
     for path in _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]:
         for node in ast.walk(ast.parse(path.read_text())):     # literal "--img-size" flags

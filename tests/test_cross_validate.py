@@ -198,6 +198,18 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
         assert r["q05"] <= r["mean"] <= r["q95"] and 0.0 <= r["share_at_or_below"] <= 1.0, task
     assert summary["wall_s"] > 0
 
+    # --report-only redoes the steps after training, also on a run recorded before --img-size
+    # took H W (one number in its summary)
+    recorded = json.loads((out / "summary.json").read_text())
+    recorded["config"]["img_size"] = 128
+    (out / "summary.json").write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert cv.main([str(mias), "--out", str(out), "--report-only"]) == 0
+    redone = json.loads((out / "summary.json").read_text())
+    assert redone["files"]["overlay"]["path"] == str(out / "figures" / "overlay.png")
+    assert redone["null_learner"].keys() == summary["null_learner"].keys()
+    assert redone["localisation"] and redone["diagnostics"]
+
 
 def test_null_learner_brackets_chance_and_ranks_the_network():
     rng = np.random.default_rng(0)
