@@ -193,12 +193,24 @@ class DMImageDataGenerator:
                                    batch_size, preprocess, shuffle, seed,
                                    paths=[os.fspath(p) for p in img_list], labels=labels)
 
-    def flow(self, X, y=None, batch_size=32, shuffle=True, seed=None,
-             auto_batch_balance=False, **ignored):
-        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse);
-        `auto_batch_balance` adds the original's per-batch sample weights."""
+    def flow(self, X, y=None, batch_size=32, auto_batch_balance=True, no_pos_skip=0.,
+             balance_classes=0., preprocess=None, shuffle=True, seed=None, save_to_dir=None,
+             save_prefix="", save_format="jpeg"):
+        """Batches of in-memory grey images (N, H, W[, 1]) with labels (one-hot or sparse).
+
+        Defaults as the original's: `auto_batch_balance=True` adds its per-batch sample
+        weights, `preprocess` is applied to every batch of images. `no_pos_skip` and
+        `balance_classes` (batches redrawn or resampled inside the original's iterator)
+        are refused, not ignored (docs/fidelity.md).
+        """
         if y is None:
             raise refuse("flow(X) without labels", "flow(X, y)")
+        for name, value in (("no_pos_skip", no_pos_skip), ("balance_classes", balance_classes)):
+            if value:
+                raise refuse(f"flow({name}={value!r})", "auto_batch_balance=True (per-batch "
+                             "class weights), or repeat the positive images in X")
+        if save_to_dir:
+            raise refuse("save_to_dir", "preprocess on single images")
         centre, mean = self._centre()
         X = np.asarray(X)
         recipe = Recipe(img_size=tuple(X.shape[1:3]), channels=1, featurewise_center=centre,
@@ -207,7 +219,7 @@ class DMImageDataGenerator:
         names = [str(k) for k in range(max(int(labels.max()) + 1,
                                            np.asarray(y).shape[-1] if np.ndim(y) == 2 else 0))]
         return DMDirectoryIterator(None, self, recipe, names, "categorical", auto_batch_balance,
-                                   batch_size, None, shuffle, seed, paths=X, labels=labels)
+                                   batch_size, preprocess, shuffle, seed, paths=X, labels=labels)
 
     def flow_from_exam_list(self, *a, **k):
         raise refuse("flow_from_exam_list", _EXAM_LIST_INSTEAD)

@@ -30,7 +30,13 @@ from dm_patch_nets import (  # noqa: F401
     get_dl_model,
     has_layer,
 )
-from dm_stages import create_optimizer, image_stage_list, patch_stage_list, run_stages  # noqa: F401
+from dm_stages import (  # noqa: F401
+    create_optimizer,
+    image_stage_list,
+    original_behaviour,
+    patch_stage_list,
+    run_stages,
+)
 
 data_format = keras.backend.image_data_format()
 
@@ -114,6 +120,10 @@ def _train_stages(model, stages, train_generator, validation_set, validation_ste
         if val_ds is None or validation_set.shuffle:
             raise refuse("this validation generator", "flow_from_directory(..., shuffle="
                          "False) or a (X, y) tuple")
+    for gen in (train_generator, validation_set):
+        if getattr(gen, "preprocess", None) is not None:  # the stage loop reads `.dataset`
+            raise refuse("a generator with preprocess=<function> in do_*stage_training",
+                         "the recipe's featurewise_center (DMImageDataGenerator.mean)")
     # Keras 2.0.8's counting, as the trainers (`dm_train.make_callbacks`), reset every stage.
     callbacks = [ResumableEarlyStopping(monitor="val_loss", patience=es_patience, verbose=1)]
     if optim == "sgd":
@@ -134,12 +144,16 @@ def do_2stage_training(model, org_model, train_generator, validation_set, valida
                        es_patience=5, lr_patience=2, auto_batch_balance=True, nb_class=2,
                        pos_cls_weight=1., neg_cls_weight=1., nb_worker=1, auc_checkpointer=None,
                        weight_decay=.0001, hidden_dropout=.0, weight_decay2=.0001,
-                       hidden_dropout2=.0):
+                       hidden_dropout2=.0, keep_regularization=True):
     """Whole-image training: the new top layers with the trunk frozen (`nb_epoch`), then all
     layers (`all_layer_epochs`), through today's stage loop (`image_stage_list`).
 
     The epoch counts mean what they mean to today's trainers (`run_stages`);
-    epoch numbers continue across stages. Returns (model, history dict).
+    epoch numbers continue across stages. `keep_regularization` (default, as the
+    original: its `.l2` / `.rate` assignments on built layers had no effect) trains with
+    the L2 and dropout the model was built with; False applies `weight_decay`,
+    `hidden_dropout` and their stage-2 forms (docs/fidelity.md). Returns (model, history
+    dict).
     """
     top = 2 if top_layer_nb is None else top_layer_nb  # model.layers[:top] frozen in stage 1
     stages = image_stage_list(nb_epoch=nb_epoch, init_lr=init_lr, weight_decay=weight_decay,
@@ -147,6 +161,7 @@ def do_2stage_training(model, org_model, train_generator, validation_set, valida
                               all_layer_multiplier=all_layer_multiplier,
                               weight_decay2=weight_decay2, hidden_dropout2=hidden_dropout2,
                               top_layer_nb=top)
+    stages = original_behaviour(stages, keep_regularization=keep_regularization)
     weights = None if (pos_cls_weight, neg_cls_weight) == (1., 1.) else True
     return _train_stages(model, stages, train_generator, validation_set,
                          validation_steps, best_model_out, steps_per_epoch, optim, es_patience,
@@ -159,10 +174,13 @@ def do_3stage_training(model, org_model, train_generator, validation_set, valida
                        use_pretrained=True, optim="sgd", init_lr=.01, top_layer_multiplier=.01,
                        all_layer_multiplier=.0001, es_patience=5, lr_patience=2,
                        auto_batch_balance=True, nb_class=3, pos_cls_weight=1.,
-                       neg_cls_weight=1., nb_worker=1, weight_decay2=.01, hidden_dropout2=.0):
+                       neg_cls_weight=1., nb_worker=1, weight_decay2=.01, hidden_dropout2=.0,
+                       keep_regularization=True):
     """Patch training: Dense only, then the trunk from `top_layer_nb` (an index into
     today's trunk, as `get_dl_model` returns it), then all layers (today's
-    `patch_stage_list`). Returns (model, history dict)."""
+    `patch_stage_list`). `keep_regularization`: as `do_2stage_training` (False applies
+    `weight_decay2` and `hidden_dropout2` from stage 2 on). Returns (model, history
+    dict)."""
     if top_layer_nb is None and use_pretrained:
         trunk = find_trunk_layer(model)
         top_layer_nb = default_top_layer_nb(trunk, net or "")
@@ -174,6 +192,7 @@ def do_3stage_training(model, org_model, train_generator, validation_set, valida
         top_layer_multiplier=top_layer_multiplier, top_layer_nb=top_layer_nb,
         all_layer_epochs=all_layer_epochs, all_layer_multiplier=all_layer_multiplier,
         weight_decay2=weight_decay2, hidden_dropout2=hidden_dropout2)
+    stages = original_behaviour(stages, keep_regularization=keep_regularization)
     weights = None if (pos_cls_weight, neg_cls_weight) == (1., 1.) else True
     return _train_stages(model, stages, train_generator, validation_set,
                          validation_steps, best_model_out, steps_per_epoch, optim, es_patience,

@@ -4,6 +4,8 @@ the original's data stream, the stage flags' no-op (--keep-regularization), save
 Xception/InceptionV3 layer lists, each against a reference computed from Keras 2.0.8's or
 the original's code."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -243,15 +245,66 @@ def test_adapters_count_patience_as_keras_208(monkeypatch):
     assert keras.callbacks.EarlyStopping not in kinds
 
 
-def test_flow_honours_auto_batch_balance():
+def test_flow_honours_auto_batch_balance_on_by_default_as_the_original():
     import dm_image
     y = np.array([0, 0, 0, 1])
-    it = dm_image.DMImageDataGenerator().flow(np.zeros((4, 4, 4)), y, batch_size=4,
-                                              shuffle=False, auto_batch_balance=True)
-    x, onehot, w = it.next()
-    labels = onehot.argmax(-1)
-    np.testing.assert_allclose(w, np.where(labels == 0, 4 / 3, 4.0))   # 1 / class fraction
-    assert len(dm_image.DMImageDataGenerator().flow(np.zeros((4, 4, 4)), y).next()) == 2
+    gen = dm_image.DMImageDataGenerator()
+    for it in (gen.flow(np.zeros((4, 4, 4)), y, batch_size=4, shuffle=False),
+               gen.flow(np.zeros((4, 4, 4)), y, batch_size=4, shuffle=False,
+                        auto_batch_balance=True)):
+        x, onehot, w = it.next()
+        labels = onehot.argmax(-1)
+        np.testing.assert_allclose(w, np.where(labels == 0, 4 / 3, 4.0))   # 1 / class fraction
+    assert len(gen.flow(np.zeros((4, 4, 4)), y, auto_batch_balance=False).next()) == 2
+
+
+def test_flow_applies_preprocess_and_refuses_what_it_cannot_do():
+    import dm_image
+    from dm_errors import OriginalAPIError
+    gen = dm_image.DMImageDataGenerator()
+    X, y = np.arange(32, dtype=np.float32).reshape(2, 4, 4), np.array([0, 1])
+    x, _, _ = gen.flow(X, y, batch_size=2, shuffle=False, preprocess=lambda b: b * 2 + 1).next()
+    np.testing.assert_allclose(x[..., 0], X * 2 + 1)
+    for kw in ({"no_pos_skip": 0.5}, {"balance_classes": 1.0}, {"save_to_dir": "out"}):
+        with pytest.raises(OriginalAPIError, match=f"{next(iter(kw))}.*instead"):
+            gen.flow(X, y, **kw)
+    # the stage loop reads the pipeline, never `next()`: a preprocess function is refused
+    with pytest.raises(OriginalAPIError, match="preprocess"):
+        dm_keras_ext.do_2stage_training(
+            tiny_image_model(), None, gen.flow(X, y, preprocess=lambda b: b), (X[..., None],
+            np.eye(2)[y]), 1, "NOSAVE", 1, nb_epoch=1)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_adapters_keep_the_models_regularization_as_the_original(monkeypatch, keep):
+    """The original's adapters set `.l2` / `.rate` on built layers (no effect in Keras
+    2.0.8): by default the model trains with what it was built with; False applies the
+    keywords."""
+    import dm_image
+    seen = {}
+    monkeypatch.setattr(dm_keras_ext, "run_stages",
+                        lambda model, stages, *a, **kw: seen.update(stages=stages))
+    gen = dm_image.DMImageDataGenerator().flow(np.zeros((4, 8, 8)), np.eye(2)[[0, 1, 0, 1]],
+                                               batch_size=2)
+    val = (np.zeros((2, 8, 8, 1)), np.eye(2)[[0, 1]])
+    dm_keras_ext.do_2stage_training(
+        tiny_image_model(), None, gen, val, 1, "NOSAVE", 2, nb_epoch=1, all_layer_epochs=2,
+        weight_decay=0.1, hidden_dropout=0.2, weight_decay2=0.3, hidden_dropout2=0.4,
+        keep_regularization=keep)
+    two = [(s.weight_decay, s.dropout) for s in seen["stages"]]
+    patch = tiny_patch_model()
+    dm_keras_ext.do_3stage_training(
+        patch, None, gen, val, 1, "NOSAVE", 2, top_layer_nb=2, nb_epoch=1, top_layer_epochs=2,
+        all_layer_epochs=3, weight_decay2=0.3, hidden_dropout2=0.4, keep_regularization=keep)
+    three = [(s.weight_decay, s.dropout) for s in seen["stages"]]
+    if keep:
+        assert two == [(None, None)] * 2 and three == [(None, None)] * 3
+    else:
+        assert two == [(0.1, 0.2), (0.3, 0.4)]
+        assert three == [(dm_keras_ext._dense_l2(patch), 0.0), (0.3, 0.4), (0.3, 0.4)]
+    sig = {f: inspect.signature(f).parameters["keep_regularization"].default
+           for f in (dm_keras_ext.do_2stage_training, dm_keras_ext.do_3stage_training)}
+    assert set(sig.values()) == {True}
 
 
 def test_original_run_keyword_defaults():

@@ -407,9 +407,10 @@ def test_flow_from_img_list_and_flow(folders):
                                                          dm_recipe.Recipe(img_size=(32, 24),
                                                                          channels=1)))
     raw = np.random.default_rng(0).integers(0, 255, (3, 8, 6)).astype(np.uint8)
-    xb, yb = gen.flow(raw, np.eye(2)[[0, 1, 1]], batch_size=3, shuffle=False).next()
+    xb, yb, wb = gen.flow(raw, np.eye(2)[[0, 1, 1]], batch_size=3, shuffle=False).next()
     np.testing.assert_allclose(xb[..., 0], raw.astype(np.float32))
     assert yb.tolist() == [[1, 0], [0, 1], [0, 1]]
+    np.testing.assert_allclose(wb, [3, 1.5, 1.5])       # auto_batch_balance, on as the original
 
 
 def test_retired_names_raise_one_line_naming_the_replacement():
