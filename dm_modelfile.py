@@ -3,7 +3,9 @@
 Saved models carry their class list and preprocessing recipe (`ModelMeta`): inside the
 `.keras` zip as an extra member `dm_meta.json` (Keras ignores it on load), and as the root
 attribute `dm_meta` of an `.h5` file. A last-epoch checkpoint also carries the run's resume
-position in `ModelMeta.extra["resume"]`. Every write is atomic (`dm_output`). See
+position in `ModelMeta.extra["resume"]`. A whole-image model trained here also records its
+trunk's own `trainable` flags as Keras 2.0.8 would have saved them (`dm_trainable.json` /
+`dm_trainable`; see `record_trunk_frozen`). Every write is atomic (`dm_output`). See
 docs/training.md and docs/reliability.md.
 """
 from __future__ import annotations
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 META_MEMBER = "dm_meta.json"
 META_ATTR = "dm_meta"
+TRAINABLE_MEMBER = "dm_trainable.json"
+TRAINABLE_ATTR = "dm_trainable"
+_TRUNK_FROZEN = "_dm_trunk_frozen"   # the record, carried on the model object
 
 
 @dataclass(frozen=True)
@@ -64,17 +69,41 @@ def save_model(model: keras.Model, path: str | os.PathLike, meta: ModelMeta | No
     path = pathlib.Path(path)
     is_h5 = path.suffix.lower() in (".h5", ".hdf5")
 
+    frozen = recorded_trunk_frozen(model)
+    extras = {}
+    if meta is not None:
+        extras[(META_MEMBER, META_ATTR)] = meta.to_json()
+    if frozen is not None:
+        extras[(TRAINABLE_MEMBER, TRAINABLE_ATTR)] = json.dumps({"trunk_frozen": list(frozen)})
+
     def write(tmp: str) -> None:
         model.save(tmp)
-        if meta is None:
-            return
-        if is_h5:
-            with h5py.File(tmp, "a") as f:
-                f.attrs[META_ATTR] = meta.to_json()
-        else:
-            with zipfile.ZipFile(tmp, "a") as z:
-                z.writestr(META_MEMBER, meta.to_json())
+        for (member, attr), text in extras.items():
+            if is_h5:
+                with h5py.File(tmp, "a") as f:
+                    f.attrs[attr] = text
+            else:
+                with zipfile.ZipFile(tmp, "a") as z:
+                    z.writestr(member, text)
     dm_output.write_named(str(path), write, ".h5" if is_h5 else ".keras")
+
+
+def record_trunk_frozen(model: keras.Model, names: "tuple[str, ...] | None") -> None:
+    """Carry with `model` the names of its trunk layers whose own `trainable` flag is
+    false as Keras 2.0.8 would have kept it, for `save_model` to write (None: no record).
+
+    Freezing the trunk sub-model in Keras 3 sets the flag of every layer inside it, so
+    a whole-image model saved while its trunk is frozen (image stage 1) would read as
+    all-frozen; Keras 2.0.8 froze only the nested model and saved each inner layer's own
+    flag (docs/fidelity.md, "saved `trainable` flags"). The stage loop keeps this record
+    (`dm_stages.set_trainable`); `load_model` restores it.
+    """
+    object.__setattr__(model, _TRUNK_FROZEN, None if names is None else tuple(sorted(names)))
+
+
+def recorded_trunk_frozen(model: keras.Model) -> "tuple[str, ...] | None":
+    """The record `record_trunk_frozen` set or `load_model` read, else None."""
+    return model.__dict__.get(_TRUNK_FROZEN)
 
 
 class ModelFileError(InputError):
@@ -104,26 +133,28 @@ def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
     Raises `ModelFileError` for a file that is neither a `.keras` zip nor HDF5, or whose
     stored metadata cannot be parsed.
     """
-    path = pathlib.Path(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if META_MEMBER not in z.namelist():
-                return None
-            raw = z.read(META_MEMBER).decode()
-    else:
-        if not h5py.is_hdf5(path):
-            raise ModelFileError(f"{path}: not a model file (neither a .keras zip nor HDF5)")
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get(META_ATTR)
-        if raw is None:
-            return None
-        raw = raw if isinstance(raw, str) else raw.decode()
+    raw = _read_extra(path, META_MEMBER, META_ATTR)
+    if raw is None:
+        return None
     try:
         return ModelMeta.from_json(raw)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise ModelFileError(f"{path}: cannot read the model's stored class list/recipe "
                              f"({type(e).__name__}: {e})") from None
 
+
+def _read_extra(path: str | os.PathLike, member: str, attr: str) -> str | None:
+    """The text the project stored beside the model: a `.keras` zip member or an `.h5`
+    root attribute (None if absent)."""
+    path = pathlib.Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return z.read(member).decode() if member in z.namelist() else None
+    if not h5py.is_hdf5(path):
+        raise ModelFileError(f"{path}: not a model file (neither a .keras zip nor HDF5)")
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get(attr)
+    return raw if raw is None or isinstance(raw, str) else raw.decode()
 
 
 def write_model_meta(path: str | os.PathLike, meta: ModelMeta,
@@ -155,6 +186,13 @@ def load_model(path: str | os.PathLike, safe_mode: bool = True, compile: bool = 
     model = dm_checkpoint.load_model(path, safe_mode=safe_mode, compile=compile)
     if not compile:
         set_precision(model, None)   # a model trained in mixed precision predicts in float32
+    raw = _read_extra(path, TRAINABLE_MEMBER, TRAINABLE_ATTR)
+    if raw is not None:
+        try:
+            record_trunk_frozen(model, tuple(json.loads(raw)["trunk_frozen"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ModelFileError(f"{path}: cannot read the model's stored trainable flags "
+                                 f"({type(e).__name__}: {e})") from None
     return model
 
 

@@ -18,7 +18,7 @@ from keras.regularizers import L1, L1L2, L2
 
 from dm_errors import InputError
 from dm_layers import Adagrad208, RMSprop208
-from dm_modelfile import load_model
+from dm_modelfile import load_model, record_trunk_frozen, recorded_trunk_frozen
 from dm_patch_nets import find_trunk_layer
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ class Stage:
     `trunk_from` on) or 'all'. `epochs` is the epoch of the run the stage ends at.
     `weight_decay` / `dropout` None: the model keeps its own (--keep-regularization);
     `keep_frozen`: names of trunk layers that stay frozen whatever the stage
-    (--saved-trainable). See `original_behaviour`.
+    (--saved-trainable). See `original_behaviour`. `whole_image`: a stage of the
+    whole-image model, where the original's trunk was a nested model whose inner layers'
+    own `trainable` flags no stage changed (see `set_trainable`).
     """
 
     name: str
@@ -66,6 +68,7 @@ class Stage:
     trainable: str = "all"
     trunk_from: int | None = None
     keep_frozen: tuple[str, ...] = ()
+    whole_image: bool = False
 
 
 def patch_stage_list(*, use_pretrained: bool, nb_epoch: int, init_lr: float,
@@ -94,9 +97,9 @@ def image_stage_list(*, nb_epoch: int, init_lr: float, weight_decay: float,
     trunk, or also the heatmap branch), then all layers; docs/method.md "Stages"."""
     return [
         Stage("top layers", nb_epoch, init_lr, weight_decay, hidden_dropout, "first",
-              top_layer_nb),
+              top_layer_nb, whole_image=True),
         Stage("all layers", all_layer_epochs, init_lr * all_layer_multiplier,
-              weight_decay2, hidden_dropout2, "all"),
+              weight_decay2, hidden_dropout2, "all", whole_image=True),
     ]
 
 
@@ -167,10 +170,35 @@ def _freeze(layer: keras.layers.Layer, frozen_bn: str = "batch") -> None:
                 _batch_statistics_when_frozen(sub)
 
 
+def _has_trunk(model: keras.Model) -> bool:
+    try:
+        find_trunk_layer(model)
+    except InputError:   # an original-API model without a nested trunk: no record
+        return False
+    return True
+
+
+def trunk_frozen_now(model: keras.Model) -> tuple[str, ...]:
+    """Names of the trunk's layers with weights that are frozen now (nested models
+    looked into, not themselves listed)."""
+    return tuple(l.name for l in find_trunk_layer(model)._flatten_layers(include_self=False)
+                 if not l.trainable and l.weights and not isinstance(l, keras.Model))
+
+
 def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") -> None:
     """Freeze what the stage does not train: by the named sub-model `patch_trunk`
     ('head', 'top') or by index in the model's own layers ('first', the original's
-    `model.layers[:top_layer_nb]` of the whole-image model)."""
+    `model.layers[:top_layer_nb]` of the whole-image model).
+
+    The trunk's own flags, as Keras 2.0.8 kept them, travel with the model
+    (`dm_modelfile.record_trunk_frozen`): a whole-image stage leaves them as the model
+    was built or loaded with (the original toggled only the nested model as a whole);
+    in a patch stage they are the flags set here (the original's patch model was flat).
+    """
+    own = None
+    if stage.whole_image and _has_trunk(model):
+        own = recorded_trunk_frozen(model)
+        own = trunk_frozen_now(model) if own is None else own
     _set_layer_trainable(model, True)
     _set_trainable_by_spec(model, stage, frozen_bn)
     if stage.keep_frozen:
@@ -178,6 +206,7 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
         for layer in find_trunk_layer(model)._flatten_layers(include_self=False):
             if layer.name in keep and not isinstance(layer, keras.Model):
                 _freeze(layer, frozen_bn)
+    record_trunk_frozen(model, own)
 
 
 def _set_trainable_by_spec(model: keras.Model, stage: Stage, frozen_bn: str) -> None:
@@ -263,8 +292,12 @@ def _or_model(value: float | None) -> str:
 
 def saved_frozen_layers(path: str, safe_mode: bool = True) -> tuple[str, ...]:
     """Names of the layers with weights that a model file saved as frozen (`trainable`
-    false), nested models looked into and not themselves listed."""
+    false), nested models looked into and not themselves listed; for a whole-image
+    model trained here, its trunk's recorded own flags (`set_trainable`)."""
     model = load_model(path, safe_mode=safe_mode)
+    own = recorded_trunk_frozen(model)
+    if own is not None:
+        return own
     return tuple(l.name for l in model._flatten_layers(include_self=False)
                  if not l.trainable and l.weights and not isinstance(l, keras.Model))
 

@@ -99,3 +99,24 @@ def test_meta_without_kind_reads_as_unknown_and_passes_kind_checks(tmp_path):
     dm_modelfile.check_model_kind(path, "patch", "--patch-model", "--image-model")  # passes
     loaded = dm_scoring.load_models([str(path)])[0]
     assert loaded.kind == "image" and loaded.train_size == (64, 48)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_the_trunks_own_trainable_flags_travel_with_the_file(tmp_path, suffix):
+    """The record of the trunk's own flags (`record_trunk_frozen`) is written beside the
+    model, with or without a meta, read back by `load_model`, and kept when the meta is
+    replaced; a model without one saves none."""
+    from dm_recipe import Recipe
+    model = tiny_image_model()
+    plain = tmp_path / f"plain{suffix}"
+    dm_modelfile.save_model(model, plain)
+    assert dm_modelfile.recorded_trunk_frozen(dm_modelfile.load_model(plain)) is None
+    dm_modelfile.record_trunk_frozen(model, ("c2", "c1"))
+    path = tmp_path / f"m{suffix}"
+    dm_modelfile.save_model(model, path)
+    assert dm_modelfile.recorded_trunk_frozen(dm_modelfile.load_model(path)) == ("c1", "c2")
+    meta = dm_modelfile.ModelMeta(("neg", "pos"), Recipe(img_size=(64, 48), channels=1))
+    dm_modelfile.write_model_meta(path, meta, tmp_path / f"again{suffix}")
+    again = dm_modelfile.load_model(tmp_path / f"again{suffix}")
+    assert dm_modelfile.recorded_trunk_frozen(again) == ("c1", "c2")
+    assert dm_modelfile.read_model_meta(tmp_path / f"again{suffix}") == meta

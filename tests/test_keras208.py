@@ -5,6 +5,7 @@ Xception/InceptionV3 layer lists, each against a reference computed from Keras 2
 the original's code."""
 
 import inspect
+import shutil
 
 import keras
 import numpy as np
@@ -227,6 +228,59 @@ def test_saved_trainable_keeps_a_patch_checkpoints_frozen_layers(tmp_path, saved
 
 def Stage_(trainable, trunk_from=None):
     return dm_stages.Stage("s", 1, 0.01, 0.0, 0.0, trainable, trunk_from)
+
+
+class _CopyEachEpoch(keras.callbacks.Callback):
+    """Keep the last-epoch checkpoint of every epoch (it is overwritten each epoch)."""
+
+    def __init__(self, last):
+        super().__init__()
+        self.last = last
+
+    def on_epoch_end(self, epoch, logs=None):
+        shutil.copyfile(self.last, self.last.with_name(f"epoch{epoch + 1}.keras"))
+
+
+@pytest.mark.parametrize("saved_in", ["stage 1", "stage 2", "stage 3"])
+def test_saved_trainable_on_a_whole_image_model_saved_here_in_image_stage_1(tmp_path, saved_in):
+    """A whole-image model trained here and saved in image stage 1 (trunk frozen) and 2:
+    Keras 3 writes `trainable: false` on every trunk layer frozen with the trunk, but the
+    file records the trunk's own flags, those Keras 2.0.8 kept (the patch checkpoint's:
+    the original's image stages toggled only the nested model), so `--resume-from FILE
+    --saved-trainable` freezes what the original would have."""
+    patch = tiny_patch_model()
+    spec = {"stage 1": Stage_("head"), "stage 2": Stage_("top", 2), "stage 3": Stage_("all")}
+    dm_stages.set_trainable(patch, spec[saved_in])
+    own = {"stage 1": {"c1", "c2"}, "stage 2": {"c1"}, "stage 3": set()}[saved_in]
+    pfile = save(patch, tmp_path / "patch.keras", "patch")
+    model = tiny_image_model(dm_modelfile.load_model(pfile))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 64, 48)).astype(np.uint8)
+    recipe = dm_recipe.Recipe(img_size=(64, 48), channels=1, featurewise_center=False)
+    ds = dm_dataset.make_dataset(images, [0, 1, 0, 1], recipe, 2, 2, training=True, seed=1)
+    stages = dm_stages.image_stage_list(
+        nb_epoch=1, all_layer_epochs=2, init_lr=1e-3, all_layer_multiplier=.1,
+        weight_decay=1e-4, weight_decay2=1e-4, hidden_dropout=0.0, hidden_dropout2=0.0)
+    last = tmp_path / "last.keras"
+    meta = dm_modelfile.ModelMeta(("neg", "pos"), recipe)
+    checkpoint = dm_callbacks.LastCheckpoint(str(last), meta, "run", stages,
+                                             dm_callbacks.BestModelCheckpoint(None), [])
+    dm_stages.run_stages(model, stages, ds, 2, (images[..., None].astype("float32"),
+                         np.eye(2)[[0, 1, 0, 1]]), [checkpoint, _CopyEachEpoch(last)],
+                         verbose=0)
+    for epoch in (1, 2):               # saved in image stage 1 (trunk frozen), then 2
+        saved = tmp_path / f"epoch{epoch}.keras"
+        loaded = dm_modelfile.load_model(saved)
+        if epoch == 1:                 # what Keras 3 itself wrote: every trunk layer frozen
+            assert set(dm_stages.trunk_frozen_now(loaded)) == {"c1", "c2"}
+        assert set(dm_stages.saved_frozen_layers(str(saved))) == own
+    cfg = dm_flags.parse("image", ["a", "b", "c", "--resume-from", str(tmp_path / "epoch1.keras"),
+                                   "--saved-trainable"])
+    resumed = dm_stages.apply_fidelity_flags(cfg, "image", _stages(cfg))
+    assert set(resumed[1].keep_frozen) == own
+    again = dm_modelfile.load_model(cfg.resume_from)
+    dm_stages.set_trainable(again, resumed[1])
+    assert {p.split("/")[-2] for p in _trunk_trainable(again)} == {"c1", "c2"} - own
 
 
 # ------------------------------------------------------------------ original-API adapters
