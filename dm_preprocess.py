@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from dm_errors import retired
-from dm_sweep import segment_breast
+from dm_sweep import largest_region, segment_breast
 
 
 class DMImagePreprocessor:
@@ -29,19 +29,10 @@ class DMImagePreprocessor:
     def select_largest_obj(self, img_bin: np.ndarray, lab_val: int = 255,
                            fill_holes: bool = False, smooth_boundary: bool = False,
                            kernel_size: int = 15) -> np.ndarray:
-        """A mask (values `lab_val`) of the largest 8-connected object of a binary image,
-        its holes filled and its boundary opened on request."""
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(
-            (img_bin > 0).astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-        if len(stats) < 2:
-            return np.zeros(img_bin.shape, img_bin.dtype)
-        keep = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        if fill_holes:   # background pixels not reachable from outside the object
-            _, outside = cv2.connectedComponents((~keep).astype(np.uint8), connectivity=4)
-            border = np.unique(np.concatenate([outside[0], outside[-1], outside[:, 0],
-                                               outside[:, -1]]))
-            keep |= ~np.isin(outside, border[border > 0]) & ~keep
-        mask = keep.astype(img_bin.dtype) * img_bin.dtype.type(lab_val)
+        """A mask (values `lab_val`, the binary image's type) of its largest object
+        (`dm_sweep.largest_region`), its holes filled and its boundary opened on request."""
+        region, _ = largest_region(img_bin, fill_holes)
+        mask = (region > 0).astype(img_bin.dtype) * img_bin.dtype.type(lab_val)
         if smooth_boundary:
             kernel = np.ones((kernel_size, kernel_size), np.uint8)
             mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
@@ -50,8 +41,10 @@ class DMImagePreprocessor:
     def suppress_artifacts(self, img: np.ndarray, global_threshold: float = .05,
                            fill_holes: bool = False, smooth_boundary: bool = True,
                            kernel_size: int = 15) -> tuple[np.ndarray, np.ndarray]:
-        """(image with everything but the largest bright object zeroed, its mask); the
-        threshold is a fraction of the image maximum below 1, else a grey level."""
+        """(image with everything but the largest bright object zeroed, its mask, holes
+        filled); the threshold is a fraction of the image maximum below 1, else a grey
+        level. 8- and 16-bit images; `smooth_boundary=False` skips the opening (the
+        original always opened and failed on 16-bit images, docs/fidelity.md)."""
         maxval = self.max_pix_val(img.dtype)
         low = int(img.max() * global_threshold) if global_threshold < 1 else int(global_threshold)
         binary = np.where(img > low, maxval, 0).astype(img.dtype)

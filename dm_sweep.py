@@ -17,6 +17,30 @@ from dm_recipe import Recipe, finish_channels, grey_steps
 Bbox = tuple[int, int, int, int]  # x, y, w, h (OpenCV order)
 
 
+def largest_region(binary: np.ndarray, fill_holes: bool = True) -> tuple[np.ndarray, Bbox | None]:
+    """The largest object of a binary image (its non-zero pixels) as a 0/255 mask, and
+    its bounding box (None: no object).
+
+    The object is the one whose outer contour encloses the largest area; `fill_holes`
+    fills that contour (holes: background not connected to the border), otherwise the
+    mask is the object's own 8-connected pixels. The project's one segmentation: the
+    breast (`breast_mask`) and the original's `DMImagePreprocessor` names.
+    """
+    b = (binary > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(b, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros_like(b), None
+    idx = int(np.argmax([cv2.contourArea(c) for c in contours]))
+    x, y, w, h = cv2.boundingRect(contours[idx])
+    if fill_holes:
+        mask = cv2.drawContours(np.zeros_like(b), contours, idx, 255, thickness=-1)
+    else:
+        _, labels = cv2.connectedComponents(b, connectivity=8)
+        px, py = contours[idx][0][0]       # a pixel of the object itself
+        mask = np.where(labels == labels[py, px], 255, 0).astype(np.uint8)
+    return mask, (int(x), int(y), int(w), int(h))
+
+
 def breast_mask(img: np.ndarray, low_int_threshold: float = 0.05) -> tuple[np.ndarray, Bbox]:
     """Filled largest contour of the thresholded image (the breast) and its bounding box.
 
@@ -24,20 +48,14 @@ def breast_mask(img: np.ndarray, low_int_threshold: float = 0.05) -> tuple[np.nd
     the 8-bit maximum, >= 1 an 8-bit intensity.
     """
     mx = float(img.max())
+    h, w = img.shape[:2]
     if mx <= 0:
-        h, w = img.shape[:2]
         return np.zeros((h, w), np.uint8), (0, 0, w, h)
     img8 = (img.astype(np.float32) / mx * 255).astype(np.uint8)
     th = int(img8.max() * low_int_threshold) if low_int_threshold < 1 else int(low_int_threshold)
     _, binary = cv2.threshold(img8, th, 255, cv2.THRESH_BINARY)
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        h, w = img.shape[:2]
-        return np.zeros((h, w), np.uint8), (0, 0, w, h)
-    idx = int(np.argmax([cv2.contourArea(c) for c in contours]))
-    mask = cv2.drawContours(np.zeros_like(binary), contours, idx, 255, thickness=-1)
-    x, y, w, h = cv2.boundingRect(contours[idx])
-    return mask, (int(x), int(y), int(w), int(h))
+    mask, bbox = largest_region(binary)
+    return mask, (0, 0, w, h) if bbox is None else bbox
 
 
 def segment_breast(img: np.ndarray, low_int_threshold: float = 0.05,

@@ -80,10 +80,10 @@ def test_png_roundtrip_resize_and_errors(tmp_path):
     back = dm_pixels.read_image(tmp_path / "a.png")
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, img)
-    assert dm_recipe.resize_img(img, target_height=32).shape == (32, 24)
+    assert dm_recipe.resize_to(img, None, 32).shape == (32, 24)
     m = np.zeros((64, 48), np.uint8)
     m[10:40, 10:30] = 255
-    r = dm_recipe.resize_img(m, (16, 12), mask=True)
+    r = dm_recipe.resize_mask(m, (16, 12))
     assert set(np.unique(r)) == {0, 255}
     assert not list(tmp_path.glob(".tmp_*"))
     with pytest.raises(dm_pixels.ImageReadError, match="not found"):
@@ -119,3 +119,44 @@ def test_stratified_split_is_seeded_and_proportional():
     assert sum(labels[k] for k, v in a.items() if v == "test") == 5
     tiny = stratified_split({"a": 0, "b": 0, "c": 1, "d": 1}, {"val": 1}, 0)
     assert sum(v == "val" for v in tiny.values()) == 1
+
+
+def test_largest_region_fills_holes_or_keeps_the_objects_own_pixels():
+    b = np.zeros((40, 40), np.uint8)
+    b[5:35, 5:35] = 255
+    b[12:28, 12:28] = 0                  # a hole ...
+    b[17:23, 17:23] = 255                # ... with an island in it
+    b[0:3, 37:40] = 255                  # a small separate object
+    filled, bbox = dm_sweep.largest_region(b)
+    assert bbox == (5, 5, 30, 30) and filled[5:35, 5:35].all() and filled.sum() == 900 * 255
+    own, _ = dm_sweep.largest_region(b, fill_holes=False)
+    ring = np.zeros_like(b)
+    ring[5:35, 5:35] = 255
+    ring[12:28, 12:28] = 0
+    np.testing.assert_array_equal(own, ring)         # neither the hole nor the island
+    assert dm_sweep.largest_region(np.zeros((4, 4), np.uint8))[1] is None
+    # the breast segmentation is this region of the thresholded image
+    img = _phantom()
+    mask, box = dm_sweep.breast_mask(img)
+    np.testing.assert_array_equal(mask, dm_sweep.largest_region(img > 0.05 * img.max())[0])
+    assert box == dm_sweep.segment_breast(img)[1]
+
+
+def test_suppress_artifacts_honours_smooth_boundary_and_takes_16_bit():
+    """The original always opened the mask (it ignored `smooth_boundary`) and failed on
+    16-bit images (OpenCV's connected components take 8-bit only); here both work, and
+    8-bit images with the default opening give the original's mask."""
+    from dm_preprocess import DMImagePreprocessor
+    prep = DMImagePreprocessor()
+    img = np.zeros((80, 60), np.uint16)
+    img[10:70, 0:40] = 30000                  # the breast against the left edge
+    img[38:41, 40:55] = 30000                 # a 3-px spur, thinner than the 15-px kernel
+    img[2:6, 50:58] = 60000                   # a bright label
+    rough = prep.suppress_artifacts(img, smooth_boundary=False)[1]
+    smooth = prep.suppress_artifacts(img)[1]
+    assert rough.dtype == np.uint16 and rough[39, 50] == 65535 and smooth[39, 50] == 0
+    assert rough[30, 20] == smooth[30, 20] == 65535 and rough[3, 52] == smooth[3, 52] == 0
+    img8 = (img // 257).astype(np.uint8)
+    out8, mask8 = prep.suppress_artifacts(img8)
+    assert mask8.dtype == np.uint8 and mask8.max() == 255
+    np.testing.assert_array_equal(mask8 > 0, smooth > 0)

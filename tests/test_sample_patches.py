@@ -8,13 +8,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from numpy.random import RandomState
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_synthetic as syn  # noqa: E402
 from ddsm_train import sample_patches_combined as spc  # noqa: E402
 from dm_roi import patch_roi_overlap  # noqa: E402
-from dm_recipe import resize_img  # noqa: E402
+from dm_recipe import resize_mask  # noqa: E402
 from dm_sweep import add_img_margins, crop_img, segment_breast  # noqa: E402
 import dm_pixels  # noqa: E402
 
@@ -43,7 +44,7 @@ def _padded(synth, img_id, roi):
     masks = {}
     for r in roi[roi["full_img_file"] == f"{img_id}.png"].itertuples():
         m = cv2.imread(str(synth / "roi_masks" / r.roi_mask_file), cv2.IMREAD_UNCHANGED)
-        m = crop_img(resize_img(m, img.shape, mask=True), bbox)
+        m = crop_img(resize_mask(m, img.shape), bbox)
         masks[f"{r.type}{r.abn_num}"] = add_img_margins((m > 0).astype(np.uint8), PS // 2)
     return add_img_margins(seg, PS // 2), masks, bbox
 
@@ -250,3 +251,92 @@ def test_a_broken_image_is_skipped_but_a_bug_is_raised(monkeypatch):
     monkeypatch.setattr(spc, "process_image", bug)
     with pytest.raises(ValueError, match="an internal bug"):
         spc._worker((task, {}))
+
+
+# ------------------------------------------------------------------ the original's rules (docs/fidelity.md)
+def _original_positions(shape, first_mask, nb_abn, nb_bkg, pos_cutoff=.75, neg_cutoff=.35):
+    """The original's `sample_patches` draws for one image, replayed: `RandomState(12345)`
+    restarted per call, ROI centres in the largest contour's box of the FIRST abnormality's
+    mask (`nb_abn == 1`: its centroid, untested), then background centres checked against
+    that mask only. Returns (roi centres, background centres)."""
+    half = PS // 2
+    contours, _ = cv2.findContours(first_mask.astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    c = contours[int(np.argmax([cv2.contourArea(c) for c in contours]))]
+    rx, ry, rw, rh = cv2.boundingRect(c)
+    m = cv2.moments(c)
+    centroid = (int(m["m10"] / m["m00"]), int(m["m01"] / m["m00"]))
+    hit = lambda xy, cut: any(v > cut for v in patch_roi_overlap(xy, PS, first_mask))  # noqa: E731
+    rng = RandomState(12345)
+    roi, bkg, tries = [], [], 0
+    while len(roi) < nb_abn:
+        if nb_abn > 1:
+            xy = (rng.randint(rx, rx + rw), rng.randint(ry, ry + rh))
+            tries += 1
+            if tries >= 1000:
+                pos_cutoff, tries = pos_cutoff - .05, 0
+        else:
+            xy = centroid
+        if nb_abn == 1 or hit(xy, pos_cutoff):
+            roi.append(xy)
+            tries = 0
+    while len(bkg) < nb_bkg:
+        xy = (rng.randint(half, shape[1] - half), rng.randint(half, shape[0] - half))
+        if not hit(xy, neg_cutoff):
+            bkg.append(xy)
+    return roi, bkg
+
+
+def test_negatives_avoid_every_lesion_where_the_original_checked_the_first_only(synth, tmp_path):
+    """On a test image with two lesions, the original's rule lets background patches
+    overlap the second lesion (docs/fidelity.md gives the figures); here no negative
+    overlaps any lesion beyond --neg-cutoff."""
+    roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
+    img_id = "S_00006_LEFT_CC"
+    img, masks, _ = _padded(synth, img_id, roi)
+    first, second = (masks[k] for k in sorted(masks, key=lambda k: int(k[-1])))
+    _, bkg = _original_positions(img.shape, first, nb_abn=30, nb_bkg=40)
+    over = [patch_roi_overlap(xy, PS, second) for xy in bkg]
+    touching = sum(fr > 0 for fr, _ in over)
+    beyond = sum(fr > .35 or fp > .35 for fr, fp in over)
+    assert (touching, beyond) == (12, 3)          # the figures of docs/fidelity.md
+    spc.main(_argv(synth, tmp_path, "--val-size", "0", "--nb-bkg", "40", "--nb-hns", "0"))
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv")
+    here = idx[(idx.img_id == img_id) & (idx.kind == "bkg")]
+    assert len(here) == 40
+    for xy in zip(here.x, here.y):
+        for m in (first, second):
+            assert not any(v > .35 for v in patch_roi_overlap(xy, PS, m))
+
+
+def test_one_patch_per_lesion_is_drawn_and_tested_like_the_others(synth, tmp_path):
+    """--nb-abn 1: the original took the centroid of the largest contour, untested;
+    here the one patch is drawn in the box and meets the overlap rule like any other."""
+    spc.main(_argv(synth, tmp_path, "--val-size", "0", "--nb-abn", "1", "--nb-bkg", "1",
+                   "--nb-hns", "0"))
+    roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
+    idx = pd.read_csv(tmp_path / "train" / "patch_index.csv", dtype={"abn": str}, keep_default_na=False)
+    lesions = idx[idx.kind == "roi"]
+    assert len(lesions) == roi.patient_id.isin(set(idx.patient_id)).sum()
+    centred = 0
+    for r in lesions.itertuples():
+        _, masks, _ = _padded(synth, r.img_id, roi)
+        fr, fp = patch_roi_overlap((r.x, r.y), PS, masks[r.abn])
+        assert fr > .75 or fp > .75
+        centred += (r.x, r.y) == _original_positions((10 ** 4, 10 ** 4), masks[r.abn], 1, 0)[0][0]
+    assert centred < len(lesions)                 # not the original's centroid
+
+
+def test_lesion_masks_keep_their_area_when_resized(tmp_path):
+    """Masks are resized linearly and cut at half (`dm_recipe.resize_mask`); the
+    original's cubic resize counted every value above 0, growing each lesion by its
+    boundary ring (docs/fidelity.md)."""
+    m = np.zeros((1024, 1024), np.uint8)
+    cv2.circle(m, (500, 400), 41, 255, -1)        # mini-MIAS's median lesion radius
+    cv2.imwrite(str(tmp_path / "m.png"), m)
+    for size in (256, 512, 1152):
+        area = np.pi * (41 * size / 1024) ** 2
+        here = spc.read_resized_mask(str(tmp_path / "m.png"), (size, size))
+        assert set(np.unique(here)) == {0, 255}
+        assert abs(np.count_nonzero(here) / area - 1) < 0.02
+        cubic = cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC)
+        assert np.count_nonzero(cubic) > np.count_nonzero(here)
