@@ -464,6 +464,26 @@ def test_dm_inference_two_view_scoring_as_the_original():
         dm_inference.make_pred_case([], [], None, [], [])
 
 
+def test_suppress_artifacts_honours_smooth_boundary_and_takes_16_bit():
+    """The original always opened the mask (it ignored `smooth_boundary`) and failed on
+    16-bit images (OpenCV's connected components take 8-bit only); here both work, and
+    8-bit images with the default opening give the original's mask."""
+    from dm_preprocess import DMImagePreprocessor
+    prep = DMImagePreprocessor()
+    img = np.zeros((80, 60), np.uint16)
+    img[10:70, 0:40] = 30000                  # the breast against the left edge
+    img[38:41, 40:55] = 30000                 # a 3-px spur, thinner than the 15-px kernel
+    img[2:6, 50:58] = 60000                   # a bright label
+    rough = prep.suppress_artifacts(img, smooth_boundary=False)[1]
+    smooth = prep.suppress_artifacts(img)[1]
+    assert rough.dtype == np.uint16 and rough[39, 50] == 65535 and smooth[39, 50] == 0
+    assert rough[30, 20] == smooth[30, 20] == 65535 and rough[3, 52] == smooth[3, 52] == 0
+    img8 = (img // 257).astype(np.uint8)
+    out8, mask8 = prep.suppress_artifacts(img8)
+    assert mask8.dtype == np.uint8 and mask8.max() == 255
+    np.testing.assert_array_equal(mask8 > 0, smooth > 0)
+
+
 def test_dm_preprocess_segments_and_suppresses_artefacts_as_the_original():
     from dm_preprocess import DMImagePreprocessor as prep
     img = np.zeros((60, 40), np.uint16)
