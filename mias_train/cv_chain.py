@@ -168,6 +168,19 @@ def chain_auroc(y: ArrayLike, s: ArrayLike) -> float:
     return dm_metrics.auroc(y, s)
 
 
+def chain_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, seed: int
+                    ) -> dict:
+    """The project's one bootstrap AUROC (dm_metrics) resampling whole groups (all patches
+    of an image, both images of a woman), as summary.json records it: 4 digits, with the
+    counts of items, positives, groups and resamples that had both classes (`n_valid`)."""
+    import dm_metrics  # deferred for --help (docs/modules.md)
+    r = dm_metrics.bootstrap_auroc(y, s, n_boot, seed, groups=groups)
+    y = np.asarray(y).astype(bool)
+    return dict(auroc=round(r["auroc"], 4), ci_low=round(r["ci_low"], 4),
+                ci_high=round(r["ci_high"], 4), n=int(len(y)), n_pos=int(y.sum()),
+                n_groups=r["n_groups"], n_boot=int(n_boot), n_valid=r["n_boot"] - r["n_skipped"])
+
+
 def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:
     """ROC curve at `roc`, its precision-recall curve beside it (`*_pr.png`)."""
     import dm_metrics  # deferred for --help (docs/modules.md)

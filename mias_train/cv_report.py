@@ -17,38 +17,12 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from dm_output import write_named
 from dm_recipe_utils import write_csv
-from mias_train.cv_chain import (chain_auroc, chain_lesion_map, chain_overlay, chain_plot_roc)
-
-
-# Not dm_metrics.bootstrap_auroc: that one resamples single cases, this one whole groups
-# (all patches of an image, both images of a woman), whose items are correlated, and with
-# several items per group the two intervals differ. With one item per group it gives
-# dm_metrics' interval to the 4 digits it keeps (test_cross_validate checks both), so it is
-# that bootstrap generalised to clusters, not a second copy of it.
-def cluster_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, seed: int,
-                      level: float = 0.95) -> dict:
-    """AUROC with a percentile interval from resampling whole groups (images or women) with
-    replacement, since items of one group are correlated."""
-    y, s, groups = np.asarray(y).astype(bool), np.asarray(s, float), np.asarray(groups)
-    point = chain_auroc(y, s)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        if 0 < y[idx].sum() < len(idx):
-            vals.append(chain_auroc(y[idx], s[idx]))
-    a = (1 - level) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a]) if vals else (float("nan"),) * 2
-    return dict(auroc=round(point, 4), ci_low=round(float(lo), 4), ci_high=round(float(hi), 4),
-                n=int(len(y)), n_pos=int(y.sum()), n_groups=int(len(uniq)),
-                n_boot=int(n_boot), n_valid=len(vals))
+from mias_train.cv_chain import (chain_auroc, chain_bootstrap, chain_lesion_map, chain_overlay,
+                                 chain_plot_roc)
 
 
 def pooled_aurocs(P: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -57,17 +31,17 @@ def pooled_aurocs(P: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> d
     nb, sd = n_boot, seed
     return dict(
         patch_lesion_vs_background=dict(
-            network=cluster_bootstrap(P["label"] > 0, P["score"], P["img_id"], nb, sd),
-            baseline_mean_grey=cluster_bootstrap(P["label"] > 0, P["baseline"], P["img_id"], nb,
-                                                 sd)),
+            network=chain_bootstrap(P["label"] > 0, P["score"], P["img_id"], nb, sd),
+            baseline_mean_grey=chain_bootstrap(P["label"] > 0, P["baseline"], P["img_id"], nb,
+                                               sd)),
         image_abnormal_vs_normal=dict(
-            network=cluster_bootstrap(I["label"] > 0, 1 - I["p_normal"], I["woman"], nb, sd),
-            baseline_breast_grey=cluster_bootstrap(I["label"] > 0, I["baseline_abnormal"],
-                                                   I["woman"], nb, sd)),
+            network=chain_bootstrap(I["label"] > 0, 1 - I["p_normal"], I["woman"], nb, sd),
+            baseline_breast_grey=chain_bootstrap(I["label"] > 0, I["baseline_abnormal"],
+                                                 I["woman"], nb, sd)),
         image_malignant_vs_rest=dict(
-            network=cluster_bootstrap(I["label"] == 2, I["p_malignant"], I["woman"], nb, sd),
-            baseline_breast_grey=cluster_bootstrap(I["label"] == 2, I["baseline_malignant"],
-                                                   I["woman"], nb, sd)))
+            network=chain_bootstrap(I["label"] == 2, I["p_malignant"], I["woman"], nb, sd),
+            baseline_breast_grey=chain_bootstrap(I["label"] == 2, I["baseline_malignant"],
+                                                 I["woman"], nb, sd)))
 
 
 def confusion(true: Sequence[int], pred: Sequence[int], n: int = 3) -> list[list[int]]:
@@ -228,8 +202,8 @@ def heatmap_max_scores(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     write_csv(H, out / "oof_images_heatmap.csv")
     return dict(
         stride=stride,
-        abnormal_vs_normal=cluster_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
-                                             n_boot, seed),
-        malignant_vs_rest=cluster_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
-                                            n_boot, seed))
+        abnormal_vs_normal=chain_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
+                                           n_boot, seed),
+        malignant_vs_rest=chain_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
+                                          n_boot, seed))
 

@@ -39,43 +39,20 @@ def test_inner_validation_takes_every_class_from_training_women_only():
     assert len(val) == sum(max(1, round(0.2 * sum(s[w] == k for w in train))) for k in (0, 1, 2))
 
 
-def test_cluster_bootstrap_resamples_groups():
-    rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(40), 10)
-    y = np.repeat(np.arange(40) % 2, 10).astype(bool)
-    s = y + rng.normal(0, 1.0, len(y))
-    r = cv_report.cluster_bootstrap(y, s, groups, n_boot=300, seed=1)
-    assert r["ci_low"] < r["auroc"] < r["ci_high"]
-    assert r["n_groups"] == 40 and r["n"] == 400 and r["n_pos"] == 200
-    # identical patches within a group: the interval is as wide as with one item per group
-    one = cv_report.cluster_bootstrap(y[::10], s[::10], groups[::10], n_boot=300, seed=1)
-    rep = cv_report.cluster_bootstrap(y, np.repeat(s[::10], 10), groups, n_boot=300, seed=1)
-    assert rep["auroc"] == pytest.approx(one["auroc"])
-    assert rep["ci_high"] - rep["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
-
-
-def test_cluster_bootstrap_is_dm_metrics_bootstrap_for_single_items_only():
-    """Why the clustered bootstrap is not replaced by dm_metrics.bootstrap_auroc: with one
-    item per group the two give the same interval; with groups of correlated items the
-    case bootstrap is too narrow, so they do not compute the same thing."""
+def test_pooled_figures_resample_women_and_keep_four_digits():
+    """The pooled figures are dm_metrics' bootstrap over whole women (or images), as
+    summary.json records them; two images of one woman move together."""
     import dm_metrics
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 60).astype(bool)
-    s = y + rng.normal(0, 1.2, 60)
-    one = cv_report.cluster_bootstrap(y, s, np.arange(60), n_boot=500, seed=7)
-    ref = dm_metrics.bootstrap_auroc(y, s, n_boot=500, seed=7)
-    assert (one["auroc"], one["ci_low"], one["ci_high"]) == tuple(
+    rng = np.random.default_rng(0)
+    woman = np.repeat([f"W{i:03d}" for i in range(40)], 2)
+    y = np.repeat(np.arange(40) % 2, 2).astype(bool)
+    s = y + rng.normal(0, 1.0, 80)
+    r = cv_chain.chain_bootstrap(y, s, woman, n_boot=300, seed=1)
+    ref = dm_metrics.bootstrap_auroc(y, s, 300, 1, groups=woman)
+    assert (r["auroc"], r["ci_low"], r["ci_high"]) == tuple(
         round(ref[k], 4) for k in ("auroc", "ci_low", "ci_high"))
-    assert one["n_valid"] == ref["n_boot"] - ref["n_skipped"]
-
-    groups = np.repeat(np.arange(60), 8)         # 8 identical patches per image
-    clustered = cv_report.cluster_bootstrap(np.repeat(y, 8), np.repeat(s, 8), groups,
-                                            n_boot=500, seed=7)
-    cases = dm_metrics.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7)
-    assert clustered["auroc"] == pytest.approx(cases["auroc"], abs=1e-4)
-    width = clustered["ci_high"] - clustered["ci_low"]
-    assert width == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.03)
-    assert cases["ci_high"] - cases["ci_low"] < 0.6 * width
+    assert (r["n"], r["n_pos"], r["n_groups"], r["n_boot"], r["n_valid"]) == (80, 40, 40, 300, 300)
+    assert ref != dm_metrics.bootstrap_auroc(y, s, 300, 1)      # not the case bootstrap
 
 
 def test_baseline_direction_is_chosen_on_training_data():
