@@ -1,9 +1,9 @@
 """The mini-MIAS cross-validation's calls into the project's pipeline.
 
 The cross-validation's calls into the pipeline's stages: the mini-MIAS recipe, the patch
-sampler, the trainers' configs built from values, prediction, sliding-window maps,
-localisation and overlays. (Image reading, segmentation and output writing in the other
-cv_* modules use the shared rooms directly.)
+sampler, the trainers' configs built from values, prediction, AUROC and its bootstrap,
+sliding-window maps and localisation. (Image reading, segmentation, figures and output
+writing in the other cv_* modules use the shared rooms directly.)
 
 In one module so the cross-validation is seen to run the project's own chain (as
 end2end.py does), with no private copy of any stage.
@@ -229,12 +229,3 @@ def chain_localisation(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     return dm_localisation_metrics.brief(dm_localisation.localise_folds(
         out / "data", out / "localisation", folds, args.patch_size,
         max(4, args.patch_size // 4), list(args.img_size), n_boot=n_boot, seed=seed))
-
-
-def chain_overlay(img: np.ndarray, heat: np.ndarray, path: pathlib.Path,
-                  circles: Sequence[tuple[float, float, float]]) -> None:
-    """The lesion map over the image, the marked lesions as white circles."""
-    out = dm_overlay.overlay_heatmap(img, heat, alpha=0.35)
-    for cx, cy, r in circles:
-        cv2.circle(out, (int(round(cx)), int(round(cy))), int(round(r)), (255, 255, 255), 1)
-    dm_pixels.write_png(str(path), out)
