@@ -14,7 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import dm_synthetic as syn  # noqa: E402
 from ddsm_train import sample_patches_combined as spc  # noqa: E402
 from dm_roi import patch_roi_overlap  # noqa: E402
-from dm_recipe import resize_img  # noqa: E402
+from dm_recipe import resize_mask  # noqa: E402
 from dm_sweep import add_img_margins, crop_img, segment_breast  # noqa: E402
 import dm_pixels  # noqa: E402
 
@@ -43,7 +43,7 @@ def _padded(synth, img_id, roi):
     masks = {}
     for r in roi[roi["full_img_file"] == f"{img_id}.png"].itertuples():
         m = cv2.imread(str(synth / "roi_masks" / r.roi_mask_file), cv2.IMREAD_UNCHANGED)
-        m = crop_img(resize_img(m, img.shape, mask=True), bbox)
+        m = crop_img(resize_mask(m, img.shape), bbox)
         masks[f"{r.type}{r.abn_num}"] = add_img_margins((m > 0).astype(np.uint8), PS // 2)
     return add_img_margins(seg, PS // 2), masks, bbox
 
