@@ -167,9 +167,10 @@ def claim(args: argparse.Namespace) -> tuple[pd.DataFrame, Callable[[str], str],
     Info.txt, the image -> woman rule and the output folder."""
     check_flags(args)
     info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
+    # (RUN_SETTINGS follow --quick: left out, a folder claimed before they existed still is)
     out = claim_folder(args.out, "cross_validate",
-                       {k: v for k, v in vars(args).items() if k not in ("out", "report_only")},
-                       paths=("mias_dir",))
+                       {k: v for k, v in vars(args).items()
+                        if k not in ("out", "report_only", *RUN_SETTINGS)}, paths=("mias_dir",))
     return info, woman_id, out
 
 
