@@ -40,12 +40,14 @@ import dm_pixels
 import dm_recipe
 import dm_sweep
 from ddsm_train.heatmap_score import score
+from dm_listing import read_image_csv
 from dm_localisation_metrics import (KINDS, NOMINAL_HEIGHT_MM, PEAK_SEPARATION_MM, TOLERANCE_MM,
                                      Case, LocalisationError, Settings, _r, compare, evaluate,
                                      make_case, malignant_only, pixel_size_mm)
 from dm_recipe_utils import write_csv
 
 log = logging.getLogger("dm_localisation")
+RECIPE_CLASSES = ("neg", "pos")     # the labels of a recipe's images.csv (dm_recipe_utils)
 
 
 def grid_to_image(values: np.ndarray, first: tuple[float, float], step: tuple[float, float],
@@ -240,12 +242,12 @@ def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str]
 
 
 def lesion_images(data_dir: str | os.PathLike, split: str) -> list[str]:
-    """Full-image paths of a recipe split's images that have a lesion mask."""
-    d = pathlib.Path(data_dir)
-    images = pd.read_csv(d / "images.csv", dtype=str, keep_default_na=False)
-    with_mask = set(read_masks(d))
-    keep = images[(images["split"] == split) & images["full_img_file"].isin(with_mask)]
-    return [str(d / "full_images" / f) for f in keep["full_img_file"]]
+    """Full-image paths of a recipe split's images that have a lesion mask, in the order
+    of the recipe's images.csv (read by the one image-CSV reader); [] when none has."""
+    listed = read_image_csv(pathlib.Path(data_dir) / "images.csv", RECIPE_CLASSES)
+    with_mask = set(read_masks(data_dir))
+    return [p for p, s in zip(listed.paths, listed.extra.get("split", [])) if s == split
+            and os.path.basename(p) in with_mask]
 
 
 def write_image_list(path: pathlib.Path, paths: Sequence[str]) -> None:

@@ -170,18 +170,6 @@ def rescale_for_bits(bits: int | None) -> float:
     return RESCALE_16 if bits == 16 else 1.0
 
 
-def resize_img(img: np.ndarray, target_size: Sequence[int] | None = None,
-               target_height: int | None = None, mask: bool = False) -> np.ndarray:
-    """Resize as the training recipe does (`resize_to`), or a mask onto the same grid
-    (`resize_mask`: 0/255), in one call (the tests use it; the sampler calls the two)."""
-    if mask:
-        if target_size is None:
-            target_size = target_shape(img.shape[:2], Recipe(img_size=None,
-                                                             target_height=target_height))
-        return resize_mask(img, target_size)
-    return resize_to(img, target_size, target_height)
-
-
 #: The recipe's flags (`dm_cli.add_recipe_flags`), by their Recipe field names.
 RECIPE_FLAGS = ("img_size", "img_scale", "rescale_factor", "equalize_hist",
                 "featurewise_center", "featurewise_mean", "input_bits")

@@ -26,7 +26,7 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 from tqdm import tqdm
@@ -44,6 +44,7 @@ from mias_train.cv_chain import (  # noqa: E402
     chain_localisation,
     chain_prepare,
     chain_sample_patches,
+    functions_eagerly,
 )
 from mias_train.cv_fold import train_fold  # noqa: E402
 from mias_train.cv_report import (  # noqa: E402
@@ -102,47 +103,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny run for tests (under a minute on a busy 2-core machine): 12 "
                         "women, 2 folds, 128 px, one-batch epochs (2 per classifier), 100 "
-                        "bootstrap resamples, training run eagerly")
+                        "bootstrap resamples, training run eagerly; a flag given explicitly "
+                        "keeps its value")
     p.add_argument("--report-only", action="store_true",
                    help="only redo the steps after training (overlay, diagnostics, heatmap "
                         "scores, null learner, localisation) of the finished run in --out")
+    p.set_defaults(**RUN_SETTINGS)
     return p
 
 
+# What a full run uses where no flag sets it: the null learner's noise refits (its spread
+# needs many), and graph (not eager) TensorFlow functions in training.
+RUN_SETTINGS = dict(null_reps=200, eager=False)
 # --quick: every stage and output of a run, as small as they still work. 12 women are the
 # fewest whose 2 folds each have every class among their inner validation women; 128 px
 # with 32 px patches, since with 32 px patches at 96 px some breast had no window inside it
 # and at 64 px with 16 px patches no lesion map peaked in a lesion (no overlay); two epochs
 # per classifier so learning curves are lines; batches as large as a fold's training part
-# (one step per epoch); one hard negative per image so the blob sampler runs. Its training
-# runs eagerly (cv_chain.functions_eagerly).
+# (one step per epoch); one hard negative per image so the blob sampler runs; a few null
+# learner refits (its figures only need to exist). Its training runs eagerly
+# (cv_chain.functions_eagerly): a couple of steps per stage cost less than tracing graphs.
 QUICK = dict(max_women=12, folds=2, img_size=[128, 128], patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=1,
              nb_init_filter=8, patch_epochs=2, image_epochs=[1, 1], top_depths=[16, 16],
-             patch_batch=32, image_batch=8, n_boot=100)
-# noise refits of the null learner: 200 in a run, few in --quick (its figures only need to exist)
-NULL_REPS, QUICK_NULL_REPS = 200, 5
+             patch_batch=32, image_batch=8, n_boot=100, null_reps=5, eager=True)
 
 
-def null_reps(args: argparse.Namespace) -> int:
-    """How many noise refits the null learner makes for this run."""
-    return QUICK_NULL_REPS if args.quick else NULL_REPS
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Prepare the data and patches of the chosen women once, run every fold, and write the
-    pooled out-of-fold report (summary.json and figures) into --out."""
-
+def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
+    """With --quick, QUICK replaces every setting still at its full-run default (a flag
+    given explicitly, with another value, keeps it)."""
     if args.quick:
+        defaults = build_parser()
         for k, v in QUICK.items():
-            if (k == "max_women" and args.max_women is not None) or (k == "folds"
-                                                                     and args.folds != 5):
-                continue    # given explicitly
-            setattr(args, k, v)
-    t0 = time.time()
+            if getattr(args, k) == defaults.get_default(k):
+                setattr(args, k, v)
+    return args
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse impossible values in one line, before anything loads or is written."""
+    bad = [(args.folds < 2, f"--folds {args.folds}: need at least 2 folds"),
+           (not 0 < args.val_frac < 1, f"--val-frac {args.val_frac}: need a fraction in (0, 1)"),
+           (args.max_women is not None and args.max_women < args.folds,
+            f"--max-women {args.max_women}: need at least one woman per fold ({args.folds})"),
+           (args.fold_limit is not None and args.fold_limit < 1,
+            f"--fold-limit {args.fold_limit}: need at least 1"),
+           (args.n_boot < 1, f"--n-boot {args.n_boot}: need at least 1 resample"),
+           (args.patch_epochs < 1, f"--patch-epochs {args.patch_epochs}: need at least 1"),
+           (min(args.image_epochs) < 0 or sum(args.image_epochs) < 1,
+            f"--image-epochs {' '.join(map(str, args.image_epochs))}: need stage lengths "
+            ">= 0, at least 1 epoch in all"),
+           (min(args.patch_batch, args.image_batch, args.nb_init_filter, *args.top_depths) < 1,
+            "--patch-batch, --image-batch, --nb-init-filter and --top-depths must be >= 1"),
+           (min(args.nb_abn, args.nb_bkg, args.nb_hns) < 0 or args.nb_hns > args.nb_bkg,
+            "--nb-abn, --nb-bkg and --nb-hns must be >= 0, --nb-hns at most --nb-bkg")]
+    for wrong, problem in bad:
+        if wrong:
+            raise CrossValidationError(problem)
+
+
+def claim(args: argparse.Namespace) -> tuple[pd.DataFrame, Callable[[str], str], pathlib.Path]:
+    """What can refuse a run, checked before TensorFlow loads: the flags, mini-MIAS's
+    Info.txt and the output folder (claimed for this configuration). Returns the parsed
+    Info.txt, the image -> woman rule and the output folder."""
+    check_flags(args)
     info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
+    # (RUN_SETTINGS follow --quick: left out, a folder claimed before they existed still is)
     out = claim_folder(args.out, "cross_validate",
-                       {k: v for k, v in vars(args).items() if k not in ("out", "report_only")},
-                       paths=("mias_dir",))
+                       {k: v for k, v in vars(args).items()
+                        if k not in ("out", "report_only", *RUN_SETTINGS)}, paths=("mias_dir",))
+    return info, woman_id, out
+
+
+def run(args: argparse.Namespace, info: pd.DataFrame, woman_id: Callable[[str], str],
+        out: pathlib.Path) -> dict:
+    """Prepare the data and patches of the chosen women once, run every fold, and write the
+    pooled out-of-fold report (summary.json and figures) into the claimed folder `out`."""
+    t0 = time.time()
     c = cohort(info, woman_id, args.folds, args.max_women, args.seed)
     ids, women = c.ids, c.women
     log.info("%d images of %d women, %d folds; image classes %s", len(ids), len(women),
@@ -166,7 +202,8 @@ def run(args: argparse.Namespace) -> dict:
     folds, oof_img, oof_patch = [], [], []
     n_run = min(args.folds, args.fold_limit or args.folds)
     for k in tqdm(range(n_run), desc="folds", file=sys.stderr):
-        rec, pt, it = train_fold(k, out / f"fold{k}", args, c, img_path, img_grey, pidx)
+        with functions_eagerly(args.eager):
+            rec, pt, it = train_fold(k, out / f"fold{k}", args, c, img_path, img_grey, pidx)
         folds.append(rec)
         oof_patch.append(pt)
         oof_img.append(it)
@@ -186,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     diag = diagnostics(out, info)
     hm_scores = heatmap_max_scores(args, out, I, nb, sd)
     localisation = chain_localisation(args, out, I, nb, sd)
-    null = null_learner(I, null_reps(args), sd)
+    null = null_learner(I, args.null_reps, sd)
 
     summary = dict(
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
@@ -203,44 +240,60 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def report_only(args: argparse.Namespace) -> dict:
-    """Redo the report steps that need no training on a finished run (the overlay, the
-    diagnostics, the heatmap-max scores, the null learner and the localisation) from its
-    saved out-of-fold tables and models; updates summary.json."""
+def recorded_run(args: argparse.Namespace) -> tuple[dict, argparse.Namespace]:
+    """--report-only: the finished run's summary and settings (runs recorded before a
+    setting existed get its default, or --quick's), checked before TensorFlow loads."""
     out = pathlib.Path(args.out)
     if not (out / "summary.json").is_file():
         raise CrossValidationError(f"{out}: no summary.json of a finished run "
-                                        "(--report-only redoes the steps after training)")
+                                   "(--report-only redoes the steps after training)")
     summary = json.loads((out / "summary.json").read_text())
-    run_args = argparse.Namespace(**summary["config"])
+    config = summary["config"]
+    run_args = apply_quick(build_parser().parse_args(
+        [config["mias_dir"]] + (["--quick"] if config.get("quick") else [])))
+    vars(run_args).update(config)
     if isinstance(run_args.img_size, int):   # runs before --img-size took H W recorded one side
         run_args.img_size = [run_args.img_size, run_args.img_size]
-    info, _ = chain_info(run_args.mias_dir)
+    return summary, run_args
+
+
+def report_only(summary: dict, run_args: argparse.Namespace, out: pathlib.Path,
+                info: pd.DataFrame) -> dict:
+    """Redo the report steps that need no training on a finished run (the overlay, the
+    diagnostics, the heatmap-max scores, the null learner and the localisation) from its
+    saved out-of-fold tables and models; updates summary.json."""
     I = pd.read_csv(out / "oof_images.csv")
     summary["files"]["overlay"] = find_overlay(run_args, out, I, info,
                                                out / "figures" / "overlay.png")
     summary["diagnostics"] = diagnostics(out, info)
     summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
         run_args, out, I, run_args.n_boot, run_args.seed)
-    summary["null_learner"] = null_learner(I, null_reps(run_args), run_args.seed)
+    summary["null_learner"] = null_learner(I, run_args.null_reps, run_args.seed)
     summary["localisation"] = chain_localisation(run_args, out, I, run_args.n_boot, run_args.seed)
     write_json(out / "summary.json", summary)
     return summary
 
 
 def cross_validate(args: argparse.Namespace) -> dict:
-    """The command's body: the run (or --report-only), its summary as the last line."""
-    if args.folds < 2:
-        raise CrossValidationError(f"--folds {args.folds}: need at least 2 folds")
-    summary = report_only(args) if args.report_only else run(args)
+    """The command's body: every refusal first (flags, Info.txt, the output folder), then
+    TensorFlow, then the run (or --report-only); its summary as the last line."""
+    apply_quick(args)
+    if args.report_only:
+        summary, run_args = recorded_run(args)
+        info = chain_info(run_args.mias_dir)[0]
+        dm_cli.quiet_tensorflow()
+        summary = report_only(summary, run_args, pathlib.Path(args.out), info)
+    else:
+        info, woman_id, out = claim(args)
+        dm_cli.quiet_tensorflow()
+        summary = run(args, info, woman_id, out)
     sys.stdout.write(json.dumps(summary) + "\n")
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (dm-cross-validate); returns its exit status."""
-    return dm_cli.run_tool("cross_validate", build_parser().parse_args, cross_validate, argv,
-                           tensorflow=True)
+    return dm_cli.run_tool("cross_validate", build_parser().parse_args, cross_validate, argv)
 
 
 if __name__ == "__main__":

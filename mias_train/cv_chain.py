@@ -1,9 +1,9 @@
 """The mini-MIAS cross-validation's calls into the project's pipeline.
 
 The cross-validation's calls into the pipeline's stages: the mini-MIAS recipe, the patch
-sampler, the trainers' configs built from values, prediction, sliding-window maps,
-localisation and overlays. (Image reading, segmentation and output writing in the other
-cv_* modules use the shared rooms directly.)
+sampler, the trainers' configs built from values, prediction, AUROC and its bootstrap,
+sliding-window maps and localisation. (Image reading, segmentation, figures and output
+writing in the other cv_* modules use the shared rooms directly.)
 
 In one module so the cross-validation is seen to run the project's own chain (as
 end2end.py does), with no private copy of any stage.
@@ -168,6 +168,19 @@ def chain_auroc(y: ArrayLike, s: ArrayLike) -> float:
     return dm_metrics.auroc(y, s)
 
 
+def chain_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, seed: int
+                    ) -> dict:
+    """The project's one bootstrap AUROC (dm_metrics) resampling whole groups (all patches
+    of an image, both images of a woman), as summary.json records it: 4 digits, with the
+    counts of items, positives, groups and resamples that had both classes (`n_valid`)."""
+    import dm_metrics  # deferred for --help (docs/modules.md)
+    r = dm_metrics.bootstrap_auroc(y, s, n_boot, seed, groups=groups)
+    y = np.asarray(y).astype(bool)
+    return dict(auroc=round(r["auroc"], 4), ci_low=round(r["ci_low"], 4),
+                ci_high=round(r["ci_high"], 4), n=int(len(y)), n_pos=int(y.sum()),
+                n_groups=r["n_groups"], n_boot=int(n_boot), n_valid=r["n_boot"] - r["n_skipped"])
+
+
 def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:
     """ROC curve at `roc`, its precision-recall curve beside it (`*_pr.png`)."""
     import dm_metrics  # deferred for --help (docs/modules.md)
@@ -216,12 +229,3 @@ def chain_localisation(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     return dm_localisation_metrics.brief(dm_localisation.localise_folds(
         out / "data", out / "localisation", folds, args.patch_size,
         max(4, args.patch_size // 4), list(args.img_size), n_boot=n_boot, seed=seed))
-
-
-def chain_overlay(img: np.ndarray, heat: np.ndarray, path: pathlib.Path,
-                  circles: Sequence[tuple[float, float, float]]) -> None:
-    """The lesion map over the image, the marked lesions as white circles."""
-    out = dm_overlay.overlay_heatmap(img, heat, alpha=0.35)
-    for cx, cy, r in circles:
-        cv2.circle(out, (int(round(cx)), int(round(cy))), int(round(r)), (255, 255, 255), 1)
-    dm_pixels.write_png(str(path), out)

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 
 from mias_train.cv_baselines import oriented
 from mias_train.cv_chain import (chain_auroc, chain_list, chain_predict_folder, chain_train_image,
-                                 chain_train_patch, chain_trunk_mean, functions_eagerly)
+                                 chain_train_patch, chain_trunk_mean)
 from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES, Cohort, lay_out_fold
 
 log = logging.getLogger("cross_validate")
@@ -51,14 +51,12 @@ def train_fold(k: int, fd: pathlib.Path, args: argparse.Namespace, cohort: Cohor
     lay_out_fold(fd, split_of, img_path, image_class, woman_of, pidx)
     tr = pidx[[split_of[p] == "train" for p in pidx["patient_id"]]]
     patch_mean = float(tr["grey"].mean())
-    with functions_eagerly(args.quick):
-        pres = chain_train_patch(fd / "patches", fd / "patch_model.keras", args, patch_mean)
+    pres = chain_train_patch(fd / "patches", fd / "patch_model.keras", args, patch_mean)
     t_patch = time.time() - tf0
     train_imgs = [i for i in ids if split_of[woman_of[i]] == "train"]
     image_mean = chain_trunk_mean(fd / "patch_model.keras")
-    with functions_eagerly(args.quick):
-        ires = chain_train_image(fd / "images", fd / "patch_model.keras",
-                                 fd / "image_model.keras", args, image_mean)
+    ires = chain_train_image(fd / "images", fd / "patch_model.keras",
+                             fd / "image_model.keras", args, image_mean)
     t_image = time.time() - tf0 - t_patch
 
     # patch-level out-of-fold scores, in the order the trainer scored the test folder
@@ -84,9 +82,8 @@ def train_fold(k: int, fd: pathlib.Path, args: argparse.Namespace, cohort: Cohor
     it["baseline_abnormal"] = oriented(ytr > 0, gtr) * it["grey"]
     it["baseline_malignant"] = oriented(ytr == 2, gtr) * it["grey"]
 
-    with functions_eagerly(args.quick):     # one batch: an eager call beats a trace
-        ytr_i, ptr_i = chain_predict_folder(fd / "image_model.keras", fd / "images" / "train",
-                                            IMAGE_CLASSES)
+    ytr_i, ptr_i = chain_predict_folder(fd / "image_model.keras", fd / "images" / "train",
+                                        IMAGE_CLASSES)
     rec = dict(fold=k, test_women=test_w, val_women=sorted(val_w), train_women=train_w,
                n_test_images=len(iid), n_test_patches=len(pt),
                patch_auroc=fold_auc(pt["label"] > 0, pt["score"]),

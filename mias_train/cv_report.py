@@ -17,38 +17,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from dm_output import write_named
 from dm_recipe_utils import write_csv
-from mias_train.cv_chain import (chain_auroc, chain_lesion_map, chain_overlay, chain_plot_roc)
-
-
-# Not dm_metrics.bootstrap_auroc: that one resamples single cases, this one whole groups
-# (all patches of an image, both images of a woman), whose items are correlated, and with
-# several items per group the two intervals differ. With one item per group it gives
-# dm_metrics' interval to the 4 digits it keeps (test_cross_validate checks both), so it is
-# that bootstrap generalised to clusters, not a second copy of it.
-def cluster_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, seed: int,
-                      level: float = 0.95) -> dict:
-    """AUROC with a percentile interval from resampling whole groups (images or women) with
-    replacement, since items of one group are correlated."""
-    y, s, groups = np.asarray(y).astype(bool), np.asarray(s, float), np.asarray(groups)
-    point = chain_auroc(y, s)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        if 0 < y[idx].sum() < len(idx):
-            vals.append(chain_auroc(y[idx], s[idx]))
-    a = (1 - level) / 2
-    lo, hi = np.quantile(vals, [a, 1 - a]) if vals else (float("nan"),) * 2
-    return dict(auroc=round(point, 4), ci_low=round(float(lo), 4), ci_high=round(float(hi), 4),
-                n=int(len(y)), n_pos=int(y.sum()), n_groups=int(len(uniq)),
-                n_boot=int(n_boot), n_valid=len(vals))
+from mias_train.cv_chain import chain_auroc, chain_bootstrap, chain_lesion_map, chain_plot_roc
 
 
 def pooled_aurocs(P: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -57,17 +30,17 @@ def pooled_aurocs(P: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> d
     nb, sd = n_boot, seed
     return dict(
         patch_lesion_vs_background=dict(
-            network=cluster_bootstrap(P["label"] > 0, P["score"], P["img_id"], nb, sd),
-            baseline_mean_grey=cluster_bootstrap(P["label"] > 0, P["baseline"], P["img_id"], nb,
-                                                 sd)),
+            network=chain_bootstrap(P["label"] > 0, P["score"], P["img_id"], nb, sd),
+            baseline_mean_grey=chain_bootstrap(P["label"] > 0, P["baseline"], P["img_id"], nb,
+                                               sd)),
         image_abnormal_vs_normal=dict(
-            network=cluster_bootstrap(I["label"] > 0, 1 - I["p_normal"], I["woman"], nb, sd),
-            baseline_breast_grey=cluster_bootstrap(I["label"] > 0, I["baseline_abnormal"],
-                                                   I["woman"], nb, sd)),
+            network=chain_bootstrap(I["label"] > 0, 1 - I["p_normal"], I["woman"], nb, sd),
+            baseline_breast_grey=chain_bootstrap(I["label"] > 0, I["baseline_abnormal"],
+                                                 I["woman"], nb, sd)),
         image_malignant_vs_rest=dict(
-            network=cluster_bootstrap(I["label"] == 2, I["p_malignant"], I["woman"], nb, sd),
-            baseline_breast_grey=cluster_bootstrap(I["label"] == 2, I["baseline_malignant"],
-                                                   I["woman"], nb, sd)))
+            network=chain_bootstrap(I["label"] == 2, I["p_malignant"], I["woman"], nb, sd),
+            baseline_breast_grey=chain_bootstrap(I["label"] == 2, I["baseline_malignant"],
+                                                 I["woman"], nb, sd)))
 
 
 def confusion(true: Sequence[int], pred: Sequence[int], n: int = 3) -> list[list[int]]:
@@ -135,28 +108,83 @@ def plot_learning_curves(folds: list[dict], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+MIAS_SIDE = 1024     # mini-MIAS images are 1024 x 1024; Info.txt's y counts from the bottom
+
+
+def lesion_ellipses(rows: pd.DataFrame, img_size: Sequence[int]
+                    ) -> list[tuple[float, float, float, float]]:
+    """Info.txt's lesion circles (x, y, radius at 1024 x 1024, y up) on an H x W image, as
+    (centre x, centre y, semi-axis x, semi-axis y): each axis scaled by its own factor, so
+    a circle becomes an ellipse when H != W (as prepare_mias draws the masks)."""
+    sy, sx = img_size[0] / MIAS_SIDE, img_size[1] / MIAS_SIDE
+    return [(a.x * sx, (MIAS_SIDE - a.y) * sy, a.radius * sx, a.radius * sy)
+            for a in rows.itertuples(index=False)]
+
+
+def in_lesion(row: float, col: float, ellipses: Sequence[tuple[float, float, float, float]]
+              ) -> bool:
+    """Whether pixel (row, col) lies in one of the lesion ellipses."""
+    return any(((col - cx) / rx) ** 2 + ((row - cy) / ry) ** 2 <= 1.0
+               for cx, cy, rx, ry in ellipses)
+
+
+def overlay_figure(img: np.ndarray, heat: np.ndarray,
+                   ellipses: Sequence[tuple[float, float, float, float]],
+                   peak: tuple[int, int], title: str):
+    """The lesion map over the image (NaN: no value, the grey image shows), the marked
+    lesions as white outlines, the map's peak as a cross, a title and a colour bar of the
+    score; returns the Matplotlib figure."""
+    import matplotlib  # deferred for --help (docs/modules.md)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred for --help (docs/modules.md)
+    from matplotlib.patches import Ellipse  # deferred for --help (docs/modules.md)
+    h, w = img.shape[:2]
+    fig, ax = plt.subplots(figsize=(3.2 + 4.0 * w / max(h, w), 0.9 + 4.6 * h / max(h, w)))
+    ax.imshow(img, cmap="gray", interpolation="bilinear")
+    ax.imshow(np.ma.masked_invalid(heat), cmap="jet", vmin=0.0, vmax=1.0, alpha=0.45,
+              interpolation="bilinear")
+    for cx, cy, rx, ry in ellipses:
+        ax.add_patch(Ellipse((cx, cy), 2 * rx, 2 * ry, fill=False, color="white", lw=1.5))
+    ax.plot(peak[1], peak[0], "w+", ms=12, mew=2)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
+    scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0.0, 1.0), "jet")
+    fig.colorbar(scale, ax=ax, fraction=0.046, pad=0.03).set_label(   # opaque, unlike the map
+        "lesion score 1 - p(background)")
+    fig.tight_layout()
+    return fig
+
+
 def find_overlay(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFrame, info: pd.DataFrame,
                  path: pathlib.Path) -> dict | None:
     """The sliding-window lesion map of the fold's patch model on the highest-scored abnormal
-    test image whose map peaks inside a marked lesion ("correctly found")."""
+    test image whose map peaks inside a marked lesion ("correctly found"), as a figure."""
+    import matplotlib.pyplot as plt  # deferred for --help (docs/modules.md)
     cand = I[I["label"] > 0].sort_values("p_normal")
-    sy, sx = args.img_size[0] / 1024.0, args.img_size[1] / 1024.0   # mini-MIAS: 1024 x 1024
     for r in cand.head(20).itertuples(index=False):
         rows = info[(info["image_id"] == r.image_id) & info["radius"].notna()]
         if rows.empty:
             continue
-        circles = [(a.x * sx, (1024 - a.y) * sy, a.radius * sx)
-                   for a in rows.itertuples(index=False)]
+        ellipses = lesion_ellipses(rows, args.img_size)
         img, heat = chain_lesion_map(str(out / f"fold{r.fold}" / "patch_model.keras"),
                                      str(out / "data" / "full_images" / f"{r.image_id}.png"),
                                      args.patch_size, max(4, args.patch_size // 8))
         peak = np.unravel_index(np.nanargmax(heat), heat.shape)
-        hit = any((peak[1] - cx) ** 2 + (peak[0] - cy) ** 2 <= cr ** 2 for cx, cy, cr in circles)
-        if hit:
-            chain_overlay(img, heat, path, circles)
-            return dict(path=str(path), image_id=r.image_id, fold=int(r.fold),
-                        p_abnormal=round(1 - float(r.p_normal), 4),
-                        peak_lesion_score=round(float(np.nanmax(heat)), 4))
+        if in_lesion(peak[0], peak[1], ellipses):
+            rec = dict(path=str(path), image_id=r.image_id, fold=int(r.fold),
+                       p_abnormal=round(1 - float(r.p_normal), 4),
+                       peak_lesion_score=round(float(np.nanmax(heat)), 4))
+            fig = overlay_figure(img, heat, ellipses, peak, (
+                f"mini-MIAS {r.image_id}, a test image of fold {r.fold}: sliding-window lesion "
+                f"map\nof that fold's patch model; white: lesions of Info.txt, +: the map's "
+                f"peak ({rec['peak_lesion_score']:.2f})\nwhole-image p(abnormal) "
+                f"{rec['p_abnormal']:.2f}"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_named(str(path), lambda tmp: fig.savefig(tmp, dpi=100, format="png"), ".png")
+            plt.close(fig)
+            return rec
     return None
 
 
@@ -228,8 +256,8 @@ def heatmap_max_scores(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFr
     write_csv(H, out / "oof_images_heatmap.csv")
     return dict(
         stride=stride,
-        abnormal_vs_normal=cluster_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
-                                             n_boot, seed),
-        malignant_vs_rest=cluster_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
-                                            n_boot, seed))
+        abnormal_vs_normal=chain_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
+                                           n_boot, seed),
+        malignant_vs_rest=chain_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
+                                          n_boot, seed))
 

@@ -125,7 +125,6 @@ class Cohort:
         val_w = inner_validation(self.strata, train_w, val_frac, seed + k)
         split_of = {w: ("test" if w in test_w else "val" if w in val_w else "train")
                     for w in self.women}
-        assert not (set(test_w) & set(train_w)), "a woman in both the test and training part"
         return test_w, val_w, train_w, split_of
 
 

@@ -401,20 +401,98 @@ RECIPE_FLAGS = ("--img-scale", "--no-img-scale", "--rescale-factor", "--no-resca
                 "--featurewise-center", "--no-featurewise-center", "--input-bits")
 
 
-def _declared_flags(path: pathlib.Path, names) -> set[str]:
-    """The flags of `names` a file declares as string literals of an add_argument call."""
-    return {a.value for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "add_argument"
-            for a in node.args if isinstance(a, ast.Constant) and a.value in names}
+def _call_name(node: ast.Call) -> str | None:
+    return node.func.id if isinstance(node.func, ast.Name) else (
+        node.func.attr if isinstance(node.func, ast.Attribute) else None)
+
+
+def _is_add_argument(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and _call_name(node) == "add_argument"
+
+
+def flag_helpers(paths) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Functions that declare flags whose names are not string literals (dm_flags' `_bool`
+    builds `f"--{name}"` and `f"--no-{name}"`, `_values` splits a row's names): name ->
+    (parameters, templates). A template is ("f", parts) for an f-string of literal text
+    and parameter indices, ("split", i) for `*param.split()`, ("raw", i) for a parameter
+    given as is."""
+    helpers = {}
+    for path in paths:
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            params = [a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs]
+            templates, built = [], False
+            for call in filter(_is_add_argument, ast.walk(fn)):
+                for a in call.args:
+                    if isinstance(a, ast.Constant):
+                        continue
+                    built = True
+                    if isinstance(a, ast.JoinedStr):
+                        parts = [v.value if isinstance(v, ast.Constant) else
+                                 params.index(v.value.id) if isinstance(v.value, ast.Name)
+                                 and v.value.id in params else None for v in a.values]
+                        if None not in parts:
+                            templates.append(("f", parts))
+                    elif (isinstance(a, ast.Starred) and isinstance(a.value, ast.Call)
+                          and isinstance(a.value.func, ast.Attribute)
+                          and a.value.func.attr == "split"
+                          and isinstance(a.value.func.value, ast.Name)
+                          and a.value.func.value.id in params):
+                        templates.append(("split", params.index(a.value.func.value.id)))
+                    elif isinstance(a, ast.Name) and a.id in params:
+                        templates.append(("raw", params.index(a.id)))
+            if built:
+                helpers[fn.name] = (params, templates)
+    return helpers
+
+
+def _helper_flags(call: ast.Call, params: list[str], templates: list[tuple]) -> set[str]:
+    """The flag names a call of a flag helper declares: its templates filled with the
+    call's literal arguments, and any literal argument (rows included) made only of
+    dash-led words (`"--weight-decay -wd"`)."""
+    given = {i: a.value for i, a in enumerate(call.args) if isinstance(a, ast.Constant)}
+    given.update({params.index(k.arg): k.value.value for k in call.keywords
+                  if k.arg in params and isinstance(k.value, ast.Constant)})
+    found = set()
+    for kind, spec in templates:
+        if kind == "f" and all(isinstance(p, str) or isinstance(given.get(p), str) for p in spec):
+            found.add("".join(p if isinstance(p, str) else given[p] for p in spec))
+        elif kind in ("split", "raw") and isinstance(given.get(spec), str):
+            found.update(given[spec].split() if kind == "split" else [given[spec]])
+    for node in ast.walk(call):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            words = node.value.split()
+            if words and all(w.startswith("-") for w in words):
+                found.update(words)
+    return found
+
+
+def _declared_flags(path: pathlib.Path, names, helpers=None) -> set[str]:
+    """The flags of `names` a file declares: string literals of an add_argument call
+    (several names in one literal counted apart), and names built by a flag helper
+    (`flag_helpers`; default: the file's own) from a call's literal arguments."""
+    helpers = flag_helpers([path]) if helpers is None else helpers
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if _is_add_argument(node):
+            found.update(w for a in node.args if isinstance(a, ast.Constant)
+                         and isinstance(a.value, str) for w in a.value.split())
+        elif isinstance(node, ast.Call) and _call_name(node) in helpers:
+            found |= _helper_flags(node, *helpers[_call_name(node)])
+    return found & set(names)
 
 
 def test_one_declaration_of_the_recipe_flags():
     """The recipe's flags are declared once (dm_cli.add_recipe_flags) for the trainers,
     predict, heatmap_score, convert_checkpoint and featurewise_mean, and become a Recipe
-    in one place (dm_recipe.recipe_from_flags)."""
-    sites = {path.name: found for path in _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]
-             if (found := _declared_flags(path, RECIPE_FLAGS))}
+    in one place (dm_recipe.recipe_from_flags); also not through a flag helper such as
+    dm_flags' `_bool(g, "equalize-hist", ...)`."""
+    files = _project_files(REPO) + [REPO / f"{d}.py" for d in FRONT_DOORS]
+    helpers = flag_helpers(files)
+    assert {"_bool", "_optional", "_values", "add_img_size"} <= set(helpers), sorted(helpers)
+    sites = {path.name: found for path in files
+             if (found := _declared_flags(path, RECIPE_FLAGS, helpers))}
     assert set(sites) == {"dm_cli.py"}, sites
     assert sites["dm_cli.py"] == set(RECIPE_FLAGS)
 
@@ -424,6 +502,32 @@ def test_the_recipe_flag_check_catches_a_declaration(tmp_path):
                                       'p.add_argument("--other", "--input-bits")\n')
     assert _declared_flags(tmp_path / "tool.py", RECIPE_FLAGS) == {"--rescale-factor",
                                                                    "--input-bits"}
+
+
+def test_the_recipe_flag_check_sees_through_flag_helpers(tmp_path):
+    """Recipe flags declared through helpers that build the names (dm_flags' kind), and
+    helpers of another file, are found; other flags declared through them are not."""
+    (tmp_path / "helpers.py").write_text(
+        'def _bool(g, name, dest, help):\n'
+        '    g.add_argument(f"--{name}", dest=dest, action="store_true", help=help)\n'
+        '    g.add_argument(f"--no-{name}", dest=dest, action="store_false")\n'
+        'def _values(g, *rows):\n'
+        '    for names, dest, type_, help_ in rows:\n'
+        '        g.add_argument(*names.split(), dest=dest, type=type_, help=help_)\n'
+        'def _split(g, names, help):\n'
+        '    g.add_argument(*names.split(), help=help)\n')
+    (tmp_path / "tool.py").write_text(
+        'import helpers\n'
+        'helpers._bool(g, "equalize-hist", "equalize_hist", "see --img-scale")\n'
+        '_values(g, ("--weight-decay -wd", "wd", float, "x"),\n'
+        '        ("--featurewise-mean -fm", "featurewise_mean", float, "y"))\n'
+        '_split(g, help="z", names="-ic --img-scale")\n'
+        '_bool(g, "augmentation", "augmentation", "--rescale-factor is another")\n')
+    helpers = flag_helpers([tmp_path / "helpers.py", tmp_path / "tool.py"])
+    assert set(helpers) == {"_bool", "_values", "_split"}
+    assert _declared_flags(tmp_path / "tool.py", RECIPE_FLAGS, helpers) == {
+        "--equalize-hist", "--no-equalize-hist", "--featurewise-mean", "--img-scale"}
+    assert _declared_flags(tmp_path / "helpers.py", RECIPE_FLAGS, helpers) == set()
 
 
 def test_nosave_is_compared_only_where_flags_are_parsed():
@@ -463,12 +567,76 @@ def test_no_module_over_600_lines():
         assert m == "dm_checkpoint" or n <= 600, f"{path.name}: {n} lines"
 
 
+# The places besides dm_listing.read_image_csv that parse CSV rows, each reading another
+# kind of table on purpose: (file, what it reads, as written) -> what that table is.
+OTHER_CSV_READS = {
+    ("ddsm_train/heatmap_score.py", "pat_csv"): "--pat-csv, the original's table of exams "
+                                                "(patient_id, side, view)",
+    ("ddsm_train/heatmap_score.py", "pat_list"): "--pat-list, patient ids one a line",
+    ("ddsm_train/prepare_cbis_ddsm.py", "p"): "CBIS-DDSM's description CSV",
+    ("ddsm_train/sample_patches_combined.py", "p"): "the ROI mask table (roi_mask_path.csv)",
+    # An image list: to move to read_image_csv when its ids are read there (issue 31).
+    ("ddsm_train/sample_patches_combined.py", "args.images_csv"): "a recipe's images.csv, "
+                                                                  "for its patient ids",
+    ("dm_end2end.py", "preds"): "predict.py's scores",
+    ("dm_evaluate.py", "path"): "a predictions CSV (scores and labels)",
+    ("dm_localisation.py", "csv"): "the ROI mask table (roi_mask_path.csv)",
+    ("dm_train.py", "l"): "the training history CSV, cut at the resumed epoch",
+    ("inbreast_train/prepare_inbreast.py", "p"): "INbreast.csv (';'-separated metadata)",
+    ("inbreast_train/prepare_inbreast.py", "s.strip().strip('()')"): "an '(x, y)' point of "
+                                                                      "an INbreast ROI (XML)",
+    ("mias_train/cross_validate.py", "patches / 'patch_index.csv'"): "the patch sampler's index",
+    ("mias_train/cross_validate.py", "out / 'oof_images.csv'"): "the run's out-of-fold scores",
+    ("mias_train/cv_report.py", "out / 'oof_patches.csv'"): "the run's out-of-fold scores",
+    ("mias_train/cv_report.py", "out / 'oof_images.csv'"): "the run's out-of-fold scores",
+    ("mias_train/cv_report.py", "out / 'patches_all' / 'patch_index.csv'"): "the patch "
+                                                                            "sampler's index",
+}
+TABLE_READERS = {"read_csv", "read_table", "read_fwf", "loadtxt", "genfromtxt", "DictReader"}
+
+
+def csv_row_parsers(root: pathlib.Path, files) -> list[tuple[str, str]]:
+    """(file, what it reads) for every CSV row parser in `files`: pandas' and NumPy's
+    table readers, the csv module's readers, and a string split at ',', ';' or a tab."""
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = _call_name(node)
+            module = node.func.value if isinstance(node.func, ast.Attribute) else None
+            if name in TABLE_READERS or (name == "reader" and isinstance(module, ast.Name)
+                                         and module.id == "csv"):
+                what = ast.unparse(node.args[0]) if node.args else ""
+            elif (name in ("split", "rsplit") and node.args and module is not None
+                  and isinstance(node.args[0], ast.Constant) and node.args[0].value in ",;\t"):
+                what = ast.unparse(module)
+            else:
+                continue
+            found.append((str(path.relative_to(root)), what))
+    return found
+
+
 def test_one_image_csv_reader():
-    """Lists of images in a CSV are parsed in one place, `dm_listing.read_image_csv`: no
-    other project module parses CSV rows itself (pandas tables of other kinds excepted)."""
-    for path in _project_files(REPO):
-        if path.parent.name in ("tests", "benchmarks") or path.name == "dm_listing.py":
-            continue
-        text = path.read_text()
-        assert "DictReader(" not in text and "csv.reader(" not in text, path.name
+    """Lists of images in a CSV are parsed in one place, `dm_listing.read_image_csv`: every
+    other CSV row parser in the project's modules reads another kind of table, named in
+    OTHER_CSV_READS (an entry that no longer matches a site fails too)."""
+    files = [p for p in _project_files(REPO) if p.parent.name not in ("tests", "benchmarks")]
+    sites = [s for s in csv_row_parsers(REPO, files) if s[0] != "dm_listing.py"]
+    assert sorted(set(sites)) == sorted(OTHER_CSV_READS), set(sites) ^ set(OTHER_CSV_READS)
+    assert ("dm_listing.py", "f") in csv_row_parsers(REPO, [REPO / "dm_listing.py"])
     assert "def read_image_csv" in (REPO / "dm_listing.py").read_text()
+
+
+def test_the_csv_reader_check_catches_other_parsers(tmp_path):
+    (tmp_path / "dm_x.py").write_text(
+        "import csv\nimport numpy as np\nimport pandas as pd\n"
+        "a = pd.read_csv(d / 'images.csv', dtype=str)\n"
+        "b = [line.split(',') for line in open('list.csv')]\n"
+        "c = list(csv.reader(open('l.csv')))\n"
+        "e = np.loadtxt('l.csv', delimiter=',')\n"
+        "f = row.rsplit(';', 1)\n"
+        "g = 'a b'.split(), name.split('_'), reader(x)\n")
+    assert sorted(csv_row_parsers(tmp_path, [tmp_path / "dm_x.py"])) == [
+        ("dm_x.py", "'l.csv'"), ("dm_x.py", "d / 'images.csv'"), ("dm_x.py", "line"),
+        ("dm_x.py", "open('l.csv')"), ("dm_x.py", "row")]

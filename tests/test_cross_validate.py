@@ -1,6 +1,8 @@
 """mias_train/cross_validate.py: folds by woman, the clustered bootstrap, and a --quick run
 of the whole chain on a handful of mini-MIAS images."""
+import itertools
 import json
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -8,6 +10,8 @@ import pytest
 
 from mias_train import cross_validate as cv
 from mias_train import cv_baselines, cv_chain, cv_report, cv_split
+
+REPO = pathlib.Path(cv.__file__).resolve().parents[1]
 
 
 def _strata(n0=20, n1=12, n2=9):
@@ -39,43 +43,20 @@ def test_inner_validation_takes_every_class_from_training_women_only():
     assert len(val) == sum(max(1, round(0.2 * sum(s[w] == k for w in train))) for k in (0, 1, 2))
 
 
-def test_cluster_bootstrap_resamples_groups():
-    rng = np.random.default_rng(0)
-    groups = np.repeat(np.arange(40), 10)
-    y = np.repeat(np.arange(40) % 2, 10).astype(bool)
-    s = y + rng.normal(0, 1.0, len(y))
-    r = cv_report.cluster_bootstrap(y, s, groups, n_boot=300, seed=1)
-    assert r["ci_low"] < r["auroc"] < r["ci_high"]
-    assert r["n_groups"] == 40 and r["n"] == 400 and r["n_pos"] == 200
-    # identical patches within a group: the interval is as wide as with one item per group
-    one = cv_report.cluster_bootstrap(y[::10], s[::10], groups[::10], n_boot=300, seed=1)
-    rep = cv_report.cluster_bootstrap(y, np.repeat(s[::10], 10), groups, n_boot=300, seed=1)
-    assert rep["auroc"] == pytest.approx(one["auroc"])
-    assert rep["ci_high"] - rep["ci_low"] == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.02)
-
-
-def test_cluster_bootstrap_is_dm_metrics_bootstrap_for_single_items_only():
-    """Why the clustered bootstrap is not replaced by dm_metrics.bootstrap_auroc: with one
-    item per group the two give the same interval; with groups of correlated items the
-    case bootstrap is too narrow, so they do not compute the same thing."""
+def test_pooled_figures_resample_women_and_keep_four_digits():
+    """The pooled figures are dm_metrics' bootstrap over whole women (or images), as
+    summary.json records them; two images of one woman move together."""
     import dm_metrics
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 60).astype(bool)
-    s = y + rng.normal(0, 1.2, 60)
-    one = cv_report.cluster_bootstrap(y, s, np.arange(60), n_boot=500, seed=7)
-    ref = dm_metrics.bootstrap_auroc(y, s, n_boot=500, seed=7)
-    assert (one["auroc"], one["ci_low"], one["ci_high"]) == tuple(
+    rng = np.random.default_rng(0)
+    woman = np.repeat([f"W{i:03d}" for i in range(40)], 2)
+    y = np.repeat(np.arange(40) % 2, 2).astype(bool)
+    s = y + rng.normal(0, 1.0, 80)
+    r = cv_chain.chain_bootstrap(y, s, woman, n_boot=300, seed=1)
+    ref = dm_metrics.bootstrap_auroc(y, s, 300, 1, groups=woman)
+    assert (r["auroc"], r["ci_low"], r["ci_high"]) == tuple(
         round(ref[k], 4) for k in ("auroc", "ci_low", "ci_high"))
-    assert one["n_valid"] == ref["n_boot"] - ref["n_skipped"]
-
-    groups = np.repeat(np.arange(60), 8)         # 8 identical patches per image
-    clustered = cv_report.cluster_bootstrap(np.repeat(y, 8), np.repeat(s, 8), groups,
-                                            n_boot=500, seed=7)
-    cases = dm_metrics.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7)
-    assert clustered["auroc"] == pytest.approx(cases["auroc"], abs=1e-4)
-    width = clustered["ci_high"] - clustered["ci_low"]
-    assert width == pytest.approx(one["ci_high"] - one["ci_low"], abs=0.03)
-    assert cases["ci_high"] - cases["ci_low"] < 0.6 * width
+    assert (r["n"], r["n_pos"], r["n_groups"], r["n_boot"], r["n_valid"]) == (80, 40, 40, 300, 300)
+    assert ref != dm_metrics.bootstrap_auroc(y, s, 300, 1)      # not the case bootstrap
 
 
 def test_baseline_direction_is_chosen_on_training_data():
@@ -87,15 +68,56 @@ def test_baseline_direction_is_chosen_on_training_data():
 @pytest.mark.parametrize("argv, problem", [
     (["--folds", "1"], "--folds 1: need at least 2 folds"),
     (["--report-only"], "no summary.json of a finished run"),
+    (["--val-frac", "1"], "--val-frac 1.0: need a fraction in (0, 1)"),
+    (["--quick", "--max-women", "1"], "--max-women 1: need at least one woman per fold (2)"),
+    (["--image-epochs", "0", "0"], "--image-epochs 0 0: need stage lengths >= 0"),
+    (["--nb-hns", "30"], "--nb-hns at most --nb-bkg"),
+    (["--mias", "missing"], "missing"),          # the folder is named
+    (["--out", "used"], "used: not empty and not a cross_validate folder"),
 ])
 def test_unusable_flags_are_one_line_and_write_nothing(argv, problem, tmp_path, caplog):
     (tmp_path / "mias").mkdir()
     (tmp_path / "mias" / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\n")
-    out = tmp_path / "cv"
-    assert cv.main([str(tmp_path / "mias"), "--out", str(out), *argv]) == 2
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    mias, out = str(tmp_path / "mias"), tmp_path / "cv"
+    if argv[0] == "--mias":
+        mias, argv = str(tmp_path / argv[1]), []
+    elif argv[0] == "--out":
+        out, argv = tmp_path / argv[1], []
+    before = sorted(tmp_path.rglob("*"))
+    assert cv.main([mias, "--out", str(out), *argv]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and problem in errors[0] and "\n" not in errors[0]
-    assert not out.exists()
+    assert sorted(tmp_path.rglob("*")) == before
+    assert (tmp_path / "used" / "notes.txt").read_text() == "mine"
+
+
+def test_refusals_come_before_tensorflow_loads(tmp_path):
+    """A bad flag or a used output folder is refused before TensorFlow is imported (the
+    refusal takes under a second instead of TensorFlow's start-up; docs/mias.md)."""
+    import subprocess
+    import sys
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("")
+    code = ("import sys; from mias_train import cross_validate as cv; "
+            "rc = cv.main(sys.argv[1:]); print(rc, 'tensorflow' in sys.modules)")
+    for argv in (["--folds", "1"], ["--out", str(tmp_path / "used")],
+                 ["--report-only", "--out", str(tmp_path / "none")]):
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path), *argv],
+                           capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+        assert r.stdout.split()[-2:] == ["2", "False"], (argv, r.stdout, r.stderr)
+
+
+def test_quick_replaces_only_settings_left_at_their_defaults():
+    args = cv.apply_quick(cv.build_parser().parse_args(["m", "--quick", "--patch-size", "48",
+                                                        "--folds", "3"]))
+    assert (args.patch_size, args.folds) == (48, 3)               # given: kept
+    assert (args.img_size, args.n_boot, args.null_reps, args.eager) == ([128, 128], 100, 5, True)
+    full = cv.apply_quick(cv.build_parser().parse_args(["m"]))
+    assert (full.img_size, full.null_reps, full.eager) == ([512, 512], 200, False)
+    assert set(cv.QUICK) <= set(vars(full))                         # every entry is a setting
 
 
 def test_trainer_configs_are_built_from_values_not_argv(tmp_path):
@@ -113,6 +135,53 @@ def test_trainer_configs_are_built_from_values_not_argv(tmp_path):
     assert i.patch_model_state == str(tmp_path / "p.keras") and i.class_list == cv_split.IMAGE_CLASSES
 
 
+def _woman(image_stem: str) -> str:
+    """mini-MIAS pairs its images by woman: mdb001 and mdb002 are woman W001."""
+    return f"W{(int(image_stem[3:6]) + 1) // 2:03d}"
+
+
+def women_on_disk(fold_dir) -> dict[str, set[str]]:
+    """The women whose images (by file name) or patches (by their file name's woman id) a
+    fold's class folders hold, per split."""
+    return {split: {_woman(p.stem) for p in (fold_dir / "images" / split).rglob("*.png")}
+            | {p.name.split("_")[0] for p in (fold_dir / "patches" / split).rglob("*.png")}
+            for split in ("train", "val", "test")}
+
+
+def images_women(out) -> set[str]:
+    return {_woman(p.stem) for p in (out / "data" / "full_images").glob("*.png")}
+
+
+def test_a_fold_s_folders_hold_each_woman_in_her_split_only(tmp_path):
+    """lay_out_fold puts every image and patch of a woman in her split of the fold (both
+    breasts together) and a test woman's nowhere else."""
+    ids = [f"mdb{i:03d}" for i in range(1, 25)]
+    info = pd.DataFrame(dict(image_id=ids, severity=["M" if i % 7 == 0 else "" for i in range(24)],
+                             cls=["NORM" if i % 3 else "CIRC" for i in range(24)]))
+    c = cv_split.cohort(info, _woman, folds=3, max_women=None, seed=5)
+    img_path, rows = {}, []
+    for i in ids:
+        img_path[i] = tmp_path / "src" / f"{i}.png"
+        img_path[i].parent.mkdir(exist_ok=True)
+        img_path[i].write_bytes(b"")
+        for cls in ("background", "benign"):
+            name = f"{_woman(i)}_{i}_MLO_{cls}.png"
+            (tmp_path / "src" / name).write_bytes(b"")
+            rows.append(dict(path=str(tmp_path / "src" / name), patient_id=_woman(i), name=name,
+                             **{"class": cls}))
+    pidx = pd.DataFrame(rows)
+    for k in range(3):
+        test_w, val_w, train_w, split_of = c.fold_split(k, 0.25, seed=5)
+        fd = tmp_path / f"fold{k}"
+        cv_split.lay_out_fold(fd, split_of, img_path, c.image_class, c.woman_of, pidx)
+        seen = women_on_disk(fd)
+        assert seen == {"test": set(test_w), "val": set(val_w), "train": set(train_w) - val_w}
+        assert sum(1 for _ in (fd / "images").rglob("*.png")) == 24
+        assert sum(1 for _ in (fd / "patches").rglob("*.png")) == 48
+        for i in ids:     # in its class folder
+            assert (fd / "images" / split_of[_woman(i)] / c.image_class[i] / f"{i}.png").exists()
+
+
 def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     mias = shared_data / "mias"
     if not (mias / "Info.txt").is_file():
@@ -126,12 +195,14 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     assert summary["n_women"] == 12 and summary["n_images"] == 24
     folds = summary["folds"]
     assert [f["fold"] for f in folds] == [0, 1]
-    tests = [set(f["test_women"]) for f in folds]
-    assert not tests[0] & tests[1]
-    assert tests[0] | tests[1] == set(folds[0]["train_women"]) | tests[0]
+    # what each fold's trainers read (its folders on disk), by the women of Info.txt's
+    # pairing rule (mdb001 + mdb002: woman 1): a fold's test women, and only they, are in
+    # its test folders, and nowhere in its training or validation folders
+    assert set(folds[0]["test_women"]) | set(folds[1]["test_women"]) == set(images_women(out))
     for f in folds:
-        assert not set(f["test_women"]) & set(f["train_women"])
-        assert set(f["val_women"]) < set(f["train_women"])
+        seen = women_on_disk(out / f"fold{f['fold']}")
+        assert seen["test"] == set(f["test_women"]) and seen["val"] == set(f["val_women"])
+        assert not seen["test"] & (seen["train"] | seen["val"]) and not seen["val"] & seen["train"]
         # two epochs per learning curve (patch; whole image over its two stages): lines
         hp, hi = f["patch_history"], f["image_history"]
         assert hp["epoch"] == [1, 2] and len(hp["loss"]) == len(hp["val_accuracy"]) == 2
@@ -165,9 +236,16 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
     assert conf.shape == (3, 3) and conf.sum() == len(patches)
     assert set(summary["goals"]) == {"patch_auroc_ge_0_90", "image_abnormal_auroc_ge_0_75",
                                      "image_abnormal_ci_low_gt_0_6"}
-    for key in ("roc_abnormal", "roc_malignant", "roc_patches", "learning_curves"):
-        assert (out / "figures" / f"{key}.png").stat().st_size > 1000
-        assert summary["files"][key] == str(out / "figures" / f"{key}.png")
+    # the figures the summary names are there, readable and each its own
+    import cv2
+    figures = {key: cv2.imread(summary["files"][key]) for key in (
+        "roc_abnormal", "roc_malignant", "roc_patches", "learning_curves")}
+    figures["overlay"] = cv2.imread(summary["files"]["overlay"]["path"])
+    for key, fig in figures.items():
+        assert fig is not None and min(fig.shape[:2]) >= 300, key
+    for a, b in itertools.combinations(figures, 2):
+        assert figures[a].shape != figures[b].shape or (figures[a] != figures[b]).any(), (a, b)
+    assert figures["overlay"].shape[1] >= 500      # a figure, not a 128-px thumbnail
     # every output of a full run, the lesion overlay and the localisation included
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     for name in ("oof_images_heatmap.csv", "women_all.txt", "figures/overlay.png",
@@ -177,9 +255,7 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
                  "fold0/image_model.keras", "fold1/patch_model.keras", "fold1/image_model.keras",
                  "fold1/patch_model.history.csv", "fold1/image_model.history.csv"):
         assert name in written, name
-    assert summary["files"]["overlay"]["path"] == str(out / "figures" / "overlay.png")
-    import cv2
-    curves = cv2.imread(str(out / "figures" / "learning_curves.png")).astype(int)
+    curves = figures["learning_curves"].astype(int)
     coloured = (curves.max(-1) - curves.min(-1)) > 80
     w = curves.shape[1]
     for panel in range(3):                          # no empty panel
@@ -200,14 +276,19 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
 
     # --report-only redoes the steps after training, also on a run recorded before --img-size
     # took H W (one number in its summary)
+    # and before --quick's settings without a flag were recorded
     recorded = json.loads((out / "summary.json").read_text())
     recorded["config"]["img_size"] = 128
+    assert (recorded["config"]["null_reps"], recorded["config"]["eager"]) == (5, True)
+    del recorded["config"]["null_reps"], recorded["config"]["eager"]
     (out / "summary.json").write_text(json.dumps(recorded))
     capsys.readouterr()
     assert cv.main([str(mias), "--out", str(out), "--report-only"]) == 0
     redone = json.loads((out / "summary.json").read_text())
-    assert redone["files"]["overlay"]["path"] == str(out / "figures" / "overlay.png")
-    assert redone["null_learner"].keys() == summary["null_learner"].keys()
+    assert redone["files"]["overlay"] == summary["files"]["overlay"]
+    assert (cv2.imread(redone["files"]["overlay"]["path"]) == figures["overlay"]).all()
+    assert redone["null_learner"] == summary["null_learner"]      # seeded, 5 refits again
+    assert {r["n_rep"] for r in redone["null_learner"].values()} == {5}
     assert redone["localisation"] and redone["diagnostics"]
 
 
@@ -239,6 +320,46 @@ def test_learning_curves_of_one_epoch_are_drawn(tmp_path):
     w = img.shape[1]
     for panel in (0, 2):                                 # (panel 1 also has the legend)
         assert coloured[:, panel * w // 3:(panel + 1) * w // 3].sum() > 10, panel
+
+
+def test_lesion_circles_scale_by_height_and_width_apart():
+    """Info.txt's circle (x 512, y 256 from the bottom, radius 100 at 1024 x 1024) on a
+    128 x 256 image: centre (128, 96), semi-axes 25 across and 12.5 down (prepare_mias
+    draws the mask the same way)."""
+    from mias_train import prepare_mias
+    rows = pd.DataFrame(dict(x=[512.0], y=[256.0], radius=[100.0]))
+    e = cv_report.lesion_ellipses(rows, (128, 256))
+    assert e == [(128.0, 96.0, 25.0, 12.5)]
+    assert cv_report.in_lesion(96 + 12, 128, e) and not cv_report.in_lesion(96 + 14, 128, e)
+    assert cv_report.in_lesion(96, 128 + 24, e) and not cv_report.in_lesion(96, 128 + 26, e)
+    mask = prepare_mias.circle_mask((128, 256), 512.0, 256.0, 100.0) > 0
+    rr, cc = np.nonzero(mask)
+    inside = np.array([cv_report.in_lesion(r, c, e) for r, c in np.ndindex(mask.shape)])
+    assert (inside.reshape(mask.shape) != mask).sum() < 0.05 * mask.sum()   # edge pixels
+    assert abs(rr.max() - rr.min() - 25) <= 1 and abs(cc.max() - cc.min() - 50) <= 1
+
+
+def test_the_overlay_is_a_titled_figure_with_a_colour_bar(tmp_path):
+    """The lesion map over the image, large enough to read, with a title, a colour bar of
+    the score 0-1, and each lesion's outline at its own scale across and down."""
+    import cv2
+    img = np.tile(np.linspace(0, 255, 256, dtype=np.float32), (128, 1))
+    heat = np.full((128, 256), np.nan, np.float32)
+    heat[20:110, 30:230] = np.linspace(0, 1, 200, dtype=np.float32)
+    e = [(100.0, 60.0, 30.0, 15.0)]
+    fig = cv_report.overlay_figure(img, heat, e, (60, 100), "mdb001, fold 0")
+    try:
+        main, bar = fig.axes
+        assert main.get_title() == "mdb001, fold 0" and bar.get_ylim() == (0.0, 1.0)
+        assert "1 - p(background)" in bar.get_ylabel()
+        (ell,) = main.patches
+        assert (ell.center, ell.width, ell.height) == ((100.0, 60.0), 60.0, 30.0)
+        fig.savefig(tmp_path / "o.png", dpi=100)
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    png = cv2.imread(str(tmp_path / "o.png"))
+    assert png.shape[1] >= 500 and png.shape[0] >= 250
 
 
 def test_an_unreadable_image_is_one_line_naming_it(tmp_path):

@@ -187,6 +187,25 @@ def tiny_folder(tmp_path_factory):
     return d, len(files)
 
 
+def test_lesion_images_are_a_split_s_images_with_masks_in_list_order(tiny_folder):
+    """Worked out here from the recipe's two tables: each split's images (images.csv, in
+    its order) that have a row in roi_mask_path.csv."""
+    import pandas as pd
+    data = tiny_folder[0] / "data"
+    images = pd.read_csv(data / "images.csv", dtype=str)
+    with_mask = set(pd.read_csv(data / "roi_mask_path.csv", dtype=str)["full_img_file"])
+    found = 0
+    for split in ("train", "val", "test"):
+        want = [f for f, s in zip(images["full_img_file"], images["split"])
+                if s == split and f in with_mask]
+        got = loc.lesion_images(data, split)
+        assert [p.rsplit("/", 1)[-1] for p in got] == want, split
+        assert all(dm_pixels.read_image(p).shape == (H, W) for p in got)
+        found += len(got)
+    assert 0 < found < len(images)          # some images have no lesion
+    assert loc.lesion_images(data, "no such split") == []
+
+
 def test_cli_end_to_end(tiny_folder):
     d, n = tiny_folder
     out = d / "out"

@@ -80,7 +80,7 @@ def test_png_roundtrip_resize_and_errors(tmp_path):
     back = dm_pixels.read_image(tmp_path / "a.png")
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, img)
-    assert dm_recipe.resize_to(img, None, 32).shape == (32, 24)
+    assert dm_recipe.resize_to(img, target_height=32).shape == (32, 24)
     m = np.zeros((64, 48), np.uint8)
     m[10:40, 10:30] = 255
     r = dm_recipe.resize_mask(m, (16, 12))

@@ -37,6 +37,39 @@ def test_bootstrap_contains_point_narrows_and_is_seeded():
     assert big["ci_high"] - big["ci_low"] < 0.5 * (small["ci_high"] - small["ci_low"])
 
 
+def test_grouped_bootstrap_resamples_whole_groups():
+    """With one case per group (ids in case order) the draws are the case bootstrap's; with
+    groups of identical cases the interval is as wide as with one case per group, while
+    the case bootstrap, which treats them as independent, is far too narrow."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60).astype(bool)
+    s = y + rng.normal(0, 1.2, 60)
+    cases = M.bootstrap_auroc(y, s, n_boot=500, seed=7)
+    one = M.bootstrap_auroc(y, s, n_boot=500, seed=7, groups=np.arange(60))
+    assert one == dict(cases, n_groups=60)
+    groups = np.repeat(np.arange(60), 8)                      # 8 identical patches per image
+    grouped = M.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7,
+                                groups=groups)
+    naive = M.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7)
+    assert grouped["n_groups"] == 60 and grouped["auroc"] == pytest.approx(cases["auroc"])
+    width = grouped["ci_high"] - grouped["ci_low"]
+    assert width == pytest.approx(cases["ci_high"] - cases["ci_low"], abs=0.03)
+    assert naive["ci_high"] - naive["ci_low"] < 0.6 * width
+    assert grouped == M.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), n_boot=500, seed=7,
+                                        groups=groups)                          # seeded
+    with pytest.raises(M.MetricsError, match="480 labels but 60 group ids"):
+        M.bootstrap_auroc(np.repeat(y, 8), np.repeat(s, 8), groups=np.arange(60))
+
+
+def test_grouped_bootstrap_skips_one_class_resamples():
+    """12 women, 2 of them with positives: some resamples draw neither and are skipped."""
+    y = np.repeat(np.arange(12) < 2, 3)
+    s = np.linspace(0, 1, 36)[::-1] + 0.3 * y
+    r = M.bootstrap_auroc(y, s, n_boot=400, seed=1, groups=np.repeat(np.arange(12), 3))
+    # P(no positive woman in 12 draws) = (10/12)^12 = 0.112: about 45 of 400
+    assert 20 < r["n_skipped"] < 80 and r["ci_low"] <= r["auroc"] <= r["ci_high"]
+
+
 def test_operating_points():
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
     s = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1])
