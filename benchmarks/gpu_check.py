@@ -17,7 +17,8 @@ rewritten after every measurement (dm_output), so a run cut short keeps what it 
 The TensorFlow sections run in a worker process (benchmarks/gpu_sections.py): a crash there
 (a fatal CUDA or XLA error) costs the measurement in flight, not the run, and a new worker
 goes on; an exception in any section is recorded with its message and the check goes on.
-This process never imports TensorFlow, so it also reports a machine where it is missing.
+This process never imports TensorFlow, so it also reports a machine where it is missing;
+the schedule, the goals and the tables are benchmarks/gpu_report.py.
 --budget-s bounds the whole run: settings that would overrun are skipped and listed.
 
     python benchmarks/gpu_check.py --out gpu_check.json [--budget-s 420] [--tiny]
@@ -50,10 +51,10 @@ import dm_cli  # noqa: E402
 import dm_output  # noqa: E402
 import dm_synthetic  # noqa: E402
 from dm_pixels import write_png  # noqa: E402
+from gpu_report import PATCH_NET, SECTIONS, goals, key, markdown, schedule_section  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
-SECTIONS = ("environment", "tests", "training", "pipeline", "prediction", "schedule")
 WORKER_SECTIONS = ("environment", "training", "pipeline", "prediction")
 WORKER = pathlib.Path(__file__).with_name("gpu_sections.py")
 # The tests that exercise mixed precision and --distribute (found by grepping tests/ for
@@ -64,9 +65,6 @@ GPU_TESTS = (
     "tests/test_dm_modelfile.py::test_trained_in_bfloat16_loads_and_predicts_in_float32",
     "tests/test_trainers.py::test_two_replicas_under_mirrored_strategy",
 )
-WHOLE_IMAGE = ("resnet50-2x", "vgg16-1x")
-PATCH_NET = "resnet50-patch"
-
 
 def config(args: argparse.Namespace, t0: float) -> dict:
     """Everything a worker needs, sizes by mode (the paper's, or tiny for a CPU test)."""
@@ -81,20 +79,16 @@ def config(args: argparse.Namespace, t0: float) -> dict:
         predict_batches=[4] if tiny else [4, 16],
         timed_s=0.0 if tiny else 1.5, pipeline_s=0.5 if tiny else 6.0)
 
-
 # ------------------------------------------------------------------ state file
 def load_state(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
 
-
 def save_state(path: str, state: dict) -> None:
     dm_output.write_json(path, state, indent=1, default=str)
 
-
 def section(state: dict, name: str) -> dict:
     return state["sections"].setdefault(name, {})
-
 
 def run_guarded(state: dict, name: str, fn, save) -> None:
     """Run one section: its result or its failure (message and traceback tail) is recorded,
@@ -112,7 +106,6 @@ def run_guarded(state: dict, name: str, fn, save) -> None:
         sec.update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
     sec["wall_s"] = round(time.time() - sec.pop("started"), 2)
     save()
-
 
 # ------------------------------------------------------------------ training plan
 def settings(tiny: bool) -> list[dict]:
@@ -133,12 +126,6 @@ def settings(tiny: bool) -> list[dict]:
         return [r50[0], r50[2], patch[0], s("resnet50-2x", "bfloat16", True), vgg[0]]
     return r50 + patch + xla + vgg + vgg_xla + nondet
 
-
-def key(s: dict) -> str:
-    return (f"{s['net']} {s['precision'] or 'float32'}{' +XLA' if s['xla'] else ''}"
-            f"{'' if s['deterministic'] else ' (non-deterministic ops)'}")
-
-
 def estimate_s(runs: list[dict], s: dict, batch: int, tiny: bool) -> float:
     """Seconds a measurement will take: the same setting at half the batch, else the
     slowest of its kind (XLA or not) so far, else a guess."""
@@ -150,7 +137,6 @@ def estimate_s(runs: list[dict], s: dict, batch: int, tiny: bool) -> float:
     if kind:
         return max(kind)
     return (20.0 if s["xla"] else 10.0) if tiny else (90.0 if s["xla"] else 30.0)
-
 
 def next_measurement(runs: list[dict], cfg: dict, now: float, deadline: float
                      ) -> tuple[dict, int] | None:
@@ -181,18 +167,6 @@ def next_measurement(runs: list[dict], cfg: dict, now: float, deadline: float
         return s, batch
     return None
 
-
-def ok_runs(state: dict, nets=WHOLE_IMAGE) -> list[dict]:
-    runs = state["sections"].get("training", {}).get("runs", [])
-    return [r for r in runs if r["status"] == "ok" and r["net"] in nets]
-
-
-def fastest(state: dict) -> dict | None:
-    """The whole-image setting and batch with the most images/s."""
-    runs = ok_runs(state)
-    return max(runs, key=lambda r: r["images_per_s"]) if runs else None
-
-
 # ------------------------------------------------------------------ helpers without TensorFlow
 def nvidia_smi() -> list[dict]:
     """The GPUs nvidia-smi sees (name, memory, driver); [] where there is none."""
@@ -205,7 +179,6 @@ def nvidia_smi() -> list[dict]:
     return [dict(zip(q.split(","), (v.strip() for v in line.split(","))))
             for line in out.stdout.splitlines() if line.strip()]
 
-
 def gpu_env() -> dict:
     """The environment for subprocesses that must see the GPUs: the test suite's conftest
     hides them unless CUDA_VISIBLE_DEVICES is set, so it is set to every GPU here."""
@@ -213,7 +186,6 @@ def gpu_env() -> dict:
     if "CUDA_VISIBLE_DEVICES" not in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(nvidia_smi())))
     return env
-
 
 def synthetic_pngs(folder: pathlib.Path, n: int, size, distinct: int = 8) -> list[str]:
     """n 16-bit synthetic mammograms (dm_synthetic), `distinct` of them rendered and the
@@ -230,7 +202,6 @@ def synthetic_pngs(folder: pathlib.Path, n: int, size, distinct: int = 8) -> lis
         paths.append(str(p))
     return paths
 
-
 def class_folders(root: pathlib.Path, classes, n: int, size) -> list[str]:
     """ROOT/{train,val,test}/<class>/ with n synthetic images each; the split folders."""
     for split in ("train", "val", "test"):
@@ -238,28 +209,25 @@ def class_folders(root: pathlib.Path, classes, n: int, size) -> list[str]:
             synthetic_pngs(root / split / c, n, size, distinct=n)
     return [str(root / split) for split in ("train", "val", "test")]
 
-
 def tail(text: str, n: int = 3) -> str:
     """The last lines of a log that say something (TensorFlow's start-up notices left out)."""
     noise = ("I0000 ", "WARNING: All log messages before absl", "To enable the following")
     lines = [l for l in text.strip().splitlines() if l.strip() and not l.startswith(noise)]
     return " | ".join(lines[-n:])[-600:]
 
-
 # ------------------------------------------------------------------ section: tests
-GPU_FLAGS = ["--distribute", "--mixed-precision", "float16", "--jit-compile"]
-SMOKE_FLAGS = [*GPU_FLAGS, "--no-deterministic", "--rescale-factor", "0.003891",
-               "--featurewise-mean", "50", "--optimizer", "adam", "--no-equalize-hist"]
+SMOKE_FLAGS = ["--no-deterministic", "--rescale-factor", "0.003891", "--featurewise-mean", "50",
+               "--optimizer", "adam", "--no-equalize-hist"]
 SMOKE = ("import sys, json, patch_clf_train, image_clf_train\n"
          "a = json.loads(sys.argv[1])\n"
          "rc = patch_clf_train.main(a['patch'])\n"
          "print('SMOKE patch', rc, flush=True)\n"
          "print('SMOKE image', image_clf_train.main(a['image']) if rc == 0 else None)\n")
 
-
 def tests_section(sec: dict, cfg: dict, deadline: float) -> None:
     """The GPU tests of the suite (pytest, one subprocess), then both trainers with
-    --distribute --mixed-precision float16 --jit-compile on small synthetic data."""
+    --distribute --mixed-precision float16 --jit-compile on small synthetic data (--tiny:
+    the first test only, and bfloat16)."""
     env = gpu_env()
     sec["cuda_visible_devices"] = env.get("CUDA_VISIBLE_DEVICES")
     nodes = GPU_TESTS[:1] if cfg["tiny"] else GPU_TESTS
@@ -276,9 +244,8 @@ def tests_section(sec: dict, cfg: dict, deadline: float) -> None:
             sec["pytest_rc"], sec["pytest_tail"] = None, f"timed out after {limit:.0f} s"
         sec["tests"] = junit_results(xml) if xml.exists() else []
         sec["smoke"] = trainer_smoke(pathlib.Path(tmp), env,
-                                     max(10.0, min(cfg["budget_s"] * 0.15,
-                                                   deadline - time.time())))
-
+                                     max(10.0, min(cfg["budget_s"] * 0.2, deadline - time.time())),
+                                     cfg["tiny"])
 
 def junit_results(xml: pathlib.Path) -> list[dict]:
     out = []
@@ -289,22 +256,29 @@ def junit_results(xml: pathlib.Path) -> list[dict]:
                         message=(bad[0].get("message") or "")[:400] if bad else ""))
     return out
 
+def gpu_flags(tiny: bool) -> list[str]:
+    """The trainers' GPU flags (--tiny: bfloat16, as CPUs emulate float16 slowly)."""
+    return ["--distribute", "--mixed-precision", "bfloat16" if tiny else "float16",
+            "--jit-compile"]
 
-def trainer_smoke(tmp: pathlib.Path, env: dict, limit: float) -> dict:
-    """patch_clf_train then image_clf_train (from its model) in one subprocess."""
+
+def trainer_smoke(tmp: pathlib.Path, env: dict, limit: float, tiny: bool) -> dict:
+    """patch_clf_train then image_clf_train (from its model) in one subprocess, with the GPU
+    flags; XLA needs --no-deterministic (Keras turns it off under deterministic ops)."""
+    flags = gpu_flags(tiny) + SMOKE_FLAGS
     patch = class_folders(tmp / "patches", ["background", "malignant", "benign"], 4, (32, 32))
     image = class_folders(tmp / "images", ["neg", "pos"], 4, (64, 48))
     argv = dict(
         patch=[*patch, "--net", "dm_resnet_14", "--nb-init-filter", "8", "--no-use-pretrained",
-               "--img-size", "32", "32", "--batch-size", "8", "--nb-epoch", "1", *SMOKE_FLAGS,
+               "--img-size", "32", "32", "--batch-size", "8", "--nb-epoch", "1", *flags,
                "--best-model", str(tmp / "patch.keras"), "--history-csv", str(tmp / "p.csv")],
         image=[*image, "--patch-model-state", str(tmp / "patch.keras"), "--patch-net",
                "dm_resnet_14", "--img-size", "64", "48", "--top-depths", "16", "16",
                "--top-repetitions", "1", "1", "--bottleneck-enlarge-factor", "2",
                "--batch-size", "4", "--nb-epoch", "0", "--all-layer-epochs", "1",
-               "--class-list", "neg", "pos", *SMOKE_FLAGS, "--best-model",
+               "--class-list", "neg", "pos", *flags, "--best-model",
                str(tmp / "image.keras"), "--history-csv", str(tmp / "i.csv")])
-    res = dict(flags=" ".join(GPU_FLAGS))
+    res = dict(flags=" ".join(gpu_flags(tiny)))
     try:
         out = subprocess.run([sys.executable, "-c", SMOKE, json.dumps(argv)], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=limit)
@@ -323,223 +297,10 @@ def trainer_smoke(tmp: pathlib.Path, env: dict, limit: float) -> dict:
                message="" if good else f"exit {out.returncode}, trainers {rcs}: {tail(text)}")
     return res
 
-
 def _csv_rows(path: pathlib.Path) -> list[dict]:
     """The rows of a trainer's history file."""
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-# ------------------------------------------------------------------ section: schedule
-# The paper's DDSM runs as the original's scripts set them (docs/training.md, "Full-scale
-# runs"); image counts from CBIS-DDSM (docs/data.md) split as the recipes split them.
-DDSM = dict(
-    nontest_images=2420,        # CBIS-DDSM training descriptions: distinct patient/side/view
-    train_abnormalities=2864,   # 1318 mass + 1546 calcification abnormalities (docs/data.md)
-    val_fraction=0.1,           # prepare_cbis_ddsm.py and the patch sampler: --val-size 0.1
-    patches_per_abnormality=10, patches_per_image=10,   # "S10": --nb-abn 10 --nb-bkg 10
-    patch=dict(batch=32, epochs=15, source="train_patch_clf_im4096_256_3Cls.sh: --img-size "
-               "256 256, --batch-size 64 x --train-bs-multiplier 0.5, stages ending at epochs "
-               "1, 5 and 15"),
-    image=dict(batch=10, epochs=2, source="train_image_clf_im1152.sh: --img-size 1152 896, "
-               "--batch-size 20 x --train-bs-multiplier 0.5, stages ending at epochs 1 and 2"))
-
-
-def _rate_near(runs: list[dict], batch: int) -> dict | None:
-    """The run at the largest measured batch up to `batch`, else the smallest batch."""
-    if not runs:
-        return None
-    below = [r for r in runs if r["batch"] <= batch]
-    return (max(below, key=lambda r: (r["batch"], r["images_per_s"])) if below
-            else min(runs, key=lambda r: r["batch"]))
-
-
-def schedule_section(sec: dict, state: dict) -> None:
-    """GPU-hours of the two classifiers' schedules, in float32 (the paper's) and in the
-    fastest measured setting, from the measured training and prediction rates."""
-    d = DDSM
-    train_img = round(d["nontest_images"] * (1 - d["val_fraction"]))
-    val_img = d["nontest_images"] - train_img
-    patches = d["train_abnormalities"] * d["patches_per_abnormality"] \
-        + d["nontest_images"] * d["patches_per_image"]
-    train_patch = round(patches * (1 - d["val_fraction"]))
-    val_patch = patches - train_patch
-    bare = state["sections"].get("prediction", {}).get("bare_img_s")
-    sec["assumptions"] = [
-        f"patch classifier: {d['patch']['source']}; {train_patch} training and {val_patch} "
-        "validation patches (S10: 10 per abnormality and 10 background per image)",
-        f"whole-image classifier: {d['image']['source']}; {train_img} training and {val_img} "
-        "validation images (CBIS-DDSM outside its test set, 10% of patients to validation)",
-        "every epoch costs full training steps (stage 1 freezes the trunk: an upper bound); "
-        "images/s at the largest measured batch up to the script's; data loading keeps up",
-        "validation at " + ("the measured float32 forward rate (prediction section) for "
-                            "whole images, " if bare else "3x the training rate for whole "
-                            "images, ") + "3x the training rate for patches"]
-    rows = []
-    for label, pick in (("float32", lambda r: r["precision"] is None and not r["xla"]
-                         and r["deterministic"]), ("fastest", lambda r: True)):
-        for name, net, n_train, n_val, plan in (
-                ("patch", PATCH_NET, train_patch, val_patch, d["patch"]),
-                ("whole image", "resnet50-2x", train_img, val_img, d["image"])):
-            runs = [r for r in ok_runs(state, (net,)) if pick(r)]
-            if label == "fastest" and runs:
-                runs = [max(runs, key=lambda r: r["images_per_s"])]
-            r = _rate_near(runs, plan["batch"])
-            if r is None:
-                rows.append(dict(classifier=name, setting=label, note="not measured"))
-                continue
-            val_rate = bare if (bare and net != PATCH_NET) else 3 * r["images_per_s"]
-            epoch_h = (n_train / r["images_per_s"] + n_val / val_rate) / 3600
-            rows.append(dict(classifier=name, setting=f"{label}: {key(r)} batch {r['batch']}",
-                             images_per_s=r["images_per_s"], epochs=plan["epochs"],
-                             gpu_hours_per_epoch=round(epoch_h, 4),
-                             gpu_hours=round(epoch_h * plan["epochs"], 4)))
-    sec["rows"] = rows
-    for label in ("float32", "fastest"):
-        hours = [r["gpu_hours"] for r in rows if r["setting"].startswith(label) and "gpu_hours" in r]
-        if len(hours) == 2:
-            sec[f"total_gpu_hours_{label}"] = round(sum(hours), 4)
-
-
-# ------------------------------------------------------------------ goals
-def goals(state: dict) -> list[dict]:
-    """The issue's four goals, each PASS or FAIL with the figures behind it."""
-    sections = state["sections"]
-    out: list[dict] = []
-
-    def goal(text: str, passed: bool, detail: str) -> None:
-        out.append(dict(goal=text, status="PASS" if passed else "FAIL", detail=detail))
-
-    best, pipe = fastest(state), sections.get("pipeline", {})
-    text = "the input pipeline delivers >= 1.5x the images/s of the fastest training setting"
-    if best and pipe.get("disk_img_s"):
-        disk, ram, train = pipe["disk_img_s"], pipe.get("ram_img_s", 0.0), best["images_per_s"]
-        detail = (f"from disk {disk:.1f} images/s (x{disk / train:.2f}), from RAM {ram:.1f} "
-                  f"(x{ram / train:.2f}), against {train:.1f} for {key(best)} batch "
-                  f"{best['batch']}")
-        if pipe.get("fed_img_s"):
-            detail += (f"; fed by the pipeline it trains at {pipe['fed_img_s']:.1f} images/s "
-                       f"(x{pipe['fed_img_s'] / train:.2f})")
-        if disk < 1.5 * train:
-            cpu, cores = pipe.get("cpu_ms_per_image"), pipe.get("cores")
-            detail += ("; bounded by PNG decoding from disk (the RAM cache, --load-train-ram, "
-                       "keeps up)" if ram >= 1.5 * train else
-                       f"; bounded by the CPU: {cpu} ms of CPU per image on {cores} cores")
-        goal(text, disk >= 1.5 * train, detail)
-    else:
-        goal(text, False, "not measured (training or pipeline missing)")
-
-    text = "mixed precision trains >= 2x as fast as float32"
-    ratios = []
-    runs = ok_runs(state)
-    for r in runs:
-        base = [q for q in runs if q["precision"] is None and r["precision"] and
-                all(q[k] == r[k] for k in ("net", "xla", "deterministic", "batch"))]
-        if base:
-            ratios.append((r["images_per_s"] / base[0]["images_per_s"], r))
-    main = [x for x in ratios if x[1]["net"] == "resnet50-2x"] or ratios
-    if main:
-        ratio, r = max(main, key=lambda x: x[0])
-        goal(text, ratio >= 2.0, f"x{ratio:.2f}: {key(r)} against float32 at batch {r['batch']}"
-             + "".join(f"; best {n} x{max(x[0] for x in ratios if x[1]['net'] == n):.2f}"
-                       for n in WHOLE_IMAGE if any(x[1]["net"] == n for x in ratios)))
-    else:
-        goal(text, False, "not measured")
-
-    size = "x".join(map(str, state["config"]["img_size"]))
-    text = f"the paper's ResNet50 whole-image recipe trains at batch >= 4 at {size}"
-    r50 = ok_runs(state, ("resnet50-2x",))
-    largest = max((r["batch"] for r in r50), default=0)
-    ooms = sorted({r["batch"] for r in sections.get("training", {}).get("runs", [])
-                   if r["net"] == "resnet50-2x" and r["status"] == "oom"})
-    goal(text, largest >= 4, f"largest batch trained: {largest or 'none'}"
-         + (f"; out of memory at {ooms}" if ooms else "; no setting ran out of memory"))
-
-    found = failures(state)
-    gpu = bool(sections.get("environment", {}).get("gpus"))
-    goal("no GPU-only failure is left unfixed or undocumented", gpu and not found,
-         ("" if gpu else "no GPU visible to TensorFlow: nothing ran on a GPU. ")
-         + ("failures: " + "; ".join(found[:6]) + (f" (+{len(found) - 6} more)"
-                                                    if len(found) > 6 else "")
-            if found else "no failure recorded"))
-    return out
-
-
-def failures(state: dict) -> list[str]:
-    """Every failure the run recorded: sections, tests, trainer runs, training settings."""
-    found = []
-    for name, sec in state["sections"].items():
-        if sec.get("status") == "failed":
-            found.append(f"{name}: {sec.get('error')}")
-    tests = state["sections"].get("tests", {})
-    for t in tests.get("tests", []) + ([dict(tests["smoke"], test="trainers " +
-                                             tests["smoke"]["flags"])]
-                                       if tests.get("smoke") else []):
-        if t["outcome"] in ("failure", "error", "failed"):
-            found.append(f"{t['test']}: {t['message']}")
-    for r in state["sections"].get("training", {}).get("runs", []):
-        if r["status"] in ("failed", "crashed"):
-            found.append(f"{key(r)} batch {r['batch']}: {r['status']}: {r.get('error')}")
-    return found
-
-
-# ------------------------------------------------------------------ Markdown
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(fmt(v).replace("|", "/") for v in row) + " |" for row in rows]
-            + [""])
-
-
-def markdown(state: dict) -> str:
-    """The report: one table per section, then the goals as PASS/FAIL lines."""
-    s, cfg = state["sections"], state["config"]
-    env = s.get("environment", {})
-    gpus = env.get("gpus") or []
-    device = (", ".join(g.get("name", "?") for g in gpus or state.get("nvidia_smi") or [])
-              or "no GPU (CPU only)")
-    lines = [f"## GPU check: {device}" + (" (--tiny)" if cfg["tiny"] else ""), ""]
-    lines += _table(["section", "status", "seconds", "error"],
-                    [[n, s[n].get("status"), s[n].get("wall_s"), s[n].get("error")]
-                     for n in SECTIONS if n in s])
-    if env.get("versions"):
-        lines += _table(["environment", "value"], [[k, v] for k, v in env["versions"].items()])
-    t = s.get("tests", {})
-    rows = [[x["test"], x["outcome"], x["time_s"], x["message"]] for x in t.get("tests", [])]
-    if t.get("smoke"):
-        sm = t["smoke"]
-        rows.append([f"trainers {sm['flags']}", sm["outcome"], None,
-                     f"replicas {sm.get('replicas')}, XLA ignored: {sm.get('xla_ignored')}, "
-                     f"finite losses: {sm.get('losses_finite')}. {sm.get('message', '')}"])
-    if rows:
-        lines += _table(["test", "outcome", "seconds", "note"], rows)
-    runs = s.get("training", {}).get("runs", [])
-    if runs:
-        lines.append(f"Training steps at {cfg['img_size'][0]}x{cfg['img_size'][1]} (patch net "
-                     f"at {cfg['patch_size']}x{cfg['patch_size']}), random init:")
-        lines += _table(["setting", "batch", "status", "images/s", "peak GPU MB",
-                         "first step s", "XLA used", "note"],
-                        [[key(r), r["batch"], r["status"], r.get("images_per_s"),
-                          r.get("peak_mb"), r.get("compile_s"), r.get("xla_effective"),
-                          r.get("error")] for r in runs])
-    p = s.get("pipeline", {})
-    if p.get("rows"):
-        lines += _table(["input pipeline", "images/s", "CPU ms/image", "x fastest training"],
-                        [[r["source"], r["images_per_s"], r.get("cpu_ms_per_image"),
-                          r.get("x_training")] for r in p["rows"]])
-    pr = s.get("prediction", {})
-    if pr.get("rows"):
-        lines += _table(["prediction", "images/s", "note"],
-                        [[r["path"], r.get("images_per_s"), r.get("note")] for r in pr["rows"]])
-    sc = s.get("schedule", {})
-    if sc.get("rows"):
-        lines += _table(["DDSM schedule", "setting", "images/s", "epochs", "GPU-hours"],
-                        [[r["classifier"], r["setting"], r.get("images_per_s"), r.get("epochs"),
-                          r.get("gpu_hours", r.get("note"))] for r in sc["rows"]])
-        lines += ["Assumptions: " + "; ".join(sc["assumptions"]) + ".", ""]
-    lines += [f"{g['status']} {g['goal']}: {g['detail']}" for g in state.get("goals", [])]
-    return "\n".join(lines)
-
 
 # ------------------------------------------------------------------ the run
 def launch_worker(state_path: str, names: list[str], hard_end: float) -> tuple[int | None, str]:
@@ -564,7 +325,6 @@ def launch_worker(state_path: str, names: list[str], hard_end: float) -> tuple[i
         rc = None
     reader.join(10)
     return rc, "".join(last)
-
 
 def run_workers(state: dict, path: str, names: list[str], hard_end: float) -> None:
     """The TensorFlow sections in worker processes. After a crash the measurement in flight
@@ -595,7 +355,6 @@ def run_workers(state: dict, path: str, names: list[str], hard_end: float) -> No
                  (None, "pending")]
     save_state(path, state)
 
-
 def set_deadlines(cfg: dict, names: list[str]) -> None:
     """Share the time left among the worker's sections (training gets the most)."""
     now, end = time.time(), cfg["t0"] + cfg["budget_s"]
@@ -605,7 +364,6 @@ def set_deadlines(cfg: dict, names: list[str]) -> None:
     for n in names:
         t += (end - now) * share.get(n, 0) / total
         cfg["deadlines"][n] = end if n == names[-1] else t
-
 
 def run_check(args: argparse.Namespace, path: str) -> dict:
     """All requested sections in order, the goals, the JSON file after each step."""
@@ -629,13 +387,12 @@ def run_check(args: argparse.Namespace, path: str) -> dict:
     save()
     return state
 
-
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=dm_cli.HelpFormatter)
     p.add_argument("--out", help="the JSON file (rewritten after every measurement)")
     p.add_argument("--budget-s", type=float, default=None,
-                   help="time for the whole run in seconds (default 420; 600 with --tiny, a cap "
+                   help="time for the whole run in seconds (default 420; 900 with --tiny, a cap "
                         "for slow CPUs)")
     p.add_argument("--tiny", action="store_true",
                    help="tiny images and nets, on whatever device: the test suite's mode")
@@ -647,9 +404,8 @@ def parse(argv=None) -> argparse.Namespace:
                         "its first measurement), to see the check record it and go on")
     a = p.parse_args(argv)
     if a.budget_s is None:
-        a.budget_s = 600.0 if a.tiny else 420.0
+        a.budget_s = 900.0 if a.tiny else 420.0
     return a
-
 
 def main(argv=None) -> dict:
     args = parse(argv)
@@ -661,7 +417,6 @@ def main(argv=None) -> dict:
         state = run_check(args, path)
     print(markdown(state))
     return state
-
 
 if __name__ == "__main__":
     main()

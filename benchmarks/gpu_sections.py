@@ -17,6 +17,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -39,6 +40,7 @@ import dm_scoring  # noqa: E402
 import dm_stages  # noqa: E402
 import dm_train  # noqa: E402
 import gpu_check  # noqa: E402
+import gpu_report  # noqa: E402
 from dm_modelfile import ModelMeta  # noqa: E402
 from dm_recipe import Recipe  # noqa: E402
 
@@ -47,7 +49,7 @@ log = logging.getLogger("gpu_check")
 RECIPE = dict(rescale_factor=0.003891, featurewise_center=True, featurewise_mean=52.18)
 TOPS = {"resnet50-2x": dict(block_type="resnet", repetitions=[2, 2], bottleneck_enlarge_factor=2),
         "vgg16-1x": dict(block_type="vgg", repetitions=[1, 1])}
-TRUNKS = {"resnet50-2x": "resnet50", "vgg16-1x": "vgg16", gpu_check.PATCH_NET: "resnet50"}
+TRUNKS = {"resnet50-2x": "resnet50", "vgg16-1x": "vgg16", gpu_report.PATCH_NET: "resnet50"}
 # --tiny: every net is the project's 14-layer ResNet with 8 filters, and the tops 16 deep.
 TINY_TRUNK = dict(nb_init_filter=8, init_filter_size=3, init_conv_stride=1, pool_size=0)
 
@@ -92,7 +94,9 @@ def environment(sec: dict, cfg: dict) -> None:
     # is the trainers' default (--deterministic): record it, it decides what --jit-compile does.
     dm_train.setup_runtime(0, None, None, deterministic=True)
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    m.compile(loss="mse", jit_compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.compile(loss="mse", jit_compile=True)
     v["xla_under_deterministic_ops"] = bool(m.jit_compile)
     keras.backend.clear_session()
 
@@ -102,7 +106,7 @@ def build(net: str, cfg: dict) -> keras.Model:
     """A model of the check's nets with the project's builders, random init."""
     kw = TINY_TRUNK if cfg["tiny"] else {}
     trunk = "dm_resnet_14" if cfg["tiny"] else TRUNKS[net]
-    if net == gpu_check.PATCH_NET:
+    if net == gpu_report.PATCH_NET:
         ps = cfg["patch_size"]
         return dm_patch_nets.get_dl_model(trunk, nb_class=3, use_pretrained=False,
                                           img_size=(ps, ps), **kw)[0]
@@ -119,7 +123,7 @@ def compiled(s: dict, cfg: dict) -> keras.Model:
     dm_train.setup_runtime(0, s["precision"], None, deterministic=s["deterministic"])
     model = build(s["net"], cfg)
     dm_modelfile.set_precision(model, s["precision"])
-    patch = s["net"] == gpu_check.PATCH_NET
+    patch = s["net"] == gpu_report.PATCH_NET
     stage = dm_stages.Stage("all layers", 1, 1e-4, 1e-4, 0.0)
     dm_stages.compile_for_stage(model, stage, "nadam" if patch else "adam", jit_compile=s["xla"])
     return model
@@ -176,13 +180,13 @@ def measure_training(s: dict, batch: int, cfg: dict) -> dict:
             res["error"] = f"loss {loss}"
     except Exception as e:   # a setting that fails is a finding, recorded; the next one runs
         if not is_oom(e):
-            log.exception("%s batch %d failed", gpu_check.key(s), batch)
+            log.exception("%s batch %d failed", gpu_report.key(s), batch)
         res = dict(status="oom" if is_oom(e) else "failed",
                    error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300])
     finally:
         forget(model)
     res["wall_s"] = round(time.perf_counter() - t, 2)
-    log.info("%s batch %d: %s", gpu_check.key(s), batch,
+    log.info("%s batch %d: %s", gpu_report.key(s), batch,
              res.get("images_per_s", res["status"]))
     return res
 
@@ -232,7 +236,7 @@ class _StopAfter(keras.callbacks.Callback):
 def pipeline(sec: dict, cfg: dict, save) -> None:
     """The trainer's tf.data pipeline (augmented, batch-balanced, 3 channels) from the RAM
     cache and from disk, on all cores; then the fastest setting fed by it (fit)."""
-    best = gpu_check.fastest(cfg["state"])
+    best = gpu_report.fastest(cfg["state"])
     batch = best["batch"] if best else cfg["start_batch"]
     h, w = cfg["img_size"]
     recipe = Recipe(img_size=(h, w), channels=3, **RECIPE)
@@ -268,7 +272,7 @@ def pipeline(sec: dict, cfg: dict, save) -> None:
         finally:
             forget(model)
         sec["fed_img_s"] = round(fed, 2)
-        sec["rows"].append(dict(source=f"{gpu_check.key(best)} fed from RAM by fit",
+        sec["rows"].append(dict(source=f"{gpu_report.key(best)} fed from RAM by fit",
                                 images_per_s=round(fed, 2),
                                 x_training=round(fed / best["images_per_s"], 2)))
 
