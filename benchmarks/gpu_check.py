@@ -65,6 +65,11 @@ GPU_TESTS = (
     "tests/test_dm_modelfile.py::test_trained_in_bfloat16_loads_and_predicts_in_float32",
     "tests/test_trainers.py::test_two_replicas_under_mirrored_strategy",
 )
+# Failures explained in docs/benchmarks.md ("The GPU check"): listed, not counted.
+KNOWN = {"test_two_replicas_under_mirrored_strategy":
+         "expected with a GPU: the test makes two logical CPUs and expects two replicas, but "
+         "--distribute takes the visible GPU (one replica)"}
+
 
 def config(args: argparse.Namespace, t0: float) -> dict:
     """Everything a worker needs, sizes by mode (the paper's, or tiny for a CPU test)."""
@@ -79,16 +84,20 @@ def config(args: argparse.Namespace, t0: float) -> dict:
         predict_batches=[4] if tiny else [4, 16],
         timed_s=0.0 if tiny else 1.5, pipeline_s=0.5 if tiny else 6.0)
 
+
 # ------------------------------------------------------------------ state file
 def load_state(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
 
+
 def save_state(path: str, state: dict) -> None:
     dm_output.write_json(path, state, indent=1, default=str)
 
+
 def section(state: dict, name: str) -> dict:
     return state["sections"].setdefault(name, {})
+
 
 def run_guarded(state: dict, name: str, fn, save) -> None:
     """Run one section: its result or its failure (message and traceback tail) is recorded,
@@ -106,6 +115,7 @@ def run_guarded(state: dict, name: str, fn, save) -> None:
         sec.update(status="failed", error=f"{type(e).__name__}: {e}"[:500])
     sec["wall_s"] = round(time.time() - sec.pop("started"), 2)
     save()
+
 
 # ------------------------------------------------------------------ training plan
 def settings(tiny: bool) -> list[dict]:
@@ -126,6 +136,7 @@ def settings(tiny: bool) -> list[dict]:
         return [r50[0], r50[2], patch[0], s("resnet50-2x", "bfloat16", True), vgg[0]]
     return r50 + patch + xla + vgg + vgg_xla + nondet
 
+
 def estimate_s(runs: list[dict], s: dict, batch: int, tiny: bool) -> float:
     """Seconds a measurement will take: the same setting at half the batch, else the
     slowest of its kind (XLA or not) so far, else a guess."""
@@ -137,6 +148,7 @@ def estimate_s(runs: list[dict], s: dict, batch: int, tiny: bool) -> float:
     if kind:
         return max(kind)
     return (20.0 if s["xla"] else 10.0) if tiny else (90.0 if s["xla"] else 30.0)
+
 
 def next_measurement(runs: list[dict], cfg: dict, now: float, deadline: float
                      ) -> tuple[dict, int] | None:
@@ -167,6 +179,7 @@ def next_measurement(runs: list[dict], cfg: dict, now: float, deadline: float
         return s, batch
     return None
 
+
 # ------------------------------------------------------------------ helpers without TensorFlow
 def nvidia_smi() -> list[dict]:
     """The GPUs nvidia-smi sees (name, memory, driver); [] where there is none."""
@@ -179,6 +192,7 @@ def nvidia_smi() -> list[dict]:
     return [dict(zip(q.split(","), (v.strip() for v in line.split(","))))
             for line in out.stdout.splitlines() if line.strip()]
 
+
 def gpu_env() -> dict:
     """The environment for subprocesses that must see the GPUs: the test suite's conftest
     hides them unless CUDA_VISIBLE_DEVICES is set, so it is set to every GPU here."""
@@ -186,6 +200,7 @@ def gpu_env() -> dict:
     if "CUDA_VISIBLE_DEVICES" not in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(nvidia_smi())))
     return env
+
 
 def synthetic_pngs(folder: pathlib.Path, n: int, size, distinct: int = 8) -> list[str]:
     """n 16-bit synthetic mammograms (dm_synthetic), `distinct` of them rendered and the
@@ -202,6 +217,7 @@ def synthetic_pngs(folder: pathlib.Path, n: int, size, distinct: int = 8) -> lis
         paths.append(str(p))
     return paths
 
+
 def class_folders(root: pathlib.Path, classes, n: int, size) -> list[str]:
     """ROOT/{train,val,test}/<class>/ with n synthetic images each; the split folders."""
     for split in ("train", "val", "test"):
@@ -209,11 +225,13 @@ def class_folders(root: pathlib.Path, classes, n: int, size) -> list[str]:
             synthetic_pngs(root / split / c, n, size, distinct=n)
     return [str(root / split) for split in ("train", "val", "test")]
 
+
 def tail(text: str, n: int = 3) -> str:
     """The last lines of a log that say something (TensorFlow's start-up notices left out)."""
     noise = ("I0000 ", "WARNING: All log messages before absl", "To enable the following")
     lines = [l for l in text.strip().splitlines() if l.strip() and not l.startswith(noise)]
     return " | ".join(lines[-n:])[-600:]
+
 
 # ------------------------------------------------------------------ section: tests
 SMOKE_FLAGS = ["--no-deterministic", "--rescale-factor", "0.003891", "--featurewise-mean", "50",
@@ -223,6 +241,7 @@ SMOKE = ("import sys, json, patch_clf_train, image_clf_train\n"
          "rc = patch_clf_train.main(a['patch'])\n"
          "print('SMOKE patch', rc, flush=True)\n"
          "print('SMOKE image', image_clf_train.main(a['image']) if rc == 0 else None)\n")
+
 
 def tests_section(sec: dict, cfg: dict, deadline: float) -> None:
     """The GPU tests of the suite (pytest, one subprocess), then both trainers with
@@ -247,14 +266,19 @@ def tests_section(sec: dict, cfg: dict, deadline: float) -> None:
                                      max(10.0, min(cfg["budget_s"] * 0.2, deadline - time.time())),
                                      cfg["tiny"])
 
+
 def junit_results(xml: pathlib.Path) -> list[dict]:
+    """Each test's outcome and message from pytest's JUnit XML; known failures marked."""
     out = []
     for case in ET.parse(xml).getroot().iter("testcase"):
         bad = [c for c in case if c.tag in ("failure", "error", "skipped")]
         out.append(dict(test=f"{case.get('classname')}::{case.get('name')}",
                         outcome=bad[0].tag if bad else "passed", time_s=float(case.get("time", 0)),
                         message=(bad[0].get("message") or "")[:400] if bad else ""))
+        if bad and case.get("name") in KNOWN:
+            out[-1]["known"] = KNOWN[case.get("name")]
     return out
+
 
 def gpu_flags(tiny: bool) -> list[str]:
     """The trainers' GPU flags (--tiny: bfloat16, as CPUs emulate float16 slowly)."""
@@ -297,10 +321,12 @@ def trainer_smoke(tmp: pathlib.Path, env: dict, limit: float, tiny: bool) -> dic
                message="" if good else f"exit {out.returncode}, trainers {rcs}: {tail(text)}")
     return res
 
+
 def _csv_rows(path: pathlib.Path) -> list[dict]:
     """The rows of a trainer's history file."""
     with open(path) as f:
         return list(csv.DictReader(f))
+
 
 # ------------------------------------------------------------------ the run
 def launch_worker(state_path: str, names: list[str], hard_end: float) -> tuple[int | None, str]:
@@ -325,6 +351,7 @@ def launch_worker(state_path: str, names: list[str], hard_end: float) -> tuple[i
         rc = None
     reader.join(10)
     return rc, "".join(last)
+
 
 def run_workers(state: dict, path: str, names: list[str], hard_end: float) -> None:
     """The TensorFlow sections in worker processes. After a crash the measurement in flight
@@ -355,6 +382,7 @@ def run_workers(state: dict, path: str, names: list[str], hard_end: float) -> No
                  (None, "pending")]
     save_state(path, state)
 
+
 def set_deadlines(cfg: dict, names: list[str]) -> None:
     """Share the time left among the worker's sections (training gets the most)."""
     now, end = time.time(), cfg["t0"] + cfg["budget_s"]
@@ -365,11 +393,13 @@ def set_deadlines(cfg: dict, names: list[str]) -> None:
         t += (end - now) * share.get(n, 0) / total
         cfg["deadlines"][n] = end if n == names[-1] else t
 
+
 def run_check(args: argparse.Namespace, path: str) -> dict:
     """All requested sections in order, the goals, the JSON file after each step."""
     t0 = time.time()
     state = dict(tool="gpu_check", started=time.strftime("%Y-%m-%d %H:%M:%S"),
-                 config=config(args, t0), nvidia_smi=nvidia_smi(), sections={}, goals=[])
+                 config=config(args, t0), nvidia_smi=nvidia_smi(), goals=[],
+                 sections={n: {} for n in SECTIONS if n in args.sections})
     cfg = state["config"]
 
     def save():
@@ -386,6 +416,7 @@ def run_check(args: argparse.Namespace, path: str) -> dict:
     state["wall_s"] = round(time.time() - t0, 1)
     save()
     return state
+
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -406,6 +437,7 @@ def parse(argv=None) -> argparse.Namespace:
     if a.budget_s is None:
         a.budget_s = 900.0 if a.tiny else 420.0
     return a
+
 
 def main(argv=None) -> dict:
     args = parse(argv)

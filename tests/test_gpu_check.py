@@ -93,8 +93,15 @@ def test_goals_pass_and_fail_with_their_figures():
                                                cpu_ms_per_image=50.0, cores=16), gpus=()))
     assert "bounded by the CPU: 50.0 ms of CPU per image on 16 cores" in g[0]["detail"]
     assert g[3]["status"] == "FAIL" and "no GPU visible" in g[3]["detail"]
-    g = gpu_report.goals(_state(runs[:5], dict(disk_img_s=40.0, ram_img_s=50.0)))
-    assert [x["status"] for x in g] == ["PASS", "PASS", "PASS", "PASS"]
+    known = dict(test="tests.test_trainers::test_two_replicas_under_mirrored_strategy",
+                 outcome="failure", message="assert", known="expected with a GPU")
+    g = gpu_report.goals(_state(runs[:5], dict(disk_img_s=40.0, ram_img_s=50.0),
+                                tests=dict(status="ok", tests=[known])))
+    assert [x["status"] for x in g] == ["PASS", "PASS", "PASS", "PASS"]   # known: not counted
+    known.pop("known")
+    g = gpu_report.goals(_state(runs[:5], dict(disk_img_s=40.0, ram_img_s=50.0),
+                                tests=dict(status="ok", tests=[known])))
+    assert g[3]["status"] == "FAIL" and "mirrored_strategy: assert" in g[3]["detail"]
     assert gpu_report.goals(_state([]))[1]["detail"] == "not measured"
 
 
@@ -133,6 +140,19 @@ def test_the_report_has_a_table_per_section_and_the_goal_lines():
                  "| from disk | 50 |", "| predict.py --batch-size 4 | 3 |", "| DDSM schedule |"):
         assert line in text, line
     assert sum(l.startswith(("PASS ", "FAIL ")) for l in text.splitlines()) == 4
+
+
+def test_test_outcomes_are_read_from_junit_with_the_known_failure_marked(tmp_path):
+    xml = tmp_path / "junit.xml"
+    xml.write_text(
+        '<testsuites><testsuite><testcase classname="tests.test_trainers" '
+        'name="test_two_replicas_under_mirrored_strategy" time="2.5"><failure message="assert '
+        '2 replicas">...</failure></testcase><testcase classname="tests.test_dm_modelfile" '
+        'name="test_x" time="0.5"/></testsuite></testsuites>')
+    got = gpu_check.junit_results(xml)
+    assert [(t["outcome"], t["time_s"]) for t in got] == [("failure", 2.5), ("passed", 0.5)]
+    assert got[0]["message"] == "assert 2 replicas" and "one replica" in got[0]["known"]
+    assert "known" not in got[1]
 
 
 def test_the_gpu_tests_it_selects_exist():
