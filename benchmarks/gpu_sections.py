@@ -55,6 +55,7 @@ TINY_TRUNK = dict(nb_init_filter=8, init_filter_size=3, init_conv_stride=1, pool
 
 
 def gpu_name() -> str | None:
+    """The first GPU's logical name, or None on a machine without one."""
     return "GPU:0" if tf.config.list_logical_devices("GPU") else None
 
 
@@ -98,7 +99,8 @@ def environment(sec: dict, cfg: dict) -> None:
         warnings.simplefilter("ignore")
         m.compile(loss="mse", jit_compile=True)
     v["xla_under_deterministic_ops"] = bool(m.jit_compile)
-    keras.backend.clear_session()
+    forget(m)
+    dm_train.setup_runtime(0, None, None, deterministic=False)
 
 
 # ------------------------------------------------------------------ training
@@ -286,7 +288,7 @@ def prediction(sec: dict, cfg: dict, save) -> None:
     n = cfg["predict_images"]
     recipe = Recipe(img_size=(h, w), **RECIPE)
     sec["rows"] = []
-    keras.utils.set_random_seed(1)
+    dm_train.setup_runtime(1, None, None, deterministic=False)   # as predict.py runs
     model = build("resnet50-2x", cfg)
 
     def measure(name, fn, note):
