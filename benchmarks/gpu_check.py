@@ -380,6 +380,8 @@ def run_workers(state: dict, path: str, names: list[str], hard_end: float) -> No
                            wall_s=round(max(0.0, time.time() - sec.pop("started", time.time())), 2))
         names = [n for n in names if state["sections"].get(n, {}).get("status") in
                  (None, "pending")]
+    for n in names:   # out of time (or of restarts) before they could run
+        section(state, n).update(status="skipped", error="not run: no time or restarts left")
     save_state(path, state)
 
 

@@ -155,6 +155,16 @@ def test_test_outcomes_are_read_from_junit_with_the_known_failure_marked(tmp_pat
     assert "known" not in got[1]
 
 
+def test_sections_left_when_the_time_is_up_are_listed_as_skipped(tmp_path):
+    state = dict(config=_cfg(), sections=dict(training=dict(status="pending", runs=[]),
+                                              prediction={}))
+    gpu_check.run_workers(state, str(tmp_path / "s.json"), ["training", "prediction"], 0.0)
+    for name in ("training", "prediction"):
+        assert state["sections"][name]["status"] == "skipped"
+    assert json.loads((tmp_path / "s.json").read_text())["sections"] == state["sections"]
+    assert "| prediction | skipped |" in gpu_report.markdown(state)
+
+
 def test_the_gpu_tests_it_selects_exist():
     """The node ids the check hands pytest name real tests (a renamed test would be lost)."""
     for node in gpu_check.GPU_TESTS:
