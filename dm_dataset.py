@@ -132,7 +132,8 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
                  nb_class: int, batch_size: int, *, training: bool,
                  augment: Augment | None = None, seed: int = 12345, load_ram: bool = False,
                  auto_batch_balance: bool = False, class_weight: dict | None = None,
-                 num_workers: int | None = None, start_epoch: int = 0) -> "tf.data.Dataset":
+                 num_workers: int | None = None, start_epoch: int = 0,
+                 pairs: Sequence[int] | None = None) -> "tf.data.Dataset":
     """A tf.data pipeline yielding (x (B,H,W,C) float32, y one-hot (B,nb_class)[, w (B,)]).
 
     source: image paths, or an in-memory (N,H,W) array of raw images (always RAM mode).
@@ -145,6 +146,9 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
     the original (no further normalisation: the weights of a batch sum to B x the number of
     classes present). class_weight: w = class_weight[label] (missing classes weigh 1).
     Per-element randomness comes from stateless ops seeded by (seed, element position).
+    pairs: for a bilateral model, the index in `source` of each image's other breast; x is
+    then the pair (x, x_other), both through the same steps and the same augmentation
+    draw (the model mirrors the other breast itself, `dm_mil`).
     """
     import tensorflow as tf  # deferred for --help (docs/modules.md)
 
@@ -161,6 +165,11 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
     if labels.min() < 0 or labels.max() >= nb_class:
         raise DatasetError(f"labels must be in [0, {nb_class}), got range "
                            f"[{labels.min()}, {labels.max()}]")
+    if pairs is not None:
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1)
+        if len(pairs) != n or (n and (pairs.min() < 0 or pairs.max() >= n)):
+            raise DatasetError(f"pairs must give each of the {n} images the index of another "
+                               "image of the same set")
     workers = num_workers or num_workers_default() or tf.data.AUTOTUNE
     interp = augment.interpolation if augment is not None else "bilinear"
     use_aug = training and augment is not None
@@ -196,7 +205,17 @@ def make_dataset(source: Sequence[str] | np.ndarray, labels: Sequence[int], reci
             _fill_one(out[b], img, recipe, params[b] if use_aug else None, interp)
         return out
 
+    def work_pairs(idx: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of images and the batch of their other breasts (same draws)."""
+        return work(idx, params), work(pairs[np.asarray(idx)], params)
+
     def load(idx, params):
+        if pairs is not None:
+            x, xo = tf.numpy_function(work_pairs, [idx, params], (tf.float32, tf.float32),
+                                      stateful=False)
+            for t in (x, xo):
+                t.set_shape((None,) + tuple(out_hw) + (nch,))
+            return (x, xo), tf.gather(labels_t, idx)
         x = tf.numpy_function(work, [idx, params], tf.float32, stateful=False)
         x.set_shape((None,) + tuple(out_hw) + (nch,))
         return x, tf.gather(labels_t, idx)

@@ -1,0 +1,200 @@
+"""Multiple-instance whole-image heads on a patch classifier's map, one view or both breasts.
+
+The patch classifier, run over a whole image, gives a map of patch-class probabilities (one
+instance per window). These heads turn that map into an image score with few parameters
+(docs/mias.md, "Multiple-instance heads and the bilateral model"):
+
+- pooling "top": the mean of the top `top_fraction` of the map's windows, per class;
+- pooling "attention": a gated-attention weighted mean of the map (the weights are computed
+  from the trunk's features), per class;
+- then a small softmax head. One view: on the pooled vector `v`. Bilateral: on
+  `[v_own, v_own - v_other]`, where the same trunk and pooling run on the woman's other
+  breast, mirrored left-right to the same orientation.
+
+Window maps are the patch classifier's own: the trunk's feature map, averaged over a
+patch-sized window (`hm_avg_pool`), then the patch classifier's Dense at every position
+(`hm_dense`, started from its weights), as the original's fprop heatmap. Channel 0 (the
+patch classes' background) is read as its complement, the lesion score 1 - p(background).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+from keras import layers, ops
+
+import dm_resnet
+from dm_errors import InputError
+from dm_layers import he_normal
+
+POOLINGS = ("top", "attention")
+BILATERAL_INPUTS = ("image_input", "other_input")
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class LesionMap(layers.Layer):
+    """Patch-class probabilities (B, h, w, K) with channel 0 (background) replaced by the
+    lesion score 1 - p(background): a high value in every channel then means "lesion-like"."""
+
+    def call(self, p):
+        return ops.concatenate([1.0 - p[..., :1], p[..., 1:]], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class TopFractionPooling(layers.Layer):
+    """(B, h, w, K) -> (B, K): per channel, the mean of the highest `fraction` of the h*w
+    values (at least one; 1.0 is the mean, a tiny fraction the maximum)."""
+
+    def __init__(self, fraction: float = 0.02, **kw):
+        super().__init__(**kw)
+        if not 0.0 < float(fraction) <= 1.0:
+            raise InputError(f"top fraction must be in (0, 1], got {fraction}")
+        self.fraction = float(fraction)
+
+    def call(self, x):
+        b, k = ops.shape(x)[0], ops.shape(x)[-1]
+        flat = ops.transpose(ops.reshape(x, (b, -1, k)), (0, 2, 1))      # (B, K, n)
+        n = ops.shape(flat)[-1]
+        keep = ops.maximum(1, ops.cast(ops.round(self.fraction * ops.cast(n, "float32")),
+                                       "int32"))
+        desc = ops.flip(ops.sort(flat, axis=-1), axis=-1)
+        mask = ops.cast(ops.arange(n) < keep, desc.dtype)
+        return ops.sum(desc * mask, axis=-1) / ops.cast(keep, desc.dtype)
+
+    def compute_output_shape(self, shape):
+        return (shape[0], shape[-1])
+
+    def get_config(self):
+        return dict(super().get_config(), fraction=self.fraction)
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class GatedAttentionPooling(layers.Layer):
+    """Gated attention over window positions: weights a = softmax over positions of
+    w . (tanh(V f) * sigmoid(U f)) from the features f (B, h, w, D); returns the weighted
+    mean of the values (B, h, w, K) -> (B, K). `attention_map` gives a (B, h, w)."""
+
+    def __init__(self, units: int = 16, weight_decay: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.units = int(units)
+        self.weight_decay = float(weight_decay)
+
+    def build(self, shapes):
+        d = int(shapes[0][-1])
+        reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
+        self.v = self.add_weight(name="v", shape=(d, self.units), initializer="glorot_uniform",
+                                 regularizer=reg)
+        self.u = self.add_weight(name="u", shape=(d, self.units), initializer="glorot_uniform",
+                                 regularizer=reg)
+        self.w = self.add_weight(name="w", shape=(self.units, 1), initializer="glorot_uniform",
+                                 regularizer=reg)
+
+    def attention_map(self, f):
+        gate = ops.tanh(ops.matmul(f, self.v)) * ops.sigmoid(ops.matmul(f, self.u))
+        logit = ops.matmul(gate, self.w)[..., 0]                          # (B, h, w)
+        b = ops.shape(logit)[0]
+        a = ops.softmax(ops.reshape(logit, (b, -1)), axis=-1)
+        return ops.reshape(a, ops.shape(logit))
+
+    def call(self, inputs):
+        f, values = inputs
+        a = self.attention_map(f)
+        return ops.sum(values * a[..., None], axis=(1, 2))
+
+    def compute_output_shape(self, shapes):
+        return (shapes[1][0], shapes[1][-1])
+
+    def get_config(self):
+        return dict(super().get_config(), units=self.units, weight_decay=self.weight_decay)
+
+
+@keras.saving.register_keras_serializable(package="dm")
+class MirrorWidth(layers.Layer):
+    """Flip images left-right: the other breast is turned to the orientation of this one."""
+
+    def call(self, x):
+        return ops.flip(x, axis=2)
+
+
+def window_pool_size(patch_model: keras.Model, trunk: keras.Model) -> tuple[int, int]:
+    """The trunk's feature-map size on one patch: averaging that many positions of the
+    whole image's feature map makes each position one patch-sized window."""
+    h, w, c = (int(d) for d in patch_model.inputs[0].shape[1:])
+    out = trunk.compute_output_shape((1, h, w, c))
+    return int(out[1]), int(out[2])
+
+
+def _preprocess_layers(patch_model: keras.Model, trunk: keras.Model) -> list:
+    """Layers a patch model applies between its input and its trunk (e.g. the ImageNet
+    `preprocess_input` of --no-featurewise-center), reused so the head sees what it saw."""
+    out = []
+    for layer in patch_model.layers[1:]:
+        if layer is trunk or layer.name == trunk.name:
+            return out
+        out.append(layer)
+    return []
+
+
+def build_mil_model(patch_model: keras.Model, image_size: Sequence[int], *, nb_class: int,
+                    pooling: str = "top", top_fraction: float = 0.02, attention_units: int = 16,
+                    bilateral: bool = False, weight_decay: float = 1e-4,
+                    avg_pool_size: Sequence[int] | None = None) -> tuple[keras.Model, int]:
+    """A whole-image classifier (one view, or bilateral) on a patch classifier's window map.
+
+    Returns `(model, top_layer_nb)`: stage 1 freezes `model.layers[:top_layer_nb]` (inputs,
+    trunk and the copied patch classifier), so it trains the pooling and the head only; the
+    model's inputs are `image_input` (and `other_input`, the other breast as stored)."""
+    if pooling not in POOLINGS:
+        raise InputError(f"unknown pooling {pooling!r} (use one of {', '.join(POOLINGS)})")
+    trunk = dm_resnet.get_trunk(patch_model)
+    pre = _preprocess_layers(patch_model, trunk)
+    clf = dm_resnet.find_classifier(patch_model)
+    pool = tuple(avg_pool_size) if avg_pool_size else window_pool_size(patch_model, trunk)
+    channels = int(patch_model.inputs[0].shape[-1])
+    shape = (int(image_size[0]), int(image_size[1]), channels)
+    inputs = [keras.Input(shape=shape, name=BILATERAL_INPUTS[0])]
+    if bilateral:
+        inputs.append(keras.Input(shape=shape, name=BILATERAL_INPUTS[1]))
+
+    avg = layers.AveragePooling2D(pool, strides=(1, 1), name="hm_avg_pool")
+    dense = layers.Dense(clf.units, activation="softmax", name="hm_dense",
+                         kernel_regularizer=keras.regularizers.L2(weight_decay))
+    lesion = LesionMap(name="lesion_map")
+    if pooling == "top":
+        pooler = TopFractionPooling(top_fraction, name="mil_pool")
+    else:
+        pooler = GatedAttentionPooling(attention_units, weight_decay, name="mil_pool")
+
+    def view(x):
+        for layer in pre:
+            x = layer(x)
+        feat = avg(trunk(x))
+        probs = lesion(dense(feat))
+        return pooler(probs) if pooling == "top" else pooler([feat, probs])
+
+    try:
+        own = view(inputs[0])
+    except ValueError as e:
+        if "negative" not in str(e) and "smaller" not in str(e):
+            raise
+        raise InputError(f"image size {tuple(image_size)} is smaller than one patch window of "
+                         f"this patch model ({pool} trunk positions)") from None
+    dense.set_weights(clf.get_weights())
+    if bilateral:
+        other = view(MirrorWidth(name="mirror_other")(inputs[1]))
+        diff = layers.Subtract(name="own_minus_other")([own, other])
+        own = layers.Concatenate(name="own_and_difference")([own, diff])
+    out = layers.Dense(nb_class, activation="softmax", kernel_initializer=he_normal(),
+                       kernel_regularizer=keras.regularizers.L2(weight_decay),
+                       name="clf_dense")(own)
+    model = keras.Model(inputs, out, name="mil_bilateral" if bilateral else "mil_clf")
+    names = [l.name for l in model.layers]
+    top = names.index("hm_dense") + 1
+    if any(n in names[:top] for n in ("mil_pool", "clf_dense")):
+        raise AssertionError("layer order: the head precedes the patch classifier")
+    return model, top
+
+
+def is_bilateral(model: keras.Model) -> bool:
+    """Whether a model scores a breast with the other breast of the same woman."""
+    return len(model.inputs) == 2
