@@ -59,6 +59,29 @@ def auroc(y, s, sample_weight=None) -> float:
     return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def _resamples(n: int, groups, n_boot: int, seed: int):
+    """The seeded bootstrap draws shared by every interval here: `n_boot` index arrays over
+    n cases, or over whole groups (each group's cases together) when `groups` is given.
+    Returns (draws, number of resampled units)."""
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        return (rng.integers(0, n, n) for _ in range(int(n_boot))), n
+    groups = np.asarray(groups).ravel()
+    if len(groups) != n:
+        raise MetricsError(f"{n} labels but {len(groups)} group ids")
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    k = len(uniq)
+    return (np.concatenate([members[g] for g in rng.integers(0, k, k)])
+            for _ in range(int(n_boot))), k
+
+
+def _rank_auroc(yb: np.ndarray, sb: np.ndarray) -> float:
+    n, n_pos = len(yb), int(yb.sum())
+    r = rankdata(sb)
+    return (r[yb].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+
+
 def bootstrap_auroc(y, s, n_boot: int = 2000, seed: int = 12345, level: float = 0.95,
                     groups=None) -> dict:
     """AUROC and its percentile bootstrap interval (resampling cases with replacement).
@@ -73,36 +96,49 @@ def bootstrap_auroc(y, s, n_boot: int = 2000, seed: int = 12345, level: float = 
     """
     y, s = _check(y, s)
     point = auroc(y, s)
-    rng = np.random.default_rng(seed)
-    members = None
-    n_units = len(y)
-    if groups is not None:
-        groups = np.asarray(groups).ravel()
-        if len(groups) != len(y):
-            raise MetricsError(f"{len(y)} labels but {len(groups)} group ids")
-        uniq, inv = np.unique(groups, return_inverse=True)
-        members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-        n_units = len(uniq)
+    draws, n_units = _resamples(len(y), groups, n_boot, seed)
     vals = []
     skipped = 0
-    for _ in range(int(n_boot)):
-        idx = rng.integers(0, n_units, n_units)
-        if members is not None:
-            idx = np.concatenate([members[g] for g in idx])
+    for idx in draws:
         yb = y[idx]
         n, n_pos = len(idx), int(yb.sum())
         if n_pos == 0 or n_pos == n:
             skipped += 1
             continue
-        r = rankdata(s[idx])
-        vals.append((r[yb].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos)))
+        vals.append(_rank_auroc(yb, s[idx]))
     if not vals:
         raise MetricsError("no bootstrap resample had both classes")
     a = (1 - level) / 2
     lo, hi = np.quantile(vals, [a, 1 - a])
     out = dict(auroc=point, ci_low=float(lo), ci_high=float(hi), ci_level=level,
                n_boot=int(n_boot), n_skipped=skipped, seed=int(seed))
-    if members is not None:
+    if groups is not None:
+        out["n_groups"] = n_units
+    return out
+
+
+def bootstrap_auroc_difference(y, s_new, s_old, n_boot: int = 2000, seed: int = 12345,
+                               level: float = 0.95, groups=None) -> dict:
+    """AUROC(s_new) - AUROC(s_old) on the same cases, with a paired percentile interval:
+    each resample scores both on the same cases (or groups), so what the two share cancels
+    and the interval is the difference's own, narrower than two separate intervals."""
+    y, a_new = _check(y, s_new)
+    _, a_old = _check(y, s_old)
+    point = auroc(y, a_new) - auroc(y, a_old)
+    draws, n_units = _resamples(len(y), groups, n_boot, seed)
+    vals = []
+    for idx in draws:
+        yb = y[idx]
+        if 0 < int(yb.sum()) < len(idx):
+            vals.append(_rank_auroc(yb, a_new[idx]) - _rank_auroc(yb, a_old[idx]))
+    if not vals:
+        raise MetricsError("no bootstrap resample had both classes")
+    a = (1 - level) / 2
+    lo, hi = np.quantile(vals, [a, 1 - a])
+    out = dict(difference=float(point), ci_low=float(lo), ci_high=float(hi), ci_level=level,
+               n_boot=int(n_boot), n_skipped=int(n_boot) - len(vals), seed=int(seed),
+               p_le_0=float(np.mean(np.asarray(vals) <= 0)))
+    if groups is not None:
         out["n_groups"] = n_units
     return out
 
