@@ -83,7 +83,8 @@ CASES = {
                          lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
     "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
                       ("dm_scoring", "load_models"),
-                      lambda t: [str(t), _file(t / "m.keras"), "--out", str(t / "h.npz")]),
+                      lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent),
+                                 _file(t / "m.keras"), "--out", str(t / "h.npz")]),
     "sample_patches_combined": ("ddsm_train.sample_patches_combined",
                                 lambda t: [str(t / "no.csv"), str(t / "m"), str(t / "p.txt"),
                                            str(t / "f"), str(t / "tr"), str(t / "va")],
@@ -92,7 +93,7 @@ CASES = {
                                            str(t / "f"), str(t / "tr"), str(t / "va")]),
     "prepare_mias": ("mias_train.prepare_mias", lambda t: [str(t / "nodir"), str(t / "out")],
                      ("mias_train.prepare_mias", "parse_info"),
-                     lambda t: [str(t), str(t / "out")]),
+                     lambda t: [str(pathlib.Path(_file(t / "Info.txt")).parent), str(t / "out")]),
     "prepare_inbreast": ("inbreast_train.prepare_inbreast",
                          lambda t: [str(t / "nodir"), str(t / "no.csv"), str(t / "out")],
                          ("inbreast_train.prepare_inbreast", "read_inbreast_csv"),
@@ -178,6 +179,7 @@ def test_as_a_process_bug_exits_1_with_traceback_input_error_exits_2(tmp_path):
 
 
 def test_recipe_as_a_process_exits_1_on_a_bug(tmp_path):
+    _file(tmp_path / "Info.txt")
     r = _subprocess(
         "import sys\n"
         "from mias_train import prepare_mias as m\n"
