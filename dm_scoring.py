@@ -132,7 +132,9 @@ class LoadedModel:
             base = Recipe(img_size=(h, w) if h and w else (1152, 896), channels=self.channels)
             log.warning("%s has no stored recipe: using %s plus flags", self.path, base)
         bits = overrides.get("input_bits")
-        if bits is not None and base.input_bits is not None and bits != base.input_bits:
+        if bits not in (None, base.input_bits) and base.input_bits is not None \
+                and not self.__dict__.get("_bits_said"):      # once per model
+            self.__dict__["_bits_said"] = True
             log.warning("%s was trained on %d-bit images; --input-bits %s replaces that: "
                         "images are checked and converted as if it had been trained on "
                         "%s-bit ones", self.path, base.input_bits, bits, bits)

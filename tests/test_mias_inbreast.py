@@ -117,7 +117,7 @@ def test_recipe_that_converts_nothing_fails_and_lists_the_skipped(shared_data, t
                         str(tmp_path / "out2"), "--no-verbose"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2
-    assert len([l for l in r.stdout.splitlines() if "prepare_mias: error: " in l]) == 1
+    assert len([l for l in r.stderr.splitlines() if "prepare_mias: error: " in l]) == 1
 
 
 def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
