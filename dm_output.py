@@ -4,7 +4,9 @@ A rename replaces whatever the name points at, so renaming onto `/dev/stdout` (a
 or a FIFO would turn it into a plain file: such targets are written through instead.
 Temporary files are created with mode 0600 (0700 for folders), which a rename would keep:
 the final file gets the mode any other tool would give it (0666 / 0777 minus the umask).
-`-` means standard output. See docs/reliability.md.
+`-` means standard output. Before any work, a tool checks its outputs: writable
+(`check_writable`) and none of them one of its inputs (`check_not_input`: no tool writes
+over what it reads). See docs/reliability.md.
 """
 from __future__ import annotations
 
