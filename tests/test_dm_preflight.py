@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dm_pixels
 import dm_preflight as pf
 from recipe_helpers import write_dicom
 
@@ -94,8 +95,8 @@ def test_blank_test_decodes_small_or_highly_compressed_files_only(tmp_path, monk
     small = tmp_path / "small.png"
     cv2.imwrite(str(small), rng.integers(0, 255, (30, 40), dtype=np.uint8))
     decoded = []
-    real = pf.dm_pixels.read_stored
-    monkeypatch.setattr(pf.dm_pixels, "read_stored", lambda p: decoded.append(p) or real(p))
+    real = dm_pixels.read_stored
+    monkeypatch.setattr(dm_pixels, "read_stored", lambda p: decoded.append(p) or real(p))
     paths = [str(big_noise), str(small)]
     pf.check_blank(paths, [pf.read_header(p) for p in paths], pf.Allow())
     assert decoded == [str(small)]
