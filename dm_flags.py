@@ -13,9 +13,11 @@ import dataclasses
 import functools
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import dm_cli
+import dm_convert_checkpoint
+import dm_listing
 import dm_output
 from dm_errors import InputError, OriginalAPIError
 
@@ -371,20 +373,19 @@ def last_checkpoint_path(best_model: str | None, final_model: str | None,
     return None
 
 
-def check_run(cfg, require_model: Callable[[str, str], None],
-              list_folder: Callable[[str, Sequence[str]], Any]) -> None:
-    """A trainer's refusals before TensorFlow loads: each model file it starts from
-    (`require_model(path, flag)`), the three class-folder sets (`list_folder(folder,
-    class_list)`), and every file it writes (best, final and last models, history,
-    TensorBoard folder) checked against what it reads: no run writes over its own input
-    (`dm_output.check_not_input`), e.g. `--best-model` equal to `--resume-from`."""
+def check_run(cfg) -> None:
+    """A trainer's refusals before TensorFlow loads: each model file it starts from (missing,
+    with how a published one is made, or truncated), the three class-folder sets, and every
+    file it writes (best, final and last models, history, TensorBoard folder) checked
+    against what it reads: no run writes over its own input (`dm_output.check_not_input`),
+    e.g. `--best-model` equal to `--resume-from`."""
     models = [(f"--{k.replace('_', '-')}", getattr(cfg, k, None))
               for k in ("resume_from", "patch_model_state", "pretrained_weights")]
-    for flag, path in models:
-        if path is not None and flag != "--pretrained-weights":
-            require_model(path, flag)
+    for flag, path in models[:2]:
+        if path is not None:
+            dm_convert_checkpoint.require_model_file(path, flag)
     for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
-        list_folder(folder, cfg.class_list)
+        dm_listing.list_class_folders(folder, cfg.class_list)
     inputs = models + [("TRAIN_DIR", cfg.train_dir), ("VAL_DIR", cfg.val_dir),
                        ("TEST_DIR", cfg.test_dir)]
     outputs = [("--best-model", cfg.best_model), ("--final-model", cfg.final_model),

@@ -15,9 +15,7 @@ import os
 import sys
 
 import dm_cli
-import dm_convert_checkpoint
 import dm_flags
-import dm_listing
 
 log = logging.getLogger("image_clf_train")
 
@@ -75,12 +73,12 @@ def run(cfg, *dirs, **original_kw) -> dict:
     (`dm_flags.original_run_config`)."""
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
-    precheck(cfg)
+    dm_flags.check_run(cfg)
     return train(cfg)
 
 
 def train(cfg) -> dict:
-    """`run` after its checks (`precheck`)."""
+    """`run` after its checks (`dm_flags.check_run`)."""
     import dm_modelfile  # deferred for --help (docs/modules.md)
     import dm_stages  # deferred for --help (docs/modules.md)
     import dm_train  # deferred for --help (docs/modules.md)
@@ -101,14 +99,7 @@ def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
     Ctrl-C exits 130 with one line."""
     return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), train, argv,
-                           tensorflow=True, resumable=True, precheck=precheck)
-
-
-def precheck(cfg) -> None:
-    """The refusals that need no TensorFlow (`dm_flags.check_run`): missing models (with
-    how to make a published one) and folders, an output that would write over an input."""
-    dm_flags.check_run(cfg, dm_convert_checkpoint.require_model_file,
-                       dm_listing.list_class_folders)
+                           tensorflow=True, resumable=True, precheck=dm_flags.check_run)
 
 
 if __name__ == "__main__":

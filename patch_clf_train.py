@@ -10,9 +10,7 @@ import os
 import sys
 
 import dm_cli
-import dm_convert_checkpoint
 import dm_flags
-import dm_listing
 
 
 def build_patch_model(cfg):
@@ -43,12 +41,12 @@ def run(cfg, *dirs, **original_kw) -> dict:
     (`dm_flags.original_run_config`)."""
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
-    precheck(cfg)
+    dm_flags.check_run(cfg)
     return train(cfg)
 
 
 def train(cfg) -> dict:
-    """`run` after its checks (`precheck`)."""
+    """`run` after its checks (`dm_flags.check_run`)."""
     import dm_layers  # deferred for --help (docs/modules.md)
     import dm_modelfile  # deferred for --help (docs/modules.md)
     import dm_patch_nets  # deferred for --help (docs/modules.md)
@@ -80,14 +78,7 @@ def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
     Ctrl-C exits 130 with one line."""
     return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), train, argv,
-                           tensorflow=True, resumable=True, precheck=precheck)
-
-
-def precheck(cfg) -> None:
-    """The refusals that need no TensorFlow (`dm_flags.check_run`): missing models (with
-    how to make a published one) and folders, an output that would write over an input."""
-    dm_flags.check_run(cfg, dm_convert_checkpoint.require_model_file,
-                       dm_listing.list_class_folders)
+                           tensorflow=True, resumable=True, precheck=dm_flags.check_run)
 
 
 if __name__ == "__main__":
