@@ -156,6 +156,13 @@ def check_colour(paths: Sequence[str], headers: Sequence[Header], allow: Allow) 
                     "score the image's grey conversion); add --allow-colour to score it anyway")
 
 
+def how_many(n: int, total: int) -> str:
+    """`the only image is`, `1 of 3 images is`, `2 of 3 images are`."""
+    if total == 1:
+        return "the only image is"
+    return f"{n} of {total} images {'is' if n == 1 else 'are'}"
+
+
 def check_patch_sizes(paths: Sequence[str], headers: Sequence[Header], model_path: str,
                       train_size: Sequence[int], allow: Allow) -> None:
     """Refuse images more than LARGE times a patch model's training patch in height or
@@ -170,7 +177,7 @@ def check_patch_sizes(paths: Sequence[str], headers: Sequence[Header], model_pat
         raise SuspectInputError(
             f"{p}: a {h.height}x{h.width} image, but {model_path} is a patch classifier "
             f"trained on {th}x{tw} patches: the whole image would be shrunk to one patch "
-            f"({len(big)} of {len(paths)} images are over {LARGE:g} times the patch size). "
+            f"({how_many(len(big), len(paths))} over {LARGE:g} times the patch size). "
             "Score mammograms with a whole-image model or map them with "
             "ddsm_train/heatmap_score.py; add --allow-whole-images to score them anyway")
 
@@ -190,10 +197,10 @@ def check_small(paths: Sequence[str], headers: Sequence[Header], size, what: str
     if found:
         p, h = found[0]
         raise SuspectInputError(
-            f"{p}: a {h.height}x{h.width} image, far smaller than {what} ({len(found)} of "
-            f"{len(paths)} images are under {SMALL:g} of it in height or width): a thumbnail "
-            "or the wrong file would be enlarged and scored as if it were a mammogram; add "
-            "--allow-small-images to score it anyway")
+            f"{p}: a {h.height}x{h.width} image, far smaller than {what} "
+            f"({how_many(len(found), len(paths))} under {SMALL:g} of it in height or width): "
+            "a thumbnail or the wrong file would be enlarged and scored as if it were a "
+            "mammogram; add --allow-small-images to score it anyway")
 
 
 def _may_be_blank(path: str, h: Header) -> bool:

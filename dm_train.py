@@ -23,6 +23,7 @@ import numpy as np
 from tensorflow.python.framework import config as tf_config
 
 import dm_callbacks
+import dm_cli
 import dm_dataset
 import dm_distribute
 import dm_flags
@@ -115,7 +116,8 @@ def load_split(folder: str, class_list, recipe: Recipe, *, batch_size: int, seed
     paths, labels = dm_listing.list_class_folders(folder, class_list)
     ds = dm_dataset.make_dataset(paths, labels, recipe, len(class_list), batch_size,
                                training=False, seed=seed, load_ram=load_ram)
-    log.info("%s: %d images %s", folder, len(labels), dm_listing.class_counts(labels, class_list))
+    log.info("%s: %s %s", folder, dm_cli.plural(len(labels), "image"),
+             dm_listing.class_counts(labels, class_list))
     return Split(ds, np.asarray(labels))
 
 
@@ -457,7 +459,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
             train_bs, training=True, augment=augment, seed=cfg.seed,
             auto_batch_balance=cfg.auto_batch_balance, class_weight=weights,
             start_epoch=start_epoch)
-    log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
+    log.info("%s: %s %s", cfg.train_dir, dm_cli.plural(len(train_labels), "image"),
              dm_listing.class_counts(train_labels, cfg.class_list))
 
     checkpoint = spec.checkpoint(val, cfg.best_model, meta)
