@@ -12,10 +12,13 @@ patient_id, side, view, used by evaluate.py for breast/exam aggregation); a reci
 Images of another bit depth than the model was trained on are refused unless
 `--convert-bit-depth`. `--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
 
-Checked before anything is scored (one line, exit 2; docs/reliability.md): sizes the model
-cannot take, an output that cannot be written, and likely mistakes, each with the flag that
-forces it: whole mammograms for a patch model (--allow-whole-images), colour images
-(--allow-colour), 12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
+Checked before any model loads (no TensorFlow; one line, exit 2; docs/reliability.md):
+missing models and images, an output that cannot be written or that is one of the inputs
+(`--out` over the `--csv`, a model or an image). Before anything is scored: sizes the model
+cannot take, and likely mistakes, each with the flag that forces it: whole mammograms for a
+patch model (--allow-whole-images), images under half the model's size
+(--allow-small-images), blank images (--allow-blank), colour images (--allow-colour),
+12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
 A progress bar goes to stderr when it is a terminal (DM_PROGRESS=1 forces it).
 """
 from __future__ import annotations
