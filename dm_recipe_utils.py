@@ -311,7 +311,7 @@ def claim_folder(folder: str | os.PathLike, tool: str, config: Mapping[str, Any]
             f"{what} or delete the folder")
     if folder.is_dir() and any(p.name != RUN_STAMP for p in folder.iterdir()):
         raise FolderInUseError(
-            f"{folder}: not empty and not written by {tool} (no {RUN_STAMP} record); choose "
+            f"{folder}: not empty and not a {tool} folder (no {RUN_STAMP} record); choose "
             f"another {what} or delete the folder")
     if folder.exists() and not folder.is_dir():
         raise FolderInUseError(f"{folder}: exists and is not a folder")

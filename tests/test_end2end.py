@@ -191,7 +191,7 @@ def test_refusals_come_before_tensorflow(tmp_path):
     (tmp_path / "mias").mkdir()
     (tmp_path / "mias" / "Info.txt").write_text("")
     cases = {("--seeds", "0"): "--seeds 0: give a number of seeds >= 1",
-             ("--out", "used"): "used: not empty and not written by end2end",
+             ("--out", "used"): "used: not empty and not a end2end folder",
              ("--data", "mias", "nowhere"): "nowhere: mini-MIAS folder not found",
              ("--data", "mias", "mias", "--out", "."): ". (--out) holds the --data folder mias"}
     code = ("import sys; sys.path.insert(0, {repo!r}); import dm_end2end\n"
