@@ -8,8 +8,11 @@ model file, so that predict.py gives calibrated probabilities for it.
 
 Temperature scaling or (2 classes) Platt scaling; "auto" picks the one with the lower
 cross-validated log-loss on these predictions. The ranking of images is unchanged, so
-AUROC is too. `predict.py --no-calibration` gives the raw probabilities again; running
-calibrate.py again replaces the stored map (give it raw predictions).
+AUROC is too. The calibrated model is a new file (default: MODEL_calibrated.keras beside
+MODEL); MODEL itself is never changed, so retraining or rerunning what wrote it cannot
+lose a calibration, nor calibration a model. `predict.py --no-calibration` gives the raw
+probabilities again; calibrating a calibrated model replaces its map (give it raw
+predictions).
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ import sys
 import numpy as np
 
 import dm_cli
+import dm_convert_checkpoint
 import dm_evaluate
+import dm_output
 from dm_errors import InputError
 
 log = logging.getLogger("calibrate")
@@ -36,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="CSV with path,label when the predictions have no label column")
     p.add_argument("--method", default="auto", choices=["auto", "temperature", "platt"],
                    help="calibration map; auto: lower cross-validated log-loss")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds for --method auto")
+    p.add_argument("--folds", type=dm_cli.int_at_least(2), default=5,
+                   help="cross-validation folds for --method auto")
     dm_cli.add_seed_flag(p, "seed of the fold assignment")
-    p.add_argument("--out", help="write the calibrated model here (default: update MODEL in place)")
+    p.add_argument("--out", help="the calibrated model to write, a new file (default: "
+                   "MODEL_calibrated.keras beside MODEL; never MODEL itself)")
     return p
 
 
@@ -68,12 +75,38 @@ def _labels(df, classes: list[str], args) -> np.ndarray:
     return np.array(out, int)
 
 
+def out_path(args) -> str:
+    """--out, else MODEL_calibrated<suffix> beside MODEL."""
+    if args.out:
+        return args.out
+    stem, ext = os.path.splitext(args.model)
+    return f"{stem}_calibrated{ext or '.keras'}"
+
+
+def precheck(args) -> None:
+    """What calibrate refuses before TensorFlow loads: a missing model or predictions, and
+    an output that cannot be written or that is one of the inputs (MODEL above all)."""
+    dm_convert_checkpoint.require_model_file(args.model)
+    for path in (args.preds, args.labels):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{path}: file not found")
+    out = out_path(args)
+    dm_output.check_writable(out, "--out")
+    dm_output.check_not_input(out, [("MODEL", args.model), ("predictions", args.preds),
+                                    ("--labels", args.labels)], "--out")
+
+
 def run(args) -> int:
+    """The command after its flags are parsed: `precheck`, then `calibrate`."""
+    precheck(args)
+    return calibrate(args)
+
+
+def calibrate(args) -> int:
+    """Fit the map and write the calibrated model (after `precheck`)."""
     import dm_calibration  # deferred for --help (docs/modules.md)
     import dm_metrics  # deferred for --help (docs/modules.md)
     import dm_modelfile  # deferred for --help (docs/modules.md)
-    if not os.path.isfile(args.model):
-        raise InputError(f"{args.model}: model file not found")
     meta = dm_modelfile.read_model_meta(args.model)
     if meta is None:
         raise InputError(f"{args.model}: the model stores no class list; calibrate a model "
@@ -83,7 +116,7 @@ def run(args) -> int:
     missing = [c for c in classes if c not in df.columns]
     if missing:
         raise InputError(f"{args.preds}: no column for class(es) {missing} of {args.model}")
-    probs = df[classes].astype(float).to_numpy()
+    probs = np.stack([dm_evaluate.scores(df, c, args.preds) for c in classes], axis=1)
     y = _labels(df, classes, args)
     if meta.calibration:
         log.warning("%s already carries %s: it is replaced; the predictions must be raw "
@@ -91,7 +124,7 @@ def run(args) -> int:
                     dm_calibration.describe(meta.calibration))
     cal = dm_calibration.fit(probs, y, args.method, args.folds, args.seed)
     cal["fitted_on"] = os.path.abspath(args.preds)
-    out = args.out or args.model
+    out = out_path(args)
     dm_modelfile.write_model_meta(args.model, dataclasses.replace(meta, calibration=cal), out)
     cv = cal.get("cv_log_loss")
     if cv:
@@ -109,7 +142,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return dm_cli.run_tool("calibrate", build_parser().parse_args, run, argv, tensorflow=True)
+    return dm_cli.run_tool("calibrate", build_parser().parse_args, calibrate, argv,
+                           tensorflow=True, precheck=precheck)
 
 
 if __name__ == "__main__":

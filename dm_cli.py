@@ -1,11 +1,14 @@
 """What every command-line tool shares: help, shared flags, quiet TensorFlow, logging, the runner.
 
-Help that shows defaults; the flags several tools share, declared once: --seed
-($RANDOM_SEED), --img-size and the recipe flags (`add_recipe_flags`, with `OFF` for a
-`--no-X` that switches a stored value off); TensorFlow imported without its start-up
-banner; logging (each message once, no third-party traceback for an input error); a
-progress bar on stderr; and the guarded runner (input errors one line, exit 2; bugs keep
-their traceback, exit 1). Atomic writes are `dm_output`'s.
+Help that shows defaults and a one-line usage (an argparse error is two lines, not the
+whole flag list); the flags several tools share, declared once: --seed ($RANDOM_SEED),
+--img-size and the recipe flags (`add_recipe_flags`, with `OFF` for a `--no-X` that
+switches a stored value off); the argparse types that refuse impossible numbers at parse
+time (`int_at_least`, `float_in`); TensorFlow imported without its start-up banner;
+logging (progress on stdout, warnings and errors on stderr, each message once, no
+third-party traceback for an input error); a progress bar on stderr; and the guarded
+runner (input errors one line, exit 2; bugs keep their traceback, exit 1), with the
+checks that need no TensorFlow run before it loads. Atomic writes are `dm_output`'s.
 
 Kept free of TensorFlow (and of the modules that import it) so `--help` answers at once.
 """
@@ -15,6 +18,7 @@ import argparse
 import contextlib
 import enum
 import logging
+import math
 import os
 import re
 import sys
@@ -33,7 +37,19 @@ _BANNER = re.compile(r"absl::InitializeLog|port\.cc:|cudart_stub\.cc|cpu_feature
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default; switches say on/off; `--no-X` twins none."""
+    """Every option's help ends with its default; switches say on/off; `--no-X` twins none.
+    The usage line is `prog [options] POSITIONALS`: argparse's own lists every flag, which
+    buried a one-word error under dozens of lines."""
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        if usage is None:
+            words = [self._prog]
+            if any(a.option_strings for a in actions):
+                words.append("[options]")
+            words += [self._format_args(a, self._get_default_metavar_for_positional(a))
+                      for a in actions if not a.option_strings and a.help != argparse.SUPPRESS]
+            usage = " ".join(words).replace("%", "%%")
+        return super()._format_usage(usage, actions, groups, prefix)
 
     def _get_help_string(self, action):
         text = action.help or ""
@@ -54,26 +70,78 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 DEFAULT_SEED = 12345
+MAX_SEED = 2 ** 32 - 1     # NumPy's and TensorFlow's seeds are unsigned 32-bit numbers
+
+
+def _typed(cast: Callable, text: str, ok: Callable[[Any], bool], want: str):
+    """`text` as `cast` (a finite number) for which `ok` holds, else argparse's one-line
+    error saying what is wanted."""
+    try:
+        value = cast(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid {cast.__name__} value: {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"{text}: {want}")
+    return value
+
+
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type of a whole number >= `low` (and <= `high`): epochs (0), counts and
+    batch sizes (1), so `--all-layer-epochs -3` stops at flag parsing, not after
+    "training" nothing."""
+    want = f"must be a whole number >= {low}" + (f" and <= {high}" if high is not None else "")
+
+    def parse(text: str) -> int:
+        return _typed(int, text, lambda v: v >= low and (high is None or v <= high), want)
+    parse.__name__ = "int"
+    return parse
+
+
+def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+             high_open: bool = False) -> Callable[[str], float]:
+    """argparse type of a finite number in [low, high] (`low_open`/`high_open`: that end
+    excluded): learning rates > 0, weight decays >= 0, dropout rates in [0, 1)."""
+    parts = ([f"{'>' if low_open else '>='} {low:g}"] if low is not None else []) + \
+        ([f"{'<' if high_open else '<='} {high:g}"] if high is not None else [])
+    want = "must be a finite number" + (" " + " and ".join(parts) if parts else "")
+
+    def ok(v: float) -> bool:
+        return ((low is None or (v > low if low_open else v >= low))
+                and (high is None or (v < high if high_open else v <= high)))
+
+    def parse(text: str) -> float:
+        return _typed(float, text, ok, want)
+    parse.__name__ = "float"
+    return parse
+
+
+seed_value = int_at_least(0, MAX_SEED)
 
 
 def default_seed() -> int:
     """The seed every tool uses unless given --seed: $RANDOM_SEED, else DEFAULT_SEED. A value
-    that is not an integer stops the tool with one line (exit 2)."""
+    that is not a seed (a whole number 0 .. 2^32 - 1) stops the tool with one line (exit 2)."""
     value = os.environ.get("RANDOM_SEED")
     if value is None or value.strip() == "":
         return DEFAULT_SEED
     try:
-        return int(value)
-    except ValueError:
+        return seed_value(value)
+    except argparse.ArgumentTypeError:
         tool = os.path.splitext(os.path.basename(sys.argv[0] or "tool"))[0]
-        sys.stderr.write(f"{tool}: error: RANDOM_SEED={value!r}: not an integer\n")
+        sys.stderr.write(f"{tool}: error: RANDOM_SEED={value!r}: not a seed (a whole number "
+                         f"from 0 to {MAX_SEED})\n")
         raise SystemExit(2) from None
 
 
 def add_seed_flag(parser, help: str) -> None:
     """--seed for a tool's parser (or argument group), defaulting to `default_seed()`."""
-    parser.add_argument("--seed", dest="seed", type=int, default=default_seed(),
+    parser.add_argument("--seed", dest="seed", type=seed_value, default=default_seed(),
                         help=f"{help} ($RANDOM_SEED, else {DEFAULT_SEED})")
+
+
+def plural(n: int, word: str) -> str:
+    """`1 image`, `2 images`: a count with its noun."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def quiet_tensorflow() -> None:
@@ -150,7 +218,13 @@ class _LiveHandler(logging.StreamHandler):
 
 
 class _StdoutHandler(_LiveHandler):
+    """Progress (INFO and below) on stdout; warnings and errors go to `_ProblemHandler`."""
+
     which = "stdout"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.addFilter(lambda record: record.levelno < logging.WARNING)
 
 
 class StderrHandler(_LiveHandler):
@@ -159,27 +233,36 @@ class StderrHandler(_LiveHandler):
     which = "stderr"
 
 
+class _ProblemHandler(StderrHandler):
+    """Warnings and errors on stderr, where a script or a user looks for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+
+
 _LOG_FORMAT = ("%(asctime)s %(name)s: %(message)s", "%H:%M:%S")
 
 
 def setup_logging() -> None:
     """The one logging setup of every command: INFO messages with a time stamp on stdout,
-    once per process (other handlers kept)."""
+    warnings and errors on stderr, once per process (other handlers kept)."""
     root = logging.getLogger()
-    if not any(isinstance(h, _StdoutHandler) for h in root.handlers):
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter(*_LOG_FORMAT))
-        root.addHandler(handler)
+    for kind in (_StdoutHandler, _ProblemHandler):
+        if not any(type(h) is kind for h in root.handlers):
+            handler = kind()
+            handler.setFormatter(logging.Formatter(*_LOG_FORMAT))
+            root.addHandler(handler)
     root.setLevel(logging.INFO)
     _one_tensorflow_handler()
 
 
 @contextlib.contextmanager
 def log_to_stderr():
-    """The log on stderr for a while: the tool's result goes to standard output."""
+    """The whole log on stderr for a while: the tool's result goes to standard output."""
     setup_logging()
     root = logging.getLogger()
-    moved = [h for h in root.handlers if isinstance(h, _StdoutHandler)]
+    moved = [h for h in root.handlers if type(h) in (_StdoutHandler, _ProblemHandler)]
     err = StderrHandler()
     err.setFormatter(logging.Formatter(*_LOG_FORMAT))
     for h in moved:
@@ -223,22 +306,38 @@ def guarded(tool: str, fn: Callable, *args: Any) -> int:
 
 
 def run_tool(tool: str, parse: Callable[[Any], Any], run: Callable, argv=None,
-             tensorflow: bool | Callable[[Any], bool] = False, resumable: bool = False) -> int:
+             tensorflow: bool | Callable[[Any], bool] = False, resumable: bool = False,
+             precheck: Callable[[Any], Any] | None = None,
+             stderr_log: bool | Callable[[Any], bool] = False) -> int:
     """A tool's `main`: parse its flags first (so --help answers before anything heavy
-    loads), log to stdout, import TensorFlow quietly when the tool will use it
-    (`tensorflow`: True, or a test of the parsed flags), run it guarded. A `resumable` tool
-    (the trainers, end2end) answers Ctrl-C with one line and exit status 130."""
+    loads), log (all of it on stderr with `stderr_log`, True or a test of the parsed flags:
+    the tool's result goes to standard output), run `precheck(args)`: the refusals that
+    need no TensorFlow (missing inputs, an output that would write over an input, a used
+    folder), answered in about a second instead of after TensorFlow's start-up; a precheck
+    that returns an int ends the command with that exit status (0: nothing to do). Then
+    import TensorFlow quietly when the tool will use it (`tensorflow`: True, or a test of
+    the parsed flags) and run it guarded. A `resumable` tool (the trainers, end2end)
+    answers Ctrl-C with one line and exit status 130."""
     args = parse(argv)
     setup_logging()
-    if tensorflow is True or (callable(tensorflow) and tensorflow(args)):
-        quiet_tensorflow()
-    try:
-        return guarded(tool, run, args)
-    except KeyboardInterrupt as e:
-        if not resumable:
-            raise
-        logging.getLogger(tool).error("%s", interrupted_line(e))
-        return 130
+    quiet = stderr_log(args) if callable(stderr_log) else stderr_log
+    with log_to_stderr() if quiet else contextlib.nullcontext():
+        if precheck is not None:
+            outcome: list = []
+            status = guarded(tool, lambda a: outcome.append(precheck(a)), args)
+            if status != 0:
+                return status
+            if isinstance(outcome[0], int):
+                return outcome[0]
+        if tensorflow is True or (callable(tensorflow) and tensorflow(args)):
+            quiet_tensorflow()
+        try:
+            return guarded(tool, run, args)
+        except KeyboardInterrupt as e:
+            if not resumable:
+                raise
+            logging.getLogger(tool).error("%s", interrupted_line(e))
+            return 130
 
 
 def pixels(text: str) -> int:
@@ -295,12 +394,13 @@ def add_recipe_flags(g, trainer: bool = False, img_size: bool = True) -> None:
     off = None if trainer else OFF
     if img_size:
         add_img_size(g, short=trainer)
-    g.add_argument("--img-scale", "-ic", dest="img_scale", type=float,
+    g.add_argument("--img-scale", "-ic", dest="img_scale", type=float_in(0, low_open=True),
                    help="scale each image so its maximum equals this")
     g.add_argument("--no-img-scale", "-nic", dest="img_scale", action="store_const",
                    const=off, help="unset --img-scale" if trainer
                    else "switch --img-scale off (no maximum scaling)")
-    g.add_argument("--rescale-factor", dest="rescale_factor", type=float,
+    g.add_argument("--rescale-factor", dest="rescale_factor",
+                   type=float_in(0, low_open=trainer),   # 0: "off" to convert_checkpoint
                    help="multiply pixels by this (255/65535 = 0.003891 for 16-bit PNG)")
     g.add_argument("--no-rescale-factor", dest="rescale_factor", action="store_const",
                    const=off, help="unset --rescale-factor" if trainer
@@ -309,7 +409,7 @@ def add_recipe_flags(g, trainer: bool = False, img_size: bool = True) -> None:
                    const=True, help="subtract --featurewise-mean")
     g.add_argument("--no-featurewise-center", dest="featurewise_center", action="store_const",
                    const=False, help="do not subtract a mean")
-    g.add_argument("--featurewise-mean", dest="featurewise_mean", type=float,
+    g.add_argument("--featurewise-mean", dest="featurewise_mean", type=float_in(),
                    help="the scalar mean to subtract (train-set pixel mean after rescaling)"
                    + ("" if trainer else "; turns centring on"))
     g.add_argument("--equalize-hist", dest="equalize_hist", action="store_const", const=True,
@@ -325,6 +425,13 @@ def add_recipe_flags(g, trainer: bool = False, img_size: bool = True) -> None:
 def add_image_check_flags(parser, verb: str) -> None:
     """The flags that force images the model was not trained on (dm_preflight), declared
     once for every tool that scores images (`verb`: what the tool does with them)."""
+    parser.add_argument("--allow-small-images", dest="allow_small", action="store_true",
+                        help=f"{verb} images under half the size the model was trained at "
+                             "(or, for the sliding window, under half a patch) instead of "
+                             "refusing them")
+    parser.add_argument("--allow-blank", action="store_true",
+                        help=f"{verb} blank images (every pixel the same value) instead of "
+                             "refusing them")
     parser.add_argument("--convert-bit-depth", action="store_true",
                         help="scale images of another bit depth to the one the model was "
                              "trained on (else they are refused)")

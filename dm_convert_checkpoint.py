@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import zipfile
 from typing import Sequence
 
 import dm_cli
+import dm_output
 import dm_recipe
-from dm_errors import InputError
+from dm_errors import InputError, InputFileNotFoundError
 
 DATASET_MEANS = {"ddsm": 52.18, "inbreast": 44.33}
 DEFAULT_RESCALE = 0.003891
@@ -53,6 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def require_model_file(path: str, flag: str | None = None) -> None:
+    """Refuse a model file that is not there, before anything loads: "model file not
+    found", and for a name like the converted published checkpoints (`ddsm_vgg16.keras`,
+    README "Transfer to your data") how such a file is made: downloaded, then converted.
+    A `.keras` zip cut short (an interrupted download or copy) is called truncated, not
+    "not a model file"."""
+    where = f" ({flag})" if flag else ""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        if zip_start and not zipfile.is_zipfile(path):
+            raise InputError(f"{path}: a truncated or corrupt .keras file{where} (it begins "
+                             "as one but its end is missing or damaged: an interrupted "
+                             "download or copy?)")
+        return
+    if os.path.isdir(path):
+        raise InputFileNotFoundError(f"{path}: is a folder, not a model file{where}")
+    name = os.path.basename(path).lower()
+    dataset = next((d for d in DATASET_MEANS if name.startswith(d + "_")), None)
+    hint = "" if dataset is None else (
+        f"; a published checkpoint is downloaded first (the .h5 links: docs/original.md), "
+        f"then converted: python convert_checkpoint.py DOWNLOADED.h5 {path} --dataset {dataset}")
+    raise InputFileNotFoundError(f"{path}: model file not found{where}{hint}")
+
+
 def published_recipe(img_size: Sequence[int], channels: int, dataset: str) -> dm_recipe.Recipe:
     """The recipe the published whole-image models were trained with (16-bit PNGs rescaled
     to 0-255, centred on the data set's mean), at the given size and channels."""
@@ -84,8 +112,23 @@ def recipe_for(args: argparse.Namespace, input_shape: Sequence[int | None]) -> d
                                        **fields)
 
 
+def precheck(args: argparse.Namespace) -> None:
+    """The refusals that need no TensorFlow: a missing input, an output that cannot be
+    written or that is the input itself."""
+    if not os.path.isfile(args.input):
+        raise InputFileNotFoundError(f"{args.input}: model file not found")
+    dm_output.check_writable(args.output, "OUTPUT")
+    dm_output.check_not_input(args.output, [("INPUT model", args.input)], "OUTPUT")
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert `args.input` to `args.output`; bad input raises an InputError (one line)."""
+    precheck(args)
+    return convert(args)
+
+
+def convert(args: argparse.Namespace) -> int:
+    """`run` after its checks."""
     import dm_checkpoint  # deferred for --help (docs/modules.md)
     import dm_modelfile  # deferred for --help (docs/modules.md)
 
@@ -105,10 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 for a bad input file or arguments)."""
-    args = build_parser().parse_args(argv)
-    dm_cli.quiet_tensorflow()
-    dm_cli.setup_logging()
-    return dm_cli.guarded("convert_checkpoint", run, args)
+    return dm_cli.run_tool("convert_checkpoint", build_parser().parse_args, convert, argv,
+                           tensorflow=True, precheck=precheck)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 
 Each configuration writes its own folder (default: runs/end2end, with the flags that differ
 from the defaults appended, e.g. runs/end2end-mias-320x320); a folder holding another
-configuration's run is refused in one line.
+configuration's run is refused in one line. A finished run is not redone: the same command
+again says it is complete and where its results are (`--redo` runs it again, replacing its
+models, predictions and report). These refusals come before TensorFlow loads.
 
 Steps: data -> patches (docs/method.md) -> patch classifier (3 stages) -> whole-image
 classifier (2 stages) -> test AUROC with 4-flip TTA and a bootstrap 95% interval ->
@@ -60,29 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", "--out-dir", default=None,
                    help="output folder (default: runs/end2end plus the flags that differ from "
                         "the defaults, e.g. runs/end2end-mias-320x320)")
-    g.add_argument("--n-patients", type=int, default=150, help="synthetic patients (2 views each)")
+    g.add_argument("--n-patients", type=dm_cli.int_at_least(1), default=150,
+                   help="synthetic patients (2 views each)")
     dm_cli.add_img_size(g, help="whole-image size (the paper: 1152 896)", default=[288, 224])
     g.add_argument("--patch-size", type=dm_cli.pixels, default=64, help="patch size (the paper: 224)")
-    g.add_argument("--nb-abn", type=int, default=10, help="patches per lesion")
-    g.add_argument("--nb-bkg", type=int, default=10, help="background patches per image")
+    g.add_argument("--nb-abn", type=dm_cli.int_at_least(1), default=10, help="patches per lesion")
+    g.add_argument("--nb-bkg", type=dm_cli.int_at_least(1), default=10,
+                   help="background patches per image")
     g = p.add_argument_group("models and training")
     g.add_argument("--net", default="dm_resnet_14",
                    help="patch net (a ResNetBuilder net with 16 initial filters by default)")
-    g.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv layer")
-    g.add_argument("--patch-epochs", nargs=3, type=int, default=[1, 1, 6],
+    g.add_argument("--nb-init-filter", type=dm_cli.int_at_least(1), default=16,
+                   help="filters of the first conv layer")
+    g.add_argument("--patch-epochs", nargs=3, type=dm_cli.int_at_least(0), default=[1, 1, 6],
                    metavar=("DENSE", "TOP", "ALL"), help="epochs of the 3 patch stages")
-    g.add_argument("--image-epochs", nargs=2, type=int, default=[2, 8], metavar=("TOP", "ALL"),
-                   help="epochs of the 2 whole-image stages")
-    g.add_argument("--top-depths", nargs="+", type=int, default=[64, 64],
+    g.add_argument("--image-epochs", nargs=2, type=dm_cli.int_at_least(0), default=[2, 8],
+                   metavar=("TOP", "ALL"), help="epochs of the 2 whole-image stages")
+    g.add_argument("--top-depths", nargs="+", type=dm_cli.int_at_least(1), default=[64, 64],
                    help="depths of the whole-image top blocks")
-    g.add_argument("--batch-size", type=int, default=32, help="batch size of both trainers")
+    g.add_argument("--batch-size", type=dm_cli.int_at_least(1), default=32,
+                   help="batch size of both trainers")
     dm_cli.add_seed_flag(g, "seeds data, sampling and training")
-    g.add_argument("--seeds", nargs="+", type=int, metavar="N | S1 S2",
+    g.add_argument("--seeds", nargs="+", type=dm_cli.seed_value, metavar="N | S1 S2",
                    help="run the whole method once per seed: N seeds from --seed on, or the "
                         "seeds listed; OUT/seed-S/ each, and OUT/summary.json with every "
                         "figure's mean, sd, min and max")
     g.add_argument("--mixed-precision", choices=["float16", "bfloat16"],
                    help="train both classifiers in this mixed precision (default float32)")
+    g.add_argument("--redo", action="store_true",
+                   help="run a finished run again, replacing its models, predictions and "
+                        "report (without it, a finished run is only reported)")
     return p
 
 
@@ -93,7 +102,7 @@ _NAME_PARTS = {
     "seed": lambda v: f"seed{v}",
     "seeds": lambda v: f"seeds{v[0]}" if len(v) == 1 else "seeds" + "_".join(map(str, v)),
 }
-_NOT_CONFIG = ("out",)
+_NOT_CONFIG = ("out", "redo")
 
 
 def run_config(args) -> dict:
@@ -165,18 +174,27 @@ def _rescale_for(path: str) -> float:
     return 255.0 / 65535.0 if dm_pixels.read_image(path).dtype == np.uint16 else 1.0
 
 
-def prepare_data(args, data_dir: pathlib.Path) -> None:
+def check_data(args) -> None:
+    """--data: 'synthetic', or 'mias PATH' with PATH a mini-MIAS folder."""
     kind = args.data[0]
-    if kind == "synthetic":
-        dm_synthetic.generate_dataset(data_dir, n_patients=args.n_patients,
-                                      img_size=tuple(args.img_size), seed=args.seed)
-    elif kind == "mias":
+    if kind == "synthetic" and len(args.data) == 1:
+        return
+    if kind == "mias":
         if len(args.data) != 2:
             raise InputError("--data mias needs the mini-MIAS folder: --data mias PATH")
+        prepare_mias.check_source(args.data[1])
+        return
+    raise InputError(f"unknown --data {' '.join(args.data)!r}: use 'synthetic' or 'mias PATH'")
+
+
+def prepare_data(args, data_dir: pathlib.Path) -> None:
+    check_data(args)
+    if args.data[0] == "synthetic":
+        dm_synthetic.generate_dataset(data_dir, n_patients=args.n_patients,
+                                      img_size=tuple(args.img_size), seed=args.seed)
+    else:
         prepare_mias.prepare(args.data[1], data_dir, img_size=tuple(args.img_size),
                              seed=args.seed)
-    else:
-        raise InputError(f"unknown --data {kind!r}: use 'synthetic' or 'mias PATH'")
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
@@ -224,13 +242,66 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
                 gradcam=first("gradcam_overlay"))
 
 
+def out_folder(args) -> pathlib.Path:
+    """--out, else the configuration's own folder (`default_out`), as the user gave it."""
+    return pathlib.Path(args.out or default_out(args))
+
+
+def folder_config(args) -> dict:
+    """What OUT records: the run's flags; with --seeds, the seed list instead of --seed."""
+    config = run_config(args)
+    if args.seeds is not None:
+        config.pop("seed")
+        config["seeds"] = seed_list(args)
+    return config
+
+
+def precheck(args) -> int | None:
+    """Everything refused or decided before TensorFlow loads: --seeds and --data, an OUT
+    that is or holds the data it reads, OUT holding another configuration's run
+    (dm_recipe_utils.claim_folder; OUT is claimed here), and a finished run: reported, exit
+    status 0 (`--redo` runs it again: its summaries are removed first, so an interrupted
+    redo is never taken for a finished run)."""
+    if args.seeds is not None:
+        seed_list(args)
+    check_data(args)
+    out = out_folder(args)
+    dm_output.check_not_input(out, [("--data folder", d) for d in args.data[1:]], "--out",
+                              holds=True)
+    claim_folder(out, "end2end", folder_config(args))
+    done = out / "summary.json"
+    if args.redo:
+        for old in [done, *out.glob("seed-*/summary.json")]:
+            old.unlink(missing_ok=True)
+    elif done.is_file():
+        report_finished(out, json.loads(done.read_text()))
+        return 0
+    return None
+
+
+def report_finished(out: pathlib.Path, summary: dict) -> None:
+    """The lines a finished run gives when it is asked for again."""
+    figures = summary.get("spread", summary)
+    tta = figures.get("image_test_auroc_tta")
+    tta = tta.get("mean") if isinstance(tta, dict) else tta
+    said = f" (whole-image test AUROC with TTA {tta:.3f})" if isinstance(tta, float) else ""
+    log.info("%s: this run is complete%s; its results: %s. Nothing was run: add --redo to "
+             "run it again (its models, predictions and report are replaced)", out, said,
+             out / "summary.json")
+
+
 def run(args) -> dict:
     """The whole pipeline, once or once per seed (--seeds); returns the summary (also
-    written to OUT/summary.json). OUT is claimed first: another configuration's folder
-    is refused (dm_recipe_utils.claim_folder)."""
-    out = pathlib.Path(args.out or default_out(args))
+    written to OUT/summary.json). `precheck` first: a finished run returns its summary."""
+    if precheck(args) == 0:
+        return json.loads((out_folder(args) / "summary.json").read_text())
+    return execute(args)
+
+
+def execute(args) -> dict:
+    """`run` after its checks."""
+    out = out_folder(args)
     if args.seeds is None:
-        claim_folder(out, "end2end", run_config(args))
         return run_one(args, out)
     return run_seeds(args, out)
 
@@ -242,10 +313,7 @@ def run_seeds(args, out: pathlib.Path) -> dict:
     import keras  # deferred for --help (docs/modules.md)
 
     seeds = seed_list(args)
-    config = run_config(args)
-    config.pop("seed")
-    config["seeds"] = seeds
-    claim_folder(out, "end2end", config)
+    config = folder_config(args)
     t0 = time.time()
     per_seed: dict[str, dict] = {}
     for i, seed in enumerate(seeds):
@@ -363,7 +431,6 @@ def run_one(args, out: pathlib.Path) -> dict:
         timings={k: round(v, 1) for k, v in timings.items()},
         total_s=round(time.time() - t0, 1))
     dm_output.write_json(out / "summary.json", summary, indent=2)
-    log.info("summary: %s", json.dumps(summary))
     log.info("patch test accuracy %.3f; whole-image test AUROC %.3f, with TTA %.3f "
              "(95%% CI %.3f-%.3f, %d images); %.0f s in all",
              summary["patch_test_accuracy"], summary["image_test_auroc"],
@@ -378,8 +445,8 @@ def run_one(args, out: pathlib.Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Input problems exit 2 with one line; Ctrl-C exits 130 with one line."""
-    return dm_cli.run_tool("end2end", build_parser().parse_args, run, argv, tensorflow=True,
-                           resumable=True)
+    return dm_cli.run_tool("end2end", build_parser().parse_args, execute, argv, tensorflow=True,
+                           resumable=True, precheck=precheck)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 import dm_cli
+import dm_convert_checkpoint
 import dm_output
 from dm_errors import InputError
 
@@ -43,15 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="CSV with path,label (when the predictions have none)")
     p.add_argument("--pos-class", help="positive class column (default: the last class column)")
     p.add_argument("--class-cols", nargs="+", help="class columns (default: detected)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the interval")
+    p.add_argument("--n-boot", type=dm_cli.int_at_least(1), default=2000,
+                   help="bootstrap resamples of the interval")
     dm_cli.add_seed_flag(p, "seed of the bootstrap")
-    p.add_argument("--thresholds", nargs="+", type=float, default=[0.5],
+    p.add_argument("--thresholds", nargs="+", type=dm_cli.float_in(0, 1), default=[0.5],
                    help="score thresholds for sensitivity/specificity (score >= t is positive)")
-    p.add_argument("--target-sensitivity", type=float, nargs="+", default=[0.9],
+    p.add_argument("--target-sensitivity", type=dm_cli.float_in(0, 1), nargs="+", default=[0.9],
                    help="operating points: the highest threshold reaching this sensitivity")
     p.add_argument("--aggregate", choices=["max", "mean"], default="max",
                    help="breast/exam score from its images' scores")
-    p.add_argument("--n-bins", type=int, default=10,
+    p.add_argument("--n-bins", type=dm_cli.int_at_least(1), default=10,
                    help="equal-width score bins of the reliability curve and ECE")
     p.add_argument("--group-cols", nargs="+", default=["patient_id", "side"],
                    help="breast-level grouping columns (used when present)")
@@ -65,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT_DIR/index.html: summary, plots, and the cases behind "
                         "the numbers (opens from the file system)")
     h.add_argument("--model", help="whole-image or patch model: heatmap overlays in the gallery")
-    h.add_argument("--gallery-size", type=int, default=6, help="images per gallery")
-    h.add_argument("--thumb-height", type=int, default=256, help="thumbnail height in pixels")
+    h.add_argument("--gallery-size", type=dm_cli.int_at_least(0), default=6,
+                   help="images per gallery")
+    h.add_argument("--thumb-height", type=dm_cli.pixels, default=256,
+                   help="thumbnail height in pixels")
     h.add_argument("--unsafe-load", action="store_true",
                    help="allow Lambda layers in --model (runs code from the file)")
     return p
@@ -85,11 +89,24 @@ def _read(path: str):
 
 
 def _is_prob(col) -> bool:
-    try:
-        v = col.astype(float)
-    except ValueError:
-        return False
-    return bool(len(v)) and bool(np.all((v >= 0) & (v <= 1)))
+    """A column of scores: mostly numbers, all of them in [0, 1]. A few empty or NaN cells
+    keep it one (`scores` then names the bad cell), where a strict test made it end the
+    class columns and gave a misleading "label out of range" instead."""
+    v = pd.to_numeric(col, errors="coerce").to_numpy(float)
+    ok = np.isfinite(v)
+    return bool(ok.any()) and ok.mean() >= 0.5 and bool(np.all((v[ok] >= 0) & (v[ok] <= 1)))
+
+
+def scores(df, col: str, where: str) -> np.ndarray:
+    """A class column as probabilities; a cell that is not a number in [0, 1] (empty,
+    NaN, text) is refused with its line."""
+    v = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+    bad = ~(np.isfinite(v) & (v >= 0) & (v <= 1))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise EvalError(f"{where}: line {i + 2}: {col} score {df[col].iloc[i]!r} is not a "
+                        f"probability (a number in [0, 1]); {int(bad.sum())} such cell(s)")
+    return v
 
 
 def class_columns(df, skip: set[str]) -> list[str]:
@@ -144,7 +161,8 @@ def _binary(v: str, classes: list[str], pos: str, where: str) -> bool:
     except ValueError:
         raise EvalError(f"{where}: label {v!r} is neither a class name {classes} nor an index") from None
     if not 0 <= k < len(classes):
-        raise EvalError(f"{where}: label {k} out of range for {len(classes)} classes")
+        raise EvalError(f"{where}: label {k} out of range: the class columns are {classes} "
+                        "(give --class-cols if a column is missing)")
     return classes[k] == pos
 
 
@@ -170,18 +188,41 @@ def evaluate_level(name: str, y, s, args) -> dict:
     return res
 
 
+def precheck(args) -> None:
+    """What evaluate refuses before reading anything large or loading TensorFlow: missing
+    files, --model without --html, and outputs that cannot be written or that would write
+    over an input."""
+    for path in (args.preds, args.labels):
+        if path is not None and not os.path.isfile(path):
+            raise EvalError(f"{path}: file not found")
+    if args.model:
+        dm_convert_checkpoint.require_model_file(args.model, "--model")
+        if not args.html:
+            raise EvalError("--model draws the heatmaps of the HTML report: add --html")
+    inputs = [("predictions", args.preds), ("--labels", args.labels), ("--model", args.model)]
+    dm_output.check_writable(args.out_dir, "--out-dir", folder=True)
+    dm_output.check_not_input(args.out_dir, inputs, "--out-dir")
+    json_path = args.json or os.path.join(args.out_dir, "summary.json")
+    dm_output.check_writable(json_path, "--json")
+    dm_output.check_not_input(json_path, inputs, "--json")
+
+
 def run(args) -> dict:
+    """The command after its flags are parsed: `precheck`, then `evaluate_table`."""
+    precheck(args)
+    return evaluate_table(args)
+
+
+def evaluate_table(args) -> dict:
+    """Read the predictions and write the summary, plots and report (after `precheck`)."""
     import dm_metrics as M  # deferred for --help (docs/modules.md)
-    if args.n_boot < 1:
-        raise EvalError(f"--n-boot must be >= 1, got {args.n_boot}")
-    if args.n_bins < 1:
-        raise EvalError(f"--n-bins must be >= 1, got {args.n_bins}")
-    if args.model and not os.path.isfile(args.model):
-        raise EvalError(f"{args.model}: model file not found (--model)")
-    if args.model and not args.html:
-        raise EvalError("--model draws the heatmaps of the HTML report: add --html")
     df, classes, pos, y = load_table(args)
-    s = df[pos].astype(float).to_numpy()
+    s = scores(df, pos, args.preds)
+    if args.html and "path" in df.columns:   # the report clears its cases/ folder
+        import dm_report  # deferred for --help (docs/modules.md)
+        dm_output.check_not_input(os.path.join(args.out_dir, dm_report.CASES_DIR),
+                                  [("image", p) for p in df["path"].astype(str)],
+                                  "--out-dir", holds=True)
     levels = [evaluate_level("image", y, s, args)]
     for name, cols in (("breast", args.group_cols), ("exam", args.exam_cols)):
         if cols and all(c in df.columns for c in cols):
@@ -190,8 +231,8 @@ def run(args) -> dict:
             levels.append(evaluate_level(name, yg, sg, args))
     summary = dict(predictions=os.path.abspath(args.preds), pos_class=pos, classes=classes,
                    aggregate=args.aggregate, levels=levels)
-    if args.html:
-        summary["html"] = os.path.abspath(write_html(args, summary, df, y, s))
+    if args.html:     # the path as the user gave it (--out-dir), not this machine's
+        summary["html"] = write_html(args, summary, df, y, s)
     path = args.json or os.path.join(args.out_dir, "summary.json")
     dm_output.write_json(path, summary, default=float)
     report(summary)
@@ -250,8 +291,9 @@ def evaluate(preds: str, **options: Any) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_cli.run_tool("evaluate", build_parser().parse_args, run, argv,
-                           tensorflow=lambda a: bool(a.model))  # heatmaps need the model
+    return dm_cli.run_tool("evaluate", build_parser().parse_args, evaluate_table, argv,
+                           tensorflow=lambda a: a.html,   # the report's room loads it
+                           precheck=precheck)
 
 
 if __name__ == "__main__":

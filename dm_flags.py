@@ -1,8 +1,10 @@
 """Command-line flags shared by `patch_clf_train.py` and `image_clf_train.py`.
 
-Every flag is defined once here, with the original's spelling and meaning; the two
-trainers differ only in their default values, which are the two tables below. Parsed
-flags become a frozen `Config` handed to `run(config)`.
+Every flag is defined once here, with the original's spelling and meaning (numbers with
+their valid range, checked at parse time); the two trainers differ only in their default
+values, which are the two tables below. Parsed flags become a frozen `Config` handed to
+`run(config)`; `check_run` refuses, before TensorFlow loads, what a config cannot do
+(missing inputs, an output that would write over an input).
 """
 from __future__ import annotations
 
@@ -10,10 +12,22 @@ import argparse
 import dataclasses
 import functools
 import os
+import pathlib
 from typing import Any, Sequence
 
 import dm_cli
+import dm_convert_checkpoint
+import dm_listing
+import dm_output
 from dm_errors import InputError, OriginalAPIError
+
+# The ranges of the numeric flags, checked at parse time (dm_cli's argparse types).
+COUNT = dm_cli.int_at_least(0)          # epochs, patience, layers: 0 allowed
+POSITIVE = dm_cli.int_at_least(1)       # batch sizes, filters, strides, units
+RATE = dm_cli.float_in(0, low_open=True)     # learning rates, the batch multiplier
+NONNEG = dm_cli.float_in(0)             # weight decays, lr multipliers, class weights
+DROPOUT = dm_cli.float_in(0, 1, high_open=True)
+FINITE = dm_cli.float_in()
 
 # Defaults shared by both trainers (--seed: `dm_cli.default_seed`, as in every tool).
 COMMON_DEFAULTS: dict[str, Any] = dict(
@@ -80,46 +94,46 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-list", dest="class_list", nargs="+",
                    help="class folder names; output column i is class i")
     g = p.add_argument_group("data loading")
-    g.add_argument("--batch-size", "-bs", dest="batch_size", type=int,
+    g.add_argument("--batch-size", "-bs", dest="batch_size", type=POSITIVE,
                    help="validation/test batch; training uses batch-size x train-bs-multiplier")
-    g.add_argument("--train-bs-multiplier", dest="train_bs_multiplier", type=float,
+    g.add_argument("--train-bs-multiplier", dest="train_bs_multiplier", type=RATE,
                    help="training batch = int(batch-size x this)")
     _bool(g, "load-train-ram", "load_train_ram", "decode the training set once into memory")
     _bool(g, "load-val-ram", "load_val_ram", "decode the validation set once into memory")
     _bool(g, "auto-batch-balance", "auto_batch_balance",
           "weight samples by 1/(class fraction in the batch) so classes count equally")
-    g.add_argument("--pos-cls-weight", dest="pos_cls_weight", type=float,
+    g.add_argument("--pos-cls-weight", dest="pos_cls_weight", type=NONNEG,
                    help="class weight of class 1 (without --auto-batch-balance)")
-    g.add_argument("--neg-cls-weight", dest="neg_cls_weight", type=float,
+    g.add_argument("--neg-cls-weight", dest="neg_cls_weight", type=NONNEG,
                    help="class weight of class 2 (without --auto-batch-balance)")
 
 
 def _training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training stages")
-    g.add_argument("--nb-epoch", "-ne", dest="nb_epoch", type=int,
+    g.add_argument("--nb-epoch", "-ne", dest="nb_epoch", type=COUNT,
                    help="epochs of stage 1 (0 skips it, as when finetuning)")
-    g.add_argument("--all-layer-epochs", dest="all_layer_epochs", type=int,
+    g.add_argument("--all-layer-epochs", dest="all_layer_epochs", type=COUNT,
                    help="epochs of the last stage (all layers train)")
     g.add_argument("--optimizer", dest="optim",
                    choices=["sgd", "rmsprop", "adagrad", "adadelta", "adamax", "adam", "nadam"],
                    help="sgd is Nesterov with momentum 0.9")
     _values(g,
-        ("--init-learningrate -ilr", "init_lr", float,
+        ("--init-learningrate -ilr", "init_lr", RATE,
          "learning rate of stage 1"),
-        ("--all-layer-multiplier", "all_layer_multiplier", float,
+        ("--all-layer-multiplier", "all_layer_multiplier", NONNEG,
          "last-stage learning rate = init-learningrate x this"),
-        ("--weight-decay -wd", "weight_decay", float,
+        ("--weight-decay -wd", "weight_decay", NONNEG,
          "L2 penalty of the trained conv/dense kernels in stage 1"),
-        ("--weight-decay2 -wd2", "weight_decay2", float,
+        ("--weight-decay2 -wd2", "weight_decay2", NONNEG,
          "L2 penalty in the later stages (really applied)"),
-        ("--hidden-dropout -hd", "hidden_dropout", float,
+        ("--hidden-dropout -hd", "hidden_dropout", DROPOUT,
          "dropout rate in stage 1"),
-        ("--hidden-dropout2 -hd2", "hidden_dropout2", float,
+        ("--hidden-dropout2 -hd2", "hidden_dropout2", DROPOUT,
          "dropout rate in the later stages (really applied)"),
-        ("--lr-patience -lrp", "lr_patience", int,
+        ("--lr-patience -lrp", "lr_patience", COUNT,
          "sgd: halve the lr once more than this many epochs made no val-loss "
          "progress, then every this many (Keras 2.0.8 counting)"),
-        ("--es-patience -esp", "es_patience", int,
+        ("--es-patience -esp", "es_patience", COUNT,
          "stop once more than this many epochs of a stage made no val-loss "
          "progress (Keras 2.0.8 counting)"),
     )
@@ -131,7 +145,7 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                    help="frozen BatchNormalization layers: 'batch' normalise with batch "
                         "statistics and update their moving averages (Keras 2.0.8, the "
                         "original); 'inference' use their moving statistics (Keras 3)")
-    g.add_argument("--bias-multiplier", dest="bias_multiplier", type=float,
+    g.add_argument("--bias-multiplier", dest="bias_multiplier", type=FINITE,
                    help="accepted for the original scripts; has no effect (Keras has no "
                         "per-weight learning rates)")
     g = p.add_argument_group("outputs")
@@ -173,25 +187,25 @@ def _patch_model_flags(p: argparse.ArgumentParser) -> None:
                    help="local ImageNet 'notop' weights file (default: the Keras cache)")
     _optional(g, "resume-from", "resume_from", str, "start from this saved patch model")
     _values(g,
-        ("--top-layer-epochs", "top_layer_epochs", int,
+        ("--top-layer-epochs", "top_layer_epochs", COUNT,
          "epochs of stage 2 (top of the trunk trains)"),
-        ("--top-layer-multiplier", "top_layer_multiplier", float,
+        ("--top-layer-multiplier", "top_layer_multiplier", NONNEG,
          "stage-2 learning rate = init-learningrate x this"),
-        ("--nb-init-filter -nif", "nb_init_filter", int,
+        ("--nb-init-filter -nif", "nb_init_filter", POSITIVE,
          "ResNetBuilder nets: filters of the first convolution"),
-        ("--init-filter-size -ifs", "init_filter_size", int,
+        ("--init-filter-size -ifs", "init_filter_size", POSITIVE,
          "ResNetBuilder nets: size of the first convolution"),
-        ("--init-conv-stride -ics", "init_conv_stride", int,
+        ("--init-conv-stride -ics", "init_conv_stride", POSITIVE,
          "ResNetBuilder nets: stride of the first convolution"),
-        ("--max-pooling-size -mps", "pool_size", int,
+        ("--max-pooling-size -mps", "pool_size", COUNT,
          "ResNetBuilder nets: first max pooling size (0: none)"),
-        ("--max-pooling-stride -mpr", "pool_stride", int,
+        ("--max-pooling-stride -mpr", "pool_stride", POSITIVE,
          "ResNetBuilder nets: first max pooling stride"),
-        ("--alpha", "alpha", float,
+        ("--alpha", "alpha", NONNEG,
          "ResNetBuilder nets: elastic-net penalty of the classifier"),
-        ("--l1-ratio", "l1_ratio", float,
+        ("--l1-ratio", "l1_ratio", dm_cli.float_in(0, 1),
          "ResNetBuilder nets: L1 share of the elastic-net penalty"),
-        ("--inp-dropout -id", "inp_dropout", float,
+        ("--inp-dropout -id", "inp_dropout", DROPOUT,
          "ResNetBuilder nets: dropout on the input"),
     )
 
@@ -210,24 +224,24 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
                         "default: found by meaning")
     g.add_argument("--block-type", dest="block_type", choices=["resnet", "vgg"],
                    help="top blocks: resnet bottlenecks or vgg conv blocks")
-    g.add_argument("--top-depths", dest="top_depths", nargs="+", type=int,
+    g.add_argument("--top-depths", dest="top_depths", nargs="+", type=POSITIVE,
                    help="filters of each top block")
-    g.add_argument("--top-repetitions", dest="top_repetitions", nargs="+", type=int,
+    g.add_argument("--top-repetitions", dest="top_repetitions", nargs="+", type=POSITIVE,
                    help="units in each top block")
-    g.add_argument("--bottleneck-enlarge-factor", dest="bottleneck_enlarge_factor", type=int,
-                   help="bottleneck output = depth x this")
+    g.add_argument("--bottleneck-enlarge-factor", dest="bottleneck_enlarge_factor",
+                   type=POSITIVE, help="bottleneck output = depth x this")
     _bool(g, "add-heatmap", "add_heatmap", "insert the patch-classifier heatmap layer")
-    g.add_argument("--avg-pool-size", dest="avg_pool_size", nargs=2, type=int,
+    g.add_argument("--avg-pool-size", dest="avg_pool_size", nargs=2, type=dm_cli.pixels,
                    help="heatmap average pooling size")
-    g.add_argument("--hm-strides", dest="hm_strides", nargs=2, type=int,
+    g.add_argument("--hm-strides", dest="hm_strides", nargs=2, type=dm_cli.pixels,
                    help="heatmap average pooling strides")
-    g.add_argument("--hm-pool-size", dest="hm_pool_size", nargs=2, type=int,
+    g.add_argument("--hm-pool-size", dest="hm_pool_size", nargs=2, type=dm_cli.pixels,
                    help="max pooling after the heatmap layer")
     _bool(g, "add-conv", "add_conv", "convolutional top blocks (else fully connected)")
     _bool(g, "add-shortcut", "add_shortcut", "with --no-add-conv: a Dense shortcut to the logits")
-    g.add_argument("--fc-init-units", dest="fc_init_units", type=int,
+    g.add_argument("--fc-init-units", dest="fc_init_units", type=POSITIVE,
                    help="units of the first FC layer (halving after)")
-    g.add_argument("--fc-layers", dest="fc_layers", type=int, help="number of FC layers")
+    g.add_argument("--fc-layers", dest="fc_layers", type=COUNT, help="number of FC layers")
 
 
 def _fidelity_flags(p: argparse.ArgumentParser, kind: str) -> None:
@@ -339,3 +353,45 @@ def original_run_config(kind: str, train_dir, val_dir, test_dir, **kw):
     if kind == "image" and (args["patch_model_state"] is None) == (args["resume_from"] is None):
         raise OriginalAPIError("run(): give exactly one of patch_model_state and resume_from")
     return config_class(kind)(**args)
+
+
+def history_path(history_csv: str | None, best_model: str | None) -> str:
+    """--history-csv, else `<best model>.history.csv`."""
+    if history_csv:
+        return history_csv
+    if best_model:
+        return str(pathlib.Path(best_model).with_suffix("")) + ".history.csv"
+    return "history.csv"
+
+
+def last_checkpoint_path(best_model: str | None, final_model: str | None,
+                         history_csv: str | None) -> str | None:
+    """`<best model>.last.keras`: the model, optimiser and run position after each epoch."""
+    for p in (best_model, final_model, history_csv):
+        if p:
+            return str(pathlib.Path(p).with_suffix("")) + ".last.keras"
+    return None
+
+
+def check_run(cfg) -> None:
+    """A trainer's refusals before TensorFlow loads: each model file it starts from (missing,
+    with how a published one is made, or truncated), the three class-folder sets, and every
+    file it writes (best, final and last models, history, TensorBoard folder) checked
+    against what it reads: no run writes over its own input (`dm_output.check_not_input`),
+    e.g. `--best-model` equal to `--resume-from`."""
+    models = [(f"--{k.replace('_', '-')}", getattr(cfg, k, None))
+              for k in ("resume_from", "patch_model_state", "pretrained_weights")]
+    for flag, path in models[:2]:
+        if path is not None:
+            dm_convert_checkpoint.require_model_file(path, flag)
+    for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
+        dm_listing.list_class_folders(folder, cfg.class_list)
+    inputs = models + [("TRAIN_DIR", cfg.train_dir), ("VAL_DIR", cfg.val_dir),
+                       ("TEST_DIR", cfg.test_dir)]
+    outputs = [("--best-model", cfg.best_model), ("--final-model", cfg.final_model),
+               ("--history-csv", history_path(cfg.history_csv, cfg.best_model)),
+               ("the last-epoch checkpoint", last_checkpoint_path(
+                   cfg.best_model, cfg.final_model, cfg.history_csv)),
+               ("--tensorboard", cfg.tensorboard)]
+    for flag, path in outputs:
+        dm_output.check_not_input(path, inputs, flag)

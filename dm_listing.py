@@ -101,21 +101,47 @@ class ImageList:
 
 
 def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None, *,
-                   split: str | None = None, label_required: bool = False) -> ImageList:
-    """The one reader of a CSV listing images (prediction's `--csv`; `label_required` is the
-    rule for a labelled training list).
+                   split: str | None = None) -> ImageList:
+    """The one reader of a CSV listing images (prediction's `--csv`).
 
     Column names are matched without case or surrounding blanks (a BOM is ignored). The
     image is `path` (relative to the CSV's folder) or, in a recipe's `images.csv`,
-    `full_img_file` (a file in `full_images/` beside the CSV). `label` is an index or a
-    class name of `class_list`; it may be absent unless `label_required` (training). `split`
-    keeps the rows whose `split` column has that value. Every other column is kept as text
-    in `extra`. Each image must exist, so a bad row fails here with its line, not mid-run.
+    `full_img_file` (a file in `full_images/` beside the CSV); paths are kept as the CSV
+    and the CSV's own path give them (a relative CSV path gives relative image paths).
+    `label`, optional, is an index or a class name of `class_list`. `split` keeps the rows
+    whose `split` column has that value. Every other column is kept as text in `extra`.
+    Each image must exist, so a bad row fails here with its line, not mid-run.
     """
-    csv_path = os.fspath(csv_path)
+    t = _csv_rows(os.fspath(csv_path), split)
+    labels = None if t.label is None else np.asarray(
+        [_label_index((row.get(t.label) or "").strip(), class_list, where)
+         for row, where in zip(t.rows, t.where)], np.int64)
+    extra = {c: [(r.get(c) or "").strip() for r in t.rows] for c in t.fields
+             if c not in (t.path, t.label)}
+    return ImageList(t.paths, labels, extra)
+
+
+def csv_image_paths(csv_path: str | os.PathLike, split: str | None = None) -> list[str]:
+    """The images a CSV lists, found and checked as `read_image_csv` does but without its
+    labels: what a tool can check before it knows the class names (before TensorFlow)."""
+    return _csv_rows(os.fspath(csv_path), split).paths
+
+
+@dataclass
+class _CsvRows:
+    fields: list[str]
+    rows: list[dict]
+    where: list[str]            # "<csv>: line N" of each row
+    path: str                   # the column naming the image
+    label: str | None
+    paths: list[str]
+
+
+def _csv_rows(csv_path: str, split: str | None) -> _CsvRows:
+    """The rows of an image CSV (after `split`) with their images, each checked to exist."""
     if not os.path.isfile(csv_path):
         raise DatasetError(f"{csv_path}: CSV file not found")
-    base = os.path.dirname(os.path.abspath(csv_path))
+    base = os.path.dirname(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [(c or "").strip() for c in (reader.fieldnames or [])]
@@ -125,18 +151,15 @@ def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None
             rows.append(row)
             lines.append(reader.line_num)   # the file line the row ends on (quoted newlines)
     lower = [c.lower() for c in fields]
-    expected = "'path,label' (or a recipe's 'full_img_file,label')" if label_required else \
-        "'path' (or a recipe's 'full_img_file')"
     if "path" in lower:
         pcol = fields[lower.index("path")]
     elif "full_img_file" in lower:
         pcol = fields[lower.index("full_img_file")]
         base = os.path.join(base, "full_images")
     else:
-        raise DatasetError(f"{csv_path}: expected columns {expected}, got {fields}")
+        raise DatasetError(f"{csv_path}: expected columns 'path' (or a recipe's "
+                           f"'full_img_file'), got {fields}")
     lcol = fields[lower.index("label")] if "label" in lower else None
-    if label_required and lcol is None:
-        raise DatasetError(f"{csv_path}: expected columns {expected}, got {fields}")
     if split is not None:
         if "split" not in lower:
             raise DatasetError(f"{csv_path}: --split given but the CSV has no 'split' column")
@@ -147,21 +170,16 @@ def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None
             raise DatasetError(f"{csv_path}: no rows with split {split!r}")
     if not rows:
         raise DatasetError(f"{csv_path}: no rows")
-    paths: list[str] = []
-    labels: list[int] = []
-    for line, row in zip(lines, rows):
-        where = f"{csv_path}: line {line}"
+    paths, where = [], [f"{csv_path}: line {line}" for line in lines]
+    for w, row in zip(where, rows):
         p = (row.get(pcol) or "").strip()
         if not p:
-            raise DatasetError(f"{where}: empty path")
+            raise DatasetError(f"{w}: empty path")
         p = p if os.path.isabs(p) else os.path.join(base, p)
         if not os.path.isfile(p):
-            raise DatasetError(f"{where}: image not found: {p}")
+            raise DatasetError(f"{w}: image not found: {p}")
         paths.append(p)
-        if lcol is not None:
-            labels.append(_label_index((row.get(lcol) or "").strip(), class_list, where))
-    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in fields if c not in (pcol, lcol)}
-    return ImageList(paths, None if lcol is None else np.asarray(labels, np.int64), extra)
+    return _CsvRows(fields, rows, where, pcol, lcol, paths)
 
 
 def _label_index(text: str, class_list: Sequence[str] | None, where: str) -> int:

@@ -4,7 +4,9 @@ A rename replaces whatever the name points at, so renaming onto `/dev/stdout` (a
 or a FIFO would turn it into a plain file: such targets are written through instead.
 Temporary files are created with mode 0600 (0700 for folders), which a rename would keep:
 the final file gets the mode any other tool would give it (0666 / 0777 minus the umask).
-`-` means standard output. See docs/reliability.md.
+`-` means standard output. Before any work, a tool checks its outputs: writable
+(`check_writable`) and none of them one of its inputs (`check_not_input`: no tool writes
+over what it reads). See docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -233,3 +235,43 @@ def check_writable(path: str | None, flag: str = "--out", folder: bool = False) 
                                  f"{e.strerror or e}) ({flag})") from None
     os.close(fd)
     os.remove(probe)
+
+
+def _stat(path: str):
+    try:
+        return os.stat(path)
+    except (OSError, ValueError):
+        return None
+
+
+def check_not_input(path: str | os.PathLike | None, inputs, flag: str = "--out",
+                    holds: bool = False) -> None:
+    """Refuse (one line, before any work) an output that is one of the command's inputs: no
+    tool writes over what it reads. The same file or folder is recognised under any
+    spelling: relative or absolute, through a symlink (written through, it would replace
+    its target) or a hard link. With `holds` (`path` is a folder the command replaces or
+    fills as its own) an input inside it is refused too.
+
+    `inputs`: paths, or (flag, path) pairs naming where each came from; None is skipped.
+    `-` and this process's standard output are never an input."""
+    if path is None or is_stdout(os.fspath(path)):
+        return
+    path = os.fspath(path)
+    real, st = os.path.realpath(path), _stat(path)
+    inside = real.rstrip(os.sep) + os.sep
+    for item in inputs:
+        what, given = item if isinstance(item, tuple) else ("input", item)
+        if given is None:
+            continue
+        given = os.fspath(given)
+        other = os.path.realpath(given)
+        named = f"the {what}" + ("" if given == path else f" {given}")
+        if other == real or (st is not None and (o := _stat(given)) is not None
+                             and os.path.samestat(st, o)):
+            raise OutputRefusedError(f"{path} ({flag}) is {named}, which this command reads: "
+                                     f"writing it would replace the input; choose another "
+                                     f"{flag}")
+        if holds and other.startswith(inside):
+            raise OutputRefusedError(f"{path} ({flag}) holds {named}, which this command "
+                                     f"reads: writing the folder would replace or mix with "
+                                     f"the input; choose another {flag}")

@@ -12,10 +12,13 @@ patient_id, side, view, used by evaluate.py for breast/exam aggregation); a reci
 Images of another bit depth than the model was trained on are refused unless
 `--convert-bit-depth`. `--export DIR` writes a serving SavedModel (recipe built in) of the single model instead.
 
-Checked before anything is scored (one line, exit 2; docs/reliability.md): sizes the model
-cannot take, an output that cannot be written, and likely mistakes, each with the flag that
-forces it: whole mammograms for a patch model (--allow-whole-images), colour images
-(--allow-colour), 12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
+Checked before any model loads (no TensorFlow; one line, exit 2; docs/reliability.md):
+missing models and images, an output that cannot be written or that is one of the inputs
+(`--out` over the `--csv`, a model or an image). Before anything is scored: sizes the model
+cannot take, and likely mistakes, each with the flag that forces it: whole mammograms for a
+patch model (--allow-whole-images), images under half the model's size
+(--allow-small-images), blank images (--allow-blank), colour images (--allow-colour),
+12-bit data in 16-bit PNGs for a 16-bit model (--stored-bits).
 A progress bar goes to stderr when it is a terminal (DM_PROGRESS=1 forces it).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 from typing import Any, Sequence
 
 import dm_cli
+import dm_convert_checkpoint
 import dm_inputs
 import dm_output
 import dm_pixels
@@ -53,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{STDOUT_MAX_IMAGES} images)")
     p.add_argument("--test-augment", action="store_true",
                    help="average the image and its horizontal, vertical and double flips")
-    p.add_argument("--batch-size", type=int, default=4, help="images per model call")
+    p.add_argument("--batch-size", type=dm_cli.int_at_least(1), default=4,
+                   help="images per model call")
     dm_cli.add_image_check_flags(p, "score")
     p.add_argument("--allow-whole-images", action="store_true",
                    help="let a patch model score images over twice its patch size (each is "
@@ -78,21 +83,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
-    import dm_calibration  # deferred for --help (docs/modules.md)
-    import dm_scoring  # deferred for --help (docs/modules.md)
-    if args.batch_size < 1:
-        raise dm_inputs.InferenceError(f"--batch-size must be >= 1, got {args.batch_size}")
+def precheck(args) -> None:
+    """What predict refuses before any model loads (no TensorFlow, about a second): the
+    flags, missing models and images, an output that cannot be written or that would write
+    over an input, and more than STDOUT_MAX_IMAGES images for standard output."""
     if args.split and not args.csv:
         raise dm_inputs.InferenceError("--split goes with --csv")
+    for m in args.models:
+        dm_convert_checkpoint.require_model_file(m)
     scoring = bool(args.images or args.image_dir or args.csv)
+    paths = dm_inputs.early_inputs(args.images, args.image_dir, args.csv, args.split) \
+        if scoring or not (args.export or args.export_onnx) else []
     # Every output location first, so a long run cannot fail at its end.
-    if scoring and args.out is not None:
-        dm_output.check_writable(args.out, "--out")
-    if args.export:
-        dm_output.check_writable(args.export, "--export", folder=True)
-    if args.export_onnx:
-        dm_output.check_writable(args.export_onnx, "--export-onnx")
+    inputs = [("MODEL", m) for m in args.models] + [("--csv", args.csv),
+                                                    ("--image-dir", args.image_dir)]
+    inputs += [("image", p) for p in paths or ()]
+    for flag, dest, folder in (("--out", args.out if scoring else None, False),
+                               ("--export", args.export, True),
+                               ("--export-onnx", args.export_onnx, False)):
+        dm_output.check_writable(dest, flag, folder=folder)
+        dm_output.check_not_input(dest, inputs, flag, holds=folder)
+    if scoring and not args.out and paths is not None:
+        _check_stdout_size(len(paths))
+
+
+def _check_stdout_size(n: int) -> None:
+    if n > STDOUT_MAX_IMAGES:
+        raise dm_inputs.InferenceError(f"{n} images: give --out FILE (or --out - to print the "
+                                       "CSV)")
+
+
+def run(args) -> int:
+    """The command after its flags are parsed: `precheck`, then `score`."""
+    precheck(args)
+    return score(args)
+
+
+def score(args) -> int:
+    """Load the models, export and/or score (after `precheck`)."""
+    import dm_calibration  # deferred for --help (docs/modules.md)
+    import dm_scoring  # deferred for --help (docs/modules.md)
+    scoring = bool(args.images or args.image_dir or args.csv)
     models = dm_scoring.load_models(args.models, safe_mode=not args.unsafe_load)
     class_list = dm_scoring.common_class_list(models, args.class_list)
     recipes = [m.recipe(**dm_recipe.flag_values(args)) for m in models]   # sizes checked here
@@ -109,11 +140,11 @@ def run(args) -> int:
             return 0
     inputs = dm_inputs.gather_inputs(args.images, args.image_dir, args.csv, class_list, args.split)
     out = args.out or "-"
-    if not args.out and len(inputs.paths) > STDOUT_MAX_IMAGES:
-        raise dm_inputs.InferenceError(f"{len(inputs.paths)} images: give --out FILE (or --out - to "
-                                 "print the CSV)")
+    if not args.out:    # a folder of class folders: known now that the class names are
+        _check_stdout_size(len(inputs.paths))
     allow = dm_preflight.Allow(colour=args.allow_colour, whole_images=args.allow_whole_images,
-                               stored_bits=args.stored_bits)
+                               stored_bits=args.stored_bits, small=args.allow_small,
+                               blank=args.allow_blank)
     depths = [dm_pixels.file_bit_depth(p) for p in inputs.paths]
     depths = dm_preflight.check_images(inputs.paths, models, recipes, allow, depths)
     if args.mixed_precision:  # scoring only: the export above stays float32
@@ -128,8 +159,8 @@ def run(args) -> int:
                                                depths=depths, progress=bar),
             enabled=not args.no_calibration)
     dm_inputs.write_predictions_csv(out, inputs, probs, class_list)
-    log.info("wrote %d predictions (%s) to %s", len(inputs.paths), ", ".join(class_list),
-             "standard output" if out == "-" else out)
+    log.info("wrote %s (%s) to %s", dm_cli.plural(len(inputs.paths), "prediction"),
+             ", ".join(class_list), "standard output" if out == "-" else out)
     return 0
 
 
@@ -141,13 +172,12 @@ def predict(models: Sequence[str], **options: Any) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    dm_cli.setup_logging()      # first: TensorFlow then adds no handler of its own
-    dm_cli.quiet_tensorflow()
-    if args.export or args.export_onnx or not (args.out is None or dm_output.is_stdout(args.out)):
-        return dm_cli.guarded("predict", run, args)
-    with dm_cli.log_to_stderr():      # the CSV goes to standard output
-        return dm_cli.guarded("predict", run, args)
+    """Flags, then the checks that need no TensorFlow, then the models; when the CSV goes
+    to standard output the log goes to stderr."""
+    def csv_to_stdout(a) -> bool:
+        return not (a.export or a.export_onnx) and (a.out is None or dm_output.is_stdout(a.out))
+    return dm_cli.run_tool("predict", build_parser().parse_args, score, argv, tensorflow=True,
+                           precheck=precheck, stderr_log=csv_to_stdout)
 
 
 if __name__ == "__main__":

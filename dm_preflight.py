@@ -8,13 +8,22 @@ forces them (docs/reliability.md, bad-input table).
   each be shrunk to one patch): `--allow-whole-images`;
 - a colour image (its channels really differ) for these grey-mammogram models:
   `--allow-colour`;
+- an image far smaller than the model's input (under half of it in height or width; for
+  the sliding window, under half a patch): a thumbnail or the wrong file, enlarged into
+  nonsense: `--allow-small-images`;
+- a blank image (every pixel the same value: a failed export, an empty scan):
+  `--allow-blank`;
 - 16-bit PNGs whose values never exceed 4095 (12-bit data stored in 16 bits, the classic
   export mistake) for a model trained on full-range 16-bit images: `--stored-bits N`
   says how many bits the PNGs use (12: converted with `--convert-bit-depth`, as a
-  DICOM with BitsStored 12 is; 16: scored as they are).
+  DICOM with BitsStored 12 is; 16: scored as they are). Blank images are left out of
+  this test (an all-zero image is blank, not 12-bit data).
 
-Image sizes and channel counts come from the file headers; only files whose header says
-colour are decoded (to tell a colour photo from a grey image saved as RGB), and for the
+Image sizes and channel counts come from the file headers. Only these files are decoded:
+those whose header says colour (to tell a colour photo from a grey image saved as RGB);
+those that may be blank, i.e. small ones (at most `DECODE_PIXELS` pixels) and those
+compressed over `BLANK_RATIO` times (a constant image compresses to almost nothing, a
+mammogram 2-5 times; an uncompressed blank BMP or DICOM is not caught); and for the
 12-bit test a sample of at most `SAMPLE` 16-bit PNGs.
 """
 from __future__ import annotations
@@ -31,6 +40,9 @@ from dm_errors import InputError
 
 SAMPLE = 8            # 16-bit PNGs decoded for the 12-bit test
 LARGE = 2.0           # a patch model refuses images more than this many patches high or wide
+SMALL = 0.5           # images under this fraction of the model's size (height or width)
+DECODE_PIXELS = 1 << 18   # images of at most this many pixels are decoded for the blank test
+BLANK_RATIO = 20      # ... and larger ones compressed at least this many times
 COLOUR_LEVEL = 0.03   # channels differing by more than this fraction of the range ...
 COLOUR_AREA = 0.01    # ... on more than this fraction of the pixels: a colour image
 MAX_12BIT = 4095
@@ -58,6 +70,8 @@ class Allow:
     colour: bool = False             # --allow-colour
     whole_images: bool = False       # --allow-whole-images
     stored_bits: int | None = None   # --stored-bits N
+    small: bool = False              # --allow-small-images
+    blank: bool = False              # --allow-blank
 
 
 def read_header(path: str) -> Header:
@@ -142,6 +156,13 @@ def check_colour(paths: Sequence[str], headers: Sequence[Header], allow: Allow) 
                     "score the image's grey conversion); add --allow-colour to score it anyway")
 
 
+def how_many(n: int, total: int) -> str:
+    """`the only image is`, `1 of 3 images is`, `2 of 3 images are`."""
+    if total == 1:
+        return "the only image is"
+    return f"{n} of {total} images {'is' if n == 1 else 'are'}"
+
+
 def check_patch_sizes(paths: Sequence[str], headers: Sequence[Header], model_path: str,
                       train_size: Sequence[int], allow: Allow) -> None:
     """Refuse images more than LARGE times a patch model's training patch in height or
@@ -156,9 +177,64 @@ def check_patch_sizes(paths: Sequence[str], headers: Sequence[Header], model_pat
         raise SuspectInputError(
             f"{p}: a {h.height}x{h.width} image, but {model_path} is a patch classifier "
             f"trained on {th}x{tw} patches: the whole image would be shrunk to one patch "
-            f"({len(big)} of {len(paths)} images are over {LARGE:g} times the patch size). "
+            f"({how_many(len(big), len(paths))} over {LARGE:g} times the patch size). "
             "Score mammograms with a whole-image model or map them with "
             "ddsm_train/heatmap_score.py; add --allow-whole-images to score them anyway")
+
+
+def check_small(paths: Sequence[str], headers: Sequence[Header], size, what: str,
+                allow: Allow) -> None:
+    """Refuse images under SMALL of `size` (H, W; a side that is None is not checked) in
+    height or width: `what` names that size (`--allow-small-images` forces them)."""
+    if allow.small or size is None:
+        return
+    th, tw = size
+
+    def small(h: Header) -> bool:
+        return bool(h.height and h.width) and ((th is not None and h.height < SMALL * th)
+                                               or (tw is not None and h.width < SMALL * tw))
+    found = [(p, h) for p, h in zip(paths, headers) if small(h)]
+    if found:
+        p, h = found[0]
+        raise SuspectInputError(
+            f"{p}: a {h.height}x{h.width} image, far smaller than {what} "
+            f"({how_many(len(found), len(paths))} under {SMALL:g} of it in height or width): "
+            "a thumbnail or the wrong file would be enlarged and scored as if it were a "
+            "mammogram; add --allow-small-images to score it anyway")
+
+
+def _may_be_blank(path: str, h: Header) -> bool:
+    """Worth decoding for the blank test: small, or compressed over BLANK_RATIO times."""
+    if not (h.height and h.width):
+        return False
+    pixels = h.height * h.width * (h.channels or 1)
+    if pixels <= DECODE_PIXELS:
+        return True
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    return size * BLANK_RATIO <= pixels * (2 if (h.bits or 8) > 8 else 1)
+
+
+def is_blank(arr: np.ndarray) -> bool:
+    """Every pixel the same value (nothing to see)."""
+    return arr.size > 0 and bool(np.min(arr) == np.max(arr))
+
+
+def check_blank(paths: Sequence[str], headers: Sequence[Header], allow: Allow) -> None:
+    """Refuse the first blank image (`--allow-blank` forces it); see the module doc for
+    which files are decoded."""
+    if allow.blank:
+        return
+    for p, h in zip(paths, headers):
+        if _may_be_blank(p, h):
+            arr = _decode_colour(p, h)
+            if arr is not None and is_blank(arr):
+                raise SuspectInputError(
+                    f"{p}: a blank image (every pixel is {np.ravel(arr)[0]:g}): nothing to "
+                    "score (a failed export or an empty file?); add --allow-blank to score "
+                    "it anyway")
 
 
 def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Sequence[int | None],
@@ -179,8 +255,9 @@ def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Seque
     read = read or dm_pixels.read_image
     step = max(1, len(png16) // SAMPLE)
     sample = png16[::step][:SAMPLE]
-    peaks = [int(np.max(read(paths[i]))) for i in sample]
-    if max(peaks) <= MAX_12BIT:
+    arrays = [read(paths[i]) for i in sample]
+    peaks = [int(np.max(a)) for a in arrays if not is_blank(a)]   # blank: not 12-bit data
+    if peaks and max(peaks) <= MAX_12BIT:
         others = f" (nor do those of the {len(sample) - 1} other 16-bit PNGs checked)" \
             if len(sample) > 1 else ""
         raise SuspectInputError(
@@ -192,16 +269,24 @@ def stored_depths(paths: Sequence[str], headers: Sequence[Header], depths: Seque
 
 
 def check_images(paths: Sequence[str], models: Sequence, recipes: Sequence, allow: Allow,
-                 depths: Sequence[int | None], check_patches: bool = True) -> list[int | None]:
-    """All three checks for `models` (`dm_scoring.LoadedModel`) with their `recipes`;
-    returns the bit depths to score with (see `stored_depths`)."""
+                 depths: Sequence[int | None], check_patches: bool = True,
+                 reference: tuple[Sequence, str] | None = None) -> list[int | None]:
+    """All the checks for `models` (`dm_scoring.LoadedModel`) with their `recipes`;
+    returns the bit depths to score with (see `stored_depths`). An image is small next to
+    each recipe's size, or next to `reference` ((H, W), what it is) when given."""
     paths = list(paths)
     headers = [read_header(p) for p in paths]
     if check_patches:
         for m in models:
             if m.kind == "patch" and m.train_size is not None:
                 check_patch_sizes(paths, headers, m.path, m.train_size, allow)
+    refs = [reference] if reference is not None else [
+        (r.img_size, f"the {r.img_size[0]}x{r.img_size[1]} input of {m.path}")
+        for m, r in zip(models, recipes) if r.img_size is not None]
+    for size, what in refs:
+        check_small(paths, headers, size, what, allow)
     check_colour(paths, headers, allow)
+    check_blank(paths, headers, allow)
     # With img_scale every image is scaled by its own maximum: its depth does not matter.
     full16 = [m.path for m, r in zip(models, recipes) if r.img_scale is None
               and r.input_bits == 16]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+import dm_cli
+import dm_convert_checkpoint
 import dm_dataset
 import dm_modelfile
 import dm_pixels
@@ -130,6 +131,13 @@ class LoadedModel:
             h, w = self.input_hw
             base = Recipe(img_size=(h, w) if h and w else (1152, 896), channels=self.channels)
             log.warning("%s has no stored recipe: using %s plus flags", self.path, base)
+        bits = overrides.get("input_bits")
+        if bits not in (None, base.input_bits) and base.input_bits is not None \
+                and not self.__dict__.get("_bits_said"):      # once per model
+            self.__dict__["_bits_said"] = True
+            log.warning("%s was trained on %d-bit images; --input-bits %s replaces that: "
+                        "images are checked and converted as if it had been trained on "
+                        "%s-bit ones", self.path, base.input_bits, bits, bits)
         recipe = apply_overrides(base, **overrides)
         check_size(recipe, self.input_hw if fixed_input else (None, None), self.path,
                    given=overrides.get("img_size") is not None)
@@ -160,8 +168,7 @@ def load_models(paths: Sequence[str], safe_mode: bool = True) -> list[LoadedMode
     """Load model files with their stored class lists and recipes."""
     out = []
     for p in paths:
-        if not os.path.isfile(p):
-            raise InferenceError(f"{p}: model file not found")
+        dm_convert_checkpoint.require_model_file(p)   # missing (with a hint), truncated
         meta = dm_modelfile.read_model_meta(p)   # ModelFileError (one line) if unreadable
         out.append(LoadedModel(dm_modelfile.load_model(p, safe_mode=safe_mode), meta, p))
     return out
@@ -217,14 +224,22 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
             bs = max(1, batch_size // len(FLIPS)) if tta else batch_size
             ds = dm_dataset.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
                                        bs, training=False)
-            log.info("scoring %d images with %s (recipe %s%s)", len(sub), m.path,
-                     r.to_json(), ", 4-flip TTA" if tta else "")
+            log.info("scoring %s with %s (%s%s)", dm_cli.plural(len(sub), "image"), m.path,
+                     recipe_brief(r), ", 4-flip TTA" if tta else "")
             p = predict(m.model, ds, tta=tta, progress=progress)
             if out is None:
                 out = np.empty((len(paths), p.shape[-1]), np.float32)
             out[idx] = p
         preds.append(out)
     return np.mean(preds, axis=0)
+
+
+def recipe_brief(r: Recipe) -> str:
+    """The recipe in a few words for a log line (the whole of it is in the model file):
+    the size and the bit depth the images are taken as."""
+    size = (f"{r.img_size[0]}x{r.img_size[1]}" if r.img_size else
+            f"height {r.target_height}" if r.target_height else "own size")
+    return f"{size}, {r.input_bits}-bit input" if r.input_bits else size
 
 
 def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
@@ -234,13 +249,12 @@ def bit_conversion(recipe: Recipe, depth: int) -> Recipe:
     return dataclasses.replace(recipe, rescale_factor=(recipe.rescale_factor or 1.0) * factor)
 
 
-#: How to keep another depth in predict.py; heatmap_score passes its own (--img-scale).
+#: How else to keep another depth (predict.py and heatmap_score.py share the flags).
 KEEP_DEPTH_HINT = "or give a matching --rescale-factor with --input-bits"
 
 
 def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Recipe,
-                 convert: bool, model_path: str = "the model",
-                 keep_hint: str = KEEP_DEPTH_HINT) -> list[tuple[list[int], Recipe]]:
+                 convert: bool, model_path: str = "the model") -> list[tuple[list[int], Recipe]]:
     """Split images by bit depth into (indices, recipe) groups, refusing what does not fit.
 
     With `img_scale` every image is scaled by its own maximum, so depth does not matter.
@@ -270,17 +284,17 @@ def depth_groups(paths: Sequence[str], depths: Sequence[int | None], recipe: Rec
         if d != want and not convert:
             raise InferenceError(
                 f"{paths[idx[0]]}: {d}-bit image, but {model_path} was trained on {want}-bit "
-                f"images; add --convert-bit-depth to scale it to {want} bits ({keep_hint})")
+                f"images; add --convert-bit-depth to scale it to {want} bits "
+                f"({KEEP_DEPTH_HINT})")
     return [(idx, recipe if d == want else bit_conversion(recipe, d))
             for d, idx in sorted(groups.items())]
 
 
 def recipe_for_image(path: str, recipe: Recipe, convert: bool = False,
-                     model_path: str = "the model", depth: int | None = None,
-                     keep_hint: str = KEEP_DEPTH_HINT) -> Recipe:
+                     model_path: str = "the model", depth: int | None = None) -> Recipe:
     """The recipe to apply to one image file after the bit-depth check of `depth_groups`
     (refused, or converted with `convert`), for tools that read images one at a time
     (heatmaps). `depth`: the file's depth when known, else read from its header."""
     d = depth if depth is not None else dm_pixels.file_bit_depth(path)
-    [(_, r)] = depth_groups([path], [d], recipe, convert, model_path, keep_hint)
+    [(_, r)] = depth_groups([path], [d], recipe, convert, model_path)
     return r

@@ -23,6 +23,7 @@ import numpy as np
 from tensorflow.python.framework import config as tf_config
 
 import dm_callbacks
+import dm_cli
 import dm_dataset
 import dm_distribute
 import dm_flags
@@ -115,7 +116,8 @@ def load_split(folder: str, class_list, recipe: Recipe, *, batch_size: int, seed
     paths, labels = dm_listing.list_class_folders(folder, class_list)
     ds = dm_dataset.make_dataset(paths, labels, recipe, len(class_list), batch_size,
                                training=False, seed=seed, load_ram=load_ram)
-    log.info("%s: %d images %s", folder, len(labels), dm_listing.class_counts(labels, class_list))
+    log.info("%s: %s %s", folder, dm_cli.plural(len(labels), "image"),
+             dm_listing.class_counts(labels, class_list))
     return Split(ds, np.asarray(labels))
 
 
@@ -126,24 +128,6 @@ def check_validation_classes(split: Split, folder: str, class_list) -> None:
         names = [class_list[i] for i in present]
         raise RunError(f"{folder}: validation set has only class {names}; AUROC and model "
                        "selection need at least two classes")
-
-
-def history_path(history_csv: str | None, best_model: str | None) -> str:
-    """--history-csv, else `<best model>.history.csv`."""
-    if history_csv:
-        return history_csv
-    if best_model:
-        return str(pathlib.Path(best_model).with_suffix("")) + ".history.csv"
-    return "history.csv"
-
-
-def last_checkpoint_path(best_model: str | None, final_model: str | None,
-                         history_csv: str | None) -> str | None:
-    """`<best model>.last.keras`: the model, optimiser and run position after each epoch."""
-    for p in (best_model, final_model, history_csv):
-        if p:
-            return str(pathlib.Path(p).with_suffix("")) + ".last.keras"
-    return None
 
 
 def config_fingerprint(cfg) -> str:
@@ -353,6 +337,24 @@ def useless_flags(cfg, kind: "str | TrainerSpec") -> list[str]:
     return out
 
 
+def renamed_classes(cfg) -> list[str]:
+    """A warning line when --class-list names the outputs of the --resume-from model
+    otherwise than its file does: finetuning to new class names is allowed (output column
+    i becomes class i), but said, since a wrong order silently swaps the classes."""
+    path = getattr(cfg, "resume_from", None)
+    try:
+        meta = dm_modelfile.read_model_meta(path) if path and os.path.isfile(path) else None
+    except InputError:      # an unreadable file is refused by the loader, with its reason
+        return []
+    if (meta is None or tuple(meta.class_list) == tuple(cfg.class_list)
+            or len(meta.class_list) != len(cfg.class_list)):
+        return []
+    pairs = ", ".join(f"{a} -> {b}" for a, b in zip(meta.class_list, cfg.class_list))
+    return [f"{path} was trained with classes {' '.join(meta.class_list)}; --class-list "
+            f"{' '.join(cfg.class_list)} renames its outputs in order ({pairs}); give "
+            f"--class-list {' '.join(meta.class_list)} to keep its names"]
+
+
 class RunLock:
     """`<best model>.lock`, held (flock) while a run writes that model: a second run with
     the same --best-model is refused. The kernel drops the lock when the process ends, even
@@ -402,11 +404,11 @@ def train_and_test(cfg, kind: "str | TrainerSpec", build_model: Callable[[], Any
     if cfg.bias_multiplier is not None:
         log.warning("--bias-multiplier %s has no effect (Keras has no per-weight learning "
                     "rates); accepted so the original scripts run", cfg.bias_multiplier)
-    for line in useless_flags(cfg, kind):
+    for line in useless_flags(cfg, kind) + renamed_classes(cfg):
         log.warning("%s", line)
     # Non-chief workers write to scratch paths but resume from the chief's last checkpoint.
     user_cfg, cfg = cfg, dm_distribute.worker_config(cfg)
-    chief_last = last_checkpoint_path(user_cfg.best_model, user_cfg.final_model,
+    chief_last = dm_flags.last_checkpoint_path(user_cfg.best_model, user_cfg.final_model,
                                       user_cfg.history_csv)
     with RunLock(cfg.best_model):
         result = _train_and_test(cfg, _spec(kind), build_model, make_stages, meta_extra,
@@ -420,7 +422,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     classes = list(cfg.class_list)
     input_bits = check_split_folders((cfg.train_dir, cfg.val_dir, cfg.test_dir), classes,
                                      cfg.rescale_factor)
-    last = last_checkpoint_path(cfg.best_model, cfg.final_model, cfg.history_csv)
+    last = dm_flags.last_checkpoint_path(cfg.best_model, cfg.final_model, cfg.history_csv)
     state = find_resume_state(chief_last, fingerprint, cfg.resume)
     strategy = setup_runtime(cfg.seed, cfg.mixed_precision, cfg.distribute,
                              cfg.deterministic)
@@ -457,7 +459,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
             train_bs, training=True, augment=augment, seed=cfg.seed,
             auto_batch_balance=cfg.auto_batch_balance, class_weight=weights,
             start_epoch=start_epoch)
-    log.info("%s: %d images %s", cfg.train_dir, len(train_labels),
+    log.info("%s: %s %s", cfg.train_dir, dm_cli.plural(len(train_labels), "image"),
              dm_listing.class_counts(train_labels, cfg.class_list))
 
     checkpoint = spec.checkpoint(val, cfg.best_model, meta)
@@ -465,7 +467,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
         checkpoint.best = state["best"]
     callbacks, stateful = make_callbacks(
         checkpoint, state, es_patience=cfg.es_patience, optim=cfg.optim,
-        lr_patience=cfg.lr_patience, history_csv=history_path(cfg.history_csv, cfg.best_model),
+        lr_patience=cfg.lr_patience, history_csv=dm_flags.history_path(cfg.history_csv, cfg.best_model),
         tensorboard=cfg.tensorboard)
     guard = dm_callbacks.NanGuard()
     stages = dm_stages.apply_fidelity_flags(cfg, spec.kind, make_stages(model))

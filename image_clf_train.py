@@ -71,9 +71,15 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
-    import dm_modelfile  # deferred for --help (docs/modules.md)
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("image", cfg, *dirs, **original_kw)
+    dm_flags.check_run(cfg)
+    return train(cfg)
+
+
+def train(cfg) -> dict:
+    """`run` after its checks (`dm_flags.check_run`)."""
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     import dm_stages  # deferred for --help (docs/modules.md)
     import dm_train  # deferred for --help (docs/modules.md)
     extra = {"patch_net": cfg.patch_net, "block_type": cfg.block_type,
@@ -92,8 +98,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
 def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
     Ctrl-C exits 130 with one line."""
-    return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), run, argv, tensorflow=True,
-                           resumable=True)
+    return dm_cli.run_tool("image_clf_train", lambda a: dm_flags.parse("image", a), train, argv,
+                           tensorflow=True, resumable=True, precheck=dm_flags.check_run)
 
 
 if __name__ == "__main__":

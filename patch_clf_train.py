@@ -39,10 +39,16 @@ def run(cfg, *dirs, **original_kw) -> dict:
 
     Also the original's `run(train_dir, val_dir, test_dir, **keywords)`
     (`dm_flags.original_run_config`)."""
-    import dm_layers  # deferred for --help (docs/modules.md)
-    import dm_modelfile  # deferred for --help (docs/modules.md)
     if isinstance(cfg, (str, os.PathLike)):
         cfg = dm_flags.original_run_config("patch", cfg, *dirs, **original_kw)
+    dm_flags.check_run(cfg)
+    return train(cfg)
+
+
+def train(cfg) -> dict:
+    """`run` after its checks (`dm_flags.check_run`)."""
+    import dm_layers  # deferred for --help (docs/modules.md)
+    import dm_modelfile  # deferred for --help (docs/modules.md)
     import dm_patch_nets  # deferred for --help (docs/modules.md)
     import dm_stages  # deferred for --help (docs/modules.md)
     import dm_train  # deferred for --help (docs/modules.md)
@@ -71,8 +77,8 @@ def run(cfg, *dirs, **original_kw) -> dict:
 def main(argv=None) -> int:
     """Parse first (so --help needs no TensorFlow), then train; input problems exit 2,
     Ctrl-C exits 130 with one line."""
-    return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), run, argv, tensorflow=True,
-                           resumable=True)
+    return dm_cli.run_tool("patch_clf_train", lambda a: dm_flags.parse("patch", a), train, argv,
+                           tensorflow=True, resumable=True, precheck=dm_flags.check_run)
 
 
 if __name__ == "__main__":

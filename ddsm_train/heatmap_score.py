@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 import pandas as pd
 
 import dm_cli  # noqa: E402
+import dm_convert_checkpoint
 import dm_inputs
 import dm_output
 import dm_overlay
@@ -79,7 +80,7 @@ def list_items(img_folder: str, pat_csv: str | None, pat_list: str | None) -> li
     """Images to score with their patient, side and view (see module doc)."""
     if pat_csv is None:
         items = []
-        for p in dm_inputs.list_images(img_folder):
+        for p in dm_inputs.list_images(img_folder, "IMG_FOLDER takes a folder"):
             stem = os.path.splitext(os.path.basename(p))[0]
             m = _NAME.match(stem)
             items.append(Item(p, m["pat"], m["side"].upper(), m["view"].upper()) if m
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relative: each map divided by its own maximum; absolute: the "
                         "class-score units of Grad-CAM, shown on the fixed range "
                         "[0, --grad-cam-max] (a model without evidence stays dark)")
-    m.add_argument("--grad-cam-max", type=float, default=1.0,
+    m.add_argument("--grad-cam-max", type=dm_cli.float_in(0, low_open=True), default=1.0,
                    help="top of the colour scale with --grad-cam-scale absolute")
     m.add_argument("--patch-model", help="fprop with a whole-image MODEL: the patch model "
                    "whose Dense classifies the trunk's features")
@@ -194,13 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("geometry")
     dm_cli.add_img_size(g, help="resize (fprop: 1152 896 for patch models, else the model's recipe; "
                         "sliding window: no resize)", short=True)
-    g.add_argument("--img-height", "-ih", type=int,
+    g.add_argument("--img-height", "-ih", type=dm_cli.pixels,
                    help="sliding window: resize to this height, aspect kept")
     g.add_argument("--no-img-height", dest="img_height", action="store_const", default=argparse.SUPPRESS, const=None,
                    help="unset --img-height")
-    g.add_argument("--patch-size", type=int, help="default: the patch model's input size")
-    g.add_argument("--stride", type=int, default=8, help="sliding-window step in pixels")
-    g.add_argument("--batch-size", type=int, default=128, help="patches per batch")
+    g.add_argument("--patch-size", type=dm_cli.pixels,
+                   help="default: the patch model's input size")
+    g.add_argument("--stride", type=dm_cli.pixels, default=8, help="sliding-window step in pixels")
+    g.add_argument("--batch-size", type=dm_cli.int_at_least(1), default=128,
+                   help="patches per batch")
     dm_cli.add_image_check_flags(g, "map")
     g.add_argument("--segment", dest="segment", action="store_true", default=True,
                    help="sliding window: crop to the breast first")
@@ -208,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pad", dest="pad", action="store_true", default=True,
                    help="sliding window: pad by half a patch")
     g.add_argument("--no-pad", dest="pad", action="store_false", default=argparse.SUPPRESS, help="turn off --pad")
-    g.add_argument("--avg-pool-size", nargs=2, type=int, default=[7, 7], metavar=("H", "W"),
-                   help="fprop: average-pooling window on the trunk's feature map")
-    g.add_argument("--hm-strides", nargs=2, type=int, default=[1, 1], metavar=("H", "W"),
+    g.add_argument("--avg-pool-size", nargs=2, type=dm_cli.pixels, default=[7, 7],
+                   metavar=("H", "W"), help="fprop: average-pooling window on the trunk's "
+                   "feature map")
+    g.add_argument("--hm-strides", nargs=2, type=dm_cli.pixels, default=[1, 1], metavar=("H", "W"),
                    help="fprop: strides of that pooling")
     io = p.add_argument_group("images and output")
     io.add_argument("--pat-csv", help="CSV with patient_id, side, view or path [, cancer]; "
@@ -229,10 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "--no-X switches an item off)")
     dm_cli.add_recipe_flags(r, img_size=False)   # --img-size: the geometry above
     return p
-
-
-# Another bit depth than the model's: what else keeps it, in this tool's own flags.
-KEEP_DEPTH_HINT = "or --img-scale to scale each image by its own maximum"
 
 
 def _name(it: Item) -> str:
@@ -351,27 +351,51 @@ def _fprop_net(model, size, args, patch_model, kind):
     return net, fmap
 
 
+def precheck(args) -> None:
+    """What heatmap_score refuses before any model loads (no TensorFlow): sizes that are
+    not positive, excluding modes, missing models, images or lists, and an output that
+    cannot be written or that would write over an input (overlays are not written into a
+    folder the images come from)."""
+    for flag, v in (("--img-size", args.img_size), ("--img-height", args.img_height),
+                    ("--patch-size", args.patch_size), ("--avg-pool-size", args.avg_pool_size),
+                    ("--hm-strides", args.hm_strides), ("--stride", args.stride),
+                    ("--batch-size", args.batch_size)):
+        vals = list(v) if isinstance(v, (list, tuple)) else [v]
+        if v is not None and min(vals) < 1:
+            raise HeatmapError(f"{flag} {' '.join(map(str, vals))}: must be positive")
+    if args.fprop_mode and args.grad_cam:
+        raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
+    dm_convert_checkpoint.require_model_file(args.dl_state)
+    if args.patch_model:
+        dm_convert_checkpoint.require_model_file(args.patch_model, "--patch-model")
+    items = list_items(args.img_folder, args.pat_csv, args.pat_list)
+    inputs = [("MODEL", args.dl_state), ("--patch-model", args.patch_model),
+              ("IMG_FOLDER", args.img_folder), ("--pat-csv", args.pat_csv),
+              ("--pat-list", args.pat_list)] + [("image", it.path) for it in items]
+    dm_output.check_writable(args.out, "--out")
+    dm_output.check_not_input(args.out, inputs, "--out")
+    if args.overlay_dir:
+        dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
+        folders = {os.path.dirname(it.path) or "." for it in items}
+        dm_output.check_not_input(args.overlay_dir, inputs + [("folder of images", f)
+                                                               for f in sorted(folders)],
+                                  "--overlay-dir")
+
+
 def run(args, *legacy_args, **legacy_kw) -> dict:
     """Score the images. `args` is the parsed flags; the original's call
     `run(img_folder, dl_state, fprop_mode=..., ...)` also works (see docs/original.md, "Code written
     for the original")."""
     if isinstance(args, (str, os.PathLike)):
         return run(parse_original(args, *legacy_args, **legacy_kw))
+    precheck(args)
+    return score_images(args)
+
+
+def score_images(args) -> dict:
+    """`run` after its checks (`precheck`)."""
     import dm_heatmaps  # deferred for --help (docs/modules.md)
     import dm_scoring  # deferred for --help (docs/modules.md)
-    if args.stride < 1 or args.batch_size < 1:
-        raise HeatmapError("--stride and --batch-size must be >= 1")
-    for flag, v in (("--img-size", args.img_size), ("--img-height", args.img_height),
-                    ("--patch-size", args.patch_size), ("--avg-pool-size", args.avg_pool_size),
-                    ("--hm-strides", args.hm_strides)):
-        vals = list(v) if isinstance(v, (list, tuple)) else [v]
-        if v is not None and min(vals) < 1:
-            raise HeatmapError(f"{flag} {' '.join(map(str, vals))}: must be positive")
-    dm_output.check_writable(args.out, "--out")
-    if args.overlay_dir:
-        dm_output.check_writable(args.overlay_dir, "--overlay-dir", folder=True)
-    if args.fprop_mode and args.grad_cam:
-        raise HeatmapError("--fprop-mode and --grad-cam exclude each other")
     loaded = dm_scoring.load_models([args.dl_state], safe_mode=not args.unsafe_load)[0]
     kind = loaded.kind
     mode = "fprop" if args.fprop_mode else "gradcam" if args.grad_cam else "sliding"
@@ -380,12 +404,13 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                            "classifier: use --grad-cam (or --fprop-mode --patch-model PATCH)")
     classes = dm_scoring.common_class_list([loaded])
     items = list_items(args.img_folder, args.pat_csv, args.pat_list)
+    flags = dm_recipe.flag_values(args)   # overrides of the stored recipe (LoadedModel.recipe)
     meta = dict(mode=mode, model=os.path.abspath(args.dl_state), class_list=list(classes))
     maps = []
     img_height = args.img_height
     if mode == "sliding":
         # the recipe's size is the patch size; --img-size resizes the whole image first
-        recipe = dm_recipe.recipe_from_flags(args, base=loaded.recipe(), img_size=None)
+        recipe = loaded.recipe(**{**flags, "img_size": None})
         ps = args.patch_size or loaded.input_hw[0]
         if ps is None:
             raise HeatmapError("give --patch-size (the model's input size is not fixed)")
@@ -393,6 +418,10 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             raise HeatmapError(f"--patch-size {ps} differs from the model's input size "
                                f"{loaded.input_hw[0]}")
         size = dm_recipe.Recipe(img_size=args.img_size, target_height=img_height)
+        reference = ((args.img_size, f"the --img-size {args.img_size[0]} {args.img_size[1]} "
+                      "it is resized to") if args.img_size else
+                     ((img_height, None), f"the --img-height {img_height} it is resized to")
+                     if img_height else ((ps, ps), f"a {ps}x{ps} patch of {args.dl_state}"))
         meta.update(patch_size=ps, stride=args.stride, segment=args.segment, pad=args.pad,
                     img_size=args.img_size, img_height=img_height, recipe=recipe.to_dict(),
                     centre0=[])
@@ -402,8 +431,7 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
                 size = tuple(args.img_size or (1152, 896))
             else:
                 size = tuple(args.img_size or loaded.recipe().img_size)
-            recipe = dm_recipe.recipe_from_flags(
-                args, base=loaded.recipe(img_size=size, fixed_input=False), img_size=None)
+            recipe = loaded.recipe(fixed_input=False, **{**flags, "img_size": size})
             patch = (dm_scoring.load_models([args.patch_model], not args.unsafe_load)[0]
                      if args.patch_model else None)            # loaded once
             patch_model = patch.model if patch is not None else None
@@ -414,23 +442,25 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             meta.update(avg_pool_size=args.avg_pool_size, hm_strides=args.hm_strides,
                         feature_map=[int(v) for v in fmap])
         else:
-            recipe = dm_recipe.recipe_from_flags(args, base=loaded.recipe(img_size=args.img_size),
-                                                 img_size=None)
+            recipe = loaded.recipe(**flags)
             net = loaded.model
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
+        reference = ((recipe.img_size, "the {}x{} size it is resized to".format(*recipe.img_size))
+                     if recipe.img_size else (None, ""))
     model_recipe = recipe
     paths = [it.path for it in items]
-    allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits)
+    allow = dm_preflight.Allow(colour=args.allow_colour, stored_bits=args.stored_bits,
+                               small=args.allow_small, blank=args.allow_blank)
     depths = dm_preflight.check_images(paths, [loaded], [model_recipe], allow,
                                        [dm_pixels.file_bit_depth(p) for p in paths],
-                                       check_patches=False)   # mapping mammograms is the point
+                                       check_patches=False,   # mapping mammograms is the point
+                                       reference=reference)
     # The model's bit depth: another depth is refused in one line (before any image is
     # mapped), or converted.
     recipes = [dm_scoring.recipe_for_image(p, model_recipe, args.convert_bit_depth, args.dl_state,
-                                    depth=d, keep_hint=KEEP_DEPTH_HINT)
-               for p, d in zip(paths, depths)]
+                                           depth=d) for p, d in zip(paths, depths)]
     bar = dm_cli.progress(len(items), "heatmaps")
     for i, it in enumerate(items):
         recipe = recipes[i]
@@ -479,8 +509,8 @@ def run(args, *legacy_args, **legacy_kw) -> dict:
             log.info("scored %d/%d: %s -> %s", i + 1, len(items), it.path, maps[-1].shape)
     bar.close()
     save_heatmaps(args.out, items, maps, meta)
-    log.info("wrote %d heatmaps in %d patient/side groups to %s", len(maps),
-             len(group_items(items)), args.out)
+    log.info("wrote %s in %s to %s", dm_cli.plural(len(maps), "heatmap"),
+             dm_cli.plural(len(group_items(items)), "patient/side group"), args.out)
     return meta
 
 
@@ -524,8 +554,8 @@ def score(img_folder: str, model: str, **options: Any) -> dict:
 
 
 def main(argv=None) -> int:
-    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, run, argv,
-                           tensorflow=True)
+    return dm_cli.run_tool("heatmap_score", build_parser().parse_args, score_images, argv,
+                           tensorflow=True, precheck=precheck)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_output
 import dm_pixels
 import dm_recipe
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -251,7 +252,8 @@ def prepare(dicom_root: str | os.PathLike, csv_dir: str | os.PathLike, out_dir: 
             img_size: tuple[int, int] | None = None, target_height: int | None = 4096, val_size: float = 0.1,
             seed: int = 12345, nb_workers: int = 1, limit: int | None = None, verbose: bool = True) -> dict:
     """Convert the download and write the layout; returns the summary (counts per split and class)."""
-
+    dm_output.check_not_input(out_dir, [("DICOM_ROOT", dicom_root), ("CSV_DIR", csv_dir)],
+                              "OUT_DIR", holds=True)
     abn = load_case_tables(csv_dir)
     images = image_table(abn)
     split_of = assign_splits(images, val_size, seed)
@@ -302,14 +304,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("csv_dir", help="folder with the four official case-description CSVs")
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     dm_cli.add_img_size(ap, help="resize full images to H x W (e.g. 1152 896)")
-    ap.add_argument("--target-height", "--img-height", type=int, default=4096,
+    ap.add_argument("--target-height", "--img-height", type=dm_cli.pixels, default=4096,
                     help="else resize to this height keeping the aspect")
     ap.add_argument("--native-size", action="store_true", help="keep the DICOM size")
-    ap.add_argument("--val-size", type=float, default=0.1, help="fraction of non-test patients for validation")
+    ap.add_argument("--val-size", type=dm_cli.float_in(0), default=0.1,
+                    help="fraction of non-test patients for validation (>= 1: a number)")
     dm_cli.add_seed_flag(ap, "split seed")
-    ap.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),
+    ap.add_argument("--nb-workers", type=dm_cli.int_at_least(1),
+                    default=int(os.environ.get("NUM_CPU_CORES", 1)),
                     help="conversion processes ($NUM_CPU_CORES)")
-    ap.add_argument("--limit", type=int, default=None, help="convert only the first N images (trial runs)")
+    ap.add_argument("--limit", type=dm_cli.int_at_least(1), default=None,
+                    help="convert only the first N images (trial runs)")
     ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)
     return prepare(a.dicom_root, a.csv_dir, a.out_dir, a.img_size, None if a.native_size else a.target_height,

@@ -28,6 +28,7 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_output
 import dm_pixels
 import dm_recipe
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -135,7 +136,8 @@ def prepare(dicom_dir: str | os.PathLike, csv_path: str | os.PathLike, out_dir: 
             xml_dir: str | os.PathLike | None = None, img_size: tuple[int, int] | None = None,
             val_size: float = 0.1, test_size: float = 0.2, seed: int = 12345, verbose: bool = True) -> dict:
     """Convert; returns the summary (counts per split and class, skipped cases)."""
-
+    dm_output.check_not_input(out_dir, [("DICOM_DIR", dicom_dir), ("CSV", csv_path),
+                                        ("--xml-dir", xml_dir)], "OUT_DIR", holds=True)
     sheet = read_inbreast_csv(csv_path)
     dicoms = index_dicoms(dicom_dir)
     rows = sheet[sheet["label"].notna()].copy()
@@ -195,8 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--xml-dir", default=None, help="AllXML folder: ROI outlines -> masks")
     dm_cli.add_img_size(ap, help="resize every image to H x W (default: keep the DICOM size)")
-    ap.add_argument("--val-size", type=float, default=0.1, help="fraction of patients for validation")
-    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
+    ap.add_argument("--val-size", type=dm_cli.float_in(0), default=0.1,
+                    help="fraction of patients for validation (>= 1: a number of patients)")
+    ap.add_argument("--test-size", type=dm_cli.float_in(0), default=0.2,
+                    help="fraction of patients for test (>= 1: a number of patients)")
     dm_cli.add_seed_flag(ap, "split seed")
     ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)

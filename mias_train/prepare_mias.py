@@ -28,6 +28,7 @@ if not __package__:  # run as a script from its folder: put the repo root on the
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import dm_cli  # noqa: E402
+import dm_output
 import dm_pixels
 import dm_recipe
 from dm_errors import InputError, InputFileNotFoundError  # noqa: E402
@@ -45,10 +46,23 @@ class InfoFormatError(InputError):
     """Info.txt has a malformed data line."""
 
 
+def check_source(mias_dir: str | os.PathLike) -> None:
+    """The mini-MIAS folder is there and holds Info.txt (one line naming what is wrong:
+    a missing folder is not called a missing Info.txt)."""
+    d = pathlib.Path(mias_dir)
+    if not d.is_dir():
+        raise InputFileNotFoundError(f"{d}: mini-MIAS folder not found" + (
+            " (it is a file)" if d.exists() else ""))
+    if not (d / "Info.txt").is_file():
+        raise InputFileNotFoundError(f"{d}: no Info.txt in this folder: is it the mini-MIAS "
+                                     "folder (Info.txt and images/mdbNNN.png)?")
+
+
 def parse_info(path: str | os.PathLike) -> pd.DataFrame:
     """Info.txt data lines as a table: image_id, tissue, cls, severity (B/M/''), x, y, radius (NaN if absent)."""
     p = pathlib.Path(path)
     if not p.is_file():
+        check_source(p.parent)      # a missing folder, or a folder without Info.txt
         raise InputFileNotFoundError(f"{p}: Info.txt not found")
     rows = []
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), start=1):
@@ -107,6 +121,8 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
     """Convert; returns the summary. `ids` restricts to some images (trial runs, tests)."""
 
     d = pathlib.Path(mias_dir)
+    check_source(d)
+    dm_output.check_not_input(out_dir, [("MIAS_DIR", d)], "OUT_DIR", holds=True)
     info = parse_info(d / "Info.txt")
     images = image_labels(info, label)
     women = images.groupby("patient_id")["label"].agg(lambda s: int((s == "pos").any())).to_dict()
@@ -160,8 +176,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="pos = malignant (default) or any abnormality")
     ap.add_argument("--bit-depth", type=int, choices=[8, 16], default=8,
                     help="8 keeps the original pixel values; 16 stores the same values in 16-bit PNGs")
-    ap.add_argument("--val-size", type=float, default=0.15, help="fraction of women for validation")
-    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of women for test")
+    ap.add_argument("--val-size", type=dm_cli.float_in(0), default=0.15,
+                    help="fraction of women for validation (>= 1: a number of women)")
+    ap.add_argument("--test-size", type=dm_cli.float_in(0), default=0.2,
+                    help="fraction of women for test (>= 1: a number of women)")
     dm_cli.add_seed_flag(ap, "split seed")
     ap.add_argument("--no-verbose", dest="verbose", action="store_false", help="no progress bar")
     a = ap.parse_args(argv)

@@ -121,7 +121,7 @@ def test_calibrate_bad_input_one_line(model_and_preds, tmp_path, capsys):
     (tmp_path / "q.csv").write_text("path,a,b,label\na.png,0.2,0.8,1\n")
     assert dm_calibrate.main([str(model), str(tmp_path / "p.csv")]) == 2
     assert dm_calibrate.main([str(model), str(tmp_path / "q.csv")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "no column for class" in err[1]
 
 
@@ -151,3 +151,35 @@ def test_write_model_meta_keeps_weights_and_other_fields(tmp_path, suffix):
                                model.predict(x, verbose=0), atol=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == [f"m{suffix}"]     # no temporary left
     assert json.loads(before.to_json()).keys() == {"class_list", "recipe", "kind", "extra"}
+
+
+def test_calibration_writes_a_new_model_never_the_run_s_own(model_and_preds, tmp_path, capsys):
+    """Issue 31: the documented command updated MODEL in place, so a rerun of what wrote
+    MODEL silently lost the calibration. Now the default is MODEL_calibrated.keras beside
+    MODEL, and --out MODEL (any spelling) is refused before TensorFlow."""
+    import shutil
+    d, model, _ = model_and_preds
+    mine = tmp_path / "image_model.keras"
+    shutil.copyfile(model, mine)
+    val = tmp_path / "val.csv"
+    probs, y = _overconfident(60, seed=2, shift=0.5)
+    val.write_text("path,neg,pos,label\n" + "".join(
+        f"v{i}.png,{p[0]:.6f},{p[1]:.6f},{k}\n" for i, (p, k) in enumerate(zip(probs, y))))
+    before = mine.read_bytes()
+    assert dm_calibrate.main([str(mine), str(val), "--method", "platt"]) == 0
+    assert mine.read_bytes() == before                          # MODEL itself untouched
+    made = tmp_path / "image_model_calibrated.keras"
+    assert dm_modelfile.read_model_meta(made).calibration["method"] == "platt"
+    assert f"calibration stored in {made}" in capsys.readouterr().out
+    (tmp_path / "link.keras").symlink_to(mine)
+    for out in (str(mine), str(tmp_path / "link.keras")):
+        assert dm_calibrate.main([str(mine), str(val), "--out", out]) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+        assert len(err) == 1 and "(--out) is the MODEL" in err[0], err
+    assert mine.read_bytes() == before
+    code = ("import sys, dm_calibrate\n"
+            f"rc = dm_calibrate.main([{str(mine)!r}, {str(val)!r}, '--out', {str(mine)!r}])\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'noTF', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1]).stdout
+    assert out.strip().endswith("noTF 2")

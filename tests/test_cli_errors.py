@@ -83,7 +83,8 @@ CASES = {
                          lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent)]),
     "heatmap_score": ("ddsm_train.heatmap_score", lambda t: [str(t / "nodir"), str(t / "no.keras")],
                       ("dm_scoring", "load_models"),
-                      lambda t: [str(t), _file(t / "m.keras"), "--out", str(t / "h.npz")]),
+                      lambda t: [str(pathlib.Path(_png(t / "imgs" / "a.png")).parent),
+                                 _file(t / "m.keras"), "--out", str(t / "h.npz")]),
     "sample_patches_combined": ("ddsm_train.sample_patches_combined",
                                 lambda t: [str(t / "no.csv"), str(t / "m"), str(t / "p.txt"),
                                            str(t / "f"), str(t / "tr"), str(t / "va")],
@@ -92,7 +93,7 @@ CASES = {
                                            str(t / "f"), str(t / "tr"), str(t / "va")]),
     "prepare_mias": ("mias_train.prepare_mias", lambda t: [str(t / "nodir"), str(t / "out")],
                      ("mias_train.prepare_mias", "parse_info"),
-                     lambda t: [str(t), str(t / "out")]),
+                     lambda t: [str(pathlib.Path(_file(t / "Info.txt")).parent), str(t / "out")]),
     "prepare_inbreast": ("inbreast_train.prepare_inbreast",
                          lambda t: [str(t / "nodir"), str(t / "no.csv"), str(t / "out")],
                          ("inbreast_train.prepare_inbreast", "read_inbreast_csv"),
@@ -178,6 +179,7 @@ def test_as_a_process_bug_exits_1_with_traceback_input_error_exits_2(tmp_path):
 
 
 def test_recipe_as_a_process_exits_1_on_a_bug(tmp_path):
+    _file(tmp_path / "Info.txt")
     r = _subprocess(
         "import sys\n"
         "from mias_train import prepare_mias as m\n"
@@ -336,3 +338,88 @@ def test_one_line_joins_lines_and_shortens_the_middle():
     tf_text = ("{{function_node x}} ImageReadError: a.dcm: cannot decode (failed:\n"
                "  pillow: broken)\nTraceback (most recent call last):\n  File ...")
     assert dm_errors.wrapped_input_error(tf_text) == "a.dcm: cannot decode (failed: pillow: broken)"
+
+
+# ------------------------------------------------------------------ issue 31: no tool writes over its input
+
+# tool -> argv writing over one of its own inputs, and what the one line says
+OVER_INPUT = {
+    "convert_checkpoint": (lambda t: [_file(t / "m.h5"), str(t / "." / "m.h5")],
+                           "(OUTPUT) is the INPUT model"),
+    "prepare_mias": (lambda t: [str(pathlib.Path(_file(t / "mias" / "Info.txt")).parent),
+                                str(t)], "(OUT_DIR) holds the MIAS_DIR"),
+    "prepare_inbreast": (lambda t: [str(t / "dicoms"), _file(t / "INbreast.csv"), str(t)],
+                         "(OUT_DIR) holds the DICOM_DIR"),
+    "prepare_cbis_ddsm": (lambda t: [str(t / "dicoms"), str(t / "csv"), str(t / "csv")],
+                          "(OUT_DIR) is the CSV_DIR"),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(OVER_INPUT))
+def test_output_over_an_input_is_one_line_before_any_work(tool, tmp_path, monkeypatch, caplog):
+    argv, words = OVER_INPUT[tool]
+    argv = argv(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert _run(tool, argv, monkeypatch) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and words in errors[0] and "which this command reads" in errors[0], \
+        errors
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before     # nothing written
+
+
+def test_types_refuse_impossible_numbers_in_one_line():
+    import argparse
+
+    import dm_cli
+    count, rate = dm_cli.int_at_least(0), dm_cli.float_in(0, 1, high_open=True)
+    assert count("0") == 0 and count("12") == 12 and rate("0") == 0.0 and rate("0.5") == 0.5
+    for parse, text, msg in ((count, "-3", "-3: must be a whole number >= 0"),
+                             (count, "2.5", "invalid int value: '2.5'"),
+                             (rate, "1", "1: must be a finite number >= 0 and < 1"),
+                             (rate, "nan", "nan: must be a finite number >= 0 and < 1"),
+                             (dm_cli.float_in(), "inf", "inf: must be a finite number"),
+                             (dm_cli.seed_value, str(2 ** 32), "must be a whole number >= 0 "
+                                                               "and <= 4294967295")):
+        with pytest.raises(argparse.ArgumentTypeError, match=msg.replace("(", r"\(")):
+            parse(text)
+
+
+def test_warnings_and_errors_go_to_stderr_progress_to_stdout(capsys):
+    import dm_cli
+    dm_cli.setup_logging()
+    dm_cli.setup_logging()                       # once per process: no second handler
+    log = logging.getLogger("some_tool")
+    log.info("progress line")
+    log.warning("a warning")
+    log.error("error: bad input")
+    cap = capsys.readouterr()
+    assert "progress line" in cap.out and "warning" not in cap.out and "error" not in cap.out
+    assert cap.err.count("a warning") == 1 and cap.err.count("error: bad input") == 1
+    with dm_cli.log_to_stderr():                 # the result goes to stdout: all on stderr
+        log.info("progress line")
+        log.warning("a warning")
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("progress line") == 1 and cap.err.count("a warning") == 1
+
+
+def test_run_tool_runs_the_precheck_before_tensorflow_and_can_end_there(monkeypatch):
+    import dm_cli
+    calls = []
+    monkeypatch.setattr(dm_cli, "quiet_tensorflow", lambda: calls.append("tensorflow"))
+
+    def run(args):
+        calls.append("run")
+
+    def refuse(args):
+        calls.append("precheck")
+        raise dm_errors.InputError("x.csv: refused")
+    assert dm_cli.run_tool("t", lambda a: a, run, [], tensorflow=True, precheck=refuse) == 2
+    assert calls == ["precheck"]
+    calls.clear()
+    assert dm_cli.run_tool("t", lambda a: a, run, [], tensorflow=True,
+                           precheck=lambda a: calls.append("precheck") or 0) == 0
+    assert calls == ["precheck"]                 # nothing to do: neither TensorFlow nor run
+    calls.clear()
+    assert dm_cli.run_tool("t", lambda a: a, run, [], tensorflow=True,
+                           precheck=lambda a: calls.append("precheck")) == 0
+    assert calls == ["precheck", "tensorflow", "run"]

@@ -136,4 +136,9 @@ def test_trainer_seed_and_a_bad_random_seed(monkeypatch, tmp_path):
                        capture_output=True, text=True, timeout=120,
                        env=dict(__import__("os").environ, RANDOM_SEED="abc"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "evaluate: error: RANDOM_SEED='abc': not an integer"
+    assert r.stderr.strip() == ("evaluate: error: RANDOM_SEED='abc': not a seed (a whole "
+                                "number from 0 to 4294967295)")
+    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "p.csv"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(__import__("os").environ, RANDOM_SEED="-1"))
+    assert r.returncode == 2 and "RANDOM_SEED='-1': not a seed" in r.stderr

@@ -106,3 +106,59 @@ def test_check_writable_before_the_work(tmp_path):
     with pytest.raises(OutputRefusedError, match=r"is a file \(--export takes a folder"):
         dm_output.check_writable(str(tmp_path / "file"), "--export", folder=True)
     assert sorted(os.listdir(tmp_path)) == ["file"]          # the probe file is gone
+
+
+# ------------------------------------------------------------------ issue 31: no tool writes over its input
+
+def test_check_not_input_same_path_any_spelling(tmp_path, monkeypatch):
+    src = tmp_path / "list.csv"
+    src.write_text("path\n")
+    monkeypatch.chdir(tmp_path)
+    for out in ("list.csv", str(src), "./list.csv", f"../{tmp_path.name}/list.csv"):
+        with pytest.raises(OutputRefusedError, match=r"\(--out\) is the --csv.*which this "
+                                                     r"command reads.*choose another --out"):
+            dm_output.check_not_input(out, [("--csv", "list.csv")])
+    with pytest.raises(OutputRefusedError, match=r"^list\.csv \(--out\) is the --csv, which"):
+        dm_output.check_not_input("list.csv", [("--csv", "list.csv")])   # named once
+    dm_output.check_not_input("preds.csv", [("--csv", "list.csv"), None, ("x", None)])
+    dm_output.check_not_input(None, [("--csv", "list.csv")])
+    dm_output.check_not_input("-", [("--csv", "-")])       # standard output is never an input
+
+
+def test_check_not_input_through_symlinks_and_hard_links(tmp_path):
+    src = tmp_path / "m.keras"
+    src.write_bytes(b"model")
+    (tmp_path / "link.keras").symlink_to(src)                    # written through: the model
+    os.link(src, tmp_path / "hard.keras")                        # the same bytes on disk
+    (tmp_path / "dirlink").symlink_to(tmp_path, target_is_directory=True)
+    for out in ("link.keras", "hard.keras", "dirlink/m.keras"):
+        with pytest.raises(OutputRefusedError, match="is the MODEL"):
+            dm_output.check_not_input(tmp_path / out, [("MODEL", str(src))], "OUTPUT")
+    with pytest.raises(OutputRefusedError, match="is the MODEL"):  # an input named by a link
+        dm_output.check_not_input(src, [("MODEL", tmp_path / "link.keras")])
+    (tmp_path / "other.keras").write_bytes(b"model")             # equal bytes, another file
+    dm_output.check_not_input(tmp_path / "other.keras", [("MODEL", str(src))])
+
+
+def test_check_not_input_folders(tmp_path):
+    """An output folder equal to an input folder is refused; one that holds an input only
+    where the tool replaces or fills the folder as its own (`holds`)."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    img = data / "images" / "a.png"
+    img.write_bytes(b"x")
+    with pytest.raises(OutputRefusedError, match=r"is the IMG_FOLDER"):
+        dm_output.check_not_input(data / "images", [("IMG_FOLDER", data / "images")],
+                                  "--overlay-dir")
+    with pytest.raises(OutputRefusedError, match=r"is the IMG_FOLDER"):   # a trailing slash
+        dm_output.check_not_input(f"{data}/images/", [("IMG_FOLDER", data / "images")])
+    dm_output.check_not_input(data, [("image", img)], "--out-dir")   # files written into it
+    for inputs in ([("image", img)], [("MIAS_DIR", data / "images")]):
+        with pytest.raises(OutputRefusedError, match=r"\(--export\) holds the"):
+            dm_output.check_not_input(data, inputs, "--export", holds=True)
+    # a sibling whose name starts like the folder is not inside it
+    (tmp_path / "data2").mkdir()
+    dm_output.check_not_input(data, [("x", tmp_path / "data2")], holds=True)
+    # an output inside an input folder writes nothing over it
+    dm_output.check_not_input(data / "images" / "out", [("IMG_FOLDER", data / "images")],
+                              holds=True)

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+import dm_pixels
 import dm_preflight as pf
 from recipe_helpers import write_dicom
 
@@ -48,7 +49,7 @@ def test_twelve_bit_test_reads_only_a_sample(tmp_path):
     paths, headers = [], []
     for i in range(20):
         p = tmp_path / f"{i}.png"
-        cv2.imwrite(str(p), np.full((8, 8), 4000, np.uint16))
+        cv2.imwrite(str(p), np.arange(3936, 4000, dtype=np.uint16).reshape(8, 8))
         paths.append(str(p))
         headers.append(pf.read_header(str(p)))
     read = []
@@ -66,5 +67,57 @@ def test_twelve_bit_test_reads_only_a_sample(tmp_path):
     assert got == [12] * 20 and read == []
     # a model trained on 8-bit images, or one full-range image in the sample: no refusal
     assert pf.stored_depths(paths, headers, [16] * 20, "m", 8, pf.Allow(), reader) == [16] * 20
-    cv2.imwrite(paths[0], np.full((8, 8), 60000, np.uint16))
+    cv2.imwrite(paths[0], np.arange(59936, 60000, dtype=np.uint16).reshape(8, 8))
     assert pf.stored_depths(paths, headers, [16] * 20, "m", 16, pf.Allow(), reader) == [16] * 20
+
+
+def test_an_all_zero_16_bit_png_is_blank_not_12_bit_data(tmp_path):
+    """Issue 31: an all-zero 16-bit PNG was called "12-bit data"; blank images are left out
+    of that test and refused as blank (--allow-blank forces them)."""
+    zero = tmp_path / "zero.png"
+    cv2.imwrite(str(zero), np.zeros((40, 30), np.uint16))
+    headers = [pf.read_header(str(zero))]
+    assert pf.stored_depths([str(zero)], headers, [16], "m.keras", 16, pf.Allow()) == [16]
+    with pytest.raises(pf.SuspectInputError, match=r"zero\.png: a blank image \(every pixel "
+                                                   r"is 0\).*--allow-blank"):
+        pf.check_blank([str(zero)], headers, pf.Allow())
+    pf.check_blank([str(zero)], headers, pf.Allow(blank=True))
+
+
+def test_blank_test_decodes_small_or_highly_compressed_files_only(tmp_path, monkeypatch):
+    """A constant image compresses to almost nothing: a large file that does not is never
+    decoded for the blank test (a mammogram costs no extra decode); one that does is."""
+    rng = np.random.default_rng(0)
+    big_noise = tmp_path / "noise.png"             # over DECODE_PIXELS, barely compressible
+    cv2.imwrite(str(big_noise), rng.integers(0, 255, (600, 500), dtype=np.uint8))
+    big_black = tmp_path / "black.png"
+    cv2.imwrite(str(big_black), np.zeros((600, 500), np.uint8))
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), rng.integers(0, 255, (30, 40), dtype=np.uint8))
+    decoded = []
+    real = dm_pixels.read_stored
+    monkeypatch.setattr(dm_pixels, "read_stored", lambda p: decoded.append(p) or real(p))
+    paths = [str(big_noise), str(small)]
+    pf.check_blank(paths, [pf.read_header(p) for p in paths], pf.Allow())
+    assert decoded == [str(small)]
+    with pytest.raises(pf.SuspectInputError, match=r"black\.png: a blank image"):
+        pf.check_blank([str(big_black)], [pf.read_header(str(big_black))], pf.Allow())
+
+
+def test_images_far_smaller_than_the_model_are_refused(tmp_path):
+    """Issue 31: a 40x30 image was scored p(pos) = 1.0 without a word."""
+    paths = []
+    for name, shape in (("ok.png", (64, 48)), ("half.png", (32, 24)), ("tiny.png", (20, 30))):
+        p = tmp_path / name
+        cv2.imwrite(str(p), np.arange(shape[0] * shape[1], dtype=np.uint8).reshape(shape))
+        paths.append(str(p))
+    headers = [pf.read_header(p) for p in paths]
+    pf.check_small(paths[:2], headers[:2], (64, 48), "the input", pf.Allow())  # half: fine
+    with pytest.raises(pf.SuspectInputError, match=r"tiny\.png: a 20x30 image, far smaller "
+                                                   r"than the input \(1 of 3 images.*"
+                                                   r"--allow-small-images"):
+        pf.check_small(paths, headers, (64, 48), "the input", pf.Allow())
+    pf.check_small(paths, headers, (64, 48), "the input", pf.Allow(small=True))
+    pf.check_small(paths, headers, None, "no size", pf.Allow())
+    with pytest.raises(pf.SuspectInputError, match=r"half\.png.*\(2 of 3"):   # height only
+        pf.check_small(paths, headers, (100, None), "--img-height 100", pf.Allow())

@@ -9,14 +9,16 @@ import dm_end2end
 from dm_errors import InputError
 
 
-def test_pipeline_end_to_end_tiny(tmp_path):
+def test_pipeline_end_to_end_tiny(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)           # --out relative: the paths it reports stay so
+    caplog.set_level("INFO")
     args = dm_end2end.build_parser().parse_args([
-        "--out", str(tmp_path / "run"), "--n-patients", "24", "--img-size", "128", "96",
+        "--out", "run", "--n-patients", "24", "--img-size", "128", "96",
         "--patch-size", "32", "--nb-abn", "3", "--nb-bkg", "3", "--nb-init-filter", "4",
         "--patch-epochs", "1", "1", "1", "--image-epochs", "1", "1", "--top-depths", "8", "8",
         "--batch-size", "8"])
     summary = dm_end2end.run(args)
-    run = tmp_path / "run"
+    run = pathlib.Path("run")
     for f in ("patch_model.keras", "image_model.keras", "summary.json",
               "data/roi_mask_path.csv", "patches/train/background"):
         assert (run / f).exists(), f
@@ -28,9 +30,15 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     assert abs(summary["evaluate_auroc"] - summary["image_test_auroc_tta"]) < 1e-6
     lo, hi = summary["image_test_auroc_tta_ci95"]
     assert lo <= summary["evaluate_auroc"] <= hi
-    assert summary["html_report"] == str(run / "report" / "index.html")
-    for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions", "html_report"):
+    assert summary["html_report"] == "run/report/index.html"       # as given, not absolute
+    for k in ("roc_curve", "heatmap_overlay", "gradcam_overlay", "predictions", "html_report",
+              "patch_model", "image_model"):
         assert pathlib.Path(summary[k]).stat().st_size > 0, k
+        assert not pathlib.Path(summary[k]).is_absolute(), k
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(l.startswith("html_report") and l.endswith(" run/report/index.html")
+               for l in lines)
+    assert max(map(len, lines)) < 400            # no 7,600-character JSON summary line
 
 
 README_ROWS = ([], ["--mixed-precision", "bfloat16"],
@@ -127,7 +135,9 @@ def test_a_rerun_from_another_working_directory_is_the_same_run(tmp_path, monkey
     ran = []
     monkeypatch.setattr(dm_end2end, "run_one", lambda args, out: ran.append(out) or {})
     (tmp_path / "a" / "mias").mkdir(parents=True)
-    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "mias" / "Info.txt").write_text("")
+    (tmp_path / "b" / "mias").mkdir(parents=True)       # another mini-MIAS folder
+    (tmp_path / "b" / "mias" / "Info.txt").write_text("")
     out = tmp_path / "run"
     monkeypatch.chdir(tmp_path / "a")
     dm_end2end.run(p.parse_args(["--out", str(out), "--data", "mias", "mias"]))
@@ -138,3 +148,69 @@ def test_a_rerun_from_another_working_directory_is_the_same_run(tmp_path, monkey
     assert stamp["config"]["data"] == ["mias", str(tmp_path / "a" / "mias")]
     with pytest.raises(InputError, match="another configuration"):     # another folder is not
         dm_end2end.run(p.parse_args(["--out", str(out), "--data", "mias", "mias"]))
+
+
+def test_a_finished_run_is_reported_not_redone(tmp_path, monkeypatch, caplog):
+    """Issue 31: `end2end.py` again on a finished --out retrained everything and replaced
+    the models (and a calibration stored in them). Now it says the run is complete and
+    where its results are; `--redo` runs it again."""
+    ran = []
+
+    def fake_run_one(args, out):
+        ran.append(out)
+        summary = dict(image_test_auroc_tta=0.75)
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+    monkeypatch.setattr(dm_end2end, "run_one", fake_run_one)
+    caplog.set_level("INFO")
+    argv = ["--out", str(tmp_path / "run")]
+    assert dm_end2end.main(argv) == 0 and len(ran) == 1
+    caplog.clear()
+    assert dm_end2end.main(argv) == 0 and len(ran) == 1            # not run again
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "this run is complete (whole-image test AUROC with TTA 0.750)" in said
+    assert "add --redo to run it again" in said and str(tmp_path / "run" / "summary.json") in said
+    assert dm_end2end.run(dm_end2end.build_parser().parse_args(argv)) == dict(
+        image_test_auroc_tta=0.75)                      # the function returns the summary
+    assert dm_end2end.main(argv + ["--redo"]) == 0 and len(ran) == 2   # the same folder
+    with pytest.raises(KeyboardInterrupt):       # an interrupted redo is not "complete"
+        monkeypatch.setattr(dm_end2end, "run_one", lambda a, o: (_ for _ in ()).throw(
+            KeyboardInterrupt()))
+        dm_end2end.run(dm_end2end.build_parser().parse_args(argv + ["--redo"]))
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_refusals_come_before_tensorflow(tmp_path):
+    """`--seeds 0`, a used folder, a missing mini-MIAS folder and an --out holding the
+    data: one line each, exit 2, TensorFlow never loaded (it took 14-38 s to say so)."""
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x.txt").write_text("mine")
+    (tmp_path / "mias").mkdir()
+    (tmp_path / "mias" / "Info.txt").write_text("")
+    cases = {("--seeds", "0"): "--seeds 0: give a number of seeds >= 1",
+             ("--out", "used"): "used: not empty and not a end2end folder",
+             ("--data", "mias", "nowhere"): "nowhere: mini-MIAS folder not found",
+             ("--data", "mias", "mias", "--out", "."): ". (--out) holds the --data folder mias"}
+    code = ("import sys; sys.path.insert(0, {repo!r}); import dm_end2end\n"
+            "rc = dm_end2end.main({argv!r})\n"
+            "print('TF-LOADED' if 'tensorflow' in sys.modules else 'TF-NOT-LOADED', rc)\n")
+    for argv, msg in cases.items():
+        r = subprocess.run([sys.executable, "-c", code.format(repo=str(repo), argv=list(argv))],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.stdout.strip().endswith("TF-NOT-LOADED 2"), (argv, r.stdout, r.stderr)
+        assert f"end2end: error: {msg}" in r.stderr, (argv, r.stderr)
+    assert (tmp_path / "used" / "x.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv", [["--image-epochs", "-1", "2"], ["--patch-epochs", "1", "1", "-2"],
+                                  ["--batch-size", "0"], ["--n-patients", "0"],
+                                  ["--seed", "-5"], ["--top-depths", "0"]])
+def test_impossible_numbers_stop_at_flag_parsing(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        dm_end2end.build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "must be a whole number >=" in err[1], err

@@ -180,7 +180,7 @@ def test_evaluate_bad_input_one_line(tmp_path, capsys):
     (tmp_path / "p.csv").write_text("path,neg,pos\na.png,0.2,0.8\n")
     assert dm_evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path)]) == 2
     assert dm_evaluate.main([str(tmp_path / "nope.csv")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 2 and "no 'label' column" in err[0] and "not found" in err[1]
 
 
@@ -209,3 +209,57 @@ def test_one_auroc_matches_scikit_learn_with_ties_and_weights():
     labels = np.arange(30) % 3
     expected = np.mean([roc_auc_score(labels == k, probs[:, k]) for k in range(3)])
     assert dm_callbacks.mean_auroc(labels, probs) == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------------ issue 31: a new user's traps
+
+def _preds(path, rows="a.png,0.2,0.8,1\nb.png,0.7,0.3,0\nc.png,0.6,0.4,1\n"):
+    path.write_text("path,neg,pos,label\n" + rows)
+    return str(path)
+
+
+def test_a_nan_score_is_named_not_a_label_out_of_range(tmp_path, capsys):
+    """A NaN score made the class columns end early: "label 1 out of range for 1 classes"."""
+    preds = _preds(tmp_path / "p.csv", "a.png,0.2,0.8,1\nb.png,nan,nan,0\nc.png,0.6,0.4,1\n")
+    assert dm_evaluate.main([preds, "--out-dir", str(tmp_path / "r"), "--no-plots"]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+    assert len(err) == 1 and "p.csv: line 3: pos score 'nan' is not a probability" in err[0]
+    assert "out of range" not in err[0]
+    # one class column only: the message says which columns it found
+    (tmp_path / "one.csv").write_text("path,pos,label\na.png,0.8,1\nb.png,0.3,0\n")
+    assert dm_evaluate.main([str(tmp_path / "one.csv"), "--out-dir", str(tmp_path / "r")]) == 2
+    assert "label 1 out of range: the class columns are ['pos'] (give --class-cols" in \
+        capsys.readouterr().err
+
+
+def test_out_dir_that_is_a_file_and_outputs_over_the_input(tmp_path, capsys):
+    preds = _preds(tmp_path / "p.csv")
+    before = (tmp_path / "p.csv").read_text()
+    (tmp_path / "afile").write_text("x")
+    cases = ((["--out-dir", str(tmp_path / "afile")], "afile: is a file (--out-dir takes a "
+                                                      "folder name)"),
+             (["--json", preds], "(--json) is the predictions, which this command reads"),
+             (["--json", str(tmp_path / "s.json"), "--labels", str(tmp_path / "s.json")],
+              "s.json: file not found"))
+    for argv, words in cases:
+        assert dm_evaluate.main([preds, "--no-plots", *argv]) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+        assert len(err) == 1 and words in err[0], err
+    assert (tmp_path / "p.csv").read_text() == before
+
+
+def test_html_report_line_keeps_the_path_as_given(tmp_path, monkeypatch, caplog):
+    """Relative --out-dir, relative report path in the log and in summary.json."""
+    import logging
+    import pathlib
+    import cv2
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(name, np.arange(64 * 48, dtype=np.uint16).reshape(64, 48))
+    _preds(pathlib.Path("p.csv"))
+    caplog.set_level(logging.INFO)
+    assert dm_evaluate.main(["p.csv", "--out-dir", "rep", "--html", "--n-boot", "20"]) == 0
+    assert json.loads(pathlib.Path("rep/summary.json").read_text())["html"] == \
+        os.path.join("rep", "index.html")
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("HTML")] == \
+        [f"HTML report: {os.path.join('rep', 'index.html')}"]

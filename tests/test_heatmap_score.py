@@ -16,6 +16,7 @@ import dm_modelfile
 import dm_overlay
 import dm_pixels
 import dm_recipe
+import dm_predict
 import dm_scoring
 import dm_sweep
 
@@ -89,7 +90,7 @@ def test_grad_cam_mode(setup, tmp_path):
 def test_fprop_whole_image_model_needs_patch_model(setup, tmp_path, capsys):
     rc = hs.main([setup["imgs"], setup["image"], "--fprop-mode", "--avg-pool-size", "2", "2",
                   "--out", str(tmp_path / "x.npz")])
-    assert rc == 2 and "--patch-model" in capsys.readouterr().out
+    assert rc == 2 and "--patch-model" in capsys.readouterr().err
     rc = hs.main([setup["imgs"], setup["image"], "--fprop-mode", "--avg-pool-size", "2", "2",
                   "--patch-model", setup["patch"], "--out", str(tmp_path / "y.npz")])
     assert rc == 0 and hs.load_heatmaps(str(tmp_path / "y.npz"))[0]["cc"].shape == (15, 11, 3)
@@ -97,7 +98,7 @@ def test_fprop_whole_image_model_needs_patch_model(setup, tmp_path, capsys):
 
 def test_bad_csv_one_line(setup, tmp_path, capsys):
     assert hs.main([setup["imgs"], setup["patch"], "--pat-csv", str(tmp_path / "no.csv")]) == 2
-    assert "patient CSV not found" in capsys.readouterr().out
+    assert "patient CSV not found" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- meaningless maps refused
@@ -106,7 +107,7 @@ def test_bad_csv_one_line(setup, tmp_path, capsys):
 def test_whole_image_model_without_grad_cam_refused(setup, tmp_path, capsys):
     out = tmp_path / "w.npz"
     rc = hs.main([setup["imgs"], setup["image"], "--out", str(out)])
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert rc == 2 and not out.exists()
     line = [l for l in text.splitlines() if "error" in l]
     assert len(line) == 1 and "whole-image model" in line[0] and "--grad-cam" in line[0]
@@ -118,7 +119,7 @@ def test_avg_pool_larger_than_feature_map_refused(setup, tmp_path, capsys, model
     extra = extra + ([setup["patch"]] if extra else [])
     rc = hs.main([setup["imgs"], setup[model], "--fprop-mode", "--img-size", "64", "48",
                   "--avg-pool-size", "20", "5", "--out", str(tmp_path / "f.npz")] + extra)
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err
     assert rc == 2 and not (tmp_path / "f.npz").exists()
     assert "--avg-pool-size 20 5 is larger than the trunk's feature map 16x12" in text
 
@@ -279,12 +280,20 @@ def test_other_bit_depth_refused_or_converted_like_predict(setup, tmp_path, caps
     args = ["--stride", "8", "--batch-size", "5"]
     capsys.readouterr()
     assert hs.main([str(d16), str(model8), *args, "--out", str(tmp_path / "x.npz")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 1 and "P1_LEFT_CC.png" in err[0] and "16-bit" in err[0]
     assert "--convert-bit-depth" in err[0]
-    # it names the flag that keeps the depth in this tool (issue 23)
-    assert "--input-bits" not in err[0] and "--img-scale" in err[0]
+    # the same alternative as predict.py names: this tool has --input-bits too (issue 31)
+    assert err[0].endswith("(or give a matching --rescale-factor with --input-bits)")
     assert not (tmp_path / "x.npz").exists()
+    # --input-bits replacing the recorded depth is said, in both tools, in the same words
+    for tool, argv in ((hs.main, [str(d16), str(model8), *args, "--out", str(tmp_path / "y.npz")]),
+                       (dm_predict.main, [str(model8), "--image-dir", str(d16), "--out",
+                                          str(tmp_path / "y.csv"), "--allow-whole-images"])):
+        assert tool(argv + ["--input-bits", "16"]) == 0
+        warn = [l for l in capsys.readouterr().err.splitlines() if "--input-bits" in l]
+        assert len(warn) == 1 and "patch8.keras was trained on 8-bit images; --input-bits 16 " \
+            "replaces that" in warn[0], warn
     assert hs.main([str(d8), str(model8), *args, "--out", str(tmp_path / "a.npz")]) == 0
     assert hs.main([str(d16), str(model8), *args, "--convert-bit-depth",
                     "--out", str(tmp_path / "b.npz")]) == 0
@@ -321,12 +330,24 @@ def test_a_non_positive_img_size_is_refused_at_flag_parsing(setup, tmp_path, cap
     assert "argument --img-size" in err and "sizes must be positive" in err, err
 
 
-@pytest.mark.parametrize("argv,flag", [(["--patch-size", "-3"], "--patch-size -3"),
-                                       (["--img-height", "0"], "--img-height 0")])
-def test_sizes_that_are_not_positive_are_one_line(setup, tmp_path, capsys, argv, flag):
-    assert hs.main([setup["imgs"], setup["patch"], *argv, "--out", str(tmp_path / "h.npz")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
-    assert len(err) == 1 and flag in err[0] and "positive" in err[0]
+@pytest.mark.parametrize("argv,words", [
+    (["--patch-size", "-3"], "argument --patch-size: -3: sizes must be positive"),
+    (["--img-height", "0"], "argument --img-height/-ih: 0: sizes must be positive"),
+    (["--stride", "0"], "argument --stride: 0: sizes must be positive"),
+    (["--batch-size", "-1"], "argument --batch-size: -1: must be a whole number >= 1"),
+    (["--grad-cam-max", "nan"], "argument --grad-cam-max: nan: must be a finite number > 0")])
+def test_impossible_numbers_stop_at_flag_parsing(setup, tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        hs.main([setup["imgs"], setup["patch"], *argv, "--out", str(tmp_path / "h.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 2 and words in err[1], err
+    # the Python API (no flag parsing) refuses them in one line too
+    kw = {"patch_size": -3, "img_height": 0, "stride": 0, "batch_size": -1}
+    name = argv[0][2:].replace("-", "_")
+    if name in kw:
+        with pytest.raises(hs.HeatmapError, match="must be positive"):
+            hs.score(setup["imgs"], setup["patch"], out=str(tmp_path / "h.npz"),
+                     **{name: kw[name]})
 
 
 def test_unwritable_out_refused_before_any_heatmap(setup, tmp_path, capsys, monkeypatch):
@@ -335,7 +356,7 @@ def test_unwritable_out_refused_before_any_heatmap(setup, tmp_path, capsys, monk
                         lambda *a, **k: pytest.fail("mapped before the output was checked"))
     assert hs.main([setup["imgs"], setup["patch"],
                     "--out", str(tmp_path / "file" / "h.npz")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 1 and "file/h.npz" in err[0] and "--out" in err[0]
 
 
@@ -346,8 +367,47 @@ def test_colour_image_refused_before_any_heatmap(setup, tmp_path, capsys):
     photo = np.random.default_rng(0).integers(0, 256, (50, 40, 3)).astype(np.uint8)
     cv2.imwrite(str(d / "P9_LEFT_CC.png"), photo)
     assert hs.main([str(d), setup["patch"], "--out", str(tmp_path / "h.npz")]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 1 and "P9_LEFT_CC.png: a colour image" in err[0]
     assert "--allow-colour" in err[0]
     assert hs.main([str(d), setup["patch"], "--allow-colour",
                     "--out", str(tmp_path / "h.npz")]) == 0
+
+
+# ------------------------------------------------------------------ issue 31
+
+def test_outputs_over_the_inputs_are_refused_before_any_model_loads(setup, tmp_path, capsys,
+                                                                     monkeypatch):
+    """No --out over the model or an image, no overlays into the folder the images come
+    from (they would be mapped next time); checked before TensorFlow's work starts."""
+    loads = []
+    monkeypatch.setattr(dm_scoring, "load_models", lambda *a, **k: loads.append(a) or [])
+    first = str(pathlib.Path(setup["imgs"]) / "P1_LEFT_CC.png")
+    before = pathlib.Path(first).read_bytes()
+    for argv, words in (
+            (["--out", setup["patch"]], "(--out) is the MODEL"),
+            (["--out", first], "(--out) is the image"),
+            (["--out", str(tmp_path / "h.npz"), "--overlay-dir", setup["imgs"]],
+             "(--overlay-dir) is the IMG_FOLDER")):
+        assert hs.main([setup["imgs"], setup["patch"], *argv]) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+        assert len(err) == 1 and words in err[0], err
+    assert loads == [] and pathlib.Path(first).read_bytes() == before
+
+
+def test_an_image_far_smaller_than_a_patch_or_the_model_is_refused(setup, tmp_path, capsys):
+    """Issue 31: a 40x30 image was mapped to a 6x4 map without a word."""
+    d = tmp_path / "small"
+    d.mkdir()
+    cv2.imwrite(str(d / "P9_LEFT_CC.png"), mammogram((7, 6), seed=1))   # the patch is 16x16
+    out = str(tmp_path / "h.npz")
+    assert hs.main([str(d), setup["patch"], "--stride", "4", "--out", out]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+    assert len(err) == 1 and "P9_LEFT_CC.png: a 7x6 image, far smaller than a 16x16 patch" \
+        in err[0] and "--allow-small-images" in err[0], err
+    assert hs.main([str(d), setup["patch"], "--stride", "4", "--out", out,
+                    "--allow-small-images"]) == 0
+    cv2.imwrite(str(d / "P9_LEFT_CC.png"), mammogram((20, 15), seed=1))
+    assert hs.main([str(d), setup["image"], "--grad-cam", "--out", out]) == 2
+    assert "a 20x15 image, far smaller than the 64x48 size it is resized to" in \
+        capsys.readouterr().err

@@ -117,7 +117,7 @@ def test_recipe_that_converts_nothing_fails_and_lists_the_skipped(shared_data, t
                         str(tmp_path / "out2"), "--no-verbose"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2
-    assert len([l for l in r.stdout.splitlines() if "prepare_mias: error: " in l]) == 1
+    assert len([l for l in r.stderr.splitlines() if "prepare_mias: error: " in l]) == 1
 
 
 def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
@@ -219,3 +219,15 @@ def test_inbreast_without_matching_dicoms_fails(shared_data, tmp_path):
         inb.prepare(tmp_path / "AllDICOMs", shared_data / "inbreast" / "INbreast.csv",
                     tmp_path / "out", verbose=False)
     assert len((tmp_path / "out" / "skipped.txt").read_text().splitlines()) == 410 - 23
+
+
+def test_a_missing_mini_mias_folder_is_named_not_info_txt(tmp_path):
+    """Issue 31: a missing folder gave "Info.txt not found"."""
+    from dm_errors import InputError
+    with pytest.raises(InputError, match=r"nowhere: mini-MIAS folder not found$"):
+        mias.prepare(tmp_path / "nowhere", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no Info.txt in this folder: is it the "
+                                         r"mini-MIAS folder"):
+        mias.parse_info(tmp_path / "empty" / "Info.txt")
+    assert not (tmp_path / "out").exists()

@@ -119,7 +119,7 @@ def test_no_flags_switch_stored_recipe_items_off(setup, tmp_path):
 def test_bad_input_is_one_line_exit_2(setup, tmp_path, capsys, argv, msg):
     rc = dm_predict.main([setup["m1"], *argv, "--out", str(tmp_path / "x.csv")])
     assert rc == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert len(err) == 1 and msg in err[0]
     assert dm_predict.main(["missing.keras", "--images", setup["neg"][0], "--out", "x.csv"]) == 2
 
@@ -199,7 +199,7 @@ def test_other_bit_depth_is_refused_naming_file_depth_and_flag(depth_setup, tmp_
     for src in (s["dcm"], s["png16"]):
         rc = dm_predict.main([s["model"], "--images", src, "--out", str(tmp_path / "p.csv")])
         assert rc == 2
-        err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+        err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
         assert len(err) == 1
         assert src in err[0] and "16-bit" in err[0] and "8-bit" in err[0]
         assert "--convert-bit-depth" in err[0]
@@ -370,7 +370,7 @@ def test_a_bad_csv_is_one_line_naming_file_and_line(setup, tmp_path, capsys, row
     lst = tmp_path / "list.csv"
     lst.write_text("path,label\n" + rows.format(a=setup["neg"][0]))
     rc = dm_predict.main([setup["m1"], "--csv", str(lst), "--out", str(tmp_path / "p.csv")])
-    err = [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
     assert rc == 2 and len(err) == 1 and msg in err[0], err
     assert not (tmp_path / "p.csv").exists()
 
@@ -378,7 +378,7 @@ def test_a_bad_csv_is_one_line_naming_file_and_line(setup, tmp_path, capsys, row
 # ------------------------------------------------------------------ issue 23: trust
 
 def _errors(capsys):
-    return [l for l in capsys.readouterr().out.splitlines() if "error: " in l]
+    return [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
 
 
 def _no_reading(monkeypatch):
@@ -573,3 +573,125 @@ def test_hidden_files_in_an_image_folder_are_skipped(setup, tmp_path):
     assert dm_inputs.list_images(str(d)) == paths
     assert dm_predict.main([setup["m1"], "--image-dir", str(d), "--out",
                          str(tmp_path / "p.csv")]) == 0
+
+
+# ------------------------------------------------------------------ issue 31: a new user's traps
+
+_BEFORE_TF = """
+import sys
+sys.path.insert(0, {repo!r})
+import dm_predict
+rc = dm_predict.main({argv!r})
+print("TF-LOADED" if "tensorflow" in sys.modules else "TF-NOT-LOADED", rc)
+"""
+
+
+def _probe(argv, cwd):
+    """predict.main in a fresh process: its exit status, whether TensorFlow was loaded, and
+    stdout/stderr (the refusals below must come before TensorFlow's start-up)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _BEFORE_TF.format(repo=str(REPO), argv=argv)],
+                       cwd=cwd, capture_output=True, text=True, timeout=300)
+    return r.stdout.strip().splitlines()[-1], r.stdout, r.stderr
+
+
+def test_out_over_the_input_csv_is_refused_before_tensorflow(setup, tmp_path):
+    """`predict.py MODEL --csv same.csv --out same.csv` replaced the user's list with the
+    predictions. Now one line on stderr, exit 2, the list untouched, TensorFlow not loaded."""
+    lst = tmp_path / "same.csv"
+    lst.write_text("path\n" + "".join(f"{p}\n" for p in setup["neg"]))
+    before = lst.read_bytes()
+    status, out, err = _probe([setup["m1"], "--csv", "same.csv", "--out", "./same.csv"], tmp_path)
+    assert status == "TF-NOT-LOADED 2", out + err
+    assert lst.read_bytes() == before
+    errors = [l for l in err.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "predict: error: ./same.csv (--out) is the --csv same.csv, " \
+        "which this command reads" in errors[0], err
+    assert "error" not in out                           # errors on stderr, even with --out
+
+
+@pytest.mark.parametrize("argv,words", [
+    (lambda s: [s["m1"], "--images", *s["neg"], "--out", s["neg"][0]], ("is the image",)),
+    (lambda s: [s["m1"], "--images", *s["neg"], "--out", s["m1"]], ("is the MODEL",)),
+    (lambda s: [s["m1"], "--export", str(pathlib.Path(s["m1"]).parent)],
+     ("(--export) holds the MODEL",)),
+])
+def test_no_output_over_a_model_or_image(setup, tmp_path, capsys, argv, words):
+    before = pathlib.Path(setup["m1"]).read_bytes()
+    assert dm_predict.main(argv(setup)) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert pathlib.Path(setup["m1"]).read_bytes() == before
+
+
+def test_give_out_and_a_missing_model_are_answered_before_tensorflow(setup, tmp_path):
+    many = write_images(tmp_path / "many", 21)
+    status, _, err = _probe([setup["m1"], "--image-dir", str(tmp_path / "many")], tmp_path)
+    assert status == "TF-NOT-LOADED 2" and "21 images: give --out FILE" in err
+    status, _, err = _probe([str(tmp_path / "ddsm_vgg16.keras"), "--images", many[0]], tmp_path)
+    assert status == "TF-NOT-LOADED 2"
+    assert "ddsm_vgg16.keras: model file not found; a published checkpoint is downloaded " \
+           "first (the .h5 links: docs/original.md), then converted: python " \
+           "convert_checkpoint.py DOWNLOADED.h5" in err and "--dataset ddsm" in err
+
+
+def test_truncated_model_file_is_called_truncated(setup, tmp_path, capsys):
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(pathlib.Path(setup["m1"]).read_bytes()[:3000])
+    assert dm_predict.main([str(cut), "--images", setup["neg"][0]]) == 2
+    assert "cut.keras: a truncated or corrupt .keras file" in capsys.readouterr().err
+
+
+def test_folder_to_images_and_file_to_image_dir_say_so(setup, tmp_path, capsys):
+    folder = str(setup["d"] / "data" / "neg")
+    assert dm_predict.main([setup["m1"], "--images", folder]) == 2
+    assert f"{folder}: is a folder, not an image file (--images takes files; --image-dir " \
+           "takes a folder)" in capsys.readouterr().err
+    assert dm_predict.main([setup["m1"], "--image-dir", setup["neg"][0]]) == 2
+    assert f"{setup['neg'][0]}: is a file, not a folder of images (--image-dir takes a " \
+           "folder; --images takes files)" in capsys.readouterr().err
+
+
+def test_csv_path_column_keeps_the_paths_as_given(setup, tmp_path, monkeypatch, capsys):
+    """The predictions' path column shows what the user wrote (relative stays relative),
+    and the log says "1 image" without the raw recipe JSON."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "a.png"), cv2.imread(setup["neg"][0], cv2.IMREAD_UNCHANGED))
+    (tmp_path / "list.csv").write_text("path\nimgs/a.png\n")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert dm_predict.main([setup["m1"], "--csv", "list.csv", "--out", "p.csv"]) == 0
+    assert [r["path"] for r in _read(tmp_path / "p.csv")] == ["imgs/a.png"]
+    log = capsys.readouterr().out
+    assert "scoring 1 image with" in log and "scoring 1 images" not in log
+    assert '"img_size"' not in log and "{" not in log                    # no recipe JSON
+    assert "wrote 1 prediction (neg, pos) to p.csv" in log
+
+
+def test_small_and_blank_images_are_refused_with_the_flag_that_forces_them(setup, tmp_path,
+                                                                          capsys):
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(setup["neg"][0], cv2.IMREAD_UNCHANGED),
+                                       (15, 20)))      # the model takes 64x48
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((90, 70), np.uint8))
+    for img, words, force in ((small, "small.png: a 20x15 image, far smaller than the 64x48 "
+                               "input of", "--allow-small-images"),
+                              (black, "black.png: a blank image (every pixel is 0)",
+                               "--allow-blank")):
+        assert dm_predict.main([setup["m1"], "--images", str(img)]) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if "error: " in l]
+        assert len(err) == 1 and words in err[0] and force in err[0], err
+        assert dm_predict.main([setup["m1"], "--images", str(img), force]) == 0
+
+
+def test_argparse_errors_are_two_lines_not_the_whole_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        dm_predict.main(["m.keras", "--batch-size", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()   # prog: sys.argv[0] (pytest's)
+    assert len(err) == 2 and err[0].startswith("usage: ")
+    assert err[0].endswith(" [options] MODEL [MODEL ...]")
+    assert err[1].endswith(": error: argument --batch-size: 0: must be a whole number >= 1")

@@ -225,8 +225,9 @@ def _case_nan_loss(d, data, w):
 
 
 def _case_resume_at_a_size_the_model_cannot_take(d, data, w):
-    # the training folder does not exist: the size is refused before any data is read
-    return ([str(w / "not_read"), str(data["val"]), str(data["test"]), "--resume-from",
+    # refused before any image is decoded (the folders are only listed first, before
+    # TensorFlow loads: a missing one is refused even earlier, see _case_missing_train)
+    return ([str(data["train"]), str(data["val"]), str(data["test"]), "--resume-from",
              str(d / "image.keras"), "--img-size", "96", "96"],
             "this model takes 128x128 images (its input size is fixed)")
 

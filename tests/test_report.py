@@ -153,4 +153,4 @@ def test_model_without_html_is_refused(tmp_path, capsys):
     (tmp_path / "m.keras").write_text("x")
     assert dm_evaluate.main([str(tmp_path / "p.csv"), "--out-dir", str(tmp_path / "r"),
                           "--model", str(tmp_path / "m.keras")]) == 2
-    assert "add --html" in capsys.readouterr().out
+    assert "add --html" in capsys.readouterr().err

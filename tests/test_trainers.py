@@ -416,3 +416,85 @@ def test_nosave_becomes_none_where_flags_are_parsed(kind):
     cfg = dm_flags.config(kind, "a", "b", "c", best_model="NOSAVE", final_model="f.keras",
                           **({"patch_model_state": "p"} if kind == "image" else {}))
     assert cfg.best_model is None and cfg.final_model == "f.keras"
+
+
+# ------------------------------------------------------------------ issue 31
+
+@pytest.mark.parametrize("kind,argv,words", [
+    ("image", ["--all-layer-epochs", "-3"], "--all-layer-epochs: -3: must be a whole number >= 0"),
+    ("patch", ["--nb-epoch", "-1"], "-ne: -1: must be a whole number >= 0"),
+    ("patch", ["--batch-size", "0"], "--batch-size/-bs: 0: must be a whole number >= 1"),
+    ("image", ["--init-learningrate", "0"], "-ilr: 0: must be a finite number > 0"),
+    ("image", ["--hidden-dropout", "1"], "-hd: 1: must be a finite number >= 0 and < 1"),
+    ("patch", ["--weight-decay", "nan"], "-wd: nan: must be a finite number >= 0"),
+    ("image", ["--top-depths", "512", "0"], "--top-depths: 0: must be a whole number >= 1"),
+    ("patch", ["--rescale-factor", "0"], "--rescale-factor: 0: must be a finite number > 0"),
+    ("patch", ["--seed", "-1"], "--seed: -1: must be a whole number >= 0 and <= 4294967295"),
+])
+def test_impossible_numbers_stop_at_flag_parsing(kind, argv, words, capsys):
+    """Issue 31: `--all-layer-epochs -3` exited 0 after "training" nothing."""
+    extra = ["--patch-model-state", "p.keras"] if kind == "image" else []
+    with pytest.raises(SystemExit) as e:
+        dm_flags.parse(kind, ["a", "b", "c", *extra, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 2 and words in err[1], err
+
+
+def test_a_run_never_writes_over_the_model_it_starts_from(tmp_path):
+    """`--resume-from M --best-model M` (or the last-epoch checkpoint, or a link to M)
+    would replace the model being finetuned: refused in one line before TensorFlow."""
+    i = write_class_folders(tmp_path / "images", ["neg", "pos"], 2, (32, 24))
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"a model file")
+    (tmp_path / "link.keras").symlink_to(model)
+    dirs = [str(i["train"]), str(i["val"]), str(i["test"])]
+    code = ("import sys, image_clf_train\n"
+            "rc = image_clf_train.main({argv!r})\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'noTF', rc)\n")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    for flags, words in (
+            (["--best-model", str(model)], "(--best-model) is the --resume-from"),
+            (["--best-model", str(tmp_path / "m.last.keras"), "--resume-from",
+              str(tmp_path / "m.last.keras")], "(--best-model) is the --resume-from"),
+            (["--final-model", str(tmp_path / "link.keras")], "(--final-model) is the "
+                                                               "--resume-from"),
+            (["--best-model", str(tmp_path / "b.keras"), "--history-csv", dirs[0]],
+             "(--history-csv) is the TRAIN_DIR")):
+        argv = dirs + ["--resume-from", str(model), *flags]
+        if flags[-2] == "--resume-from":
+            (tmp_path / "m.last.keras").write_bytes(b"a model file")
+            argv = dirs + flags
+        r = subprocess.run([sys.executable, "-c", code.format(argv=argv)], cwd=repo,
+                           capture_output=True, text=True, timeout=300)
+        assert r.stdout.strip().endswith("noTF 2"), (flags, r.stdout, r.stderr)
+        assert f"image_clf_train: error: " in r.stderr and words in r.stderr, r.stderr
+    assert model.read_bytes() == b"a model file"
+
+
+def test_a_missing_published_checkpoint_says_how_it_is_made(tmp_path, caplog):
+    i = write_class_folders(tmp_path / "images", ["neg", "pos"], 2, (32, 24))
+    rc = image_clf_train.main([str(i["train"]), str(i["val"]), str(i["test"]),
+                               "--resume-from", "ddsm_vgg16.keras"])
+    assert rc == 2
+    err = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert err == ["error: ddsm_vgg16.keras: model file not found (--resume-from); a published "
+                   "checkpoint is downloaded first (the .h5 links: docs/original.md), then "
+                   "converted: python convert_checkpoint.py DOWNLOADED.h5 ddsm_vgg16.keras "
+                   "--dataset ddsm"]
+
+
+def test_renamed_classes_are_said(trained, tmp_path):
+    """Issue 31: `--class-list benign malignant` resuming a `neg pos` model said nothing."""
+    i = trained["images"]
+    dirs = [i["train"], i["val"], i["test"]]
+    cfg = dm_flags.config("image", *dirs, resume_from=str(trained["image_model"]),
+                          class_list=["benign", "malignant"])
+    assert dm_train.renamed_classes(cfg) == [
+        f"{trained['image_model']} was trained with classes neg pos; --class-list benign "
+        "malignant renames its outputs in order (neg -> benign, pos -> malignant); give "
+        "--class-list neg pos to keep its names"]
+    same = dm_flags.config("image", *dirs, resume_from=str(trained["image_model"]))
+    assert dm_train.renamed_classes(same) == []
+    other = dm_flags.config("image", *dirs, patch_model_state=str(trained["patch_model"]),
+                            class_list=["benign", "malignant"])
+    assert dm_train.renamed_classes(other) == []       # a new model: nothing is renamed
