@@ -336,27 +336,62 @@ def plan_lesions(rng: np.random.Generator, lesion_fraction: float, malignant_fra
     return out
 
 
+def plan_women(n_patients: int, seed: int, views_per_patient: int, lesion_fraction: float,
+               malignant_fraction: float, calc_fraction: float
+               ) -> tuple[dict[tuple[str, int], list[tuple[str, str]]], dict[str, Woman]]:
+    """Bilateral mode: each woman's traits, and lesion plans per (patient, index into VIEWS).
+
+    `views_per_patient` counts images per woman as in the default mode: 2 is the CC view of
+    both breasts, 4 adds the MLO pair. lesion_fraction of the women have lesions, all on one
+    side chosen at random and the same lesion list on each view of that side (one lesion
+    seen twice); the other breast is normal."""
+    if views_per_patient not in (2, 4):
+        raise InputError(f"bilateral mode needs views_per_patient 2 (CC of both breasts) or 4 (CC and "
+                         f"MLO of both), got {views_per_patient}")
+    kept = VIEW_NAMES[:views_per_patient // 2]
+    plans, women = {}, {}
+    for p in range(n_patients):
+        pid = f"S_{p + 1:05d}"
+        rng = np.random.default_rng([seed, p, len(VIEWS), 0])  # a stream no image uses
+        women[pid] = draw_woman(rng)
+        lesions = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
+        lesion_side = ("LEFT", "RIGHT")[int(rng.integers(2))]
+        for v, (side, view) in enumerate(VIEWS):
+            if view in kept:
+                plans[(pid, v)] = list(lesions) if side == lesion_side else []
+    return plans, women
+
+
 def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size: tuple[int, int] = (576, 448),
                      seed: int = 12345, lesion_fraction: float = 0.5, malignant_fraction: float = 0.6,
                      calc_fraction: float = 0.35, views_per_patient: int = 2, val_size: float = 0.15,
-                     test_size: float = 0.2, config: SynthConfig | None = None) -> dict:
-    """Write a synthetic dataset in the CBIS-DDSM recipe layout; returns the summary dict."""
+                     test_size: float = 0.2, config: SynthConfig | None = None, bilateral: bool = False) -> dict:
+    """Write a synthetic dataset in the CBIS-DDSM recipe layout; returns the summary dict.
+
+    Default mode: image v of a patient is VIEWS[v], each drawn on its own, lesion_fraction of
+    the images with lesions. `bilateral`: women with both breasts, see `plan_women`."""
     if n_patients < 1 or not 1 <= views_per_patient <= 4:
         raise InputError(f"need n_patients >= 1 and 1 <= views_per_patient <= 4, got {n_patients}, {views_per_patient}")
     cfg = dataclasses.replace(config or SynthConfig(), img_size=tuple(int(v) for v in img_size))
+    women: dict[str, Woman] = {}
+    if bilateral:
+        plans, women = plan_women(n_patients, seed, views_per_patient, lesion_fraction, malignant_fraction,
+                                  calc_fraction)
+    mode = {"bilateral": True} if bilateral else {}  # recorded only when on: default folders stay as they were
     out = claim_folder(out_dir, "dm_synthetic", dict(
         n_patients=n_patients, img_size=cfg.img_size, seed=seed, lesion_fraction=lesion_fraction,
         malignant_fraction=malignant_fraction, calc_fraction=calc_fraction,
         views_per_patient=views_per_patient, val_size=val_size, test_size=test_size,
-        config=dataclasses.asdict(cfg)), what="output folder")
+        config=dataclasses.asdict(cfg), **mode), what="output folder")
     (out / FULL_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
-    plans = {}
-    for p in range(n_patients):
-        pid = f"S_{p + 1:05d}"
-        for v in range(views_per_patient):
-            rng = np.random.default_rng([seed, p, v, 0])
-            plans[(pid, v)] = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
+    if not bilateral:
+        plans = {}
+        for p in range(n_patients):
+            pid = f"S_{p + 1:05d}"
+            for v in range(views_per_patient):
+                rng = np.random.default_rng([seed, p, v, 0])
+                plans[(pid, v)] = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
     pat_label = {pid: 0 for pid, _ in plans}
     for (pid, _), les in plans.items():
         if any(path == "MALIGNANT" for _, path in les):
@@ -367,7 +402,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         p = int(pid[2:]) - 1
         side, view = VIEWS[v]
         rng = np.random.default_rng([seed, p, v, 1])
-        s = render_image(rng, view, side, les, cfg)
+        s = render_image(rng, view, side, les, cfg, women.get(pid))
         image_id = f"{pid}_{side}_{view}"
         fname = f"{image_id}.png"
         write_png(out / FULL_DIR / fname, s.image)
@@ -384,7 +419,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     summary = summarize(images, rois, name="synthetic")
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
-                         "calc_fraction": calc_fraction, "views_per_patient": views_per_patient}
+                         "calc_fraction": calc_fraction, "views_per_patient": views_per_patient, **mode}
     dm_output.write_json(out / "synthetic.json", summary, default=list)
     return summary
 
@@ -394,10 +429,15 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
-    ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
+    ap.add_argument("--views-per-patient", type=int, default=2,
+                    help="images per patient: LEFT CC, LEFT MLO, RIGHT CC, RIGHT MLO in that order; "
+                         "with --bilateral 2 (CC of both breasts) or 4")
+    ap.add_argument("--bilateral", action="store_true",
+                    help="women with both breasts of each view, sharing her traits; lesions on one side at most")
     dm_cli.add_img_size(ap, help="image size", default=[576, 448])
     dm_cli.add_seed_flag(ap, "seeds every image and the splits")
-    ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")
+    ap.add_argument("--lesion-fraction", type=float, default=0.5,
+                    help="fraction of images (--bilateral: of women) with lesions")
     ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")
     ap.add_argument("--calc-fraction", type=float, default=0.35,
                     help="fraction of lesions that are calcification clusters (else masses)")
@@ -417,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mass_radius=tuple(a.mass_radius), calc_radius=a.calc_radius)
     return generate_dataset(a.out_dir, a.n_patients, tuple(a.img_size), a.seed, a.lesion_fraction,
                             a.malignant_fraction, a.calc_fraction, a.views_per_patient, a.val_size,
-                            a.test_size, cfg)
+                            a.test_size, cfg, bilateral=a.bilateral)
 
 
 def cli() -> None:
