@@ -171,7 +171,7 @@ def test_bilateral_breasts_share_the_womans_traits(tmp_path, view):
 
 def test_bilateral_lesion_side_differs_by_the_lesion_only(tmp_path):
     """Aligned by mirroring, a lesion woman's two breasts differ outside the lesion masks as much
-    as a normal woman's do, with no shift of grey level, and inside them by the lesion's signal."""
+    as a normal woman's do, with no shift of grey level or size, and inside them by the lesion's signal."""
     out = tmp_path / "bil"
     syn.generate_dataset(out, n_patients=80, img_size=(128, 96), seed=2, lesion_fraction=0.5, bilateral=True)
     images = pd.read_csv(out / "images.csv", dtype=str)
@@ -187,15 +187,17 @@ def test_bilateral_lesion_side_differs_by_the_lesion_only(tmp_path):
             mask |= m[:, ::-1] if r.side == "RIGHT" else m
             lesion_side = r.side
         a, b = img[lesion_side], img["RIGHT" if lesion_side == "LEFT" else "LEFT"]
-        both = (a > 0.05 * syn.PEAK) & (b > 0.05 * syn.PEAK) & ~mask
+        in_a, in_b = a > 0.05 * syn.PEAK, b > 0.05 * syn.PEAK
+        both = in_a & in_b & ~mask
         rows.append(dict(lesion=mask.any(), out_abs=np.abs(a - b)[both].mean(), out_mean=(a - b)[both].mean(),
-                         inside=np.median((a - b)[mask]) if mask.any() else np.nan))
+                         area=in_a.mean() - in_b.mean(), inside=np.median((a - b)[mask]) if mask.any() else np.nan))
     df = pd.DataFrame(rows)
     les, norm = df[df.lesion], df[~df.lesion]
     assert len(les) >= 25 and len(norm) >= 25
     assert abs(les.out_abs.mean() / norm.out_abs.mean() - 1) < 0.1           # same texture difference
-    assert abs(les.out_mean.mean()) < 3 * les.out_mean.std() / np.sqrt(len(les))  # no grey-level shift
-    assert les.out_mean.abs().max() < 3 * norm.out_mean.abs().max()
+    for k in ("out_mean", "area"):                                           # no shift of grey level or size
+        assert abs(les[k].mean()) < 3 * les[k].std() / np.sqrt(len(les)), k
+        assert les[k].abs().max() < 3 * norm[k].abs().max(), k
     assert les.inside.median() > 0.25 * syn.SynthConfig.mass_contrast * syn.PEAK  # the lesion itself
     assert les.inside.median() > 10 * les.out_mean.abs().median()
 
