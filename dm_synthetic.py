@@ -16,8 +16,9 @@ Bilateral mode (`bilateral=True`, `--bilateral`) draws women with both breasts o
 The traits that describe the woman rather than one breast (outline size and shape, pectoral
 reach, glandular density and most of its coarse pattern; see `Woman`) are drawn once per
 woman, so her two breasts look alike, mirrored; the rest (outline wobble, fine texture,
-noise, lesions) is drawn per breast. Each image on its own is distributed as in the default
-mode; only the pairing differs. A woman has lesions on one side at most.
+noise, lesions) is drawn per breast. A breast's tissue on its own is distributed as in the
+default mode; only the pairing differs. lesion_fraction then counts women, not images: a
+woman has lesions on one side at most, the same list in each view of that side.
 """
 from __future__ import annotations
 
@@ -377,6 +378,10 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     if bilateral:
         plans, women = plan_women(n_patients, seed, views_per_patient, lesion_fraction, malignant_fraction,
                                   calc_fraction)
+    else:
+        plans = {(f"S_{p + 1:05d}", v): plan_lesions(np.random.default_rng([seed, p, v, 0]), lesion_fraction,
+                                                     malignant_fraction, calc_fraction)
+                 for p in range(n_patients) for v in range(views_per_patient)}
     mode = {"bilateral": True} if bilateral else {}  # recorded only when on: default folders stay as they were
     out = claim_folder(out_dir, "dm_synthetic", dict(
         n_patients=n_patients, img_size=cfg.img_size, seed=seed, lesion_fraction=lesion_fraction,
@@ -385,13 +390,6 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         config=dataclasses.asdict(cfg), **mode), what="output folder")
     (out / FULL_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
-    if not bilateral:
-        plans = {}
-        for p in range(n_patients):
-            pid = f"S_{p + 1:05d}"
-            for v in range(views_per_patient):
-                rng = np.random.default_rng([seed, p, v, 0])
-                plans[(pid, v)] = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
     pat_label = {pid: 0 for pid, _ in plans}
     for (pid, _), les in plans.items():
         if any(path == "MALIGNANT" for _, path in les):
