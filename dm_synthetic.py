@@ -11,6 +11,14 @@ writes the same layout as the CBIS-DDSM recipe (see dm_recipe_utils), so every d
 tool (patch sampler, whole-image trainer) runs on it unchanged. Each image is drawn from
 its own generator seeded by (seed, patient, view), so the output is reproducible and an
 image doesn't change when more patients are requested.
+
+Bilateral mode (`bilateral=True`, `--bilateral`) draws women with both breasts of each view.
+The traits that describe the woman rather than one breast (outline size and shape, pectoral
+reach, glandular density and most of its coarse pattern; see `Woman`) are drawn once per
+woman, so her two breasts look alike, mirrored; the rest (outline wobble, fine texture,
+noise, lesions) is drawn per breast. A breast's tissue on its own is distributed as in the
+default mode; only the pairing differs. lesion_fraction then counts women, not images: a
+woman has lesions on one side at most, the same list in each view of that side.
 """
 from __future__ import annotations
 
@@ -36,7 +44,16 @@ from dm_recipe_utils import (FULL_DIR, IMAGE_COLUMNS, MASK_DIR, ROI_COLUMNS, cla
 log = logging.getLogger(__name__)
 
 VIEWS = (("LEFT", "CC"), ("LEFT", "MLO"), ("RIGHT", "CC"), ("RIGHT", "MLO"))
+VIEW_NAMES = ("CC", "MLO")
 PEAK = 60000.0  # 16-bit value of intensity 1.0
+# Ranges of the traits drawn per image (default mode) or per woman (bilateral mode).
+SIZE = (0.72, 0.92)                                   # breast half-width / image width
+CENTRE = {"CC": (0.47, 0.53), "MLO": (0.40, 0.46)}    # breast centre row / image height
+TOP = {"CC": (0.36, 0.44), "MLO": (0.40, 0.46)}       # upper half-height / image height
+BOTTOM = (0.36, 0.44)                                 # lower half-height / image height
+PECTORAL = ((0.22, 0.36), (0.35, 0.5))                # pectoral reach along x / w, along y / h
+DENSITY = (-0.3, 0.4)                                 # glandular offset
+SHARED_PATTERN = 0.75  # bilateral: fraction of the coarse density pattern's variance the two breasts share
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,35 @@ class SynthImage:
         return int(any(les.pathology == "MALIGNANT" for les in self.lesions))
 
 
+@dataclass(frozen=True)
+class Woman:
+    """What both breasts of one woman share in bilateral mode (see the module docstring).
+
+    Shape traits are quantiles (0..1) within the ranges above, so one woman's CC and MLO
+    views show the same breast size; `pattern_seed` seeds her coarse density pattern per view.
+    """
+
+    size: float
+    centre: float
+    top: float
+    bottom: float
+    pectoral: tuple[float, float]
+    density: float
+    pattern_seed: int
+
+
+def draw_woman(rng: np.random.Generator) -> Woman:
+    """One woman's shared traits."""
+    return Woman(size=rng.random(), centre=rng.random(), top=rng.random(), bottom=rng.random(),
+                 pectoral=(rng.random(), rng.random()), density=float(rng.uniform(*DENSITY)),
+                 pattern_seed=int(rng.integers(2 ** 32)))
+
+
+def _at(span: tuple[float, float], q: float) -> float:
+    """The value at quantile `q` of a uniform range."""
+    return span[0] + q * (span[1] - span[0])
+
+
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float) -> np.ndarray:
     """Zero-mean noise smooth over about `cell` pixels: blurred low-res noise, upsampled linearly."""
     h, w = shape
@@ -86,14 +132,19 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: float)
     return big[:h, :w]
 
 
-def _breast(rng: np.random.Generator, h: int, w: int, view: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Breast mask (bool), normalised radius map (0 centre of chest wall .. 1 skin) and pectoral mask."""
+def _breast(rng: np.random.Generator, h: int, w: int, view: str, woman: Woman | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Breast mask (bool), normalised radius map (0 centre of chest wall .. 1 skin) and pectoral mask.
+
+    The outline comes from `woman` if given, else from `rng` (the default mode's draws, in order)."""
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
-    a = w * rng.uniform(0.72, 0.92)
-    cy = h * rng.uniform(0.47, 0.53) if view == "CC" else h * rng.uniform(0.40, 0.46)
-    b_top = h * rng.uniform(0.36, 0.44) if view == "CC" else h * rng.uniform(0.40, 0.46)
-    b_bot = h * rng.uniform(0.36, 0.44)
+    if woman is None:
+        a, cy = w * rng.uniform(*SIZE), h * rng.uniform(*CENTRE[view])
+        b_top, b_bot = h * rng.uniform(*TOP[view]), h * rng.uniform(*BOTTOM)
+    else:
+        a, cy = w * _at(SIZE, woman.size), h * _at(CENTRE[view], woman.centre)
+        b_top, b_bot = h * _at(TOP[view], woman.top), h * _at(BOTTOM, woman.bottom)
     b = np.where(yy < cy, np.float32(b_top), np.float32(b_bot))
     wobble = 1 + np.float32(0.03) * _smooth_noise(rng, (h, w), max(h, w) / 3)
     dx2 = (xx * np.float32(1 / a)) ** 2
@@ -102,7 +153,10 @@ def _breast(rng: np.random.Generator, h: int, w: int, view: str) -> tuple[np.nda
     breast = r <= 1.0
     pect = np.zeros((h, w), bool)
     if view == "MLO":
-        px, py = w * rng.uniform(0.22, 0.36), h * rng.uniform(0.35, 0.5)
+        if woman is None:
+            px, py = w * rng.uniform(*PECTORAL[0]), h * rng.uniform(*PECTORAL[1])
+        else:
+            px, py = w * _at(PECTORAL[0], woman.pectoral[0]), h * _at(PECTORAL[1], woman.pectoral[1])
         pect = (xx / np.float32(px) + yy / np.float32(py)) <= 1.0
         pect &= breast
     return breast, r, pect
@@ -205,14 +259,23 @@ def _calc_signal(rng: np.random.Generator, shape: tuple[int, int], c: tuple[int,
 
 
 def render_image(rng: np.random.Generator, view: str = "CC", side: str = "LEFT",
-                 lesions: list[tuple[str, str]] = (), cfg: SynthConfig = SynthConfig()) -> SynthImage:
-    """Render one mammogram with the given (type, pathology) lesions."""
+                 lesions: list[tuple[str, str]] = (), cfg: SynthConfig = SynthConfig(),
+                 woman: Woman | None = None) -> SynthImage:
+    """Render one mammogram with the given (type, pathology) lesions.
+
+    With `woman`, her shared traits replace the per-image draws of outline and density, and
+    her coarse density pattern for `view` is mixed into this breast's own (bilateral mode)."""
     h, w = cfg.img_size
-    breast, r, pect = _breast(rng, h, w, view)
+    breast, r, pect = _breast(rng, h, w, view, woman)
     white = rng.standard_normal((h, w), dtype=np.float32)  # one draw: texture, background and noise
-    dens = _smooth_noise(rng, (h, w), max(8.0, w / 10)) * np.float32(0.5) \
-        + _smooth_noise(rng, (h, w), max(4.0, w / 30)) * np.float32(0.3)
-    gland = np.maximum(dens + np.float32(rng.uniform(-0.3, 0.4)) + np.float32(0.6) * (1 - r), 0)
+    coarse = _smooth_noise(rng, (h, w), max(8.0, w / 10))
+    if woman is not None:  # same variance as one field: sqrt(s) shared + sqrt(1 - s) own
+        shared = _smooth_noise(np.random.default_rng([woman.pattern_seed, VIEW_NAMES.index(view)]), (h, w),
+                               max(8.0, w / 10))
+        coarse = np.float32(math.sqrt(SHARED_PATTERN)) * shared + np.float32(math.sqrt(1 - SHARED_PATTERN)) * coarse
+    dens = coarse * np.float32(0.5) + _smooth_noise(rng, (h, w), max(4.0, w / 30)) * np.float32(0.3)
+    offset = rng.uniform(*DENSITY) if woman is None else woman.density
+    gland = np.maximum(dens + np.float32(offset) + np.float32(0.6) * (1 - r), 0)
     gland = gland / (1 + gland)  # 0..1, denser towards the chest wall
     texture = cv2.GaussianBlur(white, (0, 0), 1.0) * np.float32(0.06)
     thick = np.sqrt(np.sqrt(np.clip(1 - r * r, 0, 1)))
@@ -274,27 +337,59 @@ def plan_lesions(rng: np.random.Generator, lesion_fraction: float, malignant_fra
     return out
 
 
+def plan_women(n_patients: int, seed: int, views_per_patient: int, lesion_fraction: float,
+               malignant_fraction: float, calc_fraction: float
+               ) -> tuple[dict[tuple[str, int], list[tuple[str, str]]], dict[str, Woman]]:
+    """Bilateral mode: each woman's traits, and lesion plans per (patient, index into VIEWS).
+
+    `views_per_patient` counts images per woman as in the default mode: 2 is the CC view of
+    both breasts, 4 adds the MLO pair. lesion_fraction of the women have lesions, all on one
+    side chosen at random and the same lesion list on each view of that side (one lesion
+    seen twice); the other breast is normal."""
+    if views_per_patient not in (2, 4):
+        raise InputError(f"bilateral mode needs views_per_patient 2 (CC of both breasts) or 4 (CC and "
+                         f"MLO of both), got {views_per_patient}")
+    kept = VIEW_NAMES[:views_per_patient // 2]
+    plans, women = {}, {}
+    for p in range(n_patients):
+        pid = f"S_{p + 1:05d}"
+        rng = np.random.default_rng([seed, p, len(VIEWS), 0])  # a stream no image uses
+        women[pid] = draw_woman(rng)
+        lesions = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
+        lesion_side = ("LEFT", "RIGHT")[int(rng.integers(2))]
+        for v, (side, view) in enumerate(VIEWS):
+            if view in kept:
+                plans[(pid, v)] = list(lesions) if side == lesion_side else []
+    return plans, women
+
+
 def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size: tuple[int, int] = (576, 448),
                      seed: int = 12345, lesion_fraction: float = 0.5, malignant_fraction: float = 0.6,
                      calc_fraction: float = 0.35, views_per_patient: int = 2, val_size: float = 0.15,
-                     test_size: float = 0.2, config: SynthConfig | None = None) -> dict:
-    """Write a synthetic dataset in the CBIS-DDSM recipe layout; returns the summary dict."""
+                     test_size: float = 0.2, config: SynthConfig | None = None, bilateral: bool = False) -> dict:
+    """Write a synthetic dataset in the CBIS-DDSM recipe layout; returns the summary dict.
+
+    Default mode: image v of a patient is VIEWS[v], each drawn on its own, lesion_fraction of
+    the images with lesions. `bilateral`: women with both breasts, see `plan_women`."""
     if n_patients < 1 or not 1 <= views_per_patient <= 4:
         raise InputError(f"need n_patients >= 1 and 1 <= views_per_patient <= 4, got {n_patients}, {views_per_patient}")
     cfg = dataclasses.replace(config or SynthConfig(), img_size=tuple(int(v) for v in img_size))
+    women: dict[str, Woman] = {}
+    if bilateral:
+        plans, women = plan_women(n_patients, seed, views_per_patient, lesion_fraction, malignant_fraction,
+                                  calc_fraction)
+    else:
+        plans = {(f"S_{p + 1:05d}", v): plan_lesions(np.random.default_rng([seed, p, v, 0]), lesion_fraction,
+                                                     malignant_fraction, calc_fraction)
+                 for p in range(n_patients) for v in range(views_per_patient)}
+    mode = {"bilateral": True} if bilateral else {}  # recorded only when on: default folders stay as they were
     out = claim_folder(out_dir, "dm_synthetic", dict(
         n_patients=n_patients, img_size=cfg.img_size, seed=seed, lesion_fraction=lesion_fraction,
         malignant_fraction=malignant_fraction, calc_fraction=calc_fraction,
         views_per_patient=views_per_patient, val_size=val_size, test_size=test_size,
-        config=dataclasses.asdict(cfg)), what="output folder")
+        config=dataclasses.asdict(cfg), **mode), what="output folder")
     (out / FULL_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASK_DIR).mkdir(parents=True, exist_ok=True)
-    plans = {}
-    for p in range(n_patients):
-        pid = f"S_{p + 1:05d}"
-        for v in range(views_per_patient):
-            rng = np.random.default_rng([seed, p, v, 0])
-            plans[(pid, v)] = plan_lesions(rng, lesion_fraction, malignant_fraction, calc_fraction)
     pat_label = {pid: 0 for pid, _ in plans}
     for (pid, _), les in plans.items():
         if any(path == "MALIGNANT" for _, path in les):
@@ -305,7 +400,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
         p = int(pid[2:]) - 1
         side, view = VIEWS[v]
         rng = np.random.default_rng([seed, p, v, 1])
-        s = render_image(rng, view, side, les, cfg)
+        s = render_image(rng, view, side, les, cfg, women.get(pid))
         image_id = f"{pid}_{side}_{view}"
         fname = f"{image_id}.png"
         write_png(out / FULL_DIR / fname, s.image)
@@ -322,7 +417,7 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     summary = summarize(images, rois, name="synthetic")
     summary["config"] = {**dataclasses.asdict(cfg), "seed": seed, "n_patients": n_patients,
                          "lesion_fraction": lesion_fraction, "malignant_fraction": malignant_fraction,
-                         "calc_fraction": calc_fraction, "views_per_patient": views_per_patient}
+                         "calc_fraction": calc_fraction, "views_per_patient": views_per_patient, **mode}
     dm_output.write_json(out / "synthetic.json", summary, default=list)
     return summary
 
@@ -332,10 +427,15 @@ def main(argv: list[str] | None = None) -> dict:
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
     ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
-    ap.add_argument("--views-per-patient", type=int, default=2, help="images per patient (CC, MLO)")
+    ap.add_argument("--views-per-patient", type=int, default=2,
+                    help="images per patient: LEFT CC, LEFT MLO, RIGHT CC, RIGHT MLO in that order; "
+                         "with --bilateral 2 (CC of both breasts) or 4")
+    ap.add_argument("--bilateral", action="store_true",
+                    help="women with both breasts of each view, sharing her traits; lesions on one side at most")
     dm_cli.add_img_size(ap, help="image size", default=[576, 448])
     dm_cli.add_seed_flag(ap, "seeds every image and the splits")
-    ap.add_argument("--lesion-fraction", type=float, default=0.5, help="fraction of images with a lesion")
+    ap.add_argument("--lesion-fraction", type=float, default=0.5,
+                    help="fraction of images (--bilateral: of women) with lesions")
     ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")
     ap.add_argument("--calc-fraction", type=float, default=0.35,
                     help="fraction of lesions that are calcification clusters (else masses)")
@@ -355,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
                       mass_radius=tuple(a.mass_radius), calc_radius=a.calc_radius)
     return generate_dataset(a.out_dir, a.n_patients, tuple(a.img_size), a.seed, a.lesion_fraction,
                             a.malignant_fraction, a.calc_fraction, a.views_per_patient, a.val_size,
-                            a.test_size, cfg)
+                            a.test_size, cfg, bilateral=a.bilateral)
 
 
 def cli() -> None:
