@@ -59,7 +59,8 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
     bottleneck_enlarge_factor=4, add_heatmap=False, avg_pool_size=[7, 7], add_conv=True,
     add_shortcut=False, hm_strides=[1, 1], hm_pool_size=[5, 5], fc_init_units=64, fc_layers=2,
     kept_layer_idx=None, all_layer_multiplier=0.1, auto_batch_balance=True,
-    best_model="./modelState/image_clf.keras",
+    best_model="./modelState/image_clf.keras", mil_pooling=None, top_fraction=0.02,
+    attention_units=16, bilateral=False, pairs=None,
 )
 
 
@@ -242,6 +243,22 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fc-init-units", dest="fc_init_units", type=POSITIVE,
                    help="units of the first FC layer (halving after)")
     g.add_argument("--fc-layers", dest="fc_layers", type=COUNT, help="number of FC layers")
+    g = p.add_argument_group("multiple-instance head and bilateral model, instead of the top "
+                             "blocks (docs/mias.md)")
+    g.add_argument("--mil-pooling", dest="mil_pooling", choices=["top", "attention"],
+                   help="pool the patch classifier's window map into the image score: the "
+                        "mean of its top --top-fraction windows, or gated attention")
+    g.add_argument("--top-fraction", dest="top_fraction", type=dm_cli.float_in(0, 1, low_open=True),
+                   help="with --mil-pooling top: the fraction of windows averaged")
+    g.add_argument("--attention-units", dest="attention_units", type=POSITIVE,
+                   help="with --mil-pooling attention: units of the attention layer")
+    _bool(g, "bilateral", "bilateral",
+          "score each breast with the same view of the woman's other breast, mirrored: "
+          "the head sees [own, own - other] (implies --mil-pooling top unless given)")
+    g.add_argument("--pairs", dest="pairs",
+                   help="where each image's other breast is: a recipe's images.csv "
+                        "(patient_id, side, view) or a CSV with path,other_path; needed "
+                        "by a bilateral model")
 
 
 def _fidelity_flags(p: argparse.ArgumentParser, kind: str) -> None:
@@ -384,6 +401,11 @@ def check_run(cfg) -> None:
     for flag, path in models[:2]:
         if path is not None:
             dm_convert_checkpoint.require_model_file(path, flag)
+    if getattr(cfg, "bilateral", False) and not cfg.pairs:
+        raise InputError("--bilateral needs --pairs (a recipe's images.csv or a "
+                         "path,other_path CSV)")
+    if getattr(cfg, "pairs", None) and not os.path.isfile(cfg.pairs):
+        raise InputError(f"--pairs {cfg.pairs}: file not found")
     for folder in (cfg.train_dir, cfg.val_dir, cfg.test_dir):
         dm_listing.list_class_folders(folder, cfg.class_list)
     inputs = models + [("TRAIN_DIR", cfg.train_dir), ("VAL_DIR", cfg.val_dir),

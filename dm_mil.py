@@ -188,11 +188,19 @@ def build_mil_model(patch_model: keras.Model, image_size: Sequence[int], *, nb_c
                        kernel_regularizer=keras.regularizers.L2(weight_decay),
                        name="clf_dense")(own)
     model = keras.Model(inputs, out, name="mil_bilateral" if bilateral else "mil_clf")
+    return model, stage_one_frozen(model)
+
+
+def stage_one_frozen(model: keras.Model) -> int | None:
+    """How many first layers whole-image stage 1 keeps frozen in a multiple-instance model
+    (up to the copied patch classifier `hm_dense`); None for any other model."""
     names = [l.name for l in model.layers]
+    if "mil_pool" not in names or "hm_dense" not in names:
+        return None
     top = names.index("hm_dense") + 1
     if any(n in names[:top] for n in ("mil_pool", "clf_dense")):
         raise AssertionError("layer order: the head precedes the patch classifier")
-    return model, top
+    return top
 
 
 def is_bilateral(model: keras.Model) -> bool:

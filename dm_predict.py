@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -32,6 +33,7 @@ import dm_cli
 import dm_convert_checkpoint
 import dm_inputs
 import dm_output
+import dm_pairs
 import dm_pixels
 import dm_preflight
 import dm_recipe
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CSV with a path column (label optional), or a recipe's images.csv")
     src.add_argument("--split", metavar="NAME",
                      help="with --csv: only rows whose split column is NAME (e.g. test)")
+    src.add_argument("--pairs", metavar="FILE",
+                     help="a bilateral model's pairs: each image's other breast, from a "
+                          "recipe's images.csv (patient_id, side, view) or a path,other_path "
+                          "CSV (default: the --csv file)")
     p.add_argument("--out", metavar="CSV",
                    help=f"predictions CSV to write; '-' prints it (the default for up to "
                         f"{STDOUT_MAX_IMAGES} images)")
@@ -95,8 +101,11 @@ def precheck(args) -> None:
     paths = dm_inputs.early_inputs(args.images, args.image_dir, args.csv, args.split) \
         if scoring or not (args.export or args.export_onnx) else []
     # Every output location first, so a long run cannot fail at its end.
+    if args.pairs and not os.path.isfile(args.pairs):
+        raise dm_inputs.InferenceError(f"--pairs {args.pairs}: file not found")
     inputs = [("MODEL", m) for m in args.models] + [("--csv", args.csv),
-                                                    ("--image-dir", args.image_dir)]
+                                                    ("--image-dir", args.image_dir),
+                                                    ("--pairs", args.pairs)]
     inputs += [("image", p) for p in paths or ()]
     for flag, dest, folder in (("--out", args.out if scoring else None, False),
                                ("--export", args.export, True),
@@ -151,17 +160,30 @@ def score(args) -> int:
         import dm_modelfile  # deferred for --help (docs/modules.md)
         for m in models:
             dm_modelfile.set_precision(m.model, args.mixed_precision)
+    others = _other_breasts(args, models, inputs.paths)
     with dm_cli.progress(len(inputs.paths) * len(models), "scoring") as bar:
         probs = dm_calibration.score_models(
             models, lambda ms: dm_scoring.score_paths(ms, inputs.paths, args.batch_size,
                                                args.test_augment, dm_recipe.flag_values(args),
                                                convert_bits=args.convert_bit_depth,
-                                               depths=depths, progress=bar),
+                                               depths=depths, progress=bar, others=others),
             enabled=not args.no_calibration)
     dm_inputs.write_predictions_csv(out, inputs, probs, class_list)
     log.info("wrote %s (%s) to %s", dm_cli.plural(len(inputs.paths), "prediction"),
              ", ".join(class_list), "standard output" if out == "-" else out)
     return 0
+
+
+def _other_breasts(args, models, paths: Sequence[str]) -> list[str] | None:
+    """Each image's other breast when a model is bilateral (`dm_pairs`), else None."""
+    if not any(len(m.model.inputs) == 2 for m in models):
+        return None
+    source = args.pairs or args.csv
+    if source is None:
+        raise dm_inputs.InferenceError("a bilateral model scores each image with the other "
+                                       "breast: give --pairs (or --csv with a recipe's "
+                                       "images.csv)")
+    return dm_pairs.partner_paths(paths, dm_pairs.read_pairs(source), source)
 
 
 def predict(models: Sequence[str], **options: Any) -> int:

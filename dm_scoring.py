@@ -60,19 +60,25 @@ def predict(model, ds, tta: bool = False, verbose: int = 0, progress=None) -> np
 
 def forward_fn(model, tta: bool = False):
     """The model's inference call as a `tf.function` with a batch-free signature, cached on
-    the model; with `tta` the four flips go through the network as one batch."""
+    the model; with `tta` the four flips go through the network as one batch. A bilateral
+    model (two inputs) takes the pair (x, x_other); TTA flips both images alike."""
     cache = model.__dict__.setdefault("_dm_forward", {})
     key = (tta, tuple(l.dtype_policy.name for l in model.layers))  # a new trace per precision
     if key not in cache:
-        spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+        specs = tuple(tf.TensorSpec((None, *t.shape[1:]), tf.float32) for t in model.inputs)
+        single = len(specs) == 1
 
-        @tf.function(input_signature=[spec])
+        def stacked(x):
+            if single:
+                return tf.concat([flip(x, m) for m in FLIPS], axis=0)
+            return tuple(tf.concat([flip(v, m) for m in FLIPS], axis=0) for v in x)
+
+        @tf.function(input_signature=[specs[0] if single else specs])
         def forward(x):
             if not tta:
                 return tf.cast(model(x, training=False), tf.float32)
-            n = tf.shape(x)[0]
-            flips = tf.concat([flip(x, m) for m in FLIPS], axis=0)
-            p = tf.cast(model(flips, training=False), tf.float32)
+            n = tf.shape(x if single else x[0])[0]
+            p = tf.cast(model(stacked(x), training=False), tf.float32)
             return tf.reduce_mean(tf.reshape(p, (len(FLIPS), n, -1)), axis=0)
         cache[key] = forward
     return cache[key]
@@ -200,8 +206,11 @@ def common_class_list(models: Sequence[LoadedModel], override: Sequence[str] | N
 def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size: int = 4,
                 tta: bool = False, overrides: dict | None = None,
                 convert_bits: bool = False, depths: Sequence[int | None] | None = None,
-                progress=None) -> np.ndarray:
+                progress=None, others: Sequence[str] | None = None) -> np.ndarray:
     """(N, classes) mean probabilities of several models, each with its own recipe.
+
+    `others`: each image's other breast (`dm_pairs`), needed by a bilateral model; both
+    breasts go through the same recipe and bit-depth conversion.
 
     Images of another bit depth than a model was trained on are refused, or with
     `convert_bits` scaled to that depth (see `depth_groups`). `depths`: each file's bit
@@ -222,11 +231,18 @@ def score_paths(models: Sequence[LoadedModel], paths: Sequence[str], batch_size:
             # TTA sends each batch's four flips through the network as one call: a quarter
             # of the batch keeps that call at the network's usual batch size.
             bs = max(1, batch_size // len(FLIPS)) if tta else batch_size
+            pairs = None
+            if len(m.model.inputs) == 2:
+                if others is None:
+                    raise InferenceError(f"{m.path} is a bilateral model: it scores each "
+                                         "image with the other breast (give the pairs)")
+                sub, pairs = pair_sources(sub, [others[i] for i in idx])
             ds = dm_dataset.make_dataset(sub, np.zeros(len(sub), np.int64), r, nb_class,
-                                       bs, training=False)
-            log.info("scoring %s with %s (%s%s)", dm_cli.plural(len(sub), "image"), m.path,
-                     recipe_brief(r), ", 4-flip TTA" if tta else "")
-            p = predict(m.model, ds, tta=tta, progress=progress)
+                                       bs, training=False, pairs=pairs)
+            log.info("scoring %s with %s (%s%s%s)", dm_cli.plural(len(idx), "image"), m.path,
+                     recipe_brief(r), ", 4-flip TTA" if tta else "",
+                     ", each with its other breast" if pairs is not None else "")
+            p = predict(m.model, ds, tta=tta, progress=progress)[:len(idx)]
             if out is None:
                 out = np.empty((len(paths), p.shape[-1]), np.float32)
             out[idx] = p
@@ -240,6 +256,22 @@ def recipe_brief(r: Recipe) -> str:
     size = (f"{r.img_size[0]}x{r.img_size[1]}" if r.img_size else
             f"height {r.target_height}" if r.target_height else "own size")
     return f"{size}, {r.input_bits}-bit input" if r.input_bits else size
+
+
+def pair_sources(paths: Sequence[str], others: Sequence[str]
+                 ) -> tuple[list[str], np.ndarray]:
+    """The images to read for scoring `paths` with their `others`: `paths` first, then the
+    other breasts not already among them, and each one's partner index in that list."""
+    combined = list(paths)
+    where = {p: i for i, p in enumerate(combined)}
+    for o in others:
+        if o not in where:
+            where[o] = len(combined)
+            combined.append(o)
+    pairs = np.empty(len(combined), np.int64)
+    for p, o in zip(paths, others):
+        pairs[where[p]], pairs[where[o]] = where[o], where[p]
+    return combined, pairs
 
 
 def bit_conversion(recipe: Recipe, depth: int) -> Recipe:

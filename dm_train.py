@@ -30,6 +30,7 @@ import dm_flags
 import dm_listing
 import dm_modelfile
 import dm_output
+import dm_pairs
 import dm_recipe
 import dm_scoring
 import dm_stages
@@ -111,14 +112,21 @@ class Split:
 
 
 def load_split(folder: str, class_list, recipe: Recipe, *, batch_size: int, seed: int,
-               load_ram: bool = False) -> Split:
-    """An evaluation split (finite, in order, never augmented) from class folders."""
+               load_ram: bool = False, pairs: tuple | None = None) -> Split:
+    """An evaluation split (finite, in order, never augmented) from class folders; with
+    `pairs` ((pairs map, its file), see `split_pairs`), each image with its other breast."""
     paths, labels = dm_listing.list_class_folders(folder, class_list)
     ds = dm_dataset.make_dataset(paths, labels, recipe, len(class_list), batch_size,
-                               training=False, seed=seed, load_ram=load_ram)
+                               training=False, seed=seed, load_ram=load_ram,
+                               pairs=split_pairs(paths, pairs, folder))
     log.info("%s: %s %s", folder, dm_cli.plural(len(labels), "image"),
              dm_listing.class_counts(labels, class_list))
     return Split(ds, np.asarray(labels))
+
+
+def split_pairs(paths, pairs: tuple | None, folder: str):
+    """Each image's other-breast index in its own set (`dm_pairs`), or None (one view)."""
+    return None if pairs is None else dm_pairs.partner_index(paths, pairs[0], pairs[1], folder)
 
 
 def check_validation_classes(split: Split, folder: str, class_list) -> None:
@@ -435,6 +443,12 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     dm_modelfile.set_precision(model, cfg.mixed_precision)  # also a resumed float32 file
     channels = int(model.inputs[0].shape[-1])
     recipe = dm_recipe.recipe_from_flags(cfg, channels=channels, input_bits=input_bits)
+    pairs = None
+    if len(model.inputs) == 2:      # a bilateral model (dm_mil) trains on pairs
+        if not getattr(cfg, "pairs", None):
+            raise RunError("the model is bilateral: give --pairs")
+        pairs = (dm_pairs.read_pairs(cfg.pairs), cfg.pairs)
+        meta_extra = dict(meta_extra, bilateral=True)
     meta = ModelMeta(tuple(cfg.class_list), recipe, kind=spec.kind, extra=meta_extra)
     n_out = int(model.outputs[0].shape[-1])
     if n_out != len(cfg.class_list):
@@ -443,7 +457,7 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
 
     train_bs = max(1, int(cfg.batch_size * cfg.train_bs_multiplier))
     val = load_split(cfg.val_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed,
-                     load_ram=cfg.load_val_ram)
+                     load_ram=cfg.load_val_ram, pairs=pairs)
     if spec.best_by == "AUROC":
         check_validation_classes(val, cfg.val_dir, cfg.class_list)
     train_paths, train_labels = dm_listing.list_class_folders(cfg.train_dir, cfg.class_list)
@@ -458,7 +472,8 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
             cache if cache is not None else train_paths, train_labels, recipe, len(classes),
             train_bs, training=True, augment=augment, seed=cfg.seed,
             auto_batch_balance=cfg.auto_batch_balance, class_weight=weights,
-            start_epoch=start_epoch)
+            start_epoch=start_epoch, pairs=train_pairs)
+    train_pairs = split_pairs(train_paths, pairs, cfg.train_dir)
     log.info("%s: %s %s", cfg.train_dir, dm_cli.plural(len(train_labels), "image"),
              dm_listing.class_counts(train_labels, cfg.class_list))
 
@@ -506,7 +521,8 @@ def _train_and_test(cfg, spec: TrainerSpec, build_model, make_stages, meta_extra
     if cfg.best_model and os.path.exists(cfg.best_model):
         best = dm_modelfile.load_model(cfg.best_model, safe_mode=not cfg.unsafe_load)
         log.info("reloaded the best model: %s", cfg.best_model)
-    test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed)
+    test = load_split(cfg.test_dir, classes, recipe, batch_size=cfg.batch_size, seed=cfg.seed,
+                      pairs=pairs)
     probs = dm_scoring.predict(best, test.ds)
     result = dict(history=history, best_model=cfg.best_model, final_model=cfg.final_model,
                   test_labels=test.labels, test_probs=probs,

@@ -39,6 +39,13 @@ def build_image_model(cfg):
     dm_modelfile.check_model_kind(cfg.patch_model_state, "patch", "--patch-model-state",
                                   "--resume-from")
     patch = dm_modelfile.load_model(cfg.patch_model_state, safe_mode=safe)
+    if cfg.mil_pooling or cfg.bilateral:
+        import dm_mil  # deferred for --help (docs/modules.md)
+        return dm_mil.build_mil_model(
+            patch, cfg.img_size, nb_class=len(cfg.class_list),
+            pooling=cfg.mil_pooling or "top", top_fraction=cfg.top_fraction,
+            attention_units=cfg.attention_units, bilateral=cfg.bilateral,
+            weight_decay=cfg.weight_decay)[0]
     model, _ = dm_resnet.add_top_layers(
         patch, cfg.img_size, patch_net=cfg.patch_net, block_type=cfg.block_type,
         depths=cfg.top_depths, repetitions=cfg.top_repetitions,
@@ -55,7 +62,10 @@ def image_top_layer_nb(cfg) -> int:
     """How many of the model's first layers stage 1 keeps frozen, as in the original:
     what `add_top_layers` returns (2: input and trunk; 8 with --add-heatmap), or with
     --resume-from the --top-layer-nb given (default 2 here; the original required it
-    when --nb-epoch > 0, see docs/fidelity.md)."""
+    when --nb-epoch > 0, see docs/fidelity.md). A multiple-instance head (`dm_mil`) is
+    found in the model itself: None here."""
+    if cfg.resume_from is None and (cfg.mil_pooling or cfg.bilateral):
+        return None
     if cfg.resume_from is None:
         return 8 if cfg.add_heatmap else 2
     if cfg.top_layer_nb is None:
@@ -89,10 +99,17 @@ def train(cfg) -> dict:
         dm_modelfile.check_model_kind(cfg.resume_from, "image", "--resume-from",
                                       "--patch-model-state")
     dm_train.check_resume_size(cfg.resume_from, cfg.img_size)
+    if cfg.mil_pooling or cfg.bilateral:
+        extra.update(mil_pooling=cfg.mil_pooling or "top", bilateral=cfg.bilateral)
+
+    def stages(model):
+        import dm_mil  # deferred for --help (docs/modules.md)
+        frozen = dm_mil.stage_one_frozen(model)
+        return dm_stages.image_stage_list(**dm_stages.values_for(
+            dm_stages.image_stage_list, cfg,
+            top_layer_nb=frozen if frozen is not None and cfg.top_layer_nb is None else top))
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
-                                   lambda model: dm_stages.image_stage_list(
-                                       **dm_stages.values_for(dm_stages.image_stage_list,
-                                                                 cfg, top_layer_nb=top)), extra)
+                                   stages, extra)
 
 
 def main(argv=None) -> int:
