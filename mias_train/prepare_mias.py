@@ -9,7 +9,11 @@ their image but get no mask. Labels: `pos` = any malignant abnormality (default)
 `--label abnormal`, any abnormality. Consecutive images (mdb001+mdb002, ...) are the two
 breasts of one woman: they share a patient id (W001, ...) and always land in one split.
 MIAS has no laterality field, so `side` is empty (images are told apart by image_id and
-full_img_file) and `view` is MLO.
+full_img_file) and `view` is MLO. The pairs of breasts go to `pairs.csv` (path,other_path,
+the odd image of a pair being the left breast: its chest wall is on the image's right edge
+in 161 of 161 pairs, the even one's on the left edge in 160): what a bilateral model needs
+(`--pairs`, docs/mias.md). (`side` stays empty: the patch sampler names an image's patches
+and seeds its draws by patient, side and view, and a filled side would change them all.)
 """
 from __future__ import annotations
 
@@ -163,7 +167,19 @@ def prepare(mias_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: t
     check_converted(out, images, skipped, "mini-MIAS")
     write_layout(out, roi, images[IMAGE_COLUMNS], split_of, img_size=img_size)
     write_csv(info, out / "mias_info.csv")
+    write_csv(pair_table(images), out / "pairs.csv")
     return summarize(images, roi, skipped, name="mini-MIAS")
+
+
+def pair_table(images: pd.DataFrame) -> pd.DataFrame:
+    """path,other_path (under full_images/) of every woman whose two images are both here,
+    the left breast (odd image number) first."""
+    rows = []
+    for _, g in images.sort_values("image_id").groupby("patient_id", sort=True):
+        if len(g) == 2:
+            a, b = (f"{FULL_DIR}/{f}" for f in g["full_img_file"])
+            rows.append((a, b))
+    return pd.DataFrame(rows, columns=["path", "other_path"])
 
 
 def main(argv: list[str] | None = None) -> dict:

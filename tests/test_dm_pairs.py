@@ -134,3 +134,24 @@ def test_predict_refuses_an_unpaired_image_in_one_line(bilateral_run, tmp_path, 
                           "--out", str(tmp_path / "o.csv")])
     assert rc == 2 and "bilateral" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_mias_recipe_records_the_pairs_left_breast_first(shared_data, tmp_path):
+    """prepare_mias writes pairs.csv; the odd image of a pair is the left breast, whose
+    chest wall is on the image's right edge (the breast's centre of mass right of the
+    middle), the even one the right breast."""
+    from dm_sweep import breast_mask
+    from mias_train import prepare_mias
+    mias = shared_data / "mias"
+    prepare_mias.prepare(mias, tmp_path / "r", img_size=(128, 128),
+                         ids=["mdb001", "mdb002", "mdb003", "mdb011", "mdb012"], verbose=False)
+    pairs = read_pairs(tmp_path / "r" / "pairs.csv")
+    assert {k: pathlib.Path(v).name for k, v in pairs.items()} == {
+        "mdb001.png": "mdb002.png", "mdb002.png": "mdb001.png",
+        "mdb011.png": "mdb012.png", "mdb012.png": "mdb011.png"}
+    lines = (tmp_path / "r" / "pairs.csv").read_text().splitlines()
+    assert lines[1] == "full_images/mdb001.png,full_images/mdb002.png"
+    for i in range(1, 323, 16):
+        img = cv2.imread(str(mias / "images" / f"mdb{i:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        xs = np.nonzero(breast_mask(img)[0])[1]
+        assert (xs.mean() > img.shape[1] / 2) == (i % 2 == 1), i
