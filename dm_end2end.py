@@ -37,7 +37,6 @@ import dm_listing
 import dm_localisation
 import dm_localisation_metrics
 import dm_output
-import dm_pixels
 import dm_recipe
 import dm_synthetic
 import image_clf_train
@@ -159,19 +158,6 @@ def spread(summaries: Sequence[dict]) -> dict:
             out[k] = dict(mean=float(a.mean()), sd=float(a.std(ddof=1)) if len(a) > 1 else 0.0,
                           min=float(a.min()), max=float(a.max()), n=len(a))
     return out
-
-
-def _mean_pixel(paths: Sequence[str], recipe, limit: int = 400) -> float:
-    """Featurewise mean (step 2 of the 1-2-3 recipe): mean training pixel after rescaling."""
-    rng = np.random.default_rng(0)
-    pick = [paths[i] for i in sorted(rng.permutation(len(paths))[:limit])]
-    imgs = dm_dataset.load_images(pick, recipe)
-    return float(imgs.astype(np.float64).mean() * (recipe.rescale_factor or 1.0))
-
-
-def _rescale_for(path: str) -> float:
-    """Step 1 of the recipe: 255/65535 for 16-bit images, 1 for 8-bit."""
-    return 255.0 / 65535.0 if dm_pixels.read_image(path).dtype == np.uint16 else 1.0
 
 
 def check_data(args) -> None:
@@ -361,9 +347,9 @@ def run_one(args, out: pathlib.Path) -> dict:
 
     patch_classes = ["background", "malignant", "benign"]
     ppaths, _ = dm_listing.list_class_folders(patches / "train", patch_classes)
-    rescale = _rescale_for(ppaths[0])
-    raw = dm_recipe.Recipe(img_size=(args.patch_size, args.patch_size), rescale_factor=rescale)
-    patch_mean = _mean_pixel(ppaths, raw)
+    # the featurewise mean of the 1-2-3 recipe, rescaled by bit depth (dm_dataset.mean_pixel)
+    patch_mean, rescale, _ = dm_dataset.mean_pixel(
+        ppaths, dm_recipe.Recipe(img_size=(args.patch_size, args.patch_size)))
     log.info("[3/5] patch classifier %s: rescale %.6f, featurewise mean %.2f", args.net,
              rescale, patch_mean)
     t = time.time()
@@ -386,8 +372,8 @@ def run_one(args, out: pathlib.Path) -> dict:
     timings["patch_training_s"] = time.time() - t
 
     ipaths, _ = dm_listing.list_class_folders(data / "train", ["neg", "pos"])
-    image_mean = _mean_pixel(ipaths, dm_recipe.Recipe(img_size=tuple(args.img_size),
-                                                     rescale_factor=rescale))
+    image_mean = dm_dataset.mean_pixel(ipaths, dm_recipe.Recipe(img_size=tuple(args.img_size),
+                                                                rescale_factor=rescale))[0]
     log.info("[4/5] whole-image classifier at %dx%d: featurewise mean %.2f", *args.img_size,
              image_mean)
     t = time.time()

@@ -66,7 +66,8 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     patch Dense of its own, so this needs either its `hm_dense` layer (built with
     --add-heatmap) or `patch_model`, whose Dense is applied to the finetuned trunk's
     features (an approximation: end-to-end training moved the trunk away from what that
-    Dense was trained on).
+    Dense was trained on). A multiple-instance model (`dm_mil`, bilateral or not) has both:
+    its map is its own window map of the scored breast, at its own window size.
     """
 
     names = [l.name for l in model.layers]
@@ -81,6 +82,9 @@ def fprop_model(model, img_size: Sequence[int], avg_pool_size: Sequence[int] = (
     if dm_resnet.TRUNK_NAME not in names:
         raise InferenceError("the whole-image model has no 'patch_trunk' sub-model")
     trunk = model.get_layer(dm_resnet.TRUNK_NAME)
+    if "mil_pool" in names:     # a multiple-instance head: its own window (dm_mil)
+        own = model.get_layer("hm_avg_pool")
+        avg_pool_size, hm_strides = own.pool_size, own.strides
     if "hm_dense" in names:
         weights = model.get_layer("hm_dense").get_weights()
     elif patch_model is not None:
@@ -114,14 +118,16 @@ def fprop_grid(feature_hw: Sequence[int], avg_pool_size: Sequence[int],
 
 def _outer_output(model, layer):
     """The symbolic output of `layer`'s call inside `model`'s graph (a layer may have been
-    called elsewhere too, e.g. a trunk first called on the patch input)."""
-    for node in reversed(layer._inbound_nodes):
-        t = node.output_tensors[0]
-        try:
-            keras.Model(model.inputs, t)
-        except ValueError:
-            continue
-        return t
+    called elsewhere too, e.g. a trunk first called on the patch input); in a bilateral
+    model the call on the scored breast (the first input), not on the other breast."""
+    for inputs in (model.inputs[:1], model.inputs):
+        for node in reversed(layer._inbound_nodes):
+            t = node.output_tensors[0]
+            try:
+                keras.Model(inputs, t)
+            except ValueError:
+                continue
+            return t
     raise InferenceError(f"layer {layer.name!r} is not connected to the model's input")
 
 
@@ -152,6 +158,8 @@ def grad_cam_model(model):
 def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None,
              normalise: bool = True) -> np.ndarray:
     """Grad-CAM on the trunk's last feature map: (B, h, w) in [0, 1] at feature-map size.
+    For a bilateral model `x` is the pair (images, other breasts); the map is the scored
+    breast's.
 
     The score is the class logit (pre-softmax) when the model ends in a softmax Dense, so
     confident predictions still give gradients; weights are the spatially averaged
@@ -159,7 +167,8 @@ def grad_cam(model, x: np.ndarray, class_index: int, _cache: dict | None = None,
     `normalise=False` keeps ReLU(sum_k w_k A_k) in the score's own units (absolute scale).
     """
     sub, dense = grad_cam_model(model)
-    x = tf.convert_to_tensor(np.asarray(x, np.float32))
+    x = (tf.convert_to_tensor(np.asarray(x, np.float32)) if len(model.inputs) == 1 else
+         [tf.convert_to_tensor(np.asarray(v, np.float32)) for v in x])
     with tf.GradientTape() as tape:
         feat, out = sub(x, training=False)
         tape.watch(feat)

@@ -55,7 +55,8 @@ class Stage:
     `trunk_from` on) or 'all'. `epochs` is the epoch of the run the stage ends at.
     `weight_decay` / `dropout` None: the model keeps its own (--keep-regularization);
     `keep_frozen`: names of trunk layers that stay frozen whatever the stage
-    (--saved-trainable). See `original_behaviour`. `whole_image`: a stage of the
+    (--saved-trainable; a multiple-instance head's trunk BatchNormalization, `dm_mil`);
+    `frozen_bn`: this stage's frozen-BN mode instead of the run's --frozen-bn. See `original_behaviour`. `whole_image`: a stage of the
     whole-image model, where the original's trunk was a nested model whose inner layers'
     own `trainable` flags no stage changed (see `set_trainable`).
     """
@@ -69,6 +70,7 @@ class Stage:
     trunk_from: int | None = None
     keep_frozen: tuple[str, ...] = ()
     whole_image: bool = False
+    frozen_bn: str | None = None    # how this stage's frozen BN layers run (None: the run's)
 
 
 def patch_stage_list(*, use_pretrained: bool, nb_epoch: int, init_lr: float,
@@ -195,6 +197,7 @@ def set_trainable(model: keras.Model, stage: Stage, frozen_bn: str = "batch") ->
     was built or loaded with (the original toggled only the nested model as a whole);
     in a patch stage they are the flags set here (the original's patch model was flat).
     """
+    frozen_bn = stage.frozen_bn or frozen_bn
     own = None
     if stage.whole_image and _has_trunk(model):
         own = recorded_trunk_frozen(model)
@@ -316,7 +319,7 @@ def original_behaviour(stages: list[Stage], *, keep_regularization: bool = False
     return [dataclasses.replace(
         s, weight_decay=None if keep_regularization else s.weight_decay,
         dropout=None if keep_regularization else s.dropout,
-        keep_frozen=tuple(keep_frozen)) for s in stages]
+        keep_frozen=tuple(s.keep_frozen) + tuple(keep_frozen)) for s in stages]
 
 
 def apply_fidelity_flags(cfg: Any, kind: str, stages: list[Stage]) -> list[Stage]:

@@ -105,9 +105,10 @@ def train(cfg) -> dict:
     def stages(model):
         import dm_mil  # deferred for --help (docs/modules.md)
         frozen = dm_mil.stage_one_frozen(model)
-        return dm_stages.image_stage_list(**dm_stages.values_for(
+        plan = dm_stages.image_stage_list(**dm_stages.values_for(
             dm_stages.image_stage_list, cfg,
             top_layer_nb=frozen if frozen is not None and cfg.top_layer_nb is None else top))
+        return plan if frozen is None else dm_mil.mil_stages(model, plan)
     return dm_train.train_and_test(cfg, dm_train.IMAGE, lambda: build_image_model(cfg),
                                    stages, extra)
 

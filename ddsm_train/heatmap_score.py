@@ -303,11 +303,13 @@ def cell_offset(model, x: np.ndarray, n: int = 3) -> list[float]:
 
     import dm_heatmaps  # deferred for --help (docs/modules.md)
     sub, _ = dm_heatmaps.grad_cam_model(model)
-    xt = tf.convert_to_tensor(np.asarray(x, np.float32))
+    pair = len(model.inputs) == 2       # a bilateral model: (breast, other breast)
+    xt = tf.convert_to_tensor(np.asarray(x[0] if pair else x, np.float32))
+    rest = [tf.convert_to_tensor(np.asarray(x[1], np.float32))] if pair else []
     h, w = xt.shape[1:3]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(xt)
-        feat = sub(xt, training=False)[0]
+        feat = sub([xt] + rest if pair else xt, training=False)[0]
     fh, fw = feat.shape[1:3]
     rows = np.unique(np.linspace(1, max(1, fh - 2), n).round().astype(int))
     cols = np.unique(np.linspace(1, max(1, fw - 2), n).round().astype(int))
@@ -347,8 +349,32 @@ def _fprop_net(model, size, args, patch_model, kind):
         raise
     pool = [l for l in net.layers if l.__class__.__name__ == "AveragePooling2D"][-1]
     fmap = pool.input.shape[1:3]
-    _check_pool(fmap, args.avg_pool_size, size)
+    if not _is_mil(model):          # a multiple-instance model brings its own window
+        _check_pool(fmap, args.avg_pool_size, size)
     return net, fmap
+
+
+def _is_mil(model) -> bool:
+    return any(l.name == "mil_pool" for l in model.layers)
+
+
+def other_breasts(items: list, model) -> list[str | None]:
+    """For a bilateral model's Grad-CAM, each image's other breast among the images scored
+    (same patient and view, the other side); None for a one-view model. An image without
+    one is refused in one line."""
+    if len(model.inputs) != 2:
+        return [None] * len(items)
+    where = {(it.patient_id, it.side.upper()[:1], it.view.upper()): it.path for it in items}
+    out = []
+    for it in items:
+        other = where.get((it.patient_id, {"L": "R", "R": "L"}.get(it.side.upper()[:1], "?"),
+                           it.view.upper()))
+        if other is None:
+            raise HeatmapError(f"{it.path}: no other breast of patient {it.patient_id}, view "
+                               f"{it.view} among the images (a bilateral model's Grad-CAM "
+                               "scores pairs; --fprop-mode maps one breast)")
+        out.append(other)
+    return out
 
 
 def precheck(args) -> None:
@@ -447,6 +473,7 @@ def score_images(args) -> dict:
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
+        others = other_breasts(items, net) if mode == "gradcam" else [None] * len(items)
         reference = ((recipe.img_size, "the {}x{} size it is resized to".format(*recipe.img_size))
                      if recipe.img_size else (None, ""))
     model_recipe = recipe
@@ -489,11 +516,14 @@ def score_images(args) -> dict:
                 ch, shown = _overlay_channel(probs, meta["class_list"], args.overlay_class, "patch")
                 title = f"{_name(it)}: p({shown}) max {np.max(ch):.3f}"
             else:
+                if others[i] is not None:   # a bilateral model: the breast with its pair
+                    x = (x, dm_recipe.preprocess(dm_pixels.read_image(others[i]), recipe)[None])
                 ch = dm_heatmaps.grad_cam(net, x, cls, normalise=args.grad_cam_scale == "relative")[0]
                 maps.append(ch)
                 if i == 0:      # where the cells look (dm_localisation places maps by it)
                     meta["cell_offset"] = cell_offset(net, x)
-                p = float(dm_scoring.forward_fn(net)(x.astype(np.float32)).numpy()[0, cls])
+                xf = tuple(np.asarray(v, np.float32) for v in x) if others[i] is not None else x.astype(np.float32)
+                p = float(dm_scoring.forward_fn(net)(xf).numpy()[0, cls])
                 shown = classes[cls]
                 vmax = 1.0 if args.grad_cam_scale == "relative" else float(args.grad_cam_max)
                 title = f"{_name(it)}: p({shown}) = {p:.3f}, Grad-CAM"

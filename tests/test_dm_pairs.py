@@ -75,7 +75,7 @@ def bilateral_run(tmp_path_factory):
             side = "LEFT" if w % 4 < 2 else "RIGHT"
             for s in ("LEFT", "RIGHT"):
                 pos = sick and s == side
-                name = f"W{k:02d}_{s}.png"
+                name = f"W{k:02d}_{s}_CC.png"
                 _write(d / split / ("pos" if pos else "neg") / name, 100 + k, lesion=pos)
                 _write(d / "full_images" / name, 100 + k, lesion=pos)
                 rows.append((f"W{k:02d}", s, "CC", name))
@@ -155,3 +155,46 @@ def test_mias_recipe_records_the_pairs_left_breast_first(shared_data, tmp_path):
         img = cv2.imread(str(mias / "images" / f"mdb{i:03d}.png"), cv2.IMREAD_GRAYSCALE)
         xs = np.nonzero(breast_mask(img)[0])[1]
         assert (xs.mean() > img.shape[1] / 2) == (i % 2 == 1), i
+
+
+def test_heatmaps_of_a_bilateral_model(bilateral_run, tmp_path):
+    """fprop maps the scored breast with the model's own window map; Grad-CAM scores each
+    breast with its pair found among the images (patient, view, other side)."""
+    from ddsm_train import heatmap_score
+    d, model = bilateral_run["dir"], str(bilateral_run["model"])
+    out = tmp_path / "fprop.npz"
+    assert heatmap_score.main([str(d / "full_images"), model, "--fprop-mode",
+                               "--out", str(out)]) == 0
+    z = np.load(out)
+    n = len(z["path"])
+    assert n == 28 and z["hm_0"].ndim == 3 and z["hm_0"].shape[-1] == 3
+    m = dm_modelfile.load_model(model)
+    import keras
+    probe = keras.Model(m.inputs[0], m.get_layer("hm_dense").output)
+    assert z["hm_0"].shape[:2] == tuple(probe.outputs[0].shape[1:3])
+    out = tmp_path / "cam.npz"
+    assert heatmap_score.main([str(d / "full_images"), model, "--grad-cam",
+                               "--out", str(out)]) == 0
+    z = np.load(out)
+    assert len(z["path"]) == 28 and all(np.isfinite(z[f"hm_{i}"]).all() for i in range(28))
+    # the head is linear in [own, own - other]: the other breast moves the score, not where
+    # the scored breast's Grad-CAM looks
+    import dm_heatmaps, dm_recipe, dm_pixels
+    from dm_modelfile import read_model_meta
+    recipe = read_model_meta(model).recipe
+    own, mate, stranger = (dm_recipe.preprocess(dm_pixels.read_image(
+        str(d / "full_images" / f)), recipe)[None] for f in
+        ("W00_LEFT_CC.png", "W00_RIGHT_CC.png", "W03_RIGHT_CC.png"))
+    a = dm_heatmaps.grad_cam(m, (own, mate), 1, normalise=False)
+    b = dm_heatmaps.grad_cam(m, (own, stranger), 1, normalise=False)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
+    assert a.shape[1:] == z["hm_0"].shape
+    pa, pb = (m.predict([own, o], verbose=0)[0, 1] for o in (mate, stranger))
+    assert pa != pb
+    # a breast without its pair is refused in one line
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    cv2.imwrite(str(lone / "W00_LEFT_CC.png"), cv2.imread(str(d / "full_images" / "W00_LEFT_CC.png"),
+                                                           cv2.IMREAD_UNCHANGED))
+    assert heatmap_score.main([str(lone), model, "--grad-cam", "--out",
+                               str(tmp_path / "x.npz")]) == 2
