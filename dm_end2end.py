@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depths of the whole-image top blocks")
     g.add_argument("--batch-size", type=dm_cli.int_at_least(1), default=32,
                    help="batch size of both trainers")
+    g.add_argument("--mil-pooling", choices=["top", "attention"],
+                   help="a multiple-instance head on the patch classifier's window map instead "
+                        "of the top blocks (docs/mias.md)")
+    g.add_argument("--bilateral", action="store_true",
+                   help="the bilateral model (each breast with the woman's other breast); "
+                        "synthetic data: women with both breasts, lesions on one side")
     dm_cli.add_seed_flag(g, "seeds data, sampling and training")
     g.add_argument("--seeds", nargs="+", type=dm_cli.seed_value, metavar="N | S1 S2",
                    help="run the whole method once per seed: N seeds from --seed on, or the "
@@ -177,10 +183,29 @@ def prepare_data(args, data_dir: pathlib.Path) -> None:
     check_data(args)
     if args.data[0] == "synthetic":
         dm_synthetic.generate_dataset(data_dir, n_patients=args.n_patients,
-                                      img_size=tuple(args.img_size), seed=args.seed)
+                                      img_size=tuple(args.img_size), seed=args.seed,
+                                      **({"bilateral": True} if args.bilateral else {}))
     else:
         prepare_mias.prepare(args.data[1], data_dir, img_size=tuple(args.img_size),
                              seed=args.seed)
+
+
+def pairs_file(args, data: pathlib.Path) -> str | None:
+    """Where a bilateral run finds each breast's pair: the synthetic recipe's images.csv
+    (patient, side, view), mini-MIAS's pairs.csv; None for a one-view run."""
+    if not args.bilateral:
+        return None
+    return str(data / ("images.csv" if args.data[0] == "synthetic" else "pairs.csv"))
+
+
+def image_head(args, data: pathlib.Path) -> dict:
+    """The whole-image trainer's head options: the original's top blocks (lr 0.001, the
+    last stage x0.3), or a multiple-instance head, whose few weights need a larger stage-1
+    lr (0.01) and whose trunk then finetunes gently (x0.01)."""
+    if not (args.mil_pooling or args.bilateral):
+        return dict(init_lr=0.001, all_layer_multiplier=0.3)
+    return dict(mil_pooling=args.mil_pooling or "top", bilateral=args.bilateral,
+                pairs=pairs_file(args, data), init_lr=0.01, all_layer_multiplier=0.01)
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:
@@ -204,7 +229,7 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
 
     preds = out / "test_predictions.csv"
     predict([image_model], image_dir=str(data / "test"), test_augment=True,
-            batch_size=args.batch_size, out=str(preds))
+            batch_size=args.batch_size, out=str(preds), pairs=pairs_file(args, data))
     rep = evaluate(preds, out_dir=str(out / "report"), pos_class="pos", seed=args.seed,
                    html=True, model=str(image_model))
     level = rep["levels"][0]
@@ -220,7 +245,7 @@ def evaluate_and_draw(args, out: pathlib.Path, data: pathlib.Path, patch_model: 
           out=str(out / "heatmap" / "patch_heatmap.npz"),
           overlay_dir=str(out / "heatmap" / "patch_overlay"))
     score(hm_in, image_model, grad_cam=True, out=str(out / "heatmap" / "gradcam.npz"),
-          overlay_dir=str(out / "heatmap" / "gradcam_overlay"))
+          overlay_dir=str(out / "heatmap" / "gradcam_overlay"), pairs=pairs_file(args, data))
     first = lambda d: str(sorted((out / "heatmap" / d).glob("*.png"))[0])  # noqa: E731
     return dict(ci95=[level["ci_low"], level["ci_high"]], auroc=level["auroc"],
                 predictions=str(preds), html=rep["html"],
@@ -387,10 +412,11 @@ def run_one(args, out: pathlib.Path) -> dict:
         class_list=["neg", "pos"], block_type="resnet", top_depths=list(args.top_depths),
         top_repetitions=[1] * len(args.top_depths), bottleneck_enlarge_factor=2,
         batch_size=args.batch_size, train_bs_multiplier=0.5, load_train_ram=True,
-        load_val_ram=True, nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", init_lr=0.001,
-        all_layer_multiplier=0.3, weight_decay=0.0001, weight_decay2=0.0001, es_patience=6,
+        load_val_ram=True, nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam",
+        weight_decay=0.0001, weight_decay2=0.0001, es_patience=6,
         auto_batch_balance=True, test_augment=True, seed=args.seed,
-        mixed_precision=args.mixed_precision, best_model=str(image_model)))
+        mixed_precision=args.mixed_precision, best_model=str(image_model),
+        **image_head(args, data)))
     timings["image_training_s"] = time.time() - t
 
     log.info("[5/5] evaluation: predictions with TTA, bootstrap interval, curves, heatmaps")

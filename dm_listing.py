@@ -101,7 +101,7 @@ class ImageList:
 
 
 def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None = None, *,
-                   split: str | None = None) -> ImageList:
+                   split: str | None = None, labels: bool = True) -> ImageList:
     """The one reader of a CSV listing images (prediction's `--csv`).
 
     Column names are matched without case or surrounding blanks (a BOM is ignored). The
@@ -109,16 +109,18 @@ def read_image_csv(csv_path: str | os.PathLike, class_list: Sequence[str] | None
     `full_img_file` (a file in `full_images/` beside the CSV); paths are kept as the CSV
     and the CSV's own path give them (a relative CSV path gives relative image paths).
     `label`, optional, is an index or a class name of `class_list`. `split` keeps the rows
-    whose `split` column has that value. Every other column is kept as text in `extra`.
+    whose `split` column has that value. Every other column is kept as text in `extra`
+    (with `labels=False` the label column too: a list read for its images, e.g. pairs).
     Each image must exist, so a bad row fails here with its line, not mid-run.
     """
     t = _csv_rows(os.fspath(csv_path), split)
-    labels = None if t.label is None else np.asarray(
-        [_label_index((row.get(t.label) or "").strip(), class_list, where)
+    label_col = t.label if labels else None
+    parsed = None if label_col is None else np.asarray(
+        [_label_index((row.get(label_col) or "").strip(), class_list, where)
          for row, where in zip(t.rows, t.where)], np.int64)
     extra = {c: [(r.get(c) or "").strip() for r in t.rows] for c in t.fields
-             if c not in (t.path, t.label)}
-    return ImageList(t.paths, labels, extra)
+             if c not in (t.path, label_col)}
+    return ImageList(t.paths, parsed, extra)
 
 
 def csv_image_paths(csv_path: str | os.PathLike, split: str | None = None) -> list[str]:

@@ -35,7 +35,7 @@ def _lower(extra: dict) -> dict[str, str]:
 def read_pairs(csv_path: str | os.PathLike) -> dict[str, str]:
     """file name -> the path of the other breast's image, both ways, from a pairs CSV."""
     csv_path = os.fspath(csv_path)
-    lst = read_image_csv(csv_path)
+    lst = read_image_csv(csv_path, labels=False)
     cols = _lower(lst.extra)
     out: dict[str, str] = {}
 

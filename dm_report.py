@@ -73,7 +73,9 @@ def _thumb(img: np.ndarray, height: int) -> np.ndarray:
 
 class Heatmapper:
     """Heatmap overlays from a model: Grad-CAM for a whole-image model, sliding-window
-    scores (1 - p(background), or the last class) for a patch model."""
+    scores (1 - p(background), or the last class) for a patch model, and a
+    multiple-instance model's own window map (`dm_mil`; a bilateral model's too, which
+    needs no pair for it)."""
 
     def __init__(self, model_path: str, pos_class: str, unsafe_load: bool = False):
         self.loaded = dm_scoring.load_models([model_path], safe_mode=not unsafe_load)[0]
@@ -94,7 +96,12 @@ class Heatmapper:
             return dm_overlay.overlay_heatmap(hm.image, dm_overlay.place_heatmap(ch, hm.image.shape,
                                                                    hm.centre0, hm.stride))
         x = dm_recipe.preprocess(img, self.recipe)[None]
-        cam = dm_heatmaps.grad_cam(self.loaded.model, x, self.cls)[0]
+        if any(l.name == "mil_pool" for l in self.loaded.model.layers):
+            net = dm_heatmaps.fprop_model(self.loaded.model, self.recipe.img_size)
+            probs = net.predict(x, verbose=0)[0]
+            cam = 1 - probs[..., 0]          # the window map's lesion score
+        else:
+            cam = dm_heatmaps.grad_cam(self.loaded.model, x, self.cls)[0]
         grey = dm_recipe.resize(img, self.recipe)
         return dm_overlay.overlay_heatmap(grey, dm_overlay.place_heatmap(cam, grey.shape))
 

@@ -52,6 +52,7 @@ import dm_convert_checkpoint
 import dm_inputs
 import dm_output
 import dm_overlay
+import dm_pairs
 import dm_pixels
 import dm_preflight
 import dm_recipe
@@ -223,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "patients to keep")
     io.add_argument("--no-pat-list", dest="pat_list", action="store_const", default=argparse.SUPPRESS, const=None,
                     help="unset --pat-list")
+    io.add_argument("--pairs", help="a bilateral model's pairs for --grad-cam: a recipe's "
+                    "images.csv or a path,other_path CSV (default: the other side of the "
+                    "same patient and view among the images)")
     io.add_argument("--out", default="./output/prob_heatmap.npz", help=".npz to write")
     io.add_argument("--overlay-dir", help="write a colour overlay PNG per image here")
     io.add_argument("--overlay-class", help="class shown in overlays (None: 1 - first class "
@@ -358,12 +362,15 @@ def _is_mil(model) -> bool:
     return any(l.name == "mil_pool" for l in model.layers)
 
 
-def other_breasts(items: list, model) -> list[str | None]:
-    """For a bilateral model's Grad-CAM, each image's other breast among the images scored
-    (same patient and view, the other side); None for a one-view model. An image without
-    one is refused in one line."""
+def other_breasts(items: list, model, pairs: str | None = None) -> list[str | None]:
+    """For a bilateral model's Grad-CAM, each image's other breast: from `--pairs`
+    (`dm_pairs`), else among the images scored (same patient and view, the other side);
+    None for a one-view model. An image without one is refused in one line."""
     if len(model.inputs) != 2:
         return [None] * len(items)
+    if pairs:
+        return dm_pairs.partner_paths([it.path for it in items], dm_pairs.read_pairs(pairs),
+                                      pairs)
     where = {(it.patient_id, it.side.upper()[:1], it.view.upper()): it.path for it in items}
     out = []
     for it in items:
@@ -397,7 +404,8 @@ def precheck(args) -> None:
     items = list_items(args.img_folder, args.pat_csv, args.pat_list)
     inputs = [("MODEL", args.dl_state), ("--patch-model", args.patch_model),
               ("IMG_FOLDER", args.img_folder), ("--pat-csv", args.pat_csv),
-              ("--pat-list", args.pat_list)] + [("image", it.path) for it in items]
+              ("--pat-list", args.pat_list), ("--pairs", args.pairs)] + \
+        [("image", it.path) for it in items]
     dm_output.check_writable(args.out, "--out")
     dm_output.check_not_input(args.out, inputs, "--out")
     if args.overlay_dir:
@@ -473,7 +481,8 @@ def score_images(args) -> dict:
             cls = list(classes).index(args.overlay_class) if args.overlay_class else len(classes) - 1
             meta.update(grad_cam_class=classes[cls], grad_cam_scale=args.grad_cam_scale)
         meta.update(recipe=recipe.to_dict())
-        others = other_breasts(items, net) if mode == "gradcam" else [None] * len(items)
+        others = (other_breasts(items, net, args.pairs) if mode == "gradcam"
+                  else [None] * len(items))
         reference = ((recipe.img_size, "the {}x{} size it is resized to".format(*recipe.img_size))
                      if recipe.img_size else (None, ""))
     model_recipe = recipe

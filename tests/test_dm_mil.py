@@ -93,7 +93,9 @@ def test_bilateral_score_is_the_head_on_own_and_own_minus_mirrored_other():
     v, w = view(own), view(other[:, :, ::-1].copy())      # the other breast mirrored
     dense = model.get_layer("clf_dense")
     k, b = dense.get_weights()
-    logits = np.concatenate([v, v - w], axis=1) @ k + b
+    feats = np.asarray(model.get_layer("mil_norm")(np.concatenate([v, v - w], axis=1),
+                                                   training=False))
+    logits = feats @ k + b
     want = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # not mirrored, the score is another one (the trunk is not mirror-symmetric)
