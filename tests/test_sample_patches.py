@@ -350,9 +350,10 @@ def _mine_argv(synth, out, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_patch_file(tmp_path_factory):
-    import tiny_models
-    return str(tiny_models.save(tiny_models.tiny_patch_model(), tmp_path_factory.mktemp("m") / "p.keras",
-                                "patch"))
+    """A 16-px patch model whose lesion score rises with brightness: the lesions (bright)
+    score highest, so mining must pass them over."""
+    from test_dm_hardneg import brightness_model, save
+    return save(brightness_model(1.0), tmp_path_factory.mktemp("m") / "p.keras")
 
 
 def test_mined_hard_negatives_are_added_and_nothing_else_changes(synth, tmp_path, tiny_patch_file):
