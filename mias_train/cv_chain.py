@@ -175,12 +175,18 @@ def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib
 
 
 def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
-                         classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+                         classes: Sequence[str], skip: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
-    whole-image model on its own training images: can it fit them at all?)."""
+    whole-image model on its own training images: can it fit them at all?), leaving out
+    the files whose name holds `skip` (a patch model on the validation patches that every
+    hard-negative round shares)."""
     import dm_scoring  # deferred for --help (docs/modules.md)
     m = dm_scoring.load_models([str(model_path)])[0]
     paths, labels = dm_listing.list_class_folders(root, classes)
+    if skip:
+        keep = [skip not in pathlib.Path(p).name for p in paths]
+        paths, labels = [p for p, k in zip(paths, keep) if k], np.asarray(labels)[keep]
     ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
     return np.asarray(labels), dm_scoring.predict(m.model, ds)
 

@@ -52,7 +52,9 @@ def train_patch_rounds(fd: pathlib.Path, data: pathlib.Path, args: argparse.Name
     `train_grey`: the training patches' mean grey levels. The last model is the fold's
     fd/patch_model.keras, which the rest of the fold uses (each round's is kept as
     patch_model_r<round>.keras). Returns its training result and, with rounds, one record
-    per round (round 0: the first model)."""
+    per round (round 0: the first model). A round's best validation accuracy is measured on
+    a validation set its own mining enlarged; `val_auroc_unmined` (lesion vs background on
+    the validation patches without mined ones) compares the rounds on one set."""
     n = args.hard_negative_rounds
     model = [fd / ("patch_model.keras" if n == 0 else f"patch_model_r{r}.keras")
              for r in range(n + 1)]
@@ -67,15 +69,22 @@ def train_patch_rounds(fd: pathlib.Path, data: pathlib.Path, args: argparse.Name
         t_mine = time.time() - t0
         mean = float(np.mean(grey))
         pres = chain_train_patch(fd / "patches", model[r], args, mean)
+        t_train = time.time() - t0 - t_mine
+        if n:   # the same validation patches every round (its accuracy's set grows)
+            yv, pv = chain_predict_folder(model[r], fd / "patches" / "val", PATCH_CLASSES,
+                                          skip="_mined")
         rounds.append(dict(round=r, mined_train=int((mined["split"] == "train").sum()),
                            mined_val=int((mined["split"] == "val").sum()),
                            n_train_patches=len(grey), patch_mean=round(mean, 4),
                            best_val_accuracy=best_val_accuracy(pres),
-                           mine_s=round(t_mine, 1), train_s=round(time.time() - t0 - t_mine, 1)))
+                           val_auroc_unmined=fold_auc(yv > 0, 1 - pv[:, 0]) if n else None,
+                           n_val_unmined=len(yv) if n else None,
+                           mine_s=round(t_mine, 1), train_s=round(t_train, 1)))
         if r:
-            log.info("hard negatives, round %d: %d + %d mined (train + val), best val accuracy "
-                     "%s (round 0: %s)", r, rounds[-1]["mined_train"], rounds[-1]["mined_val"],
-                     rounds[-1]["best_val_accuracy"], rounds[0]["best_val_accuracy"])
+            log.info("hard negatives, round %d: %d + %d mined (train + val); lesion vs "
+                     "background AUROC on the unmined validation patches %s (round 0: %s)", r,
+                     rounds[-1]["mined_train"], rounds[-1]["mined_val"],
+                     rounds[-1]["val_auroc_unmined"], rounds[0]["val_auroc_unmined"])
     if n:
         for a, b in ((model[n], fd / "patch_model.keras"),
                      (model[n].with_suffix(".history.csv"), fd / "patch_model.history.csv")):

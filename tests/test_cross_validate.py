@@ -234,6 +234,9 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
         assert final == (fd / "patch_model_r1.keras").read_bytes() != (fd / "patch_model_r0.keras").read_bytes()
         assert f["image_mean"] == pytest.approx(r1["patch_mean"], abs=1e-3) != r0["patch_mean"]
         assert f["patch_best_val_accuracy"] == r1["best_val_accuracy"]
+        unmined = [q for q in (fd / "patches" / "val").rglob("*.png") if "_mined" not in q.name]
+        assert r0["n_val_unmined"] == r1["n_val_unmined"] == len(unmined)   # one set, all rounds
+        assert all(0 <= r["val_auroc_unmined"] <= 1 for r in (r0, r1))
 
     images = pd.read_csv(out / "oof_images.csv")
     assert len(images) == 24 and images["image_id"].is_unique
