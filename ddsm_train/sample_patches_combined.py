@@ -349,9 +349,10 @@ _INPUT_PATHS = (   # the flags naming inputs: recorded absolute
 MINING = ("mine_model", "nb_mined")   # recorded only when mining, so older folders stay this run's
 
 
-def load_miner(args: argparse.Namespace):
-    """The patch model that mines hard negatives (`dm_hardneg`), or None without mining;
-    refuses a half-given pair of flags or an unusable model before anything is written."""
+def load_miner(args: argparse.Namespace) -> Any:
+    """The patch model that mines hard negatives (a `dm_hardneg.PatchScorer`), or None
+    without mining; refuses half the pair of flags or an unusable model before anything is
+    written."""
     if args.mine_model is None and not args.nb_mined:
         return None
     if args.mine_model is None:
@@ -364,7 +365,7 @@ def load_miner(args: argparse.Namespace):
     return dm_hardneg.load_patch_scorer(args.mine_model, args.patch_size, args.bkg_dir)
 
 
-def mine_tasks(tasks: list[ImageTask], opts: dict, scorer, k: int, verbose: bool) -> list[ImageTask]:
+def mine_tasks(tasks: list[ImageTask], opts: dict, scorer: Any, k: int, verbose: bool) -> list[ImageTask]:
     """The tasks with their `k` mined windows each, scored here in the main process (the
     model and TensorFlow stay out of the workers); a broken image is left to its worker."""
     import dm_hardneg  # deferred for --help (docs/modules.md)
