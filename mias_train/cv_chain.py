@@ -85,8 +85,9 @@ def chain_mine(data: pathlib.Path, root: pathlib.Path, model: pathlib.Path,
                ) -> pd.DataFrame:
     """Hard negatives mined by the patch `model`, `args.nb_mined` per image of the given
     women, by the patch sampler (`--mine-model`, `dm_hardneg`) and nothing else:
-    root/train for the women not in `val_women`, root/val for those in it. Returns their
-    index (the sampler's patch_index.csv rows) with each patch's split and path."""
+    root/train for the women not in `val_women`, root/val for those in it (each folder's
+    patch_index.csv has their centres and scores). Returns one row per mined patch: its
+    split, file (class/name) and path."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "women.txt").write_text("".join(f"{w}\n" for w in women))
     (root / "val_women.txt").write_text("".join(f"{w}\n" for w in val_women))
@@ -96,13 +97,9 @@ def chain_mine(data: pathlib.Path, root: pathlib.Path, model: pathlib.Path,
                    patch_size=args.patch_size, nb_abn=0, nb_bkg=0, nb_hns=0,
                    mine_model=str(model), nb_mined=args.nb_mined, class_layout="3class",
                    images_csv=str(data / "images.csv"), seed=args.seed, verbose=False)
-    parts = []
-    for split in ("train", "val"):
-        index = root / split / "patch_index.csv"
-        if index.is_file():           # (no validation women: no val folder)
-            t = pd.read_csv(index, dtype={"patient_id": str})
-            parts.append(t.assign(split=split, path=[str(root / split / f) for f in t["file"]]))
-    return pd.concat(parts, ignore_index=True)
+    rows = [dict(split=split, file=f"{p.parent.name}/{p.name}", path=str(p))
+            for split in ("train", "val") for p in sorted((root / split).glob("*/*.png"))]
+    return pd.DataFrame(rows, columns=["split", "file", "path"])
 
 
 def chain_list(root: pathlib.Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
