@@ -1,15 +1,18 @@
 """Lesion geometry for the patch sampler and the recipes.
 
 Lesion geometry for the patch sampler and the recipes: the largest-contour box of an ROI
-mask, patch/ROI overlap, patch extraction, and blob-detector key points (hard negatives).
+mask, patch/ROI overlap and the background rule, patch extraction, and blob-detector key
+points (hard negatives).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from dm_errors import InputError
-from dm_sweep import Bbox
+from dm_sweep import Bbox, add_img_margins, crop_img, segment_breast
 
 
 class EmptyMaskError(InputError):
@@ -60,6 +63,15 @@ def overlap_patch_roi(center: tuple[int, int], patch_size: int, roi_mask: np.nda
     return fr > cutoff or fp > cutoff
 
 
+def is_negative(center: tuple[int, int], patch_size: int, roi_masks: Sequence[np.ndarray],
+                cutoff: float, roi_areas: Sequence[int] | None = None) -> bool:
+    """The sampler's rule for a background patch: it overlaps every ROI by at most `cutoff`
+    (of the ROI's area and of its own), so hard negatives of any kind obey one rule."""
+    areas = [None] * len(roi_masks) if roi_areas is None else roi_areas
+    return not any(overlap_patch_roi(center, patch_size, m, cutoff, a)
+                   for m, a in zip(roi_masks, areas))
+
+
 def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> np.ndarray:
     """The patch_size x patch_size patch centred at (x, y); the centre must keep it inside the image."""
     x, y = int(center[0]), int(center[1])
@@ -68,6 +80,22 @@ def extract_patch(img: np.ndarray, center: tuple[int, int], patch_size: int) -> 
     if y1 < 0 or x1 < 0 or y1 + patch_size > img.shape[0] or x1 + patch_size > img.shape[1]:
         raise InputError(f"patch at {center} of size {patch_size} leaves image of shape {img.shape}")
     return img[y1:y1 + patch_size, x1:x1 + patch_size]
+
+
+# ----------------------------------------------------------------------------- the sampler's frame
+def frame_image(img: np.ndarray, patch_size: int, segment: bool = True) -> tuple[np.ndarray, Bbox]:
+    """A full image (at the recipe size) in the frame the patch sampler cuts patches from:
+    the breast alone, cropped to its box (`segment`), with half a patch of zeros on every
+    side so border pixels get centred patches. Returns (framed image, crop box)."""
+    bbox = (0, 0, img.shape[1], img.shape[0])
+    if segment:
+        img, bbox = segment_breast(img)
+    return add_img_margins(img, patch_size // 2), bbox
+
+
+def frame_mask(mask: np.ndarray, bbox: Bbox, patch_size: int) -> np.ndarray:
+    """An ROI mask on the full image's grid in the same frame (0/1: cropped and padded)."""
+    return add_img_margins((crop_img(mask, bbox) > 0).astype(np.uint8), patch_size // 2)
 
 
 # ----------------------------------------------------------------------------- blobs

@@ -25,11 +25,14 @@ a seed (`--seed`, default $RANDOM_SEED or 12345) with one generator per image de
 (seed, image id), so results don't depend on `--nb-workers`; `--val-list` to reuse a given
 validation patient list; `--class-layout 3class` (background/malignant/benign); a
 `patch_index.csv` per output folder recording every patch's centre and the cutoff it met;
-broken images are skipped and reported instead of ending the run.
+broken images are skipped and reported instead of ending the run; `--mine-model M --nb-mined K`
+adds K background patches per image (kind `mined`, with their score) that the patch model M
+scores highest (`dm_hardneg`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -61,8 +64,8 @@ from dm_recipe_utils import (
     write_lines,
 )
 from dm_roi import (EmptyMaskError, blob_keypoints, create_blob_detector, extract_patch,
-                    largest_contour_bbox, overlap_patch_roi, patch_roi_overlap)
-from dm_sweep import add_img_margins, crop_img, segment_breast
+                    frame_image, frame_mask, is_negative, largest_contour_bbox,
+                    patch_roi_overlap)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,7 @@ class ImageTask:
     full_path: str
     abns: tuple[Abn, ...]
     out_dir: str
+    mined: tuple[tuple[int, int, float], ...] = ()   # (x, y, score) in the frame, --mine-model
 
 
 def const_filename(pat: str, side: str, view: str, directory: str | os.PathLike,
@@ -160,48 +164,64 @@ def read_resized_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     return dm_recipe.resize_mask(dm_pixels.read_image(path), shape)
 
 
+@dataclass
+class Framed:
+    """One image in the frame patches are cut from (`dm_roi.frame_image`), with the masks
+    of its readable lesions on the same grid."""
+    img: np.ndarray
+    bbox: tuple[int, int, int, int]
+    masks: list[np.ndarray]
+    abns: list[Abn]
+    upscale: float
+    errors: list[str]
+
+
+def frame_task(task: ImageTask, opts: dict) -> Framed:
+    """Read an image and its ROI masks into the sampler's frame. An unreadable image raises
+    an InputError; an unreadable or empty mask is listed in `errors` and left out."""
+    ps = int(opts["patch_size"])
+    img, orig_h = read_resized(task.full_path, opts)
+    full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
+    img, bbox = frame_image(img, ps, opts["segment_breast"])
+    masks, abns, errors = [], [], []
+    for abn in task.abns:
+        try:
+            m = frame_mask(read_resized_mask(abn.mask_path, full_shape), bbox, ps)
+            if not np.any(m):
+                raise EmptyMaskError(f"{abn.mask_path}: ROI mask is empty")
+            masks.append(m)
+            abns.append(abn)
+        except (ImageReadError, EmptyMaskError) as e:
+            errors.append(str(e))
+    return Framed(img, bbox, masks, abns, full_shape[0] / max(1, orig_h), errors)
+
+
 def process_image(task: ImageTask, opts: dict) -> dict:
     """Sample and write all patches of one image; returns {'records': [...], 'errors': [...]}."""
     ps = int(opts["patch_size"])
     half = ps // 2
     rng = image_seed(opts["seed"], task.img_id)
     records: list[dict] = []
-    errors: list[str] = []
     try:
-        img, orig_h = read_resized(task.full_path, opts)
-        upscale = img.shape[0] / max(1, orig_h)
-        full_shape = img.shape[:2]  # masks are resized to this grid, then cropped like the image
-        bbox = (0, 0, img.shape[1], img.shape[0])
-        if opts["segment_breast"]:
-            img, bbox = segment_breast(img)
-        masks, abns = [], []
-        for abn in task.abns:
-            try:
-                m = read_resized_mask(abn.mask_path, full_shape)
-                m = crop_img(m, bbox)
-                if not np.any(m):
-                    raise EmptyMaskError(f"{abn.mask_path}: ROI mask is empty")
-                masks.append(add_img_margins((m > 0).astype(np.uint8), half))
-                abns.append(abn)
-            except (ImageReadError, EmptyMaskError) as e:
-                errors.append(str(e))
+        fr = frame_task(task, opts)
     except InputError as e:   # this image is skipped and listed; anything else is a bug
         return {"records": [], "errors": [str(e)], "upscale": 1.0}
-    img = add_img_margins(img, half)
+    img, bbox, masks, abns, errors, upscale = fr.img, fr.bbox, fr.masks, fr.abns, fr.errors, fr.upscale
     areas = [int(np.count_nonzero(m)) for m in masks]
     layout = opts["layout"]
     out = pathlib.Path(task.out_dir)
 
-    def save(kind: str, abn: Abn | None, x: int, y: int, tag: str, i: int, cutoff: float) -> None:
+    def save(kind: str, abn: Abn | None, x: int, y: int, tag: str, i: int, cutoff: float,
+             **extra: float) -> None:
         cls = patch_class(kind, abn, layout)
         fname = f"{task.img_id}_{tag}_{i:04d}.png"
         write_png(out / cls / fname, extract_patch(img, (x, y), ps))
         records.append(dict(file=f"{cls}/{fname}", **{"class": cls}, kind=kind, patient_id=task.patient_id,
                             img_id=task.img_id, abn=tag if kind == "roi" else "", x=x, y=y,
-                            cutoff=round(cutoff, 4), crop_x=bbox[0], crop_y=bbox[1]))
+                            cutoff=round(cutoff, 4), crop_x=bbox[0], crop_y=bbox[1], **extra))
 
-    def is_negative(x: int, y: int) -> bool:
-        return not any(overlap_patch_roi((x, y), ps, m, opts["neg_cutoff"], a) for m, a in zip(masks, areas))
+    def negative(x: int, y: int) -> bool:
+        return is_negative((x, y), ps, masks, opts["neg_cutoff"], areas)
 
     h, w = img.shape[:2]
     # Hard negatives at blob key points (shuffled), then random background.
@@ -212,7 +232,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
             if n_hns >= min(opts["nb_hns"], opts["nb_bkg"]):
                 break
             x, y = kps[j]
-            if half <= x <= w - (ps - half) and half <= y <= h - (ps - half) and is_negative(x, y):
+            if half <= x <= w - (ps - half) and half <= y <= h - (ps - half) and negative(x, y):
                 save("hns", None, x, y, "hns", n_hns, opts["neg_cutoff"])
                 n_hns += 1
     n_bkg, tries = 0, 0
@@ -221,7 +241,7 @@ def process_image(task: ImageTask, opts: dict) -> dict:
         tries += 1
         x = int(rng.integers(half, w - (ps - half) + 1))
         y = int(rng.integers(half, h - (ps - half) + 1))
-        if is_negative(x, y):
+        if negative(x, y):
             save("bkg", None, x, y, "bkg", n_bkg, opts["neg_cutoff"])
             n_bkg += 1
     if n_hns + n_bkg < opts["nb_bkg"]:
@@ -250,6 +270,9 @@ def process_image(task: ImageTask, opts: dict) -> dict:
                         raise SamplingError(f"{abn.mask_path}: overlap cutoff fell to 0; check the ROI mask")
         except SamplingError as e:
             errors.append(str(e))
+    # Mined hard negatives (--mine-model), found in the main process: written last, no draw.
+    for i, (x, y, score) in enumerate(task.mined):
+        save("mined", None, x, y, "mined", i, opts["neg_cutoff"], score=round(score, 6))
     return {"records": records, "errors": errors, "upscale": upscale}
 
 
@@ -321,7 +344,41 @@ def split_train_val(df: pd.DataFrame, patients: list[str], val_size: float, seed
 
 
 _INPUT_PATHS = (   # the flags naming inputs: recorded absolute
-    "roi_mask_path_file", "roi_mask_dir", "pat_train_list_file", "full_img_dir", "val_list", "images_csv")
+    "roi_mask_path_file", "roi_mask_dir", "pat_train_list_file", "full_img_dir", "val_list", "images_csv",
+    "mine_model")
+MINING = ("mine_model", "nb_mined")   # recorded only when mining, so older folders stay this run's
+
+
+def load_miner(args: argparse.Namespace) -> Any:
+    """The patch model that mines hard negatives (a `dm_hardneg.PatchScorer`), or None
+    without mining; refuses half the pair of flags or an unusable model before anything is
+    written."""
+    if args.mine_model is None and not args.nb_mined:
+        return None
+    if args.mine_model is None:
+        raise InputError(f"--nb-mined {args.nb_mined}: needs --mine-model PATCH.keras (the model "
+                         "that scores the windows)")
+    if args.nb_mined < 1:
+        raise InputError(f"--mine-model {args.mine_model}: needs --nb-mined N >= 1 (hard negatives "
+                         "per image)")
+    import dm_hardneg  # deferred for --help (docs/modules.md): TensorFlow only where mining runs
+    return dm_hardneg.load_patch_scorer(args.mine_model, args.patch_size, args.bkg_dir)
+
+
+def mine_tasks(tasks: list[ImageTask], opts: dict, scorer: Any, k: int, verbose: bool) -> list[ImageTask]:
+    """The tasks with their `k` mined windows each, scored here in the main process (the
+    model and TensorFlow stay out of the workers); a broken image is left to its worker."""
+    import dm_hardneg  # deferred for --help (docs/modules.md)
+    out = []
+    for t in tqdm(tasks, desc="mining", disable=not verbose):
+        try:
+            fr = frame_task(t, opts)
+        except InputError:
+            out.append(t)
+            continue
+        picked = dm_hardneg.mine_framed(scorer, fr.img, fr.masks, k, opts["neg_cutoff"])
+        out.append(dataclasses.replace(t, mined=tuple((m.x, m.y, m.score) for m in picked)))
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -349,6 +406,7 @@ def run(args: argparse.Namespace) -> dict:
         args.val_size, args.val_list = 0, None
     train_pats, val_pats = split_train_val(df, patients, args.val_size, args.seed, args.val_list)
     target_size, target_height = resolve_size(args)
+    miner = load_miner(args)
     opts = dict(patch_size=args.patch_size, seed=args.seed, segment_breast=args.segment_breast,
                 target_size=target_size, target_height=None if target_size else target_height,
                 nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, nb_hns=args.nb_hns, pos_cutoff=args.pos_cutoff,
@@ -360,7 +418,8 @@ def run(args: argparse.Namespace) -> dict:
     outputs = [(split, pats, out_dir) for split, pats, out_dir in
                ((name, train_pats, args.train_out_dir), ("val", val_pats, args.val_out_dir)) if pats]
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("nb_workers", "verbose", "train_out_dir", "val_out_dir")}
+                if k not in ("nb_workers", "verbose", "train_out_dir", "val_out_dir")
+                and (miner is not None or k not in MINING)}
     for split, _, out_dir in outputs:      # all claimed before anything is written
         claim_folder(out_dir, "sample_patches_combined", dict(settings, split=split),
                      what="output folder", paths=_INPUT_PATHS)
@@ -370,14 +429,18 @@ def run(args: argparse.Namespace) -> dict:
             (out / d).mkdir(parents=True, exist_ok=True)
         write_lines(out / "pat_lst.txt", pats)
         tasks = build_tasks(df, pats, args.roi_mask_dir, args.full_img_dir, str(out), normal)
+        if miner is not None:
+            tasks = mine_tasks(tasks, opts, miner, args.nb_mined, args.verbose)
         results = _map(tasks, opts, args.nb_workers, desc=f"{split} images", verbose=args.verbose)
         recs = [r for res in results for r in res["records"]]
         for res in results:
             summary["skipped"].extend(res["errors"])
             upscales.append(res.get("upscale", 1.0))
-        index = pd.DataFrame(recs, columns=INDEX_COLUMNS)
+        index = pd.DataFrame(recs, columns=INDEX_COLUMNS + (["score"] if miner is not None else []))
         write_csv(index, out / "patch_index.csv")
         summary[split] = {c: int((index["class"] == c).sum()) for c in sorted(set(opts["layout"].values()))}
+        if miner is not None:
+            summary[split]["mined"] = int((index["kind"] == "mined").sum())
         summary[split]["images"] = int(index["img_id"].nunique())
         summary[split]["patients"] = int(index["patient_id"].nunique())   # those sampled from
     big = [u for u in upscales if u > UPSCALE_WARN]
@@ -480,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="5class: background calc_mal calc_ben mass_mal mass_ben; 3class: background malignant benign")
     p.add_argument("--images-csv", default=None,
                    help="a recipe's images.csv: also draw background patches from images without abnormalities")
+    p.add_argument("--mine-model", default=None, metavar="PATCH.keras",
+                   help="a patch classifier: also write --nb-mined hard negatives per image, the "
+                        "background windows it scores highest (docs/data.md)")
+    p.add_argument("--nb-mined", type=int, default=0, help="mined hard negatives per image (with --mine-model)")
     p.add_argument("--max-tries", type=int, default=1000, help="failed draws before the ROI cutoff drops by 0.05")
     dm_cli.add_seed_flag(p, "sampling seed")
     p.add_argument("--nb-workers", type=int, default=int(os.environ.get("NUM_CPU_CORES", 1)),

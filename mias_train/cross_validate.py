@@ -7,6 +7,9 @@ this project's own chain: the mini-MIAS recipe, the patch sampler, the patch cla
 (from scratch: one stage; docs/fidelity.md), the whole-image classifier (2 stages, classes
 normal/benign/malignant), with model selection on an inner validation split of the fold's
 training women only; the fold's test women are scored once, by the selected models.
+With --hard-negative-rounds R, each fold's patch classifier is retrained R times, each time
+on its patches plus the background windows the latest one scores highest in its training
+and validation women's images (hard negatives, `dm_hardneg`; never its test women's).
 
 Pooled over the out-of-fold predictions, with bootstrap 95% intervals that resample whole
 images (patches) or whole women (images): patch AUROC (lesion vs background, score
@@ -79,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nb-abn", type=int, default=20, help="patches per lesion")
     p.add_argument("--nb-bkg", type=int, default=20, help="background patches per image")
     p.add_argument("--nb-hns", type=int, default=5, help="of them, hard negatives (blob key points)")
+    p.add_argument("--hard-negative-rounds", type=int, default=0,
+                   help="rounds of hard-negative mining per fold: mine --nb-mined windows per "
+                        "image of the training and validation women with the patch model, add "
+                        "them as background, retrain it from scratch (0: today's chain)")
+    p.add_argument("--nb-mined", type=int, default=10,
+                   help="hard negatives mined per image and round (with --hard-negative-rounds)")
     p.add_argument("--net", default="dm_resnet_14", help="patch net")
     p.add_argument("--nb-init-filter", type=int, default=16, help="filters of the first conv")
     p.add_argument("--patch-epochs", type=int, default=20,
@@ -101,10 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train and score only the first N folds (trials; the pooled figures "
                         "then cover those folds only)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests (under a minute on a busy 2-core machine): 12 "
-                        "women, 2 folds, 128 px, one-batch epochs (2 per classifier), 100 "
-                        "bootstrap resamples, training run eagerly; a flag given explicitly "
-                        "keeps its value")
+                   help="tiny run for tests (about a minute on a busy 2-core machine): 12 "
+                        "women, 2 folds, 128 px, one-batch epochs (2 per classifier), one "
+                        "hard-negative round, 100 bootstrap resamples, training run eagerly; "
+                        "a flag given explicitly keeps its value")
     p.add_argument("--report-only", action="store_true",
                    help="only redo the steps after training (overlay, diagnostics, heatmap "
                         "scores, null learner, localisation) of the finished run in --out")
@@ -120,12 +129,14 @@ RUN_SETTINGS = dict(null_reps=200, eager=False)
 # with 32 px patches, since with 32 px patches at 96 px some breast had no window inside it
 # and at 64 px with 16 px patches no lesion map peaked in a lesion (no overlay); two epochs
 # per classifier so learning curves are lines; batches as large as a fold's training part
-# (one step per epoch); one hard negative per image so the blob sampler runs; a few null
+# (one step per epoch); one hard negative per image so the blob sampler runs; one round of
+# hard-negative mining (2 windows per image) so the rounds run; a few null
 # learner refits (its figures only need to exist). Its training runs eagerly
 # (cv_chain.functions_eagerly): a couple of steps per stage cost less than tracing graphs.
 QUICK = dict(max_women=12, folds=2, img_size=[128, 128], patch_size=32, nb_abn=3, nb_bkg=3, nb_hns=1,
-             nb_init_filter=8, patch_epochs=2, image_epochs=[1, 1], top_depths=[16, 16],
-             patch_batch=32, image_batch=8, n_boot=100, null_reps=5, eager=True)
+             hard_negative_rounds=1, nb_mined=2, nb_init_filter=8, patch_epochs=2,
+             image_epochs=[1, 1], top_depths=[16, 16], patch_batch=32, image_batch=8, n_boot=100,
+             null_reps=5, eager=True)
 
 
 def apply_quick(args: argparse.Namespace) -> argparse.Namespace:
@@ -155,7 +166,11 @@ def check_flags(args: argparse.Namespace) -> None:
            (min(args.patch_batch, args.image_batch, args.nb_init_filter, *args.top_depths) < 1,
             "--patch-batch, --image-batch, --nb-init-filter and --top-depths must be >= 1"),
            (min(args.nb_abn, args.nb_bkg, args.nb_hns) < 0 or args.nb_hns > args.nb_bkg,
-            "--nb-abn, --nb-bkg and --nb-hns must be >= 0, --nb-hns at most --nb-bkg")]
+            "--nb-abn, --nb-bkg and --nb-hns must be >= 0, --nb-hns at most --nb-bkg"),
+           (args.hard_negative_rounds < 0,
+            f"--hard-negative-rounds {args.hard_negative_rounds}: need 0 or more"),
+           (args.hard_negative_rounds > 0 and args.nb_mined < 1,
+            f"--nb-mined {args.nb_mined}: need at least 1 with --hard-negative-rounds")]
     for wrong, problem in bad:
         if wrong:
             raise CrossValidationError(problem)
@@ -167,10 +182,13 @@ def claim(args: argparse.Namespace) -> tuple[pd.DataFrame, Callable[[str], str],
     Info.txt, the image -> woman rule and the output folder."""
     check_flags(args)
     info, woman_id = chain_info(args.mias_dir)      # bad input stops here, nothing written
-    # (RUN_SETTINGS follow --quick: left out, a folder claimed before they existed still is)
+    # (RUN_SETTINGS follow --quick: left out, a folder claimed before they existed still is;
+    # so are the mining settings of a run without rounds)
+    unmined = ("hard_negative_rounds", "nb_mined") if not args.hard_negative_rounds else ()
     out = claim_folder(args.out, "cross_validate",
                        {k: v for k, v in vars(args).items()
-                        if k not in ("out", "report_only", *RUN_SETTINGS)}, paths=("mias_dir",))
+                        if k not in ("out", "report_only", *RUN_SETTINGS, *unmined)},
+                       paths=("mias_dir",))
     return info, woman_id, out
 
 
@@ -203,7 +221,7 @@ def run(args: argparse.Namespace, info: pd.DataFrame, woman_id: Callable[[str], 
     n_run = min(args.folds, args.fold_limit or args.folds)
     for k in tqdm(range(n_run), desc="folds", file=sys.stderr):
         with functions_eagerly(args.eager):
-            rec, pt, it = train_fold(k, out / f"fold{k}", args, c, img_path, img_grey, pidx)
+            rec, pt, it = train_fold(k, out / f"fold{k}", args, c, img_path, img_grey, pidx, data)
         folds.append(rec)
         oof_patch.append(pt)
         oof_img.append(it)

@@ -1,7 +1,7 @@
 """The mini-MIAS cross-validation's calls into the project's pipeline.
 
 The cross-validation's calls into the pipeline's stages: the mini-MIAS recipe, the patch
-sampler, the trainers' configs built from values, prediction, AUROC and its bootstrap,
+sampler (and its hard-negative mining), the trainers' configs built from values, prediction, AUROC and its bootstrap,
 sliding-window maps and localisation. (Image reading, segmentation, figures and output
 writing in the other cv_* modules use the shared rooms directly.)
 
@@ -14,10 +14,11 @@ import argparse
 import contextlib
 import pathlib
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 
 import dm_dataset
@@ -33,9 +34,6 @@ from ddsm_train.sample_patches_combined import sample_patches
 from dm_sweep import breast_mask
 from mias_train import prepare_mias
 from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 @contextlib.contextmanager
@@ -80,6 +78,28 @@ def chain_sample_patches(data: pathlib.Path, patients: pathlib.Path, out: pathli
                    nb_abn=args.nb_abn, nb_bkg=args.nb_bkg, nb_hns=args.nb_hns,
                    class_layout="3class", images_csv=str(data / "images.csv"), seed=args.seed,
                    verbose=False)
+
+
+def chain_mine(data: pathlib.Path, root: pathlib.Path, model: pathlib.Path,
+               women: Sequence[str], val_women: Sequence[str], args: argparse.Namespace
+               ) -> pd.DataFrame:
+    """Hard negatives mined by the patch `model`, `args.nb_mined` per image of the given
+    women, by the patch sampler (`--mine-model`, `dm_hardneg`) and nothing else:
+    root/train for the women not in `val_women`, root/val for those in it (each folder's
+    patch_index.csv has their centres and scores). Returns one row per mined patch: its
+    split, file (class/name) and path."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "women.txt").write_text("".join(f"{w}\n" for w in women))
+    (root / "val_women.txt").write_text("".join(f"{w}\n" for w in val_women))
+    sample_patches(data / "roi_mask_path.csv", data / "roi_masks", root / "women.txt",
+                   data / "full_images", root / "train", root / "val",
+                   val_list=str(root / "val_women.txt"), target_size=list(args.img_size),
+                   patch_size=args.patch_size, nb_abn=0, nb_bkg=0, nb_hns=0,
+                   mine_model=str(model), nb_mined=args.nb_mined, class_layout="3class",
+                   images_csv=str(data / "images.csv"), seed=args.seed, verbose=False)
+    rows = [dict(split=split, file=f"{p.parent.name}/{p.name}", path=str(p))
+            for split in ("train", "val") for p in sorted((root / split).glob("*/*.png"))]
+    return pd.DataFrame(rows, columns=["split", "file", "path"])
 
 
 def chain_list(root: pathlib.Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -152,12 +172,18 @@ def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib
 
 
 def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
-                         classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+                         classes: Sequence[str], skip: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, probs) of a saved model on a class-folder tree, with its stored recipe (the
-    whole-image model on its own training images: can it fit them at all?)."""
+    whole-image model on its own training images: can it fit them at all?), leaving out
+    the files whose name holds `skip` (a patch model on the validation patches that every
+    hard-negative round shares)."""
     import dm_scoring  # deferred for --help (docs/modules.md)
     m = dm_scoring.load_models([str(model_path)])[0]
     paths, labels = dm_listing.list_class_folders(root, classes)
+    if skip:
+        keep = [skip not in pathlib.Path(p).name for p in paths]
+        paths, labels = [p for p, k in zip(paths, keep) if k], np.asarray(labels)[keep]
     ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
     return np.asarray(labels), dm_scoring.predict(m.model, ds)
 

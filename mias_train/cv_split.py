@@ -105,6 +105,23 @@ def lay_out_fold(fd: pathlib.Path, split_of: Mapping[str, str],
         link_or_copy(pathlib.Path(src), fd / "patches" / split_of[pid] / cls / name)
 
 
+def add_mined(fd: pathlib.Path, mined: pd.DataFrame, r: int) -> list[pathlib.Path]:
+    """Link hard-negative round r's mined patches (`cv_chain.chain_mine`'s index: split,
+    class, file, path) into the fold's patch tree fd/patches, in their split (train or
+    val: a test woman's image is never mined) and class folder, named after their woman
+    with the round in the tag (W001_mdb001_MLO_mined1_0000.png) so rounds add up."""
+    if not set(mined["split"]) <= {"train", "val"}:
+        raise ValueError(f"mined patches in splits {sorted(set(mined['split']))}: only train "
+                         "and val women are mined")
+    out = []
+    for src, split, f in zip(mined["path"], mined["split"], mined["file"]):
+        cls, name = f.split("/")
+        dst = fd / "patches" / split / cls / name.replace("_mined_", f"_mined{r}_")
+        link_or_copy(pathlib.Path(src), dst)
+        out.append(dst)
+    return out
+
+
 @dataclass
 class Cohort:
     """The run's images and women, their classes and their folds: what every fold reads."""

@@ -216,6 +216,27 @@ def test_quick_run_end_to_end(shared_data, tmp_path, capsys):
         assert image.featurewise_mean == pytest.approx(trunk.featurewise_mean, abs=1e-3)
         assert f["image_mean"] == pytest.approx(trunk.featurewise_mean, abs=1e-3)
         assert "image_train_auroc_abnormal" in f and "image_train_auroc_malignant" in f
+        # one round of hard-negative mining: windows of the fold's training and validation
+        # women only, in their background folders; round 1 mined with round 0's model, and
+        # its own model is the fold's patch model afterwards (the image stage's trunk)
+        r0, r1 = f["patch_rounds"]
+        assert (r0["round"], r0["mined_train"], r1["round"]) == (0, 0, 1)
+        mined = {s: sorted((fd / "patches" / s).rglob("*_mined1_*.png")) for s in ("train", "val", "test")}
+        assert 0 < len(mined["train"]) == r1["mined_train"] and 0 < len(mined["val"]) == r1["mined_val"]
+        assert mined["test"] == [] and not list((fd / "patches").rglob("*_mined_*"))
+        assert {p.name.split("_")[0] for p in mined["train"]} <= set(f["train_women"]) - set(f["val_women"])
+        assert {p.name.split("_")[0] for p in mined["val"]} <= set(f["val_women"])
+        assert {p.parent.name for s in mined.values() for p in s} == {"background"}
+        assert r1["n_train_patches"] == r0["n_train_patches"] + r1["mined_train"]
+        stamp = json.loads((fd / "mined" / "r1" / "train" / ".dm_run.json").read_text())
+        assert stamp["config"]["mine_model"] == str(fd / "patch_model_r0.keras")
+        final = (fd / "patch_model.keras").read_bytes()
+        assert final == (fd / "patch_model_r1.keras").read_bytes() != (fd / "patch_model_r0.keras").read_bytes()
+        assert f["image_mean"] == pytest.approx(r1["patch_mean"], abs=1e-3) != r0["patch_mean"]
+        assert f["patch_best_val_accuracy"] == r1["best_val_accuracy"]
+        unmined = [q for q in (fd / "patches" / "val").rglob("*.png") if "_mined" not in q.name]
+        assert r0["n_val_unmined"] == r1["n_val_unmined"] == len(unmined)   # one set, all rounds
+        assert all(0 <= r["val_auroc_unmined"] <= 1 for r in (r0, r1))
 
     images = pd.read_csv(out / "oof_images.csv")
     assert len(images) == 24 and images["image_id"].is_unique

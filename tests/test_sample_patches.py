@@ -18,6 +18,7 @@ from dm_roi import patch_roi_overlap  # noqa: E402
 from dm_recipe import resize_mask  # noqa: E402
 from dm_sweep import add_img_margins, crop_img, segment_breast  # noqa: E402
 import dm_pixels  # noqa: E402
+from dm_recipe_utils import RUN_STAMP  # noqa: E402
 
 PS = 32
 
@@ -37,7 +38,7 @@ def _argv(synth, out, *extra):
             "--no-verbose", *extra]
 
 
-def _padded(synth, img_id, roi):
+def _padded(synth, img_id, roi, ps=PS):
     """Rebuild the sampler's pixel grid: segmented, cropped, padded image and masks."""
     img = cv2.imread(str(synth / "full_images" / f"{img_id}.png"), cv2.IMREAD_UNCHANGED)
     seg, bbox = segment_breast(img)
@@ -45,8 +46,8 @@ def _padded(synth, img_id, roi):
     for r in roi[roi["full_img_file"] == f"{img_id}.png"].itertuples():
         m = cv2.imread(str(synth / "roi_masks" / r.roi_mask_file), cv2.IMREAD_UNCHANGED)
         m = crop_img(resize_mask(m, img.shape), bbox)
-        masks[f"{r.type}{r.abn_num}"] = add_img_margins((m > 0).astype(np.uint8), PS // 2)
-    return add_img_margins(seg, PS // 2), masks, bbox
+        masks[f"{r.type}{r.abn_num}"] = add_img_margins((m > 0).astype(np.uint8), ps // 2)
+    return add_img_margins(seg, ps // 2), masks, bbox
 
 
 def test_every_patch_meets_its_overlap_rule(synth, tmp_path):
@@ -340,3 +341,75 @@ def test_lesion_masks_keep_their_area_when_resized(tmp_path):
         assert abs(np.count_nonzero(here) / area - 1) < 0.02
         cubic = cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC)
         assert np.count_nonzero(cubic) > np.count_nonzero(here)
+
+
+# ------------------------------------------------------------------ mined hard negatives (issue 32)
+def _mine_argv(synth, out, *extra):
+    return _argv(synth, out, "--patch-size", "16", *extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_patch_file(tmp_path_factory):
+    """A 16-px patch model whose lesion score rises with brightness: the lesions (bright)
+    score highest, so mining must pass them over."""
+    from test_dm_hardneg import brightness_model, save
+    return save(brightness_model(1.0), tmp_path_factory.mktemp("m") / "p.keras")
+
+
+def test_mined_hard_negatives_are_added_and_nothing_else_changes(synth, tmp_path, tiny_patch_file):
+    """--mine-model/--nb-mined: per image K more background patches (kind mined, with their
+    score): negatives, inside the breast, half a patch apart, the windows the model scored;
+    every other patch, and the index without them, exactly as without mining."""
+    import json
+    import dm_hardneg
+    from dm_sweep import prepare_patch
+    plain = spc.main(_mine_argv(synth, tmp_path / "a"))
+    mined = spc.main(_mine_argv(synth, tmp_path / "b", "--mine-model", tiny_patch_file,
+                                "--nb-mined", "3", "--nb-workers", "2"))
+    scorer = dm_hardneg.load_patch_scorer(tiny_patch_file, 16)
+    roi = pd.read_csv(synth / "roi_mask_path.csv", dtype=str)
+    for split in ("train", "val"):
+        a = pd.read_csv(tmp_path / "a" / split / "patch_index.csv", dtype={"abn": str}, keep_default_na=False)
+        b = pd.read_csv(tmp_path / "b" / split / "patch_index.csv", dtype={"abn": str}, keep_default_na=False)
+        m = b[b["kind"] == "mined"]
+        others = b[b["kind"] != "mined"].drop(columns="score").reset_index(drop=True)
+        pd.testing.assert_frame_equal(others, a)
+        assert (b.loc[b["kind"] != "mined", "score"] == "").all()
+        for f in a["file"]:
+            assert (tmp_path / "a" / split / f).read_bytes() == (tmp_path / "b" / split / f).read_bytes()
+        assert mined[split]["mined"] == len(m) == 3 * a["img_id"].nunique()
+        assert mined[split]["background"] == plain[split]["background"] + len(m)
+        assert (m["class"] == "background").all() and (m["cutoff"] == 0.35).all()
+        for img_id, g in m.groupby("img_id"):
+            img, masks, bbox = _padded(synth, img_id, roi, ps=16)
+            assert list(g["score"].astype(float)) == sorted(g["score"].astype(float), reverse=True)
+            for r in g.itertuples():
+                patch = cv2.imread(str(tmp_path / "b" / split / r.file), cv2.IMREAD_UNCHANGED)
+                np.testing.assert_array_equal(patch, img[r.y - 8:r.y + 8, r.x - 8:r.x + 8])
+                assert (r.crop_x, r.crop_y) == bbox[:2] and patch.min() > 0   # breast only
+                for mask in masks.values():
+                    assert max(patch_roi_overlap((r.x, r.y), 16, mask)) <= 0.35
+                p = scorer.model.predict(prepare_patch(patch, scorer.recipe)[None], verbose=0)[0]
+                assert float(r.score) == pytest.approx(1 - p[0], abs=1e-5)
+            xy = g[["x", "y"]].values
+            for i in range(len(xy)):
+                for j in range(i):
+                    assert np.abs(xy[i] - xy[j]).max() >= 8
+    # the folder records the mining; a folder sampled without it records nothing new
+    stamp = lambda d: json.loads((tmp_path / d / "train" / RUN_STAMP).read_text())  # noqa: E731
+    assert stamp("b")["config"]["nb_mined"] == 3 and "mine_model" not in stamp("a")["config"]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--nb-mined", "3"], "--nb-mined 3: needs --mine-model"),
+    (["--mine-model", "MODEL"], "needs --nb-mined N >= 1"),
+    (["--mine-model", "MODEL", "--nb-mined", "2", "--patch-size", "32"],
+     "trained on 16x16 patches, the sampler cuts 32x32"),
+])
+def test_mining_flags_are_refused_before_anything_is_written(synth, tmp_path, tiny_patch_file,
+                                                             extra, problem):
+    from dm_errors import InputError
+    extra = [tiny_patch_file if e == "MODEL" else e for e in extra]
+    with pytest.raises(InputError, match=problem):
+        spc.main(_mine_argv(synth, tmp_path, *extra))
+    assert list(tmp_path.iterdir()) == []
