@@ -267,13 +267,15 @@ def fprop_pool(patch_model: str, patch_size: int) -> list[int]:
 
 def score_kinds(paths: Sequence[str], out: pathlib.Path, tag: str, patch_model, image_model,
                 patch_size: int, stride: int, img_size: Sequence[int],
-                kinds: Sequence[str] = KINDS, batch_size: int = 128) -> tuple[dict, dict]:
-    """heatmap_score.py on the given images for every map kind: ({kind: .npz}, {kind: s})."""
+                kinds: Sequence[str] = KINDS, batch_size: int = 128,
+                pairs: str | None = None) -> tuple[dict, dict]:
+    """heatmap_score.py on the given images for every map kind: ({kind: .npz}, {kind: s}).
+    `pairs`: where a bilateral image model finds each breast's pair (`recipe_pairs`)."""
 
     opts = dict(sliding=dict(model=patch_model, stride=stride, img_size=list(img_size)),
                 fprop=dict(model=patch_model, fprop_mode=True, img_size=list(img_size),
                            hm_strides=[1, 1]),
-                gradcam=dict(model=image_model, grad_cam=True))
+                gradcam=dict(model=image_model, grad_cam=True, pairs=pairs))
     kinds = [k for k in kinds if k != "gradcam" or image_model is not None]
     if "fprop" in kinds:
         opts["fprop"]["avg_pool_size"] = fprop_pool(str(patch_model), patch_size)
@@ -288,6 +290,13 @@ def score_kinds(paths: Sequence[str], out: pathlib.Path, tag: str, patch_model, 
               batch_size=batch_size, **o)
         seconds[k] = time.time() - t
     return files, seconds
+
+
+def recipe_pairs(data_dir: str | os.PathLike) -> str:
+    """A recipe's pairs of breasts for a bilateral model: its pairs.csv (mini-MIAS), else
+    its images.csv (patient, side, view)."""
+    d = pathlib.Path(data_dir)
+    return str(d / "pairs.csv" if (d / "pairs.csv").is_file() else d / "images.csv")
 
 
 def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -306,7 +315,8 @@ def score_and_localise(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         log.warning("%s: no %s image has a lesion mask: no localisation figures", data_dir,
                     splits[0])
         return {}
-    geo = (patch_model, image_model, patch_size, stride, img_size, kinds, batch_size)
+    geo = (patch_model, image_model, patch_size, stride, img_size, kinds, batch_size,
+           recipe_pairs(data_dir))
     test, seconds = score_kinds(test_paths, out, splits[0], *geo)
     val_paths = lesion_images(data_dir, splits[1]) if splits[1] else []
     val = score_kinds(val_paths, out, splits[1], *geo)[0] if val_paths else {}
@@ -332,7 +342,7 @@ def localise_folds(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         paths = [p for p in paths if os.path.basename(p) in masks]
         if paths:
             files += score_kinds(paths, out, f"fold{i}", pm, im, patch_size, stride, img_size,
-                                 kinds)[0].values()
+                                 kinds, pairs=recipe_pairs(data_dir))[0].values()
     if not files:
         log.warning("%s: no out-of-fold image has a lesion mask", data_dir)
         return {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -51,14 +52,17 @@ from mias_train.cv_chain import (  # noqa: E402
 )
 from mias_train.cv_fold import train_fold  # noqa: E402
 from mias_train.cv_report import (  # noqa: E402
+    compare_runs,
     confusion,
     diagnostics,
     find_overlay,
     goals,
     heatmap_max_scores,
+    network_by_woman,
     plot_figures,
     pooled_aurocs,
 )
+from mias_train.cv_readouts import mil_readouts, readout_table  # noqa: E402
 from mias_train.cv_split import IMAGE_CLASSES, PATCH_CLASSES, cohort  # noqa: E402
 
 log = logging.getLogger("cross_validate")
@@ -102,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment whole images in training")
     p.add_argument("--image-balance", action=argparse.BooleanOptionalAction, default=False,
                    help="class-balanced whole-image batches (--auto-batch-balance)")
+    p.add_argument("--mil-pooling", choices=["top", "attention"], default=None,
+                   help="whole-image stage: a multiple-instance head on the patch classifier's "
+                        "window map instead of the top blocks (docs/mias.md)")
+    p.add_argument("--top-fraction", type=float, default=0.02,
+                   help="with --mil-pooling top: the fraction of windows averaged")
+    p.add_argument("--bilateral", action="store_true",
+                   help="whole-image stage: the bilateral model (each breast with the "
+                        "woman's other breast; implies --mil-pooling top unless given)")
+    p.add_argument("--patch-models-from", metavar="RUN", default=None,
+                   help="take each fold's patch classifier from this finished run (same "
+                        "folds, patches and patch settings) instead of training it: runs "
+                        "that differ only in their whole-image stage")
+    p.add_argument("--compare-with", metavar="RUN", default=None,
+                   help="a finished run on the same images: report this run's whole-image "
+                        "AUROCs minus that run's, paired, women resampled")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     dm_cli.add_seed_flag(p, "seeds folds, sampling and training")
     p.add_argument("--max-women", type=int, default=None,
@@ -121,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings added after runs were made: at their defaults they are left out of the folder's
+# record, so a folder made before them is still the same run.
+NEWER_SETTINGS = ("mil_pooling", "top_fraction", "bilateral", "patch_models_from",
+                  "compare_with")
 # What a full run uses where no flag sets it: the null learner's noise refits (its spread
 # needs many), and graph (not eager) TensorFlow functions in training.
 RUN_SETTINGS = dict(null_reps=200, eager=False)
@@ -170,10 +193,40 @@ def check_flags(args: argparse.Namespace) -> None:
            (args.hard_negative_rounds < 0,
             f"--hard-negative-rounds {args.hard_negative_rounds}: need 0 or more"),
            (args.hard_negative_rounds > 0 and args.nb_mined < 1,
-            f"--nb-mined {args.nb_mined}: need at least 1 with --hard-negative-rounds")]
+            f"--nb-mined {args.nb_mined}: need at least 1 with --hard-negative-rounds"),
+           (not 0 < args.top_fraction <= 1,
+            f"--top-fraction {args.top_fraction}: need a fraction in (0, 1]")]
     for wrong, problem in bad:
         if wrong:
             raise CrossValidationError(problem)
+    for flag, run in (("--patch-models-from", args.patch_models_from),
+                      ("--compare-with", args.compare_with)):
+        if run and not (pathlib.Path(run) / "summary.json").is_file():
+            raise CrossValidationError(f"{flag} {run}: no summary.json of a finished run")
+    if args.patch_models_from:
+        same_patches(args)
+
+
+# What two runs must share for one to take the other's patch models.
+PATCH_SETTINGS = ("mias_dir", "folds", "val_frac", "img_size", "patch_size", "nb_abn", "nb_bkg",
+                  "nb_hns", "hard_negative_rounds", "nb_mined", "net", "nb_init_filter",
+                  "patch_epochs", "patch_batch", "seed", "max_women", "quick")
+
+
+def same_patches(args: argparse.Namespace) -> None:
+    """--patch-models-from: the other run's folds and patch settings must be this run's."""
+    other = json.loads((pathlib.Path(args.patch_models_from) / "summary.json").read_text())
+    other = dict(vars(apply_quick(build_parser().parse_args([args.mias_dir]))),
+                 **other["config"])
+    if isinstance(other.get("img_size"), int):
+        other["img_size"] = [other["img_size"]] * 2
+    mine = vars(args)
+    diff = [k for k in PATCH_SETTINGS if k != "mias_dir" and other.get(k) != mine.get(k)]
+    if os.path.abspath(other["mias_dir"]) != os.path.abspath(args.mias_dir):
+        diff.insert(0, "mias_dir")
+    if diff:
+        raise CrossValidationError(f"--patch-models-from {args.patch_models_from}: its "
+                                   f"{', '.join(diff)} differ from this run's")
 
 
 def claim(args: argparse.Namespace) -> tuple[pd.DataFrame, Callable[[str], str], pathlib.Path]:
@@ -185,10 +238,11 @@ def claim(args: argparse.Namespace) -> tuple[pd.DataFrame, Callable[[str], str],
     # (RUN_SETTINGS follow --quick: left out, a folder claimed before they existed still is;
     # so are the mining settings of a run without rounds)
     unmined = ("hard_negative_rounds", "nb_mined") if not args.hard_negative_rounds else ()
+    new = [k for k in NEWER_SETTINGS if getattr(args, k) == build_parser().get_default(k)]
     out = claim_folder(args.out, "cross_validate",
                        {k: v for k, v in vars(args).items()
-                        if k not in ("out", "report_only", *RUN_SETTINGS, *unmined)},
-                       paths=("mias_dir",))
+                        if k not in ("out", "report_only", *RUN_SETTINGS, *unmined, *new)},
+                       paths=("mias_dir", "patch_models_from", "compare_with"))
     return info, woman_id, out
 
 
@@ -239,7 +293,9 @@ def run(args: argparse.Namespace, info: pd.DataFrame, woman_id: Callable[[str], 
     files = plot_figures(P, I, folds, figs)
     overlay = find_overlay(args, out, I, info, figs / "overlay.png")
     diag = diagnostics(out, info)
-    hm_scores = heatmap_max_scores(args, out, I, nb, sd)
+    T = readout_table(args, out, I, {f["fold"]: f["val_women"] for f in folds})
+    write_csv(T, out / "oof_readouts.csv")
+    hm_scores = heatmap_max_scores(args, out, I, nb, sd, T)
     localisation = chain_localisation(args, out, I, nb, sd)
     null = null_learner(I, args.null_reps, sd)
 
@@ -247,8 +303,9 @@ def run(args: argparse.Namespace, info: pd.DataFrame, woman_id: Callable[[str], 
         command="python mias_train/cross_validate.py " + " ".join(sys.argv[1:]),
         config={k: v for k, v in vars(args).items()}, n_images=len(ids), n_women=len(women),
         folds=folds, pooled=pooled, goals=goals(pooled), diagnostics=diag,
-        image_score_from_patch_heatmap_max=hm_scores, localisation=localisation,
-        null_learner=null,
+        image_score_from_patch_heatmap_max=hm_scores, mil_readouts=mil_readouts(T, I, nb, sd),
+        network_by_woman=network_by_woman(I, nb, sd), localisation=localisation,
+        null_learner=null, compared_with=compared(args, I, nb, sd),
         patch_confusion=dict(classes=PATCH_CLASSES, rows_true_cols_pred=conf),
         image_confusion=dict(classes=IMAGE_CLASSES, rows_true_cols_pred=img_conf),
         files=dict(**files, overlay=overlay,
@@ -284,12 +341,27 @@ def report_only(summary: dict, run_args: argparse.Namespace, out: pathlib.Path,
     summary["files"]["overlay"] = find_overlay(run_args, out, I, info,
                                                out / "figures" / "overlay.png")
     summary["diagnostics"] = diagnostics(out, info)
-    summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(
-        run_args, out, I, run_args.n_boot, run_args.seed)
+    nb, sd = run_args.n_boot, run_args.seed
+    T = readout_table(run_args, out, I, {f["fold"]: f["val_women"] for f in summary["folds"]})
+    write_csv(T, out / "oof_readouts.csv")
+    summary["image_score_from_patch_heatmap_max"] = heatmap_max_scores(run_args, out, I, nb, sd,
+                                                                       T)
+    summary["mil_readouts"] = mil_readouts(T, I, nb, sd)
+    summary["network_by_woman"] = network_by_woman(I, nb, sd)
+    summary["compared_with"] = compared(run_args, I, nb, sd)
     summary["null_learner"] = null_learner(I, run_args.null_reps, run_args.seed)
     summary["localisation"] = chain_localisation(run_args, out, I, run_args.n_boot, run_args.seed)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def compared(args: argparse.Namespace, I: pd.DataFrame, n_boot: int, seed: int) -> dict | None:
+    """--compare-with RUN: this run's whole-image AUROCs minus that run's, paired."""
+    if not args.compare_with:
+        return None
+    other = pd.read_csv(pathlib.Path(args.compare_with) / "oof_images.csv")
+    return dict(run=args.compare_with, **compare_runs(
+        I, other[["image_id", "p_normal", "p_malignant"]], n_boot, seed))
 
 
 def cross_validate(args: argparse.Namespace) -> dict:
@@ -298,6 +370,10 @@ def cross_validate(args: argparse.Namespace) -> dict:
     apply_quick(args)
     if args.report_only:
         summary, run_args = recorded_run(args)
+        if args.compare_with and not (pathlib.Path(args.compare_with) / "summary.json").is_file():
+            raise CrossValidationError(f"--compare-with {args.compare_with}: no summary.json "
+                                       "of a finished run")
+        run_args.compare_with = args.compare_with or run_args.compare_with
         info = chain_info(run_args.mias_dir)[0]
         dm_cli.quiet_tensorflow()
         summary = report_only(summary, run_args, pathlib.Path(args.out), info)

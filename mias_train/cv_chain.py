@@ -27,6 +27,7 @@ import dm_listing
 import dm_localisation
 import dm_localisation_metrics
 import dm_overlay
+import dm_pairs
 import dm_pixels
 import image_clf_train
 import patch_clf_train
@@ -158,11 +159,27 @@ def image_config(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path
         bottleneck_enlarge_factor=2, batch_size=2 * args.image_batch, train_bs_multiplier=0.5,
         load_train_ram=True, load_val_ram=True,
         # the stage flags are final epoch numbers (docs/fidelity.md)
-        nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", init_lr=0.001,
-        all_layer_multiplier=0.3, weight_decay=0.0001, weight_decay2=0.0001,
+        nb_epoch=i1, all_layer_epochs=i1 + i2, optim="adam", weight_decay=0.0001,
+        weight_decay2=0.0001,
         # all epochs run (early stopping follows val loss, not the selection metric)
         es_patience=i1 + i2, auto_batch_balance=args.image_balance, seed=args.seed,
-        best_model=str(model))
+        best_model=str(model), **image_head(args, d))
+
+
+def pairs_csv(d: pathlib.Path) -> pathlib.Path:
+    """The recipe's pairs of breasts (prepare_mias) from a fold's images folder."""
+    return d.parent.parent / "data" / "pairs.csv"
+
+
+def image_head(args: argparse.Namespace, d: pathlib.Path) -> dict:
+    """The whole-image head: the top blocks (lr 0.001, the last stage x0.3), or a
+    multiple-instance head (--mil-pooling / --bilateral), whose few weights need a larger
+    stage-1 lr (0.01) while its trunk then finetunes gently (x0.01)."""
+    if not (args.mil_pooling or args.bilateral):
+        return dict(init_lr=0.001, all_layer_multiplier=0.3)
+    return dict(mil_pooling=args.mil_pooling or "top", top_fraction=args.top_fraction,
+                bilateral=args.bilateral, pairs=str(pairs_csv(d)) if args.bilateral else None,
+                init_lr=0.01, all_layer_multiplier=0.01)
 
 
 def chain_train_image(d: pathlib.Path, patch_model: pathlib.Path, model: pathlib.Path,
@@ -184,7 +201,13 @@ def chain_predict_folder(model_path: pathlib.Path, root: pathlib.Path,
     if skip:
         keep = [skip not in pathlib.Path(p).name for p in paths]
         paths, labels = [p for p, k in zip(paths, keep) if k], np.asarray(labels)[keep]
-    ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False)
+    pairs = None
+    if len(m.model.inputs) == 2:        # a bilateral model: each image with its pair
+        source = pairs_csv(root.parent)
+        pairs = dm_pairs.partner_index(paths, dm_pairs.read_pairs(source), str(source),
+                                       str(root))
+    ds = dm_dataset.make_dataset(paths, labels, m.recipe(), len(classes), 16, training=False,
+                                 pairs=pairs)
     return np.asarray(labels), dm_scoring.predict(m.model, ds)
 
 
@@ -205,6 +228,16 @@ def chain_bootstrap(y: ArrayLike, s: ArrayLike, groups: ArrayLike, n_boot: int, 
     return dict(auroc=round(r["auroc"], 4), ci_low=round(r["ci_low"], 4),
                 ci_high=round(r["ci_high"], 4), n=int(len(y)), n_pos=int(y.sum()),
                 n_groups=r["n_groups"], n_boot=int(n_boot), n_valid=r["n_boot"] - r["n_skipped"])
+
+
+def chain_difference(y: ArrayLike, s_new: ArrayLike, s_old: ArrayLike, groups: ArrayLike,
+                     n_boot: int, seed: int) -> dict:
+    """AUROC(s_new) - AUROC(s_old) on the same images with its paired interval, women
+    resampled (dm_metrics), 4 digits."""
+    import dm_metrics  # deferred for --help (docs/modules.md)
+    r = dm_metrics.bootstrap_auroc_difference(y, s_new, s_old, n_boot, seed, groups=groups)
+    return dict(difference=round(r["difference"], 4), ci_low=round(r["ci_low"], 4),
+                ci_high=round(r["ci_high"], 4), n_groups=r["n_groups"])
 
 
 def chain_plot_roc(y: ArrayLike, s: ArrayLike, roc: pathlib.Path, title: str) -> None:

@@ -11,6 +11,7 @@ Separate from the command so what one fold sees, and what it hands to the pooled
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
 import time
@@ -92,6 +93,19 @@ def train_patch_rounds(fd: pathlib.Path, data: pathlib.Path, args: argparse.Name
     return pres, rounds if n else []
 
 
+def reuse_patch_model(fd: pathlib.Path, args: argparse.Namespace, k: int) -> dict:
+    """--patch-models-from RUN: fold k's patch classifier of another run with the same folds
+    and patches (cross_validate checks the settings), linked, not trained again, so two
+    runs differ in their whole-image stage only; its history comes from that run's
+    summary, its test scores are computed here."""
+    src = pathlib.Path(args.patch_models_from)
+    link_or_copy(src / f"fold{k}" / "patch_model.keras", fd / "patch_model.keras")
+    history = json.loads((src / "summary.json").read_text())["folds"][k]["patch_history"]
+    probs = chain_predict_folder(fd / "patch_model.keras", fd / "patches" / "test",
+                                 PATCH_CLASSES)[1]
+    return dict(history=history, test_probs=probs)
+
+
 def best_val_accuracy(res: dict) -> float:
     """The best validation accuracy of a patch training (the selected model's), 4 digits."""
     return round(max(res["history"].get("val_accuracy", [0])), 4)
@@ -108,7 +122,10 @@ def train_fold(k: int, fd: pathlib.Path, args: argparse.Namespace, cohort: Cohor
     test_w, val_w, train_w, split_of = cohort.fold_split(k, args.val_frac, args.seed)
     lay_out_fold(fd, split_of, img_path, image_class, woman_of, pidx)
     tr = pidx[[split_of[p] == "train" for p in pidx["patient_id"]]]
-    pres, rounds = train_patch_rounds(fd, data, args, tr["grey"], train_w, val_w)
+    if args.patch_models_from:
+        pres, rounds = reuse_patch_model(fd, args, k), []
+    else:
+        pres, rounds = train_patch_rounds(fd, data, args, tr["grey"], train_w, val_w)
     t_patch = time.time() - tf0
     train_imgs = [i for i in ids if split_of[woman_of[i]] == "train"]
     image_mean = chain_trunk_mean(fd / "patch_model.keras")
@@ -158,6 +175,7 @@ def train_fold(k: int, fd: pathlib.Path, args: argparse.Namespace, cohort: Cohor
                patch_best_val_accuracy=best_val_accuracy(pres),
                patch_epochs_run=len(pres["history"].get("epoch", [])),
                image_epochs_run=len(ires["history"].get("epoch", [])),
+               image_best_val_auroc=round(max(ires["history"].get("val_auroc", [0])), 4),
                patch_train_s=round(t_patch, 1), image_train_s=round(t_image, 1),
                fold_s=round(time.time() - tf0, 1),
                patch_history=jsonable_history(pres["history"]),

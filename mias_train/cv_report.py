@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from dm_output import write_named
 from dm_recipe_utils import write_csv
-from mias_train.cv_chain import chain_auroc, chain_bootstrap, chain_lesion_map, chain_plot_roc
+from mias_train.cv_chain import (chain_auroc, chain_bootstrap, chain_difference, chain_lesion_map,
+                                 chain_plot_roc)
+from mias_train.cv_readouts import TASKS, woman_level
 
 
 def pooled_aurocs(P: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -238,26 +238,43 @@ def diagnostics(out: pathlib.Path, info: pd.DataFrame) -> dict:
 
 
 def heatmap_max_scores(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFrame, n_boot: int,
-                       seed: int) -> dict:
+                       seed: int, T: pd.DataFrame) -> dict:
     """A fixed second image score from the same out-of-fold patch models, without the
     whole-image classifier: the maximum of the sliding-window lesion map (1 - p(background))
-    inside the breast, and of the p(malignant) map. Tells whether the patch classifier's
-    signal reaches the image level when the trained whole-image model does not."""
-    stride = max(4, args.patch_size // 4)
-    rows = []
-    for r in tqdm(sorted(I.itertuples(index=False), key=lambda r: r.fold), desc="heatmaps",
-                  file=sys.stderr):
-        model = str(out / f"fold{r.fold}" / "patch_model.keras")
-        path = str(out / "data" / "full_images" / f"{r.image_id}.png")
-        les, mal = chain_lesion_map(model, path, args.patch_size, stride, column=-1)[1]
-        rows.append((r.image_id, float(np.nanmax(les)), float(np.nanmax(mal))))
-    H = I.merge(pd.DataFrame(rows, columns=["image_id", "hm_lesion_max", "hm_malignant_max"]),
+    inside the breast, and of the p(malignant) map (the `max` readouts of `T`, the run's
+    readout table, cv_readouts). Tells whether the patch classifier's signal reaches the
+    image level when the trained whole-image model does not."""
+    test = T[T["part"] == "test"][["image_id", "les_max", "mal_max"]]
+    H = I.merge(test.rename(columns={"les_max": "hm_lesion_max", "mal_max": "hm_malignant_max"}),
                 on="image_id")
     write_csv(H, out / "oof_images_heatmap.csv")
     return dict(
-        stride=stride,
+        stride=max(4, args.patch_size // 4),
         abnormal_vs_normal=chain_bootstrap(H["label"] > 0, H["hm_lesion_max"], H["woman"],
                                            n_boot, seed),
         malignant_vs_rest=chain_bootstrap(H["label"] == 2, H["hm_malignant_max"], H["woman"],
                                           n_boot, seed))
 
+
+def network_by_woman(I: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """The trained whole-image scores at woman level (her highest image score; positive if
+    any of her images is)."""
+    return {task: woman_level(label(I["label"].to_numpy()), s.to_numpy(), I["woman"].to_numpy(),
+                              n_boot, seed)
+            for (task, label), s in zip(TASKS.items(), (1 - I["p_normal"], I["p_malignant"]))}
+
+
+def compare_runs(I: pd.DataFrame, other: pd.DataFrame, n_boot: int, seed: int) -> dict:
+    """This run's trained whole-image scores minus another run's (`--compare-with`) on the
+    same images: paired AUROC differences, women resampled."""
+    M = I.merge(other, on="image_id", suffixes=("", "_other"))
+    if len(M) != len(I):
+        raise ValueError(f"--compare-with: {len(I) - len(M)} of this run's images are not in "
+                         "the other run")
+    y = M["label"].to_numpy()
+    return dict(
+        n_images=len(M),
+        abnormal_vs_normal=chain_difference(y > 0, 1 - M["p_normal"], 1 - M["p_normal_other"],
+                                            M["woman"], n_boot, seed),
+        malignant_vs_rest=chain_difference(y == 2, M["p_malignant"], M["p_malignant_other"],
+                                           M["woman"], n_boot, seed))

@@ -390,3 +390,59 @@ def test_an_unreadable_image_is_one_line_naming_it(tmp_path):
     with pytest.raises(InputError, match="mdb001.png") as e:
         cv_baselines.grey_mean(str(bad), breast_only=True)
     assert "\n" not in str(e.value)
+
+
+def _val_auc(T, k, col, task):
+    from dm_metrics import auroc
+    V = T[(T["part"] == "val") & (T["fold"] == k)]
+    y = (V["label"] > 0) if task == "abnormal_vs_normal" else (V["label"] == 2)
+    ok = V[col].notna()
+    y, s = y[ok].to_numpy(), V.loc[ok, col].to_numpy()
+    return auroc(y, s) if 0 < y.sum() < len(y) else -1.0
+
+
+def test_quick_bilateral_run_on_another_run_s_patch_models(shared_data, tmp_path, capsys):
+    """--patch-models-from reuses a finished run's patch models (byte for byte), the
+    bilateral whole-image model trains on pairs, --compare-with gives paired differences,
+    and each fold's multiple-instance readout is the one best on its inner validation."""
+    mias = shared_data / "mias"
+    if not (mias / "Info.txt").is_file():
+        pytest.skip("mini-MIAS not in the shared data")
+    base = tmp_path / "base"
+    quick = ["--quick"]
+    assert cv.main([str(mias), "--out", str(base), *quick]) == 0
+    out = tmp_path / "bi"
+    assert cv.main([str(mias), "--out", str(out), *quick, "--bilateral",
+                    "--patch-models-from", str(base), "--compare-with", str(base)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    import dm_modelfile
+    for k in (0, 1):
+        assert (out / f"fold{k}" / "patch_model.keras").read_bytes() == \
+            (base / f"fold{k}" / "patch_model.keras").read_bytes()
+        meta = dm_modelfile.read_model_meta(out / f"fold{k}" / "image_model.keras")
+        assert meta.extra["bilateral"] is True
+    pairs = (out / "data" / "pairs.csv").read_text().splitlines()
+    assert len(pairs) == 1 + 12 and pairs[0] == "path,other_path"
+    comp = summary["compared_with"]
+    assert comp["n_images"] == 24 and comp["run"] == str(base)
+    b = json.loads((base / "summary.json").read_text())["pooled"]
+    me = summary["pooled"]["image_abnormal_vs_normal"]["network"]["auroc"]
+    assert comp["abnormal_vs_normal"]["difference"] == pytest.approx(
+        me - b["image_abnormal_vs_normal"]["network"]["auroc"], abs=2e-4)
+    T = pd.read_csv(out / "oof_readouts.csv")
+    assert set(T["part"]) == {"test", "val"} and (T[T["part"] == "test"]["image_id"]).is_unique
+    for task, r in summary["mil_readouts"].items():
+        for k, col in r["chosen_per_fold"].items():
+            aucs = {c: _val_auc(T, int(k), c, task) for c in r["every_candidate_pooled"]}
+            assert aucs[col] == max(aucs.values()), (task, k)
+        assert 0 <= r["image_level"]["auroc"] <= 1 and "difference" in r["minus_network"]
+        assert r["woman_level"]["n_groups"] == 12
+    # the bilateral readout is the readout minus the other breast's, in the same fold
+    t = T[(T["fold"] == 0) & (T["part"] == "test")].set_index("image_id")
+    a, o = sorted(t.index)[:2]
+    assert t.at[a, "bi_les_top2"] == pytest.approx(t.at[a, "les_top2"] - t.at[o, "les_top2"])
+    assert summary["network_by_woman"]["abnormal_vs_normal"]["n_groups"] == 12
+    # a run whose patch settings differ cannot lend its patch models
+    rc = cv.main([str(mias), "--out", str(tmp_path / "x"), *quick, "--patch-size", "48",
+                  "--patch-models-from", str(base)])
+    assert rc == 2 and "patch_size differ" in capsys.readouterr().err
