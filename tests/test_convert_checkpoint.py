@@ -113,16 +113,16 @@ def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image
     _, src = keras208_whole_image
     out = tmp_path / "x.keras"
     assert dm_convert_checkpoint.main([str(tmp_path / "missing.h5"), str(out)]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "convert_checkpoint: error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "convert_checkpoint: error: " in l]
     assert len(err) == 1 and "missing.h5" in err[0] and "not found" in err[0]
     notes = tmp_path / "notes.h5"
     notes.write_text("not a model")
     assert dm_convert_checkpoint.main([str(notes), str(out)]) == 2
-    assert "notes.h5: not a model file" in capsys.readouterr().out
+    assert "notes.h5: not a model file" in capsys.readouterr().err
     assert dm_convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
-    assert "2 outputs" in capsys.readouterr().out
+    assert "2 outputs" in capsys.readouterr().err
     assert dm_convert_checkpoint.main([str(src), str(out), "--img-size", "1152", "896"]) == 2
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert "fixed at 64x48" in err and "--img-size says 1152x896" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddsm_whole.h5", "notes.h5"]
 
@@ -135,7 +135,7 @@ def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
     r = subprocess.run([sys.executable, "convert_checkpoint.py", str(src), str(out), "--class-list",
                         *[str(i) for i in range(10)]], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 2
-    line = [ln for ln in r.stdout.splitlines() if "convert_checkpoint: error: " in ln]
+    line = [ln for ln in r.stderr.splitlines() if "convert_checkpoint: error: " in ln]
     assert len(line) == 1 and str(src) in line[0] and "'lambda_3'" in line[0]
     assert not out.exists()
 
