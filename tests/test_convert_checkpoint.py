@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras2_fixture import small_whole_image_model as whole_image_model
 from keras2_fixture import write_keras2_h5
+from tiny_models import tiny_image_model
 
 import dm_convert_checkpoint
 import dm_modelfile
@@ -40,6 +41,21 @@ def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image)
     assert meta.recipe == Recipe(img_size=(64, 48), rescale_factor=0.003891, channels=3,
                                  featurewise_center=True, featurewise_mean=52.18, input_bits=16)
     assert [p.name for p in out.parent.iterdir()] == ["ddsm_whole.keras"]  # no temp files left
+
+
+def test_a_file_written_here_keeps_its_trunk_s_trainable_record(tmp_path):
+    """A whole-image .keras saved in image stage 1 records its trunk's own flags
+    (dm_modelfile); converting it keeps that record, which --saved-trainable reads."""
+    import dm_stages
+    model = tiny_image_model()
+    dm_modelfile.record_trunk_frozen(model, ("c2", "c1"))
+    src = tmp_path / "stage1.keras"
+    dm_modelfile.save_model(model, src)
+    out = tmp_path / "converted.keras"
+    assert dm_convert_checkpoint.main([str(src), str(out)]) == 0
+    assert dm_modelfile.recorded_trunk_frozen(dm_modelfile.load_model(out)) == ("c1", "c2")
+    assert dm_stages.saved_frozen_layers(str(out)) == ("c1", "c2")
+    assert dm_modelfile.read_model_meta(out).extra["converted_from"] == str(src)
 
 
 def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
