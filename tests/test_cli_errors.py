@@ -103,7 +103,9 @@ CASES = {
                           lambda t: [str(t / "nodir"), str(t / "nocsv"), str(t / "out")],
                           ("ddsm_train.prepare_cbis_ddsm", "load_case_tables"),
                           lambda t: [str(t), str(t), str(t / "out")]),
-    "dm_synthetic": ("dm_synthetic", lambda t: [str(t / "out"), "--n-patients", "0"],
+    # (impossible numbers stop at flag parsing: the input error here is a used folder)
+    "dm_synthetic": ("dm_synthetic",
+                     lambda t: [str(pathlib.Path(_file(t / "out" / "notes.txt")).parent)],
                      ("dm_synthetic", "render_image"),
                      lambda t: [str(t / "out"), "--n-patients", "2", "--img-size", "64", "48"]),
     "cross_validate": ("mias_train.cross_validate",
