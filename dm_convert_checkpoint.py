@@ -129,10 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
 def convert(args: argparse.Namespace) -> int:
     """`run` after its checks."""
-    import dm_checkpoint  # deferred for --help (docs/modules.md)
     import dm_modelfile  # deferred for --help (docs/modules.md)
 
-    model = dm_checkpoint.load_model(args.input, safe_mode=not args.unsafe_load)
+    # dm_modelfile's loader (Keras 2.0.8 files through dm_checkpoint) keeps a whole-image
+    # model's record of its trunk's own trainable flags, which save_model writes again.
+    model = dm_modelfile.load_model(args.input, safe_mode=not args.unsafe_load)
     out_units = model.outputs[0].shape[-1]
     if out_units is not None and out_units != len(args.class_list):
         raise InputError(f"{args.input}: the model has {out_units} outputs but --class-list names "

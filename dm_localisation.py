@@ -48,6 +48,9 @@ from dm_recipe_utils import write_csv
 
 log = logging.getLogger("dm_localisation")
 RECIPE_CLASSES = ("neg", "pos")     # the labels of a recipe's images.csv (dm_recipe_utils)
+#: The files the command writes into --out.
+OUTPUT_FILES = dict(summary="localisation.json", images="localisation_images.csv",
+                    figure="localisation.png")
 
 
 def grid_to_image(values: np.ndarray, first: tuple[float, float], step: tuple[float, float],
@@ -120,9 +123,7 @@ def map_on_source(m: np.ndarray, meta: dict, i: int, source: np.ndarray) -> np.n
 
 def read_heatmaps(path: str | os.PathLike) -> tuple[dict, list[str], list[np.ndarray]]:
     """(meta, image paths, maps) of a heatmap_score .npz; one line if unreadable."""
-    p = str(path)
-    if not os.path.isfile(p):
-        raise LocalisationError(f"{p}: heatmap file not found")
+    p = require_heatmaps(path)
     try:
         with np.load(p, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -135,13 +136,26 @@ def read_heatmaps(path: str | os.PathLike) -> tuple[dict, list[str], list[np.nda
     return meta, paths, maps
 
 
+def require_heatmaps(path: str | os.PathLike) -> str:
+    """The path of a heatmap file that is there; one line if it is not."""
+    if not os.path.isfile(path):
+        raise LocalisationError(f"{path}: heatmap file not found")
+    return str(path)
+
+
+def roi_table(data_dir: str | os.PathLike) -> pathlib.Path:
+    """A recipe folder's roi_mask_path.csv; one line if there is none."""
+    csv = pathlib.Path(data_dir) / "roi_mask_path.csv"
+    if not csv.is_file():
+        raise LocalisationError(f"{csv}: no ROI table (DATA_DIR must be a recipe output folder)")
+    return csv
+
+
 def read_masks(data_dir: str | os.PathLike, pathology: str = "all"
                ) -> dict[str, list[tuple[str, str]]]:
     """full image file name -> [(mask path, pathology)] from the recipe's roi_mask_path.csv."""
     d = pathlib.Path(data_dir)
-    csv = d / "roi_mask_path.csv"
-    if not csv.is_file():
-        raise LocalisationError(f"{csv}: no ROI table (DATA_DIR must be a recipe output folder)")
+    csv = roi_table(d)
     df = pd.read_csv(csv, dtype=str, keep_default_na=False)
     need = {"full_img_file", "roi_mask_file", "pathology"}
     if not need <= set(df.columns):
@@ -229,12 +243,10 @@ def localise(data_dir: str, heatmaps: Sequence[str], val_heatmaps: Sequence[str]
     if out:
         o = pathlib.Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        summary["files"] = dict(summary=str(o / "localisation.json"),
-                                images=str(o / "localisation_images.csv"),
-                                figure=str(o / "localisation.png"))
-        write_records(o / "localisation_images.csv", recs_of)
-        plot_figure(recs_of, s, str(o / "localisation.png"))
-        dm_output.write_json(o / "localisation.json", summary, indent=2)
+        summary["files"] = {k: str(o / f) for k, f in OUTPUT_FILES.items()}
+        write_records(o / OUTPUT_FILES["images"], recs_of)
+        plot_figure(recs_of, s, str(o / OUTPUT_FILES["figure"]))
+        dm_output.write_json(o / OUTPUT_FILES["summary"], summary, indent=2)
         if report is not None:
             import dm_report  # deferred for --help (docs/modules.md)
             dm_report.add_localisation(report, summary)
@@ -437,25 +449,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the same kinds' .npz on validation images: choose the Dice "
                         "thresholds there (without them Dice is not reported)")
     p.add_argument("--out", default="runs/localisation", help="output folder")
-    p.add_argument("--tolerance-mm", type=float, default=TOLERANCE_MM,
+    p.add_argument("--tolerance-mm", type=dm_cli.float_in(0), default=TOLERANCE_MM,
                    help="a peak this close to a lesion counts as a hit")
-    p.add_argument("--pixel-size-mm", type=float,
+    p.add_argument("--pixel-size-mm", type=dm_cli.float_in(0, low_open=True),
                    help="pixel size of DATA_DIR's images (default: layout.json, mini-MIAS "
                         f"0.2 mm at 1024 px, else {NOMINAL_HEIGHT_MM:.0f} mm / image height)")
-    p.add_argument("--peak-separation-mm", type=float, default=PEAK_SEPARATION_MM,
+    p.add_argument("--peak-separation-mm", type=dm_cli.float_in(0), default=PEAK_SEPARATION_MM,
                    help="top-k peaks lie at least this far apart")
     p.add_argument("--lesions", choices=["all", "malignant"], default="all",
                    help="which lesion masks count (and so which images)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of images")
+    p.add_argument("--n-boot", type=dm_cli.int_at_least(1), default=2000,
+                   help="bootstrap resamples of images")
     p.add_argument("--html-report", metavar="INDEX",
                    help="add a localisation section to this report (evaluate.py --html)")
     dm_cli.add_seed_flag(p, "seeds the bootstrap")
     return p
 
 
+def precheck(args: argparse.Namespace) -> None:
+    """The refusals before any image is read: a missing heatmap file or ROI table, and an
+    --out that cannot be written or that would write over an input (the recipe folder
+    itself, or a heatmap file under one of the names the command writes)."""
+    heatmaps = [require_heatmaps(h) for h in args.heatmaps + args.val_heatmaps]
+    roi_table(args.data_dir)
+    dm_output.check_writable(args.out, "--out", folder=True)
+    inputs = [("DATA_DIR", args.data_dir)] + [("heatmap file", h) for h in heatmaps]
+    dm_output.check_not_input(args.out, inputs, "--out")
+    for name in OUTPUT_FILES.values():
+        dm_output.check_not_input(os.path.join(args.out, name), inputs, "--out")
+
+
 def run(args: argparse.Namespace) -> dict:
-    if args.n_boot < 1:
-        raise LocalisationError(f"--n-boot {args.n_boot}: must be >= 1")
+    """The command after `precheck`: localise and write the files."""
     summary = localise(args.data_dir, args.heatmaps, args.val_heatmaps, args.tolerance_mm,
                        args.pixel_size_mm, args.peak_separation_mm, args.lesions, args.n_boot,
                        args.seed, args.out, args.html_report)
@@ -464,7 +489,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return dm_cli.run_tool("dm_localisation", build_parser().parse_args, run, argv)
+    return dm_cli.run_tool("dm_localisation", build_parser().parse_args, run, argv,
+                           precheck=precheck)
 
 
 if __name__ == "__main__":

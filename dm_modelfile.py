@@ -32,6 +32,7 @@ META_MEMBER = "dm_meta.json"
 META_ATTR = "dm_meta"
 TRAINABLE_MEMBER = "dm_trainable.json"
 TRAINABLE_ATTR = "dm_trainable"
+ZIP_START = b"PK\x03\x04"          # how every .keras file (a zip) begins
 _TRUNK_FROZEN = "_dm_trunk_frozen"   # the record, carried on the model object
 
 
@@ -130,8 +131,8 @@ def check_model_kind(path: str | os.PathLike, expected: str, flag: str, other: s
 def read_model_meta(path: str | os.PathLike) -> ModelMeta | None:
     """The class list and recipe stored with a model file, or None if it has none.
 
-    Raises `ModelFileError` for a file that is neither a `.keras` zip nor HDF5, or whose
-    stored metadata cannot be parsed.
+    Raises `ModelFileError` for a file that is neither a `.keras` zip nor HDF5 (a zip cut
+    short is called truncated or corrupt), or whose stored metadata cannot be parsed.
     """
     raw = _read_extra(path, META_MEMBER, META_ATTR)
     if raw is None:
@@ -151,6 +152,11 @@ def _read_extra(path: str | os.PathLike, member: str, attr: str) -> str | None:
         with zipfile.ZipFile(path) as z:
             return z.read(member).decode() if member in z.namelist() else None
     if not h5py.is_hdf5(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(len(ZIP_START)) == ZIP_START
+        if zip_start:   # an interrupted download or copy, not another kind of file
+            raise ModelFileError(f"{path}: a truncated or corrupt .keras file (it begins as one "
+                                 "but its end is missing or damaged)")
         raise ModelFileError(f"{path}: not a model file (neither a .keras zip nor HDF5)")
     with h5py.File(path, "r") as f:
         raw = f.attrs.get(attr)

@@ -152,8 +152,8 @@ def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None
     """layout.json: what later steps need to know about the images without guessing.
 
     `img_size` (H, W) when every image was resized to it; the bit depth; the rescale factor
-    for that depth and the featurewise mean of the training split after it (the values the
-    trainers' --rescale-factor / --featurewise-mean take).
+    for that depth and the featurewise mean of the training split after it, not equalised
+    (the --rescale-factor / --featurewise-mean the image trainer takes at that size).
     """
     train = images[images["split"] == "train"]
     paths = [str(out_dir / FULL_DIR / f) for f in (train if len(train) else images)["full_img_file"]]
@@ -163,9 +163,14 @@ def write_layout_info(out_dir: pathlib.Path, images: pd.DataFrame, img_size=None
             "bit_depth": bits, "rescale_factor": round(factor, 6),
             "featurewise_mean": round(mean, 2), "mean_of": "train" if len(train) else "all"}
     dm_output.write_json(out_dir / LAYOUT_FILE, info)
+    # The mean of the images as written, not equalised: the image trainer's at this size; the
+    # patch trainer resizes and equalises, so its mean is another (dm_featurewise_mean).
+    size = f"--img-size {img_size[0]} {img_size[1]}" if img_size else "the images' size"
     log.info("training split: %d-bit images, featurewise mean %.2f after rescale factor %.6g: "
-             "train with --rescale-factor %.6g --featurewise-mean %.2f", bits or 0, mean, factor,
-             factor, mean)
+             "train the image trainer at %s with --rescale-factor %.6g --featurewise-mean %.2f; "
+             "for the patch trainer take the mean from featurewise_mean.py %s --trainer patch",
+             bits or 0, mean, factor, size, factor, mean,
+             out_dir / ("train" if len(train) else FULL_DIR))
     return info
 
 

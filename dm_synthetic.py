@@ -422,34 +422,47 @@ def generate_dataset(out_dir: str | pathlib.Path, n_patients: int = 60, img_size
     return summary
 
 
+FRACTION = dm_cli.float_in(0, 1)            # fractions of images, lesions or patients
+CONTRAST = dm_cli.float_in(0)                # intensity added (tissue spans about 0.2-0.75)
+RADIUS = dm_cli.float_in(0, 0.5, low_open=True)   # a fraction of the image width
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """The command: flags checked at parsing (counts, fractions, contrasts and radii in
+    their ranges), then `generate_dataset`; returns its summary."""
     ap = argparse.ArgumentParser(description="Write a seeded synthetic mammogram dataset (CBIS-DDSM recipe layout).",
                                  formatter_class=dm_cli.HelpFormatter)
     ap.add_argument("out_dir", help="output folder (the recipe layout)")
-    ap.add_argument("--n-patients", type=int, default=60, help="number of synthetic patients")
-    ap.add_argument("--views-per-patient", type=int, default=2,
+    ap.add_argument("--n-patients", type=dm_cli.int_at_least(1), default=60, help="number of synthetic patients")
+    ap.add_argument("--views-per-patient", type=dm_cli.int_at_least(1, len(VIEWS)), default=2,
                     help="images per patient: LEFT CC, LEFT MLO, RIGHT CC, RIGHT MLO in that order; "
                          "with --bilateral 2 (CC of both breasts) or 4")
     ap.add_argument("--bilateral", action="store_true",
                     help="women with both breasts of each view, sharing her traits; lesions on one side at most")
     dm_cli.add_img_size(ap, help="image size", default=[576, 448])
     dm_cli.add_seed_flag(ap, "seeds every image and the splits")
-    ap.add_argument("--lesion-fraction", type=float, default=0.5,
+    ap.add_argument("--lesion-fraction", type=FRACTION, default=0.5,
                     help="fraction of images (--bilateral: of women) with lesions")
-    ap.add_argument("--malignant-fraction", type=float, default=0.6, help="fraction of lesions that are malignant")
-    ap.add_argument("--calc-fraction", type=float, default=0.35,
+    ap.add_argument("--malignant-fraction", type=FRACTION, default=0.6, help="fraction of lesions that are malignant")
+    ap.add_argument("--calc-fraction", type=FRACTION, default=0.35,
                     help="fraction of lesions that are calcification clusters (else masses)")
-    ap.add_argument("--val-size", type=float, default=0.15, help="fraction of patients for validation")
-    ap.add_argument("--test-size", type=float, default=0.2, help="fraction of patients for test")
-    ap.add_argument("--mass-contrast", type=float, default=SynthConfig.mass_contrast,
+    ap.add_argument("--val-size", type=FRACTION, default=0.15, help="fraction of patients for validation")
+    ap.add_argument("--test-size", type=FRACTION, default=0.2, help="fraction of patients for test")
+    ap.add_argument("--mass-contrast", type=CONTRAST, default=SynthConfig.mass_contrast,
                     help="intensity added by a mass (tissue spans about 0.2-0.75)")
-    ap.add_argument("--calc-contrast", type=float, default=SynthConfig.calc_contrast,
+    ap.add_argument("--calc-contrast", type=CONTRAST, default=SynthConfig.calc_contrast,
                     help="intensity added by a calcification")
-    ap.add_argument("--mass-radius", type=float, nargs=2, default=list(SynthConfig.mass_radius), metavar=("MIN", "MAX"),
+    ap.add_argument("--mass-radius", type=RADIUS, nargs=2, default=list(SynthConfig.mass_radius), metavar=("MIN", "MAX"),
                     help="mass radius range, as a fraction of the image width")
-    ap.add_argument("--calc-radius", type=float, default=SynthConfig.calc_radius,
+    ap.add_argument("--calc-radius", type=RADIUS, default=SynthConfig.calc_radius,
                     help="calcification radius, as a fraction of the image width (at least 1 px)")
     a = ap.parse_args(argv)
+    if a.mass_radius[0] > a.mass_radius[1]:
+        ap.error(f"argument --mass-radius: MIN {a.mass_radius[0]:g} is above MAX "
+                 f"{a.mass_radius[1]:g}")
+    if a.val_size + a.test_size >= 1:
+        ap.error(f"--val-size {a.val_size:g} and --test-size {a.test_size:g} leave no patient "
+                 "for training (their sum must be below 1)")
     dm_cli.setup_logging()
     cfg = SynthConfig(mass_contrast=a.mass_contrast, calc_contrast=a.calc_contrast,
                       mass_radius=tuple(a.mass_radius), calc_radius=a.calc_radius)

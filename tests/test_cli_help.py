@@ -83,7 +83,7 @@ def test_shared_flag_spellings():
     assert dm_flags.parse("image", ["a", "b", "c", "--resume-from", "m", "--target-size",
                                     "64", "48"]).img_size == [64, 48]
     assert ps["convert"].parse_args(["a", "b", "--target-size", "4", "3"]).img_size == [4, 3]
-    assert ps["mean"].parse_args(["d", "--target-size", "4", "3"]).img_size == [4, 3]
+    assert ps["mean"].parse_args(["d", "--trainer", "patch", "--target-size", "4", "3"]).img_size == [4, 3]
 
 
 def test_no_tensorflow_banner(tmp_path):

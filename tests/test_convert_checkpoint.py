@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras2_fixture import small_whole_image_model as whole_image_model
 from keras2_fixture import write_keras2_h5
+from tiny_models import tiny_image_model
 
 import dm_convert_checkpoint
 import dm_modelfile
@@ -40,6 +41,21 @@ def test_convert_defaults_and_plain_keras_reload(tmp_path, keras208_whole_image)
     assert meta.recipe == Recipe(img_size=(64, 48), rescale_factor=0.003891, channels=3,
                                  featurewise_center=True, featurewise_mean=52.18, input_bits=16)
     assert [p.name for p in out.parent.iterdir()] == ["ddsm_whole.keras"]  # no temp files left
+
+
+def test_a_file_written_here_keeps_its_trunk_s_trainable_record(tmp_path):
+    """A whole-image .keras saved in image stage 1 records its trunk's own flags
+    (dm_modelfile); converting it keeps that record, which --saved-trainable reads."""
+    import dm_stages
+    model = tiny_image_model()
+    dm_modelfile.record_trunk_frozen(model, ("c2", "c1"))
+    src = tmp_path / "stage1.keras"
+    dm_modelfile.save_model(model, src)
+    out = tmp_path / "converted.keras"
+    assert dm_convert_checkpoint.main([str(src), str(out)]) == 0
+    assert dm_modelfile.recorded_trunk_frozen(dm_modelfile.load_model(out)) == ("c1", "c2")
+    assert dm_stages.saved_frozen_layers(str(out)) == ("c1", "c2")
+    assert dm_modelfile.read_model_meta(out).extra["converted_from"] == str(src)
 
 
 def test_convert_inbreast_and_overrides(tmp_path, keras208_whole_image):
@@ -113,16 +129,16 @@ def test_convert_bad_inputs_exit_2_without_output(tmp_path, keras208_whole_image
     _, src = keras208_whole_image
     out = tmp_path / "x.keras"
     assert dm_convert_checkpoint.main([str(tmp_path / "missing.h5"), str(out)]) == 2
-    err = [l for l in capsys.readouterr().out.splitlines() if "convert_checkpoint: error: " in l]
+    err = [l for l in capsys.readouterr().err.splitlines() if "convert_checkpoint: error: " in l]
     assert len(err) == 1 and "missing.h5" in err[0] and "not found" in err[0]
     notes = tmp_path / "notes.h5"
     notes.write_text("not a model")
     assert dm_convert_checkpoint.main([str(notes), str(out)]) == 2
-    assert "notes.h5: not a model file" in capsys.readouterr().out
+    assert "notes.h5: not a model file" in capsys.readouterr().err
     assert dm_convert_checkpoint.main([str(src), str(out), "--class-list", "a", "b", "c"]) == 2
-    assert "2 outputs" in capsys.readouterr().out
+    assert "2 outputs" in capsys.readouterr().err
     assert dm_convert_checkpoint.main([str(src), str(out), "--img-size", "1152", "896"]) == 2
-    err = capsys.readouterr().out
+    err = capsys.readouterr().err
     assert "fixed at 64x48" in err and "--img-size says 1152x896" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddsm_whole.h5", "notes.h5"]
 
@@ -135,7 +151,7 @@ def test_convert_cli_process_refuses_lambda(tmp_path, shared_data):
     r = subprocess.run([sys.executable, "convert_checkpoint.py", str(src), str(out), "--class-list",
                         *[str(i) for i in range(10)]], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 2
-    line = [ln for ln in r.stdout.splitlines() if "convert_checkpoint: error: " in ln]
+    line = [ln for ln in r.stderr.splitlines() if "convert_checkpoint: error: " in ln]
     assert len(line) == 1 and str(src) in line[0] and "'lambda_3'" in line[0]
     assert not out.exists()
 

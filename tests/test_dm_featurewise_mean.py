@@ -133,3 +133,19 @@ def test_the_trainer_must_be_named(folder, capsys):
         fm.main([str(folder)])
     assert e.value.code == 2
     assert "the following arguments are required: --trainer" in capsys.readouterr().err
+
+
+def test_every_documented_command_parses():
+    """The README's and docs' featurewise_mean.py commands (code blocks) name a trainer and
+    parse, so a user who pastes one gets the mean of the trainer they will run."""
+    import pathlib
+    import re
+    import shlex
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    found = 0
+    for page in [repo / "README.md", *sorted(repo.glob("docs/*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for m in re.finditer(r"featurewise_mean\.py ([^)\n]*)", re.sub(r"\\\n", " ", block)):
+                fm.build_parser().parse_args(shlex.split(m.group(1)))   # SystemExit: wrong
+                found += 1
+    assert found >= 2           # the README's RESCALE and MEAN lines

@@ -261,3 +261,42 @@ def test_report_gets_a_localisation_section(tiny_folder, tmp_path):
     assert "<td>gradcam</td>" in page and "../loc/localisation.png" in page
     with pytest.raises(metrics.LocalisationError, match="report not found"):
         loc.localise(str(d / "data"), [str(d / "gradcam.npz")], report=str(tmp_path / "no.html"))
+
+
+@pytest.mark.parametrize("flag,value,want", [
+    ("--tolerance-mm", "-1", ">= 0"), ("--pixel-size-mm", "0", "> 0"),
+    ("--peak-separation-mm", "nan", "finite"), ("--n-boot", "0", ">= 1")])
+def test_impossible_numbers_stop_at_flag_parsing(tiny_folder, capsys, monkeypatch, flag, value,
+                                                 want):
+    d, _ = tiny_folder
+    monkeypatch.setattr(loc, "localise", lambda *a, **k: pytest.fail("localise ran"))
+    with pytest.raises(SystemExit) as e:
+        loc.main([str(d / "data"), str(d / "gradcam.npz"), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {value}: must be a" in err and want in err
+
+
+def test_an_out_that_would_replace_an_input_is_refused_before_any_work(tiny_folder, tmp_path,
+                                                                      caplog, monkeypatch):
+    """--out the recipe folder itself, or a folder where a heatmap file has the name of one
+    of the outputs: one line, exit 2, the inputs untouched, nothing localised."""
+    d, _ = tiny_folder
+    monkeypatch.setattr(loc, "localise", lambda *a, **k: pytest.fail("localise ran"))
+    data, npz = d / "data", d / "gradcam.npz"
+    before = sorted(p.name for p in data.iterdir())
+    assert loc.main([str(data), str(npz), "--out", str(data)]) == 2
+    assert sorted(p.name for p in data.iterdir()) == before
+    named = tmp_path / "out" / loc.OUTPUT_FILES["summary"]
+    named.parent.mkdir()
+    named.write_bytes(npz.read_bytes())
+    assert loc.main([str(data), str(named), "--out", str(tmp_path / "out")]) == 2
+    assert named.read_bytes() == npz.read_bytes()
+    assert loc.main([str(data), str(npz), "--val-heatmaps", str(tmp_path / "no.npz"),
+                     "--out", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3
+    assert f"{data} (--out) is the DATA_DIR" in errors[0]
+    assert f"{named} (--out) is the heatmap file" in errors[1]
+    assert "no.npz: heatmap file not found" in errors[2]

@@ -120,3 +120,23 @@ def test_the_trunks_own_trainable_flags_travel_with_the_file(tmp_path, suffix):
     again = dm_modelfile.load_model(tmp_path / f"again{suffix}")
     assert dm_modelfile.recorded_trunk_frozen(again) == ("c1", "c2")
     assert dm_modelfile.read_model_meta(tmp_path / f"again{suffix}") == meta
+
+
+def test_a_keras_file_cut_short_is_called_truncated(tmp_path):
+    """A .keras zip cut short (an interrupted download) reads as truncated or corrupt, and
+    another file as not a model file; the kind check leaves both to the loader."""
+    from dm_recipe import Recipe
+    path = tmp_path / "m.keras"
+    meta = dm_modelfile.ModelMeta(("neg", "pos"), Recipe(img_size=(64, 48), channels=1))
+    dm_modelfile.save_model(tiny_image_model(), path, meta)
+    assert dm_modelfile.read_model_meta(path) == meta
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(dm_modelfile.ModelFileError, match="truncated or corrupt") as e:
+        dm_modelfile.read_model_meta(cut)
+    assert str(e.value).startswith(f"{cut}: ") and "\n" not in str(e.value)
+    notes = tmp_path / "notes.keras"
+    notes.write_text("PK is not enough")
+    with pytest.raises(dm_modelfile.ModelFileError, match="not a model file"):
+        dm_modelfile.read_model_meta(notes)
+    dm_modelfile.check_model_kind(cut, "patch", "--resume-from", "image_clf_train.py")

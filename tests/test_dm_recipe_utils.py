@@ -57,3 +57,27 @@ def test_input_paths_are_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     claim_folder(tmp_path / "out", "tool", {"src": "x/imgs", "lists": ["x/imgs/a.txt"], "n": 3},
                  paths=("src", "lists"))                      # the same run, from elsewhere
+
+
+def test_layout_mean_is_the_image_trainer_s_and_the_log_says_so(tmp_path, caplog, capsys):
+    """layout.json's mean is the image trainer's at the recipe size (featurewise_mean.py
+    --trainer image agrees); the log points the patch trainer to its own, a different mean."""
+    import logging
+
+    import dm_featurewise_mean
+    out = tmp_path / "data"
+    with caplog.at_level(logging.INFO, logger="dm_recipe_utils"):
+        dm_synthetic.generate_dataset(out, n_patients=4, img_size=(64, 48), seed=3)
+    layout = json.loads((out / "layout.json").read_text())
+    line = [r.getMessage() for r in caplog.records if "featurewise mean" in r.getMessage()][-1]
+    assert "image trainer at --img-size 64 48 with --rescale-factor 0.00389105 " \
+           f"--featurewise-mean {layout['featurewise_mean']:.2f};" in line   # 16-bit images
+    assert f"featurewise_mean.py {out / 'train'} --trainer patch" in line
+    capsys.readouterr()
+    means = {}
+    for kind in ("image", "patch"):
+        assert dm_featurewise_mean.main([str(out / "train"), "--trainer", kind, "--img-size",
+                                         "64", "48", "--print", "mean"]) == 0
+        means[kind] = float(capsys.readouterr().out)
+    assert means["image"] == pytest.approx(layout["featurewise_mean"], abs=0.006)
+    assert abs(means["patch"] - layout["featurewise_mean"]) > 1   # equalised: another mean

@@ -128,16 +128,16 @@ def test_featurewise_mean_command(shared_data, tmp_path, capsys, caplog):
     b = np.full((20, 10), 200, np.uint16) * 257
     cv2.imwrite(str(d / "a.png"), a)
     cv2.imwrite(str(d / "b.png"), b)
-    assert fm.main([str(tmp_path / "set"), "--print", "mean"]) == 0
+    assert fm.main([str(tmp_path / "set"), "--trainer", "image", "--print", "mean"]) == 0
     assert capsys.readouterr().out.strip() == "150.00"      # 16-bit: x 255/65535
-    assert fm.main([str(tmp_path / "set"), "--print", "rescale"]) == 0
+    assert fm.main([str(tmp_path / "set"), "--trainer", "image", "--print", "rescale"]) == 0
     assert capsys.readouterr().out.strip() == "0.00389105"
-    assert fm.main([str(tmp_path / "set")]) == 0
+    assert fm.main([str(tmp_path / "set"), "--trainer", "image"]) == 0
     # (the last line: other tests in this process may have sent the log to stdout too)
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == "--rescale-factor 0.00389105 --featurewise-mean 150.00"
     cv2.imwrite(str(d / "c.png"), np.full((20, 10), 7, np.uint8))
-    assert fm.main([str(tmp_path / "set")]) == 2            # mixed 8/16 bits refused
+    assert fm.main([str(tmp_path / "set"), "--trainer", "image"]) == 2            # mixed 8/16 bits refused
     assert any("16-bit image among 8-bit" in r.getMessage() for r in caplog.records)
 
 

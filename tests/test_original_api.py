@@ -155,7 +155,8 @@ def _predict_py(d, tmp, tta: bool) -> dict:
     argv = [str(d / m) for m in MODEL_FILES] + [
         "--image-dir", str(d / "full_test_1152x896"), "--out", str(out), "--batch-size", "4",
         "--img-size", "1152", "896", "--rescale-factor", "0.003891",
-        "--featurewise-mean", "52.18", "--no-equalize-hist", "--class-list", "neg", "pos"]
+        "--featurewise-mean", "52.18", "--no-equalize-hist", "--class-list", "neg", "pos",
+        "--allow-small-images"]   # 96x72 test images for 1152x896 models
     assert dm_predict.main(argv + (["--test-augment"] if tta else [])) == 0
     with open(out) as f:
         return {os.path.relpath(r["path"], d / "full_test_1152x896"): float(r["pos"])

@@ -76,7 +76,7 @@ def test_editable_install_puts_the_commands_on_path(tmp_path):
         assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr[-1000:])
     r = subprocess.run([str(venv / "bin" / "dm-prepare-mias"), str(tmp_path / "none"), "out"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "prepare_mias: error:" in r.stdout
+    assert r.returncode == 2 and "prepare_mias: error:" in r.stderr
 
 
 @pytest.mark.slow

@@ -268,7 +268,8 @@ sys.exit(patch_clf_train.main({[str(p['train']), str(p['val']), str(p['test']), 
     '--class-list', 'neg', 'pos', '--no-use-pretrained', '--nb-epoch', '1', '--batch-size', '4',
     '--distribute', '--best-model', str(tmp_path / 'm.keras')]!r}))
 """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # No GPU visible: a visible one would be the strategy's one device instead of the CPUs.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
