@@ -224,9 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "patients to keep")
     io.add_argument("--no-pat-list", dest="pat_list", action="store_const", default=argparse.SUPPRESS, const=None,
                     help="unset --pat-list")
-    io.add_argument("--pairs", help="a bilateral model's pairs for --grad-cam: a recipe's "
-                    "images.csv or a path,other_path CSV (default: the other side of the "
-                    "same patient and view among the images)")
+    io.add_argument("--pairs", help="a bilateral model's pairs for --grad-cam: a recipe's images"
+                    ".csv or a path,other_path CSV (default: the same patient's other side)")
     io.add_argument("--out", default="./output/prob_heatmap.npz", help=".npz to write")
     io.add_argument("--overlay-dir", help="write a colour overlay PNG per image here")
     io.add_argument("--overlay-class", help="class shown in overlays (None: 1 - first class "

@@ -587,6 +587,8 @@ OTHER_CSV_READS = {
                                                                       "an INbreast ROI (XML)",
     ("mias_train/cross_validate.py", "patches / 'patch_index.csv'"): "the patch sampler's index",
     ("mias_train/cross_validate.py", "out / 'oof_images.csv'"): "the run's out-of-fold scores",
+    ("mias_train/cross_validate.py", "pathlib.Path(args.compare_with) / 'oof_images.csv'"):
+        "another run's out-of-fold scores (--compare-with)",
     ("mias_train/cv_report.py", "out / 'oof_patches.csv'"): "the run's out-of-fold scores",
     ("mias_train/cv_report.py", "out / 'oof_images.csv'"): "the run's out-of-fold scores",
     ("mias_train/cv_report.py", "out / 'patches_all' / 'patch_index.csv'"): "the patch "
