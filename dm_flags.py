@@ -171,7 +171,8 @@ def _training_flags(p: argparse.ArgumentParser) -> None:
                         "and metrics stay float32, saved models predict in float32")
     g.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_const",
                    const=None, help="turn off --mixed-precision")
-    _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA")
+    _bool(g, "jit-compile", "jit_compile", "compile the train step with XLA (needs "
+          "--no-deterministic: Keras turns XLA off under deterministic ops)")
     _bool(g, "deterministic", "deterministic",
           "TensorFlow's deterministic ops: a seed repeats to the last digit, also on a "
           "loaded machine (about 2%% slower on this CPU; docs/training.md)")
@@ -401,6 +402,9 @@ def check_run(cfg) -> None:
     for flag, path in models[:2]:
         if path is not None:
             dm_convert_checkpoint.require_model_file(path, flag)
+    if cfg.jit_compile and cfg.deterministic:
+        raise InputError("--jit-compile needs --no-deterministic: with TensorFlow's "
+                         "deterministic ops on, Keras trains without XLA")
     if getattr(cfg, "bilateral", False) and not cfg.pairs:
         raise InputError("--bilateral needs --pairs (a recipe's images.csv or a "
                          "path,other_path CSV)")

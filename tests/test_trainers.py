@@ -499,3 +499,16 @@ def test_renamed_classes_are_said(trained, tmp_path):
     other = dm_flags.config("image", *dirs, patch_model_state=str(trained["patch_model"]),
                             class_list=["benign", "malignant"])
     assert dm_train.renamed_classes(other) == []       # a new model: nothing is renamed
+
+
+def test_jit_compile_without_no_deterministic_is_refused_before_training(tmp_path, capsys):
+    """Keras turns XLA off under TensorFlow's deterministic ops (the trainers' default), so
+    --jit-compile alone would silently do nothing: refused in one line, nothing written."""
+    p = write_class_folders(tmp_path / "p", ["background", "malignant", "benign"], 1, (16, 16))
+    argv = [str(p["train"]), str(p["val"]), str(p["test"]), "--best-model",
+            str(tmp_path / "m.keras"), "--jit-compile"]
+    assert patch_clf_train.main(argv) == 2
+    assert "--jit-compile needs --no-deterministic" in capsys.readouterr().err
+    assert not (tmp_path / "m.keras").exists()
+    cfg = dm_flags.parse("patch", argv + ["--no-deterministic"])
+    dm_flags.check_run(cfg)            # the pair is accepted
