@@ -214,3 +214,24 @@ def test_impossible_numbers_stop_at_flag_parsing(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "must be a whole number >=" in err[1], err
+
+
+def test_bilateral_main_job_tiny(tmp_path, monkeypatch):
+    """end2end --bilateral: synthetic women with both breasts, the bilateral model trained
+    on pairs, scored by predict.py with the recipe's pairs, its heatmaps and localisation."""
+    monkeypatch.chdir(tmp_path)
+    args = dm_end2end.build_parser().parse_args([
+        "--out", "run", "--n-patients", "24", "--img-size", "128", "96",
+        "--patch-size", "32", "--nb-abn", "3", "--nb-bkg", "3", "--nb-init-filter", "4",
+        "--patch-epochs", "1", "1", "1", "--image-epochs", "1", "1", "--batch-size", "8",
+        "--bilateral"])
+    summary = dm_end2end.run(args)
+    import dm_modelfile
+    import pandas as pd
+    meta = dm_modelfile.read_model_meta("run/image_model.keras")
+    assert meta.extra["bilateral"] is True
+    images = pd.read_csv("run/data/images.csv")
+    assert images.groupby(["patient_id", "view"])["side"].apply(set).eq({"LEFT", "RIGHT"}).all()
+    assert abs(summary["evaluate_auroc"] - summary["image_test_auroc_tta"]) < 1e-6
+    assert pathlib.Path(summary["gradcam_overlay"]).stat().st_size > 0
+    assert "gradcam" in summary["localisation"]
