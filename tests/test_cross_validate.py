@@ -446,3 +446,17 @@ def test_quick_bilateral_run_on_another_run_s_patch_models(shared_data, tmp_path
     rc = cv.main([str(mias), "--out", str(tmp_path / "x"), *quick, "--patch-size", "48",
                   "--patch-models-from", str(base)])
     assert rc == 2 and "patch_size differ" in capsys.readouterr().err
+    # the ablation table of docs/mias.md reads these summaries
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "mias_ablation", pathlib.Path(__file__).parents[1] / "benchmarks" / "mias_ablation.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    text = ab.main([f"today={base}", "--readouts", f"readouts={base}", "--after", f"bi={out}"])
+    rows = [r for r in text.splitlines() if r.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| today", "| readouts", "| bi"]
+    bi_row = rows[-1]
+    a = summary["pooled"]["image_abnormal_vs_normal"]["network"]
+    assert f"{a['auroc']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})" in bi_row
+    assert f"{comp['abnormal_vs_normal']['difference']:+.3f}" in bi_row
+    assert "breast grey level" in text
