@@ -22,99 +22,15 @@ import dataclasses
 from typing import Sequence
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 import dm_resnet
 from dm_errors import InputError
-from dm_layers import he_normal
+from dm_layers import (GatedAttentionPooling, LesionMap, MirrorWidth, TopFractionPooling,
+                       he_normal)
 
 POOLINGS = ("top", "attention")
 BILATERAL_INPUTS = ("image_input", "other_input")
-
-
-@keras.saving.register_keras_serializable(package="dm")
-class LesionMap(layers.Layer):
-    """Patch-class probabilities (B, h, w, K) with channel 0 (background) replaced by the
-    lesion score 1 - p(background): a high value in every channel then means "lesion-like"."""
-
-    def call(self, p):
-        return ops.concatenate([1.0 - p[..., :1], p[..., 1:]], axis=-1)
-
-
-@keras.saving.register_keras_serializable(package="dm")
-class TopFractionPooling(layers.Layer):
-    """(B, h, w, K) -> (B, K): per channel, the mean of the highest `fraction` of the h*w
-    values (at least one; 1.0 is the mean, a tiny fraction the maximum)."""
-
-    def __init__(self, fraction: float = 0.02, **kw):
-        super().__init__(**kw)
-        if not 0.0 < float(fraction) <= 1.0:
-            raise InputError(f"top fraction must be in (0, 1], got {fraction}")
-        self.fraction = float(fraction)
-
-    def call(self, x):
-        b, k = ops.shape(x)[0], ops.shape(x)[-1]
-        flat = ops.transpose(ops.reshape(x, (b, -1, k)), (0, 2, 1))      # (B, K, n)
-        n = ops.shape(flat)[-1]
-        keep = ops.maximum(1, ops.cast(ops.round(self.fraction * ops.cast(n, "float32")),
-                                       "int32"))
-        desc = ops.flip(ops.sort(flat, axis=-1), axis=-1)
-        mask = ops.cast(ops.arange(n) < keep, desc.dtype)
-        return ops.sum(desc * mask, axis=-1) / ops.cast(keep, desc.dtype)
-
-    def compute_output_shape(self, shape):
-        return (shape[0], shape[-1])
-
-    def get_config(self):
-        return dict(super().get_config(), fraction=self.fraction)
-
-
-@keras.saving.register_keras_serializable(package="dm")
-class GatedAttentionPooling(layers.Layer):
-    """Gated attention over window positions: weights a = softmax over positions of
-    w . (tanh(V f) * sigmoid(U f)) from the features f (B, h, w, D); returns the weighted
-    mean of the values (B, h, w, K) -> (B, K). `attention_map` gives a (B, h, w)."""
-
-    def __init__(self, units: int = 16, weight_decay: float = 0.0, **kw):
-        super().__init__(**kw)
-        self.units = int(units)
-        self.weight_decay = float(weight_decay)
-
-    def build(self, shapes):
-        d = int(shapes[0][-1])
-        reg = keras.regularizers.L2(self.weight_decay) if self.weight_decay else None
-        self.v = self.add_weight(name="v", shape=(d, self.units), initializer="glorot_uniform",
-                                 regularizer=reg)
-        self.u = self.add_weight(name="u", shape=(d, self.units), initializer="glorot_uniform",
-                                 regularizer=reg)
-        self.w = self.add_weight(name="w", shape=(self.units, 1), initializer="glorot_uniform",
-                                 regularizer=reg)
-
-    def attention_map(self, f):
-        gate = ops.tanh(ops.matmul(f, self.v)) * ops.sigmoid(ops.matmul(f, self.u))
-        logit = ops.matmul(gate, self.w)[..., 0]                          # (B, h, w)
-        b = ops.shape(logit)[0]
-        a = ops.softmax(ops.reshape(logit, (b, -1)), axis=-1)
-        return ops.reshape(a, ops.shape(logit))
-
-    def call(self, inputs):
-        f, values = inputs
-        a = self.attention_map(f)
-        return ops.sum(values * a[..., None], axis=(1, 2))
-
-    def compute_output_shape(self, shapes):
-        return (shapes[1][0], shapes[1][-1])
-
-    def get_config(self):
-        return dict(super().get_config(), units=self.units, weight_decay=self.weight_decay)
-
-
-@keras.saving.register_keras_serializable(package="dm")
-class MirrorWidth(layers.Layer):
-    """Flip images left-right: the other breast is turned to the orientation of this one."""
-
-    def call(self, x):
-        return ops.flip(x, axis=2)
 
 
 def window_pool_size(patch_model: keras.Model, trunk: keras.Model) -> tuple[int, int]:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import dm_dataset
+import dm_layers
 import dm_mil
 import dm_modelfile
 from dm_errors import InputError
@@ -18,20 +19,20 @@ def _images(n=6, seed=0):
 
 def test_top_fraction_pooling_is_the_mean_of_the_top_windows():
     x = np.arange(2 * 10 * 10 * 2, dtype="float32").reshape(2, 10, 10, 2)
-    got = np.asarray(dm_mil.TopFractionPooling(0.05)(x))
+    got = np.asarray(dm_layers.TopFractionPooling(0.05)(x))
     flat = x.reshape(2, 100, 2)
     want = np.sort(flat, axis=1)[:, ::-1][:, :5].mean(axis=1)
     np.testing.assert_allclose(got, want)
-    assert np.allclose(np.asarray(dm_mil.TopFractionPooling(1.0)(x)), flat.mean(axis=1))
+    assert np.allclose(np.asarray(dm_layers.TopFractionPooling(1.0)(x)), flat.mean(axis=1))
     with pytest.raises(InputError):
-        dm_mil.TopFractionPooling(0.0)
+        dm_layers.TopFractionPooling(0.0)
 
 
 def test_gated_attention_weights_sum_to_one_and_pool_the_values():
     rng = np.random.default_rng(1)
     f = rng.normal(size=(2, 5, 4, 6)).astype("float32")
     v = rng.random((2, 5, 4, 3)).astype("float32")
-    layer = dm_mil.GatedAttentionPooling(8)
+    layer = dm_layers.GatedAttentionPooling(8)
     out = np.asarray(layer([f, v]))
     a = np.asarray(layer.attention_map(f))
     np.testing.assert_allclose(a.reshape(2, -1).sum(1), 1.0, rtol=1e-5)

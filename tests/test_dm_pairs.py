@@ -198,3 +198,18 @@ def test_heatmaps_of_a_bilateral_model(bilateral_run, tmp_path):
                                                            cv2.IMREAD_UNCHANGED))
     assert heatmap_score.main([str(lone), model, "--grad-cam", "--out",
                                str(tmp_path / "x.npz")]) == 2
+
+
+def test_a_fresh_process_loads_and_scores_the_bilateral_model(bilateral_run, tmp_path):
+    """predict.py in a new Python process (nothing of dm_mil imported beforehand) reads
+    the model's own layers and scores the pairs as the trainer did."""
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    out = tmp_path / "fresh.csv"
+    r = subprocess.run([sys.executable, str(repo / "predict.py"), str(bilateral_run["model"]),
+                        "--csv", str(bilateral_run["table"]), "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+    assert len(pd.read_csv(out)) == 28
