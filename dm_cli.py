@@ -364,6 +364,27 @@ def add_img_size(parser, help: str = IMG_SIZE_HELP, default: list[int] | None = 
                         metavar=("H", "W"), help=help)
 
 
+TOP_FRACTION = 0.02     # the multiple-instance head's top windows (docs/training.md)
+
+
+def add_mil_flags(parser, what: str = "") -> None:
+    """The one declaration of the multiple-instance head and bilateral model's flags
+    (`--mil-pooling`, `--top-fraction`, `--bilateral`): the image trainer, end2end and the
+    mini-MIAS cross-validation (docs/training.md). `what` prefixes their help."""
+    parser.add_argument("--mil-pooling", dest="mil_pooling", choices=["top", "attention"],
+                        default=None,
+                        help=f"{what}a multiple-instance head on the patch classifier's window "
+                             "map instead of the top blocks: the mean of its top "
+                             "--top-fraction windows, or gated attention")
+    parser.add_argument("--top-fraction", dest="top_fraction", default=TOP_FRACTION,
+                        type=float_in(0, 1, low_open=True),
+                        help="with --mil-pooling top: the fraction of windows averaged")
+    parser.add_argument("--bilateral", dest="bilateral", action="store_true", default=False,
+                        help=f"{what}the bilateral model: each breast with the same view of "
+                             "the woman's other breast, mirrored; the head sees [own, own - "
+                             "other] (implies --mil-pooling top unless given)")
+
+
 class _Off(enum.Enum):
     """The type of `OFF` (an enum member keeps its identity through copies and pickles)."""
 

@@ -81,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="depths of the whole-image top blocks")
     g.add_argument("--batch-size", type=dm_cli.int_at_least(1), default=32,
                    help="batch size of both trainers")
-    g.add_argument("--mil-pooling", choices=["top", "attention"],
-                   help="a multiple-instance head on the patch classifier's window map instead "
-                        "of the top blocks (docs/mias.md)")
-    g.add_argument("--bilateral", action="store_true",
-                   help="the bilateral model (each breast with the woman's other breast); "
-                        "synthetic data: women with both breasts, lesions on one side")
+    dm_cli.add_mil_flags(g, "whole-image stage: ")
     dm_cli.add_seed_flag(g, "seeds data, sampling and training")
     g.add_argument("--seeds", nargs="+", type=dm_cli.seed_value, metavar="N | S1 S2",
                    help="run the whole method once per seed: N seeds from --seed on, or the "
@@ -104,16 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
 _NAME_PARTS = {
     "img_size": lambda v: "x".join(map(str, v)),
     "mixed_precision": str,
+    "bilateral": lambda v: "bilateral",
     "seed": lambda v: f"seed{v}",
     "seeds": lambda v: f"seeds{v[0]}" if len(v) == 1 else "seeds" + "_".join(map(str, v)),
 }
 _NOT_CONFIG = ("out", "redo")
+# Flags added after runs were made: at their defaults they stay out of the record, so a
+# folder made before them is still the same run.
+_NEWER = {"mil_pooling": None, "top_fraction": dm_cli.TOP_FRACTION, "bilateral": False}
 
 
 def run_config(args) -> dict:
     """The flags that define a run (everything but the output folder); a --data path is
     recorded absolute, so a rerun from another working directory is the same run."""
-    cfg = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG}
+    cfg = {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_CONFIG
+           and not (k in _NEWER and v == _NEWER[k])}
     if len(cfg.get("data") or ()) > 1:
         cfg["data"] = [cfg["data"][0]] + [os.path.abspath(d) for d in cfg["data"][1:]]
     return cfg
@@ -204,8 +204,9 @@ def image_head(args, data: pathlib.Path) -> dict:
     lr (0.01) and whose trunk then finetunes gently (x0.01)."""
     if not (args.mil_pooling or args.bilateral):
         return dict(init_lr=0.001, all_layer_multiplier=0.3)
-    return dict(mil_pooling=args.mil_pooling or "top", bilateral=args.bilateral,
-                pairs=pairs_file(args, data), init_lr=0.01, all_layer_multiplier=0.01)
+    return dict(mil_pooling=args.mil_pooling or "top", top_fraction=args.top_fraction,
+                bilateral=args.bilateral, pairs=pairs_file(args, data), init_lr=0.01,
+                all_layer_multiplier=0.01)
 
 
 def sample_patches(args, data: pathlib.Path, patches: pathlib.Path) -> None:

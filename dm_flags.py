@@ -59,7 +59,7 @@ IMAGE_DEFAULTS: dict[str, Any] = dict(
     bottleneck_enlarge_factor=4, add_heatmap=False, avg_pool_size=[7, 7], add_conv=True,
     add_shortcut=False, hm_strides=[1, 1], hm_pool_size=[5, 5], fc_init_units=64, fc_layers=2,
     kept_layer_idx=None, all_layer_multiplier=0.1, auto_batch_balance=True,
-    best_model="./modelState/image_clf.keras", mil_pooling=None, top_fraction=0.02,
+    best_model="./modelState/image_clf.keras", mil_pooling=None, top_fraction=dm_cli.TOP_FRACTION,
     attention_units=16, bilateral=False, pairs=None,
 )
 
@@ -246,16 +246,9 @@ def _image_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fc-layers", dest="fc_layers", type=COUNT, help="number of FC layers")
     g = p.add_argument_group("multiple-instance head and bilateral model, instead of the top "
                              "blocks (docs/mias.md)")
-    g.add_argument("--mil-pooling", dest="mil_pooling", choices=["top", "attention"],
-                   help="pool the patch classifier's window map into the image score: the "
-                        "mean of its top --top-fraction windows, or gated attention")
-    g.add_argument("--top-fraction", dest="top_fraction", type=dm_cli.float_in(0, 1, low_open=True),
-                   help="with --mil-pooling top: the fraction of windows averaged")
+    dm_cli.add_mil_flags(g)
     g.add_argument("--attention-units", dest="attention_units", type=POSITIVE,
                    help="with --mil-pooling attention: units of the attention layer")
-    _bool(g, "bilateral", "bilateral",
-          "score each breast with the same view of the woman's other breast, mirrored: "
-          "the head sees [own, own - other] (implies --mil-pooling top unless given)")
     g.add_argument("--pairs", dest="pairs",
                    help="where each image's other breast is: a recipe's images.csv "
                         "(patient_id, side, view) or a CSV with path,other_path; needed "

@@ -106,14 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment whole images in training")
     p.add_argument("--image-balance", action=argparse.BooleanOptionalAction, default=False,
                    help="class-balanced whole-image batches (--auto-batch-balance)")
-    p.add_argument("--mil-pooling", choices=["top", "attention"], default=None,
-                   help="whole-image stage: a multiple-instance head on the patch classifier's "
-                        "window map instead of the top blocks (docs/mias.md)")
-    p.add_argument("--top-fraction", type=float, default=0.02,
-                   help="with --mil-pooling top: the fraction of windows averaged")
-    p.add_argument("--bilateral", action="store_true",
-                   help="whole-image stage: the bilateral model (each breast with the "
-                        "woman's other breast; implies --mil-pooling top unless given)")
+    dm_cli.add_mil_flags(p, "whole-image stage: ")
     p.add_argument("--patch-models-from", metavar="RUN", default=None,
                    help="take each fold's patch classifier from this finished run (same "
                         "folds, patches and patch settings) instead of training it: runs "
@@ -193,9 +186,7 @@ def check_flags(args: argparse.Namespace) -> None:
            (args.hard_negative_rounds < 0,
             f"--hard-negative-rounds {args.hard_negative_rounds}: need 0 or more"),
            (args.hard_negative_rounds > 0 and args.nb_mined < 1,
-            f"--nb-mined {args.nb_mined}: need at least 1 with --hard-negative-rounds"),
-           (not 0 < args.top_fraction <= 1,
-            f"--top-fraction {args.top_fraction}: need a fraction in (0, 1]")]
+            f"--nb-mined {args.nb_mined}: need at least 1 with --hard-negative-rounds")]
     for wrong, problem in bad:
         if wrong:
             raise CrossValidationError(problem)
