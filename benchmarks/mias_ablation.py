@@ -67,6 +67,16 @@ def baselines(s: dict) -> str:
             f"abnormal {_ci(hm['abnormal_vs_normal'])}, malignant {_ci(hm['malignant_vs_rest'])}.")
 
 
+def bilateral_gain(name: str, s: dict) -> str:
+    """The readout row's best bilateral readout minus its best one-view readout."""
+    m = s["mil_readouts"]
+    if not all("bilateral_minus_one_view" in m[t] for t in TASKS):
+        return ""
+    g = [_diff(m[t]["bilateral_minus_one_view"]) for t in TASKS]
+    return (f"{name}: bilateral minus one-view readout (each chosen per fold on inner "
+            f"validation among its kind), paired: abnormal {g[0]}, malignant {g[1]}.")
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", metavar="NAME=RUN", help="trained whole-image rows")
@@ -83,7 +93,8 @@ def main(argv=None) -> str:
     rows = [(n, network_row(s)) for n, s in map(load, a.runs)]
     rows += [(n, readout_row(s)) for n, s in map(load, a.readouts)]
     rows += [(n, network_row(s)) for n, s in map(load, a.after)]
-    text = table(rows) + "\n\n" + baselines(first)
+    gains = [g for g in (bilateral_gain(n, s) for n, s in map(load, a.readouts)) if g]
+    text = "\n\n".join([table(rows), baselines(first), *gains])
     print(text)
     return text
 

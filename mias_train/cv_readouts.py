@@ -65,15 +65,15 @@ def _auc(y: np.ndarray, s: np.ndarray) -> float:
     return chain_auroc(y, s) if 0 < y.sum() < len(y) else float("nan")
 
 
-def choose(T: pd.DataFrame, task: str) -> dict[int, str]:
-    """Each fold's readout with the highest AUROC on its inner-validation images (ties: the
-    first in `candidates` order); a readout undefined for an image (a bilateral one without
-    the other breast) counts it out."""
+def choose(T: pd.DataFrame, task: str, among: Sequence[str] | None = None) -> dict[int, str]:
+    """Each fold's readout with the highest AUROC on its inner-validation images, among
+    `among` (default: every candidate; ties: the first in order); a readout undefined for an
+    image (a bilateral one without the other breast) counts it out."""
     label = TASKS[task]
     out = {}
     for k, V in T[T["part"] == "val"].groupby("fold"):
         y = label(V["label"].to_numpy())
-        scores = {c: _auc(y, V[c].to_numpy(float)) for c in candidates()}
+        scores = {c: _auc(y, V[c].to_numpy(float)) for c in (among or candidates())}
         out[int(k)] = max(scores, key=lambda c: (np.nan_to_num(scores[c], nan=-1.0)))
     return out
 
@@ -83,13 +83,17 @@ def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> di
     paired difference to the run's trained whole-image score, at image and woman level,
     and every candidate's pooled figure (not selection-safe: listed so nothing is hidden)."""
     test = T[T["part"] == "test"].set_index("image_id")
+
+    def picked(pick: dict[int, str]) -> pd.Series:
+        return pd.Series([test.at[i, pick[int(test.at[i, "fold"])]] for i in test.index],
+                         index=test.index, dtype=float)
+    one = [c for c in candidates() if not c.startswith("bi_")]
     net = {"abnormal_vs_normal": 1 - I.set_index("image_id")["p_normal"],
            "malignant_vs_rest": I.set_index("image_id")["p_malignant"]}
     out: dict = {}
     for task, label in TASKS.items():
         pick = choose(T, task)
-        s = pd.Series([test.at[i, pick[int(test.at[i, "fold"])]] for i in test.index],
-                      index=test.index)
+        s = picked(pick)
         ok = s.notna()
         ids = s.index[ok]
         y = label(test.loc[ids, "label"].to_numpy())
@@ -100,10 +104,26 @@ def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> di
             image_level=chain_bootstrap(y, s[ids], w, n_boot, seed),
             woman_level=woman_level(y, s[ids].to_numpy(), w, n_boot, seed),
             minus_network=chain_difference(y, s[ids], net[task].loc[ids], w, n_boot, seed),
+            bilateral_minus_one_view=bilateral_gain(T, test, task, one, picked, n_boot, seed),
             every_candidate_pooled={c: round(_auc(label(test["label"].to_numpy()),
                                                   test[c].to_numpy(float)), 4)
                                     for c in candidates()})
     return out
+
+
+def bilateral_gain(T: pd.DataFrame, test: pd.DataFrame, task: str, one: list[str],
+                   picked, n_boot: int, seed: int) -> dict:
+    """The best bilateral readout minus the best one-view readout, each chosen per fold on
+    inner validation among its own kind, paired on the test images both score."""
+    pb = choose(T, task, [f"bi_{c}" for c in one])
+    po = choose(T, task, one)
+    sb, so = picked(pb), picked(po)
+    ids = sb.index[sb.notna() & so.notna()]
+    y = TASKS[task](test.loc[ids, "label"].to_numpy())
+    return dict(chosen_bilateral={str(k): v for k, v in sorted(pb.items())},
+                chosen_one_view={str(k): v for k, v in sorted(po.items())},
+                **chain_difference(y, sb[ids], so[ids], test.loc[ids, "woman"].to_numpy(),
+                                   n_boot, seed))
 
 
 def woman_level(y: np.ndarray, s: np.ndarray, woman: np.ndarray, n_boot: int,

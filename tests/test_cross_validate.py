@@ -460,3 +460,7 @@ def test_quick_bilateral_run_on_another_run_s_patch_models(shared_data, tmp_path
     assert f"{a['auroc']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f})" in bi_row
     assert f"{comp['abnormal_vs_normal']['difference']:+.3f}" in bi_row
     assert "breast grey level" in text
+    g = summary["mil_readouts"]["abnormal_vs_normal"]["bilateral_minus_one_view"]
+    assert all(c.startswith("bi_") for c in g["chosen_bilateral"].values())
+    assert not any(c.startswith("bi_") for c in g["chosen_one_view"].values())
+    assert "readouts: bilateral minus one-view readout" in text and f"{g['difference']:+.3f}" in text
