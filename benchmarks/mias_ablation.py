@@ -73,8 +73,13 @@ def bilateral_gain(name: str, s: dict) -> str:
     if not all("bilateral_minus_one_view" in m[t] for t in TASKS):
         return ""
     g = [_diff(m[t]["bilateral_minus_one_view"]) for t in TASKS]
-    return (f"{name}: bilateral minus one-view readout (each chosen per fold on inner "
+    text = (f"{name}: bilateral minus one-view readout (each chosen per fold on inner "
             f"validation among its kind), paired: abnormal {g[0]}, malignant {g[1]}.")
+    if all("minus_map_max" in m[t] for t in TASKS):
+        b = [_diff(m[t]["minus_map_max"]) for t in TASKS]
+        text += (f" Chosen readout minus the lesion map's maximum, paired: abnormal {b[0]}, "
+                 f"malignant {b[1]}.")
+    return text
 
 
 def main(argv=None) -> str:

@@ -80,7 +80,8 @@ def choose(T: pd.DataFrame, task: str, among: Sequence[str] | None = None) -> di
 
 def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """The chosen readouts' pooled out-of-fold AUROCs (images resampled by woman), their
-    paired difference to the run's trained whole-image score, at image and woman level,
+    paired difference to the run's trained whole-image score and to the trivial readout
+    (the lesion map's maximum), at image and woman level,
     and every candidate's pooled figure (not selection-safe: listed so nothing is hidden)."""
     test = T[T["part"] == "test"].set_index("image_id")
 
@@ -104,6 +105,7 @@ def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> di
             image_level=chain_bootstrap(y, s[ids], w, n_boot, seed),
             woman_level=woman_level(y, s[ids].to_numpy(), w, n_boot, seed),
             minus_network=chain_difference(y, s[ids], net[task].loc[ids], w, n_boot, seed),
+            minus_map_max=chain_difference(y, s[ids], test.loc[ids, "les_max"], w, n_boot, seed),
             bilateral_minus_one_view=bilateral_gain(T, test, task, one, picked, n_boot, seed),
             every_candidate_pooled={c: round(_auc(label(test["label"].to_numpy()),
                                                   test[c].to_numpy(float)), 4)

@@ -291,7 +291,7 @@ def test_corrupt_jpeg2000_dicom_is_one_line_with_its_reason(tmp_path):
     """pydicom logs its decoder's traceback before raising: not shown; the error line keeps
     the reason at its end (it was cut at the first line of pydicom's message)."""
     import io
-    PIL = pytest.importorskip("PIL")
+    pytest.importorskip("PIL")
     from PIL import features
     if not features.check("jpg_2000"):
         pytest.skip("Pillow without JPEG 2000")

@@ -464,3 +464,5 @@ def test_quick_bilateral_run_on_another_run_s_patch_models(shared_data, tmp_path
     assert all(c.startswith("bi_") for c in g["chosen_bilateral"].values())
     assert not any(c.startswith("bi_") for c in g["chosen_one_view"].values())
     assert "readouts: bilateral minus one-view readout" in text and f"{g['difference']:+.3f}" in text
+    mm = summary["mil_readouts"]["malignant_vs_rest"]["minus_map_max"]
+    assert "lesion map's maximum, paired: abnormal" in text and f"{mm['difference']:+.3f}" in text

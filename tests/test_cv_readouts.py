@@ -55,3 +55,5 @@ def test_bilateral_gain_is_paired_and_positive_when_the_other_breast_cancels_the
     assert g["difference"] == pytest.approx(expect, abs=1e-4)
     assert g["ci_low"] > 0 and g["n_groups"] == 80
     assert r["image_level"]["auroc"] > 0.95
+    m = r["minus_map_max"]              # the chosen bilateral readout against les_max
+    assert m["difference"] == pytest.approx(g["difference"], abs=1e-4) and m["ci_low"] > 0

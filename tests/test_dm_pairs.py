@@ -12,7 +12,7 @@ import dm_modelfile
 import dm_predict
 import image_clf_train
 from dm_pairs import PairingError, partner_index, partner_paths, read_pairs
-from tiny_models import PATCH, mammogram, save, tiny_patch_model
+from tiny_models import mammogram, save, tiny_patch_model
 
 IMG = ["64", "48"]
 

@@ -50,7 +50,7 @@ def test_same_seed_same_dataset(tmp_path):
     kw = dict(n_patients=6, img_size=(96, 80), lesion_fraction=0.7)
     a = syn.generate_dataset(tmp_path / "a", seed=5, **kw)
     b = syn.generate_dataset(tmp_path / "b", seed=5, **kw)
-    c = syn.generate_dataset(tmp_path / "c", seed=6, **kw)
+    syn.generate_dataset(tmp_path / "c", seed=6, **kw)
     assert a == b
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.*"))

@@ -20,7 +20,6 @@ from synth import write_class_folders
 from tiny_models import mammogram, save, tiny_image_model, tiny_patch_model
 import dm_pixels
 import dm_recipe
-import dm_sweep
 
 L = keras.layers
 

@@ -468,7 +468,7 @@ def test_a_run_never_writes_over_the_model_it_starts_from(tmp_path):
         r = subprocess.run([sys.executable, "-c", code.format(argv=argv)], cwd=repo,
                            capture_output=True, text=True, timeout=300)
         assert r.stdout.strip().endswith("noTF 2"), (flags, r.stdout, r.stderr)
-        assert f"image_clf_train: error: " in r.stderr and words in r.stderr, r.stderr
+        assert "image_clf_train: error: " in r.stderr and words in r.stderr, r.stderr
     assert model.read_bytes() == b"a model file"
 
 
