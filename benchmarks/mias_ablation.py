@@ -67,8 +67,9 @@ def baselines(s: dict) -> str:
             f"abnormal {_ci(hm['abnormal_vs_normal'])}, malignant {_ci(hm['malignant_vs_rest'])}.")
 
 
-def bilateral_gain(name: str, s: dict) -> str:
-    """The readout row's best bilateral readout minus its best one-view readout."""
+def readout_checks(name: str, s: dict) -> str:
+    """A readout row's paired checks: its best bilateral readout minus its best one-view
+    readout, and its chosen readout minus the lesion map's maximum."""
     m = s["mil_readouts"]
     if not all("bilateral_minus_one_view" in m[t] for t in TASKS):
         return ""
@@ -98,8 +99,8 @@ def main(argv=None) -> str:
     rows = [(n, network_row(s)) for n, s in map(load, a.runs)]
     rows += [(n, readout_row(s)) for n, s in map(load, a.readouts)]
     rows += [(n, network_row(s)) for n, s in map(load, a.after)]
-    gains = [g for g in (bilateral_gain(n, s) for n, s in map(load, a.readouts)) if g]
-    text = "\n\n".join([table(rows), baselines(first), *gains])
+    checks = [c for c in (readout_checks(n, s) for n, s in map(load, a.readouts)) if c]
+    text = "\n\n".join([table(rows), baselines(first), *checks])
     print(text)
     return text
 

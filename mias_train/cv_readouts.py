@@ -26,10 +26,14 @@ MAPS = ("les", "mal")           # 1 - p(background), p(malignant)
 TASKS = {"abnormal_vs_normal": lambda y: y > 0, "malignant_vs_rest": lambda y: y == 2}
 
 
+def one_view() -> list[str]:
+    """The one-view readout columns, map_readout."""
+    return [f"{m}_{r}" for m in MAPS for r in READOUTS]
+
+
 def candidates() -> list[str]:
     """Every readout column: map_readout, and its bilateral twin bi_map_readout."""
-    one = [f"{m}_{r}" for m in MAPS for r in READOUTS]
-    return one + [f"bi_{c}" for c in one]
+    return one_view() + [f"bi_{c}" for c in one_view()]
 
 
 def readout_table(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFrame,
@@ -52,7 +56,7 @@ def readout_table(args: argparse.Namespace, out: pathlib.Path, I: pd.DataFrame,
             row.update({f"{name}_{n}": v for n, v in map_readouts(m).items()})
         rows.append(row)
     T = pd.DataFrame(rows)
-    for c in [f"{m}_{r}" for m in MAPS for r in READOUTS]:
+    for c in one_view():
         other = T.groupby(["fold", "part", "woman"])[c].transform(
             lambda s: s.iloc[::-1].to_numpy() if len(s) == 2 else np.nan)
         T[f"bi_{c}"] = T[c] - other
@@ -84,17 +88,12 @@ def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> di
     (the lesion map's maximum), at image and woman level,
     and every candidate's pooled figure (not selection-safe: listed so nothing is hidden)."""
     test = T[T["part"] == "test"].set_index("image_id")
-
-    def picked(pick: dict[int, str]) -> pd.Series:
-        return pd.Series([test.at[i, pick[int(test.at[i, "fold"])]] for i in test.index],
-                         index=test.index, dtype=float)
-    one = [c for c in candidates() if not c.startswith("bi_")]
     net = {"abnormal_vs_normal": 1 - I.set_index("image_id")["p_normal"],
            "malignant_vs_rest": I.set_index("image_id")["p_malignant"]}
     out: dict = {}
     for task, label in TASKS.items():
         pick = choose(T, task)
-        s = picked(pick)
+        s = _picked(test, pick)
         ok = s.notna()
         ids = s.index[ok]
         y = label(test.loc[ids, "label"].to_numpy())
@@ -106,20 +105,26 @@ def mil_readouts(T: pd.DataFrame, I: pd.DataFrame, n_boot: int, seed: int) -> di
             woman_level=woman_level(y, s[ids].to_numpy(), w, n_boot, seed),
             minus_network=chain_difference(y, s[ids], net[task].loc[ids], w, n_boot, seed),
             minus_map_max=chain_difference(y, s[ids], test.loc[ids, "les_max"], w, n_boot, seed),
-            bilateral_minus_one_view=bilateral_gain(T, test, task, one, picked, n_boot, seed),
+            bilateral_minus_one_view=bilateral_gain(T, test, task, n_boot, seed),
             every_candidate_pooled={c: round(_auc(label(test["label"].to_numpy()),
                                                   test[c].to_numpy(float)), 4)
                                     for c in candidates()})
     return out
 
 
-def bilateral_gain(T: pd.DataFrame, test: pd.DataFrame, task: str, one: list[str],
-                   picked, n_boot: int, seed: int) -> dict:
+def _picked(test: pd.DataFrame, pick: dict[int, str]) -> pd.Series:
+    """Each test image's score under its fold's chosen readout."""
+    return pd.Series([test.at[i, pick[int(test.at[i, "fold"])]] for i in test.index],
+                     index=test.index, dtype=float)
+
+
+def bilateral_gain(T: pd.DataFrame, test: pd.DataFrame, task: str, n_boot: int,
+                   seed: int) -> dict:
     """The best bilateral readout minus the best one-view readout, each chosen per fold on
     inner validation among its own kind, paired on the test images both score."""
-    pb = choose(T, task, [f"bi_{c}" for c in one])
-    po = choose(T, task, one)
-    sb, so = picked(pb), picked(po)
+    pb = choose(T, task, [f"bi_{c}" for c in one_view()])
+    po = choose(T, task, one_view())
+    sb, so = _picked(test, pb), _picked(test, po)
     ids = sb.index[sb.notna() & so.notna()]
     y = TASKS[task](test.loc[ids, "label"].to_numpy())
     return dict(chosen_bilateral={str(k): v for k, v in sorted(pb.items())},
